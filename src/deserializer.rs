@@ -1,0 +1,148 @@
+//! Opening a file and loading its tensors.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::format::{plaid, Format, Index, TensorInfo};
+use crate::options::ReadOptions;
+use crate::pipeline::{self, LoadStats};
+use crate::sink::{Destination, Placement};
+use crate::source::{FileSource, Source};
+
+/// An open model file: its tensor list is known, its data is read on [`Deserializer::load`].
+///
+/// A deserializer is `Send + Sync`; `load` may be called any number of times, from any
+/// thread, into different destinations.
+pub struct Deserializer {
+    source: Box<dyn Source>,
+    index: Index,
+    by_name: HashMap<String, usize>,
+    options: ReadOptions,
+}
+
+impl std::fmt::Debug for Deserializer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deserializer")
+            .field("source", &self.source.name())
+            .field("tensors", &self.index.tensors.len())
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl Deserializer {
+    /// Open the file at `path` and read its header.
+    pub fn open(path: impl AsRef<Path>, options: ReadOptions) -> Result<Deserializer> {
+        let path = path.as_ref();
+        let text = path.to_string_lossy();
+        if let Some(scheme) = ["http://", "https://", "s3://"]
+            .iter()
+            .find(|s| text.starts_with(*s))
+        {
+            return Err(Error::Unsupported(format!(
+                "{text}: {scheme} sources are not supported by this build"
+            )));
+        }
+        Deserializer::from_source(Box::new(FileSource::open(path)?), options)
+    }
+
+    /// Read the header of any [`Source`].
+    pub fn from_source(source: Box<dyn Source>, options: ReadOptions) -> Result<Deserializer> {
+        let index = plaid::read_index(source.as_ref())?;
+        let by_name = index
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.index))
+            .collect();
+        Ok(Deserializer {
+            source,
+            index,
+            by_name,
+            options,
+        })
+    }
+
+    /// The file's name, as used in messages.
+    pub fn name(&self) -> &str {
+        self.source.name()
+    }
+
+    /// The file's format.
+    pub fn format(&self) -> Format {
+        self.index.format
+    }
+
+    /// The file's format version.
+    pub fn format_version(&self) -> u32 {
+        self.index.version
+    }
+
+    /// Length of the file in bytes.
+    pub fn file_length(&self) -> u64 {
+        self.index.file_length
+    }
+
+    /// Alignment of tensor data in the file.
+    pub fn alignment(&self) -> u64 {
+        self.index.alignment
+    }
+
+    /// Tensors in file order.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.index.tensors
+    }
+
+    /// The tensor at `index`, if any.
+    pub fn tensor(&self, index: usize) -> Option<&TensorInfo> {
+        self.index.tensors.get(index)
+    }
+
+    /// The position of the tensor called `name`.
+    pub fn find(&self, name: &str) -> Result<usize> {
+        self.by_name
+            .get(name)
+            .copied()
+            .ok_or_else(|| Error::NotFound(format!("{}: no tensor named '{name}'", self.name())))
+    }
+
+    /// The model's metadata.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.index.metadata
+    }
+
+    /// The options this deserializer reads with.
+    pub fn options(&self) -> &ReadOptions {
+        &self.options
+    }
+
+    /// Load tensors into the destinations chosen by `placement`. Returns when every byte
+    /// has landed and been verified (unless verification is off).
+    pub fn load<'a>(&self, placement: &mut dyn Placement<'a>) -> Result<LoadStats> {
+        pipeline::load(self.source.as_ref(), &self.index, &self.options, placement)
+    }
+
+    /// Read and verify every block of every tensor, holding at most one chunk per worker.
+    pub fn verify(&self) -> Result<LoadStats> {
+        pipeline::verify_all(self.source.as_ref(), &self.index, &self.options)
+    }
+
+    /// Read one tensor into a new vector (verified as per the options).
+    pub fn read_tensor(&self, index: usize) -> Result<Vec<u8>> {
+        let tensor = self
+            .tensor(index)
+            .ok_or_else(|| Error::NotFound(format!("{}: no tensor #{index}", self.name())))?;
+        let mut bytes = vec![0u8; usize::try_from(tensor.nbytes).map_err(Error::invalid)?];
+        let mut buffer = Some(bytes.as_mut_slice());
+        self.load(&mut |t: &TensorInfo| {
+            Ok(match buffer.take() {
+                Some(b) if t.index == index => Destination::Host(b),
+                other => {
+                    buffer = other;
+                    Destination::Skip
+                }
+            })
+        })?;
+        Ok(bytes)
+    }
+}

@@ -1,0 +1,56 @@
+//! The one boundary every exported function goes through: no panic crosses into C, and
+//! every error becomes a status code plus a thread-local message.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use super::status::{plaid_status, status_of, PLAID_ERR_PANIC, PLAID_OK};
+use crate::error::Result;
+
+thread_local! {
+    static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Run a fallible body: `Ok` is `PLAID_OK`, an error sets the thread's message and
+/// returns its status, a panic returns `PLAID_ERR_PANIC`.
+pub(crate) fn status(body: impl FnOnce() -> Result<()>) -> plaid_status {
+    set_message(String::new());
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => PLAID_OK,
+        Ok(Err(error)) => {
+            set_message(error.to_string());
+            status_of(&error)
+        }
+        Err(panic) => {
+            set_message(panic_message(panic));
+            PLAID_ERR_PANIC
+        }
+    }
+}
+
+/// Run an infallible body that returns a value; a panic returns `fallback` and sets
+/// the thread's message.
+pub(crate) fn value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|panic| {
+        set_message(panic_message(panic));
+        fallback
+    })
+}
+
+fn panic_message(panic: Box<dyn Any + Send>) -> String {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown payload".to_owned());
+    format!("internal error (panic): {detail}")
+}
+
+pub(crate) fn set_message(message: String) {
+    LAST_ERROR.with(|m| *m.borrow_mut() = message);
+}
+
+pub(crate) fn with_message<T>(f: impl FnOnce(&str) -> T) -> T {
+    LAST_ERROR.with(|m| f(&m.borrow()))
+}

@@ -1,0 +1,233 @@
+//! `plaid_deserializer`: an open file whose tensors are loaded through a callback.
+
+use std::ffi::{c_char, c_void, CString};
+
+use super::placement::{plaid_place_fn, plaid_tensor_info, CallbackPlacement};
+use super::read_options::plaid_read_options;
+use super::status::plaid_status;
+use super::{boundary, c_str, handle, handle_mut, out_ptr, publish, release};
+use crate::deserializer::Deserializer;
+use crate::error::{Error, Result};
+use crate::options::ReadOptions;
+
+/// An open model file. Opaque; made by `plaid_deserializer_open`, destroyed by
+/// `plaid_deserializer_free`. Functions taking a `const plaid_deserializer *` may be called
+/// from any number of threads at once; `plaid_deserializer_load` takes it non-const, so
+/// the caller serializes loads on one handle.
+pub struct plaid_deserializer {
+    inner: Deserializer,
+    /// Lent to C; they point into `names` and into the core's shape vectors.
+    infos: Vec<plaid_tensor_info>,
+    /// Keep the NUL-terminated names alive.
+    _names: Vec<CString>,
+    metadata: Vec<(CString, CString)>,
+}
+
+// SAFETY: the raw pointers in `infos` point into data owned by this same struct, which
+// is never mutated after construction.
+unsafe impl Send for plaid_deserializer {}
+// SAFETY: as above; all access through `&self` is read-only.
+unsafe impl Sync for plaid_deserializer {}
+
+impl plaid_deserializer {
+    fn new(inner: Deserializer) -> Result<plaid_deserializer> {
+        let text = |s: &str| CString::new(s).map_err(|_| Error::invalid("text holds a NUL byte"));
+        let names = inner.tensors().iter().map(|t| text(&t.name)).collect::<Result<Vec<_>>>()?;
+        let infos = inner
+            .tensors()
+            .iter()
+            .zip(&names)
+            .map(|(t, name)| plaid_tensor_info {
+                name: name.as_ptr(),
+                name_len: t.name.len(),
+                dtype: t.dtype.id(),
+                ndim: t.shape.len() as u32,
+                shape: if t.shape.is_empty() { std::ptr::null() } else { t.shape.as_ptr() },
+                nbytes: t.nbytes,
+                index: t.index,
+            })
+            .collect();
+        let metadata = inner
+            .metadata()
+            .iter()
+            .map(|(k, v)| Ok((text(k)?, text(v)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(plaid_deserializer { inner, infos, _names: names, metadata })
+    }
+}
+
+/// Open the file at `source` (a UTF-8 path) and read and validate its header; no tensor
+/// data is read yet. `options` may be NULL for defaults and may be freed after this call.
+/// On success `*out` holds a handle to free with `plaid_deserializer_free`; on failure
+/// `*out` is untouched.
+///
+/// Returns `PLAID_ERR_IO` if the file cannot be opened, `PLAID_ERR_FORMAT` for a bad
+/// magic, a damaged header or a truncated file (the message gives the offset),
+/// `PLAID_ERR_UNSUPPORTED` for a newer format version or an unknown dtype.
+///
+/// # Safety
+/// `source` is NULL or NUL-terminated; `options` NULL or a live handle; `out` NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_deserializer_open(source: *const c_char, options: *const plaid_read_options, out: *mut *mut plaid_deserializer) -> plaid_status {
+    boundary::status(|| {
+        out_ptr(out, "out")?;
+        // SAFETY: per the contract.
+        let source = unsafe { c_str(source, "source") }?;
+        // SAFETY: per the contract.
+        let options = unsafe { options.as_ref() }.map_or_else(ReadOptions::default, |o| o.inner.clone());
+        let handle = plaid_deserializer::new(Deserializer::open(source, options)?)?;
+        // SAFETY: checked non-NULL above.
+        unsafe { publish(out, handle) };
+        Ok(())
+    })
+}
+
+/// Number of tensors in the file; 0 for a NULL handle.
+///
+/// # Safety
+/// `d` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_deserializer_tensor_count(d: *const plaid_deserializer) -> usize {
+    // SAFETY: per the contract.
+    boundary::value(0, || unsafe { d.as_ref() }.map_or(0, |d| d.infos.len()))
+}
+
+/// The tensor at `index` (file order), or NULL when `d` is NULL or `index` is out of
+/// range. The struct and everything it points to are lent: valid until
+/// `plaid_deserializer_free`, never to be freed or modified.
+///
+/// # Safety
+/// `d` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_deserializer_tensor(d: *const plaid_deserializer, index: usize) -> *const plaid_tensor_info {
+    boundary::value(std::ptr::null(), || {
+        // SAFETY: per the contract.
+        unsafe { d.as_ref() }
+            .and_then(|d| d.infos.get(index))
+            .map_or(std::ptr::null(), |info| info as *const plaid_tensor_info)
+    })
+}
+
+/// Store the index of the tensor called `name` in `*index_out`. Returns
+/// `PLAID_ERR_NOT_FOUND` (leaving `*index_out` untouched) if there is none.
+///
+/// # Safety
+/// `d` is NULL or a live handle; `name` NULL or NUL-terminated; `index_out` NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_deserializer_find(d: *const plaid_deserializer, name: *const c_char, index_out: *mut usize) -> plaid_status {
+    boundary::status(|| {
+        out_ptr(index_out, "index_out")?;
+        // SAFETY: per the contract.
+        let (d, name) = unsafe { (handle(d, "deserializer")?, c_str(name, "name")?) };
+        let index = d.inner.find(name)?;
+        // SAFETY: checked non-NULL above.
+        unsafe { *index_out = index };
+        Ok(())
+    })
+}
+
+/// Load tensors. `place` is called once per tensor, in file order, on this thread, before
+/// any data is read; it fills in each tensor's destination (zeroed: skip by default).
+/// Then worker threads read the data straight into the destinations and verify every
+/// checksum block (unless verification is off). Returns when every byte has landed.
+///
+/// Destinations must not overlap and must stay valid until this call returns. Returns
+/// `PLAID_ERR_CANCELLED` when `place` returns non-zero, `PLAID_ERR_CAPACITY` when a
+/// destination is smaller than its tensor (in both cases before any byte is written
+/// anywhere), `PLAID_ERR_CHECKSUM` naming the damaged tensor, `PLAID_ERR_FORMAT` when
+/// the file was truncated after it was opened. After an error, destinations may hold
+/// partial data. `load` may be called again, e.g. into other buffers.
+///
+/// # Safety
+/// `d` is NULL or a live handle not used by another thread during the call; `place` is
+/// NULL (an error) or a function honouring `plaid_place_fn`'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_deserializer_load(d: *mut plaid_deserializer, place: plaid_place_fn, user_data: *mut c_void) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let d = unsafe { handle_mut(d, "deserializer") }?;
+        let place = place.ok_or_else(|| Error::invalid("place callback is NULL"))?;
+        let mut placement = CallbackPlacement { place, user_data, infos: &d.infos };
+        d.inner.load(&mut placement).map(drop)
+    })
+}
+
+/// Read every block of every tensor and check it against its checksum, holding only one
+/// chunk per worker in memory. Returns `PLAID_ERR_CHECKSUM` naming the first damaged
+/// tensor found.
+///
+/// # Safety
+/// `d` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_deserializer_verify(d: *const plaid_deserializer) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let d = unsafe { handle(d, "deserializer") }?;
+        d.inner.verify().map(drop)
+    })
+}
+
+/// Number of metadata entries; 0 for a NULL handle.
+///
+/// # Safety
+/// `d` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_deserializer_metadata_count(d: *const plaid_deserializer) -> usize {
+    // SAFETY: per the contract.
+    boundary::value(0, || unsafe { d.as_ref() }.map_or(0, |d| d.metadata.len()))
+}
+
+/// The metadata entry at `index` (sorted by key): stores lent NUL-terminated UTF-8
+/// strings, valid while the deserializer lives, in `*key_out` and `*value_out`. Returns
+/// `PLAID_ERR_NOT_FOUND` when `index` is out of range.
+///
+/// # Safety
+/// `d` is NULL or a live handle; `key_out` and `value_out` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_deserializer_metadata_entry(d: *const plaid_deserializer, index: usize, key_out: *mut *const c_char, value_out: *mut *const c_char) -> plaid_status {
+    boundary::status(|| {
+        out_ptr(key_out, "key_out")?;
+        out_ptr(value_out, "value_out")?;
+        // SAFETY: per the contract.
+        let d = unsafe { handle(d, "deserializer") }?;
+        let (k, v) = d.metadata.get(index).ok_or_else(|| Error::NotFound(format!("no metadata entry #{index}")))?;
+        // SAFETY: both checked non-NULL above.
+        unsafe { (*key_out, *value_out) = (k.as_ptr(), v.as_ptr()) };
+        Ok(())
+    })
+}
+
+/// Store in `*value_out` the metadata value of `key`, a lent NUL-terminated UTF-8 string
+/// valid while the deserializer lives. Returns `PLAID_ERR_NOT_FOUND` if the key is absent.
+///
+/// # Safety
+/// `d` is NULL or a live handle; `key` NULL or NUL-terminated; `value_out` NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_deserializer_metadata_get(d: *const plaid_deserializer, key: *const c_char, value_out: *mut *const c_char) -> plaid_status {
+    boundary::status(|| {
+        out_ptr(value_out, "value_out")?;
+        // SAFETY: per the contract.
+        let (d, key) = unsafe { (handle(d, "deserializer")?, c_str(key, "key")?) };
+        let index = d.inner.metadata().keys().position(|k| k == key);
+        let (_, v) = index
+            .map(|i| &d.metadata[i])
+            .ok_or_else(|| Error::NotFound(format!("{}: no metadata key '{key}'", d.inner.name())))?;
+        // SAFETY: checked non-NULL above.
+        unsafe { *value_out = v.as_ptr() };
+        Ok(())
+    })
+}
+
+/// Free a deserializer and everything it lent. NULL is a no-op; call at most once per
+/// handle, and not while another call on it is running.
+///
+/// # Safety
+/// `d` is NULL or a live handle from `plaid_deserializer_open`.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_deserializer_free(d: *mut plaid_deserializer) {
+    // SAFETY: per the contract.
+    boundary::value((), || unsafe { release(d) })
+}

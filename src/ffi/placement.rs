@@ -1,0 +1,115 @@
+//! The placement callback: C's `plaid_place_fn` adapted into the core's [`Placement`].
+
+use std::ffi::{c_char, c_void};
+
+use crate::error::{Error, Result};
+use crate::format::TensorInfo;
+use crate::sink::{Destination, Placement};
+
+/// Destination kind: do not load this tensor.
+pub const PLAID_DEST_SKIP: u32 = 0;
+/// Destination kind: host memory at `address`.
+pub const PLAID_DEST_HOST: u32 = 1;
+/// Destination kind: CUDA device memory (`CUdeviceptr`) on device `device`.
+pub const PLAID_DEST_CUDA: u32 = 2;
+
+/// A tensor's description, lent by the deserializer and valid while it lives. Never
+/// free or modify it. This struct may grow at the end in later versions.
+#[repr(C)]
+#[derive(Debug)]
+pub struct plaid_tensor_info {
+    /// NUL-terminated UTF-8 name.
+    pub name: *const c_char,
+    /// Length of `name` in bytes, without the NUL.
+    pub name_len: usize,
+    /// Element type, a `PLAID_DTYPE_*` value.
+    pub dtype: u32,
+    /// Number of dimensions; 0 for a scalar.
+    pub ndim: u32,
+    /// `ndim` dimensions, row-major; NULL when `ndim` is 0.
+    pub shape: *const u64,
+    /// Bytes of data: product(shape) * element size.
+    pub nbytes: u64,
+    /// Position in the file's tensor list (the index for `plaid_deserializer_tensor`).
+    pub index: usize,
+}
+
+/// Where a tensor goes: zeroed by the library, filled in by the placement callback.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct plaid_destination {
+    /// `PLAID_DEST_SKIP` (0), `PLAID_DEST_HOST` or `PLAID_DEST_CUDA`.
+    pub kind: u32,
+    /// CUDA device ordinal (for `PLAID_DEST_CUDA`).
+    pub device: i32,
+    /// Host pointer or `CUdeviceptr` of the first byte.
+    pub address: u64,
+    /// Bytes writable at `address`; must be at least the tensor's `nbytes`.
+    pub capacity: u64,
+}
+
+/// Chooses the destination of one tensor. Called once per tensor, in file order, on the
+/// thread that called `plaid_deserializer_load`, never concurrently, before any byte of
+/// that tensor is written. `info` is valid while the deserializer lives; `dest` only
+/// during the call. Return 0 to go on; any other value stops the load with
+/// `PLAID_ERR_CANCELLED` before any data is read.
+pub type plaid_place_fn = Option<
+    unsafe extern "C" fn(user_data: *mut c_void, info: *const plaid_tensor_info, dest: *mut plaid_destination) -> i32,
+>;
+
+/// A C placement callback seen as a [`Placement`].
+pub(crate) struct CallbackPlacement<'h> {
+    pub(crate) place: unsafe extern "C" fn(*mut c_void, *const plaid_tensor_info, *mut plaid_destination) -> i32,
+    pub(crate) user_data: *mut c_void,
+    pub(crate) infos: &'h [plaid_tensor_info],
+}
+
+impl<'a> Placement<'a> for CallbackPlacement<'_> {
+    fn place(&mut self, tensor: &TensorInfo) -> Result<Destination<'a>> {
+        let mut dest = plaid_destination::default();
+        // SAFETY: the callback is the caller's; it gets a lent info and a zeroed dest.
+        let rc = unsafe { (self.place)(self.user_data, &self.infos[tensor.index], &mut dest) };
+        if rc != 0 {
+            return Err(Error::Cancelled(format!(
+                "the placement callback returned {rc} for tensor '{}'",
+                tensor.name
+            )));
+        }
+        destination(tensor, &dest)
+    }
+}
+
+/// The core destination described by `dest`.
+fn destination<'a>(tensor: &TensorInfo, dest: &plaid_destination) -> Result<Destination<'a>> {
+    match dest.kind {
+        PLAID_DEST_SKIP => Ok(Destination::Skip),
+        PLAID_DEST_HOST => {
+            if dest.capacity < tensor.nbytes {
+                return Err(Error::Capacity {
+                    tensor: tensor.name.clone(),
+                    needed: tensor.nbytes,
+                    capacity: dest.capacity,
+                });
+            }
+            if tensor.nbytes == 0 {
+                return Ok(Destination::Host(&mut []));
+            }
+            if dest.address == 0 {
+                return Err(Error::invalid(format!("tensor '{}': host destination address is NULL", tensor.name)));
+            }
+            let len = usize::try_from(tensor.nbytes).map_err(|_| Error::invalid("tensor exceeds the address space"))?;
+            // SAFETY: the callback promised `capacity >= nbytes` writable bytes at `address`,
+            // not overlapping other destinations, valid until the load returns.
+            Ok(Destination::Host(unsafe { std::slice::from_raw_parts_mut(dest.address as *mut u8, len) }))
+        }
+        PLAID_DEST_CUDA => Ok(Destination::Cuda {
+            device: dest.device,
+            address: dest.address,
+            capacity: dest.capacity,
+        }),
+        other => Err(Error::invalid(format!(
+            "tensor '{}': unknown destination kind {other}",
+            tensor.name
+        ))),
+    }
+}

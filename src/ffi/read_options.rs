@@ -1,0 +1,81 @@
+//! `plaid_read_options`: how a file is read. Pass NULL wherever options are taken to get
+//! the defaults.
+
+use super::status::plaid_status;
+use super::{boundary, handle_mut, out_ptr, publish, release};
+use crate::options::ReadOptions;
+
+/// Options for `plaid_deserializer_open`. Opaque; made by `plaid_read_options_new`,
+/// destroyed by `plaid_read_options_free`. Not shared between threads while being set.
+pub struct plaid_read_options {
+    pub(crate) inner: ReadOptions,
+}
+
+/// Create read options holding the defaults (verification on, one worker per core,
+/// 16 MiB chunks) and store them in `*out`. Free with `plaid_read_options_free`.
+///
+/// # Safety
+/// `out` is NULL (an error) or writable.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_read_options_new(out: *mut *mut plaid_read_options) -> plaid_status {
+    boundary::status(|| {
+        out_ptr(out, "out")?;
+        let options = plaid_read_options { inner: ReadOptions::default() };
+        // SAFETY: checked non-NULL above.
+        unsafe { publish(out, options) };
+        Ok(())
+    })
+}
+
+/// Free read options. NULL is a no-op; call at most once per handle. A deserializer
+/// keeps its own copy, so options may be freed right after `plaid_deserializer_open`.
+///
+/// # Safety
+/// `options` is NULL or a live handle from `plaid_read_options_new`.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_read_options_free(options: *mut plaid_read_options) {
+    // SAFETY: per the contract.
+    boundary::value((), || unsafe { release(options) })
+}
+
+/// Verify every byte against the file's checksums (`verify != 0`, the default) or not.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_read_options_set_verify(options: *mut plaid_read_options, verify: i32) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let o = unsafe { handle_mut(options, "options") }?;
+        o.inner = o.inner.clone().verify(verify != 0);
+        Ok(())
+    })
+}
+
+/// Number of worker threads; 0 (the default) picks one per core. At most 1024.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_read_options_set_threads(options: *mut plaid_read_options, threads: u32) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let o = unsafe { handle_mut(options, "options") }?;
+        o.inner = o.inner.clone().threads(threads as usize)?;
+        Ok(())
+    })
+}
+
+/// Bytes per read, 4 KiB to 1 GiB (default 16 MiB); rounded to whole checksum blocks.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_read_options_set_chunk_size(options: *mut plaid_read_options, bytes: u64) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let o = unsafe { handle_mut(options, "options") }?;
+        o.inner = o.inner.clone().chunk_size(bytes)?;
+        Ok(())
+    })
+}

@@ -1,0 +1,142 @@
+//! `plaid_serializer`: writes a file atomically.
+
+use std::ffi::{c_char, c_void};
+
+use super::status::plaid_status;
+use super::write_options::plaid_write_options;
+use super::{boundary, c_str, handle_mut, out_ptr, publish, release};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::options::WriteOptions;
+use crate::serializer::Serializer;
+
+/// A file being written. Opaque; made by `plaid_serializer_new`, destroyed by
+/// `plaid_serializer_free`. Calls on one serializer must not run concurrently.
+pub struct plaid_serializer {
+    /// `None` once finished. The `'static` is the C caller's promise that tensor data
+    /// stays valid until `plaid_serializer_finish` returns.
+    inner: Option<Serializer<'static>>,
+}
+
+impl plaid_serializer {
+    fn open(&mut self) -> Result<&mut Serializer<'static>> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| Error::invalid("the serializer has already finished"))
+    }
+}
+
+/// Start writing a file at `path` (UTF-8). Nothing appears at `path` until
+/// `plaid_serializer_finish` succeeds: data goes to a temporary file beside it, which is
+/// removed if the serializer is freed unfinished. `options` may be NULL for defaults and
+/// may be freed after this call. On success `*out` holds a handle to free with
+/// `plaid_serializer_free`; on failure `*out` is untouched.
+///
+/// Returns `PLAID_ERR_INVALID_ARGUMENT` for NULL `path`/`out` or bad UTF-8,
+/// `PLAID_ERR_IO` when the directory is not writable.
+///
+/// # Safety
+/// `path` is NULL or a NUL-terminated string; `options` is NULL or a live handle; `out`
+/// is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_serializer_new(path: *const c_char, options: *const plaid_write_options, out: *mut *mut plaid_serializer) -> plaid_status {
+    boundary::status(|| {
+        out_ptr(out, "out")?;
+        // SAFETY: per the contract.
+        let path = unsafe { c_str(path, "path") }?;
+        // SAFETY: per the contract.
+        let options = unsafe { options.as_ref() }.map_or_else(WriteOptions::default, |o| o.inner.clone());
+        let inner = Serializer::create(path, options)?;
+        // SAFETY: checked non-NULL above.
+        unsafe { publish(out, plaid_serializer { inner: Some(inner) }) };
+        Ok(())
+    })
+}
+
+/// Add a tensor named `name` (UTF-8, unique, non-empty) of `dtype` (`PLAID_DTYPE_*`) and
+/// `shape[0..ndim]` (row-major; `shape` may be NULL when `ndim` is 0). `data` holds
+/// exactly `nbytes` = product(shape) * element size bytes (it may be NULL when `nbytes`
+/// is 0).
+///
+/// `data` is borrowed, not copied: it must stay valid and unchanged until
+/// `plaid_serializer_finish` returns. Returns `PLAID_ERR_INVALID_ARGUMENT` for an unknown
+/// dtype, a duplicate name, a size mismatch or a NULL pointer.
+///
+/// # Safety
+/// `s` is NULL or a live handle; `name` NULL or NUL-terminated; `shape` NULL or
+/// `ndim` readable values; `data` NULL or `nbytes` readable bytes that outlive the
+/// serializer's `finish`.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_serializer_add_tensor(s: *mut plaid_serializer, name: *const c_char, dtype: u32, shape: *const u64, ndim: usize, data: *const c_void, nbytes: u64) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let s = unsafe { handle_mut(s, "serializer") }?;
+        // SAFETY: per the contract.
+        let name = unsafe { c_str(name, "name") }?;
+        let dtype = DType::from_id(dtype).map_err(|_| Error::invalid(format!("tensor '{name}': unknown dtype {dtype}")))?;
+        // SAFETY: per the contract; NULL is allowed only for empty arrays.
+        let shape = unsafe { borrowed(shape, ndim, "shape") }?;
+        let nbytes = usize::try_from(nbytes).map_err(|_| Error::invalid("nbytes exceeds the address space"))?;
+        // SAFETY: per the contract, valid until finish returns.
+        let data = unsafe { borrowed(data.cast::<u8>(), nbytes, "data") }?;
+        s.open()?.add_tensor(name, dtype, shape, data)
+    })
+}
+
+/// Set a metadata entry (`key` non-empty; both UTF-8), replacing an earlier value.
+/// Both strings are copied.
+///
+/// # Safety
+/// `s` is NULL or a live handle; `key` and `value` NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_serializer_set_metadata(s: *mut plaid_serializer, key: *const c_char, value: *const c_char) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let s = unsafe { handle_mut(s, "serializer") }?;
+        // SAFETY: per the contract.
+        let (key, value) = unsafe { (c_str(key, "key")?, c_str(value, "value")?) };
+        s.open()?.set_metadata(key, value)
+    })
+}
+
+/// Checksum and write every tensor, sync, and rename the file into place. After this
+/// call (successful or not) the serializer accepts nothing more; free it with
+/// `plaid_serializer_free`. On failure no file appears at the target path.
+///
+/// # Safety
+/// `s` is NULL or a live handle, and the data of every added tensor is still valid.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_serializer_finish(s: *mut plaid_serializer) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let s = unsafe { handle_mut(s, "serializer") }?;
+        let inner = s.inner.take().ok_or_else(|| Error::invalid("the serializer has already finished"))?;
+        inner.finish().map(drop)
+    })
+}
+
+/// Free a serializer. Unfinished, it writes nothing and removes its temporary file. NULL
+/// is a no-op; call at most once per handle.
+///
+/// # Safety
+/// `s` is NULL or a live handle from `plaid_serializer_new`.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_serializer_free(s: *mut plaid_serializer) {
+    // SAFETY: per the contract.
+    boundary::value((), || unsafe { release(s) })
+}
+
+/// A slice from a C array, allowing NULL only when it is empty.
+///
+/// # Safety
+/// `ptr` is NULL or points to `len` readable values that outlive `'a`.
+unsafe fn borrowed<'a, T>(ptr: *const T, len: usize, what: &str) -> Result<&'a [T]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() {
+        return Err(Error::invalid(format!("{what} is NULL but {len} elements were declared")));
+    }
+    // SAFETY: non-NULL with len readable values per the contract.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}

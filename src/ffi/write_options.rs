@@ -1,0 +1,95 @@
+//! `plaid_write_options`: how a file is written. Pass NULL for the defaults.
+
+use super::status::plaid_status;
+use super::{boundary, handle_mut, out_ptr, publish, release};
+use crate::options::WriteOptions;
+
+/// Options for `plaid_serializer_new`. Opaque; made by `plaid_write_options_new`,
+/// destroyed by `plaid_write_options_free`.
+pub struct plaid_write_options {
+    pub(crate) inner: WriteOptions,
+}
+
+/// Create write options holding the defaults (4096-byte alignment, 4 MiB checksum
+/// blocks, one checksum thread per core, fsync on) and store them in `*out`.
+///
+/// # Safety
+/// `out` is NULL (an error) or writable.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_write_options_new(out: *mut *mut plaid_write_options) -> plaid_status {
+    boundary::status(|| {
+        out_ptr(out, "out")?;
+        let options = plaid_write_options { inner: WriteOptions::default() };
+        // SAFETY: checked non-NULL above.
+        unsafe { publish(out, options) };
+        Ok(())
+    })
+}
+
+/// Free write options. NULL is a no-op; call at most once per handle. A serializer keeps
+/// its own copy.
+///
+/// # Safety
+/// `options` is NULL or a live handle from `plaid_write_options_new`.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_write_options_free(options: *mut plaid_write_options) {
+    // SAFETY: per the contract.
+    boundary::value((), || unsafe { release(options) })
+}
+
+/// Alignment of tensor data in the file: a power of two from 4096 to 1 GiB.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_write_options_set_alignment(options: *mut plaid_write_options, bytes: u64) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let o = unsafe { handle_mut(options, "options") }?;
+        o.inner = o.inner.clone().alignment(bytes)?;
+        Ok(())
+    })
+}
+
+/// Size of a checksum block: a power of two from 4 KiB to 1 GiB (default 4 MiB).
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_write_options_set_checksum_block_size(options: *mut plaid_write_options, bytes: u64) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let o = unsafe { handle_mut(options, "options") }?;
+        o.inner = o.inner.clone().checksum_block_size(bytes)?;
+        Ok(())
+    })
+}
+
+/// Threads computing checksums; 0 (the default) picks one per core. At most 1024.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_write_options_set_threads(options: *mut plaid_write_options, threads: u32) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let o = unsafe { handle_mut(options, "options") }?;
+        o.inner = o.inner.clone().threads(threads as usize)?;
+        Ok(())
+    })
+}
+
+/// `fsync` the file and its directory before `plaid_serializer_finish` returns
+/// (`sync != 0`, the default). Turning it off trades durability for speed.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_write_options_set_sync(options: *mut plaid_write_options, sync: i32) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let o = unsafe { handle_mut(options, "options") }?;
+        o.inner = o.inner.clone().sync(sync != 0);
+        Ok(())
+    })
+}

@@ -1,0 +1,476 @@
+//! plaid format version 1: a 32-byte preamble, a protobuf header, then tensor data
+//! aligned to at least 4096 bytes. `docs/FORMAT.md` is the specification; this module
+//! is its only implementation, for reading and writing alike.
+
+use std::collections::{BTreeMap, HashSet};
+
+use prost::Message;
+
+use super::checksum::{block_count, crc32c};
+use super::{proto, Checksum, Format, Index, TensorInfo};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::source::Source;
+
+/// The first 10 bytes of every plaid file. The high-bit byte catches 7-bit transfers,
+/// `\r\n` catches CRLF-to-LF conversion, `\x1a` stops `type` on DOS, and the lone `\n`
+/// catches LF-to-CRLF conversion.
+pub const MAGIC: [u8; 10] = *b"\x89PLAID\r\n\x1a\n";
+/// The format version this build reads and writes.
+pub const VERSION: u16 = 1;
+/// Length of the fixed preamble.
+pub const PREAMBLE_LEN: u64 = 32;
+/// Largest header accepted, in bytes.
+pub const MAX_HEADER_LEN: u64 = 256 << 20;
+/// Most tensors in one file.
+pub const MAX_TENSORS: usize = 1 << 22;
+/// Most dimensions of one tensor.
+pub const MAX_RANK: usize = 64;
+/// Longest tensor name or metadata key, in bytes.
+pub const MAX_NAME_LEN: usize = 65_535;
+/// Smallest and default data alignment.
+pub const MIN_ALIGNMENT: u64 = 4096;
+/// Largest data alignment accepted.
+pub const MAX_ALIGNMENT: u64 = 1 << 30;
+/// Default size of a checksum block.
+pub const DEFAULT_BLOCK_SIZE: u64 = 4 << 20;
+/// Smallest checksum block.
+pub const MIN_BLOCK_SIZE: u64 = 4096;
+/// Largest checksum block.
+pub const MAX_BLOCK_SIZE: u64 = 1 << 30;
+
+/// The decoded preamble.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Preamble {
+    /// Format version.
+    pub version: u16,
+    /// CRC-32C of the header bytes.
+    pub header_crc32c: u32,
+    /// Length of the header.
+    pub header_len: u64,
+}
+
+impl Preamble {
+    /// The 32 bytes on disk.
+    pub fn encode(&self) -> [u8; PREAMBLE_LEN as usize] {
+        let mut out = [0u8; PREAMBLE_LEN as usize];
+        out[..10].copy_from_slice(&MAGIC);
+        out[10..12].copy_from_slice(&self.version.to_le_bytes());
+        out[12..16].copy_from_slice(&self.header_crc32c.to_le_bytes());
+        out[16..24].copy_from_slice(&self.header_len.to_le_bytes());
+        // 24..28: flags, zero in version 1.
+        let crc = crc32c(&out[..28]);
+        out[28..32].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Parse and check the preamble of `file`.
+    pub fn decode(bytes: &[u8; PREAMBLE_LEN as usize], file: &str) -> Result<Preamble> {
+        if bytes[..10] != MAGIC {
+            return Err(Error::format(file, 0, bad_magic_detail(bytes)));
+        }
+        let version = u16::from_le_bytes([bytes[10], bytes[11]]);
+        let stored_crc = u32::from_le_bytes(le4(&bytes[28..32]));
+        let actual_crc = crc32c(&bytes[..28]);
+        if stored_crc != actual_crc {
+            return Err(Error::format(
+                file,
+                28,
+                format!(
+                    "preamble checksum mismatch (stored {stored_crc:#010x}, computed {actual_crc:#010x})"
+                ),
+            ));
+        }
+        if version != VERSION {
+            return Err(Error::Unsupported(format!(
+                "{file}: plaid format version {version}; this build reads version {VERSION}"
+            )));
+        }
+        let flags = u32::from_le_bytes(le4(&bytes[24..28]));
+        if flags != 0 {
+            return Err(Error::Unsupported(format!(
+                "{file}: unknown feature flags {flags:#x} in the preamble"
+            )));
+        }
+        Ok(Preamble {
+            version,
+            header_crc32c: u32::from_le_bytes(le4(&bytes[12..16])),
+            header_len: u64::from_le_bytes(le8(&bytes[16..24])),
+        })
+    }
+}
+
+fn le4(b: &[u8]) -> [u8; 4] {
+    let mut out = [0u8; 4];
+    out.copy_from_slice(b);
+    out
+}
+
+fn le8(b: &[u8]) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    out.copy_from_slice(b);
+    out
+}
+
+fn bad_magic_detail(bytes: &[u8]) -> String {
+    let stripped: Vec<u8> = MAGIC.iter().map(|b| b & 0x7f).collect();
+    if bytes[..10] == stripped[..] {
+        "bad magic: the high bit of byte 0 was stripped (7-bit transfer)".into()
+    } else if bytes.starts_with(b"\x89PLAID\n") || bytes.starts_with(b"\x89PLAID\r\r\n") {
+        "bad magic: line endings were converted (text-mode transfer)".into()
+    } else {
+        let shown: String = bytes[..10].iter().map(|b| format!("{b:02x}")).collect();
+        format!("not a plaid file (bad magic {shown})")
+    }
+}
+
+/// Read and validate the preamble and header of a plaid file.
+pub fn read_index(source: &dyn Source) -> Result<Index> {
+    let file = source.name();
+    let file_len = source.len();
+    if file_len < PREAMBLE_LEN {
+        return Err(Error::format(
+            file,
+            file_len,
+            format!("file is {file_len} bytes, shorter than the {PREAMBLE_LEN}-byte preamble"),
+        ));
+    }
+    let mut preamble_bytes = [0u8; PREAMBLE_LEN as usize];
+    source.read_at(0, &mut preamble_bytes)?;
+    let preamble = Preamble::decode(&preamble_bytes, file)?;
+    if preamble.header_len > MAX_HEADER_LEN {
+        return Err(Error::format(
+            file,
+            16,
+            format!(
+                "header length {} exceeds the limit of {MAX_HEADER_LEN} bytes",
+                preamble.header_len
+            ),
+        ));
+    }
+    let header_end = PREAMBLE_LEN + preamble.header_len;
+    if header_end > file_len {
+        return Err(Error::format(
+            file,
+            file_len,
+            format!("truncated: the header ends at offset {header_end} but the file is {file_len} bytes"),
+        ));
+    }
+    // Bounded by both MAX_HEADER_LEN and the file's real length, checked above.
+    let mut header_bytes = vec![0u8; preamble.header_len as usize];
+    source.read_at(PREAMBLE_LEN, &mut header_bytes)?;
+    let actual = crc32c(&header_bytes);
+    if actual != preamble.header_crc32c {
+        return Err(Error::format(
+            file,
+            PREAMBLE_LEN,
+            format!(
+                "header checksum mismatch (stored {:#010x}, computed {actual:#010x})",
+                preamble.header_crc32c
+            ),
+        ));
+    }
+    let header = proto::Header::decode(header_bytes.as_slice())
+        .map_err(|e| Error::format(file, PREAMBLE_LEN, format!("undecodable header: {e}")))?;
+    validate(header, header_end, file_len, file)
+}
+
+fn validate(header: proto::Header, header_end: u64, file_len: u64, file: &str) -> Result<Index> {
+    let at = PREAMBLE_LEN;
+    let fail = |detail: String| Err(Error::format(file, at, detail));
+    let alignment = header.alignment;
+    if !alignment.is_power_of_two() || !(MIN_ALIGNMENT..=MAX_ALIGNMENT).contains(&alignment) {
+        return fail(format!("alignment {alignment} is not a power of two between {MIN_ALIGNMENT} and {MAX_ALIGNMENT}"));
+    }
+    let block_size = header.checksum_block_size;
+    if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
+        return fail(format!("checksum block size {block_size} is not a power of two between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}"));
+    }
+    if header.data_offset < header_end || header.data_offset % alignment != 0 {
+        return fail(format!(
+            "data offset {} is not an aligned offset past the header (which ends at {header_end})",
+            header.data_offset
+        ));
+    }
+    if header.file_length > file_len {
+        return Err(Error::format(
+            file,
+            file_len,
+            format!(
+                "truncated: the header declares {} bytes but the file ends at offset {file_len}",
+                header.file_length
+            ),
+        ));
+    }
+    if header.file_length < file_len {
+        return Err(Error::format(
+            file,
+            header.file_length,
+            format!(
+                "{} unexpected bytes after the declared end of the file",
+                file_len - header.file_length
+            ),
+        ));
+    }
+    if header.tensors.len() > MAX_TENSORS {
+        return fail(format!("{} tensors exceed the limit of {MAX_TENSORS}", header.tensors.len()));
+    }
+    let mut metadata = BTreeMap::new();
+    for (key, value) in header.metadata {
+        if let Err(detail) = check_text(&key, "metadata key") {
+            return fail(detail);
+        }
+        if value.contains('\0') {
+            return fail(format!("metadata value of '{key}' contains a NUL byte"));
+        }
+        metadata.insert(key, value);
+    }
+
+    let mut names = HashSet::with_capacity(header.tensors.len());
+    let mut tensors = Vec::with_capacity(header.tensors.len());
+    let mut previous_end = header.data_offset;
+    for (index, t) in header.tensors.into_iter().enumerate() {
+        let name = t.name;
+        let tensor_fail = |offset: u64, detail: String| {
+            Err(Error::format(file, offset, format!("tensor #{index} '{name}': {detail}")))
+        };
+        if let Err(detail) = check_text(&name, "tensor name") {
+            return tensor_fail(at, detail);
+        }
+        if !names.insert(name.clone()) {
+            return tensor_fail(at, "duplicate name".into());
+        }
+        let dtype = u32::try_from(t.dtype)
+            .map_err(|_| ())
+            .and_then(|id| DType::from_id(id).map_err(|_| ()))
+            .map_err(|_| {
+                Error::Unsupported(format!(
+                    "{file}: tensor #{index} '{name}' has unknown dtype id {}",
+                    t.dtype
+                ))
+            })?;
+        if t.shape.len() > MAX_RANK {
+            return tensor_fail(at, format!("rank {} exceeds the limit of {MAX_RANK}", t.shape.len()));
+        }
+        let Some(nbytes) = dtype.nbytes(&t.shape) else {
+            return tensor_fail(at, format!("shape {:?} of {dtype} overflows 64 bits", t.shape));
+        };
+        if nbytes != t.length {
+            return tensor_fail(
+                at,
+                format!("length {} does not match shape {:?} of {dtype} ({nbytes} bytes)", t.length, t.shape),
+            );
+        }
+        if t.offset % alignment != 0 || t.offset < previous_end {
+            return tensor_fail(
+                t.offset,
+                format!("data offset {} is unaligned, out of order or overlaps the previous tensor (which ends at {previous_end})", t.offset),
+            );
+        }
+        let end = match t.offset.checked_add(nbytes) {
+            Some(end) if end <= file_len => end,
+            _ => {
+                return tensor_fail(
+                    t.offset,
+                    format!("data runs past the end of the file ({nbytes} bytes at offset {} in a {file_len}-byte file)", t.offset),
+                )
+            }
+        };
+        let expected_blocks = block_count(nbytes, block_size);
+        if t.block_crc32c.len() as u64 != expected_blocks {
+            return tensor_fail(
+                at,
+                format!("{} block checksums for {expected_blocks} blocks", t.block_crc32c.len()),
+            );
+        }
+        previous_end = end;
+        tensors.push(TensorInfo {
+            name,
+            dtype,
+            shape: t.shape,
+            nbytes,
+            index,
+            offset: t.offset,
+            checksum: Checksum::Crc32cBlocks {
+                block_size,
+                crcs: t.block_crc32c,
+            },
+        });
+    }
+    Ok(Index {
+        format: Format::Plaid,
+        version: u32::from(VERSION),
+        tensors,
+        metadata,
+        alignment,
+        file_length: file_len,
+    })
+}
+
+/// Checks a tensor name or metadata key: non-empty, bounded, no NUL (C reads it as a
+/// NUL-terminated string).
+pub fn check_text(text: &str, what: &str) -> std::result::Result<(), String> {
+    if text.is_empty() {
+        return Err(format!("empty {what}"));
+    }
+    if text.len() > MAX_NAME_LEN {
+        return Err(format!("{what} of {} bytes exceeds the limit of {MAX_NAME_LEN}", text.len()));
+    }
+    if text.contains('\0') {
+        return Err(format!("{what} contains a NUL byte"));
+    }
+    Ok(())
+}
+
+/// A tensor as the writer lays it out.
+#[derive(Clone, Debug)]
+pub struct PlannedTensor {
+    /// Name.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Dimensions.
+    pub shape: Vec<u64>,
+    /// Bytes of data.
+    pub nbytes: u64,
+    /// Per-block CRC-32C.
+    pub block_crc32c: Vec<u32>,
+}
+
+/// The bytes before the first tensor and where each tensor goes.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// Preamble followed by the header (padding to `data_offset` is not included).
+    pub head: Vec<u8>,
+    /// Absolute offset of each tensor.
+    pub offsets: Vec<u64>,
+    /// Total file length.
+    pub file_length: u64,
+}
+
+/// Lay out a file: place each tensor at the next aligned offset after the header and
+/// encode the header. The header's size depends on the offsets it records, so the
+/// data offset is raised until the header fits in front of it.
+pub fn layout(
+    tensors: &[PlannedTensor],
+    metadata: &BTreeMap<String, String>,
+    alignment: u64,
+    block_size: u64,
+) -> Result<Layout> {
+    let overflow = || Error::invalid("the file would exceed 2^64 bytes");
+    let mut data_offset = align_up(PREAMBLE_LEN, alignment).ok_or_else(overflow)?;
+    loop {
+        let mut offsets = Vec::with_capacity(tensors.len());
+        let mut cursor = data_offset;
+        for t in tensors {
+            let offset = align_up(cursor, alignment).ok_or_else(overflow)?;
+            offsets.push(offset);
+            cursor = offset.checked_add(t.nbytes).ok_or_else(overflow)?;
+        }
+        let header = proto::Header {
+            alignment,
+            checksum_block_size: block_size,
+            data_offset,
+            file_length: cursor,
+            tensors: tensors
+                .iter()
+                .zip(&offsets)
+                .map(|(t, &offset)| proto::Tensor {
+                    name: t.name.clone(),
+                    dtype: t.dtype.id() as i32,
+                    shape: t.shape.clone(),
+                    offset,
+                    length: t.nbytes,
+                    block_crc32c: t.block_crc32c.clone(),
+                })
+                .collect(),
+            metadata: metadata.clone(),
+            writer: concat!("plaid ", env!("CARGO_PKG_VERSION")).to_owned(),
+        };
+        let header_bytes = header.encode_to_vec();
+        let header_len = header_bytes.len() as u64;
+        if header_len > MAX_HEADER_LEN {
+            return Err(Error::invalid(format!(
+                "the header would be {header_len} bytes, over the format's limit of {MAX_HEADER_LEN}"
+            )));
+        }
+        if PREAMBLE_LEN + header_len <= data_offset {
+            let preamble = Preamble {
+                version: VERSION,
+                header_crc32c: crc32c(&header_bytes),
+                header_len,
+            };
+            let mut head = Vec::with_capacity((PREAMBLE_LEN + header_len) as usize);
+            head.extend_from_slice(&preamble.encode());
+            head.extend_from_slice(&header_bytes);
+            return Ok(Layout {
+                head,
+                offsets,
+                file_length: cursor,
+            });
+        }
+        data_offset = align_up(PREAMBLE_LEN + header_len, alignment).ok_or_else(overflow)?;
+    }
+}
+
+/// `value` rounded up to a multiple of the power of two `alignment`.
+pub fn align_up(value: u64, alignment: u64) -> Option<u64> {
+    Some(value.checked_add(alignment - 1)? & !(alignment - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preamble_round_trips_and_detects_damage() {
+        let p = Preamble {
+            version: VERSION,
+            header_crc32c: 0xdead_beef,
+            header_len: 1234,
+        };
+        let bytes = p.encode();
+        assert_eq!(Preamble::decode(&bytes, "f").unwrap(), p);
+
+        let mut stripped = bytes;
+        stripped[0] &= 0x7f;
+        let e = Preamble::decode(&stripped, "f").unwrap_err().to_string();
+        assert!(e.contains("7-bit"), "{e}");
+
+        let mut crlf_to_lf = [0u8; 32];
+        crlf_to_lf[..7].copy_from_slice(b"\x89PLAID\n");
+        let e = Preamble::decode(&crlf_to_lf, "f").unwrap_err().to_string();
+        assert!(e.contains("line endings"), "{e}");
+
+        let mut flipped = bytes;
+        flipped[17] ^= 1;
+        let e = Preamble::decode(&flipped, "f").unwrap_err().to_string();
+        assert!(e.contains("preamble checksum"), "{e}");
+    }
+
+    #[test]
+    fn align_up_works() {
+        assert_eq!(align_up(0, 4096), Some(0));
+        assert_eq!(align_up(1, 4096), Some(4096));
+        assert_eq!(align_up(4096, 4096), Some(4096));
+        assert_eq!(align_up(u64::MAX, 4096), None);
+    }
+
+    #[test]
+    fn layout_places_data_after_a_large_header() {
+        let tensors: Vec<PlannedTensor> = (0..2000)
+            .map(|i| PlannedTensor {
+                name: format!("layer.{i}.weight"),
+                dtype: DType::F32,
+                shape: vec![1],
+                nbytes: 4,
+                block_crc32c: vec![0],
+            })
+            .collect();
+        let l = layout(&tensors, &BTreeMap::new(), 4096, DEFAULT_BLOCK_SIZE).unwrap();
+        assert!(l.head.len() as u64 <= l.offsets[0]);
+        assert!(l.offsets.iter().all(|o| o % 4096 == 0));
+        assert!(l.offsets.windows(2).all(|w| w[1] - w[0] == 4096));
+        assert_eq!(l.file_length, l.offsets[1999] + 4);
+    }
+}

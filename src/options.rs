@@ -1,0 +1,150 @@
+//! Options for reading and writing. Plain structs on the Rust side; opaque handles with
+//! setters on the C side, so adding an option never breaks the ABI.
+
+use crate::error::{Error, Result};
+use crate::format::plaid::{
+    DEFAULT_BLOCK_SIZE, MAX_ALIGNMENT, MAX_BLOCK_SIZE, MIN_ALIGNMENT, MIN_BLOCK_SIZE,
+};
+
+/// Default size of one read issued by a worker.
+pub const DEFAULT_CHUNK_SIZE: u64 = 16 << 20;
+/// Smallest chunk size accepted.
+pub const MIN_CHUNK_SIZE: u64 = 4096;
+/// Largest chunk size accepted.
+pub const MAX_CHUNK_SIZE: u64 = 1 << 30;
+/// Most worker threads accepted.
+pub const MAX_THREADS: usize = 1024;
+
+/// How a file is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReadOptions {
+    /// Verify every byte against the file's checksums (default on).
+    pub verify: bool,
+    /// Worker threads; 0 picks one per core.
+    pub threads: usize,
+    /// Bytes per read; rounded to whole checksum blocks.
+    pub chunk_size: u64,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions {
+            verify: true,
+            threads: 0,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+        }
+    }
+}
+
+impl ReadOptions {
+    /// Turn verification on or off.
+    pub fn verify(mut self, verify: bool) -> Self {
+        self.verify = verify;
+        self
+    }
+
+    /// Set the worker thread count (0 = one per core).
+    pub fn threads(mut self, threads: usize) -> Result<Self> {
+        self.threads = check_threads(threads)?;
+        Ok(self)
+    }
+
+    /// Set the chunk size.
+    pub fn chunk_size(mut self, bytes: u64) -> Result<Self> {
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&bytes) {
+            return Err(Error::invalid(format!(
+                "chunk size {bytes} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}"
+            )));
+        }
+        self.chunk_size = bytes;
+        Ok(self)
+    }
+
+    /// The number of workers to run.
+    pub(crate) fn worker_threads(&self) -> usize {
+        resolve_threads(self.threads)
+    }
+}
+
+/// How a file is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WriteOptions {
+    /// Alignment of every tensor's data in the file: a power of two, at least 4096.
+    pub alignment: u64,
+    /// Size of a checksum block: a power of two from 4 KiB to 1 GiB.
+    pub checksum_block_size: u64,
+    /// Threads computing checksums; 0 picks one per core.
+    pub threads: usize,
+    /// `fsync` the file and its directory before reporting success (default on).
+    pub sync: bool,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions {
+            alignment: MIN_ALIGNMENT,
+            checksum_block_size: DEFAULT_BLOCK_SIZE,
+            threads: 0,
+            sync: true,
+        }
+    }
+}
+
+impl WriteOptions {
+    /// Set the data alignment.
+    pub fn alignment(mut self, bytes: u64) -> Result<Self> {
+        if !bytes.is_power_of_two() || !(MIN_ALIGNMENT..=MAX_ALIGNMENT).contains(&bytes) {
+            return Err(Error::invalid(format!(
+                "alignment {bytes} is not a power of two between {MIN_ALIGNMENT} and {MAX_ALIGNMENT}"
+            )));
+        }
+        self.alignment = bytes;
+        Ok(self)
+    }
+
+    /// Set the checksum block size.
+    pub fn checksum_block_size(mut self, bytes: u64) -> Result<Self> {
+        if !bytes.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bytes) {
+            return Err(Error::invalid(format!(
+                "checksum block size {bytes} is not a power of two between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}"
+            )));
+        }
+        self.checksum_block_size = bytes;
+        Ok(self)
+    }
+
+    /// Set the checksum thread count (0 = one per core).
+    pub fn threads(mut self, threads: usize) -> Result<Self> {
+        self.threads = check_threads(threads)?;
+        Ok(self)
+    }
+
+    /// Turn `fsync` on or off.
+    pub fn sync(mut self, sync: bool) -> Self {
+        self.sync = sync;
+        self
+    }
+
+    pub(crate) fn worker_threads(&self) -> usize {
+        resolve_threads(self.threads)
+    }
+}
+
+fn check_threads(threads: usize) -> Result<usize> {
+    if threads > MAX_THREADS {
+        return Err(Error::invalid(format!(
+            "{threads} threads exceed the limit of {MAX_THREADS}"
+        )));
+    }
+    Ok(threads)
+}
+
+fn resolve_threads(threads: usize) -> usize {
+    if threads > 0 {
+        threads
+    } else {
+        std::thread::available_parallelism().map_or(4, |n| n.get())
+    }
+}

@@ -1,0 +1,243 @@
+//! Writing a file, atomically: everything goes to a temporary file beside the target,
+//! which is synced and renamed over the target only when complete.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{File, Permissions};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tempfile::NamedTempFile;
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::format::checksum::crc32c;
+use crate::format::plaid::{self, check_text, PlannedTensor, MAX_RANK, MAX_TENSORS};
+use crate::options::WriteOptions;
+
+/// What a finished write did.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct WriteStats {
+    /// Tensors written.
+    pub tensors: usize,
+    /// Bytes of tensor data.
+    pub data_bytes: u64,
+    /// Length of the file.
+    pub file_length: u64,
+    /// Time spent computing checksums.
+    pub checksum_time: Duration,
+    /// Time spent writing and syncing.
+    pub write_time: Duration,
+}
+
+struct PendingTensor<'a> {
+    name: String,
+    dtype: DType,
+    shape: Vec<u64>,
+    data: &'a [u8],
+}
+
+/// Collects tensors (borrowed, not copied) and metadata, then writes them in one go.
+///
+/// Dropping a serializer without calling [`Serializer::finish`] writes nothing and
+/// removes its temporary file; the target path is untouched.
+pub struct Serializer<'a> {
+    target: PathBuf,
+    temp: NamedTempFile,
+    options: WriteOptions,
+    tensors: Vec<PendingTensor<'a>>,
+    names: HashSet<String>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Serializer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serializer")
+            .field("target", &self.target)
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+impl<'a> Serializer<'a> {
+    /// Prepare to write `path`. The temporary file is created now, so an unwritable
+    /// directory fails here rather than at the end.
+    pub fn create(path: impl AsRef<Path>, options: WriteOptions) -> Result<Serializer<'a>> {
+        let target = path.as_ref().to_path_buf();
+        let file_name = target
+            .file_name()
+            .ok_or_else(|| Error::invalid(format!("{} does not name a file", target.display())))?;
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let temp = tempfile::Builder::new()
+            .prefix(&format!(".{}.", file_name.to_string_lossy()))
+            .suffix(".partial")
+            .permissions(Permissions::from_mode(0o666))
+            .tempfile_in(&dir)
+            .map_err(|e| Error::io(format!("creating a temporary file in {}", dir.display()), e))?;
+        Ok(Serializer {
+            target,
+            temp,
+            options,
+            tensors: Vec::new(),
+            names: HashSet::new(),
+            metadata: BTreeMap::new(),
+        })
+    }
+
+    /// Add a tensor. `data` is borrowed until [`Serializer::finish`] and must hold exactly
+    /// `product(shape) * dtype.size()` bytes.
+    pub fn add_tensor(&mut self, name: &str, dtype: DType, shape: &[u64], data: &'a [u8]) -> Result<()> {
+        check_text(name, "tensor name").map_err(Error::invalid)?;
+        if self.names.contains(name) {
+            return Err(Error::invalid(format!("tensor '{name}' was already added")));
+        }
+        if self.tensors.len() >= MAX_TENSORS {
+            return Err(Error::invalid(format!("more than {MAX_TENSORS} tensors")));
+        }
+        if shape.len() > MAX_RANK {
+            return Err(Error::invalid(format!(
+                "tensor '{name}': rank {} exceeds the limit of {MAX_RANK}",
+                shape.len()
+            )));
+        }
+        let nbytes = dtype.nbytes(shape).ok_or_else(|| {
+            Error::invalid(format!("tensor '{name}': shape {shape:?} overflows 64 bits"))
+        })?;
+        if nbytes != data.len() as u64 {
+            return Err(Error::invalid(format!(
+                "tensor '{name}': shape {shape:?} of {dtype} needs {nbytes} bytes but {} were given",
+                data.len()
+            )));
+        }
+        self.names.insert(name.to_owned());
+        self.tensors.push(PendingTensor {
+            name: name.to_owned(),
+            dtype,
+            shape: shape.to_vec(),
+            data,
+        });
+        Ok(())
+    }
+
+    /// Set a metadata entry (replacing an earlier value of `key`).
+    pub fn set_metadata(&mut self, key: &str, value: &str) -> Result<()> {
+        check_text(key, "metadata key").map_err(Error::invalid)?;
+        if value.contains('\0') {
+            return Err(Error::invalid(format!("metadata value of '{key}' contains a NUL byte")));
+        }
+        self.metadata.insert(key.to_owned(), value.to_owned());
+        Ok(())
+    }
+
+    /// Number of tensors added so far.
+    pub fn tensor_count(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Checksum, lay out and write everything, sync, and rename into place.
+    pub fn finish(self) -> Result<WriteStats> {
+        let started = Instant::now();
+        let block_size = self.options.checksum_block_size;
+        let crcs = block_checksums(&self.tensors, block_size, self.options.worker_threads());
+        let planned: Vec<PlannedTensor> = self
+            .tensors
+            .iter()
+            .zip(crcs)
+            .map(|(t, block_crc32c)| PlannedTensor {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                nbytes: t.data.len() as u64,
+                block_crc32c,
+            })
+            .collect();
+        let layout = plaid::layout(&planned, &self.metadata, self.options.alignment, block_size)?;
+        let checksum_time = started.elapsed();
+
+        let target = self.target.display().to_string();
+        let fail = |what: &str, e: std::io::Error| Error::io(format!("writing {target}: {what}"), e);
+        let mut out = std::io::BufWriter::with_capacity(8 << 20, self.temp.as_file());
+        let mut position = 0u64;
+        out.write_all(&layout.head).map_err(|e| fail("header", e))?;
+        position += layout.head.len() as u64;
+        for (tensor, &offset) in self.tensors.iter().zip(&layout.offsets) {
+            write_zeros(&mut out, offset - position).map_err(|e| fail("padding", e))?;
+            out.write_all(tensor.data)
+                .map_err(|e| fail(&format!("tensor '{}' at offset {offset}", tensor.name), e))?;
+            position = offset + tensor.data.len() as u64;
+        }
+        write_zeros(&mut out, layout.file_length - position).map_err(|e| fail("padding", e))?;
+        out.flush().map_err(|e| fail("flush", e))?;
+        drop(out);
+        if self.options.sync {
+            self.temp.as_file().sync_all().map_err(|e| fail("fsync", e))?;
+        }
+        self.temp
+            .persist(&self.target)
+            .map_err(|e| fail("renaming the temporary file into place", e.error))?;
+        if self.options.sync {
+            sync_parent(&self.target).map_err(|e| fail("fsync of the directory", e))?;
+        }
+        Ok(WriteStats {
+            tensors: self.tensors.len(),
+            data_bytes: self.tensors.iter().map(|t| t.data.len() as u64).sum(),
+            file_length: layout.file_length,
+            checksum_time,
+            write_time: started.elapsed() - checksum_time,
+        })
+    }
+}
+
+/// CRC-32C of every block of every tensor, spread over `threads` threads.
+fn block_checksums(tensors: &[PendingTensor<'_>], block_size: u64, threads: usize) -> Vec<Vec<u32>> {
+    let block = usize::try_from(block_size).unwrap_or(usize::MAX);
+    let mut crcs: Vec<Vec<u32>> = tensors
+        .iter()
+        .map(|t| vec![0u32; t.data.len().div_ceil(block)])
+        .collect();
+    let mut work: Vec<(&[u8], &mut u32)> = Vec::new();
+    for (t, slots) in tensors.iter().zip(crcs.iter_mut()) {
+        work.extend(t.data.chunks(block).zip(slots.iter_mut()));
+    }
+    let total = work.len();
+    let queue = Mutex::new(work.chunks_mut(16));
+    let worker = || loop {
+        let Some(batch) = queue.lock().next() else {
+            break;
+        };
+        for (data, slot) in batch.iter_mut() {
+            **slot = crc32c(data);
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..threads.min(total.div_ceil(16)) {
+            scope.spawn(worker);
+        }
+        worker();
+    });
+    crcs
+}
+
+fn write_zeros(out: &mut impl Write, mut count: u64) -> std::io::Result<()> {
+    const ZEROS: [u8; 4096] = [0u8; 4096];
+    while count > 0 {
+        let n = count.min(ZEROS.len() as u64) as usize;
+        out.write_all(&ZEROS[..n])?;
+        count -= n as u64;
+    }
+    Ok(())
+}
+
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}

@@ -1,0 +1,75 @@
+//! Where bytes go. The caller decides, tensor by tensor, through a [`Placement`]: the
+//! pipeline asks it for every tensor before reading any data, then writes each tensor
+//! into the destination it was given.
+
+use std::collections::HashMap;
+
+use crate::error::Result;
+use crate::format::TensorInfo;
+
+/// Where one tensor's bytes go.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Destination<'a> {
+    /// Do not load this tensor.
+    Skip,
+    /// Host memory owned by the caller; at least `nbytes` long. Destinations of
+    /// different tensors never overlap (Rust's borrow rules see to that).
+    Host(&'a mut [u8]),
+    /// Device memory on a CUDA device.
+    Cuda {
+        /// Device ordinal.
+        device: i32,
+        /// `CUdeviceptr` of the first byte.
+        address: u64,
+        /// Bytes writable at `address`.
+        capacity: u64,
+    },
+}
+
+/// Decides where each tensor goes. Called once per tensor, in file order, on the thread
+/// that started the load, before any byte of that tensor is written. An error stops
+/// the load before any data is read.
+pub trait Placement<'a> {
+    /// The destination of `tensor`.
+    fn place(&mut self, tensor: &TensorInfo) -> Result<Destination<'a>>;
+}
+
+impl<'a, F> Placement<'a> for F
+where
+    F: FnMut(&TensorInfo) -> Result<Destination<'a>>,
+{
+    fn place(&mut self, tensor: &TensorInfo) -> Result<Destination<'a>> {
+        self(tensor)
+    }
+}
+
+/// A placement from a map of tensor names to host buffers; tensors not in the map are
+/// skipped.
+#[derive(Debug, Default)]
+pub struct HostBuffers<'a> {
+    buffers: HashMap<String, &'a mut [u8]>,
+}
+
+impl<'a> HostBuffers<'a> {
+    /// An empty map.
+    pub fn new() -> Self {
+        HostBuffers {
+            buffers: HashMap::new(),
+        }
+    }
+
+    /// Load tensor `name` into `buffer`.
+    pub fn insert(&mut self, name: impl Into<String>, buffer: &'a mut [u8]) {
+        self.buffers.insert(name.into(), buffer);
+    }
+}
+
+impl<'a> Placement<'a> for HostBuffers<'a> {
+    fn place(&mut self, tensor: &TensorInfo) -> Result<Destination<'a>> {
+        Ok(match self.buffers.remove(&tensor.name) {
+            Some(buffer) => Destination::Host(buffer),
+            None => Destination::Skip,
+        })
+    }
+}

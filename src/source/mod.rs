@@ -1,0 +1,48 @@
+//! Where bytes come from. A source is a fixed-length byte range read with positional,
+//! shareable reads, so many workers can read one source at once.
+
+mod fault;
+mod file;
+mod memory;
+
+pub use fault::FailingSource;
+pub use file::FileSource;
+pub use memory::MemorySource;
+
+use crate::error::Result;
+
+/// A readable, fixed-length byte range.
+pub trait Source: Send + Sync {
+    /// A name for messages: the path or URL.
+    fn name(&self) -> &str;
+    /// Total length in bytes.
+    fn len(&self) -> u64;
+    /// Whether the source holds no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Fill all of `buf` with the bytes at `offset`. Reading past the end is a
+    /// [`crate::Error::Format`] naming the offset (the file is truncated).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+}
+
+impl<S: Source + ?Sized> Source for Box<S> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        (**self).read_at(offset, buf)
+    }
+}
+
+/// The error for a read of `want` bytes at `offset` that found the data ending at `end`.
+pub(crate) fn past_end(name: &str, end: u64, offset: u64, want: usize) -> crate::Error {
+    crate::Error::format(
+        name,
+        end,
+        format!("truncated: reading {want} bytes at offset {offset} ran into the end of the data"),
+    )
+}

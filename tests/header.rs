@@ -1,0 +1,33 @@
+//! Fails when `include/plaid.h` differs from what cbindgen generates from the sources.
+//! Regenerate with `PLAID_BLESS=1 cargo test --test header`.
+
+use std::path::Path;
+
+#[test]
+fn header_is_up_to_date() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut config = cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("cbindgen.toml");
+    // The version string comes from Cargo.toml, the one place it is written.
+    config.after_includes = Some(format!(
+        "\n/** The release version as a string. */\n#define PLAID_VERSION \"{}\"",
+        env!("CARGO_PKG_VERSION")
+    ));
+    let mut generated = Vec::new();
+    cbindgen::Builder::new()
+        .with_crate(root)
+        .with_config(config)
+        .generate()
+        .expect("cbindgen failed")
+        .write(&mut generated);
+    let generated = String::from_utf8(generated).expect("utf-8 header");
+    let path = root.join("include/plaid.h");
+    if std::env::var_os("PLAID_BLESS").is_some() {
+        std::fs::write(&path, &generated).expect("write include/plaid.h");
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "include/plaid.h is stale: run `PLAID_BLESS=1 cargo test --test header` and commit it"
+    );
+}
