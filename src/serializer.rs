@@ -142,6 +142,12 @@ impl<'a> Serializer<'a> {
 
     /// Checksum, lay out and write everything, sync, and rename into place.
     pub fn finish(self) -> Result<WriteStats> {
+        self.finish_with_progress(&mut |_, _| {})
+    }
+
+    /// [`Serializer::finish`], calling `progress(bytes_written, total_bytes)` after each
+    /// tensor is written.
+    pub fn finish_with_progress(self, progress: &mut dyn FnMut(u64, u64)) -> Result<WriteStats> {
         let started = Instant::now();
         let block_size = self.options.checksum_block_size;
         let crcs = block_checksums(&self.tensors, block_size, self.options.worker_threads());
@@ -171,6 +177,7 @@ impl<'a> Serializer<'a> {
             out.write_all(tensor.data)
                 .map_err(|e| fail(&format!("tensor '{}' at offset {offset}", tensor.name), e))?;
             position = offset + tensor.data.len() as u64;
+            progress(position, layout.file_length);
         }
         write_zeros(&mut out, layout.file_length - position).map_err(|e| fail("padding", e))?;
         out.flush().map_err(|e| fail("flush", e))?;

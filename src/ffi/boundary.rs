@@ -54,3 +54,34 @@ pub(crate) fn set_message(message: String) {
 pub(crate) fn with_message<T>(f: impl FnOnce(&str) -> T) -> T {
     LAST_ERROR.with(|m| f(&m.borrow()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use crate::ffi::status::{PLAID_ERR_CAPACITY, PLAID_ERR_PANIC};
+
+    #[test]
+    fn panics_become_a_status_and_a_message() {
+        let status = status(|| panic!("boom"));
+        assert_eq!(status, PLAID_ERR_PANIC);
+        with_message(|m| assert!(m.contains("boom"), "{m}"));
+        assert_eq!(value(7usize, || panic!("again")), 7);
+        with_message(|m| assert!(m.contains("again"), "{m}"));
+    }
+
+    #[test]
+    fn errors_set_the_message_and_success_clears_it() {
+        let s = status(|| {
+            Err(Error::Capacity {
+                tensor: "w".into(),
+                needed: 8,
+                capacity: 4,
+            })
+        });
+        assert_eq!(s, PLAID_ERR_CAPACITY);
+        with_message(|m| assert!(m.contains("'w'") && m.contains('8'), "{m}"));
+        assert_eq!(status(|| Ok(())), PLAID_OK);
+        with_message(|m| assert!(m.is_empty(), "{m}"));
+    }
+}

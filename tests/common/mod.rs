@@ -1,0 +1,55 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use plaid::format::{plaid as v1, proto};
+use prost::Message;
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// A file with an arbitrary (possibly hostile) header, with correct preamble and header
+/// checksums so that the reader's semantic validation is what gets tested.
+pub fn file_with_header(header: &proto::Header, data_len: usize) -> Vec<u8> {
+    let header_bytes = header.encode_to_vec();
+    let preamble = v1::Preamble {
+        version: v1::VERSION,
+        header_crc32c: plaid::format::checksum::crc32c(&header_bytes),
+        header_len: header_bytes.len() as u64,
+    };
+    let mut file = preamble.encode().to_vec();
+    file.extend_from_slice(&header_bytes);
+    file.resize(4096 + data_len, 0);
+    file
+}
+
+/// A well-formed header with one f32 tensor of `n` elements at offset 4096.
+pub fn valid_header(n: u64, data: &[u8]) -> proto::Header {
+    proto::Header {
+        alignment: 4096,
+        checksum_block_size: 4096,
+        data_offset: 4096,
+        file_length: 4096 + n * 4,
+        tensors: vec![proto::Tensor {
+            name: "w".into(),
+            dtype: plaid::DType::F32.id() as i32,
+            shape: vec![n],
+            offset: 4096,
+            length: n * 4,
+            block_crc32c: plaid::format::checksum::block_crcs(data, 4096),
+        }],
+        metadata: BTreeMap::new(),
+        writer: "test".into(),
+    }
+}

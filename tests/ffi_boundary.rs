@@ -1,0 +1,66 @@
+//! Every exported function must run its body inside the boundary helper, so that no
+//! panic unwinds into C and every error sets the thread's message.
+
+use std::path::Path;
+
+/// The bodies of all `extern "C" fn`s in `source`, as (name, body text) pairs.
+fn exported_bodies(source: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut rest = source;
+    while let Some(at) = rest.find("extern \"C\" fn ") {
+        let after = &rest[at + "extern \"C\" fn ".len()..];
+        let name: String = after.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        // The body starts at the first `{` after the parameter list closes.
+        let mut depth = 0i32;
+        let mut body_start = None;
+        for (i, c) in after.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                '{' if depth == 0 => {
+                    body_start = Some(i + 1);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let body_start = body_start.expect("function body");
+        found.push((name, after[body_start..].trim_start().to_owned()));
+        rest = &after[body_start..];
+    }
+    found
+}
+
+#[test]
+fn every_export_goes_through_the_boundary() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/ffi");
+    let mut exported = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let source = std::fs::read_to_string(&path).unwrap();
+        for (name, body) in exported_bodies(&source) {
+            if name.is_empty() {
+                continue; // a function-pointer type such as `plaid_place_fn`
+            }
+            let guarded = body.starts_with("boundary::status(")
+                || body.starts_with("boundary::value(")
+                || (body.starts_with("// SAFETY:") && body.lines().nth(1).is_some_and(|l| l.trim_start().starts_with("boundary::")));
+            assert!(guarded, "{}: `{name}` does not start with the boundary helper", path.display());
+            exported.push(name);
+        }
+    }
+    // Every function in the header is one of them, and vice versa.
+    let header = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("include/plaid.h")).unwrap();
+    let mut declared: Vec<String> = header
+        .lines()
+        .filter(|l| !l.starts_with(' ') && !l.starts_with("typedef") && l.contains("plaid_") && l.contains('('))
+        .filter_map(|l| {
+            let before_paren = &l[..l.find('(')?];
+            before_paren.split(|c: char| c == ' ' || c == '*').next_back().map(str::to_owned)
+        })
+        .collect();
+    declared.sort();
+    exported.sort();
+    assert_eq!(declared, exported);
+    assert!(exported.len() >= 30, "found only {} exports", exported.len());
+}

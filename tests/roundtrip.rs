@@ -1,0 +1,412 @@
+//! The core Rust API end to end: write, open, load, verify, and every way it must fail.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::{file_with_header, random_bytes, valid_header};
+use plaid::format::proto;
+use plaid::source::{FailingSource, MemorySource};
+use plaid::{
+    DType, Deserializer, Destination, Error, HostBuffers, ReadOptions, Serializer, TensorInfo, WriteOptions,
+};
+
+struct Tensor {
+    name: String,
+    dtype: DType,
+    shape: Vec<u64>,
+    data: Vec<u8>,
+}
+
+fn tensor(name: &str, dtype: DType, shape: &[u64], seed: u64) -> Tensor {
+    let len = dtype.nbytes(shape).unwrap() as usize;
+    Tensor {
+        name: name.into(),
+        dtype,
+        shape: shape.to_vec(),
+        data: random_bytes(len, seed),
+    }
+}
+
+fn write(path: &Path, tensors: &[Tensor], options: WriteOptions, metadata: &[(&str, &str)]) {
+    let mut s = Serializer::create(path, options.sync(false)).unwrap();
+    for t in tensors {
+        s.add_tensor(&t.name, t.dtype, &t.shape, &t.data).unwrap();
+    }
+    for (k, v) in metadata {
+        s.set_metadata(k, v).unwrap();
+    }
+    s.finish().unwrap();
+}
+
+/// Load every tensor into poisoned buffers and return them.
+fn load_all(d: &Deserializer) -> plaid::Result<Vec<Vec<u8>>> {
+    let mut buffers: Vec<Vec<u8>> = d.tensors().iter().map(|t| vec![0xA5; t.nbytes as usize]).collect();
+    let mut slots: Vec<Option<&mut [u8]>> = buffers.iter_mut().map(|b| Some(b.as_mut_slice())).collect();
+    d.load(&mut |t: &TensorInfo| Ok(Destination::Host(slots[t.index].take().unwrap())))?;
+    Ok(buffers)
+}
+
+fn mixed_model() -> Vec<Tensor> {
+    let mut tensors: Vec<Tensor> = DType::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| tensor(&format!("dtype.{d}"), d, &[3, 5, 7], i as u64))
+        .collect();
+    tensors.push(tensor("scalar", DType::F64, &[], 100));
+    tensors.push(tensor("empty", DType::BF16, &[0, 7], 101));
+    tensors.push(tensor("rank8", DType::I16, &[2, 1, 3, 1, 2, 2, 1, 3], 102));
+    tensors.push(tensor("模型.层.权重 ünïcödé 🦙", DType::U8, &[17], 103));
+    tensors.push(tensor("multi_block", DType::U8, &[3 * 4096 + 17], 104));
+    tensors
+}
+
+#[test]
+fn every_dtype_and_odd_shape_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    let tensors = mixed_model();
+    let options = WriteOptions::default().checksum_block_size(4096).unwrap();
+    write(&path, &tensors, options, &[("arch", "test"), ("ünï", "cödé")]);
+
+    for (threads, chunk) in [(1, 1 << 20), (4, 4096), (0, 16 << 20)] {
+        let options = ReadOptions::default().threads(threads).unwrap().chunk_size(chunk).unwrap();
+        let d = Deserializer::open(&path, options).unwrap();
+        assert_eq!(d.tensors().len(), tensors.len());
+        assert_eq!(d.metadata().get("arch").map(String::as_str), Some("test"));
+        assert_eq!(d.metadata().get("ünï").map(String::as_str), Some("cödé"));
+        let loaded = load_all(&d).unwrap();
+        for (t, (info, bytes)) in tensors.iter().zip(d.tensors().iter().zip(&loaded)) {
+            assert_eq!(info.name, t.name);
+            assert_eq!(info.dtype, t.dtype);
+            assert_eq!(info.shape, t.shape);
+            assert_eq!(info.offset % 4096, 0);
+            assert_eq!(bytes, &t.data, "tensor {}", t.name);
+            assert_eq!(d.find(&t.name).unwrap(), info.index);
+        }
+        assert_eq!(d.verify().unwrap().bytes, tensors.iter().map(|t| t.data.len() as u64).sum());
+    }
+}
+
+#[test]
+fn skip_load_twice_and_host_buffers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    let tensors = mixed_model();
+    write(&path, &tensors, WriteOptions::default(), &[]);
+    let d = Deserializer::open(&path, ReadOptions::default()).unwrap();
+
+    let mut first = vec![0u8; tensors[0].data.len()];
+    let mut second = vec![0u8; tensors[0].data.len()];
+    for buffer in [&mut first, &mut second] {
+        let mut map = HostBuffers::new();
+        map.insert(tensors[0].name.clone(), buffer.as_mut_slice());
+        let stats = d.load(&mut map).unwrap();
+        assert_eq!(stats.tensors, 1);
+    }
+    assert_eq!(first, tensors[0].data);
+    assert_eq!(second, tensors[0].data);
+    assert_eq!(d.read_tensor(5).unwrap(), tensors[5].data);
+    assert!(matches!(d.find("nope"), Err(Error::NotFound(_))));
+}
+
+#[test]
+fn capacity_and_cancel_fail_before_any_byte_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    let tensors = mixed_model();
+    write(&path, &tensors, WriteOptions::default(), &[]);
+    let d = Deserializer::open(&path, ReadOptions::default()).unwrap();
+
+    let mut buffers: Vec<Vec<u8>> = tensors.iter().map(|t| vec![0xA5; t.data.len()]).collect();
+    {
+        let mut slots: Vec<Option<&mut [u8]>> = buffers.iter_mut().map(|b| Some(b.as_mut_slice())).collect();
+        let err = d
+            .load(&mut |t: &TensorInfo| {
+                let b = slots[t.index].take().unwrap();
+                Ok(if t.index == 3 { Destination::Host(&mut b[1..]) } else { Destination::Host(b) })
+            })
+            .unwrap_err();
+        assert!(matches!(err, Error::Capacity { ref tensor, .. } if tensor == "dtype.i16"), "{err}");
+    }
+    {
+        let mut slots: Vec<Option<&mut [u8]>> = buffers.iter_mut().map(|b| Some(b.as_mut_slice())).collect();
+        let err = d
+            .load(&mut |t: &TensorInfo| {
+                if t.index == 4 {
+                    return Err(Error::Cancelled("stop".into()));
+                }
+                Ok(Destination::Host(slots[t.index].take().unwrap()))
+            })
+            .unwrap_err();
+        assert!(matches!(err, Error::Cancelled(_)));
+    }
+    assert!(buffers.iter().all(|b| b.iter().all(|&x| x == 0xA5)));
+
+    let err = d
+        .load(&mut |_: &TensorInfo| Ok(Destination::Cuda { device: 0, address: 1, capacity: 1 << 40 }))
+        .unwrap_err();
+    assert!(matches!(err, Error::NoCuda(_)), "{err}");
+}
+
+#[test]
+fn a_flipped_data_bit_is_caught_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    let tensors = mixed_model();
+    write(&path, &tensors, WriteOptions::default().checksum_block_size(4096).unwrap(), &[]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let d = Deserializer::open(&path, ReadOptions::default()).unwrap();
+    let target = d.tensor(d.find("multi_block").unwrap()).unwrap().clone();
+    let flip_at = target.offset + 2 * 4096 + 5;
+    bytes[flip_at as usize] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let d = Deserializer::open(&path, ReadOptions::default().threads(3).unwrap().chunk_size(4096).unwrap()).unwrap();
+    for err in [load_all(&d).unwrap_err(), d.verify().unwrap_err()] {
+        match &err {
+            Error::Checksum { tensor, offset, block, .. } => {
+                assert_eq!(tensor, "multi_block");
+                assert_eq!(*block, 2);
+                assert_eq!(*offset, target.offset + 2 * 4096);
+            }
+            other => panic!("expected a checksum error, got {other}"),
+        }
+        assert!(err.to_string().contains("multi_block"));
+    }
+    // With verification off the damaged bytes load as they are.
+    let d = Deserializer::open(&path, ReadOptions::default().verify(false)).unwrap();
+    let loaded = load_all(&d).unwrap();
+    assert_eq!(loaded[target.index][2 * 4096 + 5], tensors[target.index].data[2 * 4096 + 5] ^ 0x10);
+}
+
+fn small_file() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    write(&path, &mixed_model(), WriteOptions::default().checksum_block_size(4096).unwrap(), &[("k", "v")]);
+    std::fs::read(path).unwrap()
+}
+
+fn open_bytes(bytes: Vec<u8>) -> plaid::Result<Deserializer> {
+    Deserializer::from_source(Box::new(MemorySource::new("mem.plaid", bytes)), ReadOptions::default())
+}
+
+#[test]
+fn every_truncation_is_a_format_error_naming_the_offset() {
+    let bytes = small_file();
+    let len = bytes.len();
+    let mut cuts: Vec<usize> = vec![0, 1, 9, 10, 31, 32, 33, 100, 4095, 4096, 4097, len / 2, len - 1];
+    cuts.extend((0..len).step_by(997));
+    for cut in cuts {
+        match open_bytes(bytes[..cut].to_vec()) {
+            Err(e @ Error::Format { .. }) => assert!(e.to_string().contains("offset"), "{e}"),
+            Err(other) => panic!("cut at {cut}: expected a format error, got {other}"),
+            Ok(_) => panic!("cut at {cut}: a truncated file opened"),
+        }
+    }
+    // A file that shrinks after it was opened fails the load with the offset.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shrinks.plaid");
+    std::fs::write(&path, &bytes).unwrap();
+    let d = Deserializer::open(&path, ReadOptions::default()).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len as u64 - 5000).unwrap();
+    let err = load_all(&d).unwrap_err();
+    assert!(matches!(err, Error::Format { .. }), "{err}");
+    assert!(err.to_string().contains("truncated") && err.to_string().contains("tensor '"), "{err}");
+}
+
+#[test]
+fn every_bit_flip_in_preamble_and_header_is_caught() {
+    let bytes = small_file();
+    let header_len = u64::from_le_bytes(bytes[16..24].try_into().unwrap()) as usize;
+    for byte in 0..32 + header_len {
+        for bit in 0..8 {
+            let mut damaged = bytes.clone();
+            damaged[byte] ^= 1 << bit;
+            match open_bytes(damaged) {
+                Err(Error::Format { .. }) | Err(Error::Unsupported(_)) => {}
+                Err(other) => panic!("flip {byte}.{bit}: unexpected {other}"),
+                Ok(_) => panic!("flip {byte}.{bit}: damaged header accepted"),
+            }
+        }
+    }
+}
+
+#[test]
+fn random_damage_never_panics() {
+    let bytes = small_file();
+    let noise = random_bytes(1 << 16, 7);
+    for round in 0..3000usize {
+        let mut damaged = bytes.clone();
+        let n = 1 + noise[round % noise.len()] as usize % 8;
+        for k in 0..n {
+            let at = (noise[(round * 7 + k) % noise.len()] as usize * 131 + round * 31 + k) % damaged.len();
+            damaged[at] = noise[(round + k * 13) % noise.len()];
+        }
+        if round % 5 == 0 {
+            damaged.truncate(round * 17 % bytes.len());
+        }
+        if let Ok(d) = open_bytes(damaged) {
+            // Whatever opens must load, or fail cleanly.
+            match load_all(&d) {
+                Ok(_) | Err(Error::Checksum { .. }) | Err(Error::Format { .. }) => {}
+                Err(other) => panic!("round {round}: unexpected {other}"),
+            }
+        }
+    }
+    for seed in 0..200 {
+        let garbage = random_bytes(seed as usize * 97, seed);
+        assert!(open_bytes(garbage).is_err());
+    }
+    let text = b"This is a text file, not a model.\n".repeat(200);
+    assert!(matches!(open_bytes(text), Err(Error::Format { offset: 0, .. })));
+}
+
+#[test]
+fn hostile_headers_are_rejected_with_a_clear_error() {
+    let data = random_bytes(64, 1);
+    let good = valid_header(16, &data);
+    let mut file = file_with_header(&good, 64);
+    file[4096..].copy_from_slice(&data);
+    assert_eq!(load_all(&open_bytes(file).unwrap()).unwrap()[0], data);
+
+    type Mutation = (&'static str, fn(&mut proto::Header));
+    let cases: Vec<Mutation> = vec![
+        ("alignment", |h| h.alignment = 1000),
+        ("alignment", |h| h.alignment = 2048),
+        ("block size", |h| h.checksum_block_size = 0),
+        ("data offset", |h| h.data_offset = 8),
+        ("declares", |h| h.file_length += 1),
+        ("unexpected bytes", |h| h.file_length -= 1),
+        ("duplicate", |h| {
+            let t = h.tensors[0].clone();
+            h.tensors.push(t)
+        }),
+        ("NUL", |h| h.tensors[0].name = "a\0b".into()),
+        ("empty tensor name", |h| h.tensors[0].name.clear()),
+        ("rank", |h| h.tensors[0].shape = vec![1; 65]),
+        ("overflows", |h| h.tensors[0].shape = vec![u64::MAX / 2, 3]),
+        ("does not match", |h| h.tensors[0].length = 60),
+        ("unaligned", |h| h.tensors[0].offset = 4097),
+        ("past the end", |h| {
+            h.tensors[0].shape = vec![1 << 40];
+            h.tensors[0].length = 4 << 40
+        }),
+        ("block checksums", |h| h.tensors[0].block_crc32c.push(1)),
+        ("metadata key", |h| {
+            h.metadata.insert(String::new(), "x".into());
+        }),
+        ("overlaps", |h| {
+            let mut t = h.tensors[0].clone();
+            t.name = "second".into();
+            h.tensors.push(t)
+        }),
+    ];
+    for (expected, mutate) in cases {
+        let mut header = good.clone();
+        mutate(&mut header);
+        let err = open_bytes(file_with_header(&header, 64)).unwrap_err();
+        assert!(matches!(err, Error::Format { .. }), "{expected}: {err}");
+        assert!(err.to_string().contains(expected), "{expected}: {err}");
+    }
+    let mut header = good.clone();
+    header.tensors[0].dtype = 99;
+    let err = open_bytes(file_with_header(&header, 64)).unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)) && err.to_string().contains("dtype"), "{err}");
+
+    // A header length far beyond the file is refused before anything is allocated.
+    let mut file = file_with_header(&good, 64);
+    file[16..24].copy_from_slice(&(200u64 << 20).to_le_bytes());
+    let crc = plaid::format::checksum::crc32c(&file[..28]);
+    file[28..32].copy_from_slice(&crc.to_le_bytes());
+    let err = open_bytes(file).unwrap_err();
+    assert!(err.to_string().contains("truncated"), "{err}");
+}
+
+#[test]
+fn a_source_that_dies_mid_stream_fails_the_load_naming_the_tensor() {
+    let bytes = small_file();
+    let fail_from = bytes.len() as u64 - 20_000;
+    let source = FailingSource::new(MemorySource::new("remote.plaid", bytes), fail_from);
+    let d = Deserializer::from_source(Box::new(source), ReadOptions::default().threads(4).unwrap()).unwrap();
+    let err = load_all(&d).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("remote.plaid") && text.contains("tensor '") && text.contains("offset"), "{text}");
+}
+
+#[test]
+fn writes_are_atomic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    let data = random_bytes(4096, 3);
+    let entries = |dir: &Path| std::fs::read_dir(dir).unwrap().count();
+
+    // Abandoned: nothing at the target, nothing left beside it.
+    {
+        let mut s = Serializer::create(&path, WriteOptions::default()).unwrap();
+        s.add_tensor("w", DType::U8, &[4096], &data).unwrap();
+        assert_eq!(entries(dir.path()), 1, "the temporary file exists while writing");
+    }
+    assert!(!path.exists());
+    assert_eq!(entries(dir.path()), 0);
+
+    // Replacing: the old file stays whole until the new one is complete.
+    write(&path, &[tensor("old", DType::U8, &[10], 1)], WriteOptions::default(), &[]);
+    let old = std::fs::read(&path).unwrap();
+    let mut s = Serializer::create(&path, WriteOptions::default()).unwrap();
+    s.add_tensor("new", DType::U8, &[4096], &data).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), old);
+    s.finish().unwrap();
+    let d = Deserializer::open(&path, ReadOptions::default()).unwrap();
+    assert_eq!(d.tensors()[0].name, "new");
+    assert_eq!(entries(dir.path()), 1);
+
+    // A failed rename (the target is a directory) leaves nothing behind.
+    let blocked = dir.path().join("blocked.plaid");
+    std::fs::create_dir(&blocked).unwrap();
+    std::fs::write(blocked.join("x"), b"x").unwrap();
+    let mut s = Serializer::create(&blocked, WriteOptions::default()).unwrap();
+    s.add_tensor("w", DType::U8, &[4096], &data).unwrap();
+    let err = s.finish().unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    assert_eq!(entries(dir.path()), 2);
+
+    // An unwritable directory fails at creation.
+    assert!(matches!(
+        Serializer::create(dir.path().join("no/such/dir/m.plaid"), WriteOptions::default()),
+        Err(Error::Io { .. })
+    ));
+}
+
+#[test]
+fn bad_tensors_are_refused_when_added() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Serializer::create(dir.path().join("m.plaid"), WriteOptions::default()).unwrap();
+    let data = [0u8; 16];
+    assert!(s.add_tensor("a", DType::F32, &[3], &data).is_err(), "size mismatch");
+    assert!(s.add_tensor("", DType::U8, &[16], &data).is_err(), "empty name");
+    assert!(s.add_tensor("a\0", DType::U8, &[16], &data).is_err(), "NUL in name");
+    assert!(s.add_tensor("a", DType::U8, &[1; 65], &data[..1]).is_err(), "rank");
+    assert!(s.add_tensor("a", DType::U64, &[u64::MAX, 2], &data).is_err(), "overflow");
+    s.add_tensor("a", DType::U8, &[16], &data).unwrap();
+    assert!(s.add_tensor("a", DType::U8, &[16], &data).is_err(), "duplicate");
+    assert!(s.set_metadata("", "v").is_err());
+    assert!(WriteOptions::default().alignment(1000).is_err());
+    assert!(WriteOptions::default().checksum_block_size(1024).is_err());
+    assert!(ReadOptions::default().chunk_size(0).is_err());
+    assert_eq!(s.tensor_count(), 1);
+}
+
+#[test]
+fn zero_tensors_and_metadata_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.plaid");
+    write(&path, &[], WriteOptions::default(), &[("only", "metadata")]);
+    let d = Deserializer::open(&path, ReadOptions::default()).unwrap();
+    assert!(d.tensors().is_empty());
+    let expected: BTreeMap<String, String> = [("only".to_string(), "metadata".to_string())].into();
+    assert_eq!(d.metadata(), &expected);
+    assert_eq!(load_all(&d).unwrap().len(), 0);
+}
