@@ -92,7 +92,13 @@ impl<'a> Serializer<'a> {
 
     /// Add a tensor. `data` is borrowed until [`Serializer::finish`] and must hold exactly
     /// `product(shape) * dtype.size()` bytes.
-    pub fn add_tensor(&mut self, name: &str, dtype: DType, shape: &[u64], data: &'a [u8]) -> Result<()> {
+    pub fn add_tensor(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        data: &'a [u8],
+    ) -> Result<()> {
         check_text(name, "tensor name").map_err(Error::invalid)?;
         if self.names.contains(name) {
             return Err(Error::invalid(format!("tensor '{name}' was already added")));
@@ -107,7 +113,9 @@ impl<'a> Serializer<'a> {
             )));
         }
         let nbytes = dtype.nbytes(shape).ok_or_else(|| {
-            Error::invalid(format!("tensor '{name}': shape {shape:?} overflows 64 bits"))
+            Error::invalid(format!(
+                "tensor '{name}': shape {shape:?} overflows 64 bits"
+            ))
         })?;
         if nbytes != data.len() as u64 {
             return Err(Error::invalid(format!(
@@ -129,7 +137,9 @@ impl<'a> Serializer<'a> {
     pub fn set_metadata(&mut self, key: &str, value: &str) -> Result<()> {
         check_text(key, "metadata key").map_err(Error::invalid)?;
         if value.contains('\0') {
-            return Err(Error::invalid(format!("metadata value of '{key}' contains a NUL byte")));
+            return Err(Error::invalid(format!(
+                "metadata value of '{key}' contains a NUL byte"
+            )));
         }
         self.metadata.insert(key.to_owned(), value.to_owned());
         Ok(())
@@ -167,7 +177,8 @@ impl<'a> Serializer<'a> {
         let checksum_time = started.elapsed();
 
         let target = self.target.display().to_string();
-        let fail = |what: &str, e: std::io::Error| Error::io(format!("writing {target}: {what}"), e);
+        let fail =
+            |what: &str, e: std::io::Error| Error::io(format!("writing {target}: {what}"), e);
         let mut out = std::io::BufWriter::with_capacity(8 << 20, self.temp.as_file());
         let mut position = 0u64;
         out.write_all(&layout.head).map_err(|e| fail("header", e))?;
@@ -183,7 +194,10 @@ impl<'a> Serializer<'a> {
         out.flush().map_err(|e| fail("flush", e))?;
         drop(out);
         if self.options.sync {
-            self.temp.as_file().sync_all().map_err(|e| fail("fsync", e))?;
+            self.temp
+                .as_file()
+                .sync_all()
+                .map_err(|e| fail("fsync", e))?;
         }
         self.temp
             .persist(&self.target)
@@ -202,7 +216,11 @@ impl<'a> Serializer<'a> {
 }
 
 /// CRC-32C of every block of every tensor, spread over `threads` threads.
-fn block_checksums(tensors: &[PendingTensor<'_>], block_size: u64, threads: usize) -> Vec<Vec<u32>> {
+fn block_checksums(
+    tensors: &[PendingTensor<'_>],
+    block_size: u64,
+    threads: usize,
+) -> Vec<Vec<u32>> {
     let block = usize::try_from(block_size).unwrap_or(usize::MAX);
     let mut crcs: Vec<Vec<u32>> = tensors
         .iter()

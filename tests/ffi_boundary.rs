@@ -9,7 +9,10 @@ fn exported_bodies(source: &str) -> Vec<(String, String)> {
     let mut rest = source;
     while let Some(at) = rest.find("extern \"C\" fn ") {
         let after = &rest[at + "extern \"C\" fn ".len()..];
-        let name: String = after.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        let name: String = after
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
         // The body starts at the first `{` after the parameter list closes.
         let mut depth = 0i32;
         let mut body_start = None;
@@ -44,23 +47,71 @@ fn every_export_goes_through_the_boundary() {
             }
             let guarded = body.starts_with("boundary::status(")
                 || body.starts_with("boundary::value(")
-                || (body.starts_with("// SAFETY:") && body.lines().nth(1).is_some_and(|l| l.trim_start().starts_with("boundary::")));
-            assert!(guarded, "{}: `{name}` does not start with the boundary helper", path.display());
+                || (body.starts_with("// SAFETY:")
+                    && body
+                        .lines()
+                        .nth(1)
+                        .is_some_and(|l| l.trim_start().starts_with("boundary::")));
+            assert!(
+                guarded,
+                "{}: `{name}` does not start with the boundary helper",
+                path.display()
+            );
             exported.push(name);
         }
     }
     // Every function in the header is one of them, and vice versa.
-    let header = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("include/plaid.h")).unwrap();
+    let header =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("include/plaid.h"))
+            .unwrap();
     let mut declared: Vec<String> = header
         .lines()
-        .filter(|l| !l.starts_with(' ') && !l.starts_with("typedef") && l.contains("plaid_") && l.contains('('))
+        .filter(|l| {
+            !l.starts_with(' ')
+                && !l.starts_with("typedef")
+                && l.contains("plaid_")
+                && l.contains('(')
+        })
         .filter_map(|l| {
             let before_paren = &l[..l.find('(')?];
-            before_paren.split(|c: char| c == ' ' || c == '*').next_back().map(str::to_owned)
+            before_paren
+                .split([' ', '*'])
+                .next_back()
+                .map(str::to_owned)
         })
         .collect();
     declared.sort();
     exported.sort();
     assert_eq!(declared, exported);
-    assert!(exported.len() >= 30, "found only {} exports", exported.len());
+    assert!(
+        exported.len() >= 30,
+        "found only {} exports",
+        exported.len()
+    );
+}
+
+#[test]
+fn the_shared_library_exports_only_the_c_api() {
+    // target/<profile>/deps/<this test> -> target/<profile>/libplaid.so
+    let exe = std::env::current_exe().unwrap();
+    let lib = exe.parent().and_then(Path::parent).unwrap().join("libplaid.so");
+    assert!(lib.exists(), "{} is missing: run `cargo build` before `cargo test`", lib.display());
+    let out = std::process::Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(&lib)
+        .output()
+        .expect("nm (binutils) is needed for this test");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let functions: Vec<&str> = text
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let (_, kind, name) = (parts.next()?, parts.next()?, parts.next()?);
+            (kind == "T").then_some(name)
+        })
+        .collect();
+    let foreign: Vec<&&str> = functions.iter().filter(|n| !n.starts_with("plaid_")).collect();
+    assert!(foreign.is_empty(), "exports beyond the C API: {foreign:?}");
+    assert!(functions.len() >= 30);
 }

@@ -9,7 +9,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use plaid::{DType, Deserializer, Destination, ReadOptions, Serializer, TensorInfo, WriteOptions};
 
 #[derive(Parser)]
-#[command(name = "plaid", version, about = "Stream model weights into memory, verified.")]
+#[command(
+    name = "plaid",
+    version,
+    about = "Stream model weights into memory, verified."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,6 +53,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`plaid inspect big.plaid | head`), as command-line
+    // tools do, instead of panicking on the failed print.
+    // SAFETY: setting a signal disposition to its default before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect { file } => inspect(&file),
@@ -73,13 +81,30 @@ fn inspect(file: &Path) -> plaid::Result<()> {
     let d = Deserializer::open(file, ReadOptions::default())?;
     let data: u64 = d.tensors().iter().map(|t| t.nbytes).sum();
     println!("file:       {}", d.name());
-    println!("format:     {:?} version {}", d.format(), d.format_version());
-    println!("size:       {} ({} of tensor data)", human(d.file_length()), human(data));
+    println!(
+        "format:     {:?} version {}",
+        d.format(),
+        d.format_version()
+    );
+    println!(
+        "size:       {} ({} of tensor data)",
+        human(d.file_length()),
+        human(data)
+    );
     println!("alignment:  {}", d.alignment());
     println!("tensors:    {}", d.tensors().len());
     println!();
-    let name_width = d.tensors().iter().map(|t| t.name.chars().count()).max().unwrap_or(4).clamp(4, 60);
-    println!("{:>6}  {:<name_width$}  {:<12}  {:<24}  {:>12}  {:>14}", "#", "name", "dtype", "shape", "bytes", "offset");
+    let name_width = d
+        .tensors()
+        .iter()
+        .map(|t| t.name.chars().count())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, 60);
+    println!(
+        "{:>6}  {:<name_width$}  {:<12}  {:<24}  {:>12}  {:>14}",
+        "#", "name", "dtype", "shape", "bytes", "offset"
+    );
     for t in d.tensors() {
         println!(
             "{:>6}  {:<name_width$}  {:<12}  {:<24}  {:>12}  {:>14}",
@@ -124,11 +149,32 @@ struct Synthetic {
     data: Vec<u8>,
 }
 
-/// A llama-like decoder in bf16: embeddings, `layers` blocks, final norm and head.
+/// A llama-like decoder in bf16 (embeddings, decoder blocks, final norm and head), with
+/// the largest width whose embeddings plus four blocks fit `target_bytes`, and as many
+/// blocks as bring it closest to that size.
 fn synthetic_model(target_bytes: u64) -> Vec<(String, Vec<u64>)> {
-    let (hidden, inter, vocab, kv) = (2048u64, 5632u64, 32000u64, 512u64);
-    let per_layer = 2 * (hidden * hidden * 2 + hidden * kv * 2 + 3 * hidden * inter + 2 * hidden);
-    let fixed = 2 * (2 * vocab * hidden + hidden);
+    // (hidden, intermediate, vocabulary, key/value width), from wide to narrow.
+    const WIDTHS: [(u64, u64, u64, u64); 5] = [
+        (4096, 11008, 32000, 1024),
+        (2048, 5632, 32000, 512),
+        (1024, 2816, 32000, 256),
+        (512, 1408, 8000, 128),
+        (256, 704, 4000, 64),
+    ];
+    let size = |&(hidden, inter, vocab, kv): &(u64, u64, u64, u64)| {
+        let per_layer = 2 * (2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inter + 2 * hidden);
+        let fixed = 2 * (2 * vocab * hidden + hidden);
+        (per_layer, fixed)
+    };
+    let width = WIDTHS
+        .iter()
+        .find(|w| {
+            let (per_layer, fixed) = size(w);
+            fixed + 4 * per_layer <= target_bytes
+        })
+        .unwrap_or(&WIDTHS[WIDTHS.len() - 1]);
+    let (per_layer, fixed) = size(width);
+    let (hidden, inter, vocab, kv) = *width;
     let layers = ((target_bytes.saturating_sub(fixed) + per_layer / 2) / per_layer).max(1);
     let mut tensors = vec![("model.embed_tokens.weight".to_owned(), vec![vocab, hidden])];
     for l in 0..layers {
@@ -166,9 +212,11 @@ fn fill_random(buf: &mut [u8], mut seed: u64) {
 fn bar(total: u64, message: &'static str) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template("{msg:>10} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>10} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
     );
     bar.set_message(message);
     bar
@@ -178,7 +226,10 @@ fn demo(size_mib: u64, dir: Option<PathBuf>, keep: bool, threads: usize) -> plai
     let dir = dir.unwrap_or_else(std::env::temp_dir);
     let path = dir.join(format!("plaid-demo-{}.plaid", std::process::id()));
     let plan = synthetic_model(size_mib << 20);
-    let total: u64 = plan.iter().map(|(_, s)| DType::BF16.nbytes(s).unwrap_or(0)).sum();
+    let total: u64 = plan
+        .iter()
+        .map(|(_, s)| DType::BF16.nbytes(s).unwrap_or(0))
+        .sum();
     println!(
         "plaid demo: a {}-tensor bf16 decoder, {} of weights -> {}",
         plan.len(),
@@ -212,31 +263,56 @@ fn demo(size_mib: u64, dir: Option<PathBuf>, keep: bool, threads: usize) -> plai
         }
         let started = Instant::now();
         let progress = bar(total, "write");
-        let stats = writer.finish_with_progress(&mut |done, _| progress.set_position(done.min(total)))?;
+        let stats =
+            writer.finish_with_progress(&mut |done, _| progress.set_position(done.min(total)))?;
         progress.finish_and_clear();
-        rows.push(("serialize (checksum, write, fsync)", stats.data_bytes, started.elapsed()));
-        rows.push(("  of which: checksums", stats.data_bytes, stats.checksum_time));
+        rows.push((
+            "serialize (checksum, write, fsync)",
+            stats.data_bytes,
+            started.elapsed(),
+        ));
+        rows.push((
+            "  of which: checksums",
+            stats.data_bytes,
+            stats.checksum_time,
+        ));
 
         // Destinations the way an engine has them: allocated and touched before the load.
         let mut buffers: Vec<Vec<u8>> = model.iter().map(|t| vec![0xA5u8; t.data.len()]).collect();
-        for (label, verify) in [("load into host buffers, verified", true), ("load into host buffers, unverified", false)] {
-            let reader = Deserializer::open(&path, ReadOptions::default().threads(threads)?.verify(verify))?;
+        for (label, verify) in [
+            ("load into host buffers, verified", true),
+            ("load into host buffers, unverified", false),
+        ] {
+            let reader = Deserializer::open(
+                &path,
+                ReadOptions::default().threads(threads)?.verify(verify),
+            )?;
             let started = Instant::now();
-            let mut slots: Vec<Option<&mut [u8]>> = buffers.iter_mut().map(|b| Some(b.as_mut_slice())).collect();
+            let mut slots: Vec<Option<&mut [u8]>> =
+                buffers.iter_mut().map(|b| Some(b.as_mut_slice())).collect();
             let stats = reader.load(&mut |t: &TensorInfo| {
-                Ok(slots[t.index].take().map_or(Destination::Skip, Destination::Host))
+                Ok(slots[t.index]
+                    .take()
+                    .map_or(Destination::Skip, Destination::Host))
             })?;
             rows.push((label, stats.bytes, started.elapsed()));
             for (t, b) in model.iter().zip(&buffers) {
                 if t.data != *b {
-                    return Err(plaid::Error::InvalidArgument(format!("tensor '{}' came back different", t.name)));
+                    return Err(plaid::Error::InvalidArgument(format!(
+                        "tensor '{}' came back different",
+                        t.name
+                    )));
                 }
             }
         }
         let reader = Deserializer::open(&path, ReadOptions::default().threads(threads)?)?;
         let started = Instant::now();
         let stats = reader.verify()?;
-        rows.push(("verify every block (plaid verify)", stats.bytes, started.elapsed()));
+        rows.push((
+            "verify every block (plaid verify)",
+            stats.bytes,
+            started.elapsed(),
+        ));
 
         let started = Instant::now();
         for (t, b) in model.iter().zip(buffers.iter_mut()) {
@@ -251,7 +327,10 @@ fn demo(size_mib: u64, dir: Option<PathBuf>, keep: bool, threads: usize) -> plai
     result?;
 
     println!();
-    println!("{:<36}  {:>10}  {:>9}  {:>8}", "phase", "bytes", "seconds", "GB/s");
+    println!(
+        "{:<36}  {:>10}  {:>9}  {:>8}",
+        "phase", "bytes", "seconds", "GB/s"
+    );
     println!("{}", "-".repeat(70));
     for (label, bytes, time) in &rows {
         println!(
@@ -264,7 +343,11 @@ fn demo(size_mib: u64, dir: Option<PathBuf>, keep: bool, threads: usize) -> plai
     println!();
     println!(
         "every tensor came back byte-identical{}",
-        if keep { format!("; kept {}", path.display()) } else { String::new() }
+        if keep {
+            format!("; kept {}", path.display())
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }

@@ -32,7 +32,11 @@ unsafe impl Sync for plaid_deserializer {}
 impl plaid_deserializer {
     fn new(inner: Deserializer) -> Result<plaid_deserializer> {
         let text = |s: &str| CString::new(s).map_err(|_| Error::invalid("text holds a NUL byte"));
-        let names = inner.tensors().iter().map(|t| text(&t.name)).collect::<Result<Vec<_>>>()?;
+        let names = inner
+            .tensors()
+            .iter()
+            .map(|t| text(&t.name))
+            .collect::<Result<Vec<_>>>()?;
         let infos = inner
             .tensors()
             .iter()
@@ -42,7 +46,11 @@ impl plaid_deserializer {
                 name_len: t.name.len(),
                 dtype: t.dtype.id(),
                 ndim: t.shape.len() as u32,
-                shape: if t.shape.is_empty() { std::ptr::null() } else { t.shape.as_ptr() },
+                shape: if t.shape.is_empty() {
+                    std::ptr::null()
+                } else {
+                    t.shape.as_ptr()
+                },
                 nbytes: t.nbytes,
                 index: t.index,
             })
@@ -52,7 +60,12 @@ impl plaid_deserializer {
             .iter()
             .map(|(k, v)| Ok((text(k)?, text(v)?)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(plaid_deserializer { inner, infos, _names: names, metadata })
+        Ok(plaid_deserializer {
+            inner,
+            infos,
+            _names: names,
+            metadata,
+        })
     }
 }
 
@@ -69,13 +82,18 @@ impl plaid_deserializer {
 /// `source` is NULL or NUL-terminated; `options` NULL or a live handle; `out` NULL or
 /// writable.
 #[no_mangle]
-pub unsafe extern "C" fn plaid_deserializer_open(source: *const c_char, options: *const plaid_read_options, out: *mut *mut plaid_deserializer) -> plaid_status {
+pub unsafe extern "C" fn plaid_deserializer_open(
+    source: *const c_char,
+    options: *const plaid_read_options,
+    out: *mut *mut plaid_deserializer,
+) -> plaid_status {
     boundary::status(|| {
         out_ptr(out, "out")?;
         // SAFETY: per the contract.
         let source = unsafe { c_str(source, "source") }?;
         // SAFETY: per the contract.
-        let options = unsafe { options.as_ref() }.map_or_else(ReadOptions::default, |o| o.inner.clone());
+        let options =
+            unsafe { options.as_ref() }.map_or_else(ReadOptions::default, |o| o.inner.clone());
         let handle = plaid_deserializer::new(Deserializer::open(source, options)?)?;
         // SAFETY: checked non-NULL above.
         unsafe { publish(out, handle) };
@@ -100,7 +118,10 @@ pub unsafe extern "C" fn plaid_deserializer_tensor_count(d: *const plaid_deseria
 /// # Safety
 /// `d` is NULL or a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn plaid_deserializer_tensor(d: *const plaid_deserializer, index: usize) -> *const plaid_tensor_info {
+pub unsafe extern "C" fn plaid_deserializer_tensor(
+    d: *const plaid_deserializer,
+    index: usize,
+) -> *const plaid_tensor_info {
     boundary::value(std::ptr::null(), || {
         // SAFETY: per the contract.
         unsafe { d.as_ref() }
@@ -116,7 +137,11 @@ pub unsafe extern "C" fn plaid_deserializer_tensor(d: *const plaid_deserializer,
 /// `d` is NULL or a live handle; `name` NULL or NUL-terminated; `index_out` NULL or
 /// writable.
 #[no_mangle]
-pub unsafe extern "C" fn plaid_deserializer_find(d: *const plaid_deserializer, name: *const c_char, index_out: *mut usize) -> plaid_status {
+pub unsafe extern "C" fn plaid_deserializer_find(
+    d: *const plaid_deserializer,
+    name: *const c_char,
+    index_out: *mut usize,
+) -> plaid_status {
     boundary::status(|| {
         out_ptr(index_out, "index_out")?;
         // SAFETY: per the contract.
@@ -144,12 +169,20 @@ pub unsafe extern "C" fn plaid_deserializer_find(d: *const plaid_deserializer, n
 /// `d` is NULL or a live handle not used by another thread during the call; `place` is
 /// NULL (an error) or a function honouring `plaid_place_fn`'s contract.
 #[no_mangle]
-pub unsafe extern "C" fn plaid_deserializer_load(d: *mut plaid_deserializer, place: plaid_place_fn, user_data: *mut c_void) -> plaid_status {
+pub unsafe extern "C" fn plaid_deserializer_load(
+    d: *mut plaid_deserializer,
+    place: plaid_place_fn,
+    user_data: *mut c_void,
+) -> plaid_status {
     boundary::status(|| {
         // SAFETY: per the contract.
         let d = unsafe { handle_mut(d, "deserializer") }?;
         let place = place.ok_or_else(|| Error::invalid("place callback is NULL"))?;
-        let mut placement = CallbackPlacement { place, user_data, infos: &d.infos };
+        let mut placement = CallbackPlacement {
+            place,
+            user_data,
+            infos: &d.infos,
+        };
         d.inner.load(&mut placement).map(drop)
     })
 }
@@ -186,13 +219,21 @@ pub unsafe extern "C" fn plaid_deserializer_metadata_count(d: *const plaid_deser
 /// # Safety
 /// `d` is NULL or a live handle; `key_out` and `value_out` NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn plaid_deserializer_metadata_entry(d: *const plaid_deserializer, index: usize, key_out: *mut *const c_char, value_out: *mut *const c_char) -> plaid_status {
+pub unsafe extern "C" fn plaid_deserializer_metadata_entry(
+    d: *const plaid_deserializer,
+    index: usize,
+    key_out: *mut *const c_char,
+    value_out: *mut *const c_char,
+) -> plaid_status {
     boundary::status(|| {
         out_ptr(key_out, "key_out")?;
         out_ptr(value_out, "value_out")?;
         // SAFETY: per the contract.
         let d = unsafe { handle(d, "deserializer") }?;
-        let (k, v) = d.metadata.get(index).ok_or_else(|| Error::NotFound(format!("no metadata entry #{index}")))?;
+        let (k, v) = d
+            .metadata
+            .get(index)
+            .ok_or_else(|| Error::NotFound(format!("no metadata entry #{index}")))?;
         // SAFETY: both checked non-NULL above.
         unsafe { (*key_out, *value_out) = (k.as_ptr(), v.as_ptr()) };
         Ok(())
@@ -206,15 +247,19 @@ pub unsafe extern "C" fn plaid_deserializer_metadata_entry(d: *const plaid_deser
 /// `d` is NULL or a live handle; `key` NULL or NUL-terminated; `value_out` NULL or
 /// writable.
 #[no_mangle]
-pub unsafe extern "C" fn plaid_deserializer_metadata_get(d: *const plaid_deserializer, key: *const c_char, value_out: *mut *const c_char) -> plaid_status {
+pub unsafe extern "C" fn plaid_deserializer_metadata_get(
+    d: *const plaid_deserializer,
+    key: *const c_char,
+    value_out: *mut *const c_char,
+) -> plaid_status {
     boundary::status(|| {
         out_ptr(value_out, "value_out")?;
         // SAFETY: per the contract.
         let (d, key) = unsafe { (handle(d, "deserializer")?, c_str(key, "key")?) };
         let index = d.inner.metadata().keys().position(|k| k == key);
-        let (_, v) = index
-            .map(|i| &d.metadata[i])
-            .ok_or_else(|| Error::NotFound(format!("{}: no metadata key '{key}'", d.inner.name())))?;
+        let (_, v) = index.map(|i| &d.metadata[i]).ok_or_else(|| {
+            Error::NotFound(format!("{}: no metadata key '{key}'", d.inner.name()))
+        })?;
         // SAFETY: checked non-NULL above.
         unsafe { *value_out = v.as_ptr() };
         Ok(())

@@ -54,12 +54,17 @@ pub struct plaid_destination {
 /// during the call. Return 0 to go on; any other value stops the load with
 /// `PLAID_ERR_CANCELLED` before any data is read.
 pub type plaid_place_fn = Option<
-    unsafe extern "C" fn(user_data: *mut c_void, info: *const plaid_tensor_info, dest: *mut plaid_destination) -> i32,
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        info: *const plaid_tensor_info,
+        dest: *mut plaid_destination,
+    ) -> i32,
 >;
 
 /// A C placement callback seen as a [`Placement`].
 pub(crate) struct CallbackPlacement<'h> {
-    pub(crate) place: unsafe extern "C" fn(*mut c_void, *const plaid_tensor_info, *mut plaid_destination) -> i32,
+    pub(crate) place:
+        unsafe extern "C" fn(*mut c_void, *const plaid_tensor_info, *mut plaid_destination) -> i32,
     pub(crate) user_data: *mut c_void,
     pub(crate) infos: &'h [plaid_tensor_info],
 }
@@ -95,12 +100,18 @@ fn destination<'a>(tensor: &TensorInfo, dest: &plaid_destination) -> Result<Dest
                 return Ok(Destination::Host(&mut []));
             }
             if dest.address == 0 {
-                return Err(Error::invalid(format!("tensor '{}': host destination address is NULL", tensor.name)));
+                return Err(Error::invalid(format!(
+                    "tensor '{}': host destination address is NULL",
+                    tensor.name
+                )));
             }
-            let len = usize::try_from(tensor.nbytes).map_err(|_| Error::invalid("tensor exceeds the address space"))?;
+            let len = usize::try_from(tensor.nbytes)
+                .map_err(|_| Error::invalid("tensor exceeds the address space"))?;
             // SAFETY: the callback promised `capacity >= nbytes` writable bytes at `address`,
             // not overlapping other destinations, valid until the load returns.
-            Ok(Destination::Host(unsafe { std::slice::from_raw_parts_mut(dest.address as *mut u8, len) }))
+            Ok(Destination::Host(unsafe {
+                std::slice::from_raw_parts_mut(dest.address as *mut u8, len)
+            }))
         }
         PLAID_DEST_CUDA => Ok(Destination::Cuda {
             device: dest.device,

@@ -20,7 +20,9 @@ pub struct plaid_read_options {
 pub unsafe extern "C" fn plaid_read_options_new(out: *mut *mut plaid_read_options) -> plaid_status {
     boundary::status(|| {
         out_ptr(out, "out")?;
-        let options = plaid_read_options { inner: ReadOptions::default() };
+        let options = plaid_read_options {
+            inner: ReadOptions::default(),
+        };
         // SAFETY: checked non-NULL above.
         unsafe { publish(out, options) };
         Ok(())
@@ -43,7 +45,10 @@ pub unsafe extern "C" fn plaid_read_options_free(options: *mut plaid_read_option
 /// # Safety
 /// `options` is NULL (an error) or a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn plaid_read_options_set_verify(options: *mut plaid_read_options, verify: i32) -> plaid_status {
+pub unsafe extern "C" fn plaid_read_options_set_verify(
+    options: *mut plaid_read_options,
+    verify: i32,
+) -> plaid_status {
     boundary::status(|| {
         // SAFETY: per the contract.
         let o = unsafe { handle_mut(options, "options") }?;
@@ -57,7 +62,10 @@ pub unsafe extern "C" fn plaid_read_options_set_verify(options: *mut plaid_read_
 /// # Safety
 /// `options` is NULL (an error) or a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn plaid_read_options_set_threads(options: *mut plaid_read_options, threads: u32) -> plaid_status {
+pub unsafe extern "C" fn plaid_read_options_set_threads(
+    options: *mut plaid_read_options,
+    threads: u32,
+) -> plaid_status {
     boundary::status(|| {
         // SAFETY: per the contract.
         let o = unsafe { handle_mut(options, "options") }?;
@@ -71,7 +79,10 @@ pub unsafe extern "C" fn plaid_read_options_set_threads(options: *mut plaid_read
 /// # Safety
 /// `options` is NULL (an error) or a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn plaid_read_options_set_chunk_size(options: *mut plaid_read_options, bytes: u64) -> plaid_status {
+pub unsafe extern "C" fn plaid_read_options_set_chunk_size(
+    options: *mut plaid_read_options,
+    bytes: u64,
+) -> plaid_status {
     boundary::status(|| {
         // SAFETY: per the contract.
         let o = unsafe { handle_mut(options, "options") }?;

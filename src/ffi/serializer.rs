@@ -39,13 +39,18 @@ impl plaid_serializer {
 /// `path` is NULL or a NUL-terminated string; `options` is NULL or a live handle; `out`
 /// is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn plaid_serializer_new(path: *const c_char, options: *const plaid_write_options, out: *mut *mut plaid_serializer) -> plaid_status {
+pub unsafe extern "C" fn plaid_serializer_new(
+    path: *const c_char,
+    options: *const plaid_write_options,
+    out: *mut *mut plaid_serializer,
+) -> plaid_status {
     boundary::status(|| {
         out_ptr(out, "out")?;
         // SAFETY: per the contract.
         let path = unsafe { c_str(path, "path") }?;
         // SAFETY: per the contract.
-        let options = unsafe { options.as_ref() }.map_or_else(WriteOptions::default, |o| o.inner.clone());
+        let options =
+            unsafe { options.as_ref() }.map_or_else(WriteOptions::default, |o| o.inner.clone());
         let inner = Serializer::create(path, options)?;
         // SAFETY: checked non-NULL above.
         unsafe { publish(out, plaid_serializer { inner: Some(inner) }) };
@@ -67,16 +72,26 @@ pub unsafe extern "C" fn plaid_serializer_new(path: *const c_char, options: *con
 /// `ndim` readable values; `data` NULL or `nbytes` readable bytes that outlive the
 /// serializer's `finish`.
 #[no_mangle]
-pub unsafe extern "C" fn plaid_serializer_add_tensor(s: *mut plaid_serializer, name: *const c_char, dtype: u32, shape: *const u64, ndim: usize, data: *const c_void, nbytes: u64) -> plaid_status {
+pub unsafe extern "C" fn plaid_serializer_add_tensor(
+    s: *mut plaid_serializer,
+    name: *const c_char,
+    dtype: u32,
+    shape: *const u64,
+    ndim: usize,
+    data: *const c_void,
+    nbytes: u64,
+) -> plaid_status {
     boundary::status(|| {
         // SAFETY: per the contract.
         let s = unsafe { handle_mut(s, "serializer") }?;
         // SAFETY: per the contract.
         let name = unsafe { c_str(name, "name") }?;
-        let dtype = DType::from_id(dtype).map_err(|_| Error::invalid(format!("tensor '{name}': unknown dtype {dtype}")))?;
+        let dtype = DType::from_id(dtype)
+            .map_err(|_| Error::invalid(format!("tensor '{name}': unknown dtype {dtype}")))?;
         // SAFETY: per the contract; NULL is allowed only for empty arrays.
         let shape = unsafe { borrowed(shape, ndim, "shape") }?;
-        let nbytes = usize::try_from(nbytes).map_err(|_| Error::invalid("nbytes exceeds the address space"))?;
+        let nbytes = usize::try_from(nbytes)
+            .map_err(|_| Error::invalid("nbytes exceeds the address space"))?;
         // SAFETY: per the contract, valid until finish returns.
         let data = unsafe { borrowed(data.cast::<u8>(), nbytes, "data") }?;
         s.open()?.add_tensor(name, dtype, shape, data)
@@ -89,7 +104,11 @@ pub unsafe extern "C" fn plaid_serializer_add_tensor(s: *mut plaid_serializer, n
 /// # Safety
 /// `s` is NULL or a live handle; `key` and `value` NULL or NUL-terminated.
 #[no_mangle]
-pub unsafe extern "C" fn plaid_serializer_set_metadata(s: *mut plaid_serializer, key: *const c_char, value: *const c_char) -> plaid_status {
+pub unsafe extern "C" fn plaid_serializer_set_metadata(
+    s: *mut plaid_serializer,
+    key: *const c_char,
+    value: *const c_char,
+) -> plaid_status {
     boundary::status(|| {
         // SAFETY: per the contract.
         let s = unsafe { handle_mut(s, "serializer") }?;
@@ -110,7 +129,10 @@ pub unsafe extern "C" fn plaid_serializer_finish(s: *mut plaid_serializer) -> pl
     boundary::status(|| {
         // SAFETY: per the contract.
         let s = unsafe { handle_mut(s, "serializer") }?;
-        let inner = s.inner.take().ok_or_else(|| Error::invalid("the serializer has already finished"))?;
+        let inner = s
+            .inner
+            .take()
+            .ok_or_else(|| Error::invalid("the serializer has already finished"))?;
         inner.finish().map(drop)
     })
 }
@@ -135,7 +157,9 @@ unsafe fn borrowed<'a, T>(ptr: *const T, len: usize, what: &str) -> Result<&'a [
         return Ok(&[]);
     }
     if ptr.is_null() {
-        return Err(Error::invalid(format!("{what} is NULL but {len} elements were declared")));
+        return Err(Error::invalid(format!(
+            "{what} is NULL but {len} elements were declared"
+        )));
     }
     // SAFETY: non-NULL with len readable values per the contract.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })

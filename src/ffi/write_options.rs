@@ -16,10 +16,14 @@ pub struct plaid_write_options {
 /// # Safety
 /// `out` is NULL (an error) or writable.
 #[no_mangle]
-pub unsafe extern "C" fn plaid_write_options_new(out: *mut *mut plaid_write_options) -> plaid_status {
+pub unsafe extern "C" fn plaid_write_options_new(
+    out: *mut *mut plaid_write_options,
+) -> plaid_status {
     boundary::status(|| {
         out_ptr(out, "out")?;
-        let options = plaid_write_options { inner: WriteOptions::default() };
+        let options = plaid_write_options {
+            inner: WriteOptions::default(),
+        };
         // SAFETY: checked non-NULL above.
         unsafe { publish(out, options) };
         Ok(())
@@ -42,7 +46,10 @@ pub unsafe extern "C" fn plaid_write_options_free(options: *mut plaid_write_opti
 /// # Safety
 /// `options` is NULL (an error) or a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn plaid_write_options_set_alignment(options: *mut plaid_write_options, bytes: u64) -> plaid_status {
+pub unsafe extern "C" fn plaid_write_options_set_alignment(
+    options: *mut plaid_write_options,
+    bytes: u64,
+) -> plaid_status {
     boundary::status(|| {
         // SAFETY: per the contract.
         let o = unsafe { handle_mut(options, "options") }?;
@@ -56,7 +63,10 @@ pub unsafe extern "C" fn plaid_write_options_set_alignment(options: *mut plaid_w
 /// # Safety
 /// `options` is NULL (an error) or a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn plaid_write_options_set_checksum_block_size(options: *mut plaid_write_options, bytes: u64) -> plaid_status {
+pub unsafe extern "C" fn plaid_write_options_set_checksum_block_size(
+    options: *mut plaid_write_options,
+    bytes: u64,
+) -> plaid_status {
     boundary::status(|| {
         // SAFETY: per the contract.
         let o = unsafe { handle_mut(options, "options") }?;
@@ -70,7 +80,10 @@ pub unsafe extern "C" fn plaid_write_options_set_checksum_block_size(options: *m
 /// # Safety
 /// `options` is NULL (an error) or a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn plaid_write_options_set_threads(options: *mut plaid_write_options, threads: u32) -> plaid_status {
+pub unsafe extern "C" fn plaid_write_options_set_threads(
+    options: *mut plaid_write_options,
+    threads: u32,
+) -> plaid_status {
     boundary::status(|| {
         // SAFETY: per the contract.
         let o = unsafe { handle_mut(options, "options") }?;
@@ -85,7 +98,10 @@ pub unsafe extern "C" fn plaid_write_options_set_threads(options: *mut plaid_wri
 /// # Safety
 /// `options` is NULL (an error) or a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn plaid_write_options_set_sync(options: *mut plaid_write_options, sync: i32) -> plaid_status {
+pub unsafe extern "C" fn plaid_write_options_set_sync(
+    options: *mut plaid_write_options,
+    sync: i32,
+) -> plaid_status {
     boundary::status(|| {
         // SAFETY: per the contract.
         let o = unsafe { handle_mut(options, "options") }?;

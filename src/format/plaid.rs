@@ -213,7 +213,10 @@ fn validate(header: proto::Header, header_end: u64, file_len: u64, file: &str) -
         ));
     }
     if header.tensors.len() > MAX_TENSORS {
-        return fail(format!("{} tensors exceed the limit of {MAX_TENSORS}", header.tensors.len()));
+        return fail(format!(
+            "{} tensors exceed the limit of {MAX_TENSORS}",
+            header.tensors.len()
+        ));
     }
     let mut metadata = BTreeMap::new();
     for (key, value) in header.metadata {
@@ -232,7 +235,11 @@ fn validate(header: proto::Header, header_end: u64, file_len: u64, file: &str) -
     for (index, t) in header.tensors.into_iter().enumerate() {
         let name = t.name;
         let tensor_fail = |offset: u64, detail: String| {
-            Err(Error::format(file, offset, format!("tensor #{index} '{name}': {detail}")))
+            Err(Error::format(
+                file,
+                offset,
+                format!("tensor #{index} '{name}': {detail}"),
+            ))
         };
         if let Err(detail) = check_text(&name, "tensor name") {
             return tensor_fail(at, detail);
@@ -250,15 +257,24 @@ fn validate(header: proto::Header, header_end: u64, file_len: u64, file: &str) -
                 ))
             })?;
         if t.shape.len() > MAX_RANK {
-            return tensor_fail(at, format!("rank {} exceeds the limit of {MAX_RANK}", t.shape.len()));
+            return tensor_fail(
+                at,
+                format!("rank {} exceeds the limit of {MAX_RANK}", t.shape.len()),
+            );
         }
         let Some(nbytes) = dtype.nbytes(&t.shape) else {
-            return tensor_fail(at, format!("shape {:?} of {dtype} overflows 64 bits", t.shape));
+            return tensor_fail(
+                at,
+                format!("shape {:?} of {dtype} overflows 64 bits", t.shape),
+            );
         };
         if nbytes != t.length {
             return tensor_fail(
                 at,
-                format!("length {} does not match shape {:?} of {dtype} ({nbytes} bytes)", t.length, t.shape),
+                format!(
+                    "length {} does not match shape {:?} of {dtype} ({nbytes} bytes)",
+                    t.length, t.shape
+                ),
             );
         }
         if t.offset % alignment != 0 || t.offset < previous_end {
@@ -280,7 +296,10 @@ fn validate(header: proto::Header, header_end: u64, file_len: u64, file: &str) -
         if t.block_crc32c.len() as u64 != expected_blocks {
             return tensor_fail(
                 at,
-                format!("{} block checksums for {expected_blocks} blocks", t.block_crc32c.len()),
+                format!(
+                    "{} block checksums for {expected_blocks} blocks",
+                    t.block_crc32c.len()
+                ),
             );
         }
         previous_end = end;
@@ -314,7 +333,10 @@ pub fn check_text(text: &str, what: &str) -> std::result::Result<(), String> {
         return Err(format!("empty {what}"));
     }
     if text.len() > MAX_NAME_LEN {
-        return Err(format!("{what} of {} bytes exceeds the limit of {MAX_NAME_LEN}", text.len()));
+        return Err(format!(
+            "{what} of {} bytes exceeds the limit of {MAX_NAME_LEN}",
+            text.len()
+        ));
     }
     if text.contains('\0') {
         return Err(format!("{what} contains a NUL byte"));

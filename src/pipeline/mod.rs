@@ -125,7 +125,12 @@ fn chunk_len(tensor: &TensorInfo, options: &ReadOptions) -> usize {
     usize::try_from(chunk).unwrap_or(usize::MAX)
 }
 
-fn run(source: &dyn Source, index: &Index, options: &ReadOptions, jobs: Vec<Job<'_>>) -> Result<()> {
+fn run(
+    source: &dyn Source,
+    index: &Index,
+    options: &ReadOptions,
+    jobs: Vec<Job<'_>>,
+) -> Result<()> {
     let threads = options.worker_threads().min(jobs.len()).max(1);
     let queue = Mutex::new(jobs.into_iter());
     let failed = AtomicBool::new(false);

@@ -30,8 +30,15 @@ impl<S: Source> Source for FailingSource<S> {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         if offset.saturating_add(buf.len() as u64) > self.fail_from {
             return Err(Error::io(
-                format!("reading {} bytes at offset {offset} of {}", buf.len(), self.name()),
-                io::Error::new(io::ErrorKind::ConnectionReset, "connection reset (injected fault)"),
+                format!(
+                    "reading {} bytes at offset {offset} of {}",
+                    buf.len(),
+                    self.name()
+                ),
+                io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "connection reset (injected fault)",
+                ),
             ));
         }
         self.inner.read_at(offset, buf)

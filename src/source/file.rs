@@ -52,7 +52,11 @@ impl Source for FileSource {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     return Err(Error::io(
-                        format!("reading {} bytes at offset {at} of {}", buf.len() - done, self.name),
+                        format!(
+                            "reading {} bytes at offset {at} of {}",
+                            buf.len() - done,
+                            self.name
+                        ),
                         e,
                     ))
                 }
