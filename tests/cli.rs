@@ -8,7 +8,10 @@ use common::random_bytes;
 use plaid::{DType, Deserializer, ReadOptions, Serializer, WriteOptions};
 
 fn plaid(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_plaid")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_plaid"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -23,15 +26,20 @@ fn inspect_and_verify_and_a_flipped_bit() {
     let a = random_bytes(40_000, 1);
     let b = random_bytes(8_000, 2);
     let mut s = Serializer::create(&path, WriteOptions::default()).unwrap();
-    s.add_tensor("encoder.weight", DType::BF16, &[100, 200], &a).unwrap();
-    s.add_tensor("encoder.bias", DType::F32, &[2000], &b).unwrap();
+    s.add_tensor("encoder.weight", DType::BF16, &[100, 200], &a)
+        .unwrap();
+    s.add_tensor("encoder.bias", DType::F32, &[2000], &b)
+        .unwrap();
     s.set_metadata("architecture", "test").unwrap();
     s.finish().unwrap();
     let p = path.to_str().unwrap();
 
     let (ok, out, _) = plaid(&["inspect", p]);
     assert!(ok);
-    assert!(out.contains("encoder.weight") && out.contains("bf16") && out.contains("[100, 200]"), "{out}");
+    assert!(
+        out.contains("encoder.weight") && out.contains("bf16") && out.contains("[100, 200]"),
+        "{out}"
+    );
     assert!(out.contains("architecture = test"), "{out}");
 
     let (ok, out, _) = plaid(&["verify", p]);
@@ -45,7 +53,10 @@ fn inspect_and_verify_and_a_flipped_bit() {
     std::fs::write(&path, &bytes).unwrap();
     let (ok, _, err) = plaid(&["verify", p]);
     assert!(!ok, "verify must fail on a flipped bit");
-    assert!(err.contains("encoder.bias") && err.contains("checksum mismatch"), "{err}");
+    assert!(
+        err.contains("encoder.bias") && err.contains("checksum mismatch"),
+        "{err}"
+    );
 
     std::fs::write(&path, &bytes[..offset]).unwrap();
     let (ok, _, err) = plaid(&["verify", p]);
@@ -56,11 +67,27 @@ fn inspect_and_verify_and_a_flipped_bit() {
 #[test]
 fn demo_prints_its_table() {
     let dir = tempfile::tempdir().unwrap();
-    let (ok, out, err) = plaid(&["demo", "--size-mib", "64", "--dir", dir.path().to_str().unwrap()]);
+    let (ok, out, err) = plaid(&[
+        "demo",
+        "--size-mib",
+        "64",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
-    for row in ["serialize", "load into host buffers, verified", "verify every block", "memcpy", "GB/s"] {
+    for row in [
+        "serialize",
+        "load into host buffers, verified",
+        "verify every block",
+        "memcpy",
+        "GB/s",
+    ] {
         assert!(out.contains(row), "missing {row}: {out}");
     }
     assert!(out.contains("byte-identical"));
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the demo cleans up");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "the demo cleans up"
+    );
 }

@@ -457,3 +457,41 @@ fn names_versions_and_the_message_buffer() {
         .join()
         .unwrap();
 }
+
+#[test]
+fn overlapping_host_destinations_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<Vec<u8>> = (0..3).map(|i| random_bytes(4096, i)).collect();
+    let path = write_model(dir.path(), &data);
+    unsafe extern "C" fn overlapping(
+        user: *mut c_void,
+        info: *const plaid_tensor_info,
+        dest: *mut plaid_destination,
+    ) -> i32 {
+        let base = user as *mut u8;
+        let info = unsafe { &*info };
+        let dest = unsafe { &mut *dest };
+        dest.kind = PLAID_DEST_HOST;
+        // Tensor 1 starts inside tensor 0's range.
+        dest.address = base as u64 + [0, 4000, 20_000, 30_000][info.index];
+        dest.capacity = info.nbytes;
+        0
+    }
+    let mut arena = vec![0xA5u8; 64 << 10];
+    unsafe {
+        let mut d = ptr::null_mut();
+        assert_eq!(
+            plaid_deserializer_open(path.as_ptr(), ptr::null(), &mut d),
+            PLAID_OK
+        );
+        let status = plaid_deserializer_load(d, Some(overlapping), arena.as_mut_ptr().cast());
+        assert_eq!(status, PLAID_ERR_INVALID_ARGUMENT);
+        let message = last_error();
+        assert!(
+            message.contains("overlaps") && message.contains("'t1'") && message.contains("'t0'"),
+            "{message}"
+        );
+        plaid_deserializer_free(d);
+    }
+    assert!(arena.iter().all(|&b| b == 0xA5), "nothing written");
+}

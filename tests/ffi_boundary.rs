@@ -94,8 +94,16 @@ fn every_export_goes_through_the_boundary() {
 fn the_shared_library_exports_only_the_c_api() {
     // target/<profile>/deps/<this test> -> target/<profile>/libplaid.so
     let exe = std::env::current_exe().unwrap();
-    let lib = exe.parent().and_then(Path::parent).unwrap().join("libplaid.so");
-    assert!(lib.exists(), "{} is missing: run `cargo build` before `cargo test`", lib.display());
+    let lib = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("libplaid.so");
+    assert!(
+        lib.exists(),
+        "{} is missing: run `cargo build` before `cargo test`",
+        lib.display()
+    );
     let out = std::process::Command::new("nm")
         .args(["-D", "--defined-only"])
         .arg(&lib)
@@ -111,7 +119,10 @@ fn the_shared_library_exports_only_the_c_api() {
             (kind == "T").then_some(name)
         })
         .collect();
-    let foreign: Vec<&&str> = functions.iter().filter(|n| !n.starts_with("plaid_")).collect();
+    let foreign: Vec<&&str> = functions
+        .iter()
+        .filter(|n| !n.starts_with("plaid_"))
+        .collect();
     assert!(foreign.is_empty(), "exports beyond the C API: {foreign:?}");
     assert!(functions.len() >= 30);
 }

@@ -46,7 +46,10 @@ fn golden_files() -> Vec<GoldenFile> {
         GoldenFile {
             name: "all_dtypes.plaid",
             block_size: 4 << 20,
-            metadata: vec![("purpose", "one tensor of every dtype"), ("format", "plaid v1")],
+            metadata: vec![
+                ("purpose", "one tensor of every dtype"),
+                ("format", "plaid v1"),
+            ],
             tensors: DType::ALL
                 .iter()
                 .map(|&d| t(&format!("{d}.tensor"), d, &[2, 3], u64::from(d.id())))
@@ -55,7 +58,10 @@ fn golden_files() -> Vec<GoldenFile> {
         GoldenFile {
             name: "odd_shapes.plaid",
             block_size: 4096,
-            metadata: vec![("purpose", "scalars, empty tensors, rank 8, unicode, multi-block")],
+            metadata: vec![(
+                "purpose",
+                "scalars, empty tensors, rank 8, unicode, multi-block",
+            )],
             tensors: vec![
                 t("scalar", DType::F32, &[], 1),
                 t("empty", DType::BF16, &[0, 7], 2),
@@ -78,7 +84,10 @@ fn golden_dir() -> PathBuf {
 }
 
 fn write_golden(file: &GoldenFile, path: &Path) {
-    let options = WriteOptions::default().checksum_block_size(file.block_size).unwrap().sync(false);
+    let options = WriteOptions::default()
+        .checksum_block_size(file.block_size)
+        .unwrap()
+        .sync(false);
     let mut s = Serializer::create(path, options).unwrap();
     for t in &file.tensors {
         s.add_tensor(&t.name, t.dtype, &t.shape, &t.data).unwrap();
@@ -105,7 +114,10 @@ fn expectations(files: &[GoldenFile]) -> serde_json::Value {
             })
             .collect();
         let metadata: BTreeMap<_, _> = f.metadata.iter().cloned().collect();
-        out.insert(f.name.into(), serde_json::json!({ "metadata": metadata, "tensors": tensors }));
+        out.insert(
+            f.name.into(),
+            serde_json::json!({ "metadata": metadata, "tensors": tensors }),
+        );
     }
     serde_json::json!({ "files": out })
 }
@@ -148,12 +160,23 @@ fn golden_files_are_current_and_load_as_recorded() {
         for (info, want) in d.tensors().iter().zip(tensors) {
             assert_eq!(info.name, want["name"].as_str().unwrap());
             assert_eq!(info.dtype.name(), want["dtype"].as_str().unwrap());
-            let shape: Vec<u64> = want["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+            let shape: Vec<u64> = want["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
             assert_eq!(info.shape, shape);
             let bytes = d.read_tensor(info.index).unwrap();
-            assert_eq!(hex(&Sha256::digest(&bytes)), want["sha256"].as_str().unwrap(), "{name}: {}", info.name);
+            assert_eq!(
+                hex(&Sha256::digest(&bytes)),
+                want["sha256"].as_str().unwrap(),
+                "{name}: {}",
+                info.name
+            );
         }
-        let metadata: BTreeMap<String, String> = serde_json::from_value(expected["metadata"].clone()).unwrap();
+        let metadata: BTreeMap<String, String> =
+            serde_json::from_value(expected["metadata"].clone()).unwrap();
         assert_eq!(d.metadata(), &metadata, "{name}");
     }
 
@@ -165,9 +188,18 @@ fn golden_files_are_current_and_load_as_recorded() {
         let fresh = std::fs::read(&fresh_path).unwrap();
         let committed = std::fs::read(dir.join(f.name)).unwrap();
         assert_eq!(&fresh[..10], &committed[..10], "{}: magic", f.name);
-        assert_eq!(header_without_writer(&fresh), header_without_writer(&committed), "{}: header", f.name);
+        assert_eq!(
+            header_without_writer(&fresh),
+            header_without_writer(&committed),
+            "{}: header",
+            f.name
+        );
         assert_eq!(fresh.len(), committed.len(), "{}: length", f.name);
         let data_offset = header_without_writer(&fresh).data_offset as usize;
-        assert!(fresh[data_offset..] == committed[data_offset..], "{}: data region differs", f.name);
+        assert!(
+            fresh[data_offset..] == committed[data_offset..],
+            "{}: data region differs",
+            f.name
+        );
     }
 }

@@ -6,7 +6,8 @@ use std::path::Path;
 #[test]
 fn header_is_up_to_date() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut config = cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("cbindgen.toml");
+    let mut config =
+        cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("cbindgen.toml");
     // The version string comes from Cargo.toml, the one place it is written.
     config.after_includes = Some(format!(
         "\n/** The release version as a string. */\n#define PLAID_VERSION \"{}\"",

@@ -9,7 +9,8 @@ use common::{file_with_header, random_bytes, valid_header};
 use plaid::format::proto;
 use plaid::source::{FailingSource, MemorySource};
 use plaid::{
-    DType, Deserializer, Destination, Error, HostBuffers, ReadOptions, Serializer, TensorInfo, WriteOptions,
+    DType, Deserializer, Destination, Error, HostBuffers, ReadOptions, Serializer, TensorInfo,
+    WriteOptions,
 };
 
 struct Tensor {
@@ -42,8 +43,13 @@ fn write(path: &Path, tensors: &[Tensor], options: WriteOptions, metadata: &[(&s
 
 /// Load every tensor into poisoned buffers and return them.
 fn load_all(d: &Deserializer) -> plaid::Result<Vec<Vec<u8>>> {
-    let mut buffers: Vec<Vec<u8>> = d.tensors().iter().map(|t| vec![0xA5; t.nbytes as usize]).collect();
-    let mut slots: Vec<Option<&mut [u8]>> = buffers.iter_mut().map(|b| Some(b.as_mut_slice())).collect();
+    let mut buffers: Vec<Vec<u8>> = d
+        .tensors()
+        .iter()
+        .map(|t| vec![0xA5; t.nbytes as usize])
+        .collect();
+    let mut slots: Vec<Option<&mut [u8]>> =
+        buffers.iter_mut().map(|b| Some(b.as_mut_slice())).collect();
     d.load(&mut |t: &TensorInfo| Ok(Destination::Host(slots[t.index].take().unwrap())))?;
     Ok(buffers)
 }
@@ -68,10 +74,19 @@ fn every_dtype_and_odd_shape_round_trips() {
     let path = dir.path().join("m.plaid");
     let tensors = mixed_model();
     let options = WriteOptions::default().checksum_block_size(4096).unwrap();
-    write(&path, &tensors, options, &[("arch", "test"), ("ünï", "cödé")]);
+    write(
+        &path,
+        &tensors,
+        options,
+        &[("arch", "test"), ("ünï", "cödé")],
+    );
 
     for (threads, chunk) in [(1, 1 << 20), (4, 4096), (0, 16 << 20)] {
-        let options = ReadOptions::default().threads(threads).unwrap().chunk_size(chunk).unwrap();
+        let options = ReadOptions::default()
+            .threads(threads)
+            .unwrap()
+            .chunk_size(chunk)
+            .unwrap();
         let d = Deserializer::open(&path, options).unwrap();
         assert_eq!(d.tensors().len(), tensors.len());
         assert_eq!(d.metadata().get("arch").map(String::as_str), Some("test"));
@@ -85,7 +100,10 @@ fn every_dtype_and_odd_shape_round_trips() {
             assert_eq!(bytes, &t.data, "tensor {}", t.name);
             assert_eq!(d.find(&t.name).unwrap(), info.index);
         }
-        assert_eq!(d.verify().unwrap().bytes, tensors.iter().map(|t| t.data.len() as u64).sum());
+        assert_eq!(
+            d.verify().unwrap().bytes,
+            tensors.iter().map(|t| t.data.len() as u64).sum()
+        );
     }
 }
 
@@ -121,17 +139,26 @@ fn capacity_and_cancel_fail_before_any_byte_is_written() {
 
     let mut buffers: Vec<Vec<u8>> = tensors.iter().map(|t| vec![0xA5; t.data.len()]).collect();
     {
-        let mut slots: Vec<Option<&mut [u8]>> = buffers.iter_mut().map(|b| Some(b.as_mut_slice())).collect();
+        let mut slots: Vec<Option<&mut [u8]>> =
+            buffers.iter_mut().map(|b| Some(b.as_mut_slice())).collect();
         let err = d
             .load(&mut |t: &TensorInfo| {
                 let b = slots[t.index].take().unwrap();
-                Ok(if t.index == 3 { Destination::Host(&mut b[1..]) } else { Destination::Host(b) })
+                Ok(if t.index == 3 {
+                    Destination::Host(&mut b[1..])
+                } else {
+                    Destination::Host(b)
+                })
             })
             .unwrap_err();
-        assert!(matches!(err, Error::Capacity { ref tensor, .. } if tensor == "dtype.i16"), "{err}");
+        assert!(
+            matches!(err, Error::Capacity { ref tensor, .. } if tensor == "dtype.i16"),
+            "{err}"
+        );
     }
     {
-        let mut slots: Vec<Option<&mut [u8]>> = buffers.iter_mut().map(|b| Some(b.as_mut_slice())).collect();
+        let mut slots: Vec<Option<&mut [u8]>> =
+            buffers.iter_mut().map(|b| Some(b.as_mut_slice())).collect();
         let err = d
             .load(&mut |t: &TensorInfo| {
                 if t.index == 4 {
@@ -145,7 +172,13 @@ fn capacity_and_cancel_fail_before_any_byte_is_written() {
     assert!(buffers.iter().all(|b| b.iter().all(|&x| x == 0xA5)));
 
     let err = d
-        .load(&mut |_: &TensorInfo| Ok(Destination::Cuda { device: 0, address: 1, capacity: 1 << 40 }))
+        .load(&mut |_: &TensorInfo| {
+            Ok(Destination::Cuda {
+                device: 0,
+                address: 1,
+                capacity: 1 << 40,
+            })
+        })
         .unwrap_err();
     assert!(matches!(err, Error::NoCuda(_)), "{err}");
 }
@@ -155,7 +188,12 @@ fn a_flipped_data_bit_is_caught_and_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.plaid");
     let tensors = mixed_model();
-    write(&path, &tensors, WriteOptions::default().checksum_block_size(4096).unwrap(), &[]);
+    write(
+        &path,
+        &tensors,
+        WriteOptions::default().checksum_block_size(4096).unwrap(),
+        &[],
+    );
     let mut bytes = std::fs::read(&path).unwrap();
     let d = Deserializer::open(&path, ReadOptions::default()).unwrap();
     let target = d.tensor(d.find("multi_block").unwrap()).unwrap().clone();
@@ -163,10 +201,23 @@ fn a_flipped_data_bit_is_caught_and_named() {
     bytes[flip_at as usize] ^= 0x10;
     std::fs::write(&path, &bytes).unwrap();
 
-    let d = Deserializer::open(&path, ReadOptions::default().threads(3).unwrap().chunk_size(4096).unwrap()).unwrap();
+    let d = Deserializer::open(
+        &path,
+        ReadOptions::default()
+            .threads(3)
+            .unwrap()
+            .chunk_size(4096)
+            .unwrap(),
+    )
+    .unwrap();
     for err in [load_all(&d).unwrap_err(), d.verify().unwrap_err()] {
         match &err {
-            Error::Checksum { tensor, offset, block, .. } => {
+            Error::Checksum {
+                tensor,
+                offset,
+                block,
+                ..
+            } => {
                 assert_eq!(tensor, "multi_block");
                 assert_eq!(*block, 2);
                 assert_eq!(*offset, target.offset + 2 * 4096);
@@ -178,25 +229,50 @@ fn a_flipped_data_bit_is_caught_and_named() {
     // With verification off the damaged bytes load as they are.
     let d = Deserializer::open(&path, ReadOptions::default().verify(false)).unwrap();
     let loaded = load_all(&d).unwrap();
-    assert_eq!(loaded[target.index][2 * 4096 + 5], tensors[target.index].data[2 * 4096 + 5] ^ 0x10);
+    assert_eq!(
+        loaded[target.index][2 * 4096 + 5],
+        tensors[target.index].data[2 * 4096 + 5] ^ 0x10
+    );
 }
 
 fn small_file() -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.plaid");
-    write(&path, &mixed_model(), WriteOptions::default().checksum_block_size(4096).unwrap(), &[("k", "v")]);
+    write(
+        &path,
+        &mixed_model(),
+        WriteOptions::default().checksum_block_size(4096).unwrap(),
+        &[("k", "v")],
+    );
     std::fs::read(path).unwrap()
 }
 
 fn open_bytes(bytes: Vec<u8>) -> plaid::Result<Deserializer> {
-    Deserializer::from_source(Box::new(MemorySource::new("mem.plaid", bytes)), ReadOptions::default())
+    Deserializer::from_source(
+        Box::new(MemorySource::new("mem.plaid", bytes)),
+        ReadOptions::default(),
+    )
 }
 
 #[test]
 fn every_truncation_is_a_format_error_naming_the_offset() {
     let bytes = small_file();
     let len = bytes.len();
-    let mut cuts: Vec<usize> = vec![0, 1, 9, 10, 31, 32, 33, 100, 4095, 4096, 4097, len / 2, len - 1];
+    let mut cuts: Vec<usize> = vec![
+        0,
+        1,
+        9,
+        10,
+        31,
+        32,
+        33,
+        100,
+        4095,
+        4096,
+        4097,
+        len / 2,
+        len - 1,
+    ];
     cuts.extend((0..len).step_by(997));
     for cut in cuts {
         match open_bytes(bytes[..cut].to_vec()) {
@@ -210,10 +286,18 @@ fn every_truncation_is_a_format_error_naming_the_offset() {
     let path = dir.path().join("shrinks.plaid");
     std::fs::write(&path, &bytes).unwrap();
     let d = Deserializer::open(&path, ReadOptions::default()).unwrap();
-    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len as u64 - 5000).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len as u64 - 5000)
+        .unwrap();
     let err = load_all(&d).unwrap_err();
     assert!(matches!(err, Error::Format { .. }), "{err}");
-    assert!(err.to_string().contains("truncated") && err.to_string().contains("tensor '"), "{err}");
+    assert!(
+        err.to_string().contains("truncated") && err.to_string().contains("tensor '"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -241,7 +325,8 @@ fn random_damage_never_panics() {
         let mut damaged = bytes.clone();
         let n = 1 + noise[round % noise.len()] as usize % 8;
         for k in 0..n {
-            let at = (noise[(round * 7 + k) % noise.len()] as usize * 131 + round * 31 + k) % damaged.len();
+            let at = (noise[(round * 7 + k) % noise.len()] as usize * 131 + round * 31 + k)
+                % damaged.len();
             damaged[at] = noise[(round + k * 13) % noise.len()];
         }
         if round % 5 == 0 {
@@ -260,7 +345,10 @@ fn random_damage_never_panics() {
         assert!(open_bytes(garbage).is_err());
     }
     let text = b"This is a text file, not a model.\n".repeat(200);
-    assert!(matches!(open_bytes(text), Err(Error::Format { offset: 0, .. })));
+    assert!(matches!(
+        open_bytes(text),
+        Err(Error::Format { offset: 0, .. })
+    ));
 }
 
 #[test]
@@ -313,7 +401,10 @@ fn hostile_headers_are_rejected_with_a_clear_error() {
     let mut header = good.clone();
     header.tensors[0].dtype = 99;
     let err = open_bytes(file_with_header(&header, 64)).unwrap_err();
-    assert!(matches!(err, Error::Unsupported(_)) && err.to_string().contains("dtype"), "{err}");
+    assert!(
+        matches!(err, Error::Unsupported(_)) && err.to_string().contains("dtype"),
+        "{err}"
+    );
 
     // A header length far beyond the file is refused before anything is allocated.
     let mut file = file_with_header(&good, 64);
@@ -329,11 +420,15 @@ fn a_source_that_dies_mid_stream_fails_the_load_naming_the_tensor() {
     let bytes = small_file();
     let fail_from = bytes.len() as u64 - 20_000;
     let source = FailingSource::new(MemorySource::new("remote.plaid", bytes), fail_from);
-    let d = Deserializer::from_source(Box::new(source), ReadOptions::default().threads(4).unwrap()).unwrap();
+    let d = Deserializer::from_source(Box::new(source), ReadOptions::default().threads(4).unwrap())
+        .unwrap();
     let err = load_all(&d).unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.contains("remote.plaid") && text.contains("tensor '") && text.contains("offset"), "{text}");
+    assert!(
+        text.contains("remote.plaid") && text.contains("tensor '") && text.contains("offset"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -347,13 +442,22 @@ fn writes_are_atomic() {
     {
         let mut s = Serializer::create(&path, WriteOptions::default()).unwrap();
         s.add_tensor("w", DType::U8, &[4096], &data).unwrap();
-        assert_eq!(entries(dir.path()), 1, "the temporary file exists while writing");
+        assert_eq!(
+            entries(dir.path()),
+            1,
+            "the temporary file exists while writing"
+        );
     }
     assert!(!path.exists());
     assert_eq!(entries(dir.path()), 0);
 
     // Replacing: the old file stays whole until the new one is complete.
-    write(&path, &[tensor("old", DType::U8, &[10], 1)], WriteOptions::default(), &[]);
+    write(
+        &path,
+        &[tensor("old", DType::U8, &[10], 1)],
+        WriteOptions::default(),
+        &[],
+    );
     let old = std::fs::read(&path).unwrap();
     let mut s = Serializer::create(&path, WriteOptions::default()).unwrap();
     s.add_tensor("new", DType::U8, &[4096], &data).unwrap();
@@ -375,7 +479,10 @@ fn writes_are_atomic() {
 
     // An unwritable directory fails at creation.
     assert!(matches!(
-        Serializer::create(dir.path().join("no/such/dir/m.plaid"), WriteOptions::default()),
+        Serializer::create(
+            dir.path().join("no/such/dir/m.plaid"),
+            WriteOptions::default()
+        ),
         Err(Error::Io { .. })
     ));
 }
@@ -385,13 +492,32 @@ fn bad_tensors_are_refused_when_added() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Serializer::create(dir.path().join("m.plaid"), WriteOptions::default()).unwrap();
     let data = [0u8; 16];
-    assert!(s.add_tensor("a", DType::F32, &[3], &data).is_err(), "size mismatch");
-    assert!(s.add_tensor("", DType::U8, &[16], &data).is_err(), "empty name");
-    assert!(s.add_tensor("a\0", DType::U8, &[16], &data).is_err(), "NUL in name");
-    assert!(s.add_tensor("a", DType::U8, &[1; 65], &data[..1]).is_err(), "rank");
-    assert!(s.add_tensor("a", DType::U64, &[u64::MAX, 2], &data).is_err(), "overflow");
+    assert!(
+        s.add_tensor("a", DType::F32, &[3], &data).is_err(),
+        "size mismatch"
+    );
+    assert!(
+        s.add_tensor("", DType::U8, &[16], &data).is_err(),
+        "empty name"
+    );
+    assert!(
+        s.add_tensor("a\0", DType::U8, &[16], &data).is_err(),
+        "NUL in name"
+    );
+    assert!(
+        s.add_tensor("a", DType::U8, &[1; 65], &data[..1]).is_err(),
+        "rank"
+    );
+    assert!(
+        s.add_tensor("a", DType::U64, &[u64::MAX, 2], &data)
+            .is_err(),
+        "overflow"
+    );
     s.add_tensor("a", DType::U8, &[16], &data).unwrap();
-    assert!(s.add_tensor("a", DType::U8, &[16], &data).is_err(), "duplicate");
+    assert!(
+        s.add_tensor("a", DType::U8, &[16], &data).is_err(),
+        "duplicate"
+    );
     assert!(s.set_metadata("", "v").is_err());
     assert!(WriteOptions::default().alignment(1000).is_err());
     assert!(WriteOptions::default().checksum_block_size(1024).is_err());

@@ -162,7 +162,8 @@ fn synthetic_model(target_bytes: u64) -> Vec<(String, Vec<u64>)> {
         (256, 704, 4000, 64),
     ];
     let size = |&(hidden, inter, vocab, kv): &(u64, u64, u64, u64)| {
-        let per_layer = 2 * (2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inter + 2 * hidden);
+        let per_layer =
+            2 * (2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inter + 2 * hidden);
         let fixed = 2 * (2 * vocab * hidden + hidden);
         (per_layer, fixed)
     };

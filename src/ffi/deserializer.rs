@@ -158,7 +158,8 @@ pub unsafe extern "C" fn plaid_deserializer_find(
 /// Then worker threads read the data straight into the destinations and verify every
 /// checksum block (unless verification is off). Returns when every byte has landed.
 ///
-/// Destinations must not overlap and must stay valid until this call returns. Returns
+/// Destinations must stay valid until this call returns and must not overlap (an
+/// overlap of host destinations is refused with `PLAID_ERR_INVALID_ARGUMENT`). Returns
 /// `PLAID_ERR_CANCELLED` when `place` returns non-zero, `PLAID_ERR_CAPACITY` when a
 /// destination is smaller than its tensor (in both cases before any byte is written
 /// anywhere), `PLAID_ERR_CHECKSUM` naming the damaged tensor, `PLAID_ERR_FORMAT` when
@@ -182,6 +183,7 @@ pub unsafe extern "C" fn plaid_deserializer_load(
             place,
             user_data,
             infos: &d.infos,
+            claimed: Default::default(),
         };
         d.inner.load(&mut placement).map(drop)
     })

@@ -1,5 +1,6 @@
 //! The placement callback: C's `plaid_place_fn` adapted into the core's [`Placement`].
 
+use std::collections::BTreeMap;
 use std::ffi::{c_char, c_void};
 
 use crate::error::{Error, Result};
@@ -67,6 +68,39 @@ pub(crate) struct CallbackPlacement<'h> {
         unsafe extern "C" fn(*mut c_void, *const plaid_tensor_info, *mut plaid_destination) -> i32,
     pub(crate) user_data: *mut c_void,
     pub(crate) infos: &'h [plaid_tensor_info],
+    /// Host ranges handed out so far (start -> (end, tensor)): C could name one buffer
+    /// twice, which would have two workers writing the same bytes.
+    pub(crate) claimed: BTreeMap<u64, (u64, usize)>,
+}
+
+impl CallbackPlacement<'_> {
+    /// Record `[start, start + len)` for `tensor`, refusing overlap with an earlier range.
+    fn claim(&mut self, tensor: &TensorInfo, start: u64, len: u64) -> Result<()> {
+        let end = start.checked_add(len).ok_or_else(|| {
+            Error::invalid(format!(
+                "tensor '{}': destination wraps around the address space",
+                tensor.name
+            ))
+        })?;
+        let before = self.claimed.range(..end).next_back();
+        if let Some((&other_start, &(other_end, other))) = before {
+            if other_end > start {
+                return Err(Error::invalid(format!(
+                    "tensor '{}': host destination [{start:#x}, {end:#x}) overlaps that of tensor '{}' [{other_start:#x}, {other_end:#x})",
+                    tensor.name, self.infos_name(other)
+                )));
+            }
+        }
+        self.claimed.insert(start, (end, tensor.index));
+        Ok(())
+    }
+
+    fn infos_name(&self, index: usize) -> String {
+        // SAFETY: names are lent by the deserializer, NUL-terminated and alive.
+        unsafe { std::ffi::CStr::from_ptr(self.infos[index].name) }
+            .to_string_lossy()
+            .into_owned()
+    }
 }
 
 impl<'a> Placement<'a> for CallbackPlacement<'_> {
@@ -79,6 +113,10 @@ impl<'a> Placement<'a> for CallbackPlacement<'_> {
                 "the placement callback returned {rc} for tensor '{}'",
                 tensor.name
             )));
+        }
+        if dest.kind == PLAID_DEST_HOST && tensor.nbytes > 0 && dest.address != 0 {
+            // Checked before any slice over the range exists.
+            self.claim(tensor, dest.address, tensor.nbytes)?;
         }
         destination(tensor, &dest)
     }
