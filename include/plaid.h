@@ -388,7 +388,9 @@ plaid_status plaid_deserializer_find(const struct plaid_deserializer *d,
 
 /**
  * Load tensors. `place` is called once per tensor, in file order, on this thread, before
- * any data is read; it fills in each tensor's destination (zeroed: skip by default).
+ * any data is read; it fills in each tensor's destination (zeroed: skip by default). It
+ * may call the functions that take a `const plaid_deserializer *` on `d` (such as
+ * `plaid_deserializer_find`), but must not load or free it.
  * Then worker threads read the data straight into the destinations and verify every
  * checksum block (unless verification is off). Returns when every byte has landed.
  *

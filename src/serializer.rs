@@ -67,9 +67,18 @@ impl<'a> Serializer<'a> {
     /// directory fails here rather than at the end.
     pub fn create(path: impl AsRef<Path>, options: WriteOptions) -> Result<Serializer<'a>> {
         let target = path.as_ref().to_path_buf();
-        let file_name = target
-            .file_name()
-            .ok_or_else(|| Error::invalid(format!("{} does not name a file", target.display())))?;
+        let shown = target.display().to_string();
+        if shown.is_empty() {
+            return Err(Error::invalid("the path is empty"));
+        }
+        let names_a_directory = shown.ends_with('/') || target.is_dir();
+        let file_name = match target.file_name() {
+            Some(name) if !names_a_directory => name,
+            _ => {
+                let e = std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory");
+                return Err(Error::io(format!("creating {shown}"), e));
+            }
+        };
         let dir = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),

@@ -467,17 +467,33 @@ fn writes_are_atomic() {
     assert_eq!(d.tensors()[0].name, "new");
     assert_eq!(entries(dir.path()), 1);
 
-    // A failed rename (the target is a directory) leaves nothing behind.
+    // A failed rename (a directory appeared at the target meanwhile) leaves nothing behind.
     let blocked = dir.path().join("blocked.plaid");
-    std::fs::create_dir(&blocked).unwrap();
-    std::fs::write(blocked.join("x"), b"x").unwrap();
     let mut s = Serializer::create(&blocked, WriteOptions::default()).unwrap();
     s.add_tensor("w", DType::U8, &[4096], &data).unwrap();
+    std::fs::create_dir(&blocked).unwrap();
+    std::fs::write(blocked.join("x"), b"x").unwrap();
     let err = s.finish().unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err}");
     assert_eq!(entries(dir.path()), 2);
 
-    // An unwritable directory fails at creation.
+    // A directory as the target, or a missing directory, fails at creation.
+    for target in [dir.path().to_path_buf(), dir.path().join("sub/")] {
+        let err = Serializer::create(&target, WriteOptions::default()).unwrap_err();
+        assert!(
+            matches!(err, Error::Io { .. }) && err.to_string().contains("directory"),
+            "{err}"
+        );
+    }
+    assert!(matches!(
+        Serializer::create("", WriteOptions::default()),
+        Err(Error::InvalidArgument(_))
+    ));
+    let err = Deserializer::open(dir.path(), ReadOptions::default()).unwrap_err();
+    assert!(
+        matches!(err, Error::Io { .. }) && err.to_string().contains("directory"),
+        "{err}"
+    );
     assert!(matches!(
         Serializer::create(
             dir.path().join("no/such/dir/m.plaid"),

@@ -5,7 +5,7 @@ use std::ffi::{c_char, c_void, CString};
 use super::placement::{plaid_place_fn, plaid_tensor_info, CallbackPlacement};
 use super::read_options::plaid_read_options;
 use super::status::plaid_status;
-use super::{boundary, c_str, handle, handle_mut, out_ptr, publish, release};
+use super::{boundary, c_str, handle, out_ptr, publish, release};
 use crate::deserializer::Deserializer;
 use crate::error::{Error, Result};
 use crate::options::ReadOptions;
@@ -154,7 +154,9 @@ pub unsafe extern "C" fn plaid_deserializer_find(
 }
 
 /// Load tensors. `place` is called once per tensor, in file order, on this thread, before
-/// any data is read; it fills in each tensor's destination (zeroed: skip by default).
+/// any data is read; it fills in each tensor's destination (zeroed: skip by default). It
+/// may call the functions that take a `const plaid_deserializer *` on `d` (such as
+/// `plaid_deserializer_find`), but must not load or free it.
 /// Then worker threads read the data straight into the destinations and verify every
 /// checksum block (unless verification is off). Returns when every byte has landed.
 ///
@@ -177,7 +179,8 @@ pub unsafe extern "C" fn plaid_deserializer_load(
 ) -> plaid_status {
     boundary::status(|| {
         // SAFETY: per the contract.
-        let d = unsafe { handle_mut(d, "deserializer") }?;
+        // Shared access only, so that the callback may call the const functions on `d`.
+        let d = unsafe { handle(d, "deserializer") }?;
         let place = place.ok_or_else(|| Error::invalid("place callback is NULL"))?;
         let mut placement = CallbackPlacement {
             place,

@@ -22,7 +22,8 @@ impl FileSource {
             .metadata()
             .map_err(|e| Error::io(format!("reading the size of {name}"), e))?;
         if meta.is_dir() {
-            return Err(Error::invalid(format!("{name} is a directory")));
+            let e = std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory");
+            return Err(Error::io(format!("opening {name}"), e));
         }
         Ok(FileSource {
             file,
