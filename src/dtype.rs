@@ -74,11 +74,16 @@ impl DType {
         DType::ALL.iter().copied().find(|d| d.name() == name)
     }
 
-    /// Bytes needed by a tensor of this dtype and shape, or `None` on overflow.
+    /// Bytes needed by a tensor of this dtype and shape, or `None` when the product of
+    /// its non-zero dimensions and the element size overflows 64 bits. The check does not
+    /// depend on where a zero dimension stands: `[0, 2^62, 2^62]` and `[2^62, 2^62, 0]`
+    /// are both refused, so no consumer ever computes an overflowing size.
     pub fn nbytes(self, shape: &[u64]) -> Option<u64> {
-        shape
+        let nonzero = shape
             .iter()
-            .try_fold(self.size(), |acc, &dim| acc.checked_mul(dim))
+            .filter(|&&dim| dim != 0)
+            .try_fold(self.size(), |acc, &dim| acc.checked_mul(dim))?;
+        Some(if shape.contains(&0) { 0 } else { nonzero })
     }
 }
 
@@ -109,5 +114,8 @@ mod tests {
         assert_eq!(DType::F32.nbytes(&[0, 7]), Some(0));
         assert_eq!(DType::C128.nbytes(&[3, 5]), Some(240));
         assert_eq!(DType::F64.nbytes(&[u64::MAX / 4, 2]), None);
+        assert_eq!(DType::U8.nbytes(&[1 << 62, 1 << 62, 0]), None);
+        assert_eq!(DType::U8.nbytes(&[0, 1 << 62, 1 << 62]), None);
+        assert_eq!(DType::U8.nbytes(&[0, 1 << 62]), Some(0));
     }
 }

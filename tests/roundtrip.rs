@@ -365,6 +365,10 @@ fn hostile_headers_are_rejected_with_a_clear_error() {
         ("alignment", |h| h.alignment = 2048),
         ("block size", |h| h.checksum_block_size = 0),
         ("data offset", |h| h.data_offset = 8),
+        ("data offset", |h| {
+            h.tensors.clear();
+            h.data_offset = 8192
+        }),
         ("declares", |h| h.file_length += 1),
         ("unexpected bytes", |h| h.file_length -= 1),
         ("duplicate", |h| {
@@ -375,6 +379,9 @@ fn hostile_headers_are_rejected_with_a_clear_error() {
         ("empty tensor name", |h| h.tensors[0].name.clear()),
         ("rank", |h| h.tensors[0].shape = vec![1; 65]),
         ("overflows", |h| h.tensors[0].shape = vec![u64::MAX / 2, 3]),
+        ("overflows", |h| {
+            h.tensors[0].shape = vec![0, 1 << 62, 1 << 62]
+        }),
         ("does not match", |h| h.tensors[0].length = 60),
         ("unaligned", |h| h.tensors[0].offset = 4097),
         ("past the end", |h| {

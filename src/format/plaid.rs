@@ -186,10 +186,14 @@ fn validate(header: proto::Header, header_end: u64, file_len: u64, file: &str) -
     if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
         return fail(format!("checksum block size {block_size} is not a power of two between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}"));
     }
-    if header.data_offset < header_end || header.data_offset % alignment != 0 {
+    if header.data_offset < header_end
+        || header.data_offset % alignment != 0
+        || header.data_offset > header.file_length
+    {
         return fail(format!(
-            "data offset {} is not an aligned offset past the header (which ends at {header_end})",
-            header.data_offset
+            "data offset {} is not an aligned offset between the end of the header ({header_end}) \
+             and the end of the file ({})",
+            header.data_offset, header.file_length
         ));
     }
     if header.file_length > file_len {
