@@ -11,34 +11,17 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::random_bytes;
+use common::{tensor as t, Tensor};
 use plaid::format::proto;
 use plaid::{DType, Deserializer, ReadOptions, Serializer, WriteOptions};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-struct GoldenTensor {
-    name: String,
-    dtype: DType,
-    shape: Vec<u64>,
-    data: Vec<u8>,
-}
-
 struct GoldenFile {
     name: &'static str,
     block_size: u64,
     metadata: Vec<(&'static str, &'static str)>,
-    tensors: Vec<GoldenTensor>,
-}
-
-fn t(name: &str, dtype: DType, shape: &[u64], seed: u64) -> GoldenTensor {
-    let len = dtype.nbytes(shape).unwrap() as usize;
-    GoldenTensor {
-        name: name.into(),
-        dtype,
-        shape: shape.to_vec(),
-        data: random_bytes(len, seed),
-    }
+    tensors: Vec<Tensor>,
 }
 
 fn golden_files() -> Vec<GoldenFile> {

@@ -5,30 +5,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{file_with_header, random_bytes, valid_header};
+use common::{file_with_header, random_bytes, tensor, valid_header, Tensor};
 use plaid::format::proto;
 use plaid::source::{FailingSource, MemorySource};
 use plaid::{
     DType, Deserializer, Destination, Error, HostBuffers, ReadOptions, Serializer, TensorInfo,
     WriteOptions,
 };
-
-struct Tensor {
-    name: String,
-    dtype: DType,
-    shape: Vec<u64>,
-    data: Vec<u8>,
-}
-
-fn tensor(name: &str, dtype: DType, shape: &[u64], seed: u64) -> Tensor {
-    let len = dtype.nbytes(shape).unwrap() as usize;
-    Tensor {
-        name: name.into(),
-        dtype,
-        shape: shape.to_vec(),
-        data: random_bytes(len, seed),
-    }
-}
 
 fn write(path: &Path, tensors: &[Tensor], options: WriteOptions, metadata: &[(&str, &str)]) {
     let mut s = Serializer::create(path, options.sync(false)).unwrap();

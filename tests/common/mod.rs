@@ -19,6 +19,25 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// A tensor with deterministic pseudo-random contents.
+pub struct Tensor {
+    pub name: String,
+    pub dtype: plaid::DType,
+    pub shape: Vec<u64>,
+    pub data: Vec<u8>,
+}
+
+/// A tensor of `dtype` and `shape` filled from `seed`.
+pub fn tensor(name: &str, dtype: plaid::DType, shape: &[u64], seed: u64) -> Tensor {
+    let len = dtype.nbytes(shape).unwrap() as usize;
+    Tensor {
+        name: name.into(),
+        dtype,
+        shape: shape.to_vec(),
+        data: random_bytes(len, seed),
+    }
+}
+
 /// A file with an arbitrary (possibly hostile) header, with correct preamble and header
 /// checksums so that the reader's semantic validation is what gets tested.
 pub fn file_with_header(header: &proto::Header, data_len: usize) -> Vec<u8> {
