@@ -173,6 +173,11 @@
 #define PLAID_ABI_VERSION 1
 
 /**
+ * Most metadata entries in one file.
+ */
+#define MAX_METADATA_ENTRIES (1 << 16)
+
+/**
  * An open model file. Opaque; made by `plaid_deserializer_open`, destroyed by
  * `plaid_deserializer_free`. Functions taking a `const plaid_deserializer *` may be called
  * from any number of threads at once; `plaid_deserializer_load` takes it non-const, so
@@ -266,7 +271,8 @@ typedef struct plaid_destination {
  * thread that called `plaid_deserializer_load`, never concurrently, before any byte of
  * that tensor is written. `info` is valid while the deserializer lives; `dest` only
  * during the call. Return 0 to go on; any other value stops the load with
- * `PLAID_ERR_CANCELLED` before any data is read.
+ * `PLAID_ERR_CANCELLED` before any data is read. The callback must return normally: a C++
+ * exception or a `longjmp` out of it cannot cross the library and ends the process.
  */
 typedef int32_t (*plaid_place_fn)(void *user_data,
                                   const struct plaid_tensor_info *info,
@@ -394,7 +400,8 @@ plaid_status plaid_deserializer_find(const struct plaid_deserializer *d,
  * Then worker threads read the data straight into the destinations and verify every
  * checksum block (unless verification is off). Returns when every byte has landed.
  *
- * Destinations must stay valid until this call returns and must not overlap (an
+ * Destinations must stay valid, and must be neither read nor written by the caller,
+ * until this call returns; they must not overlap (an
  * overlap of host destinations is refused with `PLAID_ERR_INVALID_ARGUMENT`). Returns
  * `PLAID_ERR_CANCELLED` when `place` returns non-zero, `PLAID_ERR_CAPACITY` when a
  * destination is smaller than its tensor (in both cases before any byte is written
@@ -412,7 +419,8 @@ plaid_status plaid_deserializer_load(struct plaid_deserializer *d,
 
 /**
  * Read every block of every tensor and check it against its checksum, holding only one
- * chunk per worker in memory. Returns `PLAID_ERR_CHECKSUM` naming the first damaged
+ * chunk per worker in memory (a chunk is the read options' chunk size rounded up to
+ * whole checksum blocks, so at least one block of the file). Returns `PLAID_ERR_CHECKSUM` naming the first damaged
  * tensor found.
  *
  * # Safety
@@ -569,7 +577,9 @@ plaid_status plaid_serializer_set_metadata(struct plaid_serializer *s,
 /**
  * Checksum and write every tensor, sync, and rename the file into place. After this
  * call (successful or not) the serializer accepts nothing more; free it with
- * `plaid_serializer_free`. On failure no file appears at the target path.
+ * `plaid_serializer_free`. On failure the target path is untouched, with one exception:
+ * if only the final fsync of the directory fails (`PLAID_ERR_IO` naming it), the complete
+ * new file is already in place but may not survive a crash.
  *
  * # Safety
  * `s` is NULL or a live handle, and the data of every added tensor is still valid.

@@ -15,16 +15,17 @@ pub const MAX_CHUNK_SIZE: u64 = 1 << 30;
 /// Most worker threads accepted.
 pub const MAX_THREADS: usize = 1024;
 
-/// How a file is read.
+/// How a file is read. Fields change only through the checking setters, so a value of
+/// this type is always valid.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ReadOptions {
     /// Verify every byte against the file's checksums (default on).
-    pub verify: bool,
+    pub(crate) verify: bool,
     /// Worker threads; 0 picks one per core.
-    pub threads: usize,
+    pub(crate) threads: usize,
     /// Bytes per read; rounded to whole checksum blocks.
-    pub chunk_size: u64,
+    pub(crate) chunk_size: u64,
 }
 
 impl Default for ReadOptions {
@@ -61,24 +62,40 @@ impl ReadOptions {
         Ok(self)
     }
 
+    /// Whether data is verified.
+    pub fn verifies(&self) -> bool {
+        self.verify
+    }
+
+    /// The configured worker threads (0 = one per core).
+    pub fn thread_count(&self) -> usize {
+        self.threads
+    }
+
+    /// Bytes per read.
+    pub fn chunk_bytes(&self) -> u64 {
+        self.chunk_size
+    }
+
     /// The number of workers to run.
     pub(crate) fn worker_threads(&self) -> usize {
         resolve_threads(self.threads)
     }
 }
 
-/// How a file is written.
+/// How a file is written. Fields change only through the checking setters, so a value
+/// of this type is always valid.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WriteOptions {
     /// Alignment of every tensor's data in the file: a power of two, at least 4096.
-    pub alignment: u64,
+    pub(crate) alignment: u64,
     /// Size of a checksum block: a power of two from 4 KiB to 1 GiB.
-    pub checksum_block_size: u64,
+    pub(crate) checksum_block_size: u64,
     /// Threads computing checksums; 0 picks one per core.
-    pub threads: usize,
+    pub(crate) threads: usize,
     /// `fsync` the file and its directory before reporting success (default on).
-    pub sync: bool,
+    pub(crate) sync: bool,
 }
 
 impl Default for WriteOptions {
@@ -125,6 +142,21 @@ impl WriteOptions {
     pub fn sync(mut self, sync: bool) -> Self {
         self.sync = sync;
         self
+    }
+
+    /// The data alignment.
+    pub fn alignment_bytes(&self) -> u64 {
+        self.alignment
+    }
+
+    /// The checksum block size.
+    pub fn block_bytes(&self) -> u64 {
+        self.checksum_block_size
+    }
+
+    /// Whether the file and its directory are synced.
+    pub fn syncs(&self) -> bool {
+        self.sync
     }
 
     pub(crate) fn worker_threads(&self) -> usize {

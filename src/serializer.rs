@@ -83,8 +83,14 @@ impl<'a> Serializer<'a> {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        // The temporary name adds a dot, a random part and a suffix: keep it within the
+        // 255 bytes file systems allow whatever the target's length.
+        let mut stem = file_name.to_string_lossy().into_owned();
+        while stem.len() > 200 {
+            stem.pop();
+        }
         let temp = tempfile::Builder::new()
-            .prefix(&format!(".{}.", file_name.to_string_lossy()))
+            .prefix(&format!(".{stem}."))
             .suffix(".partial")
             .permissions(Permissions::from_mode(0o666))
             .tempfile_in(&dir)
@@ -159,7 +165,9 @@ impl<'a> Serializer<'a> {
         self.tensors.len()
     }
 
-    /// Checksum, lay out and write everything, sync, and rename into place.
+    /// Checksum, lay out and write everything, sync, and rename into place. When an error
+    /// is returned the target is untouched, except when only the final sync of the
+    /// directory failed: the complete new file is then in place but may not be durable.
     pub fn finish(self) -> Result<WriteStats> {
         self.finish_with_progress(&mut |_, _| {})
     }

@@ -542,3 +542,100 @@ fn zero_tensors_and_metadata_only() {
     assert_eq!(d.metadata(), &expected);
     assert_eq!(load_all(&d).unwrap().len(), 0);
 }
+
+#[test]
+fn headers_that_would_decode_into_far_more_memory_are_refused_first() {
+    use plaid::format::plaid::{MAX_METADATA_ENTRIES, MAX_RANK, MAX_TENSORS};
+    let good = valid_header(16, &random_bytes(64, 1));
+    let base = prost::Message::encode_to_vec(&good);
+    // Empty tensors are 2 bytes on the wire each; one more than the limit.
+    let mut flood = base.clone();
+    for _ in 0..MAX_TENSORS {
+        flood.extend_from_slice(&[0x2a, 0x00]);
+    }
+    // Metadata entries {"a": ""} of 5 bytes each.
+    let mut entries = base.clone();
+    for _ in 0..=MAX_METADATA_ENTRIES {
+        entries.extend_from_slice(&[0x32, 0x03, 0x0a, 0x01, b'a']);
+    }
+    // One tensor whose packed shape holds a million 1-byte dimensions.
+    let mut shape = base.clone();
+    let mut tensor = vec![0x1a];
+    let dims = 1usize << 20;
+    let mut n = dims;
+    while n >= 0x80 {
+        tensor.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    tensor.push(n as u8);
+    tensor.resize(tensor.len() + dims, 1);
+    shape.push(0x2a);
+    let mut len = tensor.len();
+    while len >= 0x80 {
+        shape.push((len as u8) | 0x80);
+        len >>= 7;
+    }
+    shape.push(len as u8);
+    shape.extend_from_slice(&tensor);
+
+    for (what, header) in [
+        ("tensors", flood),
+        ("metadata entries", entries),
+        ("rank", shape),
+    ] {
+        let preamble = plaid::format::plaid::Preamble {
+            version: plaid::format::plaid::VERSION,
+            header_crc32c: plaid::format::checksum::crc32c(&header),
+            header_len: header.len() as u64,
+        };
+        let mut file = preamble.encode().to_vec();
+        file.extend_from_slice(&header);
+        file.resize(file.len() + 64, 0);
+        let err = open_bytes(file).unwrap_err();
+        assert!(matches!(err, Error::Format { .. }), "{what}: {err}");
+        assert!(err.to_string().contains(what), "{what}: {err}");
+    }
+    const { assert!(MAX_RANK < 1 << 20) };
+}
+
+#[test]
+fn long_target_names_and_special_files() {
+    let dir = tempfile::tempdir().unwrap();
+    // The longest name a file system allows still gets a temporary file beside it.
+    let path = dir.path().join(format!("{}.plaid", "m".repeat(249)));
+    write(
+        &path,
+        &[tensor("w", DType::U8, &[3], 1)],
+        WriteOptions::default(),
+        &[],
+    );
+    assert_eq!(
+        Deserializer::open(&path, ReadOptions::default())
+            .unwrap()
+            .tensors()
+            .len(),
+        1
+    );
+
+    // A FIFO is refused at once instead of blocking until a writer appears.
+    let fifo = dir.path().join("pipe.plaid");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let err = Deserializer::open(&fifo, ReadOptions::default()).unwrap_err();
+    assert!(
+        matches!(err, Error::Io { .. }) && err.to_string().contains("not a regular file"),
+        "{err}"
+    );
+
+    let options = ReadOptions::default().verify(false).threads(3).unwrap();
+    assert_eq!((options.verifies(), options.thread_count()), (false, 3));
+    let options = WriteOptions::default().alignment(8192).unwrap();
+    assert_eq!(
+        (
+            options.alignment_bytes(),
+            options.block_bytes(),
+            options.syncs()
+        ),
+        (8192, 4 << 20, true)
+    );
+}

@@ -47,12 +47,17 @@ fn panic_message(panic: Box<dyn Any + Send>) -> String {
     format!("internal error (panic): {detail}")
 }
 
+// `try_with`: a C program may call in from a thread-exit destructor, after the
+// thread-local is gone; `with` would panic outside any `catch_unwind`.
 pub(crate) fn set_message(message: String) {
-    LAST_ERROR.with(|m| *m.borrow_mut() = message);
+    let _ = LAST_ERROR.try_with(|m| *m.borrow_mut() = message);
 }
 
 pub(crate) fn with_message<T>(f: impl FnOnce(&str) -> T) -> T {
-    LAST_ERROR.with(|m| f(&m.borrow()))
+    let message = LAST_ERROR
+        .try_with(|m| m.borrow().clone())
+        .unwrap_or_default();
+    f(&message)
 }
 
 #[cfg(test)]

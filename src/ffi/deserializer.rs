@@ -160,7 +160,8 @@ pub unsafe extern "C" fn plaid_deserializer_find(
 /// Then worker threads read the data straight into the destinations and verify every
 /// checksum block (unless verification is off). Returns when every byte has landed.
 ///
-/// Destinations must stay valid until this call returns and must not overlap (an
+/// Destinations must stay valid, and must be neither read nor written by the caller,
+/// until this call returns; they must not overlap (an
 /// overlap of host destinations is refused with `PLAID_ERR_INVALID_ARGUMENT`). Returns
 /// `PLAID_ERR_CANCELLED` when `place` returns non-zero, `PLAID_ERR_CAPACITY` when a
 /// destination is smaller than its tensor (in both cases before any byte is written
@@ -193,7 +194,8 @@ pub unsafe extern "C" fn plaid_deserializer_load(
 }
 
 /// Read every block of every tensor and check it against its checksum, holding only one
-/// chunk per worker in memory. Returns `PLAID_ERR_CHECKSUM` naming the first damaged
+/// chunk per worker in memory (a chunk is the read options' chunk size rounded up to
+/// whole checksum blocks, so at least one block of the file). Returns `PLAID_ERR_CHECKSUM` naming the first damaged
 /// tensor found.
 ///
 /// # Safety

@@ -53,7 +53,8 @@ pub struct plaid_destination {
 /// thread that called `plaid_deserializer_load`, never concurrently, before any byte of
 /// that tensor is written. `info` is valid while the deserializer lives; `dest` only
 /// during the call. Return 0 to go on; any other value stops the load with
-/// `PLAID_ERR_CANCELLED` before any data is read.
+/// `PLAID_ERR_CANCELLED` before any data is read. The callback must return normally: a C++
+/// exception or a `longjmp` out of it cannot cross the library and ends the process.
 pub type plaid_place_fn = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
@@ -143,7 +144,8 @@ fn destination<'a>(tensor: &TensorInfo, dest: &plaid_destination) -> Result<Dest
                     tensor.name
                 )));
             }
-            let len = usize::try_from(tensor.nbytes)
+            let len = isize::try_from(tensor.nbytes)
+                .map(|n| n as usize)
                 .map_err(|_| Error::invalid("tensor exceeds the address space"))?;
             // SAFETY: the callback promised `capacity >= nbytes` writable bytes at `address`,
             // not overlapping other destinations, valid until the load returns.

@@ -7,6 +7,7 @@ use super::write_options::plaid_write_options;
 use super::{boundary, c_str, handle_mut, out_ptr, publish, release};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::format::plaid::MAX_RANK;
 use crate::options::WriteOptions;
 use crate::serializer::Serializer;
 
@@ -88,9 +89,15 @@ pub unsafe extern "C" fn plaid_serializer_add_tensor(
         let name = unsafe { c_str(name, "name") }?;
         let dtype = DType::from_id(dtype)
             .map_err(|_| Error::invalid(format!("tensor '{name}': unknown dtype {dtype}")))?;
+        if ndim > MAX_RANK {
+            return Err(Error::invalid(format!(
+                "tensor '{name}': rank {ndim} exceeds the limit of {MAX_RANK}"
+            )));
+        }
         // SAFETY: per the contract; NULL is allowed only for empty arrays.
         let shape = unsafe { borrowed(shape, ndim, "shape") }?;
-        let nbytes = usize::try_from(nbytes)
+        let nbytes = isize::try_from(nbytes)
+            .map(|n| n as usize)
             .map_err(|_| Error::invalid("nbytes exceeds the address space"))?;
         // SAFETY: per the contract, valid until finish returns.
         let data = unsafe { borrowed(data.cast::<u8>(), nbytes, "data") }?;
@@ -120,7 +127,9 @@ pub unsafe extern "C" fn plaid_serializer_set_metadata(
 
 /// Checksum and write every tensor, sync, and rename the file into place. After this
 /// call (successful or not) the serializer accepts nothing more; free it with
-/// `plaid_serializer_free`. On failure no file appears at the target path.
+/// `plaid_serializer_free`. On failure the target path is untouched, with one exception:
+/// if only the final fsync of the directory fails (`PLAID_ERR_IO` naming it), the complete
+/// new file is already in place but may not survive a crash.
 ///
 /// # Safety
 /// `s` is NULL or a live handle, and the data of every added tensor is still valid.

@@ -23,7 +23,9 @@ pub const PREAMBLE_LEN: u64 = 32;
 /// Largest header accepted, in bytes.
 pub const MAX_HEADER_LEN: u64 = 256 << 20;
 /// Most tensors in one file.
-pub const MAX_TENSORS: usize = 1 << 22;
+pub const MAX_TENSORS: usize = 1 << 20;
+/// Most metadata entries in one file.
+pub const MAX_METADATA_ENTRIES: usize = 1 << 16;
 /// Most dimensions of one tensor.
 pub const MAX_RANK: usize = 64;
 /// Longest tensor name or metadata key, in bytes.
@@ -170,6 +172,9 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
             ),
         ));
     }
+    // Counted on the wire before decoding: a 2-byte empty tensor or a 1-byte dimension
+    // decodes into many times its size, so limits checked after decoding come too late.
+    prescan(&header_bytes).map_err(|detail| Error::format(file, PREAMBLE_LEN, detail))?;
     let header = proto::Header::decode(header_bytes.as_slice())
         .map_err(|e| Error::format(file, PREAMBLE_LEN, format!("undecodable header: {e}")))?;
     validate(header, header_end, file_len, file)
@@ -328,6 +333,137 @@ fn validate(header: proto::Header, header_end: u64, file_len: u64, file: &str) -
         alignment,
         file_length: file_len,
     })
+}
+
+/// Protobuf wire types.
+const VARINT: u64 = 0;
+const FIXED64: u64 = 1;
+const LEN: u64 = 2;
+const START_GROUP: u64 = 3;
+const END_GROUP: u64 = 4;
+const FIXED32: u64 = 5;
+/// Deepest nesting of unknown groups skipped (prost's own recursion limit).
+const MAX_GROUP_DEPTH: u32 = 100;
+
+/// Walk the header's wire format and refuse more tensors, metadata entries or dimensions
+/// than the limits allow, before anything is decoded into memory. Malformed wire data is
+/// left for the decoder to report.
+fn prescan(header: &[u8]) -> std::result::Result<(), String> {
+    let (mut tensors, mut entries) = (0usize, 0usize);
+    let mut buf = header;
+    while let Some((field, wire)) = next_key(&mut buf) {
+        match (field, wire) {
+            (5, LEN) => {
+                tensors += 1;
+                if tensors > MAX_TENSORS {
+                    return Err(format!("more than {MAX_TENSORS} tensors"));
+                }
+                let Some(tensor) = take_len(&mut buf) else {
+                    return Ok(());
+                };
+                check_rank(tensor, tensors - 1)?;
+            }
+            (6, LEN) => {
+                entries += 1;
+                if entries > MAX_METADATA_ENTRIES {
+                    return Err(format!("more than {MAX_METADATA_ENTRIES} metadata entries"));
+                }
+                if take_len(&mut buf).is_none() {
+                    return Ok(());
+                }
+            }
+            _ => {
+                if skip(&mut buf, field, wire, 0).is_none() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuse a `Tensor` message with more than `MAX_RANK` shape entries.
+fn check_rank(mut tensor: &[u8], index: usize) -> std::result::Result<(), String> {
+    let mut rank = 0usize;
+    while let Some((field, wire)) = next_key(&mut tensor) {
+        match (field, wire) {
+            (3, LEN) => {
+                let Some(packed) = take_len(&mut tensor) else {
+                    return Ok(());
+                };
+                rank += packed.iter().filter(|&&b| b & 0x80 == 0).count();
+            }
+            (3, VARINT) => {
+                rank += 1;
+                if read_varint(&mut tensor).is_none() {
+                    return Ok(());
+                }
+            }
+            _ => {
+                if skip(&mut tensor, field, wire, 0).is_none() {
+                    return Ok(());
+                }
+            }
+        }
+        if rank > MAX_RANK {
+            return Err(format!(
+                "tensor #{index}: rank exceeds the limit of {MAX_RANK}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn read_varint(buf: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = buf.split_first()?;
+        *buf = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+fn next_key(buf: &mut &[u8]) -> Option<(u64, u64)> {
+    if buf.is_empty() {
+        return None;
+    }
+    let key = read_varint(buf)?;
+    Some((key >> 3, key & 7))
+}
+
+fn take_len<'b>(buf: &mut &'b [u8]) -> Option<&'b [u8]> {
+    let len = usize::try_from(read_varint(buf)?).ok()?;
+    if len > buf.len() {
+        return None;
+    }
+    let (field, rest) = buf.split_at(len);
+    *buf = rest;
+    Some(field)
+}
+
+fn skip(buf: &mut &[u8], field: u64, wire: u64, depth: u32) -> Option<()> {
+    let fixed = |buf: &mut &[u8], n: usize| -> Option<()> {
+        *buf = buf.get(n..)?;
+        Some(())
+    };
+    match wire {
+        VARINT => read_varint(buf).map(drop),
+        FIXED64 => fixed(buf, 8),
+        LEN => take_len(buf).map(drop),
+        FIXED32 => fixed(buf, 4),
+        START_GROUP if depth < MAX_GROUP_DEPTH => loop {
+            let (inner, inner_wire) = next_key(buf)?;
+            if inner_wire == END_GROUP {
+                return (inner == field).then_some(());
+            }
+            skip(buf, inner, inner_wire, depth + 1)?;
+        },
+        _ => None,
+    }
 }
 
 /// Checks a tensor name or metadata key: non-empty, bounded, no NUL (C reads it as a

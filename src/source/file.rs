@@ -1,4 +1,5 @@
 use std::fs::File;
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -17,14 +18,25 @@ impl FileSource {
     /// Open `path` for reading.
     pub fn open(path: &Path) -> Result<FileSource> {
         let name = path.display().to_string();
-        let file = File::open(path).map_err(|e| Error::io(format!("opening {name}"), e))?;
+        let opening = |e| Error::io(format!("opening {name}"), e);
+        // Checked before opening: opening a FIFO would block until a writer appears.
+        let kind = std::fs::metadata(path).map_err(opening)?.file_type();
+        if kind.is_dir() {
+            return Err(opening(io::Error::new(
+                io::ErrorKind::IsADirectory,
+                "is a directory",
+            )));
+        }
+        if !kind.is_file() {
+            return Err(opening(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
+        }
+        let file = File::open(path).map_err(opening)?;
         let meta = file
             .metadata()
             .map_err(|e| Error::io(format!("reading the size of {name}"), e))?;
-        if meta.is_dir() {
-            let e = std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory");
-            return Err(Error::io(format!("opening {name}"), e));
-        }
         Ok(FileSource {
             file,
             name,

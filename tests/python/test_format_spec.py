@@ -37,7 +37,8 @@ MAGIC = b"\x89PLAID\r\n\x1a\n"
 VERSION = 1
 PREAMBLE_LEN = 32
 MAX_HEADER_LEN = 256 * 1024 * 1024
-MAX_TENSORS = 1 << 22
+MAX_TENSORS = 1 << 20
+MAX_METADATA_ENTRIES = 1 << 16
 MAX_RANK = 64
 MAX_NAME_LEN = 65535
 MIN_ALIGNMENT, MAX_ALIGNMENT = 4096, 1 << 30
@@ -284,15 +285,21 @@ def decode_header(buf):
         "writer": "",
     }
     scalar = {1: "alignment", 2: "checksum_block_size", 3: "data_offset", 4: "file_length"}
+    entries = 0
     for field, wire, value in iter_fields(buf):
         if field in scalar:
             _expect(wire, WT_VARINT, scalar[field])
             h[scalar[field]] = value
         elif field == 5:
             _expect(wire, WT_LEN, "Header.tensors")
+            if len(h["tensors"]) >= MAX_TENSORS:
+                raise FormatError("more than MAX_TENSORS tensors")
             h["tensors"].append(decode_tensor(value))
         elif field == 6:
             _expect(wire, WT_LEN, "Header.metadata")
+            entries += 1
+            if entries > MAX_METADATA_ENTRIES:
+                raise FormatError("more than MAX_METADATA_ENTRIES metadata entries")
             k, v = decode_map_entry(value)
             h["metadata"][k] = v  # a repeated key: the last one wins
         elif field == 7:
