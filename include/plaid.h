@@ -279,6 +279,40 @@ typedef int32_t (*plaid_place_fn)(void *user_data,
                                   struct plaid_destination *dest);
 
 /**
+ * How far a load or verification has come; lent to the progress callback for the
+ * duration of the call. This struct may grow at the end in later versions.
+ */
+typedef struct plaid_progress {
+  /**
+   * Bytes read (and verified, when verification is on) so far.
+   */
+  uint64_t bytes_done;
+  /**
+   * Bytes the operation reads in all.
+   */
+  uint64_t bytes_total;
+  /**
+   * Tensors whose every byte has landed.
+   */
+  size_t tensors_done;
+  /**
+   * Tensors the operation handles (those not skipped).
+   */
+  size_t tensors_total;
+} plaid_progress;
+
+/**
+ * Receives progress reports during `plaid_deserializer_load` and
+ * `plaid_deserializer_verify`. It is called from plaid's worker threads (so `user_data`
+ * must be usable from any thread), never by two threads at once, at most once per the
+ * read options' progress interval (100 ms by default), and always once more when every
+ * byte has landed. Return 0 to go on; any other value stops the operation with
+ * `PLAID_ERR_CANCELLED` (ignored in the last report, when nothing is left to stop).
+ * It must return normally: no C++ exception or `longjmp` may leave it.
+ */
+typedef int32_t (*plaid_progress_fn)(void *user_data, const struct plaid_progress *progress);
+
+/**
  * Success.
  */
 #define PLAID_OK 0
@@ -429,6 +463,19 @@ plaid_status plaid_deserializer_load(struct plaid_deserializer *d,
 plaid_status plaid_deserializer_verify(const struct plaid_deserializer *d);
 
 /**
+ * Report progress of later `plaid_deserializer_load` and `plaid_deserializer_verify`
+ * calls on `d` to `progress` (see `plaid_progress_fn` for when and on which thread), or
+ * stop reporting when `progress` is NULL. `user_data` is passed to every report.
+ *
+ * # Safety
+ * `d` is NULL (an error) or a live handle not used by another thread during the call;
+ * `progress` is NULL or honours `plaid_progress_fn`'s contract.
+ */
+plaid_status plaid_deserializer_set_progress(struct plaid_deserializer *d,
+                                             plaid_progress_fn progress,
+                                             void *user_data);
+
+/**
  * Number of metadata entries; 0 for a NULL handle.
  *
  * # Safety
@@ -513,6 +560,16 @@ plaid_status plaid_read_options_set_verify(struct plaid_read_options *options, i
  * `options` is NULL (an error) or a live handle.
  */
 plaid_status plaid_read_options_set_threads(struct plaid_read_options *options, uint32_t threads);
+
+/**
+ * Least time between two progress reports, in milliseconds (default 100; 0 reports
+ * after every chunk).
+ *
+ * # Safety
+ * `options` is NULL (an error) or a live handle.
+ */
+plaid_status plaid_read_options_set_progress_interval_ms(struct plaid_read_options *options,
+                                                         uint32_t milliseconds);
 
 /**
  * Bytes per read, 4 KiB to 1 GiB (default 16 MiB); rounded to whole checksum blocks.

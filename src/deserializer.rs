@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::format::{plaid, Format, Index, TensorInfo};
 use crate::options::ReadOptions;
-use crate::pipeline::{self, LoadStats};
+use crate::pipeline::{self, LoadStats, ProgressFn};
 use crate::sink::{Destination, Placement};
 use crate::source::{FileSource, Source};
 
@@ -119,12 +119,46 @@ impl Deserializer {
     /// Load tensors into the destinations chosen by `placement`. Returns when every byte
     /// has landed and been verified (unless verification is off).
     pub fn load<'a>(&self, placement: &mut dyn Placement<'a>) -> Result<LoadStats> {
-        pipeline::load(self.source.as_ref(), &self.index, &self.options, placement)
+        pipeline::load(
+            self.source.as_ref(),
+            &self.index,
+            &self.options,
+            placement,
+            None,
+        )
+    }
+
+    /// [`Deserializer::load`], reporting progress to `progress` from the workers (never
+    /// two reports at once; at most one per the options' progress interval, and always a
+    /// last one when every byte has landed). An error returned by `progress` stops the
+    /// load with that error; destinations may then hold partial data.
+    pub fn load_with_progress<'a>(
+        &self,
+        placement: &mut dyn Placement<'a>,
+        progress: &ProgressFn<'_>,
+    ) -> Result<LoadStats> {
+        pipeline::load(
+            self.source.as_ref(),
+            &self.index,
+            &self.options,
+            placement,
+            Some(progress),
+        )
     }
 
     /// Read and verify every block of every tensor, holding at most one chunk per worker.
     pub fn verify(&self) -> Result<LoadStats> {
-        pipeline::verify_all(self.source.as_ref(), &self.index, &self.options)
+        pipeline::verify_all(self.source.as_ref(), &self.index, &self.options, None)
+    }
+
+    /// [`Deserializer::verify`], reporting progress as [`Deserializer::load_with_progress`].
+    pub fn verify_with_progress(&self, progress: &ProgressFn<'_>) -> Result<LoadStats> {
+        pipeline::verify_all(
+            self.source.as_ref(),
+            &self.index,
+            &self.options,
+            Some(progress),
+        )
     }
 
     /// Read one tensor into a new vector (verified as per the options).

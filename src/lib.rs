@@ -49,7 +49,7 @@ pub use dtype::DType;
 pub use error::{Error, Result};
 pub use format::{Format, TensorInfo};
 pub use options::{ReadOptions, WriteOptions};
-pub use pipeline::LoadStats;
+pub use pipeline::{LoadStats, Progress, ProgressFn};
 pub use serializer::{Serializer, WriteStats};
 pub use sink::{Destination, HostBuffers, Placement};
 pub use source::Source;

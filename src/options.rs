@@ -1,6 +1,8 @@
 //! Options for reading and writing. Plain structs on the Rust side; opaque handles with
 //! setters on the C side, so adding an option never breaks the ABI.
 
+use std::time::Duration;
+
 use crate::error::{Error, Result};
 use crate::format::plaid::{
     DEFAULT_BLOCK_SIZE, MAX_ALIGNMENT, MAX_BLOCK_SIZE, MIN_ALIGNMENT, MIN_BLOCK_SIZE,
@@ -12,6 +14,8 @@ pub const DEFAULT_CHUNK_SIZE: u64 = 16 << 20;
 pub const MIN_CHUNK_SIZE: u64 = 4096;
 /// Largest chunk size accepted.
 pub const MAX_CHUNK_SIZE: u64 = 1 << 30;
+/// Default least time between two progress reports.
+pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// Most worker threads accepted.
 pub const MAX_THREADS: usize = 1024;
 
@@ -26,6 +30,8 @@ pub struct ReadOptions {
     pub(crate) threads: usize,
     /// Bytes per read; rounded to whole checksum blocks.
     pub(crate) chunk_size: u64,
+    /// Least time between two progress reports.
+    pub(crate) progress_interval: Duration,
 }
 
 impl Default for ReadOptions {
@@ -34,6 +40,7 @@ impl Default for ReadOptions {
             verify: true,
             threads: 0,
             chunk_size: DEFAULT_CHUNK_SIZE,
+            progress_interval: DEFAULT_PROGRESS_INTERVAL,
         }
     }
 }
@@ -60,6 +67,17 @@ impl ReadOptions {
         }
         self.chunk_size = bytes;
         Ok(self)
+    }
+
+    /// Set the least time between two progress reports (zero: after every chunk).
+    pub fn progress_interval(mut self, interval: Duration) -> Self {
+        self.progress_interval = interval;
+        self
+    }
+
+    /// The least time between two progress reports.
+    pub fn progress_every(&self) -> Duration {
+        self.progress_interval
     }
 
     /// Whether data is verified.

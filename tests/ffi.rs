@@ -10,6 +10,7 @@ use common::random_bytes;
 use plaid::ffi::deserializer::*;
 use plaid::ffi::dtype::*;
 use plaid::ffi::placement::*;
+use plaid::ffi::progress as plaid_progress;
 use plaid::ffi::read_options::*;
 use plaid::ffi::serializer::*;
 use plaid::ffi::status::*;
@@ -494,4 +495,73 @@ fn overlapping_host_destinations_are_refused() {
         plaid_deserializer_free(d);
     }
     assert!(arena.iter().all(|&b| b == 0xA5), "nothing written");
+}
+
+#[test]
+fn progress_callback_reports_and_cancels() {
+    struct Seen {
+        reports: usize,
+        last: (u64, u64, usize, usize),
+        cancel: bool,
+    }
+    unsafe extern "C" fn report(
+        user: *mut c_void,
+        p: *const plaid_progress::plaid_progress,
+    ) -> i32 {
+        let seen = unsafe { &mut *(user as *mut Seen) };
+        let p = unsafe { &*p };
+        seen.reports += 1;
+        seen.last = (p.bytes_done, p.bytes_total, p.tensors_done, p.tensors_total);
+        i32::from(seen.cancel)
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<Vec<u8>> = (0..4).map(|i| random_bytes(4 * 5000, i)).collect();
+    let path = write_model(dir.path(), &data);
+    unsafe {
+        let mut options = ptr::null_mut();
+        assert_eq!(plaid_read_options_new(&mut options), PLAID_OK);
+        assert_eq!(
+            plaid_read_options_set_progress_interval_ms(options, 0),
+            PLAID_OK
+        );
+        assert_eq!(plaid_read_options_set_chunk_size(options, 4096), PLAID_OK);
+        let mut d = ptr::null_mut();
+        assert_eq!(
+            plaid_deserializer_open(path.as_ptr(), options, &mut d),
+            PLAID_OK
+        );
+        plaid_read_options_free(options);
+
+        let mut seen = Seen {
+            reports: 0,
+            last: (0, 0, 0, 0),
+            cancel: false,
+        };
+        let user = (&mut seen as *mut Seen).cast();
+        assert_eq!(
+            plaid_deserializer_set_progress(d, Some(report), user),
+            PLAID_OK
+        );
+        assert_eq!(plaid_deserializer_verify(d), PLAID_OK);
+        let total = 4 * 4 * 5000 + 8;
+        assert_eq!(seen.last, (total, total, 5, 5));
+        assert!(seen.reports > 1);
+
+        seen.cancel = true;
+        assert_eq!(plaid_deserializer_verify(d), PLAID_ERR_CANCELLED);
+        assert!(last_error().contains("progress callback returned 1"));
+
+        assert_eq!(
+            plaid_deserializer_set_progress(d, None, ptr::null_mut()),
+            PLAID_OK
+        );
+        seen.reports = 0;
+        assert_eq!(plaid_deserializer_verify(d), PLAID_OK);
+        assert_eq!(seen.reports, 0);
+        assert_eq!(
+            plaid_deserializer_set_progress(ptr::null_mut(), None, ptr::null_mut()),
+            PLAID_ERR_INVALID_ARGUMENT
+        );
+        plaid_deserializer_free(d);
+    }
 }

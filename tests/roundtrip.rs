@@ -639,3 +639,65 @@ fn long_target_names_and_special_files() {
         (8192, 4 << 20, true)
     );
 }
+
+#[test]
+fn progress_is_reported_and_can_cancel() {
+    use std::sync::Mutex;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    let tensors = mixed_model();
+    write(
+        &path,
+        &tensors,
+        WriteOptions::default().checksum_block_size(4096).unwrap(),
+        &[],
+    );
+    let options = ReadOptions::default()
+        .threads(3)
+        .unwrap()
+        .chunk_size(4096)
+        .unwrap()
+        .progress_interval(std::time::Duration::ZERO);
+    let d = Deserializer::open(&path, options).unwrap();
+    let total: u64 = tensors.iter().map(|t| t.data.len() as u64).sum();
+
+    let seen = Mutex::new(Vec::new());
+    let stats = d
+        .verify_with_progress(&|p: &plaid::Progress| {
+            seen.lock().unwrap().push(*p);
+            Ok(())
+        })
+        .unwrap();
+    let seen = seen.into_inner().unwrap();
+    assert_eq!(stats.bytes, total);
+    let last = seen.last().unwrap();
+    assert_eq!((last.bytes_done, last.bytes_total), (total, total));
+    assert_eq!(
+        (last.tensors_done, last.tensors_total),
+        (tensors.len(), tensors.len())
+    );
+    assert!(
+        seen.len() > 5,
+        "a report per chunk with a zero interval: {}",
+        seen.len()
+    );
+    assert!(seen.windows(2).all(|w| w[0].bytes_done <= w[1].bytes_done));
+
+    // Cancelling from a report stops the load with that error.
+    let mut buffers: Vec<Vec<u8>> = tensors.iter().map(|t| vec![0; t.data.len()]).collect();
+    let mut slots: Vec<Option<&mut [u8]>> =
+        buffers.iter_mut().map(|b| Some(b.as_mut_slice())).collect();
+    let err = d
+        .load_with_progress(
+            &mut |t: &TensorInfo| Ok(Destination::Host(slots[t.index].take().unwrap())),
+            &|p: &plaid::Progress| {
+                if p.bytes_done > 0 {
+                    Err(Error::Cancelled("enough".into()))
+                } else {
+                    Ok(())
+                }
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::Cancelled(_)), "{err}");
+}

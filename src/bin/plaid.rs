@@ -128,8 +128,14 @@ fn inspect(file: &Path) -> plaid::Result<()> {
 
 fn verify(file: &Path, threads: usize) -> plaid::Result<()> {
     let d = Deserializer::open(file, ReadOptions::default().threads(threads)?)?;
+    let total: u64 = d.tensors().iter().map(|t| t.nbytes).sum();
+    let progress = bar(total, "verify");
     let started = Instant::now();
-    let stats = d.verify()?;
+    let stats = d.verify_with_progress(&|p: &plaid::Progress| {
+        progress.set_position(p.bytes_done);
+        Ok(())
+    })?;
+    progress.finish_and_clear();
     let elapsed = started.elapsed();
     println!(
         "{}: OK, {} tensors, {} verified in {:.3} s ({:.2} GB/s)",
@@ -288,14 +294,22 @@ fn demo(size_mib: u64, dir: Option<PathBuf>, keep: bool, threads: usize) -> plai
                 &path,
                 ReadOptions::default().threads(threads)?.verify(verify),
             )?;
-            let started = Instant::now();
             let mut slots: Vec<Option<&mut [u8]>> =
                 buffers.iter_mut().map(|b| Some(b.as_mut_slice())).collect();
-            let stats = reader.load(&mut |t: &TensorInfo| {
-                Ok(slots[t.index]
-                    .take()
-                    .map_or(Destination::Skip, Destination::Host))
-            })?;
+            let progress = bar(total, "load");
+            let started = Instant::now();
+            let stats = reader.load_with_progress(
+                &mut |t: &TensorInfo| {
+                    Ok(slots[t.index]
+                        .take()
+                        .map_or(Destination::Skip, Destination::Host))
+                },
+                &|p: &plaid::Progress| {
+                    progress.set_position(p.bytes_done);
+                    Ok(())
+                },
+            )?;
+            progress.finish_and_clear();
             rows.push((label, stats.bytes, started.elapsed()));
             for (t, b) in model.iter().zip(&buffers) {
                 if t.data != *b {

@@ -3,9 +3,10 @@
 use std::ffi::{c_char, c_void, CString};
 
 use super::placement::{plaid_place_fn, plaid_tensor_info, CallbackPlacement};
+use super::progress::{plaid_progress_fn, CallbackProgress};
 use super::read_options::plaid_read_options;
 use super::status::plaid_status;
-use super::{boundary, c_str, handle, out_ptr, publish, release};
+use super::{boundary, c_str, handle, handle_mut, out_ptr, publish, release};
 use crate::deserializer::Deserializer;
 use crate::error::{Error, Result};
 use crate::options::ReadOptions;
@@ -21,6 +22,7 @@ pub struct plaid_deserializer {
     /// Keep the NUL-terminated names alive.
     _names: Vec<CString>,
     metadata: Vec<(CString, CString)>,
+    progress: Option<CallbackProgress>,
 }
 
 // SAFETY: the raw pointers in `infos` point into data owned by this same struct, which
@@ -65,6 +67,7 @@ impl plaid_deserializer {
             infos,
             _names: names,
             metadata,
+            progress: None,
         })
     }
 }
@@ -189,7 +192,13 @@ pub unsafe extern "C" fn plaid_deserializer_load(
             infos: &d.infos,
             claimed: Default::default(),
         };
-        d.inner.load(&mut placement).map(drop)
+        match d.progress {
+            Some(progress) => d
+                .inner
+                .load_with_progress(&mut placement, &|p| progress.call(p)),
+            None => d.inner.load(&mut placement),
+        }
+        .map(drop)
     })
 }
 
@@ -205,7 +214,32 @@ pub unsafe extern "C" fn plaid_deserializer_verify(d: *const plaid_deserializer)
     boundary::status(|| {
         // SAFETY: per the contract.
         let d = unsafe { handle(d, "deserializer") }?;
-        d.inner.verify().map(drop)
+        match d.progress {
+            Some(progress) => d.inner.verify_with_progress(&|p| progress.call(p)),
+            None => d.inner.verify(),
+        }
+        .map(drop)
+    })
+}
+
+/// Report progress of later `plaid_deserializer_load` and `plaid_deserializer_verify`
+/// calls on `d` to `progress` (see `plaid_progress_fn` for when and on which thread), or
+/// stop reporting when `progress` is NULL. `user_data` is passed to every report.
+///
+/// # Safety
+/// `d` is NULL (an error) or a live handle not used by another thread during the call;
+/// `progress` is NULL or honours `plaid_progress_fn`'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_deserializer_set_progress(
+    d: *mut plaid_deserializer,
+    progress: plaid_progress_fn,
+    user_data: *mut c_void,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let d = unsafe { handle_mut(d, "deserializer") }?;
+        d.progress = progress.map(|report| CallbackProgress { report, user_data });
+        Ok(())
     })
 }
 

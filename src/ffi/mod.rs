@@ -10,6 +10,7 @@ pub mod boundary;
 pub mod deserializer;
 pub mod dtype;
 pub mod placement;
+pub mod progress;
 pub mod read_options;
 pub mod serializer;
 pub mod status;

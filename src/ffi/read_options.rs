@@ -74,6 +74,25 @@ pub unsafe extern "C" fn plaid_read_options_set_threads(
     })
 }
 
+/// Least time between two progress reports, in milliseconds (default 100; 0 reports
+/// after every chunk).
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_read_options_set_progress_interval_ms(
+    options: *mut plaid_read_options,
+    milliseconds: u32,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let o = unsafe { handle_mut(options, "options") }?;
+        let interval = std::time::Duration::from_millis(u64::from(milliseconds));
+        o.inner = o.inner.clone().progress_interval(interval);
+        Ok(())
+    })
+}
+
 /// Bytes per read, 4 KiB to 1 GiB (default 16 MiB); rounded to whole checksum blocks.
 ///
 /// # Safety

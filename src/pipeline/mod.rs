@@ -2,6 +2,10 @@
 //! pool of workers read chunks straight into their destinations and verify each
 //! checksum block while it is hot in cache.
 
+mod progress;
+
+pub use progress::{Progress, ProgressFn};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
@@ -12,6 +16,7 @@ use crate::format::{Checksum, Index, TensorInfo};
 use crate::options::ReadOptions;
 use crate::sink::{Destination, Placement};
 use crate::source::Source;
+use progress::Tracker;
 
 /// What a load did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,12 +43,22 @@ struct Job<'a> {
     target: Target<'a>,
 }
 
+impl Job<'_> {
+    fn len(&self) -> usize {
+        match &self.target {
+            Target::Host(buffer) => buffer.len(),
+            Target::Scratch(len) => *len,
+        }
+    }
+}
+
 /// Load the tensors of `index` into the destinations chosen by `placement`.
 pub(crate) fn load<'a>(
     source: &dyn Source,
     index: &Index,
     options: &ReadOptions,
     placement: &mut dyn Placement<'a>,
+    progress: Option<&ProgressFn<'_>>,
 ) -> Result<LoadStats> {
     // Every destination is known and checked before the first byte is read.
     let mut planned: Vec<(&TensorInfo, &'a mut [u8])> = Vec::new();
@@ -83,7 +98,7 @@ pub(crate) fn load<'a>(
             });
         }
     }
-    run(source, index, options, jobs)?;
+    run(source, index, options, jobs, stats.tensors, progress)?;
     Ok(stats)
 }
 
@@ -92,6 +107,7 @@ pub(crate) fn verify_all(
     source: &dyn Source,
     index: &Index,
     options: &ReadOptions,
+    progress: Option<&ProgressFn<'_>>,
 ) -> Result<LoadStats> {
     let mut stats = LoadStats::default();
     let mut jobs = Vec::new();
@@ -111,7 +127,7 @@ pub(crate) fn verify_all(
         }
     }
     let options = options.clone().verify(true);
-    run(source, index, &options, jobs)?;
+    run(source, index, &options, jobs, stats.tensors, progress)?;
     Ok(stats)
 }
 
@@ -130,7 +146,16 @@ fn run(
     index: &Index,
     options: &ReadOptions,
     jobs: Vec<Job<'_>>,
+    tensors_total: usize,
+    progress: Option<&ProgressFn<'_>>,
 ) -> Result<()> {
+    let tracker = Tracker::new(
+        progress,
+        options.progress_interval,
+        index.tensors.len(),
+        tensors_total,
+        jobs.iter().map(|job| (job.tensor, job.len() as u64)),
+    );
     let threads = options.worker_threads().min(jobs.len()).max(1);
     let queue = Mutex::new(jobs.into_iter());
     let failed = AtomicBool::new(false);
@@ -142,7 +167,10 @@ fn run(
                 break;
             };
             let tensor = &index.tensors[job.tensor];
-            if let Err(e) = run_job(source, tensor, job, options.verify, &mut scratch) {
+            let len = job.len() as u64;
+            let done = run_job(source, tensor, job, options.verify, &mut scratch)
+                .and_then(|()| tracker.chunk_done(tensor.index, len));
+            if let Err(e) = done {
                 failed.store(true, Ordering::Relaxed);
                 first_error.lock().get_or_insert(e);
                 break;
@@ -158,7 +186,10 @@ fn run(
     });
     match first_error.into_inner() {
         Some(e) => Err(e),
-        None => Ok(()),
+        None => {
+            tracker.finish();
+            Ok(())
+        }
     }
 }
 
