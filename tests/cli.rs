@@ -91,3 +91,36 @@ fn demo_prints_its_table() {
         "the demo cleans up"
     );
 }
+
+#[test]
+fn bench_prints_its_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "bench",
+        "--size-mib",
+        "16",
+        "--rounds",
+        "1",
+        "--small-tensors",
+        "200",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ];
+    let (ok, out, err) = plaid(&args);
+    assert!(ok, "{err}");
+    for row in [
+        "limit: memcpy",
+        "limit: read()",
+        "naive: pread",
+        "1 thread(s), verified",
+        "200 tensors of 8 KiB",
+        "x read()",
+    ] {
+        assert!(out.contains(row), "missing {row}: {out}");
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "the bench cleans up"
+    );
+}

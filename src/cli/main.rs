@@ -34,6 +34,22 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// Measure plaid's load paths against the machine's limits and a naive loader, on the
+    /// same data in one run, and print a table of medians.
+    Bench {
+        /// Approximate size of the synthetic checkpoint in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        /// Directory for the test files (default: the system's temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Timed rounds per row (after one warm-up).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Number of small (8 KiB) tensors in the many-tensor case.
+        #[arg(long, default_value_t = 10_000)]
+        small_tensors: usize,
+    },
     /// Write a synthetic transformer-shaped checkpoint, load it back into host buffers,
     /// verify it, and print sizes, times and throughput.
     Demo {
@@ -52,6 +68,8 @@ enum Command {
     },
 }
 
+mod bench;
+
 fn main() -> ExitCode {
     // Die quietly on a closed pipe (`plaid inspect big.plaid | head`), as command-line
     // tools do, instead of panicking on the failed print.
@@ -61,6 +79,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect { file } => inspect(&file),
         Command::Verify { file, threads } => verify(&file, threads),
+        Command::Bench {
+            size_mib,
+            dir,
+            rounds,
+            small_tensors,
+        } => bench::bench(size_mib, dir, rounds, small_tensors),
         Command::Demo {
             size_mib,
             dir,
