@@ -572,6 +572,15 @@ plaid_status plaid_read_options_set_progress_interval_ms(struct plaid_read_optio
                                                          uint32_t milliseconds);
 
 /**
+ * Read local files with `O_DIRECT`, bypassing the page cache (`direct != 0`), or not
+ * (the default). Where the file system refuses direct I/O, reads fall back to buffered.
+ *
+ * # Safety
+ * `options` is NULL (an error) or a live handle.
+ */
+plaid_status plaid_read_options_set_direct_io(struct plaid_read_options *options, int32_t direct);
+
+/**
  * Bytes per read, 4 KiB to 1 GiB (default 16 MiB); rounded to whole checksum blocks.
  *
  * # Safety

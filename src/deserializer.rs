@@ -44,7 +44,8 @@ impl Deserializer {
                 "{text}: {scheme} sources are not supported by this build"
             )));
         }
-        Deserializer::from_source(Box::new(FileSource::open(path)?), options)
+        let source = FileSource::open_with(path, options.direct_io)?;
+        Deserializer::from_source(Box::new(source), options)
     }
 
     /// Read the header of any [`Source`].

@@ -133,6 +133,7 @@ fn round_trip_through_the_c_api() {
         let mut options = ptr::null_mut();
         assert_eq!(plaid_read_options_new(&mut options), PLAID_OK);
         assert_eq!(plaid_read_options_set_threads(options, 3), PLAID_OK);
+        assert_eq!(plaid_read_options_set_direct_io(options, 1), PLAID_OK);
         assert_eq!(plaid_read_options_set_chunk_size(options, 4096), PLAID_OK);
         assert_eq!(
             plaid_read_options_set_chunk_size(options, 0),

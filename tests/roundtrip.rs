@@ -701,3 +701,70 @@ fn progress_is_reported_and_can_cancel() {
         .unwrap_err();
     assert!(matches!(err, Error::Cancelled(_)), "{err}");
 }
+
+#[test]
+fn direct_io_reads_the_same_bytes_into_aligned_and_unaligned_destinations() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    let mut tensors = mixed_model();
+    tensors.push(tensor("big", DType::U8, &[(9 << 20) + 123], 77));
+    write(
+        &path,
+        &tensors,
+        WriteOptions::default().checksum_block_size(4096).unwrap(),
+        &[],
+    );
+    let source = plaid::source::FileSource::open_with(&path, true).unwrap();
+    if !source.is_direct() {
+        eprintln!("this file system refuses O_DIRECT: only the fallback is tested");
+    }
+    for threads in [1, 3] {
+        let options = ReadOptions::default()
+            .direct_io(true)
+            .threads(threads)
+            .unwrap()
+            .chunk_size(1 << 20)
+            .unwrap();
+        assert!(options.uses_direct_io());
+        let d = Deserializer::open(&path, options).unwrap();
+        let loaded = load_all(&d).unwrap();
+        for (t, bytes) in tensors.iter().zip(&loaded) {
+            assert_eq!(bytes, &t.data, "tensor {}", t.name);
+        }
+        // A page-aligned destination takes the direct path without the bounce buffer.
+        let big = d.find("big").unwrap();
+        let len = tensors[big].data.len();
+        let mut arena = vec![0u8; len + 8192];
+        let skip = arena.as_ptr().align_offset(4096);
+        for start in [skip, skip + 1] {
+            let dest = &mut arena[start..start + len];
+            let mut slot = Some(dest);
+            d.load(&mut |t: &TensorInfo| {
+                Ok(if t.index == big {
+                    Destination::Host(slot.take().unwrap())
+                } else {
+                    Destination::Skip
+                })
+            })
+            .unwrap();
+            assert!(
+                arena[start..start + len] == tensors[big].data[..],
+                "start {start}"
+            );
+        }
+    }
+    // Truncation after opening is still a format error naming the offset.
+    let d = Deserializer::open(&path, ReadOptions::default().direct_io(true)).unwrap();
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len - 5000)
+        .unwrap();
+    let err = load_all(&d).unwrap_err();
+    assert!(
+        matches!(err, Error::Format { .. }) && err.to_string().contains("offset"),
+        "{err}"
+    );
+}

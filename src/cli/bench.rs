@@ -85,6 +85,18 @@ fn time(rounds: usize, mut f: impl FnMut() -> plaid::Result<()>) -> plaid::Resul
         .collect()
 }
 
+/// Evict a (synced) file's pages from the page cache.
+fn drop_from_cache(path: &Path) -> plaid::Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = File::open(path).map_err(io)?;
+    // SAFETY: a valid descriptor; advice only.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        return Err(io(std::io::Error::from_raw_os_error(rc)));
+    }
+    Ok(())
+}
+
 fn io(e: std::io::Error) -> plaid::Error {
     plaid::Error::InvalidArgument(format!("benchmark I/O: {e}"))
 }
@@ -189,6 +201,28 @@ pub(crate) fn bench(
                     times,
                 );
             }
+        }
+        // Cold file: dropped from the page cache before every round, buffered against
+        // O_DIRECT. (No warm-up: it would warm the cache.)
+        File::open(&model.path)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        for direct in [false, true] {
+            let options = ReadOptions::default().threads(cores)?.direct_io(direct);
+            let reader = Deserializer::open(&model.path, options)?;
+            let mut times = Vec::new();
+            for _ in 0..rounds {
+                drop_from_cache(&model.path)?;
+                let started = Instant::now();
+                load(&reader, &mut buffers)?;
+                times.push(started.elapsed());
+            }
+            let how = if direct { "O_DIRECT" } else { "buffered" };
+            row(
+                format!("plaid: cold file, {how}, {cores} thread(s), verified"),
+                model.total,
+                times,
+            );
         }
         if buffers.iter().zip(&source).any(|(b, s)| b != s) {
             return Err(plaid::Error::InvalidArgument(

@@ -93,6 +93,24 @@ pub unsafe extern "C" fn plaid_read_options_set_progress_interval_ms(
     })
 }
 
+/// Read local files with `O_DIRECT`, bypassing the page cache (`direct != 0`), or not
+/// (the default). Where the file system refuses direct I/O, reads fall back to buffered.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_read_options_set_direct_io(
+    options: *mut plaid_read_options,
+    direct: i32,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let o = unsafe { handle_mut(options, "options") }?;
+        o.inner = o.inner.clone().direct_io(direct != 0);
+        Ok(())
+    })
+}
+
 /// Bytes per read, 4 KiB to 1 GiB (default 16 MiB); rounded to whole checksum blocks.
 ///
 /// # Safety

@@ -1,22 +1,59 @@
-use std::fs::File;
+use std::cell::RefCell;
+use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use super::{past_end, Source};
 use crate::error::{Error, Result};
 
-/// A local file read with `pread`.
+/// Offsets, lengths and addresses of `O_DIRECT` reads are multiples of this.
+const DIRECT_ALIGN: usize = 4096;
+/// Size of the per-thread aligned bounce buffer for destinations that are not aligned.
+const BOUNCE_LEN: usize = 8 << 20;
+
+thread_local! {
+    /// Reused by every direct read on this thread that needs it; freed with the thread.
+    static BOUNCE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A local file read with `pread`, optionally with `O_DIRECT` (bypassing the page cache).
 #[derive(Debug)]
 pub struct FileSource {
     file: File,
+    /// A second descriptor opened with `O_DIRECT`, where the file system allows it.
+    direct: Option<File>,
     name: String,
     len: u64,
 }
 
 impl FileSource {
-    /// Open `path` for reading.
+    /// Open `path` for buffered reading.
     pub fn open(path: &Path) -> Result<FileSource> {
+        FileSource::open_with(path, false)
+    }
+
+    /// Open `path`; with `direct`, aligned reads bypass the page cache (`O_DIRECT`) where
+    /// the file system supports it, and fall back to buffered reads where it does not.
+    pub fn open_with(path: &Path, direct: bool) -> Result<FileSource> {
+        let mut source = FileSource::open_buffered(path)?;
+        if direct {
+            // Refused (EINVAL) by file systems without direct I/O, such as tmpfs.
+            source.direct = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(path)
+                .ok();
+        }
+        Ok(source)
+    }
+
+    /// Whether reads bypass the page cache.
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    fn open_buffered(path: &Path) -> Result<FileSource> {
         let name = path.display().to_string();
         let opening = |e| Error::io(format!("opening {name}"), e);
         // Checked before opening: opening a FIFO would block until a writer appears.
@@ -39,9 +76,77 @@ impl FileSource {
             .map_err(|e| Error::io(format!("reading the size of {name}"), e))?;
         Ok(FileSource {
             file,
+            direct: None,
             name,
             len: meta.len(),
         })
+    }
+
+    /// Buffered `pread` until `buf` is full.
+    fn read_buffered(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            match self.file.read_at(&mut buf[done..], at) {
+                // The file shrank after it was opened.
+                Ok(0) => return Err(past_end(&self.name, at, offset, buf.len())),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.read_error(buf.len() - done, at, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// `O_DIRECT` reads: straight into `buf` where it is page-aligned, else through the
+    /// thread's aligned bounce buffer. Whatever is left at an unaligned offset (the tail
+    /// at the end of the file) is read buffered. `Ok(false)`: the file system refused
+    /// direct I/O before anything was read; the caller reads buffered instead.
+    fn read_direct(&self, direct: &File, offset: u64, buf: &mut [u8]) -> Result<bool> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            if at % DIRECT_ALIGN as u64 != 0 {
+                self.read_buffered(at, &mut buf[done..])?;
+                return Ok(true);
+            }
+            let dest = &mut buf[done..];
+            let result = if dest.as_ptr() as usize % DIRECT_ALIGN == 0 && dest.len() >= DIRECT_ALIGN
+            {
+                let whole = dest.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+                direct.read_at(&mut dest[..whole], at)
+            } else {
+                BOUNCE.with(|bounce| {
+                    let mut bounce = bounce.borrow_mut();
+                    if bounce.len() < BOUNCE_LEN + DIRECT_ALIGN {
+                        bounce.resize(BOUNCE_LEN + DIRECT_ALIGN, 0);
+                    }
+                    let skip = bounce.as_ptr().align_offset(DIRECT_ALIGN);
+                    let want = dest.len().min(BOUNCE_LEN);
+                    let aligned =
+                        &mut bounce[skip..skip + want.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN];
+                    let n = direct.read_at(aligned, at)?;
+                    let n = n.min(want);
+                    dest[..n].copy_from_slice(&aligned[..n]);
+                    Ok(n)
+                })
+            };
+            match result {
+                Ok(0) => return Err(past_end(&self.name, at, offset, buf.len())),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && done == 0 => return Ok(false),
+                Err(e) => return Err(self.read_error(buf.len() - done, at, e)),
+            }
+        }
+        Ok(true)
+    }
+
+    fn read_error(&self, len: usize, at: u64, e: io::Error) -> Error {
+        Error::io(
+            format!("reading {len} bytes at offset {at} of {}", self.name),
+            e,
+        )
     }
 }
 
@@ -55,26 +160,11 @@ impl Source for FileSource {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = offset + done as u64;
-            match self.file.read_at(&mut buf[done..], at) {
-                // The file shrank after it was opened.
-                Ok(0) => return Err(past_end(&self.name, at, offset, buf.len())),
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return Err(Error::io(
-                        format!(
-                            "reading {} bytes at offset {at} of {}",
-                            buf.len() - done,
-                            self.name
-                        ),
-                        e,
-                    ))
-                }
+        if let Some(direct) = &self.direct {
+            if offset % DIRECT_ALIGN as u64 == 0 && self.read_direct(direct, offset, buf)? {
+                return Ok(());
             }
         }
-        Ok(())
+        self.read_buffered(offset, buf)
     }
 }
