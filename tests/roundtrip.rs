@@ -168,15 +168,7 @@ fn capacity_and_cancel_fail_before_any_byte_is_written() {
 
 #[test]
 fn a_flipped_data_bit_is_caught_and_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.plaid");
-    let tensors = mixed_model();
-    write(
-        &path,
-        &tensors,
-        WriteOptions::default().checksum_block_size(4096).unwrap(),
-        &[],
-    );
+    let (_dir, path, tensors) = mixed_file(&[]);
     let mut bytes = std::fs::read(&path).unwrap();
     let d = Deserializer::open(&path, ReadOptions::default()).unwrap();
     let target = d.tensor(d.find("multi_block").unwrap()).unwrap().clone();
@@ -218,15 +210,20 @@ fn a_flipped_data_bit_is_caught_and_named() {
     );
 }
 
-fn small_file() -> Vec<u8> {
+/// The mixed model plus `extra` tensors, written with 4 KiB checksum blocks (so that
+/// tensors span several blocks) into a fresh directory.
+fn mixed_file(extra: &[Tensor]) -> (tempfile::TempDir, std::path::PathBuf, Vec<Tensor>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.plaid");
-    write(
-        &path,
-        &mixed_model(),
-        WriteOptions::default().checksum_block_size(4096).unwrap(),
-        &[("k", "v")],
-    );
+    let mut tensors = mixed_model();
+    tensors.extend_from_slice(extra);
+    let options = WriteOptions::default().checksum_block_size(4096).unwrap();
+    write(&path, &tensors, options, &[("k", "v")]);
+    (dir, path, tensors)
+}
+
+fn small_file() -> Vec<u8> {
+    let (_dir, path, _) = mixed_file(&[]);
     std::fs::read(path).unwrap()
 }
 
@@ -643,15 +640,7 @@ fn long_target_names_and_special_files() {
 #[test]
 fn progress_is_reported_and_can_cancel() {
     use std::sync::Mutex;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.plaid");
-    let tensors = mixed_model();
-    write(
-        &path,
-        &tensors,
-        WriteOptions::default().checksum_block_size(4096).unwrap(),
-        &[],
-    );
+    let (_dir, path, tensors) = mixed_file(&[]);
     let options = ReadOptions::default()
         .threads(3)
         .unwrap()
@@ -704,16 +693,7 @@ fn progress_is_reported_and_can_cancel() {
 
 #[test]
 fn direct_io_reads_the_same_bytes_into_aligned_and_unaligned_destinations() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.plaid");
-    let mut tensors = mixed_model();
-    tensors.push(tensor("big", DType::U8, &[(9 << 20) + 123], 77));
-    write(
-        &path,
-        &tensors,
-        WriteOptions::default().checksum_block_size(4096).unwrap(),
-        &[],
-    );
+    let (_dir, path, tensors) = mixed_file(&[tensor("big", DType::U8, &[(9 << 20) + 123], 77)]);
     let source = plaid::source::FileSource::open_with(&path, true).unwrap();
     if !source.is_direct() {
         eprintln!("this file system refuses O_DIRECT: only the fallback is tested");

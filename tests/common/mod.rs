@@ -20,6 +20,7 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// A tensor with deterministic pseudo-random contents.
+#[derive(Clone)]
 pub struct Tensor {
     pub name: String,
     pub dtype: plaid::DType,
