@@ -463,6 +463,42 @@ plaid_status plaid_deserializer_load(struct plaid_deserializer *d,
 plaid_status plaid_deserializer_verify(const struct plaid_deserializer *d);
 
 /**
+ * Map the file read-only for zero-copy views (`plaid_deserializer_tensor_data`). With
+ * verification on and `plaid_read_options_set_verify_views_up_front`, every tensor is
+ * verified now (in parallel); otherwise this reads nothing and takes milliseconds
+ * whatever the file's size. Optional: the first view maps the file too. Calling it again
+ * is cheap.
+ *
+ * A file truncated by another process while it is mapped does not crash the process:
+ * the bytes past its new end read as zeros, and later calls return `PLAID_ERR_FORMAT`
+ * saying the file shrank.
+ *
+ * Returns `PLAID_ERR_UNSUPPORTED` for a source that cannot be mapped,
+ * `PLAID_ERR_CHECKSUM` naming the first damaged tensor found.
+ *
+ * # Safety
+ * `d` is NULL or a live handle.
+ */
+plaid_status plaid_deserializer_map(const struct plaid_deserializer *d);
+
+/**
+ * Store in `*data` a read-only pointer to tensor `index`'s bytes inside a memory map of
+ * the file, and their count in `*nbytes`: no copy at all. The pointer is aligned as the
+ * file aligns tensor data (4096 bytes for files plaid writes) and stays valid until
+ * `plaid_deserializer_free`; the bytes must not be written. With verification on, a
+ * tensor is verified on its first view unless `plaid_deserializer_map` verified it; a
+ * damaged tensor gives `PLAID_ERR_CHECKSUM` and no pointer. On failure `*data` and
+ * `*nbytes` are untouched.
+ *
+ * # Safety
+ * `d` is NULL or a live handle; `data` and `nbytes` NULL (an error) or writable.
+ */
+plaid_status plaid_deserializer_tensor_data(const struct plaid_deserializer *d,
+                                            size_t index,
+                                            const void **data,
+                                            uint64_t *nbytes);
+
+/**
  * Report progress of later `plaid_deserializer_load` and `plaid_deserializer_verify`
  * calls on `d` to `progress` (see `plaid_progress_fn` for when and on which thread), or
  * stop reporting when `progress` is NULL. `user_data` is passed to every report.
@@ -579,6 +615,27 @@ plaid_status plaid_read_options_set_progress_interval_ms(struct plaid_read_optio
  * `options` is NULL (an error) or a live handle.
  */
 plaid_status plaid_read_options_set_direct_io(struct plaid_read_options *options, int32_t direct);
+
+/**
+ * Copy local files out of a memory map of the file (`on != 0`, the default) or read them
+ * with `pread` (`on == 0`). The map is guarded: a file truncated while it is read gives
+ * `PLAID_ERR_FORMAT`, never a `SIGBUS`. `O_DIRECT`, when on, takes precedence.
+ *
+ * # Safety
+ * `options` is NULL (an error) or a live handle.
+ */
+plaid_status plaid_read_options_set_mmap(struct plaid_read_options *options, int32_t on);
+
+/**
+ * With verification on, verify every tensor in `plaid_deserializer_map` (`on != 0`)
+ * rather than each tensor on its first `plaid_deserializer_tensor_data` (`on == 0`, the
+ * default, which makes mapping take milliseconds whatever the file's size).
+ *
+ * # Safety
+ * `options` is NULL (an error) or a live handle.
+ */
+plaid_status plaid_read_options_set_verify_views_up_front(struct plaid_read_options *options,
+                                                          int32_t on);
 
 /**
  * Bytes per read, 4 KiB to 1 GiB (default 16 MiB); rounded to whole checksum blocks.

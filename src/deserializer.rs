@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, Result};
 use crate::format::{plaid, Format, Index, TensorInfo};
@@ -19,6 +20,8 @@ pub struct Deserializer {
     index: Index,
     by_name: HashMap<String, usize>,
     options: ReadOptions,
+    /// Tensors whose zero-copy view has been verified.
+    view_verified: Vec<AtomicBool>,
 }
 
 impl std::fmt::Debug for Deserializer {
@@ -44,7 +47,7 @@ impl Deserializer {
                 "{text}: {scheme} sources are not supported by this build"
             )));
         }
-        let source = FileSource::open_with(path, options.direct_io)?;
+        let source = FileSource::open_with(path, options.direct_io)?.copy_from_map(options.mmap);
         Deserializer::from_source(Box::new(source), options)
     }
 
@@ -56,11 +59,17 @@ impl Deserializer {
             .iter()
             .map(|t| (t.name.clone(), t.index))
             .collect();
+        let view_verified = index
+            .tensors
+            .iter()
+            .map(|_| AtomicBool::new(false))
+            .collect();
         Ok(Deserializer {
             source,
             index,
             by_name,
             options,
+            view_verified,
         })
     }
 
@@ -179,5 +188,64 @@ impl Deserializer {
             })
         })?;
         Ok(bytes)
+    }
+
+    /// Map the file for zero-copy views ([`Deserializer::view`]). With verification on and
+    /// [`ReadOptions::verify_views_up_front`], every tensor not yet verified is verified
+    /// now, in parallel; otherwise mapping costs no read at all and each view is verified
+    /// on first access. Calling it again is cheap.
+    pub fn map(&self) -> Result<()> {
+        let bytes = self.mapped_bytes()?;
+        if self.options.verify && self.options.verify_views_up_front {
+            let pending: Vec<usize> = (0..self.index.tensors.len())
+                .filter(|&i| !self.view_verified[i].load(Ordering::Acquire))
+                .collect();
+            pipeline::verify_mapped(self.name(), &self.index, bytes, &pending, &self.options)?;
+            self.source.check_mapped()?;
+            for i in pending {
+                self.view_verified[i].store(true, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    /// A read-only view of tensor `index`'s bytes inside a memory map of the file: no
+    /// copy at all. The view lives as long as the deserializer. With verification on, a
+    /// tensor is verified on its first view (unless [`Deserializer::map`] verified it).
+    ///
+    /// If another process truncates the file while it is mapped, the bytes past the new
+    /// end read as zeros instead of raising `SIGBUS`, and every later call to `view`
+    /// returns a [`Error::Format`] error saying that the file shrank.
+    pub fn view(&self, index: usize) -> Result<&[u8]> {
+        let tensor = self
+            .tensor(index)
+            .ok_or_else(|| Error::NotFound(format!("{}: no tensor #{index}", self.name())))?;
+        let bytes = self.mapped_bytes()?;
+        let range = usize::try_from(tensor.offset)
+            .ok()
+            .and_then(|start| Some(start..start.checked_add(usize::try_from(tensor.nbytes).ok()?)?))
+            .and_then(|r| bytes.get(r))
+            .ok_or_else(|| {
+                Error::format(
+                    self.name(),
+                    tensor.offset,
+                    format!("tensor '{}' lies past the end of the mapping", tensor.name),
+                )
+            })?;
+        if self.options.verify && !self.view_verified[index].load(Ordering::Acquire) {
+            pipeline::verify_range(self.name(), tensor, 0, range)?;
+            self.view_verified[index].store(true, Ordering::Release);
+        }
+        self.source.check_mapped()?;
+        Ok(range)
+    }
+
+    fn mapped_bytes(&self) -> Result<&[u8]> {
+        self.source.mapped()?.ok_or_else(|| {
+            Error::Unsupported(format!(
+                "{}: this source cannot be memory-mapped",
+                self.name()
+            ))
+        })
     }
 }

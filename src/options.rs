@@ -34,6 +34,10 @@ pub struct ReadOptions {
     pub(crate) progress_interval: Duration,
     /// Read local files with `O_DIRECT`, bypassing the page cache.
     pub(crate) direct_io: bool,
+    /// Copy local files out of a guarded memory map rather than with `pread`.
+    pub(crate) mmap: bool,
+    /// Verify every tensor when zero-copy views are first mapped, not on first access.
+    pub(crate) verify_views_up_front: bool,
 }
 
 impl Default for ReadOptions {
@@ -44,6 +48,8 @@ impl Default for ReadOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
             progress_interval: DEFAULT_PROGRESS_INTERVAL,
             direct_io: false,
+            mmap: true,
+            verify_views_up_front: false,
         }
     }
 }
@@ -89,6 +95,33 @@ impl ReadOptions {
     pub fn direct_io(mut self, direct: bool) -> Self {
         self.direct_io = direct;
         self
+    }
+
+    /// Copy local files out of a memory map of the file (on by default) instead of
+    /// reading them with `pread`. The map is guarded: a file truncated while it is read
+    /// gives a [`crate::Error::Format`] error, never a `SIGBUS`. `O_DIRECT` reads, when
+    /// on, take precedence.
+    pub fn mmap(mut self, on: bool) -> Self {
+        self.mmap = on;
+        self
+    }
+
+    /// Whether local files are copied out of a memory map.
+    pub fn uses_mmap(&self) -> bool {
+        self.mmap
+    }
+
+    /// With verification on, verify every tensor when the file is mapped for zero-copy
+    /// views ([`crate::Deserializer::map`]) rather than each tensor on its first view
+    /// (the default, which makes mapping take milliseconds whatever the file's size).
+    pub fn verify_views_up_front(mut self, on: bool) -> Self {
+        self.verify_views_up_front = on;
+        self
+    }
+
+    /// Whether views are verified when the file is mapped.
+    pub fn verifies_views_up_front(&self) -> bool {
+        self.verify_views_up_front
     }
 
     /// Whether local files are read with `O_DIRECT`.

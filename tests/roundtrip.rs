@@ -748,3 +748,176 @@ fn direct_io_reads_the_same_bytes_into_aligned_and_unaligned_destinations() {
         "{err}"
     );
 }
+
+/// The mixed model plus tensors large enough (reads of 64 KiB and more) to be copied out
+/// of the file's mapping rather than read with `pread`.
+fn large_file() -> (tempfile::TempDir, std::path::PathBuf, Vec<Tensor>) {
+    mixed_file(&[
+        tensor("big.a", DType::U8, &[(3 << 20) + 5], 91),
+        tensor("big.b", DType::F32, &[1024, 1000], 92),
+        tensor("big.c", DType::U8, &[200_000], 93),
+    ])
+}
+
+#[test]
+fn mapped_and_pread_copies_read_the_same_bytes() {
+    let (_dir, path, tensors) = large_file();
+    for mmap in [true, false] {
+        for threads in [1, 3] {
+            for chunk in [64 << 10, 1 << 20] {
+                let options = ReadOptions::default()
+                    .mmap(mmap)
+                    .threads(threads)
+                    .unwrap()
+                    .chunk_size(chunk)
+                    .unwrap();
+                assert_eq!(options.uses_mmap(), mmap);
+                let d = Deserializer::open(&path, options).unwrap();
+                let loaded = load_all(&d).unwrap();
+                for (t, bytes) in tensors.iter().zip(&loaded) {
+                    assert!(bytes == &t.data, "tensor {} (mmap {mmap})", t.name);
+                }
+                assert_eq!(
+                    d.verify().unwrap().bytes,
+                    d.tensors().iter().map(|t| t.nbytes).sum()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn zero_copy_views_are_the_file_bytes_verified_on_first_view_or_up_front() {
+    let (_dir, path, tensors) = large_file();
+    let d = Deserializer::open(&path, ReadOptions::default()).unwrap();
+    d.map().unwrap();
+    for (i, t) in tensors.iter().enumerate() {
+        let view = d.view(i).unwrap();
+        assert!(view == &t.data[..], "tensor {}", t.name);
+        assert_eq!(view.as_ptr() as usize % 4096, 0, "tensor {}", t.name);
+        assert_eq!(d.view(i).unwrap().as_ptr(), view.as_ptr());
+    }
+    assert!(matches!(d.view(tensors.len()), Err(Error::NotFound(_))));
+
+    // Views of bytes in memory work the same way.
+    let m = open_bytes(std::fs::read(&path).unwrap()).unwrap();
+    let b = m.find("big.b").unwrap();
+    assert!(m.view(b).unwrap() == &tensors[b].data[..]);
+
+    // Damage one byte of big.b.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let b = d.find("big.b").unwrap();
+    let at = d.tensor(b).unwrap().offset as usize + 777_777;
+    bytes[at] ^= 1;
+    drop(d);
+    std::fs::write(&path, &bytes).unwrap();
+
+    // On first view: mapping reads nothing; only the damaged tensor's view fails.
+    let d = Deserializer::open(&path, ReadOptions::default()).unwrap();
+    d.map().unwrap();
+    let a = d.find("big.a").unwrap();
+    assert!(d.view(a).unwrap() == &tensors[a].data[..]);
+    for _ in 0..2 {
+        let err = d.view(b).unwrap_err();
+        assert!(
+            matches!(&err, Error::Checksum { tensor, .. } if tensor == "big.b"),
+            "{err}"
+        );
+    }
+    // Up front: mapping fails, naming the tensor.
+    let options = ReadOptions::default().verify_views_up_front(true);
+    assert!(options.verifies_views_up_front());
+    let d = Deserializer::open(&path, options).unwrap();
+    let err = d.map().unwrap_err();
+    assert!(
+        matches!(&err, Error::Checksum { tensor, .. } if tensor == "big.b"),
+        "{err}"
+    );
+    // Without verification the view shows the bytes as they are.
+    let d = Deserializer::open(&path, ReadOptions::default().verify(false)).unwrap();
+    assert_eq!(d.view(b).unwrap()[777_777], tensors[b].data[777_777] ^ 1);
+}
+
+#[test]
+fn a_file_truncated_under_its_mapping_is_an_error_not_a_crash() {
+    let (_dir, path, tensors) = large_file();
+    let options = ReadOptions::default()
+        .threads(2)
+        .unwrap()
+        .chunk_size(1 << 20)
+        .unwrap();
+    let d = Deserializer::open(&path, options).unwrap();
+    let a = d.find("big.a").unwrap();
+    let view = d.view(a).unwrap();
+    let cut = d.tensor(a).unwrap().offset + (1 << 20);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+
+    // Touching the pages past the new end reads zeros instead of raising SIGBUS.
+    let past: u64 = view[1 << 20..].iter().map(|&b| u64::from(b)).sum();
+    assert_eq!(past, 0);
+    assert!(view[..1 << 20] == tensors[a].data[..1 << 20]);
+
+    // And plaid now says what happened, for views and for copies.
+    let err = d.view(a).unwrap_err();
+    assert!(
+        matches!(err, Error::Format { .. }) && err.to_string().contains("shrank"),
+        "{err}"
+    );
+    let err = load_all(&d).unwrap_err();
+    assert!(
+        matches!(err, Error::Format { .. }) && err.to_string().contains("offset"),
+        "{err}"
+    );
+    // A deserializer opened on the truncated file fails cleanly.
+    assert!(Deserializer::open(&path, ReadOptions::default()).is_err());
+}
+
+/// A `SIGBUS` that is not plaid's still takes the default action: run in a child process
+/// that installs plaid's handler, then faults on a mapping of its own.
+#[test]
+fn a_sigbus_outside_plaid_mappings_still_kills() {
+    if let Some(path) = std::env::var_os("PLAID_SIGBUS_CHILD") {
+        let d = Deserializer::open(&path, ReadOptions::default()).unwrap();
+        d.map().unwrap();
+        let own = tempfile::tempfile().unwrap();
+        own.set_len(1 << 16).unwrap();
+        // SAFETY: test code; the mapping is read past the file's end on purpose.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                1 << 16,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&own),
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            own.set_len(0).unwrap();
+            let byte = std::ptr::read_volatile(p.cast::<u8>().add(8192));
+            eprintln!("read {byte} past the end without a signal");
+        }
+        std::process::exit(0);
+    }
+    let (_dir, path, _) = large_file();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_sigbus_outside_plaid_mappings_still_kills",
+            "--nocapture",
+        ])
+        .env("PLAID_SIGBUS_CHILD", &path)
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.status.signal(),
+        Some(libc::SIGBUS),
+        "{status:?} {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+}

@@ -85,6 +85,87 @@ fn time(rounds: usize, mut f: impl FnMut() -> plaid::Result<()>) -> plaid::Resul
         .collect()
 }
 
+/// One fresh, untouched allocation of `len` bytes (pages are faulted in by whoever
+/// writes them first), optionally asking for transparent huge pages.
+struct Arena {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Arena {
+    fn new(len: usize, huge: bool) -> plaid::Result<Arena> {
+        let len = len.max(1);
+        // SAFETY: an anonymous private mapping; checked for failure below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io(std::io::Error::last_os_error()));
+        }
+        if huge {
+            // SAFETY: advice on the mapping just made.
+            unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
+        }
+        Ok(Arena {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// Split into one slice per size, each starting at a 64-byte boundary.
+    fn split(&mut self, sizes: &[usize]) -> Vec<&mut [u8]> {
+        // SAFETY: the mapping is readable and writable for `len` bytes while `self` lives.
+        let mut rest = unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) };
+        let mut out = Vec::with_capacity(sizes.len());
+        for &n in sizes {
+            let skip = rest.as_ptr().align_offset(64).min(rest.len());
+            let (head, tail) = std::mem::take(&mut rest)[skip..].split_at_mut(n);
+            out.push(head);
+            rest = tail;
+        }
+        out
+    }
+
+    fn capacity_for(sizes: &[usize]) -> usize {
+        sizes.iter().map(|n| n + 64).sum()
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping made in `new`.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// Resident memory now and at its peak since the last reset, in bytes (Linux).
+fn rss() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+            .map(|kib| kib << 10)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Reset the peak resident memory to the current one (Linux 4.0+).
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// Evict a (synced) file's pages from the page cache.
 fn drop_from_cache(path: &Path) -> plaid::Result<()> {
     use std::os::fd::AsRawFd;
@@ -188,20 +269,102 @@ pub(crate) fn bench(
             times,
         );
 
-        // plaid.
+        // plaid: copying out of the guarded mapping (the default) and with pread.
         for threads in [1, cores] {
-            for verify in [true, false] {
-                let options = ReadOptions::default().threads(threads)?.verify(verify);
+            for (mmap, verify) in [(true, true), (true, false), (false, true)] {
+                let options = ReadOptions::default()
+                    .threads(threads)?
+                    .verify(verify)
+                    .mmap(mmap);
                 let reader = Deserializer::open(&model.path, options)?;
                 let times = time(rounds, || load(&reader, &mut buffers))?;
                 let check = if verify { "verified" } else { "unverified" };
+                let how = if mmap { "mmap copy" } else { "pread" };
                 row(
-                    format!("plaid: host buffers, {threads} thread(s), {check}"),
+                    format!("plaid: host buffers, {how}, {threads} thread(s), {check}"),
                     model.total,
                     times,
                 );
             }
         }
+
+        // Peak memory of a load beyond the destinations (which are resident already).
+        let mut peaks = Vec::new();
+        for mmap in [true, false] {
+            let options = ReadOptions::default().threads(cores)?.mmap(mmap);
+            let staging = options.chunk_bytes() * cores as u64;
+            let reader = Deserializer::open(&model.path, options)?;
+            if let Some((before, _)) = rss().filter(|_| reset_peak_rss()) {
+                load(&reader, &mut buffers)?;
+                if let Some((_, peak)) = rss() {
+                    peaks.push((mmap, peak.saturating_sub(before), staging));
+                }
+            }
+        }
+
+        // Zero-copy: open and map, then every view (no verification: what opening costs);
+        // and with every view verified up front.
+        let times = time(rounds, || {
+            let reader = Deserializer::open(&model.path, ReadOptions::default().verify(false))?;
+            reader.map()?;
+            for i in 0..reader.tensors().len() {
+                std::hint::black_box(reader.view(i)?.as_ptr());
+            }
+            Ok(())
+        })?;
+        row(
+            "plaid: zero-copy open + map + every view, unverified".into(),
+            model.total,
+            times,
+        );
+        let times = time(rounds, || {
+            let options = ReadOptions::default()
+                .threads(cores)?
+                .verify_views_up_front(true);
+            let reader = Deserializer::open(&model.path, options)?;
+            reader.map()
+        })?;
+        row(
+            format!("plaid: zero-copy open + map, verified up front, {cores} thread(s)"),
+            model.total,
+            times,
+        );
+
+        // Fresh allocations: what a load_file-style call sees, page faults included.
+        let capacity = Arena::capacity_for(&model.sizes);
+        for huge in [false, true] {
+            let pages = if huge { "huge pages" } else { "4 KiB pages" };
+            let times = time(rounds, || {
+                let mut arena = Arena::new(capacity, huge)?;
+                for (dst, src) in arena.split(&model.sizes).into_iter().zip(&source) {
+                    dst.copy_from_slice(src);
+                }
+                Ok(())
+            })?;
+            row(
+                format!("limit: memcpy into one fresh allocation, {pages}, 1 thread"),
+                model.total,
+                times,
+            );
+            let reader = Deserializer::open(&model.path, ReadOptions::default())?;
+            let times = time(rounds, || {
+                let mut arena = Arena::new(capacity, huge)?;
+                let mut slots: Vec<Option<&mut [u8]>> =
+                    arena.split(&model.sizes).into_iter().map(Some).collect();
+                reader.load(&mut |t: &TensorInfo| {
+                    Ok(slots[t.index]
+                        .take()
+                        .map_or(Destination::Skip, Destination::Host))
+                })?;
+                Ok(())
+            })?;
+            row(
+                format!("plaid: into one fresh allocation, {pages}, {cores} thread(s), verified"),
+                model.total,
+                times,
+            );
+        }
+
         // Cold file: dropped from the page cache before every round, buffered against
         // O_DIRECT. (No warm-up: it would warm the cache.)
         File::open(&model.path)
@@ -248,6 +411,36 @@ pub(crate) fn bench(
             row(label, prepared.total, times);
         }
 
+        // Writing: plaid's serializer against a plain write() of the same bytes.
+        let out = dir.join(format!("plaid-bench-{id}-write.plaid"));
+        let times = time(rounds, || {
+            let mut file = File::create(&out).map_err(io)?;
+            for src in &source {
+                std::io::Write::write_all(&mut file, src).map_err(io)?;
+            }
+            drop(file);
+            std::fs::remove_file(&out).map_err(io)
+        })?;
+        row(
+            "limit: write() of the same bytes to a new file, 1 thread".into(),
+            model.total,
+            times,
+        );
+        let names = reader.tensors().to_vec();
+        let times = time(rounds, || {
+            let mut writer = Serializer::create(&out, WriteOptions::default().sync(false))?;
+            for (t, src) in names.iter().zip(&source) {
+                writer.add_tensor(&t.name, t.dtype, &t.shape, src)?;
+            }
+            writer.finish()?;
+            std::fs::remove_file(&out).map_err(io)
+        })?;
+        row(
+            format!("plaid: serialize (CRC-32C on {cores} thread(s)), no fsync"),
+            model.total,
+            times,
+        );
+
         println!();
         println!(
             "{} of bf16 weights in {} tensors; {} rounds after a warm-up, medians; file in the page cache; {} cores",
@@ -272,30 +465,48 @@ pub(crate) fn bench(
                 gbps(r.bytes, t)
             );
         }
-        let n = rows.len();
-        let ratio =
-            rows[n - 2].median().as_secs_f64() / rows[n - 1].median().as_secs_f64().max(1e-9);
-        println!();
-        println!("{small} small tensors take {ratio:.2}x the time of the same bytes as one tensor");
-        let read_row = rows
+        let rate = |name: &str| {
+            rows.iter()
+                .find(|r| r.name == name)
+                .map(|r| gbps(r.bytes, r.median()))
+                .unwrap_or(f64::NAN)
+        };
+        let read = rows
             .iter()
             .find(|r| r.name.starts_with("limit: read()"))
-            .map(|r| gbps(r.bytes, r.median()));
-        let memcpy_row = gbps(rows[0].bytes, rows[0].median());
-        let plaid_1 = rows
-            .iter()
-            .find(|r| r.name == "plaid: host buffers, 1 thread(s), verified")
-            .map(|r| gbps(r.bytes, r.median()));
-        if let (Some(read), Some(p1)) = (read_row, plaid_1) {
+            .map_or(f64::NAN, |r| gbps(r.bytes, r.median()));
+        let memcpy = rate("limit: memcpy into pre-faulted buffers, 1 thread");
+        let many = rate(&format!("plaid: {small} tensors of 8 KiB, verified"));
+        let one = rate("plaid: the same bytes as 1 tensor, verified");
+        println!();
+        println!(
+            "{small} small tensors take {:.2}x the time of the same bytes as one tensor",
+            one / many
+        );
+        for threads in [1, cores] {
+            for how in ["mmap copy", "pread"] {
+                let p = rate(&format!(
+                    "plaid: host buffers, {how}, {threads} thread(s), verified"
+                ));
+                println!(
+                    "plaid verified, {how}, {threads} thread(s): {:.2}x read(), {:.2}x memcpy (1 thread)",
+                    p / read,
+                    p / memcpy
+                );
+            }
+        }
+        for (mmap, peak, staging) in peaks {
+            let how = if mmap { "mmap copy" } else { "pread" };
             println!(
-                "plaid verified, 1 thread: {:.2}x read(), {:.2}x memcpy (1 thread)",
-                p1 / read,
-                p1 / memcpy_row
+                "peak RSS above the destinations during a {cores}-thread load ({how}): {} (chunks in flight: {})",
+                human(peak),
+                human(staging)
             );
         }
         Ok(())
     })();
-    for p in [&big_path, &small_path, &one_path] {
+    let write_path = dir.join(format!("plaid-bench-{id}-write.plaid"));
+    for p in [&big_path, &small_path, &one_path, &write_path] {
         let _ = std::fs::remove_file(p);
     }
     result

@@ -222,6 +222,62 @@ pub unsafe extern "C" fn plaid_deserializer_verify(d: *const plaid_deserializer)
     })
 }
 
+/// Map the file read-only for zero-copy views (`plaid_deserializer_tensor_data`). With
+/// verification on and `plaid_read_options_set_verify_views_up_front`, every tensor is
+/// verified now (in parallel); otherwise this reads nothing and takes milliseconds
+/// whatever the file's size. Optional: the first view maps the file too. Calling it again
+/// is cheap.
+///
+/// A file truncated by another process while it is mapped does not crash the process:
+/// the bytes past its new end read as zeros, and later calls return `PLAID_ERR_FORMAT`
+/// saying the file shrank.
+///
+/// Returns `PLAID_ERR_UNSUPPORTED` for a source that cannot be mapped,
+/// `PLAID_ERR_CHECKSUM` naming the first damaged tensor found.
+///
+/// # Safety
+/// `d` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_deserializer_map(d: *const plaid_deserializer) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let d = unsafe { handle(d, "deserializer") }?;
+        d.inner.map()
+    })
+}
+
+/// Store in `*data` a read-only pointer to tensor `index`'s bytes inside a memory map of
+/// the file, and their count in `*nbytes`: no copy at all. The pointer is aligned as the
+/// file aligns tensor data (4096 bytes for files plaid writes) and stays valid until
+/// `plaid_deserializer_free`; the bytes must not be written. With verification on, a
+/// tensor is verified on its first view unless `plaid_deserializer_map` verified it; a
+/// damaged tensor gives `PLAID_ERR_CHECKSUM` and no pointer. On failure `*data` and
+/// `*nbytes` are untouched.
+///
+/// # Safety
+/// `d` is NULL or a live handle; `data` and `nbytes` NULL (an error) or writable.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_deserializer_tensor_data(
+    d: *const plaid_deserializer,
+    index: usize,
+    data: *mut *const c_void,
+    nbytes: *mut u64,
+) -> plaid_status {
+    boundary::status(|| {
+        out_ptr(data, "data")?;
+        out_ptr(nbytes, "nbytes")?;
+        // SAFETY: per the contract.
+        let d = unsafe { handle(d, "deserializer") }?;
+        let view = d.inner.view(index)?;
+        // SAFETY: both checked non-NULL above and writable per the contract.
+        unsafe {
+            *data = view.as_ptr().cast();
+            *nbytes = view.len() as u64;
+        }
+        Ok(())
+    })
+}
+
 /// Report progress of later `plaid_deserializer_load` and `plaid_deserializer_verify`
 /// calls on `d` to `progress` (see `plaid_progress_fn` for when and on which thread), or
 /// stop reporting when `progress` is NULL. `user_data` is passed to every report.

@@ -111,6 +111,44 @@ pub unsafe extern "C" fn plaid_read_options_set_direct_io(
     })
 }
 
+/// Copy local files out of a memory map of the file (`on != 0`, the default) or read them
+/// with `pread` (`on == 0`). The map is guarded: a file truncated while it is read gives
+/// `PLAID_ERR_FORMAT`, never a `SIGBUS`. `O_DIRECT`, when on, takes precedence.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_read_options_set_mmap(
+    options: *mut plaid_read_options,
+    on: i32,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let o = unsafe { handle_mut(options, "options") }?;
+        o.inner = o.inner.clone().mmap(on != 0);
+        Ok(())
+    })
+}
+
+/// With verification on, verify every tensor in `plaid_deserializer_map` (`on != 0`)
+/// rather than each tensor on its first `plaid_deserializer_tensor_data` (`on == 0`, the
+/// default, which makes mapping take milliseconds whatever the file's size).
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_read_options_set_verify_views_up_front(
+    options: *mut plaid_read_options,
+    on: i32,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let o = unsafe { handle_mut(options, "options") }?;
+        o.inner = o.inner.clone().verify_views_up_front(on != 0);
+        Ok(())
+    })
+}
+
 /// Bytes per read, 4 KiB to 1 GiB (default 16 MiB); rounded to whole checksum blocks.
 ///
 /// # Safety

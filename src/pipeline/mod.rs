@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::format::checksum::crc32c;
+use crate::format::checksum::{copy_crc32c, crc32c};
 use crate::format::{Checksum, Index, TensorInfo};
 use crate::options::ReadOptions;
 use crate::sink::{Destination, Placement};
@@ -156,7 +156,26 @@ fn run(
         tensors_total,
         jobs.iter().map(|job| (job.tensor, job.len() as u64)),
     );
-    let threads = options.worker_threads().min(jobs.len()).max(1);
+    let threads = options.worker_threads();
+    pool(jobs, threads, |scratch, job: Job<'_>| {
+        let tensor = &index.tensors[job.tensor];
+        let len = job.len() as u64;
+        run_job(source, tensor, job, options.verify, scratch)?;
+        tracker.chunk_done(tensor.index, len)
+    })?;
+    tracker.finish();
+    Ok(())
+}
+
+/// Run `jobs` on up to `threads` workers (the calling thread is one of them), each with
+/// its own scratch buffer. The first error stops the others after their current job and
+/// is returned.
+fn pool<J: Send>(
+    jobs: Vec<J>,
+    threads: usize,
+    f: impl Fn(&mut Vec<u8>, J) -> Result<()> + Sync,
+) -> Result<()> {
+    let threads = threads.min(jobs.len()).max(1);
     let queue = Mutex::new(jobs.into_iter());
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
@@ -166,11 +185,7 @@ fn run(
             let Some(job) = queue.lock().next() else {
                 break;
             };
-            let tensor = &index.tensors[job.tensor];
-            let len = job.len() as u64;
-            let done = run_job(source, tensor, job, options.verify, &mut scratch)
-                .and_then(|()| tracker.chunk_done(tensor.index, len));
-            if let Err(e) = done {
+            if let Err(e) = f(&mut scratch, job) {
                 failed.store(true, Ordering::Relaxed);
                 first_error.lock().get_or_insert(e);
                 break;
@@ -181,16 +196,9 @@ fn run(
         for _ in 1..threads {
             scope.spawn(work);
         }
-        // The calling thread is a worker too.
         work();
     });
-    match first_error.into_inner() {
-        Some(e) => Err(e),
-        None => {
-            tracker.finish();
-            Ok(())
-        }
-    }
+    first_error.into_inner().map_or(Ok(()), Err)
 }
 
 fn run_job(
@@ -200,9 +208,27 @@ fn run_job(
     verify: bool,
     scratch: &mut Vec<u8>,
 ) -> Result<()> {
+    let offset = tensor.offset + job.start;
     let buffer: &mut [u8] = match job.target {
-        Target::Host(buffer) => buffer,
+        Target::Host(buffer) => {
+            // Copied and verified in one pass where the source can lend its bytes.
+            let len = buffer.len();
+            let mut copy =
+                |bytes: &[u8]| copy_range(source.name(), tensor, job.start, bytes, buffer, verify);
+            if let Some(done) = source.with_bytes(offset, len, &mut copy) {
+                return done.map_err(|e| e.in_tensor(&tensor.name));
+            }
+            buffer
+        }
         Target::Scratch(len) => {
+            // Verified in place where the source can lend its bytes (a mapping).
+            let mut check = |bytes: &[u8]| match verify {
+                true => verify_range(source.name(), tensor, job.start, bytes),
+                false => Ok(()),
+            };
+            if let Some(done) = source.with_bytes(offset, len, &mut check) {
+                return done.map_err(|e| e.in_tensor(&tensor.name));
+            }
             scratch.resize(len, 0);
             &mut scratch[..len]
         }
@@ -216,18 +242,86 @@ fn run_job(
     Ok(())
 }
 
+/// Verify the tensors at positions `which` of `index`, whose bytes lie in `bytes` (the
+/// whole file, mapped), in parallel chunks.
+pub(crate) fn verify_mapped(
+    file: &str,
+    index: &Index,
+    bytes: &[u8],
+    which: &[usize],
+    options: &ReadOptions,
+) -> Result<()> {
+    let mut jobs: Vec<(&TensorInfo, u64, &[u8])> = Vec::new();
+    for &i in which {
+        let tensor = &index.tensors[i];
+        let start = usize::try_from(tensor.offset).unwrap_or(usize::MAX);
+        let data = start
+            .checked_add(usize::try_from(tensor.nbytes).unwrap_or(usize::MAX))
+            .and_then(|end| bytes.get(start..end))
+            .ok_or_else(|| {
+                Error::format(
+                    file,
+                    tensor.offset,
+                    format!("tensor '{}' lies past the end of the mapping", tensor.name),
+                )
+            })?;
+        let step = chunk_len(tensor, options);
+        for (k, piece) in data.chunks(step).enumerate() {
+            jobs.push((tensor, (k * step) as u64, piece));
+        }
+    }
+    pool(
+        jobs,
+        options.worker_threads(),
+        |_, (tensor, start, piece)| verify_range(file, tensor, start, piece),
+    )
+}
+
 /// Check `data`, the bytes of `tensor` from `start` on, against its block checksums.
 /// `start` is a multiple of the block size.
 pub(crate) fn verify_range(file: &str, tensor: &TensorInfo, start: u64, data: &[u8]) -> Result<()> {
+    check_blocks(file, tensor, start, data.len(), |r| crc32c(&data[r]))
+}
+
+/// Copy `src`, the bytes of `tensor` from `start` on, into `dst`, checking them against
+/// their block checksums on the way when `verify` is set.
+fn copy_range(
+    file: &str,
+    tensor: &TensorInfo,
+    start: u64,
+    src: &[u8],
+    dst: &mut [u8],
+    verify: bool,
+) -> Result<()> {
+    if !verify || tensor.checksum.block_size().is_none() {
+        dst.copy_from_slice(src);
+        return Ok(());
+    }
+    check_blocks(file, tensor, start, src.len(), |r| {
+        copy_crc32c(&mut dst[r.clone()], &src[r])
+    })
+}
+
+/// Compare the CRC that `crc_of` computes for each checksum block of the `len` bytes of
+/// `tensor` from `start` on (given as a range relative to `start`) with the stored one.
+fn check_blocks(
+    file: &str,
+    tensor: &TensorInfo,
+    start: u64,
+    len: usize,
+    mut crc_of: impl FnMut(std::ops::Range<usize>) -> u32,
+) -> Result<()> {
     let Checksum::Crc32cBlocks { block_size, crcs } = &tensor.checksum else {
         return Ok(());
     };
     let first = start / block_size;
     let block_len = usize::try_from(*block_size).unwrap_or(usize::MAX);
-    for (j, block) in data.chunks(block_len).enumerate() {
-        let b = first + j as u64;
+    let mut at = 0;
+    let mut b = first;
+    while at < len {
+        let end = at.saturating_add(block_len).min(len);
         let expected = crcs[b as usize];
-        let actual = crc32c(block);
+        let actual = crc_of(at..end);
         if actual != expected {
             return Err(Error::Checksum {
                 file: file.to_owned(),
@@ -238,6 +332,8 @@ pub(crate) fn verify_range(file: &str, tensor: &TensorInfo, start: u64, data: &[
                 actual,
             });
         }
+        at = end;
+        b += 1;
     }
     Ok(())
 }

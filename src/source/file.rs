@@ -3,7 +3,9 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::OnceLock;
 
+use super::map::Mapping;
 use super::{past_end, Source};
 use crate::error::{Error, Result};
 
@@ -11,18 +13,26 @@ use crate::error::{Error, Result};
 const DIRECT_ALIGN: usize = 4096;
 /// Size of the per-thread aligned bounce buffer for destinations that are not aligned.
 const BOUNCE_LEN: usize = 8 << 20;
+/// Reads shorter than this use `pread` even when copying from the mapping is on: for
+/// headers and tiny tensors a system call is cheaper than faulting pages in.
+const MAP_COPY_MIN: usize = 64 << 10;
 
 thread_local! {
     /// Reused by every direct read on this thread that needs it; freed with the thread.
     static BOUNCE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A local file read with `pread`, optionally with `O_DIRECT` (bypassing the page cache).
+/// A local file, read by copying out of a guarded memory map of it (the default), with
+/// `pread`, or with `O_DIRECT` reads that bypass the page cache.
 #[derive(Debug)]
 pub struct FileSource {
     file: File,
     /// A second descriptor opened with `O_DIRECT`, where the file system allows it.
     direct: Option<File>,
+    /// Whether reads copy out of the mapping.
+    copy_from_map: bool,
+    /// The file mapped on first use; `None` inside where it cannot be mapped.
+    map: OnceLock<Option<Mapping>>,
     name: String,
     len: u64,
 }
@@ -48,9 +58,45 @@ impl FileSource {
         Ok(source)
     }
 
+    /// Copy reads out of a memory map of the file (on by default) instead of `pread`.
+    /// Ignored for reads that go through `O_DIRECT`.
+    pub fn copy_from_map(mut self, on: bool) -> FileSource {
+        self.copy_from_map = on;
+        self
+    }
+
     /// Whether reads bypass the page cache.
     pub fn is_direct(&self) -> bool {
         self.direct.is_some()
+    }
+
+    /// The file's guarded mapping, made on first use.
+    fn mapping(&self) -> Option<&Mapping> {
+        self.map
+            .get_or_init(|| Mapping::new(&self.file, self.len))
+            .as_ref()
+    }
+
+    /// The mapping's bytes at `offset..offset + len`, if they are mapped and trusted.
+    fn mapped_range(&self, offset: u64, len: usize) -> Option<(&Mapping, usize)> {
+        let map = self.mapping()?;
+        let start = usize::try_from(offset).ok()?;
+        if start.checked_add(len)? > map.len() || map.damaged() {
+            return None;
+        }
+        map.will_need(start, len);
+        Some((map, start))
+    }
+
+    fn shrank(&self, offset: u64, len: usize) -> Error {
+        let now = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+        Error::format(
+            &self.name,
+            offset,
+            format!(
+                "the file shrank to {now} bytes while {len} bytes at offset {offset} were read from its mapping"
+            ),
+        )
     }
 
     fn open_buffered(path: &Path) -> Result<FileSource> {
@@ -77,6 +123,8 @@ impl FileSource {
         Ok(FileSource {
             file,
             direct: None,
+            copy_from_map: true,
+            map: OnceLock::new(),
             name,
             len: meta.len(),
         })
@@ -164,7 +212,58 @@ impl Source for FileSource {
             if offset % DIRECT_ALIGN as u64 == 0 && self.read_direct(direct, offset, buf)? {
                 return Ok(());
             }
+        } else if self.copy_from_map && buf.len() >= MAP_COPY_MIN {
+            if let Some((map, start)) = self.mapped_range(offset, buf.len()) {
+                buf.copy_from_slice(&map.bytes()[start..start + buf.len()]);
+                map.release(start, buf.len());
+                if !map.damaged() {
+                    return Ok(());
+                }
+                // Some page was past the end of the file: read again what it holds now,
+                // which reports the truncation with the offset where the data ends.
+            }
         }
         self.read_buffered(offset, buf)
+    }
+
+    fn with_bytes(
+        &self,
+        offset: u64,
+        len: usize,
+        f: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Option<Result<()>> {
+        if self.direct.is_some() || !self.copy_from_map || len < MAP_COPY_MIN {
+            return None;
+        }
+        let (map, start) = self.mapped_range(offset, len)?;
+        let result = f(&map.bytes()[start..start + len]);
+        map.release(start, len);
+        Some(if map.damaged() {
+            Err(self.shrank(offset, len))
+        } else {
+            result
+        })
+    }
+
+    fn mapped(&self) -> Result<Option<&[u8]>> {
+        match self.mapping() {
+            Some(map) => {
+                self.check_mapped()?;
+                // A file already shorter than when it was opened would fault on access.
+                let now = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+                if now < self.len {
+                    return Err(self.shrank(0, map.len()));
+                }
+                Ok(Some(map.bytes()))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn check_mapped(&self) -> Result<()> {
+        match self.map.get() {
+            Some(Some(map)) if map.damaged() => Err(self.shrank(0, map.len())),
+            _ => Ok(()),
+        }
     }
 }

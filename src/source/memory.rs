@@ -20,6 +20,13 @@ impl MemorySource {
     }
 }
 
+impl MemorySource {
+    fn range(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        let start = usize::try_from(offset).ok()?;
+        self.bytes.get(start..start.checked_add(len)?)
+    }
+}
+
 impl Source for MemorySource {
     fn name(&self) -> &str {
         &self.name
@@ -30,14 +37,28 @@ impl Source for MemorySource {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let start = usize::try_from(offset).ok();
-        let range = start.and_then(|s| Some(s..s.checked_add(buf.len())?));
-        match range.and_then(|r| self.bytes.get(r)) {
+        match self.range(offset, buf.len()) {
             Some(bytes) => {
                 buf.copy_from_slice(bytes);
                 Ok(())
             }
             None => Err(past_end(&self.name, self.len(), offset, buf.len())),
         }
+    }
+
+    fn with_bytes(
+        &self,
+        offset: u64,
+        len: usize,
+        f: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Option<Result<()>> {
+        Some(match self.range(offset, len) {
+            Some(bytes) => f(bytes),
+            None => Err(past_end(&self.name, self.len(), offset, len)),
+        })
+    }
+
+    fn mapped(&self) -> Result<Option<&[u8]>> {
+        Ok(Some(&self.bytes))
     }
 }

@@ -3,6 +3,7 @@
 
 mod fault;
 mod file;
+mod map;
 mod memory;
 
 pub use fault::FailingSource;
@@ -24,6 +25,32 @@ pub trait Source: Send + Sync {
     /// Fill all of `buf` with the bytes at `offset`. Reading past the end is a
     /// [`crate::Error::Format`] naming the offset (the file is truncated).
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// Run `f` over the `len` bytes at `offset` in place, without copying them, where the
+    /// source can (a memory map, bytes in memory). `None`: it cannot; read them instead.
+    /// An error from `f` is returned as is; bytes that turn out to have changed under a
+    /// mapping (the file shrank) are a [`crate::Error::Format`] error.
+    fn with_bytes(
+        &self,
+        offset: u64,
+        len: usize,
+        f: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Option<Result<()>> {
+        let _ = (offset, len, f);
+        None
+    }
+
+    /// The whole source as one byte slice that lives as long as the source (mapping the
+    /// file on first use), for zero-copy views; `Ok(None)` where the source cannot.
+    fn mapped(&self) -> Result<Option<&[u8]>> {
+        Ok(None)
+    }
+
+    /// An error if bytes handed out by [`Source::mapped`] can no longer be trusted
+    /// because the file shrank under its mapping.
+    fn check_mapped(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl<S: Source + ?Sized> Source for Box<S> {
@@ -35,6 +62,20 @@ impl<S: Source + ?Sized> Source for Box<S> {
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         (**self).read_at(offset, buf)
+    }
+    fn with_bytes(
+        &self,
+        offset: u64,
+        len: usize,
+        f: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Option<Result<()>> {
+        (**self).with_bytes(offset, len, f)
+    }
+    fn mapped(&self) -> Result<Option<&[u8]>> {
+        (**self).mapped()
+    }
+    fn check_mapped(&self) -> Result<()> {
+        (**self).check_mapped()
     }
 }
 

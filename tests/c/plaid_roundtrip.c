@@ -687,6 +687,9 @@ static void test_options(void)
     CHECK_STATUS(plaid_read_options_set_verify(NULL, 0), PLAID_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(plaid_read_options_set_threads(NULL, 1), PLAID_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(plaid_read_options_set_chunk_size(NULL, 8192), PLAID_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(plaid_read_options_set_mmap(NULL, 1), PLAID_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(plaid_read_options_set_verify_views_up_front(NULL, 1),
+                 PLAID_ERR_INVALID_ARGUMENT);
 
     if (CHECK_OK(plaid_write_options_new(&wo))) {
         CHECK_STATUS(plaid_write_options_set_alignment(wo, 1000), PLAID_ERR_INVALID_ARGUMENT);
@@ -808,6 +811,101 @@ static void test_big_tensor(void)
             check_round_trip(path, &m, NULL);
         }
         plaid_write_options_free(wo);
+    }
+    model_free(&m);
+    unlink(path);
+}
+
+/* Copies out of the mapping and with pread; zero-copy views, verified on first view or up
+ * front; a damaged tensor's view is refused. */
+static void test_mapped(void)
+{
+    const uint64_t big_shape[1] = {g_quick ? 300000u : 3000000u};
+    const uint64_t small_shape[2] = {3, 5};
+    const uint64_t zero_shape[1] = {0};
+    path_buf path_storage;
+    const char *path = scratch_path(&path_storage, "mapped.plaid");
+    plaid_read_options *ro = NULL;
+    plaid_deserializer *d = NULL;
+    const void *data = NULL;
+    uint64_t nbytes = 0;
+    unsigned char *bytes;
+    size_t len = 0, i, at;
+    int on;
+    model m;
+
+    memset(&m, 0, sizeof m);
+    if (!CHECK(model_add(&m, "big", PLAID_DTYPE_U8, 1, big_shape) &&
+               model_add(&m, "small", PLAID_DTYPE_F32, 2, small_shape) &&
+               model_add(&m, "scalar", PLAID_DTYPE_I64, 0, NULL) &&
+               model_add(&m, "empty", PLAID_DTYPE_F32, 1, zero_shape)) ||
+        !model_write(&m, path, NULL, NULL)) {
+        model_free(&m);
+        return;
+    }
+    for (on = 0; on <= 1; on++) {
+        if (CHECK_OK(plaid_read_options_new(&ro))) {
+            CHECK_OK(plaid_read_options_set_mmap(ro, on));
+            CHECK_OK(plaid_read_options_set_chunk_size(ro, 64 * 1024));
+            CHECK_OK(plaid_read_options_set_threads(ro, 2));
+            check_round_trip(path, &m, ro);
+            plaid_read_options_free(ro);
+        }
+    }
+
+    if (CHECK_OK(plaid_deserializer_open(path, NULL, &d))) {
+        CHECK_OK(plaid_deserializer_map(d));
+        CHECK_OK(plaid_deserializer_map(d));
+        for (i = 0; i < m.count; i++) {
+            data = NULL;
+            nbytes = 99;
+            if (CHECK_OK(plaid_deserializer_tensor_data(d, i, &data, &nbytes))) {
+                CHECK(nbytes == m.tensors[i].nbytes);
+                CHECK(data != NULL && (uintptr_t)data % 4096 == 0);
+                CHECK(nbytes == 0 || memcmp(data, m.tensors[i].data, (size_t)nbytes) == 0);
+            }
+        }
+        CHECK_STATUS(plaid_deserializer_tensor_data(d, m.count, &data, &nbytes),
+                     PLAID_ERR_NOT_FOUND);
+        CHECK_STATUS(plaid_deserializer_tensor_data(d, 0, NULL, &nbytes),
+                     PLAID_ERR_INVALID_ARGUMENT);
+        CHECK_STATUS(plaid_deserializer_tensor_data(d, 0, &data, NULL),
+                     PLAID_ERR_INVALID_ARGUMENT);
+        plaid_deserializer_free(d);
+    }
+    CHECK_STATUS(plaid_deserializer_map(NULL), PLAID_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(plaid_deserializer_tensor_data(NULL, 0, &data, &nbytes),
+                 PLAID_ERR_INVALID_ARGUMENT);
+
+    /* Damage one byte of "big" (the first tensor's data starts at the first aligned
+     * offset after the header; find it by its contents). */
+    bytes = read_whole_file(path, &len);
+    if (CHECK(bytes != NULL)) {
+        at = find_bytes(bytes, len, m.tensors[0].data, 64);
+        if (CHECK(at < len)) {
+            bytes[at + 1000] ^= 0x01;
+            CHECK(write_whole_file(path, bytes, len));
+        }
+        free(bytes);
+    }
+    if (CHECK_OK(plaid_deserializer_open(path, NULL, &d))) {
+        CHECK_OK(plaid_deserializer_map(d));
+        CHECK_OK(plaid_deserializer_tensor_data(d, 1, &data, &nbytes));
+        data = NULL;
+        CHECK_STATUS(plaid_deserializer_tensor_data(d, 0, &data, &nbytes),
+                     PLAID_ERR_CHECKSUM);
+        CHECK_MESSAGE("big");
+        CHECK(data == NULL);
+        plaid_deserializer_free(d);
+    }
+    if (CHECK_OK(plaid_read_options_new(&ro))) {
+        CHECK_OK(plaid_read_options_set_verify_views_up_front(ro, 1));
+        if (CHECK_OK(plaid_deserializer_open(path, ro, &d))) {
+            CHECK_STATUS(plaid_deserializer_map(d), PLAID_ERR_CHECKSUM);
+            CHECK_MESSAGE("big");
+            plaid_deserializer_free(d);
+        }
+        plaid_read_options_free(ro);
     }
     model_free(&m);
     unlink(path);
@@ -1301,6 +1399,7 @@ int main(int argc, char **argv)
         {"odd shapes and metadata", test_odd_shapes},
         {"big tensor", test_big_tensor},
         {"many tensors", test_many_tensors},
+        {"mapped copies and zero-copy views", test_mapped},
         {"placement", test_placement},
         {"NULL arguments", test_nulls},
         {"atomic writes", test_atomicity},
