@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, Permissions};
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -27,9 +27,9 @@ pub struct WriteStats {
     pub data_bytes: u64,
     /// Length of the file.
     pub file_length: u64,
-    /// Time spent computing checksums.
+    /// Time spent computing checksums (on other threads, while the data is written).
     pub checksum_time: Duration,
-    /// Time spent writing and syncing.
+    /// Time from the start of `finish` until the file was in place.
     pub write_time: Duration,
 }
 
@@ -177,44 +177,69 @@ impl<'a> Serializer<'a> {
     pub fn finish_with_progress(self, progress: &mut dyn FnMut(u64, u64)) -> Result<WriteStats> {
         let started = Instant::now();
         let block_size = self.options.checksum_block_size;
-        let crcs = block_checksums(&self.tensors, block_size, self.options.worker_threads());
-        let planned: Vec<PlannedTensor> = self
+        let block = usize::try_from(block_size).unwrap_or(usize::MAX);
+        let plan = |crcs: Vec<Vec<u32>>| -> Vec<PlannedTensor> {
+            self.tensors
+                .iter()
+                .zip(crcs)
+                .map(|(t, block_crc32c)| PlannedTensor {
+                    name: t.name.clone(),
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                    nbytes: t.data.len() as u64,
+                    block_crc32c,
+                })
+                .collect()
+        };
+        // The checksums are fixed-width in the header, so the layout is known before they
+        // are: tensor data is written while other threads compute them, and the header
+        // last. Gaps between tensors are left as holes, which read as zeros.
+        let zeros = self
             .tensors
             .iter()
-            .zip(crcs)
-            .map(|(t, block_crc32c)| PlannedTensor {
-                name: t.name.clone(),
-                dtype: t.dtype,
-                shape: t.shape.clone(),
-                nbytes: t.data.len() as u64,
-                block_crc32c,
-            })
+            .map(|t| vec![0u32; t.data.len().div_ceil(block)])
             .collect();
-        let layout = plaid::layout(&planned, &self.metadata, self.options.alignment, block_size)?;
-        let checksum_time = started.elapsed();
+        let draft = plaid::layout(
+            &plan(zeros),
+            &self.metadata,
+            self.options.alignment,
+            block_size,
+        )?;
 
         let target = self.target.display().to_string();
         let fail =
             |what: &str, e: std::io::Error| Error::io(format!("writing {target}: {what}"), e);
-        let mut out = std::io::BufWriter::with_capacity(8 << 20, self.temp.as_file());
-        let mut position = 0u64;
-        out.write_all(&layout.head).map_err(|e| fail("header", e))?;
-        position += layout.head.len() as u64;
-        for (tensor, &offset) in self.tensors.iter().zip(&layout.offsets) {
-            write_zeros(&mut out, offset - position).map_err(|e| fail("padding", e))?;
-            out.write_all(tensor.data)
-                .map_err(|e| fail(&format!("tensor '{}' at offset {offset}", tensor.name), e))?;
-            position = offset + tensor.data.len() as u64;
-            progress(position, layout.file_length);
+        let file = self.temp.as_file();
+        let checksum_threads = self.options.worker_threads().saturating_sub(1).max(1);
+        let (crcs, checksum_time) = std::thread::scope(|scope| {
+            let checksums = scope.spawn(|| {
+                let started = Instant::now();
+                let crcs = block_checksums(&self.tensors, block_size, checksum_threads);
+                (crcs, started.elapsed())
+            });
+            let written = write_data(file, &self.tensors, &draft, progress, &fail);
+            let (crcs, time) = checksums
+                .join()
+                .map_err(|_| Error::invalid("computing checksums failed"))?;
+            written.map(|()| (crcs, time))
+        })?;
+        let layout = plaid::layout(
+            &plan(crcs),
+            &self.metadata,
+            self.options.alignment,
+            block_size,
+        )?;
+        if layout.head.len() != draft.head.len() || layout.offsets != draft.offsets {
+            return Err(Error::invalid(
+                "internal error: the header changed size once checksums were known",
+            ));
         }
-        write_zeros(&mut out, layout.file_length - position).map_err(|e| fail("padding", e))?;
-        out.flush().map_err(|e| fail("flush", e))?;
-        drop(out);
+        file.write_all_at(&layout.head, 0)
+            .map_err(|e| fail("header", e))?;
+        file.set_len(layout.file_length)
+            .map_err(|e| fail("setting the length", e))?;
         if self.options.sync {
-            self.temp
-                .as_file()
-                .sync_all()
-                .map_err(|e| fail("fsync", e))?;
+            file.sync_all().map_err(|e| fail("fsync", e))?;
         }
         self.temp
             .persist(&self.target)
@@ -227,9 +252,31 @@ impl<'a> Serializer<'a> {
             data_bytes: self.tensors.iter().map(|t| t.data.len() as u64).sum(),
             file_length: layout.file_length,
             checksum_time,
-            write_time: started.elapsed() - checksum_time,
+            write_time: started.elapsed(),
         })
     }
+}
+
+/// Write every tensor's bytes at its offset with large positional writes, reporting
+/// progress every 64 MiB.
+fn write_data(
+    file: &File,
+    tensors: &[PendingTensor<'_>],
+    layout: &plaid::Layout,
+    progress: &mut dyn FnMut(u64, u64),
+    fail: &dyn Fn(&str, std::io::Error) -> Error,
+) -> Result<()> {
+    const PIECE: usize = 64 << 20;
+    for (tensor, &offset) in tensors.iter().zip(&layout.offsets) {
+        let mut at = offset;
+        for piece in tensor.data.chunks(PIECE) {
+            file.write_all_at(piece, at)
+                .map_err(|e| fail(&format!("tensor '{}' at offset {at}", tensor.name), e))?;
+            at += piece.len() as u64;
+            progress(at, layout.file_length);
+        }
+    }
+    Ok(())
 }
 
 /// CRC-32C of every block of every tensor, spread over `threads` threads.
@@ -264,16 +311,6 @@ fn block_checksums(
         worker();
     });
     crcs
-}
-
-fn write_zeros(out: &mut impl Write, mut count: u64) -> std::io::Result<()> {
-    const ZEROS: [u8; 4096] = [0u8; 4096];
-    while count > 0 {
-        let n = count.min(ZEROS.len() as u64) as usize;
-        out.write_all(&ZEROS[..n])?;
-        count -= n as u64;
-    }
-    Ok(())
 }
 
 fn sync_parent(path: &Path) -> std::io::Result<()> {

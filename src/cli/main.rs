@@ -303,7 +303,7 @@ fn demo(size_mib: u64, dir: Option<PathBuf>, keep: bool, threads: usize) -> plai
             started.elapsed(),
         ));
         rows.push((
-            "  of which: checksums",
+            "  checksums, overlapped with writing",
             stats.data_bytes,
             stats.checksum_time,
         ));

@@ -6,10 +6,10 @@ pub fn crc32c(data: &[u8]) -> u32 {
 }
 
 /// Copy `src` into `dst` (of the same length) and return the CRC-32C of the copied
-/// bytes. Works in small pieces so that each is checksummed while it is still in cache:
-/// copying and verifying cost little more than copying.
+/// bytes. Works in 1 MiB pieces, each checksummed while it is still in cache. (Smaller
+/// pieces measured two to three times slower when copying out of a file mapping.)
 pub fn copy_crc32c(dst: &mut [u8], src: &[u8]) -> u32 {
-    const PIECE: usize = 64 << 10;
+    const PIECE: usize = 1 << 20;
     let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
     for (d, s) in dst.chunks_mut(PIECE).zip(src.chunks(PIECE)) {
         d.copy_from_slice(s);

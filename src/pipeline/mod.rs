@@ -28,12 +28,26 @@ pub struct LoadStats {
     pub bytes: u64,
 }
 
+/// Tensors smaller than this are read together with their neighbours in the file.
+const SMALL_TENSOR: u64 = 1 << 20;
+/// Most bytes between two tensors of one batched read (padding, or tensors skipped).
+const MAX_BATCH_GAP: u64 = 64 << 10;
+/// Most bytes of one batched read (or the chunk size, if smaller): small enough that the
+/// batches of a model made of small tensors spread evenly over the workers.
+const MAX_BATCH: u64 = 2 << 20;
+
 /// Where one chunk's bytes go.
 enum Target<'a> {
     /// Straight into the caller's buffer.
     Host(&'a mut [u8]),
     /// Into the worker's scratch buffer, only to be verified.
     Scratch(usize),
+    /// Several whole small tensors lying close together in the file, read as one range
+    /// of `len` bytes from the first one's offset and spread into their buffers.
+    Batch {
+        len: usize,
+        members: Vec<(&'a TensorInfo, &'a mut [u8])>,
+    },
 }
 
 /// One read: `target` receives the tensor's bytes from `start` on.
@@ -44,12 +58,70 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    fn len(&self) -> usize {
+    /// The tensors this job delivers and how many of each one's bytes.
+    fn pieces(&self) -> Vec<(usize, u64)> {
         match &self.target {
-            Target::Host(buffer) => buffer.len(),
-            Target::Scratch(len) => *len,
+            Target::Host(buffer) => vec![(self.tensor, buffer.len() as u64)],
+            Target::Scratch(len) => vec![(self.tensor, *len as u64)],
+            Target::Batch { members, .. } => members
+                .iter()
+                .map(|(t, buffer)| (t.index, buffer.len() as u64))
+                .collect(),
         }
     }
+}
+
+/// Group whole small tensors that lie close together in the file into batched jobs, so a
+/// model of many small tensors costs a few large reads rather than one read per tensor.
+fn batch_small<'a>(
+    planned: Vec<(&'a TensorInfo, &'a mut [u8])>,
+    options: &ReadOptions,
+    jobs: &mut Vec<Job<'a>>,
+) {
+    let mut batch: Vec<(&'a TensorInfo, &'a mut [u8])> = Vec::new();
+    let flush = |batch: &mut Vec<(&'a TensorInfo, &'a mut [u8])>, jobs: &mut Vec<Job<'a>>| {
+        match batch.len() {
+            0 => {}
+            1 => {
+                let (tensor, buffer) = batch.pop().expect("one member");
+                jobs.push(Job {
+                    tensor: tensor.index,
+                    start: 0,
+                    target: Target::Host(buffer),
+                });
+            }
+            _ => {
+                let first = batch[0].0;
+                let last = batch[batch.len() - 1].0;
+                let len = (last.offset + last.nbytes - first.offset) as usize;
+                jobs.push(Job {
+                    tensor: first.index,
+                    start: 0,
+                    target: Target::Batch {
+                        len,
+                        members: std::mem::take(batch),
+                    },
+                });
+            }
+        }
+    };
+    for (tensor, buffer) in planned {
+        let fits = batch
+            .first()
+            .zip(batch.last())
+            .is_some_and(|(first, last)| {
+                let end = last.0.offset + last.0.nbytes;
+                tensor.offset >= end
+                    && tensor.offset - end <= MAX_BATCH_GAP
+                    && tensor.offset + tensor.nbytes - first.0.offset
+                        <= options.chunk_size.min(MAX_BATCH)
+            });
+        if !fits {
+            flush(&mut batch, jobs);
+        }
+        batch.push((tensor, buffer));
+    }
+    flush(&mut batch, jobs);
 }
 
 /// Load the tensors of `index` into the destinations chosen by `placement`.
@@ -86,9 +158,14 @@ pub(crate) fn load<'a>(
     }
     let mut stats = LoadStats::default();
     let mut jobs = Vec::new();
+    let mut small = Vec::new();
     for (tensor, buffer) in planned {
         stats.tensors += 1;
         stats.bytes += tensor.nbytes;
+        if tensor.nbytes > 0 && tensor.nbytes < SMALL_TENSOR {
+            small.push((tensor, buffer));
+            continue;
+        }
         let step = chunk_len(tensor, options);
         for (k, piece) in buffer.chunks_mut(step).enumerate() {
             jobs.push(Job {
@@ -98,6 +175,7 @@ pub(crate) fn load<'a>(
             });
         }
     }
+    batch_small(small, options, &mut jobs);
     run(source, index, options, jobs, stats.tensors, progress)?;
     Ok(stats)
 }
@@ -154,14 +232,16 @@ fn run(
         options.progress_interval,
         index.tensors.len(),
         tensors_total,
-        jobs.iter().map(|job| (job.tensor, job.len() as u64)),
+        jobs.iter().flat_map(Job::pieces),
     );
     let threads = options.worker_threads();
     pool(jobs, threads, |scratch, job: Job<'_>| {
         let tensor = &index.tensors[job.tensor];
-        let len = job.len() as u64;
+        let pieces = job.pieces();
         run_job(source, tensor, job, options.verify, scratch)?;
-        tracker.chunk_done(tensor.index, len)
+        pieces
+            .into_iter()
+            .try_for_each(|(tensor, len)| tracker.chunk_done(tensor, len))
     })?;
     tracker.finish();
     Ok(())
@@ -232,12 +312,53 @@ fn run_job(
             scratch.resize(len, 0);
             &mut scratch[..len]
         }
+        Target::Batch { len, mut members } => {
+            return run_batch(source, offset, len, &mut members, verify, scratch);
+        }
     };
     source
         .read_at(tensor.offset + job.start, buffer)
         .map_err(|e| e.in_tensor(&tensor.name))?;
     if verify {
         verify_range(source.name(), tensor, job.start, buffer)?;
+    }
+    Ok(())
+}
+
+/// Read the `len` bytes at `offset` holding every member of a batch and spread them into
+/// the members' buffers, verifying each. Where reading the whole range fails, each member
+/// is read on its own so that the error names the tensor it hit.
+fn run_batch(
+    source: &dyn Source,
+    offset: u64,
+    len: usize,
+    members: &mut [(&TensorInfo, &mut [u8])],
+    verify: bool,
+    scratch: &mut Vec<u8>,
+) -> Result<()> {
+    let mut spread = |bytes: &[u8]| -> Result<()> {
+        for (tensor, buffer) in members.iter_mut() {
+            let at = (tensor.offset - offset) as usize;
+            let src = &bytes[at..at + buffer.len()];
+            copy_range(source.name(), tensor, 0, src, buffer, verify)
+                .map_err(|e| e.in_tensor(&tensor.name))?;
+        }
+        Ok(())
+    };
+    if let Some(done) = source.with_bytes(offset, len, &mut spread) {
+        return done;
+    }
+    scratch.resize(len, 0);
+    if source.read_at(offset, &mut scratch[..len]).is_ok() {
+        return spread(&scratch[..len]);
+    }
+    for (tensor, buffer) in members.iter_mut() {
+        source
+            .read_at(tensor.offset, buffer)
+            .map_err(|e| e.in_tensor(&tensor.name))?;
+        if verify {
+            verify_range(source.name(), tensor, 0, buffer)?;
+        }
     }
     Ok(())
 }

@@ -88,6 +88,13 @@ impl FileSource {
         Some((map, start))
     }
 
+    /// Whether the file still reaches `end`. Bytes of a mapping past the file's end read
+    /// as zeros within the last page (and fault beyond it), so every copy out of the
+    /// mapping is followed by this check.
+    fn still_reaches(&self, end: u64) -> bool {
+        self.file.metadata().is_ok_and(|m| m.len() >= end)
+    }
+
     fn shrank(&self, offset: u64, len: usize) -> Error {
         let now = self.file.metadata().map(|m| m.len()).unwrap_or(0);
         Error::format(
@@ -216,7 +223,7 @@ impl Source for FileSource {
             if let Some((map, start)) = self.mapped_range(offset, buf.len()) {
                 buf.copy_from_slice(&map.bytes()[start..start + buf.len()]);
                 map.release(start, buf.len());
-                if !map.damaged() {
+                if !map.damaged() && self.still_reaches(offset + buf.len() as u64) {
                     return Ok(());
                 }
                 // Some page was past the end of the file: read again what it holds now,
@@ -238,11 +245,12 @@ impl Source for FileSource {
         let (map, start) = self.mapped_range(offset, len)?;
         let result = f(&map.bytes()[start..start + len]);
         map.release(start, len);
-        Some(if map.damaged() {
-            Err(self.shrank(offset, len))
-        } else {
-            result
-        })
+        if map.damaged() || !self.still_reaches(offset + len as u64) {
+            // The file shrank under the mapping: the caller reads instead, which reports
+            // the truncation with the offset where the data now ends.
+            return None;
+        }
+        Some(result)
     }
 
     fn mapped(&self) -> Result<Option<&[u8]>> {

@@ -27,9 +27,10 @@ pub trait Source: Send + Sync {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
 
     /// Run `f` over the `len` bytes at `offset` in place, without copying them, where the
-    /// source can (a memory map, bytes in memory). `None`: it cannot; read them instead.
-    /// An error from `f` is returned as is; bytes that turn out to have changed under a
-    /// mapping (the file shrank) are a [`crate::Error::Format`] error.
+    /// source can (a memory map, bytes in memory), and return what `f` returned. `None`:
+    /// the source cannot lend these bytes, or found after `f` ran that they changed under
+    /// it (the file shrank under its mapping); the caller reads them with
+    /// [`Source::read_at`] instead, which reports what the file holds now.
     fn with_bytes(
         &self,
         offset: u64,
