@@ -178,12 +178,24 @@
 #define MAX_METADATA_ENTRIES (1 << 16)
 
 /**
+ * Alignment of each tensor inside an arena.
+ */
+#define ARENA_ALIGN 64
+
+/**
  * An open model file. Opaque; made by `plaid_deserializer_open`, destroyed by
  * `plaid_deserializer_free`. Functions taking a `const plaid_deserializer *` may be called
  * from any number of threads at once; `plaid_deserializer_load` takes it non-const, so
  * the caller serializes loads on one handle.
  */
 typedef struct plaid_deserializer plaid_deserializer;
+
+/**
+ * Tensors loaded by `plaid_deserializer_load_host` into one allocation made by plaid.
+ * Opaque; freed (with all its tensors) by `plaid_host_arena_free`. Independent of the
+ * deserializer: it may outlive it.
+ */
+typedef struct plaid_host_arena plaid_host_arena;
 
 /**
  * Options for `plaid_deserializer_open`. Opaque; made by `plaid_read_options_new`,
@@ -277,6 +289,13 @@ typedef struct plaid_destination {
 typedef int32_t (*plaid_place_fn)(void *user_data,
                                   const struct plaid_tensor_info *info,
                                   struct plaid_destination *dest);
+
+/**
+ * Chooses whether `plaid_deserializer_load_host` loads a tensor: non-zero loads it.
+ * Called once per tensor, in file order, on the loading thread, before any data is read;
+ * the same rules as `plaid_place_fn` apply.
+ */
+typedef int32_t (*plaid_filter_fn)(void *user_data, const struct plaid_tensor_info *info);
 
 /**
  * How far a load or verification has come; lent to the progress callback for the
@@ -452,6 +471,26 @@ plaid_status plaid_deserializer_load(struct plaid_deserializer *d,
                                      void *user_data);
 
 /**
+ * Load tensors into host memory that plaid allocates, the way a `load_file` call returns
+ * fresh arrays: one allocation for all of them, each tensor 64-byte aligned, its pages
+ * faulted in by the workers as they write (on transparent huge pages where the kernel
+ * allows), verified as per the read options, with progress reported as
+ * `plaid_deserializer_load` reports it. `filter` (NULL: every tensor) chooses the tensors.
+ * On success `*out` holds an arena to read with `plaid_host_arena_tensor` and free with
+ * `plaid_host_arena_free`; it may outlive `d`. On failure nothing is allocated and `*out`
+ * is untouched.
+ *
+ * # Safety
+ * `d` is NULL (an error) or a live handle not used by another thread during the call;
+ * `filter` is NULL or honours `plaid_filter_fn`'s contract; `out` NULL (an error) or
+ * writable.
+ */
+plaid_status plaid_deserializer_load_host(struct plaid_deserializer *d,
+                                          plaid_filter_fn filter,
+                                          void *user_data,
+                                          struct plaid_host_arena **out);
+
+/**
  * Read every block of every tensor and check it against its checksum, holding only one
  * chunk per worker in memory (a chunk is the read options' chunk size rounded up to
  * whole checksum blocks, so at least one block of the file). Returns `PLAID_ERR_CHECKSUM` naming the first damaged
@@ -562,6 +601,28 @@ const char *plaid_dtype_name(uint32_t dtype);
  * Bytes per element of a dtype, or 0 for an unknown id.
  */
 uint64_t plaid_dtype_size(uint32_t dtype);
+
+/**
+ * Store in `*data` the address of tensor `index`'s bytes (file order) in `arena`, 64-byte
+ * aligned and writable, valid until `plaid_host_arena_free`, and their count in
+ * `*nbytes`. Returns `PLAID_ERR_NOT_FOUND` for a tensor that was not loaded (filtered
+ * out, or no such index); on failure `*data` and `*nbytes` are untouched.
+ *
+ * # Safety
+ * `arena` is NULL or a live handle; `data` and `nbytes` NULL (an error) or writable.
+ */
+plaid_status plaid_host_arena_tensor(const struct plaid_host_arena *arena,
+                                     size_t index,
+                                     void **data,
+                                     uint64_t *nbytes);
+
+/**
+ * Free an arena and every tensor in it. NULL is a no-op; call at most once per handle.
+ *
+ * # Safety
+ * `arena` is NULL or a live handle from `plaid_deserializer_load_host`.
+ */
+void plaid_host_arena_free(struct plaid_host_arena *arena);
 
 /**
  * Create read options holding the defaults (verification on, one worker per core,

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::format::{plaid, Format, Index, TensorInfo};
 use crate::options::ReadOptions;
 use crate::pipeline::{self, LoadStats, ProgressFn};
-use crate::sink::{Destination, Placement};
+use crate::sink::{Destination, HostArena, Placement};
 use crate::source::{FileSource, Source};
 
 /// An open model file: its tensor list is known, its data is read on [`Deserializer::load`].
@@ -188,6 +188,37 @@ impl Deserializer {
             })
         })?;
         Ok(bytes)
+    }
+
+    /// Load the tensors that `wanted` selects (all, for `|_| true`) into one host
+    /// allocation made by plaid, the way a `load_file` call gives fresh arrays: each tensor
+    /// 64-byte aligned, the pages faulted in by the workers as they write them (on huge
+    /// pages where the kernel allows), verified as per the options. The arena frees the
+    /// memory when dropped.
+    /// Progress is reported to `progress`, if given, as [`Deserializer::load_with_progress`]
+    /// does.
+    pub fn load_to_host(
+        &self,
+        wanted: &mut dyn FnMut(&TensorInfo) -> bool,
+        progress: Option<&ProgressFn<'_>>,
+    ) -> Result<HostArena> {
+        let selected: Vec<bool> = self.index.tensors.iter().map(&mut *wanted).collect();
+        let mut arena = HostArena::new(&self.index.tensors, &selected)?;
+        let mut buffers = arena.buffers();
+        let mut placement = |t: &TensorInfo| {
+            Ok(buffers[t.index]
+                .take()
+                .map_or(Destination::Skip, Destination::Host))
+        };
+        pipeline::load(
+            self.source.as_ref(),
+            &self.index,
+            &self.options,
+            &mut placement,
+            progress,
+        )?;
+        drop(buffers);
+        Ok(arena)
     }
 
     /// Map the file for zero-copy views ([`Deserializer::view`]). With verification on and

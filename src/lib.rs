@@ -51,7 +51,7 @@ pub use format::{Format, TensorInfo};
 pub use options::{ReadOptions, WriteOptions};
 pub use pipeline::{LoadStats, Progress, ProgressFn};
 pub use serializer::{Serializer, WriteStats};
-pub use sink::{Destination, HostBuffers, Placement};
+pub use sink::{Destination, HostArena, HostBuffers, Placement};
 pub use source::Source;
 
 /// The library's version.

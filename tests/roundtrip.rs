@@ -1000,3 +1000,45 @@ fn small_tensors_read_in_batches_land_and_fail_precisely() {
     let err = load_all(&d).unwrap_err();
     assert!(err.to_string().contains("tensor 't100'"), "{err}");
 }
+
+#[test]
+fn load_to_host_allocates_aligned_fresh_tensors() {
+    let (_dir, path, tensors) = large_file();
+    let d = Deserializer::open(&path, ReadOptions::default()).unwrap();
+    let arena = d.load_to_host(&mut |_| true, None).unwrap();
+    for (i, t) in tensors.iter().enumerate() {
+        let bytes = arena.tensor(i).unwrap();
+        assert!(bytes == &t.data[..], "tensor {}", t.name);
+        assert_eq!(bytes.as_ptr() as usize % plaid::sink::ARENA_ALIGN, 0);
+    }
+    assert!(arena.tensor(tensors.len()).is_none());
+    // Filtered: only the big ones, with progress.
+    let reports = std::sync::atomic::AtomicUsize::new(0);
+    let progress = |_: &plaid::Progress| {
+        reports.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    };
+    let mut arena = d
+        .load_to_host(&mut |t| t.name.starts_with("big."), Some(&progress))
+        .unwrap();
+    assert!(reports.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    let b = d.find("big.b").unwrap();
+    assert!(arena.tensor(0).is_none());
+    assert!(arena.tensor_mut(b).unwrap() == &tensors[b].data[..]);
+    let selected: usize = tensors
+        .iter()
+        .filter(|t| t.name.starts_with("big."))
+        .map(|t| t.data.len())
+        .sum();
+    assert!(arena.allocated() <= selected + 3 * plaid::sink::ARENA_ALIGN);
+    // A damaged tensor fails the whole call.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[d.tensor(b).unwrap().offset as usize + 5] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let d = Deserializer::open(&path, ReadOptions::default()).unwrap();
+    let err = d.load_to_host(&mut |_| true, None).unwrap_err();
+    assert!(
+        matches!(&err, Error::Checksum { tensor, .. } if tensor == "big.b"),
+        "{err}"
+    );
+}

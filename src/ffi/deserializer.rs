@@ -2,6 +2,7 @@
 
 use std::ffi::{c_char, c_void, CString};
 
+use super::host_arena::plaid_host_arena;
 use super::placement::{plaid_place_fn, plaid_tensor_info, CallbackPlacement};
 use super::progress::{plaid_progress_fn, CallbackProgress};
 use super::read_options::plaid_read_options;
@@ -199,6 +200,52 @@ pub unsafe extern "C" fn plaid_deserializer_load(
             None => d.inner.load(&mut placement),
         }
         .map(drop)
+    })
+}
+
+/// Chooses whether `plaid_deserializer_load_host` loads a tensor: non-zero loads it.
+/// Called once per tensor, in file order, on the loading thread, before any data is read;
+/// the same rules as `plaid_place_fn` apply.
+pub type plaid_filter_fn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, info: *const plaid_tensor_info) -> i32>;
+
+/// Load tensors into host memory that plaid allocates, the way a `load_file` call returns
+/// fresh arrays: one allocation for all of them, each tensor 64-byte aligned, its pages
+/// faulted in by the workers as they write (on transparent huge pages where the kernel
+/// allows), verified as per the read options, with progress reported as
+/// `plaid_deserializer_load` reports it. `filter` (NULL: every tensor) chooses the tensors.
+/// On success `*out` holds an arena to read with `plaid_host_arena_tensor` and free with
+/// `plaid_host_arena_free`; it may outlive `d`. On failure nothing is allocated and `*out`
+/// is untouched.
+///
+/// # Safety
+/// `d` is NULL (an error) or a live handle not used by another thread during the call;
+/// `filter` is NULL or honours `plaid_filter_fn`'s contract; `out` NULL (an error) or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_deserializer_load_host(
+    d: *mut plaid_deserializer,
+    filter: plaid_filter_fn,
+    user_data: *mut c_void,
+    out: *mut *mut plaid_host_arena,
+) -> plaid_status {
+    boundary::status(|| {
+        out_ptr(out, "out")?;
+        // SAFETY: per the contract.
+        let d = unsafe { handle(d, "deserializer") }?;
+        let mut wanted = |t: &crate::format::TensorInfo| match filter {
+            // SAFETY: the info lives as long as `d`; the callback honours its contract.
+            Some(f) => unsafe { f(user_data, &d.infos[t.index]) != 0 },
+            None => true,
+        };
+        let progress = d.progress.map(|p| move |x: &crate::Progress| p.call(x));
+        let inner = match &progress {
+            Some(p) => d.inner.load_to_host(&mut wanted, Some(p)),
+            None => d.inner.load_to_host(&mut wanted, None),
+        }?;
+        // SAFETY: checked non-NULL above.
+        unsafe { publish(out, plaid_host_arena { inner }) };
+        Ok(())
     })
 }
 

@@ -9,6 +9,7 @@
 pub mod boundary;
 pub mod deserializer;
 pub mod dtype;
+pub mod host_arena;
 pub mod placement;
 pub mod progress;
 pub mod read_options;

@@ -2,6 +2,10 @@
 //! pipeline asks it for every tensor before reading any data, then writes each tensor
 //! into the destination it was given.
 
+mod arena;
+
+pub use arena::{HostArena, ARENA_ALIGN};
+
 use std::collections::HashMap;
 
 use crate::error::Result;

@@ -77,14 +77,14 @@ impl FileSource {
             .as_ref()
     }
 
-    /// The mapping's bytes at `offset..offset + len`, if they are mapped and trusted.
+    /// The mapping's bytes at `offset..offset + len`, if they are mapped, trusted and all in
+    /// the page cache (a cold range is read with `pread`).
     fn mapped_range(&self, offset: u64, len: usize) -> Option<(&Mapping, usize)> {
         let map = self.mapping()?;
         let start = usize::try_from(offset).ok()?;
-        if start.checked_add(len)? > map.len() || map.damaged() {
+        if start.checked_add(len)? > map.len() || map.damaged() || !map.resident(start, len) {
             return None;
         }
-        map.will_need(start, len);
         Some((map, start))
     }
 

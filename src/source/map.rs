@@ -193,15 +193,34 @@ impl Mapping {
         GUARDED[self.slot].damaged.load(Ordering::Acquire)
     }
 
-    /// Start reading a range into the page cache (asynchronously), so that a copy of a
-    /// cold range waits on a few large reads instead of faulting page by page.
-    pub(crate) fn will_need(&self, offset: usize, len: usize) {
+    /// Whether every page of a range is in the page cache, so that copying it out of the
+    /// mapping costs no I/O. A cold range is better read with `pread`, which reads ahead
+    /// in large requests where faulting on the mapping would wait page by page.
+    pub(crate) fn resident(&self, offset: usize, len: usize) -> bool {
+        thread_local! {
+            static PAGES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
         let page = PAGE.load(Ordering::Relaxed);
         let start = offset / page * page;
         let end = (offset + len).min(self.len());
-        if end > start {
-            let _ = self.map.advise_range(Advice::WillNeed, start, end - start);
+        if end <= start {
+            return true;
         }
+        let count = (end - start).div_ceil(page);
+        PAGES.with(|pages| {
+            let mut pages = pages.borrow_mut();
+            pages.resize(count, 0);
+            // SAFETY: the range lies inside this mapping, and `pages` holds one byte per
+            // page of it, as mincore requires.
+            let rc = unsafe {
+                libc::mincore(
+                    self.map.as_ptr().add(start) as *mut libc::c_void,
+                    end - start,
+                    pages.as_mut_ptr(),
+                )
+            };
+            rc == 0 && pages.iter().all(|&p| p & 1 != 0)
+        })
     }
 
     /// Drop the page-table entries of a range that has been consumed, so a streaming

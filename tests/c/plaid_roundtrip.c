@@ -816,6 +816,12 @@ static void test_big_tensor(void)
     unlink(path);
 }
 
+static int32_t only_small(void *user_data, const plaid_tensor_info *info)
+{
+    (void)user_data;
+    return info->nbytes < 1000;
+}
+
 /* Copies out of the mapping and with pread; zero-copy views, verified on first view or up
  * front; a damaged tensor's view is refused. */
 static void test_mapped(void)
@@ -876,6 +882,41 @@ static void test_mapped(void)
     CHECK_STATUS(plaid_deserializer_map(NULL), PLAID_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(plaid_deserializer_tensor_data(NULL, 0, &data, &nbytes),
                  PLAID_ERR_INVALID_ARGUMENT);
+
+    /* Library-allocated host memory: everything, then only the small tensors. */
+    if (CHECK_OK(plaid_deserializer_open(path, NULL, &d))) {
+        plaid_host_arena *arena = NULL;
+        void *p = NULL;
+        if (CHECK_OK(plaid_deserializer_load_host(d, NULL, NULL, &arena))) {
+            for (i = 0; i < m.count; i++) {
+                if (CHECK_OK(plaid_host_arena_tensor(arena, i, &p, &nbytes))) {
+                    CHECK(nbytes == m.tensors[i].nbytes && (uintptr_t)p % 64 == 0);
+                    CHECK(nbytes == 0 || memcmp(p, m.tensors[i].data, (size_t)nbytes) == 0);
+                }
+            }
+            CHECK_STATUS(plaid_host_arena_tensor(arena, m.count, &p, &nbytes),
+                         PLAID_ERR_NOT_FOUND);
+            CHECK_STATUS(plaid_host_arena_tensor(arena, 0, NULL, &nbytes),
+                         PLAID_ERR_INVALID_ARGUMENT);
+            plaid_host_arena_free(arena);
+        }
+        arena = NULL;
+        if (CHECK_OK(plaid_deserializer_load_host(d, only_small, NULL, &arena))) {
+            CHECK_STATUS(plaid_host_arena_tensor(arena, 0, &p, &nbytes), PLAID_ERR_NOT_FOUND);
+            if (CHECK_OK(plaid_host_arena_tensor(arena, 1, &p, &nbytes))) {
+                CHECK(nbytes == m.tensors[1].nbytes &&
+                      memcmp(p, m.tensors[1].data, (size_t)nbytes) == 0);
+            }
+            plaid_host_arena_free(arena);
+        }
+        CHECK_STATUS(plaid_deserializer_load_host(d, NULL, NULL, NULL),
+                     PLAID_ERR_INVALID_ARGUMENT);
+        CHECK_STATUS(plaid_deserializer_load_host(NULL, NULL, NULL, &arena),
+                     PLAID_ERR_INVALID_ARGUMENT);
+        CHECK_STATUS(plaid_host_arena_tensor(NULL, 0, &p, &nbytes), PLAID_ERR_INVALID_ARGUMENT);
+        plaid_host_arena_free(NULL);
+        plaid_deserializer_free(d);
+    }
 
     /* Damage one byte of "big" (the first tensor's data starts at the first aligned
      * offset after the header; find it by its contents). */
