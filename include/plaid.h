@@ -473,8 +473,8 @@ plaid_status plaid_deserializer_load(struct plaid_deserializer *d,
 /**
  * Load tensors into host memory that plaid allocates, the way a `load_file` call returns
  * fresh arrays: one allocation for all of them, each tensor 64-byte aligned, its pages
- * faulted in by the workers as they write (on transparent huge pages where the kernel
- * allows), verified as per the read options, with progress reported as
+ * faulted in by the workers as they write (on transparent huge pages unless
+ * `plaid_read_options_set_huge_pages` turned them off), verified as per the read options, with progress reported as
  * `plaid_deserializer_load` reports it. `filter` (NULL: every tensor) chooses the tensors.
  * On success `*out` holds an arena to read with `plaid_host_arena_tensor` and free with
  * `plaid_host_arena_free`; it may outlive `d`. On failure nothing is allocated and `*out`
@@ -697,6 +697,17 @@ plaid_status plaid_read_options_set_mmap(struct plaid_read_options *options, int
  */
 plaid_status plaid_read_options_set_verify_views_up_front(struct plaid_read_options *options,
                                                           int32_t on);
+
+/**
+ * Ask for transparent huge pages (`MADV_HUGEPAGE`) for the host memory that
+ * `plaid_deserializer_load_host` allocates (`on != 0`, the default), or not (`on == 0`).
+ * Huge pages cut page faults; on a machine with fragmented memory the kernel may stall
+ * to compact memory for each one, which can be slower.
+ *
+ * # Safety
+ * `options` is NULL (an error) or a live handle.
+ */
+plaid_status plaid_read_options_set_huge_pages(struct plaid_read_options *options, int32_t on);
 
 /**
  * Bytes per read, 4 KiB to 1 GiB (default 16 MiB); rounded to whole checksum blocks.

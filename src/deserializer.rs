@@ -193,7 +193,8 @@ impl Deserializer {
     /// Load the tensors that `wanted` selects (all, for `|_| true`) into one host
     /// allocation made by plaid, the way a `load_file` call gives fresh arrays: each tensor
     /// 64-byte aligned, the pages faulted in by the workers as they write them (on huge
-    /// pages where the kernel allows), verified as per the options. The arena frees the
+    /// pages unless [`ReadOptions::huge_pages`] turned them off), verified as per the
+    /// options. The arena frees the
     /// memory when dropped.
     /// Progress is reported to `progress`, if given, as [`Deserializer::load_with_progress`]
     /// does.
@@ -203,7 +204,7 @@ impl Deserializer {
         progress: Option<&ProgressFn<'_>>,
     ) -> Result<HostArena> {
         let selected: Vec<bool> = self.index.tensors.iter().map(&mut *wanted).collect();
-        let mut arena = HostArena::new(&self.index.tensors, &selected)?;
+        let mut arena = HostArena::new(&self.index.tensors, &selected, self.options.huge_pages)?;
         let mut buffers = arena.buffers();
         let mut placement = |t: &TensorInfo| {
             Ok(buffers[t.index]

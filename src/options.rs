@@ -38,6 +38,8 @@ pub struct ReadOptions {
     pub(crate) mmap: bool,
     /// Verify every tensor when zero-copy views are first mapped, not on first access.
     pub(crate) verify_views_up_front: bool,
+    /// Ask for transparent huge pages for host memory plaid allocates.
+    pub(crate) huge_pages: bool,
 }
 
 impl Default for ReadOptions {
@@ -50,6 +52,7 @@ impl Default for ReadOptions {
             direct_io: false,
             mmap: true,
             verify_views_up_front: false,
+            huge_pages: true,
         }
     }
 }
@@ -117,6 +120,21 @@ impl ReadOptions {
     pub fn verify_views_up_front(mut self, on: bool) -> Self {
         self.verify_views_up_front = on;
         self
+    }
+
+    /// Ask for transparent huge pages (`MADV_HUGEPAGE`) for host memory that plaid
+    /// allocates ([`crate::Deserializer::load_to_host`]), as numpy does for its large
+    /// arrays. On by default: it made loads into fresh memory 1.4-3x faster (fewer page
+    /// faults). Where memory is fragmented the kernel may stall to compact it for each
+    /// huge page, which can cost more than it saves (see `BENCHMARKS.md`).
+    pub fn huge_pages(mut self, on: bool) -> Self {
+        self.huge_pages = on;
+        self
+    }
+
+    /// Whether host memory plaid allocates asks for huge pages.
+    pub fn uses_huge_pages(&self) -> bool {
+        self.huge_pages
     }
 
     /// Whether views are verified when the file is mapped.

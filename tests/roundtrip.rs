@@ -1031,6 +1031,12 @@ fn load_to_host_allocates_aligned_fresh_tensors() {
         .map(|t| t.data.len())
         .sum();
     assert!(arena.allocated() <= selected + 3 * plaid::sink::ARENA_ALIGN);
+    // 4 KiB pages give the same bytes.
+    let small_pages = ReadOptions::default().huge_pages(false);
+    assert!(!small_pages.uses_huge_pages() && ReadOptions::default().uses_huge_pages());
+    let plain = Deserializer::open(&path, small_pages).unwrap();
+    let arena = plain.load_to_host(&mut |_| true, None).unwrap();
+    assert!(arena.tensor(b).unwrap() == &tensors[b].data[..]);
     // A damaged tensor fails the whole call.
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[d.tensor(b).unwrap().offset as usize + 5] ^= 1;

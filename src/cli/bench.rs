@@ -346,20 +346,12 @@ pub(crate) fn bench(
                 model.total,
                 times,
             );
-            let reader = Deserializer::open(&model.path, ReadOptions::default())?;
+            let reader = Deserializer::open(&model.path, ReadOptions::default().huge_pages(huge))?;
             let times = time(rounds, || {
-                let mut arena = Arena::new(capacity, huge)?;
-                let mut slots: Vec<Option<&mut [u8]>> =
-                    arena.split(&model.sizes).into_iter().map(Some).collect();
-                reader.load(&mut |t: &TensorInfo| {
-                    Ok(slots[t.index]
-                        .take()
-                        .map_or(Destination::Skip, Destination::Host))
-                })?;
-                Ok(())
+                reader.load_to_host(&mut |_| true, None).map(drop)
             })?;
             row(
-                format!("plaid: into one fresh allocation, {pages}, {cores} thread(s), verified"),
+                format!("plaid: load_to_host (fresh), {pages}, {cores} thread(s), verified"),
                 model.total,
                 times,
             );

@@ -211,8 +211,8 @@ pub type plaid_filter_fn =
 
 /// Load tensors into host memory that plaid allocates, the way a `load_file` call returns
 /// fresh arrays: one allocation for all of them, each tensor 64-byte aligned, its pages
-/// faulted in by the workers as they write (on transparent huge pages where the kernel
-/// allows), verified as per the read options, with progress reported as
+/// faulted in by the workers as they write (on transparent huge pages unless
+/// `plaid_read_options_set_huge_pages` turned them off), verified as per the read options, with progress reported as
 /// `plaid_deserializer_load` reports it. `filter` (NULL: every tensor) chooses the tensors.
 /// On success `*out` holds an arena to read with `plaid_host_arena_tensor` and free with
 /// `plaid_host_arena_free`; it may outlive `d`. On failure nothing is allocated and `*out`

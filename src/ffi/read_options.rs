@@ -149,6 +149,26 @@ pub unsafe extern "C" fn plaid_read_options_set_verify_views_up_front(
     })
 }
 
+/// Ask for transparent huge pages (`MADV_HUGEPAGE`) for the host memory that
+/// `plaid_deserializer_load_host` allocates (`on != 0`, the default), or not (`on == 0`).
+/// Huge pages cut page faults; on a machine with fragmented memory the kernel may stall
+/// to compact memory for each one, which can be slower.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_read_options_set_huge_pages(
+    options: *mut plaid_read_options,
+    on: i32,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let o = unsafe { handle_mut(options, "options") }?;
+        o.inner = o.inner.clone().huge_pages(on != 0);
+        Ok(())
+    })
+}
+
 /// Bytes per read, 4 KiB to 1 GiB (default 16 MiB); rounded to whole checksum blocks.
 ///
 /// # Safety

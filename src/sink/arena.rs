@@ -1,6 +1,6 @@
 //! Host memory allocated by plaid for a `load_file`-style load: one allocation for all
-//! tensors, its pages faulted in by the workers as they write, on huge pages where the
-//! kernel allows.
+//! tensors, its pages faulted in by the workers as they write, optionally on transparent
+//! huge pages.
 
 use crate::error::{Error, Result};
 use crate::format::TensorInfo;
@@ -33,8 +33,12 @@ impl std::fmt::Debug for HostArena {
 
 impl HostArena {
     /// An untouched allocation laid out for the tensors of `tensors` that `wanted`
-    /// selects (by index into `tensors`).
-    pub(crate) fn new(tensors: &[TensorInfo], wanted: &[bool]) -> Result<HostArena> {
+    /// selects (by index into `tensors`), on transparent huge pages if `huge_pages`.
+    pub(crate) fn new(
+        tensors: &[TensorInfo],
+        wanted: &[bool],
+        huge_pages: bool,
+    ) -> Result<HostArena> {
         let mut ranges = Vec::with_capacity(tensors.len());
         let mut cursor = 0usize;
         for (t, &want) in tensors.iter().zip(wanted) {
@@ -68,10 +72,11 @@ impl HostArena {
                 std::io::Error::last_os_error(),
             ));
         }
-        // Huge pages measured 1.4-3x faster to fault in here (BENCHMARKS.md); where the
-        // kernel refuses the advice, 4 KiB pages work the same, only slower.
-        // SAFETY: advice on the mapping just made.
-        unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
+        if huge_pages {
+            // Where the kernel refuses the advice, 4 KiB pages work the same, only slower.
+            // SAFETY: advice on the mapping just made.
+            unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
+        }
         Ok(HostArena {
             ptr: ptr.cast(),
             len,

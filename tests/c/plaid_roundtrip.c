@@ -688,6 +688,7 @@ static void test_options(void)
     CHECK_STATUS(plaid_read_options_set_threads(NULL, 1), PLAID_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(plaid_read_options_set_chunk_size(NULL, 8192), PLAID_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(plaid_read_options_set_mmap(NULL, 1), PLAID_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(plaid_read_options_set_huge_pages(NULL, 1), PLAID_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(plaid_read_options_set_verify_views_up_front(NULL, 1),
                  PLAID_ERR_INVALID_ARGUMENT);
 
@@ -906,6 +907,20 @@ static void test_mapped(void)
             if (CHECK_OK(plaid_host_arena_tensor(arena, 1, &p, &nbytes))) {
                 CHECK(nbytes == m.tensors[1].nbytes &&
                       memcmp(p, m.tensors[1].data, (size_t)nbytes) == 0);
+            }
+            plaid_host_arena_free(arena);
+        }
+        plaid_deserializer_free(d);
+        d = NULL;
+        if (CHECK_OK(plaid_read_options_new(&ro))) {
+            CHECK_OK(plaid_read_options_set_huge_pages(ro, 0));
+            CHECK_OK(plaid_deserializer_open(path, ro, &d));
+            plaid_read_options_free(ro);
+        }
+        if (d != NULL && CHECK_OK(plaid_deserializer_load_host(d, NULL, NULL, &arena))) {
+            if (CHECK_OK(plaid_host_arena_tensor(arena, 0, &p, &nbytes))) {
+                CHECK(nbytes == m.tensors[0].nbytes &&
+                      memcmp(p, m.tensors[0].data, (size_t)nbytes) == 0);
             }
             plaid_host_arena_free(arena);
         }
