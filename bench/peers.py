@@ -46,6 +46,7 @@ import platform
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -448,13 +449,17 @@ def make_loaders(
     plaid: Plaid,
     peers: dict,
     log: Callable[[str], None],
+    write: bool = True,
 ) -> List[Loader]:
-    """Write ``expected`` in every format and return one loader per row of the table."""
+    """Write ``expected`` in every format (unless ``write`` is false: the files exist)
+    and return one loader per row of the table, always in the same order."""
     loaders = []
 
-    def timed_write(what: str, write: Callable[[], None], path: Path) -> None:
+    def timed_write(what: str, write_file: Callable[[], None], path: Path) -> None:
+        if not write:
+            return
         t0 = time.perf_counter()
-        write()
+        write_file()
         log(f"wrote {path.name}: {path.stat().st_size / 1e9:.3f} GB in "
             f"{time.perf_counter() - t0:.2f} s ({what})")
 
@@ -521,8 +526,37 @@ def make_loaders(
     return loaders
 
 
+def time_in_child(name: str, directory: Path, args) -> float:
+    """Time the loader called ``name`` once in a new Python process (``--child``): memory that no
+    earlier load has touched, as in a server's cold start."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", name,
+               "--child-dir", str(directory), "--lib", str(args.lib)]
+    if args.install_report:
+        command += ["--install-report", args.install_report]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"child process failed: {done.stderr.strip()[-300:]}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def child_main(args) -> int:
+    """``--child NAME``: build the loaders over the files in ``--child-dir`` and print the
+    seconds the loader called NAME takes once."""
+    plaid = Plaid(args.lib)
+    peers = import_peers(read_install_failures(args.install_report))
+    loaders = make_loaders(OrderedDict(), Path(args.child_dir), plaid, peers,
+                           lambda _: None, write=False)
+    loader = next(l for l in loaders if l.name == args.child and l.load is not None)
+    t0 = time.perf_counter()
+    result = loader.load()
+    elapsed = time.perf_counter() - t0
+    del result
+    print(f"{elapsed:.6f}")
+    return 0
+
+
 def run_rounds(loaders: List[Loader], expected, warmup: int, rounds: int,
-               log: Callable[[str], None]) -> List[str]:
+               log: Callable[[str], None], fresh_process=None) -> List[str]:
     """Time every runnable loader in a new shuffled order each round (seeded, so runs
     repeat), so that no loader always follows the same one: what the previous loader
     freed (huge pages, fragmented memory) changes what the next one's allocation costs.
@@ -540,6 +574,9 @@ def run_rounds(loaders: List[Loader], expected, warmup: int, rounds: int,
                 continue
             gc.collect()
             try:
+                if fresh_process is not None and r >= warmup:
+                    loader.times.append(fresh_process(loader.name))
+                    continue
                 t0 = time.perf_counter()
                 result = loader.load()
                 elapsed = time.perf_counter() - t0
@@ -658,11 +695,15 @@ def benchmark(title: str, shapes, args, plaid: Plaid, directory: Path,
     log(f"{title}: generated {len(expected)} tensors, {nbytes / 1e9:.3f} GB in "
         f"{time.perf_counter() - t0:.2f} s")
     loaders = make_loaders(expected, directory, plaid, peers, log)
-    failures = run_rounds(loaders, expected, args.warmup, args.rounds, log)
+    fresh = None
+    if args.fresh_process:
+        fresh = lambda name: time_in_child(name, directory, args)  # noqa: E731
+    failures = run_rounds(loaders, expected, args.warmup, args.rounds, log, fresh)
 
     print(f"\n### {title}\n")
     print(f"{len(expected)} float16 tensors, {nbytes:,} bytes ({nbytes / 2**30:.2f} GiB); "
-          f"page cache warm; median of {args.rounds} timed round(s) after {args.warmup} warm-up; "
+          f"page cache warm; median of {args.rounds} timed round(s) after {args.warmup} warm-up"
+          f"{', each load timed in a new process' if args.fresh_process else ''}; "
           f"GB/s = 10^9 bytes/s; speedup = loader's median / plaid verified median.\n")
     print(table(loaders, nbytes))
     for failure in failures:
@@ -694,8 +735,15 @@ def main() -> int:
                                       "removed at the end)")
     parser.add_argument("--lib", type=Path, default=default_lib(),
                         help="libplaid.so to load (default: target/release/libplaid.so)")
+    parser.add_argument("--fresh-process", action="store_true",
+                        help="time every load in a new Python process (memory no earlier "
+                             "load touched, as in a cold start) instead of in this one")
     parser.add_argument("--install-report", help=argparse.SUPPRESS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child is not None:
+        return child_main(args)
     if args.warmup < 1 or args.rounds < 1:
         parser.error("--warmup and --rounds must be at least 1")
     if args.size_gib <= 0:
