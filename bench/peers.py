@@ -31,6 +31,10 @@ loader always runs first or right after another. The warm-up round also checks t
 every loader returns every tensor with the generated shape and bytes; a mismatch
 makes the program exit with status 1.
 
+With ``--fresh-process`` every timed load runs in a new Python process (after the
+in-process warm-up round that validates), so no loader gets memory that an earlier load
+touched and freed, as in a server's cold start.
+
 Run it through ``bench/run``, which installs the peers into ``bench/.venv`` and builds
 the library. A peer that cannot be imported or fails is listed as "could not run"
 with the reason.
