@@ -27,6 +27,16 @@
 #define PLAID_VERSION "0.1.0"
 
 /**
+ * File format: plaid's own.
+ */
+#define PLAID_FORMAT_PLAID 1
+
+/**
+ * File format: Hugging Face safetensors.
+ */
+#define PLAID_FORMAT_SAFETENSORS 2
+
+/**
  * Boolean, one byte.
  */
 #define PLAID_DTYPE_BOOL 1
@@ -398,7 +408,9 @@ extern "C" {
 
 /**
  * Open the file at `source` (a UTF-8 path) and read and validate its header; no tensor
- * data is read yet. `options` may be NULL for defaults and may be freed after this call.
+ * data is read yet. The format (plaid or safetensors) is detected from the first bytes,
+ * never from the name; `plaid_deserializer_format` tells which. `options` may be NULL
+ * for defaults and may be freed after this call.
  * On success `*out` holds a handle to free with `plaid_deserializer_free`; on failure
  * `*out` is untouched.
  *
@@ -413,6 +425,15 @@ extern "C" {
 plaid_status plaid_deserializer_open(const char *source,
                                      const struct plaid_read_options *options,
                                      struct plaid_deserializer **out);
+
+/**
+ * The format `plaid_deserializer_open` detected from the file's first bytes (never from
+ * its name): a `PLAID_FORMAT_*` value, or 0 for a NULL handle.
+ *
+ * # Safety
+ * `d` is NULL or a live handle.
+ */
+uint32_t plaid_deserializer_format(const struct plaid_deserializer *d);
 
 /**
  * Number of tensors in the file; 0 for a NULL handle.

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, Result};
-use crate::format::{plaid, Format, Index, TensorInfo};
+use crate::format::{self, Format, Index, TensorInfo};
 use crate::options::ReadOptions;
 use crate::pipeline::{self, LoadStats, ProgressFn};
 use crate::sink::{Destination, HostArena, Placement};
@@ -51,9 +51,10 @@ impl Deserializer {
         Deserializer::from_source(Box::new(source), options)
     }
 
-    /// Read the header of any [`Source`].
+    /// Read the header of any [`Source`], in any format plaid reads (detected from the
+    /// first bytes).
     pub fn from_source(source: Box<dyn Source>, options: ReadOptions) -> Result<Deserializer> {
-        let index = plaid::read_index(source.as_ref())?;
+        let index = format::read_index(source.as_ref())?;
         let by_name = index
             .tensors
             .iter()

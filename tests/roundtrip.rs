@@ -85,7 +85,7 @@ fn every_dtype_and_odd_shape_round_trips() {
         }
         assert_eq!(
             d.verify().unwrap().bytes,
-            tensors.iter().map(|t| t.data.len() as u64).sum()
+            tensors.iter().map(|t| t.data.len() as u64).sum::<u64>()
         );
     }
 }
@@ -779,7 +779,7 @@ fn mapped_and_pread_copies_read_the_same_bytes() {
                 }
                 assert_eq!(
                     d.verify().unwrap().bytes,
-                    d.tensors().iter().map(|t| t.nbytes).sum()
+                    d.tensors().iter().map(|t| t.nbytes).sum::<u64>()
                 );
             }
         }

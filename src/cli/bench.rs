@@ -166,6 +166,37 @@ fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// Write `tensors` (bf16) with the bytes of `data` as a safetensors file: the 8-byte
+/// header length, the JSON header padded with spaces to 8 bytes, the data back to back.
+fn write_safetensors(path: &Path, tensors: &[TensorInfo], data: &[Vec<u8>]) -> plaid::Result<()> {
+    let mut header = String::from("{");
+    let mut at = 0usize;
+    for (i, (t, bytes)) in tensors.iter().zip(data).enumerate() {
+        let shape: Vec<String> = t.shape.iter().map(u64::to_string).collect();
+        header.push_str(&format!(
+            "{}\"{}\":{{\"dtype\":\"BF16\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
+            if i == 0 { "" } else { "," },
+            t.name,
+            shape.join(","),
+            at,
+            at + bytes.len()
+        ));
+        at += bytes.len();
+    }
+    header.push('}');
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut out = std::io::BufWriter::new(File::create(path).map_err(io)?);
+    let mut write = |b: &[u8]| std::io::Write::write_all(&mut out, b).map_err(io);
+    write(&(header.len() as u64).to_le_bytes())?;
+    write(header.as_bytes())?;
+    for bytes in data {
+        write(bytes)?;
+    }
+    std::io::Write::flush(&mut out).map_err(io)
+}
+
 /// Evict a (synced) file's pages from the page cache.
 fn drop_from_cache(path: &Path) -> plaid::Result<()> {
     use std::os::fd::AsRawFd;
@@ -195,6 +226,7 @@ pub(crate) fn bench(
     let big_path = dir.join(format!("plaid-bench-{id}-model.plaid"));
     let small_path = dir.join(format!("plaid-bench-{id}-small.plaid"));
     let one_path = dir.join(format!("plaid-bench-{id}-one.plaid"));
+    let st_path = dir.join(format!("plaid-bench-{id}-model.safetensors"));
     let result = (|| {
         println!("plaid bench: writing the test files to {}", dir.display());
         let (model, source) = write_model(&big_path, &synthetic_model(size_mib << 20))?;
@@ -385,6 +417,25 @@ pub(crate) fn bench(
             ));
         }
 
+        // The same weights as a safetensors file, through the same pipeline. safetensors
+        // carries no checksums, so its like-for-like plaid row is the unverified one.
+        write_safetensors(&st_path, reader.tensors(), &source)?;
+        for threads in [1, cores] {
+            let options = ReadOptions::default().threads(threads)?;
+            let st = Deserializer::open(&st_path, options)?;
+            let times = time(rounds, || load(&st, &mut buffers))?;
+            row(
+                format!("plaid: safetensors file, host buffers, {threads} thread(s)"),
+                model.total,
+                times,
+            );
+        }
+        if buffers.iter().zip(&source).any(|(b, s)| b != s) {
+            return Err(plaid::Error::InvalidArgument(
+                "a tensor loaded from safetensors differs from its source".into(),
+            ));
+        }
+
         // Many small tensors against the same bytes as one tensor.
         for (label, prepared) in [
             (
@@ -487,6 +538,18 @@ pub(crate) fn bench(
                 );
             }
         }
+        for threads in [1, cores] {
+            let st = rate(&format!(
+                "plaid: safetensors file, host buffers, {threads} thread(s)"
+            ));
+            let own = rate(&format!(
+                "plaid: host buffers, mmap copy, {threads} thread(s), unverified"
+            ));
+            println!(
+                "safetensors file, {threads} thread(s): {:.2}x plaid's own format (unverified, as safetensors has no checksums)",
+                st / own
+            );
+        }
         for (mmap, peak, staging) in peaks {
             let how = if mmap { "mmap copy" } else { "pread" };
             println!(
@@ -498,7 +561,7 @@ pub(crate) fn bench(
         Ok(())
     })();
     let write_path = dir.join(format!("plaid-bench-{id}-write.plaid"));
-    for p in [&big_path, &small_path, &one_path, &write_path] {
+    for p in [&big_path, &small_path, &one_path, &write_path, &st_path] {
         let _ = std::fs::remove_file(p);
     }
     result

@@ -105,11 +105,10 @@ fn inspect(file: &Path) -> plaid::Result<()> {
     let d = Deserializer::open(file, ReadOptions::default())?;
     let data: u64 = d.tensors().iter().map(|t| t.nbytes).sum();
     println!("file:       {}", d.name());
-    println!(
-        "format:     {:?} version {}",
-        d.format(),
-        d.format_version()
-    );
+    match d.format() {
+        plaid::Format::Plaid => println!("format:     plaid version {}", d.format_version()),
+        other => println!("format:     {}", other.name()),
+    }
     println!(
         "size:       {} ({} of tensor data)",
         human(d.file_length()),

@@ -74,7 +74,9 @@ impl plaid_deserializer {
 }
 
 /// Open the file at `source` (a UTF-8 path) and read and validate its header; no tensor
-/// data is read yet. `options` may be NULL for defaults and may be freed after this call.
+/// data is read yet. The format (plaid or safetensors) is detected from the first bytes,
+/// never from the name; `plaid_deserializer_format` tells which. `options` may be NULL
+/// for defaults and may be freed after this call.
 /// On success `*out` holds a handle to free with `plaid_deserializer_free`; on failure
 /// `*out` is untouched.
 ///
@@ -102,6 +104,24 @@ pub unsafe extern "C" fn plaid_deserializer_open(
         // SAFETY: checked non-NULL above.
         unsafe { publish(out, handle) };
         Ok(())
+    })
+}
+
+/// File format: plaid's own.
+pub const PLAID_FORMAT_PLAID: u32 = 1;
+/// File format: Hugging Face safetensors.
+pub const PLAID_FORMAT_SAFETENSORS: u32 = 2;
+
+/// The format `plaid_deserializer_open` detected from the file's first bytes (never from
+/// its name): a `PLAID_FORMAT_*` value, or 0 for a NULL handle.
+///
+/// # Safety
+/// `d` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_deserializer_format(d: *const plaid_deserializer) -> u32 {
+    // SAFETY: per the contract.
+    boundary::value(0, || {
+        unsafe { d.as_ref() }.map_or(0, |d| d.inner.format().id())
     })
 }
 

@@ -4,6 +4,7 @@
 
 pub mod checksum;
 pub mod plaid;
+pub mod safetensors;
 
 /// Types generated from `proto/plaid.proto`.
 #[allow(missing_docs, clippy::all)]
@@ -14,6 +15,8 @@ pub mod proto {
 use std::collections::BTreeMap;
 
 use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::source::Source;
 
 /// One tensor as a reader found it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +70,92 @@ impl Checksum {
 pub enum Format {
     /// plaid's own format.
     Plaid,
+    /// Hugging Face safetensors.
+    Safetensors,
+}
+
+impl Format {
+    /// The stable number of the C API's `PLAID_FORMAT_*` constants.
+    pub const fn id(self) -> u32 {
+        match self {
+            Format::Plaid => 1,
+            Format::Safetensors => 2,
+        }
+    }
+
+    /// A short name for messages and the CLI.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Format::Plaid => "plaid",
+            Format::Safetensors => "safetensors",
+        }
+    }
+}
+
+/// A format plaid reads: recognises its files from their first bytes and turns their
+/// header into an [`Index`]. Everything after that (the pipeline, placement, verification)
+/// is shared by every format.
+pub trait FormatReader: Sync {
+    /// The format this reader reads.
+    fn format(&self) -> Format;
+    /// Whether `prefix` (the first bytes of the file, up to 64) starts a file of this
+    /// format; `file_len` is the whole file's length.
+    fn sniff(&self, prefix: &[u8], file_len: u64) -> bool;
+    /// Read and validate the header.
+    fn read_index(&self, source: &dyn Source) -> Result<Index>;
+}
+
+struct PlaidReader;
+
+impl FormatReader for PlaidReader {
+    fn format(&self) -> Format {
+        Format::Plaid
+    }
+    fn sniff(&self, prefix: &[u8], _file_len: u64) -> bool {
+        prefix.starts_with(&plaid::MAGIC)
+    }
+    fn read_index(&self, source: &dyn Source) -> Result<Index> {
+        plaid::read_index(source)
+    }
+}
+
+struct SafetensorsReader;
+
+impl FormatReader for SafetensorsReader {
+    fn format(&self) -> Format {
+        Format::Safetensors
+    }
+    fn sniff(&self, prefix: &[u8], file_len: u64) -> bool {
+        safetensors::sniff(prefix, file_len)
+    }
+    fn read_index(&self, source: &dyn Source) -> Result<Index> {
+        safetensors::read_index(source)
+    }
+}
+
+/// Every format plaid reads, in the order they are tried.
+pub static READERS: &[&dyn FormatReader] = &[&PlaidReader, &SafetensorsReader];
+
+/// tensorizer's magic, recognised so that its files get a clear message.
+const TENSORIZER_MAGIC: &[u8] = b"|TZR|";
+
+/// Detect the format of `source` from its first bytes (never from its name) and read
+/// its header.
+pub fn read_index(source: &dyn Source) -> Result<Index> {
+    let mut prefix = vec![0u8; source.len().min(64) as usize];
+    source.read_at(0, &mut prefix)?;
+    if let Some(reader) = READERS.iter().find(|r| r.sniff(&prefix, source.len())) {
+        return reader.read_index(source);
+    }
+    if prefix.starts_with(TENSORIZER_MAGIC) {
+        return Err(Error::Unsupported(format!(
+            "{}: a tensorizer file; this build of plaid does not read tensorizer files yet",
+            source.name()
+        )));
+    }
+    // Not recognised: report what plaid's own reader finds wrong (a bad magic, or a file
+    // too short), which names the offset.
+    plaid::read_index(source)
 }
 
 /// Everything a reader learned from a file's header.

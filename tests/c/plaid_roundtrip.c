@@ -861,6 +861,8 @@ static void test_mapped(void)
     }
 
     if (CHECK_OK(plaid_deserializer_open(path, NULL, &d))) {
+        CHECK(plaid_deserializer_format(d) == PLAID_FORMAT_PLAID);
+        CHECK(plaid_deserializer_format(NULL) == 0);
         CHECK_OK(plaid_deserializer_map(d));
         CHECK_OK(plaid_deserializer_map(d));
         for (i = 0; i < m.count; i++) {

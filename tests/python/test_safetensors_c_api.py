@@ -1,0 +1,157 @@
+"""safetensors files written by the real ``safetensors`` package load through plaid's C
+API (``plaid_deserializer_open`` + ``plaid_deserializer_load``) with identical bytes, and
+files safetensors refuses, plaid refuses too."""
+
+import ctypes
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+safetensors_numpy = pytest.importorskip("safetensors.numpy")
+
+ROOT = Path(__file__).resolve().parents[2]
+LIB = Path(os.environ.get("PLAID_LIB") or
+           Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "debug" / "libplaid.so")
+
+PLAID_OK = 0
+PLAID_DEST_HOST = 1
+PLAID_FORMAT_SAFETENSORS = 2
+# numpy dtype -> PLAID_DTYPE_* id
+DTYPES = {
+    np.dtype(np.bool_): 1, np.dtype(np.uint8): 2, np.dtype(np.int8): 3, np.dtype(np.int16): 4,
+    np.dtype(np.uint16): 5, np.dtype(np.int32): 6, np.dtype(np.uint32): 7,
+    np.dtype(np.int64): 8, np.dtype(np.uint64): 9, np.dtype(np.float16): 10,
+    np.dtype(np.float32): 12, np.dtype(np.float64): 13, np.dtype(np.complex64): 15,
+}
+
+
+class Info(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("name_len", ctypes.c_size_t),
+                ("dtype", ctypes.c_uint32), ("ndim", ctypes.c_uint32),
+                ("shape", ctypes.POINTER(ctypes.c_uint64)), ("nbytes", ctypes.c_uint64),
+                ("index", ctypes.c_size_t)]
+
+
+class Dest(ctypes.Structure):
+    _fields_ = [("kind", ctypes.c_uint32), ("device", ctypes.c_int32),
+                ("address", ctypes.c_uint64), ("capacity", ctypes.c_uint64)]
+
+
+PLACE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.POINTER(Info),
+                         ctypes.POINTER(Dest))
+
+
+@pytest.fixture(scope="module")
+def lib():
+    if not LIB.exists():
+        pytest.skip(f"{LIB} not built (cargo build)")
+    lib = ctypes.CDLL(str(LIB))
+    vp = ctypes.c_void_p
+    lib.plaid_deserializer_open.argtypes = [ctypes.c_char_p, vp, ctypes.POINTER(vp)]
+    lib.plaid_deserializer_format.argtypes = [vp]
+    lib.plaid_deserializer_format.restype = ctypes.c_uint32
+    lib.plaid_deserializer_tensor_count.argtypes = [vp]
+    lib.plaid_deserializer_tensor_count.restype = ctypes.c_size_t
+    lib.plaid_deserializer_tensor.argtypes = [vp, ctypes.c_size_t]
+    lib.plaid_deserializer_tensor.restype = ctypes.POINTER(Info)
+    lib.plaid_deserializer_load.argtypes = [vp, PLACE, vp]
+    lib.plaid_deserializer_metadata_get.argtypes = [vp, ctypes.c_char_p,
+                                                    ctypes.POINTER(ctypes.c_char_p)]
+    lib.plaid_deserializer_free.argtypes = [vp]
+    lib.plaid_last_error_message.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    lib.plaid_last_error_message.restype = ctypes.c_size_t
+    return lib
+
+
+def message(lib):
+    buf = ctypes.create_string_buffer(4096)
+    lib.plaid_last_error_message(buf, len(buf))
+    return buf.value.decode()
+
+
+def load(lib, path):
+    """Open ``path`` with plaid and load every tensor into fresh numpy buffers."""
+    d = ctypes.c_void_p()
+    status = lib.plaid_deserializer_open(str(path).encode(), None, ctypes.byref(d))
+    if status != PLAID_OK:
+        return status, message(lib)
+    try:
+        assert lib.plaid_deserializer_format(d) == PLAID_FORMAT_SAFETENSORS
+        infos = {}
+        buffers = {}
+        for i in range(lib.plaid_deserializer_tensor_count(d)):
+            info = lib.plaid_deserializer_tensor(d, i).contents
+            name = ctypes.string_at(info.name, info.name_len).decode()
+            infos[name] = (info.dtype, tuple(info.shape[k] for k in range(info.ndim)))
+            buffers[i] = (name, np.full(max(info.nbytes, 1), 0xA5, dtype=np.uint8), info.nbytes)
+
+        @PLACE
+        def place(_user, info_p, dest_p):
+            _, buf, nbytes = buffers[info_p.contents.index]
+            dest_p.contents.kind = PLAID_DEST_HOST
+            dest_p.contents.address = buf.ctypes.data
+            dest_p.contents.capacity = nbytes
+            return 0
+
+        status = lib.plaid_deserializer_load(d, place, None)
+        assert status == PLAID_OK, message(lib)
+        value = ctypes.c_char_p()
+        meta = None
+        if lib.plaid_deserializer_metadata_get(d, b"origin", ctypes.byref(value)) == PLAID_OK:
+            meta = value.value.decode()
+        data = {name: buf[:nbytes].tobytes() for name, buf, nbytes in buffers.values()}
+        return infos, data, meta
+    finally:
+        lib.plaid_deserializer_free(d)
+
+
+def test_every_numpy_dtype_written_by_safetensors_loads_identically(lib, tmp_path):
+    rng = np.random.default_rng(7)
+    tensors = {}
+    for k, dtype in enumerate(DTYPES):
+        raw = rng.integers(0, 256, size=4 * 6 * dtype.itemsize, dtype=np.uint8)
+        array = raw.view(np.uint8).copy().view(dtype).reshape(4, 6) if dtype != np.bool_ \
+            else (raw[:24] & 1).astype(np.bool_).reshape(4, 6)
+        tensors[f"layer.{k}.{dtype.name}"] = array
+    tensors["scalar"] = np.array(3.5, dtype=np.float32)
+    tensors["empty"] = np.zeros((0, 5), dtype=np.float16)
+    tensors["odd"] = rng.integers(0, 255, size=7, dtype=np.uint8)
+    path = tmp_path / "model.safetensors"
+    safetensors_numpy.save_file(tensors, str(path), metadata={"origin": "safetensors ✓"})
+
+    infos, data, meta = load(lib, path)
+    assert meta == "safetensors ✓"
+    assert set(infos) == set(tensors)
+    for name, array in tensors.items():
+        dtype_id, shape = infos[name]
+        assert dtype_id == DTYPES[array.dtype], name
+        assert shape == array.shape, name
+        assert data[name] == np.ascontiguousarray(array).tobytes(), name
+
+
+def test_empty_file_written_by_safetensors(lib, tmp_path):
+    path = tmp_path / "empty.safetensors"
+    safetensors_numpy.save_file({}, str(path))
+    infos, data, _ = load(lib, path)
+    assert infos == {} and data == {}
+
+
+def test_what_safetensors_refuses_plaid_refuses(lib, tmp_path):
+    path = tmp_path / "good.safetensors"
+    safetensors_numpy.save_file({"a": np.arange(64, dtype=np.float32)}, str(path))
+    good = path.read_bytes()
+    cases = {
+        "truncated": good[:-5],
+        "trailing": good + b"\0" * 8,
+        "huge_header": (10**9).to_bytes(8, "little") + good[8:],
+    }
+    for label, bytes_ in cases.items():
+        bad = tmp_path / f"{label}.safetensors"
+        bad.write_bytes(bytes_)
+        with pytest.raises(Exception):
+            safetensors_numpy.load_file(str(bad))
+        result = load(lib, bad)
+        assert isinstance(result[0], int) and result[0] != PLAID_OK, label
+        assert str(bad) in result[1], (label, result[1])

@@ -1,0 +1,248 @@
+//! safetensors files through the same deserializer: detection, every dtype, metadata,
+//! and the validation safetensors itself does.
+
+mod common;
+
+use common::random_bytes;
+use plaid::{DType, Deserializer, Destination, Error, Format, ReadOptions, TensorInfo};
+use serde_json::json;
+
+/// A safetensors file: the 8-byte length, `header` as JSON padded with spaces to a
+/// multiple of 8 (as the safetensors library writes it), then `data`.
+fn file(header: &serde_json::Value, data: &[u8]) -> Vec<u8> {
+    let mut text = serde_json::to_vec(header).unwrap();
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(data);
+    out
+}
+
+fn open(bytes: Vec<u8>) -> plaid::Result<Deserializer> {
+    let dir = tempfile::tempdir().unwrap();
+    // The name says nothing: the format comes from the bytes.
+    let path = dir.path().join("weights.bin");
+    std::fs::write(&path, bytes).unwrap();
+    Deserializer::open(&path, ReadOptions::default())
+}
+
+fn load_all(d: &Deserializer) -> Vec<Vec<u8>> {
+    let mut buffers: Vec<Vec<u8>> = d
+        .tensors()
+        .iter()
+        .map(|t| vec![0xA5; t.nbytes as usize])
+        .collect();
+    let mut slots: Vec<Option<&mut [u8]>> =
+        buffers.iter_mut().map(|b| Some(b.as_mut_slice())).collect();
+    d.load(&mut |t: &TensorInfo| Ok(Destination::Host(slots[t.index].take().unwrap())))
+        .unwrap();
+    buffers
+}
+
+#[test]
+fn every_dtype_loads_with_metadata_in_offset_order() {
+    let kinds: &[(&str, DType, u64)] = &[
+        ("BOOL", DType::Bool, 1),
+        ("U8", DType::U8, 1),
+        ("I8", DType::I8, 1),
+        ("I16", DType::I16, 2),
+        ("U16", DType::U16, 2),
+        ("I32", DType::I32, 4),
+        ("U32", DType::U32, 4),
+        ("I64", DType::I64, 8),
+        ("U64", DType::U64, 8),
+        ("F16", DType::F16, 2),
+        ("BF16", DType::BF16, 2),
+        ("F32", DType::F32, 4),
+        ("F64", DType::F64, 8),
+        ("C64", DType::C64, 8),
+        ("F8_E4M3", DType::F8E4M3FN, 1),
+        ("F8_E5M2", DType::F8E5M2, 1),
+        ("F8_E8M0", DType::F8E8M0FNU, 1),
+    ];
+    let mut header = serde_json::Map::new();
+    header.insert(
+        "__metadata__".into(),
+        json!({"format": "pt", "note": "ünïcödé"}),
+    );
+    let mut data = Vec::new();
+    let mut expected = Vec::new();
+    // Written in reverse name order: the file order is the offset order.
+    for (i, (name, dtype, size)) in kinds.iter().enumerate().rev() {
+        let bytes = random_bytes((3 * 5 * size) as usize, i as u64);
+        let begin = data.len();
+        data.extend_from_slice(&bytes);
+        header.insert(
+            format!("t.{name}"),
+            json!({"dtype": name, "shape": [3, 5], "data_offsets": [begin, data.len()]}),
+        );
+        expected.push((format!("t.{name}"), *dtype, bytes));
+    }
+    // F4 packs two values per byte: shape [4, 6] is 12 bytes, [4, 3] in plaid's units.
+    let f4 = random_bytes(12, 99);
+    let begin = data.len();
+    data.extend_from_slice(&f4);
+    header.insert(
+        "t.F4".into(),
+        json!({"dtype": "F4", "shape": [4, 6], "data_offsets": [begin, data.len()]}),
+    );
+    // 0-d and empty tensors.
+    let scalar = random_bytes(4, 100);
+    let begin = data.len();
+    data.extend_from_slice(&scalar);
+    header.insert(
+        "scalar".into(),
+        json!({"dtype": "F32", "shape": [], "data_offsets": [begin, begin + 4]}),
+    );
+    header.insert(
+        "empty".into(),
+        json!({"dtype": "F32", "shape": [0, 3], "data_offsets": [begin + 4, begin + 4]}),
+    );
+
+    let d = open(file(&serde_json::Value::Object(header), &data)).unwrap();
+    assert_eq!(d.format(), Format::Safetensors);
+    assert_eq!(d.metadata().get("format").map(String::as_str), Some("pt"));
+    assert_eq!(
+        d.metadata().get("note").map(String::as_str),
+        Some("ünïcödé")
+    );
+    let loaded = load_all(&d);
+    for (name, dtype, bytes) in &expected {
+        let i = d.find(name).unwrap();
+        let t = d.tensor(i).unwrap();
+        assert_eq!(
+            (t.dtype, t.shape.as_slice()),
+            (*dtype, &[3u64, 5][..]),
+            "{name}"
+        );
+        assert_eq!(&loaded[i], bytes, "{name}");
+    }
+    let i = d.find("t.F4").unwrap();
+    assert_eq!(d.tensor(i).unwrap().dtype, DType::F4E2M1FNx2);
+    assert_eq!(d.tensor(i).unwrap().shape, vec![4, 3]);
+    assert_eq!(loaded[i], f4);
+    let i = d.find("scalar").unwrap();
+    assert_eq!(loaded[i], scalar);
+    assert_eq!(d.tensor(d.find("empty").unwrap()).unwrap().nbytes, 0);
+    // Offsets ascend in file order; views work on these files too.
+    assert!(d.tensors().windows(2).all(|w| w[0].offset <= w[1].offset));
+    let i = d.find("t.F64").unwrap();
+    assert_eq!(d.view(i).unwrap(), &loaded[i][..]);
+    // Loading into plaid-allocated memory works the same.
+    let arena = d.load_to_host(&mut |_| true, None).unwrap();
+    assert_eq!(arena.tensor(i).unwrap(), &loaded[i][..]);
+}
+
+#[test]
+fn empty_and_metadata_only_files_open() {
+    let d = open(file(&json!({}), &[])).unwrap();
+    assert_eq!((d.format(), d.tensors().len()), (Format::Safetensors, 0));
+    let d = open(file(&json!({"__metadata__": {"a": "b"}}), &[])).unwrap();
+    assert_eq!(d.metadata().len(), 1);
+    // Unaligned offsets (an odd-sized first tensor) are fine.
+    let data = random_bytes(3 + 8, 1);
+    let d = open(file(
+        &json!({"a": {"dtype": "U8", "shape": [3], "data_offsets": [0, 3]},
+                "b": {"dtype": "F64", "shape": [1], "data_offsets": [3, 11]}}),
+        &data,
+    ))
+    .unwrap();
+    let loaded = load_all(&d);
+    assert_eq!(loaded[1], &data[3..]);
+}
+
+#[test]
+fn invalid_files_are_refused_as_safetensors_refuses_them() {
+    let t = |dtype: &str, shape: serde_json::Value, a: u64, b: u64| json!({"dtype": dtype, "shape": shape, "data_offsets": [a, b]});
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            file(&json!({"a": t("F32", json!([2]), 0, 8)}), &[0; 4]),
+            "truncated",
+        ),
+        (
+            file(&json!({"a": t("F32", json!([2]), 0, 8)}), &[0; 12]),
+            "belong to none",
+        ),
+        (
+            file(&json!({"a": t("F32", json!([2]), 0, 7)}), &[0; 7]),
+            "needs 8",
+        ),
+        (
+            file(
+                &json!({"a": t("U8", json!([4]), 0, 4), "b": t("U8", json!([4]), 2, 6)}),
+                &[0; 6],
+            ),
+            "overlaps",
+        ),
+        (
+            file(
+                &json!({"a": t("U8", json!([4]), 0, 4), "b": t("U8", json!([4]), 6, 10)}),
+                &[0; 10],
+            ),
+            "gap",
+        ),
+        (
+            file(&json!({"a": t("F4", json!([3]), 0, 1)}), &[0; 1]),
+            "even",
+        ),
+        (
+            file(&json!({"a": {"dtype": "F32", "shape": [1]}}), &[0; 4]),
+            "data_offsets",
+        ),
+        (
+            file(&json!({"a": t("F32", json!([-1]), 0, 4)}), &[0; 4]),
+            "dimension",
+        ),
+        (
+            file(&json!({"__metadata__": {"a": 1}}), &[]),
+            "not a string",
+        ),
+    ];
+    for (bytes, needle) in cases {
+        let err = open(bytes).unwrap_err();
+        assert!(matches!(err, Error::Format { .. }), "{needle}: {err}");
+        assert!(err.to_string().contains(needle), "{needle}: {err}");
+        assert!(err.to_string().contains("weights.bin"), "{err}");
+    }
+    // An unknown dtype is unsupported, naming it.
+    let err = open(file(&json!({"a": t("F6_E2M3", json!([4]), 0, 3)}), &[0; 3])).unwrap_err();
+    assert!(
+        matches!(err, Error::Unsupported(_)) && err.to_string().contains("F6_E2M3"),
+        "{err}"
+    );
+    // Invalid JSON.
+    let mut bad = file(&json!({"a": 1}), &[]);
+    bad[9] = b'#';
+    assert!(open(bad).unwrap_err().to_string().contains("JSON"));
+    // A huge declared header: refused before anything is allocated. (Sniffed as not
+    // safetensors, so the reader reports the bad plaid magic; either way, an error.)
+    let mut huge = (1u64 << 40).to_le_bytes().to_vec();
+    huge.extend_from_slice(b"{}");
+    assert!(matches!(open(huge).unwrap_err(), Error::Format { .. }));
+    let mut over = (200_000_000u64).to_le_bytes().to_vec();
+    over.extend_from_slice(b"{}");
+    over.resize(300, b' ');
+    assert!(open(over).is_err());
+    // A tensorizer file is recognised and refused clearly.
+    let err = open(b"|TZR|\x05\x00\x00\x00 and more bytes".to_vec()).unwrap_err();
+    assert!(
+        matches!(err, Error::Unsupported(_)) && err.to_string().contains("tensorizer"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_truncation_of_a_safetensors_file_is_an_error() {
+    let data = random_bytes(64, 5);
+    let bytes = file(
+        &json!({"a": {"dtype": "F32", "shape": [8], "data_offsets": [0, 32]},
+                "b": {"dtype": "F32", "shape": [8], "data_offsets": [32, 64]}}),
+        &data,
+    );
+    for cut in 0..bytes.len() {
+        assert!(open(bytes[..cut].to_vec()).is_err(), "cut at {cut} opened");
+    }
+    assert!(open(bytes).is_ok());
+}
