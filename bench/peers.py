@@ -481,6 +481,8 @@ def make_loaders(
         else:
             loaders.append(Loader("safetensors `load_file`",
                                   load=lambda: st_numpy.load_file(str(st_path))))
+            loaders.append(Loader("plaid `plaid_load_file` of the same safetensors file",
+                                  load=lambda: plaid_load_file(plaid, st_path)))
 
     # tensorizer
     tensorizer = peers["tensorizer"]
