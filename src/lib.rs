@@ -33,6 +33,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod convert;
 pub mod deserializer;
 pub mod dtype;
 pub mod error;

@@ -246,3 +246,76 @@ fn every_truncation_of_a_safetensors_file_is_an_error() {
     }
     assert!(open(bytes).is_ok());
 }
+
+#[test]
+fn convert_round_trips_safetensors_through_plaid() {
+    let data = random_bytes(6 * 4 + 10 + 12, 42);
+    let original = file(
+        &json!({"__metadata__": {"format": "pt"},
+                "w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+                "b": {"dtype": "I8", "shape": [10], "data_offsets": [24, 34]},
+                "f4": {"dtype": "F4", "shape": [3, 8], "data_offsets": [34, 46]}}),
+        &data,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let st = dir.path().join("in.safetensors");
+    std::fs::write(&st, &original).unwrap();
+    let source = Deserializer::open(&st, ReadOptions::default()).unwrap();
+    let as_plaid = dir.path().join("mid.plaid");
+    plaid::convert::to_plaid(
+        &source,
+        &as_plaid,
+        plaid::WriteOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let mid = Deserializer::open(&as_plaid, ReadOptions::default()).unwrap();
+    assert_eq!(mid.format(), Format::Plaid);
+    mid.verify().unwrap();
+    let back = dir.path().join("out.safetensors");
+    let mut reports = 0;
+    plaid::convert::to_safetensors(&mid, &back, &mut |_, _| reports += 1).unwrap();
+    assert!(reports >= 3);
+    let round = Deserializer::open(&back, ReadOptions::default()).unwrap();
+    assert_eq!(round.format(), Format::Safetensors);
+    assert_eq!(round.metadata(), source.metadata());
+    for (i, t) in source.tensors().iter().enumerate() {
+        let j = round.find(&t.name).unwrap();
+        assert_eq!(
+            (&round.tensors()[j].shape, round.tensors()[j].dtype),
+            (&t.shape, t.dtype)
+        );
+        assert_eq!(
+            round.view(j).unwrap(),
+            source.view(i).unwrap(),
+            "{}",
+            t.name
+        );
+    }
+    // The F4 tensor's shape is in values again in the safetensors header.
+    let header_len = u64::from_le_bytes(std::fs::read(&back).unwrap()[..8].try_into().unwrap());
+    let header = std::fs::read(&back).unwrap()[8..8 + header_len as usize].to_vec();
+    let header: serde_json::Value = serde_json::from_slice(&header).unwrap();
+    assert_eq!(header["f4"]["shape"], json!([3, 8]));
+}
+
+#[test]
+fn convert_refuses_what_safetensors_cannot_hold_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.plaid");
+    let mut w =
+        plaid::Serializer::create(&path, plaid::WriteOptions::default().sync(false)).unwrap();
+    let bytes = random_bytes(16, 1);
+    w.add_tensor("ok", DType::U8, &[16], &bytes).unwrap();
+    w.add_tensor("complex32", DType::C32, &[4], &bytes).unwrap();
+    w.finish().unwrap();
+    let d = Deserializer::open(&path, ReadOptions::default()).unwrap();
+    let out = dir.path().join("c.safetensors");
+    let err = plaid::convert::to_safetensors(&d, &out, &mut |_, _| {}).unwrap_err();
+    assert!(
+        matches!(err, Error::Unsupported(_)) && err.to_string().contains("complex32"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(left.len(), 1, "only the source remains");
+}

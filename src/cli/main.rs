@@ -26,6 +26,18 @@ enum Command {
         /// The file.
         file: PathBuf,
     },
+    /// Convert a model file (plaid or safetensors, detected from its bytes) to plaid or
+    /// safetensors, carrying the metadata over; the result is read back and compared.
+    Convert {
+        /// The file to read.
+        input: PathBuf,
+        /// The file to write (replaced atomically).
+        output: PathBuf,
+        /// Output format: plaid or safetensors (default: safetensors if OUTPUT ends in
+        /// `.safetensors`, else plaid).
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// Check every checksum block of a file; exits non-zero naming the first bad tensor.
     Verify {
         /// The file.
@@ -79,6 +91,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect { file } => inspect(&file),
         Command::Verify { file, threads } => verify(&file, threads),
+        Command::Convert { input, output, to } => convert(&input, &output, to.as_deref()),
         Command::Bench {
             size_mib,
             dir,
@@ -146,6 +159,46 @@ fn inspect(file: &Path) -> plaid::Result<()> {
             println!("  {k} = {v}");
         }
     }
+    Ok(())
+}
+
+fn convert(input: &Path, output: &Path, to: Option<&str>) -> plaid::Result<()> {
+    let to = to.unwrap_or(if output.extension().is_some_and(|e| e == "safetensors") {
+        "safetensors"
+    } else {
+        "plaid"
+    });
+    let source = Deserializer::open(input, ReadOptions::default())?;
+    let total: u64 = source.tensors().iter().map(|t| t.nbytes).sum();
+    let started = Instant::now();
+    let progress = bar(total, "convert");
+    let mut report = |done: u64, _: u64| progress.set_position(done.min(total));
+    match to {
+        "plaid" => plaid::convert::to_plaid(&source, output, WriteOptions::default(), &mut report)?,
+        "safetensors" => plaid::convert::to_safetensors(&source, output, &mut report)?,
+        "tensorizer" => {
+            return Err(plaid::Error::Unsupported(
+                "writing tensorizer files is not supported yet".into(),
+            ))
+        }
+        other => {
+            return Err(plaid::Error::InvalidArgument(format!(
+                "unknown output format '{other}' (plaid or safetensors)"
+            )))
+        }
+    }
+    progress.finish_and_clear();
+    let elapsed = started.elapsed();
+    println!(
+        "{} ({}, {} tensors, {}) -> {} ({to}) in {:.2} s, {:.2} GB/s; read back and compared",
+        input.display(),
+        source.format().name(),
+        source.tensors().len(),
+        human(total),
+        output.display(),
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64().max(1e-9) / 1e9
+    );
     Ok(())
 }
 
