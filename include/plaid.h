@@ -409,7 +409,8 @@ extern "C" {
 /**
  * Open the file at `source` (a UTF-8 path) and read and validate its header; no tensor
  * data is read yet. The format (plaid or safetensors) is detected from the first bytes,
- * never from the name; `plaid_deserializer_format` tells which. `options` may be NULL
+ * never from the name; `plaid_deserializer_format` tells which. A sharded safetensors
+ * checkpoint opens through its `model.safetensors.index.json` as one model. `options` may be NULL
  * for defaults and may be freed after this call.
  * On success `*out` holds a handle to free with `plaid_deserializer_free`; on failure
  * `*out` is untouched.

@@ -9,7 +9,7 @@ use crate::format::{self, Format, Index, TensorInfo};
 use crate::options::ReadOptions;
 use crate::pipeline::{self, LoadStats, ProgressFn};
 use crate::sink::{Destination, HostArena, Placement};
-use crate::source::{FileSource, Source};
+use crate::source::{FileSource, MultiSource, Source};
 
 /// An open model file: its tensor list is known, its data is read on [`Deserializer::load`].
 ///
@@ -48,13 +48,55 @@ impl Deserializer {
             )));
         }
         let source = FileSource::open_with(path, options.direct_io)?.copy_from_map(options.mmap);
+        let mut prefix = vec![0u8; source.len().min(64) as usize];
+        source.read_at(0, &mut prefix)?;
+        if format::safetensors::sniff_sharded(&prefix, source.len()) {
+            return Deserializer::open_sharded(path, &source, options);
+        }
         Deserializer::from_source(Box::new(source), options)
+    }
+
+    /// A sharded safetensors checkpoint, opened through its index: the shards are laid end
+    /// to end as one source and their tensors joined into one index.
+    fn open_sharded(
+        path: &Path,
+        index_file: &FileSource,
+        options: ReadOptions,
+    ) -> Result<Deserializer> {
+        let mut bytes = vec![0u8; index_file.len() as usize];
+        index_file.read_at(0, &mut bytes)?;
+        let shard_index = format::safetensors::parse_shard_index(index_file.name(), &bytes)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut parts: Vec<Box<dyn Source>> = Vec::new();
+        let mut indexes = Vec::new();
+        for shard in &shard_index.shards {
+            let part = FileSource::open_with(&dir.join(shard), options.direct_io)?
+                .copy_from_map(options.mmap);
+            indexes.push(format::safetensors::read_index(&part)?);
+            parts.push(Box::new(part));
+        }
+        let source = MultiSource::new(index_file.name(), parts);
+        let bases: Vec<u64> = (0..shard_index.shards.len())
+            .map(|k| source.base(k))
+            .collect();
+        let index = format::safetensors::join_shards(
+            index_file.name(),
+            &shard_index,
+            indexes,
+            &bases,
+            source.len(),
+        )?;
+        Ok(Deserializer::with_index(Box::new(source), index, options))
     }
 
     /// Read the header of any [`Source`], in any format plaid reads (detected from the
     /// first bytes).
     pub fn from_source(source: Box<dyn Source>, options: ReadOptions) -> Result<Deserializer> {
         let index = format::read_index(source.as_ref())?;
+        Ok(Deserializer::with_index(source, index, options))
+    }
+
+    fn with_index(source: Box<dyn Source>, index: Index, options: ReadOptions) -> Deserializer {
         let by_name = index
             .tensors
             .iter()
@@ -65,13 +107,13 @@ impl Deserializer {
             .iter()
             .map(|_| AtomicBool::new(false))
             .collect();
-        Ok(Deserializer {
+        Deserializer {
             source,
             index,
             by_name,
             options,
             view_verified,
-        })
+        }
     }
 
     /// The file's name, as used in messages.

@@ -319,3 +319,137 @@ fn convert_refuses_what_safetensors_cannot_hold_and_leaves_nothing() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(left.len(), 1, "only the source remains");
 }
+
+/// Two shards and their index, as `transformers` writes a sharded checkpoint.
+fn sharded(dir: &std::path::Path, weight_map: serde_json::Value) -> std::path::PathBuf {
+    let a = random_bytes(8 + 3 + 40, 1);
+    let b = random_bytes(5 + 16, 2);
+    std::fs::write(
+        dir.join("model-00001-of-00002.safetensors"),
+        file(
+            &json!({"__metadata__": {"format": "pt"},
+                    "x.weight": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                    "x.bias": {"dtype": "U8", "shape": [3], "data_offsets": [8, 11]},
+                    "y.weight": {"dtype": "F64", "shape": [5], "data_offsets": [11, 51]}}),
+            &a,
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("model-00002-of-00002.safetensors"),
+        file(
+            &json!({"z.bias": {"dtype": "I8", "shape": [5], "data_offsets": [0, 5]},
+                    "z.weight": {"dtype": "BF16", "shape": [2, 4], "data_offsets": [5, 21]}}),
+            &b,
+        ),
+    )
+    .unwrap();
+    let index = dir.join("model.safetensors.index.json");
+    std::fs::write(
+        &index,
+        serde_json::to_vec_pretty(
+            &json!({"metadata": {"total_size": 72}, "weight_map": weight_map}),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    index
+}
+
+fn full_map() -> serde_json::Value {
+    json!({"x.weight": "model-00001-of-00002.safetensors",
+           "x.bias": "model-00001-of-00002.safetensors",
+           "y.weight": "model-00001-of-00002.safetensors",
+           "z.bias": "model-00002-of-00002.safetensors",
+           "z.weight": "model-00002-of-00002.safetensors"})
+}
+
+#[test]
+fn a_sharded_checkpoint_opens_as_one_model_through_its_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = sharded(dir.path(), full_map());
+    for threads in [1, 3] {
+        let options = ReadOptions::default().threads(threads).unwrap();
+        let d = Deserializer::open(&index, options).unwrap();
+        assert_eq!(d.format(), Format::Safetensors);
+        assert_eq!(d.tensors().len(), 5);
+        assert_eq!(
+            d.metadata().get("total_size").map(String::as_str),
+            Some("72")
+        );
+        assert_eq!(d.metadata().get("format").map(String::as_str), Some("pt"));
+        let loaded = load_all(&d);
+        // Each tensor's bytes are those of its shard.
+        for shard in [
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+        ] {
+            let one = Deserializer::open(dir.path().join(shard), ReadOptions::default()).unwrap();
+            let own = load_all(&one);
+            for (t, bytes) in one.tensors().iter().zip(own) {
+                assert_eq!(loaded[d.find(&t.name).unwrap()], bytes, "{}", t.name);
+            }
+        }
+        let arena = d.load_to_host(&mut |_| true, None).unwrap();
+        let z = d.find("z.weight").unwrap();
+        assert_eq!(arena.tensor(z).unwrap(), &loaded[z][..]);
+    }
+}
+
+#[test]
+fn a_sharded_checkpoint_that_disagrees_with_its_index_is_refused() {
+    let cases = [
+        (
+            json!({"x.weight": "model-00001-of-00002.safetensors"}),
+            "not in the weight map",
+        ),
+        (
+            {
+                let mut m = full_map();
+                m["z.bias"] = json!("model-00001-of-00002.safetensors");
+                m
+            },
+            "weight map says",
+        ),
+        (
+            {
+                let mut m = full_map();
+                m["ghost"] = json!("model-00002-of-00002.safetensors");
+                m
+            },
+            "'ghost' is in the weight map",
+        ),
+        (
+            {
+                let mut m = full_map();
+                m["w"] = json!("../elsewhere.safetensors");
+                m
+            },
+            "not a file name",
+        ),
+    ];
+    for (map, needle) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let index = sharded(dir.path(), map);
+        let err = Deserializer::open(&index, ReadOptions::default()).unwrap_err();
+        assert!(err.to_string().contains(needle), "{needle}: {err}");
+    }
+    // A missing shard names it.
+    let dir = tempfile::tempdir().unwrap();
+    let index = sharded(dir.path(), full_map());
+    std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
+    let err = Deserializer::open(&index, ReadOptions::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("model-00002-of-00002.safetensors"),
+        "{err}"
+    );
+    // An empty weight map is a model without tensors.
+    let dir = tempfile::tempdir().unwrap();
+    let index = sharded(dir.path(), json!({}));
+    let d = Deserializer::open(&index, ReadOptions::default()).unwrap();
+    assert_eq!(d.tensors().len(), 0);
+    // Not an index at all.
+    std::fs::write(&index, b"{\"no\": 1}").unwrap();
+    let err = Deserializer::open(&index, ReadOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("weight_map"), "{err}");
+}

@@ -221,3 +221,132 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
         file_length: file_len,
     })
 }
+
+/// Largest `model.safetensors.index.json` read.
+const MAX_INDEX_LEN: u64 = 64 << 20;
+
+/// Whether `prefix` starts a sharded checkpoint's index (`model.safetensors.index.json`):
+/// a JSON object, not a safetensors file.
+pub fn sniff_sharded(prefix: &[u8], file_len: u64) -> bool {
+    let first = prefix.iter().find(|b| !b.is_ascii_whitespace());
+    first == Some(&b'{') && file_len <= MAX_INDEX_LEN && !sniff(prefix, file_len)
+}
+
+/// The shards of a sharded checkpoint, from its index: the shard file names (in sorted
+/// order), the tensor-to-shard map, and the index's own metadata as strings.
+pub struct ShardIndex {
+    /// Shard file names, relative to the index's directory, each once, sorted.
+    pub shards: Vec<String>,
+    /// Tensor name to shard file name.
+    pub weight_map: BTreeMap<String, String>,
+    /// The index's `metadata` entries, numbers written as text.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Parse a sharded checkpoint's index (`name` is the file, for messages).
+pub fn parse_shard_index(name: &str, bytes: &[u8]) -> Result<ShardIndex> {
+    let fail = |detail: String| Error::format(name, 0, detail);
+    let json: Value = serde_json::from_slice(bytes)
+        .map_err(|e| fail(format!("the shard index is not valid JSON: {e}")))?;
+    let map = json
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| fail("the shard index has no weight_map object".into()))?;
+    let mut weight_map = BTreeMap::new();
+    for (tensor, shard) in map {
+        let shard = shard
+            .as_str()
+            .filter(|s| !s.is_empty() && !s.contains('/') && !s.contains('\\') && *s != "..")
+            .ok_or_else(|| {
+                fail(format!(
+                    "weight_map entry '{tensor}' is not a file name in the index's directory"
+                ))
+            })?;
+        weight_map.insert(tensor.clone(), shard.to_owned());
+    }
+    let mut shards: Vec<String> = weight_map.values().cloned().collect();
+    shards.sort();
+    shards.dedup();
+    let mut metadata = BTreeMap::new();
+    if let Some(Value::Object(pairs)) = json.get("metadata") {
+        for (key, value) in pairs {
+            let text = match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            metadata.insert(key.clone(), text);
+        }
+    }
+    Ok(ShardIndex {
+        shards,
+        weight_map,
+        metadata,
+    })
+}
+
+/// Join the indexes of the shards (each read from its own file, `bases[k]` being where
+/// shard `k` starts in the sources laid end to end) into one, checking them against the
+/// weight map: every tensor in exactly the shard the map names.
+pub fn join_shards(
+    name: &str,
+    index: &ShardIndex,
+    shards: Vec<Index>,
+    bases: &[u64],
+    total_len: u64,
+) -> Result<Index> {
+    let mut tensors = Vec::new();
+    let mut metadata = index.metadata.clone();
+    let mut seen = std::collections::HashSet::new();
+    for ((shard_name, shard), &base) in index.shards.iter().zip(shards).zip(bases) {
+        for (key, value) in shard.metadata {
+            metadata.entry(key).or_insert(value);
+        }
+        for mut t in shard.tensors {
+            match index.weight_map.get(&t.name) {
+                Some(s) if s == shard_name => {}
+                Some(s) => {
+                    return Err(Error::format(
+                        name,
+                        0,
+                        format!(
+                            "tensor '{}' is in {shard_name} but the weight map says {s}",
+                            t.name
+                        ),
+                    ))
+                }
+                None => {
+                    return Err(Error::format(
+                        name,
+                        0,
+                        format!(
+                            "tensor '{}' of {shard_name} is not in the weight map",
+                            t.name
+                        ),
+                    ))
+                }
+            }
+            seen.insert(t.name.clone());
+            t.offset += base;
+            t.index = tensors.len();
+            tensors.push(t);
+        }
+    }
+    if let Some(missing) = index.weight_map.keys().find(|k| !seen.contains(*k)) {
+        return Err(Error::format(
+            name,
+            0,
+            format!(
+                "tensor '{missing}' is in the weight map but not in {}",
+                index.weight_map[missing]
+            ),
+        ));
+    }
+    Ok(Index {
+        format: Format::Safetensors,
+        version: 0,
+        tensors,
+        metadata,
+        alignment: 1,
+        file_length: total_len,
+    })
+}

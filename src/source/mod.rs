@@ -5,10 +5,12 @@ mod fault;
 mod file;
 mod map;
 mod memory;
+mod multi;
 
 pub use fault::FailingSource;
 pub use file::FileSource;
 pub use memory::MemorySource;
+pub use multi::MultiSource;
 
 use crate::error::Result;
 

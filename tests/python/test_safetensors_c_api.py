@@ -187,3 +187,29 @@ def test_plaid_convert_round_trips_files_written_by_safetensors(lib, tmp_path):
     from safetensors import safe_open
     with safe_open(str(back), framework="np") as f:
         assert f.metadata() == {"format": "np"}
+
+
+def test_sharded_checkpoint_written_by_safetensors_loads_through_its_index(lib, tmp_path):
+    import json
+    rng = np.random.default_rng(11)
+    shards = {
+        "model-00001-of-00002.safetensors": {
+            "embed": rng.standard_normal((16, 8)).astype(np.float16),
+            "norm": rng.standard_normal(8).astype(np.float32),
+        },
+        "model-00002-of-00002.safetensors": {
+            "head": rng.standard_normal((8, 16)).astype(np.float32),
+        },
+    }
+    weight_map = {}
+    for file_name, tensors in shards.items():
+        safetensors_numpy.save_file(tensors, str(tmp_path / file_name), metadata={"format": "pt"})
+        weight_map.update({name: file_name for name in tensors})
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {"total_size": 1088}, "weight_map": weight_map}))
+    infos, data, _ = load(lib, index)
+    expected = {n: a for tensors in shards.values() for n, a in tensors.items()}
+    assert set(infos) == set(expected)
+    for name, array in expected.items():
+        assert infos[name] == (DTYPES[array.dtype], array.shape), name
+        assert data[name] == array.tobytes(), name
