@@ -149,7 +149,9 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
                 _ => return Err(bad("an F4 tensor's last dimension must be even")),
             }
         }
-        let nbytes = elements / per_unit * dtype.size();
+        let nbytes = (elements / per_unit)
+            .checked_mul(dtype.size())
+            .ok_or_else(|| bad("the tensor's size overflows"))?;
         if end < begin || end - begin != nbytes {
             return Err(bad(&format!(
                 "data_offsets [{begin}, {end}] hold {} bytes, but {dtype_name} {shape:?} needs {nbytes}",
