@@ -1,9 +1,10 @@
 //! Converting between formats. The source's tensors are read through zero-copy views of
 //! its mapping (verified as per its read options), so a conversion holds no copy of the
-//! model in memory beyond the page cache; the output is written atomically and then read
-//! back and compared byte for byte.
+//! model in memory beyond the page cache; the output is written under a temporary name,
+//! read back and compared byte for byte, and only then renamed into place.
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use serde_json::{json, Map, Value};
@@ -48,7 +49,10 @@ pub fn to_plaid(
     options: WriteOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
-    let mut writer = Serializer::create(out, options)?;
+    // Written beside the target under a temporary name, checked, then renamed into place:
+    // a conversion that fails its check leaves the target as it was.
+    let staged = staging(out)?;
+    let mut writer = Serializer::create(&staged, options)?;
     for (i, t) in source.tensors().iter().enumerate() {
         writer.add_tensor(&t.name, t.dtype, &t.shape, source.view(i)?)?;
     }
@@ -56,7 +60,38 @@ pub fn to_plaid(
         writer.set_metadata(key, value)?;
     }
     writer.finish_with_progress(progress)?;
-    check(source, out)
+    check(source, &staged)?;
+    publish(staged, out)
+}
+
+/// A temporary path beside `out` (removed when dropped, unless published).
+fn staging(out: &Path) -> Result<tempfile::TempPath> {
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    tempfile::Builder::new()
+        .prefix(".plaid-convert.")
+        .suffix(".partial")
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+        .map(tempfile::NamedTempFile::into_temp_path)
+        .map_err(|e| Error::io(format!("creating a temporary file in {}", dir.display()), e))
+}
+
+/// Rename a checked file into place and make the rename durable.
+fn publish(staged: tempfile::TempPath, out: &Path) -> Result<()> {
+    let target = out.display().to_string();
+    staged
+        .persist(out)
+        .map_err(|e| Error::io(format!("writing {target}: renaming into place"), e.error))?;
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("writing {target}: fsync of the directory"), e))
 }
 
 /// Write every tensor and the metadata of `source` as a safetensors file at `out`
@@ -87,8 +122,26 @@ pub fn to_safetensors(
             ))
         })?;
         let mut shape = t.shape.clone();
-        if let Some(last) = shape.last_mut() {
-            *last *= per_unit;
+        if per_unit > 1 {
+            let widened = shape.last().and_then(|last| last.checked_mul(per_unit));
+            match (shape.last_mut(), widened) {
+                (Some(last), Some(w)) => *last = w,
+                _ => {
+                    return Err(Error::Unsupported(format!(
+                        "{}: tensor '{}' ({} {:?}) has no safetensors shape",
+                        source.name(),
+                        t.name,
+                        t.dtype,
+                        t.shape
+                    )))
+                }
+            }
+        }
+        if t.name == "__metadata__" {
+            return Err(Error::Unsupported(format!(
+                "{}: a tensor named '__metadata__' cannot be stored in safetensors",
+                source.name()
+            )));
         }
         header.insert(
             t.name.clone(),
@@ -102,17 +155,13 @@ pub fn to_safetensors(
     }
     let target = out.display().to_string();
     let fail = |what: &str, e: std::io::Error| Error::io(format!("writing {target}: {what}"), e);
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let temp = tempfile::Builder::new()
-        .prefix(".plaid-convert.")
-        .suffix(".partial")
-        .tempfile_in(dir)
-        .map_err(|e| fail("creating a temporary file", e))?;
+    let staged = staging(out)?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&staged)
+        .map_err(|e| fail("opening the temporary file", e))?;
     {
-        let mut w = std::io::BufWriter::with_capacity(8 << 20, temp.as_file());
+        let mut w = std::io::BufWriter::with_capacity(8 << 20, &file);
         w.write_all(&(text.len() as u64).to_le_bytes())
             .and_then(|()| w.write_all(&text))
             .map_err(|e| fail("header", e))?;
@@ -125,10 +174,10 @@ pub fn to_safetensors(
         }
         w.flush().map_err(|e| fail("flush", e))?;
     }
-    temp.as_file().sync_all().map_err(|e| fail("fsync", e))?;
-    temp.persist(out)
-        .map_err(|e| fail("renaming the temporary file into place", e.error))?;
-    check(source, out)
+    file.sync_all().map_err(|e| fail("fsync", e))?;
+    drop(file);
+    check(source, &staged)?;
+    publish(staged, out)
 }
 
 /// Open the written file (verifying it, where it has checksums) and compare every tensor

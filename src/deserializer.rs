@@ -275,7 +275,8 @@ impl Deserializer {
             let pending: Vec<usize> = (0..self.index.tensors.len())
                 .filter(|&i| !self.view_verified[i].load(Ordering::Acquire))
                 .collect();
-            pipeline::verify_mapped(self.name(), &self.index, bytes, &pending, &self.options)?;
+            pipeline::verify_mapped(self.name(), &self.index, bytes, &pending, &self.options)
+                .map_err(|e| self.mapped_error(e))?;
             self.source.check_mapped()?;
             for i in pending {
                 self.view_verified[i].store(true, Ordering::Release);
@@ -308,11 +309,25 @@ impl Deserializer {
                 )
             })?;
         if self.options.verify && !self.view_verified[index].load(Ordering::Acquire) {
-            pipeline::verify_range(self.name(), tensor, 0, range)?;
+            pipeline::verify_range(self.name(), tensor, 0, range)
+                .map_err(|e| self.mapped_error(e))?;
             self.view_verified[index].store(true, Ordering::Release);
         }
         self.source.check_mapped()?;
         Ok(range)
+    }
+
+    /// A verification error on mapped bytes, unless the file shrank under the mapping
+    /// (whose zeros made the checksums fail): then that is the error.
+    fn mapped_error(&self, e: Error) -> Error {
+        match self
+            .source
+            .check_mapped()
+            .and_then(|()| self.source.mapped().map(drop))
+        {
+            Err(shrank) => shrank,
+            Ok(()) => e,
+        }
     }
 
     fn mapped_bytes(&self) -> Result<&[u8]> {

@@ -33,14 +33,14 @@ pub unsafe extern "C" fn plaid_host_arena_tensor(
         out_ptr(nbytes, "nbytes")?;
         // SAFETY: per the contract.
         let arena = unsafe { handle(arena, "arena") }?;
-        let bytes = arena
+        let (ptr, len) = arena
             .inner
-            .tensor(index)
+            .tensor_ptr(index)
             .ok_or_else(|| Error::NotFound(format!("tensor #{index} is not in this arena")))?;
         // SAFETY: both checked non-NULL above and writable per the contract.
         unsafe {
-            *data = bytes.as_ptr().cast_mut().cast();
-            *nbytes = bytes.len() as u64;
+            *data = ptr.cast();
+            *nbytes = len as u64;
         }
         Ok(())
     })

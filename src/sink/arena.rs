@@ -98,6 +98,14 @@ impl HostArena {
         Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) })
     }
 
+    /// Address and length of tensor `index`, if it was loaded, without making a slice
+    /// (for the C API, which hands out a writable pointer).
+    pub(crate) fn tensor_ptr(&self, index: usize) -> Option<(*mut u8, usize)> {
+        let (start, len) = (*self.ranges.get(index)?)?;
+        // SAFETY: the range lies inside the allocation.
+        Some((unsafe { self.ptr.add(start) }, len))
+    }
+
     /// Every loaded tensor's buffer, by file index, for the pipeline to fill.
     pub(crate) fn buffers(&mut self) -> Vec<Option<&mut [u8]>> {
         // SAFETY: the ranges never overlap and lie inside the allocation; the slices

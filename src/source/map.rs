@@ -28,6 +28,9 @@ const SLOTS: usize = 256;
 struct Slot {
     /// Set while the slot is claimed (between `register` and `unregister`).
     claimed: AtomicBool,
+    /// Odd while `start` and `end` change; the handler trusts a range only when it read
+    /// the same even generation before and after it (a sequence lock).
+    generation: AtomicUsize,
     start: AtomicUsize,
     end: AtomicUsize,
     /// Set by the handler when it patched a page of this range.
@@ -37,6 +40,7 @@ struct Slot {
 #[allow(clippy::declare_interior_mutable_const)]
 const FREE: Slot = Slot {
     claimed: AtomicBool::new(false),
+    generation: AtomicUsize::new(0),
     start: AtomicUsize::new(0),
     end: AtomicUsize::new(0),
     damaged: AtomicBool::new(false),
@@ -84,10 +88,17 @@ extern "C" fn on_sigbus(
     context: *mut libc::c_void,
 ) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
-    let address = unsafe { (*info).si_addr() } as usize;
-    for slot in &GUARDED {
+    let (code, address) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    // Only a fault raised by the kernel (si_code > 0) has an address; a SIGBUS sent with
+    // kill() is never ours.
+    for slot in GUARDED.iter().filter(|_| code > 0) {
+        let before = slot.generation.load(Ordering::Acquire);
         let start = slot.start.load(Ordering::Acquire);
-        if start == 0 || address < start || address >= slot.end.load(Ordering::Acquire) {
+        let end = slot.end.load(Ordering::Acquire);
+        if before % 2 == 1 || slot.generation.load(Ordering::Acquire) != before {
+            continue;
+        }
+        if start == 0 || address < start || address >= end {
             continue;
         }
         let page = address & !(PAGE.load(Ordering::Relaxed) - 1);
@@ -128,9 +139,12 @@ extern "C" fn on_sigbus(
                 }
             }
             _ => {
+                // Take the default action now (a sent signal would not come back, and a
+                // fault would only come back once the instruction is retried).
                 let mut default: libc::sigaction = std::mem::zeroed();
                 default.sa_sigaction = libc::SIG_DFL;
                 libc::sigaction(libc::SIGBUS, &default, std::ptr::null_mut());
+                libc::raise(signal);
             }
         }
     }
@@ -168,9 +182,12 @@ impl Mapping {
                 .is_ok()
         })?;
         let start = map.as_ptr() as usize;
-        GUARDED[slot].damaged.store(false, Ordering::Relaxed);
-        GUARDED[slot].end.store(start + len, Ordering::Release);
-        GUARDED[slot].start.store(start, Ordering::Release);
+        let entry = &GUARDED[slot];
+        entry.generation.fetch_add(1, Ordering::AcqRel);
+        entry.damaged.store(false, Ordering::Relaxed);
+        entry.end.store(start + len, Ordering::Release);
+        entry.start.store(start, Ordering::Release);
+        entry.generation.fetch_add(1, Ordering::AcqRel);
         let _ = map.advise(Advice::Sequential);
         Some(Mapping { map, slot })
     }
@@ -243,8 +260,10 @@ impl Mapping {
 impl Drop for Mapping {
     fn drop(&mut self) {
         let slot = &GUARDED[self.slot];
+        slot.generation.fetch_add(1, Ordering::AcqRel);
         slot.start.store(0, Ordering::Release);
         slot.end.store(0, Ordering::Release);
+        slot.generation.fetch_add(1, Ordering::AcqRel);
         slot.claimed.store(false, Ordering::Release);
     }
 }
