@@ -13,7 +13,7 @@ use crate::deserializer::Deserializer;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::options::{ReadOptions, WriteOptions};
-use crate::serializer::Serializer;
+use crate::serializer::{parent_dir, sync_parent, Serializer};
 
 /// The safetensors name of `dtype`, and how many stored values one plaid element holds
 /// (2 for packed 4-bit floats).
@@ -66,10 +66,7 @@ pub fn to_plaid(
 
 /// A temporary path beside `out` (removed when dropped, unless published).
 fn staging(out: &Path) -> Result<tempfile::TempPath> {
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let dir = parent_dir(out);
     tempfile::Builder::new()
         .prefix(".plaid-convert.")
         .suffix(".partial")
@@ -85,13 +82,7 @@ fn publish(staged: tempfile::TempPath, out: &Path) -> Result<()> {
     staged
         .persist(out)
         .map_err(|e| Error::io(format!("writing {target}: renaming into place"), e.error))?;
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("writing {target}: fsync of the directory"), e))
+    sync_parent(out).map_err(|e| Error::io(format!("writing {target}: fsync of the directory"), e))
 }
 
 /// Write every tensor and the metadata of `source` as a safetensors file at `out`

@@ -66,7 +66,7 @@ impl Deserializer {
         let mut bytes = vec![0u8; index_file.len() as usize];
         index_file.read_at(0, &mut bytes)?;
         let shard_index = format::safetensors::parse_shard_index(index_file.name(), &bytes)?;
-        let dir = path.parent().unwrap_or(Path::new("."));
+        let dir = crate::serializer::parent_dir(path);
         let mut parts: Vec<Box<dyn Source>> = Vec::new();
         let mut indexes = Vec::new();
         for shard in &shard_index.shards {

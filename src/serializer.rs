@@ -79,10 +79,7 @@ impl<'a> Serializer<'a> {
                 return Err(Error::io(format!("creating {shown}"), e));
             }
         };
-        let dir = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = parent_dir(&target).to_path_buf();
         // The temporary name adds a dot, a random part and a suffix: keep it within the
         // 255 bytes file systems allow whatever the target's length.
         let mut stem = file_name.to_string_lossy().into_owned();
@@ -313,10 +310,15 @@ fn block_checksums(
     crcs
 }
 
-fn sync_parent(path: &Path) -> std::io::Result<()> {
-    let dir = match path.parent() {
+/// The directory holding `path` (`.` for a bare file name).
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
+    }
+}
+
+/// Make a rename in `path`'s directory durable.
+pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
+    File::open(parent_dir(path))?.sync_all()
 }

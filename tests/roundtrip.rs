@@ -5,7 +5,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{file_with_header, random_bytes, tensor, valid_header, Tensor};
+use common::{file_with_header, load_all, random_bytes, tensor, valid_header, Tensor};
 use plaid::format::proto;
 use plaid::source::{FailingSource, MemorySource};
 use plaid::{
@@ -22,19 +22,6 @@ fn write(path: &Path, tensors: &[Tensor], options: WriteOptions, metadata: &[(&s
         s.set_metadata(k, v).unwrap();
     }
     s.finish().unwrap();
-}
-
-/// Load every tensor into poisoned buffers and return them.
-fn load_all(d: &Deserializer) -> plaid::Result<Vec<Vec<u8>>> {
-    let mut buffers: Vec<Vec<u8>> = d
-        .tensors()
-        .iter()
-        .map(|t| vec![0xA5; t.nbytes as usize])
-        .collect();
-    let mut slots: Vec<Option<&mut [u8]>> =
-        buffers.iter_mut().map(|b| Some(b.as_mut_slice())).collect();
-    d.load(&mut |t: &TensorInfo| Ok(Destination::Host(slots[t.index].take().unwrap())))?;
-    Ok(buffers)
 }
 
 fn mixed_model() -> Vec<Tensor> {

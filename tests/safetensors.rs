@@ -4,7 +4,7 @@
 mod common;
 
 use common::random_bytes;
-use plaid::{DType, Deserializer, Destination, Error, Format, ReadOptions, TensorInfo};
+use plaid::{DType, Deserializer, Error, Format, ReadOptions};
 use serde_json::json;
 
 /// A safetensors file: the 8-byte length, `header` as JSON padded with spaces to a
@@ -29,16 +29,7 @@ fn open(bytes: Vec<u8>) -> plaid::Result<Deserializer> {
 }
 
 fn load_all(d: &Deserializer) -> Vec<Vec<u8>> {
-    let mut buffers: Vec<Vec<u8>> = d
-        .tensors()
-        .iter()
-        .map(|t| vec![0xA5; t.nbytes as usize])
-        .collect();
-    let mut slots: Vec<Option<&mut [u8]>> =
-        buffers.iter_mut().map(|b| Some(b.as_mut_slice())).collect();
-    d.load(&mut |t: &TensorInfo| Ok(Destination::Host(slots[t.index].take().unwrap())))
-        .unwrap();
-    buffers
+    common::load_all(d).unwrap()
 }
 
 #[test]

@@ -7,7 +7,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use plaid::{DType, Deserializer, Destination, ReadOptions, Serializer, TensorInfo, WriteOptions};
+use plaid::{
+    DType, Deserializer, Destination, HostArena, ReadOptions, Serializer, TensorInfo, WriteOptions,
+};
 
 use crate::{fill_random, gbps, human, synthetic_model};
 
@@ -83,66 +85,6 @@ fn time(rounds: usize, mut f: impl FnMut() -> plaid::Result<()>) -> plaid::Resul
             Ok(started.elapsed())
         })
         .collect()
-}
-
-/// One fresh, untouched allocation of `len` bytes (pages are faulted in by whoever
-/// writes them first), optionally asking for transparent huge pages.
-struct Arena {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Arena {
-    fn new(len: usize, huge: bool) -> plaid::Result<Arena> {
-        let len = len.max(1);
-        // SAFETY: an anonymous private mapping; checked for failure below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io(std::io::Error::last_os_error()));
-        }
-        if huge {
-            // SAFETY: advice on the mapping just made.
-            unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
-        }
-        Ok(Arena {
-            ptr: ptr.cast(),
-            len,
-        })
-    }
-
-    /// Split into one slice per size, each starting at a 64-byte boundary.
-    fn split(&mut self, sizes: &[usize]) -> Vec<&mut [u8]> {
-        // SAFETY: the mapping is readable and writable for `len` bytes while `self` lives.
-        let mut rest = unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) };
-        let mut out = Vec::with_capacity(sizes.len());
-        for &n in sizes {
-            let skip = rest.as_ptr().align_offset(64).min(rest.len());
-            let (head, tail) = std::mem::take(&mut rest)[skip..].split_at_mut(n);
-            out.push(head);
-            rest = tail;
-        }
-        out
-    }
-
-    fn capacity_for(sizes: &[usize]) -> usize {
-        sizes.iter().map(|n| n + 64).sum()
-    }
-}
-
-impl Drop for Arena {
-    fn drop(&mut self) {
-        // SAFETY: unmapping the mapping made in `new`.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
 }
 
 /// Resident memory now and at its peak since the last reset, in bytes (Linux).
@@ -363,13 +305,15 @@ pub(crate) fn bench(
         );
 
         // Fresh allocations: what a load_file-style call sees, page faults included.
-        let capacity = Arena::capacity_for(&model.sizes);
+        let sizes: Vec<Option<u64>> = model.sizes.iter().map(|&n| Some(n as u64)).collect();
         for huge in [false, true] {
             let pages = if huge { "huge pages" } else { "4 KiB pages" };
             let times = time(rounds, || {
-                let mut arena = Arena::new(capacity, huge)?;
-                for (dst, src) in arena.split(&model.sizes).into_iter().zip(&source) {
-                    dst.copy_from_slice(src);
+                let mut arena = HostArena::allocate(&sizes, huge)?;
+                for (i, src) in source.iter().enumerate() {
+                    if let Some(dst) = arena.tensor_mut(i) {
+                        dst.copy_from_slice(src);
+                    }
                 }
                 Ok(())
             })?;

@@ -214,14 +214,23 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
             t
         })
         .collect();
-    Ok(Index {
+    Ok(safetensors_index(tensors, metadata, file_len))
+}
+
+/// A safetensors index: no version, no alignment.
+fn safetensors_index(
+    tensors: Vec<TensorInfo>,
+    metadata: BTreeMap<String, String>,
+    len: u64,
+) -> Index {
+    Index {
         format: Format::Safetensors,
         version: 0,
         tensors,
         metadata,
         alignment: 1,
-        file_length: file_len,
-    })
+        file_length: len,
+    }
 }
 
 /// Largest `model.safetensors.index.json` read.
@@ -343,12 +352,5 @@ pub fn join_shards(
             ),
         ));
     }
-    Ok(Index {
-        format: Format::Safetensors,
-        version: 0,
-        tensors,
-        metadata,
-        alignment: 1,
-        file_length: total_len,
-    })
+    Ok(safetensors_index(tensors, metadata, total_len))
 }

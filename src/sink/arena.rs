@@ -39,14 +39,26 @@ impl HostArena {
         wanted: &[bool],
         huge_pages: bool,
     ) -> Result<HostArena> {
-        let mut ranges = Vec::with_capacity(tensors.len());
+        let sizes: Vec<Option<u64>> = tensors
+            .iter()
+            .zip(wanted)
+            .map(|(t, &want)| want.then_some(t.nbytes))
+            .collect();
+        HostArena::allocate(&sizes, huge_pages)
+    }
+
+    /// One untouched allocation holding a buffer of each given size (`None`: no buffer at
+    /// that position), each 64-byte aligned, on transparent huge pages if `huge_pages`.
+    /// Buffer `i` is [`HostArena::tensor_mut`]`(i)`.
+    pub fn allocate(sizes: &[Option<u64>], huge_pages: bool) -> Result<HostArena> {
+        let mut ranges = Vec::with_capacity(sizes.len());
         let mut cursor = 0usize;
-        for (t, &want) in tensors.iter().zip(wanted) {
-            if !want {
+        for &size in sizes {
+            let Some(size) = size else {
                 ranges.push(None);
                 continue;
-            }
-            let len = usize::try_from(t.nbytes).map_err(Error::invalid)?;
+            };
+            let len = usize::try_from(size).map_err(Error::invalid)?;
             let start = cursor.next_multiple_of(ARENA_ALIGN);
             cursor = start
                 .checked_add(len)

@@ -219,15 +219,16 @@ impl Source for FileSource {
             if offset % DIRECT_ALIGN as u64 == 0 && self.read_direct(direct, offset, buf)? {
                 return Ok(());
             }
-        } else if self.copy_from_map && buf.len() >= MAP_COPY_MIN {
-            if let Some((map, start)) = self.mapped_range(offset, buf.len()) {
-                buf.copy_from_slice(&map.bytes()[start..start + buf.len()]);
-                map.release(start, buf.len());
-                if !map.damaged() && self.still_reaches(offset + buf.len() as u64) {
-                    return Ok(());
-                }
-                // Some page was past the end of the file: read again what it holds now,
-                // which reports the truncation with the offset where the data ends.
+        } else {
+            let len = buf.len();
+            let mut copy = |bytes: &[u8]| {
+                buf.copy_from_slice(bytes);
+                Ok(())
+            };
+            // `None` also when the file shrank under the mapping: reading it again then
+            // reports the truncation with the offset where the data ends.
+            if let Some(done) = self.with_bytes(offset, len, &mut copy) {
+                return done;
             }
         }
         self.read_buffered(offset, buf)

@@ -73,3 +73,18 @@ pub fn valid_header(n: u64, data: &[u8]) -> proto::Header {
         writer: "test".into(),
     }
 }
+
+/// Load every tensor of `d` into buffers poisoned with 0xA5 and return them.
+pub fn load_all(d: &plaid::Deserializer) -> plaid::Result<Vec<Vec<u8>>> {
+    let mut buffers: Vec<Vec<u8>> = d
+        .tensors()
+        .iter()
+        .map(|t| vec![0xA5; t.nbytes as usize])
+        .collect();
+    let mut slots: Vec<Option<&mut [u8]>> =
+        buffers.iter_mut().map(|b| Some(b.as_mut_slice())).collect();
+    d.load(&mut |t: &plaid::TensorInfo| {
+        Ok(plaid::Destination::Host(slots[t.index].take().unwrap()))
+    })?;
+    Ok(buffers)
+}
