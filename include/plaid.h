@@ -37,6 +37,11 @@
 #define PLAID_FORMAT_SAFETENSORS 2
 
 /**
+ * File format: CoreWeave tensorizer's `.tensors` (versions 1 to 5).
+ */
+#define PLAID_FORMAT_TENSORIZER 3
+
+/**
  * Boolean, one byte.
  */
 #define PLAID_DTYPE_BOOL 1
@@ -162,6 +167,26 @@
 #define PLAID_DEST_CUDA 2
 
 /**
+ * Tensor role: the file does not say.
+ */
+#define PLAID_ROLE_UNSPECIFIED 0
+
+/**
+ * Tensor role: a module parameter.
+ */
+#define PLAID_ROLE_PARAM 1
+
+/**
+ * Tensor role: a module buffer.
+ */
+#define PLAID_ROLE_BUFFER 2
+
+/**
+ * Tensor role: an entry of a state dict.
+ */
+#define PLAID_ROLE_STATE_DICT 3
+
+/**
  * Major release version.
  */
 #define PLAID_VERSION_MAJOR 0
@@ -186,6 +211,21 @@
  * Most metadata entries in one file.
  */
 #define MAX_METADATA_ENTRIES (1 << 16)
+
+/**
+ * Bytes before the metadata block.
+ */
+#define FILE_HEADER_LEN 73
+
+/**
+ * The newest format version tensorizer has written.
+ */
+#define MAX_VERSION 5
+
+/**
+ * The metadata block every tensorizer writer reserves.
+ */
+#define STANDARD_METADATA_LEN 262144
 
 /**
  * Alignment of each tensor inside an arena.
@@ -264,6 +304,32 @@ typedef struct plaid_tensor_info {
    * Position in the file's tensor list (the index for `plaid_deserializer_tensor`).
    */
   size_t index;
+  /**
+   * What the tensor was to the model that wrote it: a `PLAID_ROLE_*` value
+   * (`PLAID_ROLE_UNSPECIFIED` where the file does not say).
+   */
+  uint32_t role;
+  /**
+   * Index of the owning module in the writer's module walk (tensorizer's
+   * `module_idx`); 0 where the file does not say.
+   */
+  uint32_t module_index;
+  /**
+   * For a tensor stored under a nested structure (tensorizer's structured names): its
+   * path as a NUL-terminated compact JSON array of strings and non-negative integers,
+   * e.g. `["model","layers",0,"w"]`; `name` is then the components joined by dots.
+   * NULL for a tensor with a plain name.
+   */
+  const char *path;
+  /**
+   * Length of `path` in bytes, without the NUL; 0 when `path` is NULL.
+   */
+  size_t path_len;
+  /**
+   * Non-zero when the file stores no bytes for this tensor (a tensorizer meta tensor):
+   * it loads as `nbytes` zeros.
+   */
+  uint32_t zero_fill;
 } plaid_tensor_info;
 
 /**
@@ -408,7 +474,7 @@ extern "C" {
 
 /**
  * Open the file at `source` (a UTF-8 path) and read and validate its header; no tensor
- * data is read yet. The format (plaid or safetensors) is detected from the first bytes,
+ * data is read yet. The format (plaid, safetensors or tensorizer) is detected from the first bytes,
  * never from the name; `plaid_deserializer_format` tells which. A sharded safetensors
  * checkpoint opens through its `model.safetensors.index.json` as one model. `options` may be NULL
  * for defaults and may be freed after this call.
@@ -417,7 +483,8 @@ extern "C" {
  *
  * Returns `PLAID_ERR_IO` if the file cannot be opened, `PLAID_ERR_FORMAT` for a bad
  * magic, a damaged header or a truncated file (the message gives the offset),
- * `PLAID_ERR_UNSUPPORTED` for a newer format version or an unknown dtype.
+ * `PLAID_ERR_UNSUPPORTED` for a newer format version, an unknown dtype or an encrypted
+ * tensorizer file.
  *
  * # Safety
  * `source` is NULL or NUL-terminated; `options` NULL or a live handle; `out` NULL or

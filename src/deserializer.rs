@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 use crate::format::{self, Format, Index, TensorInfo};
@@ -22,6 +23,9 @@ pub struct Deserializer {
     options: ReadOptions,
     /// Tensors whose zero-copy view has been verified.
     view_verified: Vec<AtomicBool>,
+    /// Zero pages that views of zero-filled tensors point into (mapped on first use; they
+    /// cost no memory).
+    zeros: OnceLock<memmap2::Mmap>,
 }
 
 impl std::fmt::Debug for Deserializer {
@@ -113,6 +117,7 @@ impl Deserializer {
             by_name,
             options,
             view_verified,
+            zeros: OnceLock::new(),
         }
     }
 
@@ -296,6 +301,14 @@ impl Deserializer {
         let tensor = self
             .tensor(index)
             .ok_or_else(|| Error::NotFound(format!("{}: no tensor #{index}", self.name())))?;
+        if tensor.zero_fill {
+            let zeros = self.zero_pages()?;
+            if self.options.verify && !self.view_verified[index].load(Ordering::Acquire) {
+                pipeline::verify_range(self.name(), tensor, 0, &[])?;
+                self.view_verified[index].store(true, Ordering::Release);
+            }
+            return Ok(&zeros[..tensor.nbytes as usize]);
+        }
         let bytes = self.mapped_bytes()?;
         let range = usize::try_from(tensor.offset)
             .ok()
@@ -328,6 +341,34 @@ impl Deserializer {
             Err(shrank) => shrank,
             Ok(()) => e,
         }
+    }
+
+    /// Read-only zero pages as long as the largest zero-filled tensor.
+    fn zero_pages(&self) -> Result<&[u8]> {
+        if let Some(map) = self.zeros.get() {
+            return Ok(map);
+        }
+        let len = self
+            .index
+            .tensors
+            .iter()
+            .filter(|t| t.zero_fill)
+            .map(|t| t.nbytes)
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let len = usize::try_from(len).map_err(|_| {
+            Error::Unsupported(format!(
+                "{}: a zero-filled tensor is too large to map",
+                self.name()
+            ))
+        })?;
+        let map = memmap2::MmapOptions::new()
+            .len(len)
+            .map_anon()
+            .and_then(memmap2::MmapMut::make_read_only)
+            .map_err(|e| Error::io(format!("{}: mapping zero pages", self.name()), e))?;
+        Ok(self.zeros.get_or_init(|| map))
     }
 
     fn mapped_bytes(&self) -> Result<&[u8]> {

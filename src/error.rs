@@ -54,6 +54,19 @@ pub enum Error {
         /// The checksum of the bytes read.
         actual: u32,
     },
+    /// A tensor's bytes did not match a hash stored for the whole tensor (tensorizer's
+    /// CRC-32 and SHA-256).
+    #[error("{file}: checksum mismatch in tensor '{tensor}' at file offset {offset} ({detail})")]
+    HashMismatch {
+        /// The file.
+        file: String,
+        /// The tensor whose data (or header) is damaged.
+        tensor: String,
+        /// File offset of the tensor's data.
+        offset: u64,
+        /// Which hash failed, with the stored and computed values.
+        detail: String,
+    },
     /// A destination is smaller than the tensor placed into it.
     #[error("tensor '{tensor}' needs {needed} bytes but its destination holds {capacity}")]
     Capacity {

@@ -48,7 +48,7 @@ pub mod source;
 pub use deserializer::Deserializer;
 pub use dtype::DType;
 pub use error::{Error, Result};
-pub use format::{Format, TensorInfo};
+pub use format::{Format, TensorInfo, TensorOrigin, TensorRole};
 pub use options::{ReadOptions, WriteOptions};
 pub use pipeline::{LoadStats, Progress, ProgressFn};
 pub use serializer::{Serializer, WriteStats};

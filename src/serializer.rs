@@ -15,6 +15,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::format::checksum::crc32c;
 use crate::format::plaid::{self, check_text, PlannedTensor, MAX_RANK, MAX_TENSORS};
+use crate::format::{flatten_path, TensorOrigin};
 use crate::options::WriteOptions;
 
 /// What a finished write did.
@@ -38,6 +39,7 @@ struct PendingTensor<'a> {
     dtype: DType,
     shape: Vec<u64>,
     data: &'a [u8],
+    origin: TensorOrigin,
 }
 
 /// Collects tensors (borrowed, not copied) and metadata, then writes them in one go.
@@ -111,7 +113,30 @@ impl<'a> Serializer<'a> {
         shape: &[u64],
         data: &'a [u8],
     ) -> Result<()> {
+        self.add_tensor_with_origin(name, dtype, shape, data, TensorOrigin::default())
+    }
+
+    /// [`Serializer::add_tensor`], recording where the tensor came from (its role, module
+    /// index and path, as tensorizer files carry them). A path must be a JSON array of
+    /// strings and non-negative integers whose components, joined by dots, are `name`.
+    pub fn add_tensor_with_origin(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        data: &'a [u8],
+        origin: TensorOrigin,
+    ) -> Result<()> {
         check_text(name, "tensor name").map_err(Error::invalid)?;
+        if let Some(path) = &origin.path {
+            check_text(path, "tensor path").map_err(Error::invalid)?;
+            let flat = flatten_path(path).map_err(Error::invalid)?;
+            if flat != name {
+                return Err(Error::invalid(format!(
+                    "tensor '{name}': its path {path} names '{flat}'"
+                )));
+            }
+        }
         if self.names.contains(name) {
             return Err(Error::invalid(format!("tensor '{name}' was already added")));
         }
@@ -141,6 +166,7 @@ impl<'a> Serializer<'a> {
             dtype,
             shape: shape.to_vec(),
             data,
+            origin,
         });
         Ok(())
     }
@@ -185,6 +211,9 @@ impl<'a> Serializer<'a> {
                     shape: t.shape.clone(),
                     nbytes: t.data.len() as u64,
                     block_crc32c,
+                    role: t.origin.role,
+                    module_index: t.origin.module_index,
+                    path: t.origin.path.clone(),
                 })
                 .collect()
         };

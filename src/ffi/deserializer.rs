@@ -20,8 +20,9 @@ pub struct plaid_deserializer {
     inner: Deserializer,
     /// Lent to C; they point into `names` and into the core's shape vectors.
     infos: Vec<plaid_tensor_info>,
-    /// Keep the NUL-terminated names alive.
+    /// Keep the NUL-terminated names and paths alive.
     _names: Vec<CString>,
+    _paths: Vec<Option<CString>>,
     metadata: Vec<(CString, CString)>,
     progress: Option<CallbackProgress>,
 }
@@ -40,11 +41,17 @@ impl plaid_deserializer {
             .iter()
             .map(|t| text(&t.name))
             .collect::<Result<Vec<_>>>()?;
+        let paths = inner
+            .tensors()
+            .iter()
+            .map(|t| t.path.as_deref().map(text).transpose())
+            .collect::<Result<Vec<_>>>()?;
         let infos = inner
             .tensors()
             .iter()
             .zip(&names)
-            .map(|(t, name)| plaid_tensor_info {
+            .zip(&paths)
+            .map(|((t, name), path)| plaid_tensor_info {
                 name: name.as_ptr(),
                 name_len: t.name.len(),
                 dtype: t.dtype.id(),
@@ -56,6 +63,11 @@ impl plaid_deserializer {
                 },
                 nbytes: t.nbytes,
                 index: t.index,
+                role: t.role.id(),
+                module_index: t.module_index,
+                path: path.as_ref().map_or(std::ptr::null(), |p| p.as_ptr()),
+                path_len: t.path.as_ref().map_or(0, String::len),
+                zero_fill: u32::from(t.zero_fill),
             })
             .collect();
         let metadata = inner
@@ -67,6 +79,7 @@ impl plaid_deserializer {
             inner,
             infos,
             _names: names,
+            _paths: paths,
             metadata,
             progress: None,
         })
@@ -74,7 +87,7 @@ impl plaid_deserializer {
 }
 
 /// Open the file at `source` (a UTF-8 path) and read and validate its header; no tensor
-/// data is read yet. The format (plaid or safetensors) is detected from the first bytes,
+/// data is read yet. The format (plaid, safetensors or tensorizer) is detected from the first bytes,
 /// never from the name; `plaid_deserializer_format` tells which. A sharded safetensors
 /// checkpoint opens through its `model.safetensors.index.json` as one model. `options` may be NULL
 /// for defaults and may be freed after this call.
@@ -83,7 +96,8 @@ impl plaid_deserializer {
 ///
 /// Returns `PLAID_ERR_IO` if the file cannot be opened, `PLAID_ERR_FORMAT` for a bad
 /// magic, a damaged header or a truncated file (the message gives the offset),
-/// `PLAID_ERR_UNSUPPORTED` for a newer format version or an unknown dtype.
+/// `PLAID_ERR_UNSUPPORTED` for a newer format version, an unknown dtype or an encrypted
+/// tensorizer file.
 ///
 /// # Safety
 /// `source` is NULL or NUL-terminated; `options` NULL or a live handle; `out` NULL or
@@ -112,6 +126,8 @@ pub unsafe extern "C" fn plaid_deserializer_open(
 pub const PLAID_FORMAT_PLAID: u32 = 1;
 /// File format: Hugging Face safetensors.
 pub const PLAID_FORMAT_SAFETENSORS: u32 = 2;
+/// File format: CoreWeave tensorizer's `.tensors` (versions 1 to 5).
+pub const PLAID_FORMAT_TENSORIZER: u32 = 3;
 
 /// The format `plaid_deserializer_open` detected from the file's first bytes (never from
 /// its name): a `PLAID_FORMAT_*` value, or 0 for a NULL handle.

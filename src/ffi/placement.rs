@@ -33,7 +33,32 @@ pub struct plaid_tensor_info {
     pub nbytes: u64,
     /// Position in the file's tensor list (the index for `plaid_deserializer_tensor`).
     pub index: usize,
+    /// What the tensor was to the model that wrote it: a `PLAID_ROLE_*` value
+    /// (`PLAID_ROLE_UNSPECIFIED` where the file does not say).
+    pub role: u32,
+    /// Index of the owning module in the writer's module walk (tensorizer's
+    /// `module_idx`); 0 where the file does not say.
+    pub module_index: u32,
+    /// For a tensor stored under a nested structure (tensorizer's structured names): its
+    /// path as a NUL-terminated compact JSON array of strings and non-negative integers,
+    /// e.g. `["model","layers",0,"w"]`; `name` is then the components joined by dots.
+    /// NULL for a tensor with a plain name.
+    pub path: *const c_char,
+    /// Length of `path` in bytes, without the NUL; 0 when `path` is NULL.
+    pub path_len: usize,
+    /// Non-zero when the file stores no bytes for this tensor (a tensorizer meta tensor):
+    /// it loads as `nbytes` zeros.
+    pub zero_fill: u32,
 }
+
+/// Tensor role: the file does not say.
+pub const PLAID_ROLE_UNSPECIFIED: u32 = 0;
+/// Tensor role: a module parameter.
+pub const PLAID_ROLE_PARAM: u32 = 1;
+/// Tensor role: a module buffer.
+pub const PLAID_ROLE_BUFFER: u32 = 2;
+/// Tensor role: an entry of a state dict.
+pub const PLAID_ROLE_STATE_DICT: u32 = 3;
 
 /// Where a tensor goes: zeroed by the library, filled in by the placement callback.
 #[repr(C)]

@@ -41,7 +41,7 @@ pub(crate) fn status_of(error: &Error) -> plaid_status {
         Error::Io { .. } => PLAID_ERR_IO,
         Error::Format { .. } => PLAID_ERR_FORMAT,
         Error::Unsupported(_) => PLAID_ERR_UNSUPPORTED,
-        Error::Checksum { .. } => PLAID_ERR_CHECKSUM,
+        Error::Checksum { .. } | Error::HashMismatch { .. } => PLAID_ERR_CHECKSUM,
         Error::Capacity { .. } => PLAID_ERR_CAPACITY,
         Error::Cancelled(_) => PLAID_ERR_CANCELLED,
         Error::NotFound(_) => PLAID_ERR_NOT_FOUND,

@@ -18,6 +18,55 @@ pub fn copy_crc32c(dst: &mut [u8], src: &[u8]) -> u32 {
     digest.finalize() as u32
 }
 
+/// CRC-32 (IEEE, as zlib) and SHA-256 of a byte stream, each only where wanted.
+#[derive(Clone)]
+pub struct WholeHasher {
+    crc32: Option<crc_fast::Digest>,
+    sha256: Option<sha2::Sha256>,
+}
+
+impl WholeHasher {
+    /// A hasher computing the hashes `checksum` stores.
+    pub fn new(checksum: &super::Checksum) -> Self {
+        let (crc, sha) = match checksum {
+            super::Checksum::WholeTensor { crc32, sha256, .. } => {
+                (crc32.is_some(), sha256.is_some())
+            }
+            _ => (false, false),
+        };
+        WholeHasher::with(crc, sha)
+    }
+
+    /// A hasher computing the CRC-32 and/or the SHA-256.
+    pub fn with(crc32: bool, sha256: bool) -> Self {
+        use sha2::Digest;
+        WholeHasher {
+            crc32: crc32.then(|| crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32IsoHdlc)),
+            sha256: sha256.then(sha2::Sha256::new),
+        }
+    }
+
+    /// Feed the next bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        use sha2::Digest;
+        if let Some(crc) = &mut self.crc32 {
+            crc.update(data);
+        }
+        if let Some(sha) = &mut self.sha256 {
+            sha.update(data);
+        }
+    }
+
+    /// The CRC-32 and SHA-256 of everything fed.
+    pub fn finish(self) -> (Option<u32>, Option<[u8; 32]>) {
+        use sha2::Digest;
+        (
+            self.crc32.map(|c| c.finalize() as u32),
+            self.sha256.map(|s| s.finalize().into()),
+        )
+    }
+}
+
 /// Number of `block_size` blocks covering `len` bytes.
 pub fn block_count(len: u64, block_size: u64) -> u64 {
     len.div_ceil(block_size)
@@ -38,6 +87,17 @@ mod tests {
         // The CRC-32C check value from the CRC catalogue.
         assert_eq!(crc32c(b"123456789"), 0xE306_9283);
         assert_eq!(crc32c(b""), 0);
+        // CRC-32 (zlib) and SHA-256 check values.
+        let mut h = WholeHasher::with(true, true);
+        h.update(b"1234");
+        h.update(b"56789");
+        let (crc, sha) = h.finish();
+        assert_eq!(crc, Some(0xCBF4_3926));
+        assert_eq!(
+            sha.unwrap()[..4],
+            [0x15, 0xe2, 0xb0, 0xd3],
+            "sha256(\"123456789\") starts 15e2b0d3"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod checksum;
 pub mod plaid;
 pub mod safetensors;
+pub mod tensorizer;
 
 /// Types generated from `proto/plaid.proto`.
 #[allow(missing_docs, clippy::all)]
@@ -15,7 +16,7 @@ pub mod proto {
 use std::collections::BTreeMap;
 
 use crate::dtype::DType;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::source::Source;
 
 /// One tensor as a reader found it.
@@ -36,6 +37,134 @@ pub struct TensorInfo {
     pub offset: u64,
     /// How the data is verified.
     pub checksum: Checksum,
+    /// The file stores no bytes for this tensor (a tensorizer meta tensor): it loads as
+    /// `nbytes` zeros, and `offset` is where its data would start.
+    pub zero_fill: bool,
+    /// What the tensor was to the model that wrote it, where the file says.
+    pub role: TensorRole,
+    /// Index of the owning module in the writer's module walk (tensorizer's
+    /// `module_idx`); 0 where the file does not say.
+    pub module_index: u32,
+    /// The tensor's place in a nested structure, as a compact JSON array of strings and
+    /// non-negative integers (`["model","layers",0,"w"]`), for files that store one
+    /// (tensorizer's structured names); `name` is then its components joined by dots.
+    pub path: Option<String>,
+}
+
+impl TensorInfo {
+    /// Bytes the file stores for this tensor: `nbytes`, or 0 for a zero-filled tensor.
+    pub fn stored_len(&self) -> u64 {
+        if self.zero_fill {
+            0
+        } else {
+            self.nbytes
+        }
+    }
+}
+
+/// What a writer records about where a tensor came from: [`TensorInfo`]'s `role`,
+/// `module_index` and `path`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TensorOrigin {
+    /// What the tensor was to the model.
+    pub role: TensorRole,
+    /// Index of the owning module in the writer's module walk.
+    pub module_index: u32,
+    /// Its place in a nested structure, as a compact JSON array (see [`TensorInfo::path`]).
+    pub path: Option<String>,
+}
+
+impl TensorOrigin {
+    /// An origin with this role, module index and path.
+    pub fn new(role: TensorRole, module_index: u32, path: Option<String>) -> Self {
+        TensorOrigin {
+            role,
+            module_index,
+            path,
+        }
+    }
+}
+
+impl TensorInfo {
+    /// The tensor's role, module index and path together.
+    pub fn origin(&self) -> TensorOrigin {
+        TensorOrigin::new(self.role, self.module_index, self.path.clone())
+    }
+}
+
+/// The dotted name of a path given as a JSON array of strings and non-negative integers
+/// (`["model","layers",0,"w"]` is `model.layers.0.w`).
+pub fn flatten_path(json: &str) -> std::result::Result<String, String> {
+    let bad = |why: &str| format!("path '{}' {why}", json.escape_debug());
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| bad(&format!("is not JSON: {e}")))?;
+    let parts = value
+        .as_array()
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| bad("is not a non-empty JSON array"))?;
+    let mut flat = Vec::with_capacity(parts.len());
+    for part in parts {
+        match part {
+            serde_json::Value::String(s) => flat.push(s.clone()),
+            serde_json::Value::Number(n) if n.is_u64() => flat.push(n.to_string()),
+            _ => {
+                return Err(bad(
+                    "holds a component that is neither a string nor an index",
+                ))
+            }
+        }
+    }
+    Ok(flat.join("."))
+}
+
+/// What a tensor was to the model that wrote it (tensorizer's tensor type). The numbers
+/// are the C API's `PLAID_ROLE_*` constants.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TensorRole {
+    /// The file does not say.
+    #[default]
+    Unspecified,
+    /// A module parameter (`nn.Parameter`).
+    Param,
+    /// A module buffer.
+    Buffer,
+    /// An entry of a state dict.
+    StateDict,
+}
+
+impl TensorRole {
+    /// The stable number (`PLAID_ROLE_*`).
+    pub const fn id(self) -> u32 {
+        match self {
+            TensorRole::Unspecified => 0,
+            TensorRole::Param => 1,
+            TensorRole::Buffer => 2,
+            TensorRole::StateDict => 3,
+        }
+    }
+
+    /// The role with this number.
+    pub fn from_id(id: u32) -> Option<TensorRole> {
+        Some(match id {
+            0 => TensorRole::Unspecified,
+            1 => TensorRole::Param,
+            2 => TensorRole::Buffer,
+            3 => TensorRole::StateDict,
+            _ => return None,
+        })
+    }
+
+    /// A short name for messages and the CLI.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TensorRole::Unspecified => "unspecified",
+            TensorRole::Param => "param",
+            TensorRole::Buffer => "buffer",
+            TensorRole::StateDict => "state_dict",
+        }
+    }
 }
 
 /// How a tensor's bytes are verified.
@@ -51,6 +180,17 @@ pub enum Checksum {
         /// One CRC per block.
         crcs: Vec<u32>,
     },
+    /// tensorizer's per-tensor hashes: CRC-32 (IEEE) and/or SHA-256 of `prefix` (the
+    /// tensor's header with the hash values zeroed) followed by all of the tensor's stored
+    /// bytes. Verifying needs the whole tensor, read in order.
+    WholeTensor {
+        /// Bytes hashed before the data.
+        prefix: std::sync::Arc<[u8]>,
+        /// Stored CRC-32, if any.
+        crc32: Option<u32>,
+        /// Stored SHA-256, if any.
+        sha256: Option<[u8; 32]>,
+    },
 }
 
 impl Checksum {
@@ -60,7 +200,13 @@ impl Checksum {
         match self {
             Checksum::None => None,
             Checksum::Crc32cBlocks { block_size, .. } => Some(*block_size),
+            Checksum::WholeTensor { .. } => None,
         }
+    }
+
+    /// Whether verifying needs all of a tensor's bytes in order, in one piece of work.
+    pub fn whole_tensor(&self) -> bool {
+        matches!(self, Checksum::WholeTensor { .. })
     }
 }
 
@@ -72,6 +218,8 @@ pub enum Format {
     Plaid,
     /// Hugging Face safetensors.
     Safetensors,
+    /// CoreWeave tensorizer's `.tensors`.
+    Tensorizer,
 }
 
 impl Format {
@@ -80,6 +228,7 @@ impl Format {
         match self {
             Format::Plaid => 1,
             Format::Safetensors => 2,
+            Format::Tensorizer => 3,
         }
     }
 
@@ -88,6 +237,7 @@ impl Format {
         match self {
             Format::Plaid => "plaid",
             Format::Safetensors => "safetensors",
+            Format::Tensorizer => "tensorizer",
         }
     }
 }
@@ -133,11 +283,22 @@ impl FormatReader for SafetensorsReader {
     }
 }
 
-/// Every format plaid reads, in the order they are tried.
-pub static READERS: &[&dyn FormatReader] = &[&PlaidReader, &SafetensorsReader];
+struct TensorizerReader;
 
-/// tensorizer's magic, recognised so that its files get a clear message.
-const TENSORIZER_MAGIC: &[u8] = b"|TZR|";
+impl FormatReader for TensorizerReader {
+    fn format(&self) -> Format {
+        Format::Tensorizer
+    }
+    fn sniff(&self, prefix: &[u8], _file_len: u64) -> bool {
+        prefix.starts_with(tensorizer::MAGIC)
+    }
+    fn read_index(&self, source: &dyn Source) -> Result<Index> {
+        tensorizer::read_index(source)
+    }
+}
+
+/// Every format plaid reads, in the order they are tried.
+pub static READERS: &[&dyn FormatReader] = &[&PlaidReader, &SafetensorsReader, &TensorizerReader];
 
 /// Detect the format of `source` from its first bytes (never from its name) and read
 /// its header.
@@ -146,12 +307,6 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
     source.read_at(0, &mut prefix)?;
     if let Some(reader) = READERS.iter().find(|r| r.sniff(&prefix, source.len())) {
         return reader.read_index(source);
-    }
-    if prefix.starts_with(TENSORIZER_MAGIC) {
-        return Err(Error::Unsupported(format!(
-            "{}: a tensorizer file; this build of plaid does not read tensorizer files yet",
-            source.name()
-        )));
     }
     // Not recognised: report what plaid's own reader finds wrong (a bad magic, or a file
     // too short), which names the offset.

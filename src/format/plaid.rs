@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use prost::Message;
 
 use super::checksum::{block_count, crc32c};
-use super::{proto, Checksum, Format, Index, TensorInfo};
+use super::{proto, Checksum, Format, Index, TensorInfo, TensorRole};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::source::Source;
@@ -311,6 +311,11 @@ fn validate(header: proto::Header, header_end: u64, file_len: u64, file: &str) -
                 ),
             );
         }
+        if !t.path.is_empty() {
+            if let Err(detail) = check_text(&t.path, "tensor path") {
+                return tensor_fail(at, detail);
+            }
+        }
         previous_end = end;
         tensors.push(TensorInfo {
             name,
@@ -323,6 +328,10 @@ fn validate(header: proto::Header, header_end: u64, file_len: u64, file: &str) -
                 block_size,
                 crcs: t.block_crc32c,
             },
+            zero_fill: false,
+            role: TensorRole::from_id(t.role).unwrap_or_default(),
+            module_index: t.module_index,
+            path: (!t.path.is_empty()).then_some(t.path),
         });
     }
     Ok(Index {
@@ -497,6 +506,12 @@ pub struct PlannedTensor {
     pub nbytes: u64,
     /// Per-block CRC-32C.
     pub block_crc32c: Vec<u32>,
+    /// What the tensor was to the model that wrote it.
+    pub role: TensorRole,
+    /// Index of the owning module.
+    pub module_index: u32,
+    /// Its path in a nested structure (JSON array text).
+    pub path: Option<String>,
 }
 
 /// The bytes before the first tensor and where each tensor goes.
@@ -544,6 +559,9 @@ pub fn layout(
                     offset,
                     length: t.nbytes,
                     block_crc32c: t.block_crc32c.clone(),
+                    role: t.role.id(),
+                    module_index: t.module_index,
+                    path: t.path.clone().unwrap_or_default(),
                 })
                 .collect(),
             metadata: metadata.clone(),
@@ -627,6 +645,9 @@ mod tests {
                 shape: vec![1],
                 nbytes: 4,
                 block_crc32c: vec![0],
+                role: TensorRole::Unspecified,
+                module_index: 0,
+                path: None,
             })
             .collect();
         let l = layout(&tensors, &BTreeMap::new(), 4096, DEFAULT_BLOCK_SIZE).unwrap();

@@ -172,6 +172,10 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
                 index: 0,
                 offset,
                 checksum: Checksum::None,
+                zero_fill: false,
+                role: Default::default(),
+                module_index: 0,
+                path: None,
             },
         ));
     }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::format::checksum::{copy_crc32c, crc32c};
+use crate::format::checksum::{copy_crc32c, crc32c, WholeHasher};
 use crate::format::{Checksum, Index, TensorInfo};
 use crate::options::ReadOptions;
 use crate::sink::{Destination, Placement};
@@ -42,6 +42,9 @@ enum Target<'a> {
     Host(&'a mut [u8]),
     /// Into the worker's scratch buffer, only to be verified.
     Scratch(usize),
+    /// A tensor the file stores no bytes for: filled with zeros (its hashes, which cover
+    /// only its header, are checked).
+    Zeros(&'a mut [u8]),
     /// Several whole small tensors lying close together in the file, read as one range
     /// of `len` bytes from the first one's offset and spread into their buffers.
     Batch {
@@ -63,6 +66,7 @@ impl Job<'_> {
         match &self.target {
             Target::Host(buffer) => vec![(self.tensor, buffer.len() as u64)],
             Target::Scratch(len) => vec![(self.tensor, *len as u64)],
+            Target::Zeros(buffer) => vec![(self.tensor, buffer.len() as u64)],
             Target::Batch { members, .. } => members
                 .iter()
                 .map(|(t, buffer)| (t.index, buffer.len() as u64))
@@ -162,11 +166,30 @@ pub(crate) fn load<'a>(
     for (tensor, buffer) in planned {
         stats.tensors += 1;
         stats.bytes += tensor.nbytes;
+        if tensor.zero_fill {
+            jobs.push(Job {
+                tensor: tensor.index,
+                start: 0,
+                target: Target::Zeros(buffer),
+            });
+            continue;
+        }
         if tensor.nbytes > 0 && tensor.nbytes < SMALL_TENSOR {
             small.push((tensor, buffer));
             continue;
         }
-        let step = chunk_len(tensor, options);
+        if tensor.nbytes == 0 {
+            // Nothing to read, but a hash over the header may be checked.
+            if options.verify && tensor.checksum.whole_tensor() {
+                jobs.push(Job {
+                    tensor: tensor.index,
+                    start: 0,
+                    target: Target::Host(buffer),
+                });
+            }
+            continue;
+        }
+        let step = job_len(tensor, options);
         for (k, piece) in buffer.chunks_mut(step).enumerate() {
             jobs.push(Job {
                 tensor: tensor.index,
@@ -187,36 +210,57 @@ pub(crate) fn verify_all(
     options: &ReadOptions,
     progress: Option<&ProgressFn<'_>>,
 ) -> Result<LoadStats> {
+    let options = options.clone().verify(true);
     let mut stats = LoadStats::default();
     let mut jobs = Vec::new();
     for tensor in &index.tensors {
         stats.tensors += 1;
         stats.bytes += tensor.nbytes;
-        let step = chunk_len(tensor, options) as u64;
+        let stored = tensor.stored_len();
+        if stored == 0 {
+            if tensor.checksum.whole_tensor() {
+                jobs.push(Job {
+                    tensor: tensor.index,
+                    start: 0,
+                    target: Target::Scratch(0),
+                });
+            }
+            continue;
+        }
+        let step = job_len(tensor, &options) as u64;
         let mut start = 0;
-        while start < tensor.nbytes {
-            let len = step.min(tensor.nbytes - start);
+        while start < stored {
+            let len = step.min(stored - start);
             jobs.push(Job {
                 tensor: tensor.index,
                 start,
-                target: Target::Scratch(len as usize),
+                target: Target::Scratch(usize::try_from(len).unwrap_or(usize::MAX)),
             });
             start += len;
         }
     }
-    let options = options.clone().verify(true);
     run(source, index, &options, jobs, stats.tensors, progress)?;
     Ok(stats)
 }
 
-/// Bytes per job for `tensor`: the chunk size rounded to whole checksum blocks, so that
-/// every job verifies exactly the blocks it read.
+/// Bytes per read for `tensor`: the chunk size rounded to whole checksum blocks, so that
+/// every read verifies exactly the blocks it covers.
 fn chunk_len(tensor: &TensorInfo, options: &ReadOptions) -> usize {
     let chunk = match tensor.checksum.block_size() {
         Some(block) => (options.chunk_size / block).max(1) * block,
         None => options.chunk_size,
     };
     usize::try_from(chunk).unwrap_or(usize::MAX)
+}
+
+/// Bytes per job for `tensor`: one chunk, or the whole tensor where verifying needs all
+/// of its bytes in order (tensorizer's hashes); such a job still reads chunk by chunk.
+fn job_len(tensor: &TensorInfo, options: &ReadOptions) -> usize {
+    if options.verify && tensor.checksum.whole_tensor() {
+        usize::MAX
+    } else {
+        chunk_len(tensor, options)
+    }
 }
 
 fn run(
@@ -238,7 +282,8 @@ fn run(
     pool(jobs, threads, |scratch, job: Job<'_>| {
         let tensor = &index.tensors[job.tensor];
         let pieces = job.pieces();
-        run_job(source, tensor, job, options.verify, scratch)?;
+        let step = chunk_len(tensor, options);
+        run_job(source, tensor, job, options.verify, step, scratch)?;
         pieces
             .into_iter()
             .try_for_each(|(tensor, len)| tracker.chunk_done(tensor, len))
@@ -286,43 +331,62 @@ fn run_job(
     tensor: &TensorInfo,
     job: Job<'_>,
     verify: bool,
+    step: usize,
     scratch: &mut Vec<u8>,
 ) -> Result<()> {
-    let offset = tensor.offset + job.start;
-    let buffer: &mut [u8] = match job.target {
-        Target::Host(buffer) => {
-            // Copied and verified in one pass where the source can lend its bytes.
-            let len = buffer.len();
-            let mut copy =
-                |bytes: &[u8]| copy_range(source.name(), tensor, job.start, bytes, buffer, verify);
-            if let Some(done) = source.with_bytes(offset, len, &mut copy) {
-                return done.map_err(|e| e.in_tensor(&tensor.name));
-            }
-            buffer
-        }
-        Target::Scratch(len) => {
-            // Verified in place where the source can lend its bytes (a mapping).
-            let mut check = |bytes: &[u8]| match verify {
-                true => verify_range(source.name(), tensor, job.start, bytes),
-                false => Ok(()),
-            };
-            if let Some(done) = source.with_bytes(offset, len, &mut check) {
-                return done.map_err(|e| e.in_tensor(&tensor.name));
-            }
-            scratch.resize(len, 0);
-            &mut scratch[..len]
-        }
+    let file = source.name();
+    let in_tensor = |e: Error| e.in_tensor(&tensor.name);
+    let mut check = Check::new(tensor, verify);
+    match job.target {
         Target::Batch { len, mut members } => {
+            let offset = tensor.offset + job.start;
             return run_batch(source, offset, len, &mut members, verify, scratch);
         }
-    };
-    source
-        .read_at(tensor.offset + job.start, buffer)
-        .map_err(|e| e.in_tensor(&tensor.name))?;
-    if verify {
-        verify_range(source.name(), tensor, job.start, buffer)?;
+        Target::Zeros(buffer) => buffer.fill(0),
+        Target::Host(buffer) => {
+            let mut start = job.start;
+            for piece in buffer.chunks_mut(step) {
+                // Copied and checked in one pass where the source can lend its bytes.
+                let offset = tensor.offset + start;
+                let before = check.clone();
+                let len = piece.len();
+                let mut copy = |bytes: &[u8]| check.copy(file, start, bytes, piece);
+                match source.with_bytes(offset, len, &mut copy) {
+                    Some(done) => done.map_err(in_tensor)?,
+                    None => {
+                        check = before;
+                        source.read_at(offset, piece).map_err(in_tensor)?;
+                        check.check(file, start, piece)?;
+                    }
+                }
+                start += len as u64;
+            }
+        }
+        Target::Scratch(len) => {
+            let mut start = job.start;
+            let end = job.start + len as u64;
+            while start < end {
+                let n = usize::try_from(end - start).map_or(step, |left| left.min(step));
+                let offset = tensor.offset + start;
+                // Checked in place where the source can lend its bytes (a mapping).
+                let before = check.clone();
+                let mut look = |bytes: &[u8]| check.check(file, start, bytes);
+                match source.with_bytes(offset, n, &mut look) {
+                    Some(done) => done.map_err(in_tensor)?,
+                    None => {
+                        check = before;
+                        scratch.resize(n, 0);
+                        source
+                            .read_at(offset, &mut scratch[..n])
+                            .map_err(in_tensor)?;
+                        check.check(file, start, &scratch[..n])?;
+                    }
+                }
+                start += n as u64;
+            }
+        }
     }
-    Ok(())
+    check.finish(file)
 }
 
 /// Read the `len` bytes at `offset` holding every member of a batch and spread them into
@@ -336,12 +400,16 @@ fn run_batch(
     verify: bool,
     scratch: &mut Vec<u8>,
 ) -> Result<()> {
+    let file = source.name();
     let mut spread = |bytes: &[u8]| -> Result<()> {
         for (tensor, buffer) in members.iter_mut() {
             let at = (tensor.offset - offset) as usize;
             let src = &bytes[at..at + buffer.len()];
-            copy_range(source.name(), tensor, 0, src, buffer, verify)
+            let mut check = Check::new(tensor, verify);
+            check
+                .copy(file, 0, src, buffer)
                 .map_err(|e| e.in_tensor(&tensor.name))?;
+            check.finish(file)?;
         }
         Ok(())
     };
@@ -356,11 +424,110 @@ fn run_batch(
         source
             .read_at(tensor.offset, buffer)
             .map_err(|e| e.in_tensor(&tensor.name))?;
-        if verify {
-            verify_range(source.name(), tensor, 0, buffer)?;
+        let mut check = Check::new(tensor, verify);
+        check.check(file, 0, buffer)?;
+        check.finish(file)?;
+    }
+    Ok(())
+}
+
+/// Checking a job's bytes as they go by: against block checksums (each block on its
+/// own), or feeding whole-tensor hashes that are compared once the last byte is in.
+#[derive(Clone)]
+enum Check<'t> {
+    Off,
+    Blocks(&'t TensorInfo),
+    Whole(&'t TensorInfo, Box<WholeHasher>),
+}
+
+impl<'t> Check<'t> {
+    fn new(tensor: &'t TensorInfo, verify: bool) -> Self {
+        match &tensor.checksum {
+            _ if !verify => Check::Off,
+            Checksum::None => Check::Off,
+            Checksum::Crc32cBlocks { .. } => Check::Blocks(tensor),
+            Checksum::WholeTensor { prefix, .. } => {
+                let mut hasher = Box::new(WholeHasher::new(&tensor.checksum));
+                hasher.update(prefix);
+                Check::Whole(tensor, hasher)
+            }
+        }
+    }
+
+    /// Copy `src`, the tensor's bytes from `start` on, into `dst`, checking them.
+    fn copy(&mut self, file: &str, start: u64, src: &[u8], dst: &mut [u8]) -> Result<()> {
+        match self {
+            Check::Off => dst.copy_from_slice(src),
+            Check::Blocks(tensor) => {
+                check_blocks(file, tensor, start, src.len(), |r| {
+                    copy_crc32c(&mut dst[r.clone()], &src[r])
+                })?;
+            }
+            Check::Whole(_, hasher) => {
+                // Hashed piece by piece while each is still in cache.
+                for (d, s) in dst.chunks_mut(1 << 20).zip(src.chunks(1 << 20)) {
+                    d.copy_from_slice(s);
+                    hasher.update(d);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Check `data`, the tensor's bytes from `start` on.
+    fn check(&mut self, file: &str, start: u64, data: &[u8]) -> Result<()> {
+        match self {
+            Check::Off => Ok(()),
+            Check::Blocks(tensor) => verify_range(file, tensor, start, data),
+            Check::Whole(_, hasher) => {
+                hasher.update(data);
+                Ok(())
+            }
+        }
+    }
+
+    /// Compare whole-tensor hashes, once every byte went through.
+    fn finish(self, file: &str) -> Result<()> {
+        match self {
+            Check::Whole(tensor, hasher) => compare_whole(file, tensor, *hasher),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Compare the hashes of a whole tensor with the stored ones.
+fn compare_whole(file: &str, tensor: &TensorInfo, hasher: WholeHasher) -> Result<()> {
+    let Checksum::WholeTensor { crc32, sha256, .. } = &tensor.checksum else {
+        return Ok(());
+    };
+    let (crc, sha) = hasher.finish();
+    let mismatch = |detail: String| Error::HashMismatch {
+        file: file.to_owned(),
+        tensor: tensor.name.clone(),
+        offset: tensor.offset,
+        detail,
+    };
+    if let (Some(stored), Some(actual)) = (crc32, crc) {
+        if *stored != actual {
+            return Err(mismatch(format!(
+                "stored crc32 {stored:#010x}, computed {actual:#010x}"
+            )));
+        }
+    }
+    if let (Some(stored), Some(actual)) = (sha256, sha) {
+        if *stored != actual {
+            return Err(mismatch(format!(
+                "stored sha256 {}, computed {}",
+                hex(stored),
+                hex(&actual)
+            )));
         }
     }
     Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Verify the tensors at positions `which` of `index`, whose bytes lie in `bytes` (the
@@ -377,7 +544,7 @@ pub(crate) fn verify_mapped(
         let tensor = &index.tensors[i];
         let start = usize::try_from(tensor.offset).unwrap_or(usize::MAX);
         let data = start
-            .checked_add(usize::try_from(tensor.nbytes).unwrap_or(usize::MAX))
+            .checked_add(usize::try_from(tensor.stored_len()).unwrap_or(usize::MAX))
             .and_then(|end| bytes.get(start..end))
             .ok_or_else(|| {
                 Error::format(
@@ -386,7 +553,10 @@ pub(crate) fn verify_mapped(
                     format!("tensor '{}' lies past the end of the mapping", tensor.name),
                 )
             })?;
-        let step = chunk_len(tensor, options);
+        if data.is_empty() {
+            jobs.push((tensor, 0, data)); // a hash may cover the header
+        }
+        let step = job_len(tensor, options);
         for (k, piece) in data.chunks(step).enumerate() {
             jobs.push((tensor, (k * step) as u64, piece));
         }
@@ -401,26 +571,13 @@ pub(crate) fn verify_mapped(
 /// Check `data`, the bytes of `tensor` from `start` on, against its block checksums.
 /// `start` is a multiple of the block size.
 pub(crate) fn verify_range(file: &str, tensor: &TensorInfo, start: u64, data: &[u8]) -> Result<()> {
-    check_blocks(file, tensor, start, data.len(), |r| crc32c(&data[r]))
-}
-
-/// Copy `src`, the bytes of `tensor` from `start` on, into `dst`, checking them against
-/// their block checksums on the way when `verify` is set.
-fn copy_range(
-    file: &str,
-    tensor: &TensorInfo,
-    start: u64,
-    src: &[u8],
-    dst: &mut [u8],
-    verify: bool,
-) -> Result<()> {
-    if !verify || tensor.checksum.block_size().is_none() {
-        dst.copy_from_slice(src);
-        return Ok(());
+    if tensor.checksum.whole_tensor() {
+        // `data` is the whole tensor.
+        let mut check = Check::new(tensor, true);
+        check.check(file, 0, &data[..tensor.stored_len() as usize])?;
+        return check.finish(file);
     }
-    check_blocks(file, tensor, start, src.len(), |r| {
-        copy_crc32c(&mut dst[r.clone()], &src[r])
-    })
+    check_blocks(file, tensor, start, data.len(), |r| crc32c(&data[r]))
 }
 
 /// Compare the CRC that `crc_of` computes for each checksum block of the `len` bytes of

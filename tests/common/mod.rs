@@ -68,6 +68,7 @@ pub fn valid_header(n: u64, data: &[u8]) -> proto::Header {
             offset: 4096,
             length: n * 4,
             block_crc32c: plaid::format::checksum::block_crcs(data, 4096),
+            ..Default::default()
         }],
         metadata: BTreeMap::new(),
         writer: "test".into(),
