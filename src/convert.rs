@@ -54,13 +54,13 @@ pub fn to_plaid(
     let staged = staging(out)?;
     let mut writer = Serializer::create(&staged, options)?;
     for (i, t) in source.tensors().iter().enumerate() {
-        writer.add_tensor(&t.name, t.dtype, &t.shape, source.view(i)?)?;
+        writer.add_tensor_with_origin(&t.name, t.dtype, &t.shape, source.view(i)?, t.origin())?;
     }
     for (key, value) in source.metadata() {
         writer.set_metadata(key, value)?;
     }
     writer.finish_with_progress(progress)?;
-    check(source, &staged)?;
+    check(source, &staged, true)?;
     publish(staged, out)
 }
 
@@ -167,13 +167,120 @@ pub fn to_safetensors(
     }
     file.sync_all().map_err(|e| fail("fsync", e))?;
     drop(file);
-    check(source, &staged)?;
+    check(source, &staged, true)?;
+    publish(staged, out)
+}
+
+/// Write every tensor of `source` as a tensorizer `.tensors` file at `out`: format
+/// version 1, or 2 where a dtype needs it (bfloat16, complex32, float8, float4), which
+/// every tensorizer release since 2.0 reads (version 1 files even 1.x). Each tensor gets
+/// tensorizer's CRC32 and SHA-256 (computed in parallel), its role (a state-dict entry
+/// where the source does not say), module index and structured name (from its path).
+/// tensorizer files hold no metadata: the source's is not carried over. Written
+/// atomically, read back, verified and compared.
+pub fn to_tensorizer(
+    source: &Deserializer,
+    out: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    use crate::format::tensorizer as tz;
+    let tensors = source.tensors();
+    let raw_names: Vec<Vec<u8>> = tensors.iter().map(tz::raw_name).collect();
+    let version = if tensors.iter().any(|t| tz::dtype_string(t.dtype).1) {
+        2
+    } else {
+        1
+    };
+    // Lay out: the metadata block (tensorizer's 256 KiB, or larger if the entries need
+    // it; every reader accepts any size), then each header followed by its data.
+    let mut headers = Vec::with_capacity(tensors.len());
+    for (t, raw) in tensors.iter().zip(&raw_names) {
+        headers.push(tz::encode_header(t, raw, None)?);
+    }
+    let entries_len: u64 = tensors
+        .iter()
+        .zip(&raw_names)
+        .map(|(t, raw)| tz::encode_entry(t, raw, 0, 0).len() as u64)
+        .sum();
+    let metadata_len = entries_len.max(tz::STANDARD_METADATA_LEN);
+    let mut offsets = Vec::with_capacity(tensors.len());
+    let mut cursor = tz::FILE_HEADER_LEN + metadata_len;
+    for (t, header) in tensors.iter().zip(&headers) {
+        offsets.push(cursor);
+        cursor += header.len() as u64 + t.nbytes;
+    }
+    let total = cursor + 8;
+
+    // Hashes: CRC32 and SHA-256 of each header (hash values zeroed) and its data, one
+    // tensor per task, largest first, on every core.
+    let views = (0..tensors.len())
+        .map(|i| source.view(i))
+        .collect::<Result<Vec<_>>>()?;
+    let mut order: Vec<usize> = (0..tensors.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(tensors[i].nbytes));
+    let queue = parking_lot::Mutex::new(order.into_iter());
+    let hashes = parking_lot::Mutex::new(vec![(0u32, [0u8; 32]); tensors.len()]);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.min(tensors.len()) {
+            scope.spawn(|| loop {
+                let Some(i) = queue.lock().next() else { break };
+                let mut h = crate::format::checksum::WholeHasher::with(true, true);
+                h.update(&headers[i]);
+                h.update(views[i]);
+                let (crc, sha) = h.finish();
+                hashes.lock()[i] = (crc.unwrap_or(0), sha.unwrap_or([0; 32]));
+            });
+        }
+    });
+    let hashes = hashes.into_inner();
+
+    let target = out.display().to_string();
+    let fail = |what: &str, e: std::io::Error| Error::io(format!("writing {target}: {what}"), e);
+    let staged = staging(out)?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&staged)
+        .map_err(|e| fail("opening the temporary file", e))?;
+    {
+        let mut w = std::io::BufWriter::with_capacity(8 << 20, &file);
+        let data_bytes: u64 = tensors.iter().map(|t| t.nbytes).sum();
+        let mut head =
+            tz::encode_file_header(version, data_bytes, tensors.len() as u64, metadata_len);
+        for ((t, raw), (&offset, header)) in tensors
+            .iter()
+            .zip(&raw_names)
+            .zip(offsets.iter().zip(&headers))
+        {
+            head.extend_from_slice(&tz::encode_entry(t, raw, offset, header.len() as u64));
+        }
+        head.resize((tz::FILE_HEADER_LEN + metadata_len) as usize, 0);
+        w.write_all(&head).map_err(|e| fail("header", e))?;
+        let mut done = 0;
+        for (i, t) in tensors.iter().enumerate() {
+            let header = tz::encode_header(t, &raw_names[i], Some(hashes[i]))?;
+            w.write_all(&header)
+                .and_then(|()| w.write_all(views[i]))
+                .map_err(|e| fail(&format!("tensor '{}'", t.name), e))?;
+            done += t.nbytes;
+            progress(done, data_bytes);
+        }
+        w.write_all(&[0; 8]).map_err(|e| fail("end marker", e))?;
+        w.flush().map_err(|e| fail("flush", e))?;
+    }
+    file.sync_all().map_err(|e| fail("fsync", e))?;
+    drop(file);
+    debug_assert_eq!(
+        std::fs::metadata(&staged).map(|m| m.len()).ok(),
+        Some(total)
+    );
+    check(source, &staged, false)?;
     publish(staged, out)
 }
 
 /// Open the written file (verifying it, where it has checksums) and compare every tensor
-/// and the metadata with the source.
-fn check(source: &Deserializer, out: &Path) -> Result<()> {
+/// (and the metadata, where the format holds it) with the source.
+fn check(source: &Deserializer, out: &Path, with_metadata: bool) -> Result<()> {
     let written = Deserializer::open(out, ReadOptions::default())?;
     written.verify()?;
     let differ = |what: String| {
@@ -186,13 +293,17 @@ fn check(source: &Deserializer, out: &Path) -> Result<()> {
     if written.tensors().len() != source.tensors().len() {
         return Err(differ("tensor count".into()));
     }
-    if written.metadata() != source.metadata() {
+    if with_metadata && written.metadata() != source.metadata() {
         return Err(differ("metadata".into()));
     }
     for (i, t) in source.tensors().iter().enumerate() {
         let j = written.find(&t.name)?;
         let w = &written.tensors()[j];
-        if (w.dtype, &w.shape) != (t.dtype, &t.shape) || written.view(j)? != source.view(i)? {
+        let kept_path = w.path == t.path || written.format() == crate::Format::Safetensors;
+        if (w.dtype, &w.shape) != (t.dtype, &t.shape)
+            || !kept_path
+            || written.view(j)? != source.view(i)?
+        {
             return Err(differ(format!("tensor '{}'", t.name)));
         }
     }

@@ -304,7 +304,7 @@ impl Deserializer {
         if tensor.zero_fill {
             let zeros = self.zero_pages()?;
             if self.options.verify && !self.view_verified[index].load(Ordering::Acquire) {
-                pipeline::verify_range(self.name(), tensor, 0, &[])?;
+                pipeline::verify_range(self.name(), tensor, 0, &[], &self.options)?;
                 self.view_verified[index].store(true, Ordering::Release);
             }
             return Ok(&zeros[..tensor.nbytes as usize]);
@@ -322,7 +322,7 @@ impl Deserializer {
                 )
             })?;
         if self.options.verify && !self.view_verified[index].load(Ordering::Acquire) {
-            pipeline::verify_range(self.name(), tensor, 0, range)
+            pipeline::verify_range(self.name(), tensor, 0, range, &self.options)
                 .map_err(|e| self.mapped_error(e))?;
             self.view_verified[index].store(true, Ordering::Release);
         }

@@ -40,6 +40,9 @@ pub struct ReadOptions {
     pub(crate) verify_views_up_front: bool,
     /// Ask for transparent huge pages for host memory plaid allocates.
     pub(crate) huge_pages: bool,
+    /// With verification on, check cryptographic hashes too where a file stores them
+    /// (tensorizer's SHA-256, about 1.4 GB/s per core), not only its CRCs.
+    pub(crate) verify_sha256: bool,
 }
 
 impl Default for ReadOptions {
@@ -53,6 +56,7 @@ impl Default for ReadOptions {
             mmap: true,
             verify_views_up_front: false,
             huge_pages: true,
+            verify_sha256: true,
         }
     }
 }
@@ -62,6 +66,20 @@ impl ReadOptions {
     pub fn verify(mut self, verify: bool) -> Self {
         self.verify = verify;
         self
+    }
+
+    /// With verification on, whether to check SHA-256 hashes where a file stores them
+    /// (tensorizer files store a CRC32 and a SHA-256 per tensor), not only its CRCs
+    /// (default on). SHA-256 runs at about 1.4 GB/s per core against 6 GB/s or more for a
+    /// CRC; either detects damage to the data, only SHA-256 a damaged stored SHA-256.
+    pub fn verify_sha256(mut self, on: bool) -> Self {
+        self.verify_sha256 = on;
+        self
+    }
+
+    /// Whether SHA-256 hashes are checked (with verification on).
+    pub fn verifies_sha256(&self) -> bool {
+        self.verify_sha256
     }
 
     /// Set the worker thread count (0 = one per core).

@@ -124,3 +124,57 @@ fn bench_prints_its_table() {
         "the bench cleans up"
     );
 }
+
+/// `plaid convert` in every direction between the three formats, the output format from
+/// `--to` or the extension; `inspect` shows tensorizer's roles and paths; encrypted
+/// tensorizer files are refused with a message saying so.
+#[test]
+fn convert_between_all_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let fixtures =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tensorizer");
+    let source = fixtures.join("module_tiny_lm_f32.tensors");
+    let source = source.to_str().unwrap();
+    let steps = [
+        (source.to_owned(), at("a.plaid"), None, "tensorizer -> "),
+        (at("a.plaid"), at("b.safetensors"), None, "plaid -> "),
+        (at("b.safetensors"), at("c.tensors"), None, "safetensors -> "),
+        (at("c.tensors"), at("d.bin"), Some("safetensors"), "tensorizer -> "),
+        (at("d.bin"), at("e.out"), Some("tensorizer"), "safetensors -> "),
+        (at("a.plaid"), at("f.tensors"), None, "plaid -> "),
+    ];
+    for (input, output, to, what) in &steps {
+        let mut args = vec!["convert", input.as_str(), output.as_str()];
+        if let Some(to) = to {
+            args.extend(["--to", to]);
+        }
+        let (ok, out, err) = plaid(&args);
+        assert!(ok, "{what}: {err}");
+        assert!(out.contains("read back and compared"), "{out}");
+    }
+    let original = Deserializer::open(source, ReadOptions::default()).unwrap();
+    let expected = common::load_all(&original).unwrap();
+    for file in ["a.plaid", "b.safetensors", "c.tensors", "d.bin", "e.out", "f.tensors"] {
+        let d = Deserializer::open(at(file), ReadOptions::default()).unwrap();
+        assert_eq!(common::load_all(&d).unwrap(), expected, "{file}");
+    }
+    // Through plaid's own format, roles and module indices survive: the file is
+    // tensorizer's own, byte for byte.
+    assert_eq!(
+        std::fs::read(at("f.tensors")).unwrap(),
+        std::fs::read(source).unwrap()
+    );
+
+    let (ok, out, _) = plaid(&["inspect", source]);
+    assert!(ok && out.contains("tensorizer version 1"), "{out}");
+    assert!(out.contains("param (module 1)"), "{out}");
+    let nested = fixtures.join("nested_structure.tensors");
+    let (ok, out, _) = plaid(&["inspect", nested.to_str().unwrap()]);
+    assert!(ok && out.contains("model.layers.0.w"), "{out}");
+    assert!(out.contains(r#"path ["model","layers",0,"w"]"#), "{out}");
+
+    let encrypted = fixtures.join("encrypted_key_v3.tensors");
+    let (ok, _, err) = plaid(&["convert", encrypted.to_str().unwrap(), &at("x.plaid")]);
+    assert!(!ok && err.contains("encrypted"), "{err}");
+}

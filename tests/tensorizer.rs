@@ -270,21 +270,9 @@ fn check_c_api(fixture: &str) {
         // Poisoned, so that a tensor left unwritten shows.
         buffers.push(vec![0xA5; info.nbytes as usize]);
     }
-    unsafe extern "C" fn place(
-        user: *mut c_void,
-        info: *const plaid_tensor_info,
-        dest: *mut plaid_destination,
-    ) -> i32 {
-        let buffers = unsafe { &mut *(user as *mut Vec<Vec<u8>>) };
-        let (info, dest) = unsafe { (&*info, &mut *dest) };
-        let buffer = &mut buffers[info.index];
-        dest.kind = PLAID_DEST_HOST;
-        dest.address = buffer.as_mut_ptr() as u64;
-        dest.capacity = buffer.len() as u64;
-        0
-    }
-    let status =
-        unsafe { plaid_deserializer_load(d, Some(place), &mut buffers as *mut _ as *mut c_void) };
+    let status = unsafe {
+        plaid_deserializer_load(d, Some(place_all), &mut buffers as *mut _ as *mut c_void)
+    };
     assert_eq!(status, PLAID_OK);
     for (bytes, t) in buffers.iter().zip(tensors) {
         assert_eq!(
@@ -400,6 +388,53 @@ fn damaged_bitflip_in_stored_sha256() {
     for (bytes, t) in loaded.iter().zip(&tensors) {
         assert_eq!(sha(bytes), t["sha256"].as_str().unwrap());
     }
+    // Checking only the CRCs, the intact data loads (the CRC does not cover the stored
+    // SHA-256), through the Rust API and the C API.
+    let crc_only = load(fixture, ReadOptions::default().verify_sha256(false)).unwrap();
+    assert_eq!(crc_only, loaded);
+    let c_path = CString::new(path(fixture).to_str().unwrap()).unwrap();
+    for (sha256, expected) in [(1, PLAID_ERR_CHECKSUM), (0, PLAID_OK)] {
+        let mut options = ptr::null_mut();
+        let mut d = ptr::null_mut();
+        let mut buffers: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|t| vec![0; t["nbytes"].as_u64().unwrap() as usize])
+            .collect();
+        unsafe {
+            assert_eq!(plaid_read_options_new(&mut options), PLAID_OK);
+            assert_eq!(
+                plaid_read_options_set_verify_sha256(options, sha256),
+                PLAID_OK
+            );
+            assert_eq!(
+                plaid_deserializer_open(c_path.as_ptr(), options, &mut d),
+                PLAID_OK
+            );
+            plaid_read_options_free(options);
+            let status =
+                plaid_deserializer_load(d, Some(place_all), &mut buffers as *mut _ as *mut c_void);
+            assert_eq!(status, expected);
+            plaid_deserializer_free(d);
+        }
+        if expected == PLAID_OK {
+            assert_eq!(buffers, loaded);
+        }
+    }
+}
+
+/// A placement callback putting tensor `i` into `(*user)[i]`.
+unsafe extern "C" fn place_all(
+    user: *mut c_void,
+    info: *const plaid_tensor_info,
+    dest: *mut plaid_destination,
+) -> i32 {
+    let buffers = unsafe { &mut *(user as *mut Vec<Vec<u8>>) };
+    let (info, dest) = unsafe { (&*info, &mut *dest) };
+    let buffer = &mut buffers[info.index];
+    dest.kind = PLAID_DEST_HOST;
+    dest.address = buffer.as_mut_ptr() as u64;
+    dest.capacity = buffer.len() as u64;
+    0
 }
 
 #[test]
@@ -407,11 +442,14 @@ fn damaged_bitflip_in_tensor_data() {
     // Verified: an error naming 'f16'. Unverified: all load, only that tensor differs.
     let fixture = "damaged_bitflip_in_tensor_data";
     for mmap in [true, false] {
-        let err = load(fixture, ReadOptions::default().mmap(mmap)).unwrap_err();
-        assert!(
-            matches!(&err, Error::HashMismatch { tensor, .. } if tensor == "f16"),
-            "{err}"
-        );
+        for sha256 in [true, false] {
+            let options = ReadOptions::default().mmap(mmap).verify_sha256(sha256);
+            let err = load(fixture, options).unwrap_err();
+            assert!(
+                matches!(&err, Error::HashMismatch { tensor, .. } if tensor == "f16"),
+                "{err}"
+            );
+        }
         let d = Deserializer::open(path(fixture), ReadOptions::default().mmap(mmap)).unwrap();
         let err = d.verify().unwrap_err();
         assert!(
@@ -502,4 +540,124 @@ fn damage_anywhere_never_panics() {
             );
         }
     }
+}
+
+/// Convert `from` to `to` with the library call for `format`.
+fn convert(from: &std::path::Path, to: &std::path::Path, format: Format) -> plaid::Result<()> {
+    let source = Deserializer::open(from, ReadOptions::default().verify(false))?;
+    let mut quiet = |_: u64, _: u64| {};
+    match format {
+        Format::Plaid => plaid::convert::to_plaid(
+            &source,
+            to,
+            plaid::WriteOptions::default().sync(false),
+            &mut quiet,
+        ),
+        Format::Safetensors => plaid::convert::to_safetensors(&source, to, &mut quiet),
+        _ => plaid::convert::to_tensorizer(&source, to, &mut quiet),
+    }
+}
+
+/// tensorizer -> plaid -> tensorizer gives back the very bytes the real tensorizer wrote:
+/// names (structured ones through their paths), roles, module indices, dtypes (opaque
+/// ones in a version 2 file), hashes and layout all survive, and plaid's tensorizer writer
+/// matches tensorizer's own, byte for byte.
+#[test]
+fn convert_round_trips_to_identical_tensorizer_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    for fixture in [
+        "dtypes_numpy_native",
+        "dtypes_opaque_v2",
+        "shapes_and_layouts",
+        "module_tiny_lm_f32",
+        "state_dict_of_module",
+        "nested_structure",
+        "write_tensor_calls",
+        "names_unicode_long",
+        "many_small_tensors",
+        "v1_by_tensorizer_1_1_0",
+        "v2_by_tensorizer_2_0_0",
+    ] {
+        let plaid_file = dir.path().join(format!("{fixture}.plaid"));
+        let back = dir.path().join(format!("{fixture}.tensors"));
+        convert(&path(fixture), &plaid_file, Format::Plaid).unwrap();
+        let p = Deserializer::open(&plaid_file, ReadOptions::default()).unwrap();
+        let t = Deserializer::open(path(fixture), ReadOptions::default()).unwrap();
+        for (a, b) in p.tensors().iter().zip(t.tensors()) {
+            assert_eq!(
+                (&a.name, &a.path, a.role, a.module_index),
+                (&b.name, &b.path, b.role, b.module_index)
+            );
+        }
+        convert(&plaid_file, &back, Format::Tensorizer).unwrap();
+        assert!(
+            std::fs::read(&back).unwrap() == std::fs::read(path(fixture)).unwrap(),
+            "{fixture}: plaid's tensorizer file differs from tensorizer's"
+        );
+    }
+}
+
+/// Meta tensors become stored zeros; dims of 2^32 and more (format version 5) are refused
+/// by the writer; every other direction is read back and compared by `convert` itself.
+#[test]
+fn convert_in_every_direction() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name);
+    // tensorizer (with meta tensors) -> tensorizer: a version 1 file with zeros stored.
+    convert(
+        &path("meta_tensors_v4"),
+        &out("meta.tensors"),
+        Format::Tensorizer,
+    )
+    .unwrap();
+    let written = Deserializer::open(out("meta.tensors"), ReadOptions::default()).unwrap();
+    assert_eq!(written.format_version(), 1);
+    assert!(written.tensors().iter().all(|t| !t.zero_fill));
+    let truth = truth("meta_tensors_v4");
+    for (bytes, t) in common::load_all(&written)
+        .unwrap()
+        .iter()
+        .zip(truth["tensors"].as_array().unwrap())
+    {
+        assert_eq!(sha(bytes), t["sha256"].as_str().unwrap());
+    }
+    // Long dims need version 5, which plaid does not write.
+    let err = convert(
+        &path("long_dims_v5"),
+        &out("long.tensors"),
+        Format::Tensorizer,
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)), "{err}");
+    assert!(!out("long.tensors").exists());
+    // tensorizer -> safetensors -> tensorizer (plain names, safetensors dtypes).
+    convert(
+        &path("module_tiny_lm_f32"),
+        &out("lm.safetensors"),
+        Format::Safetensors,
+    )
+    .unwrap();
+    convert(
+        &out("lm.safetensors"),
+        &out("lm.tensors"),
+        Format::Tensorizer,
+    )
+    .unwrap();
+    let a = common::load_all(
+        &Deserializer::open(path("module_tiny_lm_f32"), ReadOptions::default()).unwrap(),
+    )
+    .unwrap();
+    let b =
+        common::load_all(&Deserializer::open(out("lm.tensors"), ReadOptions::default()).unwrap())
+            .unwrap();
+    assert_eq!(a, b);
+    // A dtype safetensors lacks is refused before anything is written.
+    let err = convert(
+        &path("dtypes_numpy_native"),
+        &out("c.safetensors"),
+        Format::Safetensors,
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)), "{err}");
+    assert!(!out("c.safetensors").exists());
 }

@@ -169,6 +169,7 @@ pub(crate) fn bench(
     let small_path = dir.join(format!("plaid-bench-{id}-small.plaid"));
     let one_path = dir.join(format!("plaid-bench-{id}-one.plaid"));
     let st_path = dir.join(format!("plaid-bench-{id}-model.safetensors"));
+    let tz_path = dir.join(format!("plaid-bench-{id}-model.tensors"));
     let result = (|| {
         println!("plaid bench: writing the test files to {}", dir.display());
         let (model, source) = write_model(&big_path, &synthetic_model(size_mib << 20))?;
@@ -380,6 +381,35 @@ pub(crate) fn bench(
             ));
         }
 
+        // The same weights as a tensorizer file (written by plaid's tensorizer writer,
+        // which matches tensorizer's byte for byte), through the same pipeline: unverified,
+        // and verified against its own per-tensor CRC32 and SHA-256.
+        plaid::convert::to_tensorizer(&reader, &tz_path, &mut |_, _| {})?;
+        for (verify, sha256, how) in [
+            (false, false, "unverified"),
+            (true, false, "verified, CRC32"),
+            (true, true, "verified, CRC32+SHA-256"),
+        ] {
+            for threads in [1, cores] {
+                let options = ReadOptions::default()
+                    .threads(threads)?
+                    .verify(verify)
+                    .verify_sha256(sha256);
+                let tz = Deserializer::open(&tz_path, options)?;
+                let times = time(rounds, || load(&tz, &mut buffers))?;
+                row(
+                    format!("plaid: tensorizer file, host buffers, {threads} thread(s), {how}"),
+                    model.total,
+                    times,
+                );
+            }
+        }
+        if buffers.iter().zip(&source).any(|(b, s)| b != s) {
+            return Err(plaid::Error::InvalidArgument(
+                "a tensor loaded from tensorizer differs from its source".into(),
+            ));
+        }
+
         // Many small tensors against the same bytes as one tensor.
         for (label, prepared) in [
             (
@@ -494,6 +524,24 @@ pub(crate) fn bench(
                 st / own
             );
         }
+        for threads in [1, cores] {
+            for (how, own_how) in [
+                ("unverified", "unverified"),
+                ("verified, CRC32", "verified"),
+                ("verified, CRC32+SHA-256", "verified"),
+            ] {
+                let tz = rate(&format!(
+                    "plaid: tensorizer file, host buffers, {threads} thread(s), {how}"
+                ));
+                let own = rate(&format!(
+                    "plaid: host buffers, mmap copy, {threads} thread(s), {own_how}"
+                ));
+                println!(
+                    "tensorizer file, {threads} thread(s), {how}: {:.2}x plaid's own format, {own_how}",
+                    tz / own
+                );
+            }
+        }
         for (mmap, peak, staging) in peaks {
             let how = if mmap { "mmap copy" } else { "pread" };
             println!(
@@ -505,7 +553,14 @@ pub(crate) fn bench(
         Ok(())
     })();
     let write_path = dir.join(format!("plaid-bench-{id}-write.plaid"));
-    for p in [&big_path, &small_path, &one_path, &write_path, &st_path] {
+    for p in [
+        &big_path,
+        &small_path,
+        &one_path,
+        &write_path,
+        &st_path,
+        &tz_path,
+    ] {
         let _ = std::fs::remove_file(p);
     }
     result

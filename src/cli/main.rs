@@ -26,15 +26,16 @@ enum Command {
         /// The file.
         file: PathBuf,
     },
-    /// Convert a model file (plaid or safetensors, detected from its bytes) to plaid or
-    /// safetensors, carrying the metadata over; the result is read back and compared.
+    /// Convert a model file (plaid, safetensors or tensorizer, detected from its bytes) to
+    /// plaid, safetensors or tensorizer, carrying the metadata over where the output
+    /// format holds it; the result is read back, verified and compared.
     Convert {
         /// The file to read.
         input: PathBuf,
         /// The file to write (replaced atomically).
         output: PathBuf,
-        /// Output format: plaid or safetensors (default: safetensors if OUTPUT ends in
-        /// `.safetensors`, else plaid).
+        /// Output format: plaid, safetensors or tensorizer (default: from OUTPUT's
+        /// extension, `.safetensors` or `.tensors`, else plaid).
         #[arg(long)]
         to: Option<String>,
     },
@@ -119,8 +120,12 @@ fn inspect(file: &Path) -> plaid::Result<()> {
     let data: u64 = d.tensors().iter().map(|t| t.nbytes).sum();
     println!("file:       {}", d.name());
     match d.format() {
-        plaid::Format::Plaid => println!("format:     plaid version {}", d.format_version()),
-        other => println!("format:     {}", other.name()),
+        plaid::Format::Safetensors => println!("format:     safetensors"),
+        other => println!(
+            "format:     {} version {}",
+            other.name(),
+            d.format_version()
+        ),
     }
     println!(
         "size:       {} ({} of tensor data)",
@@ -142,14 +147,25 @@ fn inspect(file: &Path) -> plaid::Result<()> {
         "#", "name", "dtype", "shape", "bytes", "offset"
     );
     for t in d.tensors() {
+        let mut notes = Vec::new();
+        if t.role != plaid::TensorRole::Unspecified {
+            notes.push(format!("{} (module {})", t.role.name(), t.module_index));
+        }
+        if let Some(path) = &t.path {
+            notes.push(format!("path {path}"));
+        }
+        if t.zero_fill {
+            notes.push("not stored: loads as zeros".into());
+        }
         println!(
-            "{:>6}  {:<name_width$}  {:<12}  {:<24}  {:>12}  {:>14}",
+            "{:>6}  {:<name_width$}  {:<12}  {:<24}  {:>12}  {:>14}  {}",
             t.index,
             t.name,
             t.dtype.name(),
             format!("{:?}", t.shape),
             t.nbytes,
-            t.offset
+            t.offset,
+            notes.join("; ")
         );
     }
     if !d.metadata().is_empty() {
@@ -163,10 +179,10 @@ fn inspect(file: &Path) -> plaid::Result<()> {
 }
 
 fn convert(input: &Path, output: &Path, to: Option<&str>) -> plaid::Result<()> {
-    let to = to.unwrap_or(if output.extension().is_some_and(|e| e == "safetensors") {
-        "safetensors"
-    } else {
-        "plaid"
+    let to = to.unwrap_or(match output.extension().and_then(|e| e.to_str()) {
+        Some("safetensors") => "safetensors",
+        Some("tensors") => "tensorizer",
+        _ => "plaid",
     });
     let source = Deserializer::open(input, ReadOptions::default())?;
     let total: u64 = source.tensors().iter().map(|t| t.nbytes).sum();
@@ -177,13 +193,17 @@ fn convert(input: &Path, output: &Path, to: Option<&str>) -> plaid::Result<()> {
         "plaid" => plaid::convert::to_plaid(&source, output, WriteOptions::default(), &mut report)?,
         "safetensors" => plaid::convert::to_safetensors(&source, output, &mut report)?,
         "tensorizer" => {
-            return Err(plaid::Error::Unsupported(
-                "writing tensorizer files is not supported yet".into(),
-            ))
+            if !source.metadata().is_empty() {
+                eprintln!(
+                    "plaid: note: tensorizer files hold no metadata; {} entries are not carried over",
+                    source.metadata().len()
+                );
+            }
+            plaid::convert::to_tensorizer(&source, output, &mut report)?
         }
         other => {
             return Err(plaid::Error::InvalidArgument(format!(
-                "unknown output format '{other}' (plaid or safetensors)"
+                "unknown output format '{other}' (plaid, safetensors or tensorizer)"
             )))
         }
     }

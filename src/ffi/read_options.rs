@@ -169,6 +169,26 @@ pub unsafe extern "C" fn plaid_read_options_set_huge_pages(
     })
 }
 
+/// With verification on, check SHA-256 hashes where a file stores them (`on != 0`, the
+/// default), or only its CRCs (`on == 0`). tensorizer files store a CRC32 and a SHA-256
+/// per tensor; SHA-256 runs at about 1.4 GB/s per core against 6 GB/s or more for a CRC.
+/// Either detects damaged data; only SHA-256 detects a damaged stored SHA-256.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_read_options_set_verify_sha256(
+    options: *mut plaid_read_options,
+    on: i32,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let o = unsafe { handle_mut(options, "options") }?;
+        o.inner = o.inner.clone().verify_sha256(on != 0);
+        Ok(())
+    })
+}
+
 /// Bytes per read, 4 KiB to 1 GiB (default 16 MiB); rounded to whole checksum blocks.
 ///
 /// # Safety

@@ -283,7 +283,7 @@ fn run(
         let tensor = &index.tensors[job.tensor];
         let pieces = job.pieces();
         let step = chunk_len(tensor, options);
-        run_job(source, tensor, job, options.verify, step, scratch)?;
+        run_job(source, tensor, job, Verify::from(options), step, scratch)?;
         pieces
             .into_iter()
             .try_for_each(|(tensor, len)| tracker.chunk_done(tensor, len))
@@ -330,7 +330,7 @@ fn run_job(
     source: &dyn Source,
     tensor: &TensorInfo,
     job: Job<'_>,
-    verify: bool,
+    verify: Verify,
     step: usize,
     scratch: &mut Vec<u8>,
 ) -> Result<()> {
@@ -397,7 +397,7 @@ fn run_batch(
     offset: u64,
     len: usize,
     members: &mut [(&TensorInfo, &mut [u8])],
-    verify: bool,
+    verify: Verify,
     scratch: &mut Vec<u8>,
 ) -> Result<()> {
     let file = source.name();
@@ -431,6 +431,24 @@ fn run_batch(
     Ok(())
 }
 
+/// What to verify.
+#[derive(Clone, Copy)]
+struct Verify {
+    /// Anything at all.
+    on: bool,
+    /// SHA-256 hashes too, where the file has them.
+    sha256: bool,
+}
+
+impl From<&ReadOptions> for Verify {
+    fn from(options: &ReadOptions) -> Self {
+        Verify {
+            on: options.verify,
+            sha256: options.verify_sha256,
+        }
+    }
+}
+
 /// Checking a job's bytes as they go by: against block checksums (each block on its
 /// own), or feeding whole-tensor hashes that are compared once the last byte is in.
 #[derive(Clone)]
@@ -441,13 +459,21 @@ enum Check<'t> {
 }
 
 impl<'t> Check<'t> {
-    fn new(tensor: &'t TensorInfo, verify: bool) -> Self {
+    fn new(tensor: &'t TensorInfo, verify: Verify) -> Self {
         match &tensor.checksum {
-            _ if !verify => Check::Off,
+            _ if !verify.on => Check::Off,
             Checksum::None => Check::Off,
             Checksum::Crc32cBlocks { .. } => Check::Blocks(tensor),
-            Checksum::WholeTensor { prefix, .. } => {
-                let mut hasher = Box::new(WholeHasher::new(&tensor.checksum));
+            Checksum::WholeTensor {
+                prefix,
+                crc32,
+                sha256,
+            } => {
+                let sha256 = sha256.is_some() && verify.sha256;
+                if crc32.is_none() && !sha256 {
+                    return Check::Off;
+                }
+                let mut hasher = Box::new(WholeHasher::with(crc32.is_some(), sha256));
                 hasher.update(prefix);
                 Check::Whole(tensor, hasher)
             }
@@ -478,7 +504,9 @@ impl<'t> Check<'t> {
     fn check(&mut self, file: &str, start: u64, data: &[u8]) -> Result<()> {
         match self {
             Check::Off => Ok(()),
-            Check::Blocks(tensor) => verify_range(file, tensor, start, data),
+            Check::Blocks(tensor) => {
+                check_blocks(file, tensor, start, data.len(), |r| crc32c(&data[r]))
+            }
             Check::Whole(_, hasher) => {
                 hasher.update(data);
                 Ok(())
@@ -564,16 +592,28 @@ pub(crate) fn verify_mapped(
     pool(
         jobs,
         options.worker_threads(),
-        |_, (tensor, start, piece)| verify_range(file, tensor, start, piece),
+        |_, (tensor, start, piece)| verify_range(file, tensor, start, piece, options),
     )
 }
 
 /// Check `data`, the bytes of `tensor` from `start` on, against its block checksums.
 /// `start` is a multiple of the block size.
-pub(crate) fn verify_range(file: &str, tensor: &TensorInfo, start: u64, data: &[u8]) -> Result<()> {
+pub(crate) fn verify_range(
+    file: &str,
+    tensor: &TensorInfo,
+    start: u64,
+    data: &[u8],
+    options: &ReadOptions,
+) -> Result<()> {
     if tensor.checksum.whole_tensor() {
         // `data` is the whole tensor.
-        let mut check = Check::new(tensor, true);
+        let mut check = Check::new(
+            tensor,
+            Verify {
+                on: true,
+                sha256: options.verify_sha256,
+            },
+        );
         check.check(file, 0, &data[..tensor.stored_len() as usize])?;
         return check.finish(file);
     }

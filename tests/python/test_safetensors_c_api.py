@@ -2,22 +2,14 @@
 API (``plaid_deserializer_open`` + ``plaid_deserializer_load``) with identical bytes, and
 files safetensors refuses, plaid refuses too."""
 
-import ctypes
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from plaid_ctypes import (PLAID_FORMAT_SAFETENSORS, PLAID_OK, Loaded, convert, load,
+                          open_library)
+
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
-ROOT = Path(__file__).resolve().parents[2]
-LIB = Path(os.environ.get("PLAID_LIB") or
-           Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "debug" / "libplaid.so")
-
-PLAID_OK = 0
-PLAID_DEST_HOST = 1
-PLAID_FORMAT_SAFETENSORS = 2
 # numpy dtype -> PLAID_DTYPE_* id
 DTYPES = {
     np.dtype(np.bool_): 1, np.dtype(np.uint8): 2, np.dtype(np.int8): 3, np.dtype(np.int16): 4,
@@ -27,84 +19,9 @@ DTYPES = {
 }
 
 
-class Info(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_char_p), ("name_len", ctypes.c_size_t),
-                ("dtype", ctypes.c_uint32), ("ndim", ctypes.c_uint32),
-                ("shape", ctypes.POINTER(ctypes.c_uint64)), ("nbytes", ctypes.c_uint64),
-                ("index", ctypes.c_size_t)]
-
-
-class Dest(ctypes.Structure):
-    _fields_ = [("kind", ctypes.c_uint32), ("device", ctypes.c_int32),
-                ("address", ctypes.c_uint64), ("capacity", ctypes.c_uint64)]
-
-
-PLACE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.POINTER(Info),
-                         ctypes.POINTER(Dest))
-
-
 @pytest.fixture(scope="module")
 def lib():
-    if not LIB.exists():
-        pytest.skip(f"{LIB} not built (cargo build)")
-    lib = ctypes.CDLL(str(LIB))
-    vp = ctypes.c_void_p
-    lib.plaid_deserializer_open.argtypes = [ctypes.c_char_p, vp, ctypes.POINTER(vp)]
-    lib.plaid_deserializer_format.argtypes = [vp]
-    lib.plaid_deserializer_format.restype = ctypes.c_uint32
-    lib.plaid_deserializer_tensor_count.argtypes = [vp]
-    lib.plaid_deserializer_tensor_count.restype = ctypes.c_size_t
-    lib.plaid_deserializer_tensor.argtypes = [vp, ctypes.c_size_t]
-    lib.plaid_deserializer_tensor.restype = ctypes.POINTER(Info)
-    lib.plaid_deserializer_load.argtypes = [vp, PLACE, vp]
-    lib.plaid_deserializer_metadata_get.argtypes = [vp, ctypes.c_char_p,
-                                                    ctypes.POINTER(ctypes.c_char_p)]
-    lib.plaid_deserializer_free.argtypes = [vp]
-    lib.plaid_last_error_message.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-    lib.plaid_last_error_message.restype = ctypes.c_size_t
-    return lib
-
-
-def message(lib):
-    buf = ctypes.create_string_buffer(4096)
-    lib.plaid_last_error_message(buf, len(buf))
-    return buf.value.decode()
-
-
-def load(lib, path):
-    """Open ``path`` with plaid and load every tensor into fresh numpy buffers."""
-    d = ctypes.c_void_p()
-    status = lib.plaid_deserializer_open(str(path).encode(), None, ctypes.byref(d))
-    if status != PLAID_OK:
-        return status, message(lib)
-    try:
-        assert lib.plaid_deserializer_format(d) == PLAID_FORMAT_SAFETENSORS
-        infos = {}
-        buffers = {}
-        for i in range(lib.plaid_deserializer_tensor_count(d)):
-            info = lib.plaid_deserializer_tensor(d, i).contents
-            name = ctypes.string_at(info.name, info.name_len).decode()
-            infos[name] = (info.dtype, tuple(info.shape[k] for k in range(info.ndim)))
-            buffers[i] = (name, np.full(max(info.nbytes, 1), 0xA5, dtype=np.uint8), info.nbytes)
-
-        @PLACE
-        def place(_user, info_p, dest_p):
-            _, buf, nbytes = buffers[info_p.contents.index]
-            dest_p.contents.kind = PLAID_DEST_HOST
-            dest_p.contents.address = buf.ctypes.data
-            dest_p.contents.capacity = nbytes
-            return 0
-
-        status = lib.plaid_deserializer_load(d, place, None)
-        assert status == PLAID_OK, message(lib)
-        value = ctypes.c_char_p()
-        meta = None
-        if lib.plaid_deserializer_metadata_get(d, b"origin", ctypes.byref(value)) == PLAID_OK:
-            meta = value.value.decode()
-        data = {name: buf[:nbytes].tobytes() for name, buf, nbytes in buffers.values()}
-        return infos, data, meta
-    finally:
-        lib.plaid_deserializer_free(d)
+    return open_library()
 
 
 def test_every_numpy_dtype_written_by_safetensors_loads_identically(lib, tmp_path):
@@ -121,11 +38,13 @@ def test_every_numpy_dtype_written_by_safetensors_loads_identically(lib, tmp_pat
     path = tmp_path / "model.safetensors"
     safetensors_numpy.save_file(tensors, str(path), metadata={"origin": "safetensors ✓"})
 
-    infos, data, meta = load(lib, path)
+    got = load(lib, path)
+    assert got.format == PLAID_FORMAT_SAFETENSORS
+    infos, data, meta = got.infos, got.data, got.meta
     assert meta == "safetensors ✓"
     assert set(infos) == set(tensors)
     for name, array in tensors.items():
-        dtype_id, shape = infos[name]
+        dtype_id, shape = infos[name]["dtype"], infos[name]["shape"]
         assert dtype_id == DTYPES[array.dtype], name
         assert shape == array.shape, name
         assert data[name] == np.ascontiguousarray(array).tobytes(), name
@@ -134,8 +53,8 @@ def test_every_numpy_dtype_written_by_safetensors_loads_identically(lib, tmp_pat
 def test_empty_file_written_by_safetensors(lib, tmp_path):
     path = tmp_path / "empty.safetensors"
     safetensors_numpy.save_file({}, str(path))
-    infos, data, _ = load(lib, path)
-    assert infos == {} and data == {}
+    got = load(lib, path)
+    assert got.infos == {} and got.data == {}
 
 
 def test_what_safetensors_refuses_plaid_refuses(lib, tmp_path):
@@ -153,17 +72,13 @@ def test_what_safetensors_refuses_plaid_refuses(lib, tmp_path):
         with pytest.raises(Exception):
             safetensors_numpy.load_file(str(bad))
         result = load(lib, bad)
-        assert isinstance(result[0], int) and result[0] != PLAID_OK, label
+        assert not isinstance(result, Loaded) and result[0] != PLAID_OK and result[0] != PLAID_OK, label
         assert str(bad) in result[1], (label, result[1])
 
 
 def test_plaid_convert_round_trips_files_written_by_safetensors(lib, tmp_path):
     """safetensors -> plaid -> safetensors with the CLI gives identical tensors and
     metadata, read back by the safetensors package itself."""
-    import subprocess
-    cli = LIB.parent / "plaid"
-    if not cli.exists():
-        pytest.skip(f"{cli} not built")
     rng = np.random.default_rng(3)
     tensors = {
         "embed": rng.standard_normal((64, 32)).astype(np.float16),
@@ -176,10 +91,7 @@ def test_plaid_convert_round_trips_files_written_by_safetensors(lib, tmp_path):
     middle = tmp_path / "mid.plaid"
     back = tmp_path / "out.safetensors"
     for a, b in ((source, middle), (middle, back)):
-        done = subprocess.run([str(cli), "convert", str(a), str(b)], capture_output=True,
-                              text=True, check=False)
-        assert done.returncode == 0, done.stderr
-        assert "read back and compared" in done.stdout
+        convert(a, b)
     loaded = safetensors_numpy.load_file(str(back))
     assert set(loaded) == set(tensors)
     for name, array in tensors.items():
@@ -207,9 +119,10 @@ def test_sharded_checkpoint_written_by_safetensors_loads_through_its_index(lib, 
         weight_map.update({name: file_name for name in tensors})
     index = tmp_path / "model.safetensors.index.json"
     index.write_text(json.dumps({"metadata": {"total_size": 1088}, "weight_map": weight_map}))
-    infos, data, _ = load(lib, index)
+    got = load(lib, index)
+    infos, data = got.infos, got.data
     expected = {n: a for tensors in shards.values() for n, a in tensors.items()}
     assert set(infos) == set(expected)
     for name, array in expected.items():
-        assert infos[name] == (DTYPES[array.dtype], array.shape), name
+        assert (infos[name]["dtype"], infos[name]["shape"]) == (DTYPES[array.dtype], array.shape), name
         assert data[name] == array.tobytes(), name

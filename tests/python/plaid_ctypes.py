@@ -1,0 +1,129 @@
+"""The slice of plaid's C API these tests call, through ctypes, exactly as a C program
+calls it."""
+
+import ctypes
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LIB = Path(os.environ.get("PLAID_LIB") or
+           Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "debug" / "libplaid.so")
+CLI = LIB.parent / "plaid"
+
+PLAID_OK = 0
+PLAID_ERR_UNSUPPORTED = 4
+PLAID_ERR_CHECKSUM = 5
+PLAID_DEST_HOST = 1
+PLAID_FORMAT_PLAID = 1
+PLAID_FORMAT_SAFETENSORS = 2
+PLAID_FORMAT_TENSORIZER = 3
+
+
+class Info(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("name_len", ctypes.c_size_t),
+                ("dtype", ctypes.c_uint32), ("ndim", ctypes.c_uint32),
+                ("shape", ctypes.POINTER(ctypes.c_uint64)), ("nbytes", ctypes.c_uint64),
+                ("index", ctypes.c_size_t), ("role", ctypes.c_uint32),
+                ("module_index", ctypes.c_uint32), ("path", ctypes.c_char_p),
+                ("path_len", ctypes.c_size_t), ("zero_fill", ctypes.c_uint32)]
+
+
+class Dest(ctypes.Structure):
+    _fields_ = [("kind", ctypes.c_uint32), ("device", ctypes.c_int32),
+                ("address", ctypes.c_uint64), ("capacity", ctypes.c_uint64)]
+
+
+PLACE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.POINTER(Info),
+                         ctypes.POINTER(Dest))
+
+
+def open_library():
+    if not LIB.exists():
+        pytest.skip(f"{LIB} not built (cargo build)")
+    lib = ctypes.CDLL(str(LIB))
+    vp = ctypes.c_void_p
+    lib.plaid_deserializer_open.argtypes = [ctypes.c_char_p, vp, ctypes.POINTER(vp)]
+    lib.plaid_deserializer_format.argtypes = [vp]
+    lib.plaid_deserializer_format.restype = ctypes.c_uint32
+    lib.plaid_deserializer_tensor_count.argtypes = [vp]
+    lib.plaid_deserializer_tensor_count.restype = ctypes.c_size_t
+    lib.plaid_deserializer_tensor.argtypes = [vp, ctypes.c_size_t]
+    lib.plaid_deserializer_tensor.restype = ctypes.POINTER(Info)
+    lib.plaid_deserializer_load.argtypes = [vp, PLACE, vp]
+    lib.plaid_deserializer_metadata_get.argtypes = [vp, ctypes.c_char_p,
+                                                    ctypes.POINTER(ctypes.c_char_p)]
+    lib.plaid_deserializer_free.argtypes = [vp]
+    lib.plaid_last_error_message.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    lib.plaid_last_error_message.restype = ctypes.c_size_t
+    return lib
+
+
+def message(lib):
+    buf = ctypes.create_string_buffer(4096)
+    lib.plaid_last_error_message(buf, len(buf))
+    return buf.value.decode()
+
+
+class Loaded:
+    """What ``load`` found: the format, each tensor's description and bytes, and one
+    metadata value."""
+
+    def __init__(self, fmt, infos, data, meta):
+        self.format, self.infos, self.data, self.meta = fmt, infos, data, meta
+
+
+def load(lib, path, meta_key=b"origin"):
+    """Open ``path`` with plaid and load every tensor into fresh buffers, poisoned first.
+    Returns a ``Loaded``, or ``(status, message)`` when opening or loading fails."""
+    d = ctypes.c_void_p()
+    status = lib.plaid_deserializer_open(str(path).encode(), None, ctypes.byref(d))
+    if status != PLAID_OK:
+        return status, message(lib)
+    try:
+        infos = {}
+        buffers = {}
+        for i in range(lib.plaid_deserializer_tensor_count(d)):
+            info = lib.plaid_deserializer_tensor(d, i).contents
+            name = ctypes.string_at(info.name, info.name_len).decode()
+            path_json = ctypes.string_at(info.path, info.path_len).decode() \
+                if info.path else None
+            infos[name] = {"dtype": info.dtype,
+                           "shape": tuple(info.shape[k] for k in range(info.ndim)),
+                           "role": info.role, "module_index": info.module_index,
+                           "path": path_json, "zero_fill": bool(info.zero_fill)}
+            buffers[i] = (name, np.full(max(info.nbytes, 1), 0xA5, dtype=np.uint8), info.nbytes)
+
+        @PLACE
+        def place(_user, info_p, dest_p):
+            _, buf, nbytes = buffers[info_p.contents.index]
+            dest_p.contents.kind = PLAID_DEST_HOST
+            dest_p.contents.address = buf.ctypes.data
+            dest_p.contents.capacity = nbytes
+            return 0
+
+        status = lib.plaid_deserializer_load(d, place, None)
+        if status != PLAID_OK:
+            return status, message(lib)
+        value = ctypes.c_char_p()
+        meta = None
+        if lib.plaid_deserializer_metadata_get(d, meta_key, ctypes.byref(value)) == PLAID_OK:
+            meta = value.value.decode()
+        data = {name: buf[:nbytes].tobytes() for name, buf, nbytes in buffers.values()}
+        return Loaded(lib.plaid_deserializer_format(d), infos, data, meta)
+    finally:
+        lib.plaid_deserializer_free(d)
+
+
+def convert(src, dst, *extra):
+    """Run ``plaid convert`` and return its output, failing the test on an error."""
+    import subprocess
+    if not CLI.exists():
+        pytest.skip(f"{CLI} not built")
+    done = subprocess.run([str(CLI), "convert", str(src), str(dst), *extra],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "read back and compared" in done.stdout
+    return done.stdout
