@@ -275,16 +275,23 @@ impl Deserializer {
     /// now, in parallel; otherwise mapping costs no read at all and each view is verified
     /// on first access. Calling it again is cheap.
     pub fn map(&self) -> Result<()> {
-        let bytes = self.mapped_bytes()?;
+        let views = (0..self.index.tensors.len())
+            .map(|i| self.raw_view(i))
+            .collect::<Result<Vec<_>>>()?;
         if self.options.verify && self.options.verify_views_up_front {
-            let pending: Vec<usize> = (0..self.index.tensors.len())
-                .filter(|&i| !self.view_verified[i].load(Ordering::Acquire))
+            let pending: Vec<(&TensorInfo, &[u8])> = self
+                .index
+                .tensors
+                .iter()
+                .zip(views)
+                .filter(|(t, _)| !self.view_verified[t.index].load(Ordering::Acquire))
+                .map(|(t, bytes)| (t, &bytes[..t.stored_len() as usize]))
                 .collect();
-            pipeline::verify_mapped(self.name(), &self.index, bytes, &pending, &self.options)
+            pipeline::verify_mapped(self.name(), &pending, &self.options)
                 .map_err(|e| self.mapped_error(e))?;
             self.source.check_mapped()?;
-            for i in pending {
-                self.view_verified[i].store(true, Ordering::Release);
+            for (t, _) in pending {
+                self.view_verified[t.index].store(true, Ordering::Release);
             }
         }
         Ok(())
@@ -293,41 +300,42 @@ impl Deserializer {
     /// A read-only view of tensor `index`'s bytes inside a memory map of the file: no
     /// copy at all. The view lives as long as the deserializer. With verification on, a
     /// tensor is verified on its first view (unless [`Deserializer::map`] verified it).
+    /// A tensor the file stores no bytes for (a tensorizer meta tensor) is a view of
+    /// zero pages. The shards of a sharded checkpoint are each mapped.
     ///
     /// If another process truncates the file while it is mapped, the bytes past the new
     /// end read as zeros instead of raising `SIGBUS`, and every later call to `view`
     /// returns a [`Error::Format`] error saying that the file shrank.
     pub fn view(&self, index: usize) -> Result<&[u8]> {
-        let tensor = self
-            .tensor(index)
-            .ok_or_else(|| Error::NotFound(format!("{}: no tensor #{index}", self.name())))?;
-        if tensor.zero_fill {
-            let zeros = self.zero_pages()?;
-            if self.options.verify && !self.view_verified[index].load(Ordering::Acquire) {
-                pipeline::verify_range(self.name(), tensor, 0, &[], &self.options)?;
-                self.view_verified[index].store(true, Ordering::Release);
-            }
-            return Ok(&zeros[..tensor.nbytes as usize]);
-        }
-        let bytes = self.mapped_bytes()?;
-        let range = usize::try_from(tensor.offset)
-            .ok()
-            .and_then(|start| Some(start..start.checked_add(usize::try_from(tensor.nbytes).ok()?)?))
-            .and_then(|r| bytes.get(r))
-            .ok_or_else(|| {
-                Error::format(
-                    self.name(),
-                    tensor.offset,
-                    format!("tensor '{}' lies past the end of the mapping", tensor.name),
-                )
-            })?;
+        let bytes = self.raw_view(index)?;
+        let tensor = &self.index.tensors[index];
         if self.options.verify && !self.view_verified[index].load(Ordering::Acquire) {
-            pipeline::verify_range(self.name(), tensor, 0, range, &self.options)
+            let stored = &bytes[..tensor.stored_len() as usize];
+            pipeline::verify_range(self.name(), tensor, 0, stored, &self.options)
                 .map_err(|e| self.mapped_error(e))?;
             self.view_verified[index].store(true, Ordering::Release);
         }
         self.source.check_mapped()?;
-        Ok(range)
+        Ok(bytes)
+    }
+
+    /// Tensor `index`'s bytes in place, unverified.
+    fn raw_view(&self, index: usize) -> Result<&[u8]> {
+        let tensor = self
+            .tensor(index)
+            .ok_or_else(|| Error::NotFound(format!("{}: no tensor #{index}", self.name())))?;
+        if tensor.zero_fill {
+            return Ok(&self.zero_pages()?[..tensor.nbytes as usize]);
+        }
+        self.source
+            .view(tensor.offset, tensor.nbytes)
+            .map_err(|e| e.in_tensor(&tensor.name))?
+            .ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "{}: this source cannot be memory-mapped",
+                    self.name()
+                ))
+            })
     }
 
     /// A verification error on mapped bytes, unless the file shrank under the mapping
@@ -369,14 +377,5 @@ impl Deserializer {
             .and_then(memmap2::MmapMut::make_read_only)
             .map_err(|e| Error::io(format!("{}: mapping zero pages", self.name()), e))?;
         Ok(self.zeros.get_or_init(|| map))
-    }
-
-    fn mapped_bytes(&self) -> Result<&[u8]> {
-        self.source.mapped()?.ok_or_else(|| {
-            Error::Unsupported(format!(
-                "{}: this source cannot be memory-mapped",
-                self.name()
-            ))
-        })
     }
 }

@@ -139,9 +139,24 @@ fn convert_between_all_formats() {
     let steps = [
         (source.to_owned(), at("a.plaid"), None, "tensorizer -> "),
         (at("a.plaid"), at("b.safetensors"), None, "plaid -> "),
-        (at("b.safetensors"), at("c.tensors"), None, "safetensors -> "),
-        (at("c.tensors"), at("d.bin"), Some("safetensors"), "tensorizer -> "),
-        (at("d.bin"), at("e.out"), Some("tensorizer"), "safetensors -> "),
+        (
+            at("b.safetensors"),
+            at("c.tensors"),
+            None,
+            "safetensors -> ",
+        ),
+        (
+            at("c.tensors"),
+            at("d.bin"),
+            Some("safetensors"),
+            "tensorizer -> ",
+        ),
+        (
+            at("d.bin"),
+            at("e.out"),
+            Some("tensorizer"),
+            "safetensors -> ",
+        ),
         (at("a.plaid"), at("f.tensors"), None, "plaid -> "),
     ];
     for (input, output, to, what) in &steps {
@@ -155,7 +170,14 @@ fn convert_between_all_formats() {
     }
     let original = Deserializer::open(source, ReadOptions::default()).unwrap();
     let expected = common::load_all(&original).unwrap();
-    for file in ["a.plaid", "b.safetensors", "c.tensors", "d.bin", "e.out", "f.tensors"] {
+    for file in [
+        "a.plaid",
+        "b.safetensors",
+        "c.tensors",
+        "d.bin",
+        "e.out",
+        "f.tensors",
+    ] {
         let d = Deserializer::open(at(file), ReadOptions::default()).unwrap();
         assert_eq!(common::load_all(&d).unwrap(), expected, "{file}");
     }

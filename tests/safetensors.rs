@@ -384,6 +384,26 @@ fn a_sharded_checkpoint_opens_as_one_model_through_its_index() {
         let arena = d.load_to_host(&mut |_| true, None).unwrap();
         let z = d.find("z.weight").unwrap();
         assert_eq!(arena.tensor(z).unwrap(), &loaded[z][..]);
+        // Zero-copy views: each shard is mapped on its own.
+        d.map().unwrap();
+        for (i, bytes) in loaded.iter().enumerate() {
+            assert_eq!(d.view(i).unwrap(), &bytes[..]);
+        }
+    }
+    // A sharded checkpoint converts to one plaid file and one safetensors file, metadata
+    // included.
+    let d = Deserializer::open(&index, ReadOptions::default()).unwrap();
+    let expected = load_all(&d);
+    for out in ["one.plaid", "one.safetensors"] {
+        let out = dir.path().join(out);
+        if out.extension().unwrap() == "plaid" {
+            plaid::convert::to_plaid(&d, &out, Default::default(), &mut |_, _| {}).unwrap();
+        } else {
+            plaid::convert::to_safetensors(&d, &out, &mut |_, _| {}).unwrap();
+        }
+        let one = Deserializer::open(&out, ReadOptions::default()).unwrap();
+        assert_eq!(one.metadata(), d.metadata());
+        assert_eq!(load_all(&one), expected);
     }
 }
 

@@ -558,29 +558,15 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Verify the tensors at positions `which` of `index`, whose bytes lie in `bytes` (the
-/// whole file, mapped), in parallel chunks.
+/// Verify `tensors`, each given with its stored bytes in place (a mapping), in parallel
+/// chunks.
 pub(crate) fn verify_mapped(
     file: &str,
-    index: &Index,
-    bytes: &[u8],
-    which: &[usize],
+    tensors: &[(&TensorInfo, &[u8])],
     options: &ReadOptions,
 ) -> Result<()> {
     let mut jobs: Vec<(&TensorInfo, u64, &[u8])> = Vec::new();
-    for &i in which {
-        let tensor = &index.tensors[i];
-        let start = usize::try_from(tensor.offset).unwrap_or(usize::MAX);
-        let data = start
-            .checked_add(usize::try_from(tensor.stored_len()).unwrap_or(usize::MAX))
-            .and_then(|end| bytes.get(start..end))
-            .ok_or_else(|| {
-                Error::format(
-                    file,
-                    tensor.offset,
-                    format!("tensor '{}' lies past the end of the mapping", tensor.name),
-                )
-            })?;
+    for &(tensor, data) in tensors {
         if data.is_empty() {
             jobs.push((tensor, 0, data)); // a hash may cover the header
         }

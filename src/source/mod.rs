@@ -49,6 +49,27 @@ pub trait Source: Send + Sync {
         Ok(None)
     }
 
+    /// The `len` bytes at `offset` in place, inside a mapping that lives as long as the
+    /// source (mapped on first use), for zero-copy views; `Ok(None)` where the source
+    /// cannot map them. A range past the end of the mapping is an error.
+    fn view(&self, offset: u64, len: u64) -> Result<Option<&[u8]>> {
+        let Some(bytes) = self.mapped()? else {
+            return Ok(None);
+        };
+        let range = usize::try_from(offset)
+            .ok()
+            .and_then(|start| Some(start..start.checked_add(usize::try_from(len).ok()?)?));
+        match range.and_then(|r| bytes.get(r)) {
+            Some(view) => Ok(Some(view)),
+            None => Err(past_end(
+                self.name(),
+                bytes.len() as u64,
+                offset,
+                len as usize,
+            )),
+        }
+    }
+
     /// An error if bytes handed out by [`Source::mapped`] can no longer be trusted
     /// because the file shrank under its mapping.
     fn check_mapped(&self) -> Result<()> {
@@ -76,6 +97,9 @@ impl<S: Source + ?Sized> Source for Box<S> {
     }
     fn mapped(&self) -> Result<Option<&[u8]>> {
         (**self).mapped()
+    }
+    fn view(&self, offset: u64, len: u64) -> Result<Option<&[u8]>> {
+        (**self).view(offset, len)
     }
     fn check_mapped(&self) -> Result<()> {
         (**self).check_mapped()

@@ -93,6 +93,26 @@ impl Source for MultiSource {
         part.with_bytes(inner, len, f)
     }
 
+    fn view(&self, offset: u64, len: u64) -> Result<Option<&[u8]>> {
+        if len == 0 {
+            return Ok(Some(&[]));
+        }
+        let Some((k, inner)) = self.locate(offset) else {
+            return Err(past_end(&self.name, self.len, offset, len as usize));
+        };
+        let part = &self.parts[k].1;
+        if inner.checked_add(len).is_none_or(|end| end > part.len()) {
+            return Err(crate::Error::format(
+                &self.name,
+                offset,
+                format!(
+                    "{len} bytes at offset {offset} span two parts and cannot be viewed in place"
+                ),
+            ));
+        }
+        part.view(inner, len)
+    }
+
     fn check_mapped(&self) -> Result<()> {
         self.parts.iter().try_for_each(|(_, p)| p.check_mapped())
     }

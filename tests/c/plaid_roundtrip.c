@@ -1441,6 +1441,104 @@ static void test_golden(const char *golden_dir)
 
 /* ------------------------------------------------------------------------------------ */
 
+/* tensorizer files written by the real tensorizer package (TENSORIZER_DIR), through the
+ * same calls as plaid's own: format, roles, module indices, structured paths, meta
+ * tensors loaded as zeros, a damaged tensor named, encrypted files refused. */
+static const char *g_tensorizer;
+
+static plaid_deserializer *open_fixture(const char *name, const plaid_read_options *ro)
+{
+    path_buf path;
+    plaid_deserializer *d = NULL;
+    snprintf(path.text, sizeof path.text, "%s/%s.tensors", g_tensorizer, name);
+    if (!CHECK_OK(plaid_deserializer_open(path.text, ro, &d))) {
+        return NULL;
+    }
+    return d;
+}
+
+static const plaid_tensor_info *find_info(const plaid_deserializer *d, const char *name)
+{
+    size_t index = 0;
+    if (!CHECK_OK(plaid_deserializer_find(d, name, &index))) {
+        return NULL;
+    }
+    return plaid_deserializer_tensor(d, index);
+}
+
+static void test_tensorizer(void)
+{
+    static const unsigned char embed_first[4] = {0x3f, 0x12, 0xf0, 0xbf};
+    static const char path_json[] = "[\"model\",\"layers\",0,\"w\"]";
+    path_buf path;
+    plaid_deserializer *d;
+    const plaid_tensor_info *info;
+    plan p;
+    size_t i;
+
+    if (g_tensorizer == NULL) {
+        printf("     (no TENSORIZER_DIR given: tensorizer files not tested)\n");
+        return;
+    }
+    if ((d = open_fixture("write_tensor_calls", NULL)) != NULL) {
+        CHECK(plaid_deserializer_format(d) == PLAID_FORMAT_TENSORIZER);
+        CHECK(plaid_deserializer_tensor_count(d) == 7);
+        info = plaid_deserializer_tensor(d, 0);
+        CHECK(info != NULL && strcmp(info->name, "embed.weight") == 0 &&
+              info->role == PLAID_ROLE_PARAM && info->module_index == 0 &&
+              info->dtype == PLAID_DTYPE_F32 && info->ndim == 2 && info->shape[0] == 4 &&
+              info->shape[1] == 3 && info->path == NULL && info->zero_fill == 0);
+        info = find_info(d, "layer.5.weight");
+        CHECK(info != NULL && info->module_index == 5 && info->role == PLAID_ROLE_PARAM);
+        info = find_info(d, "max_module_idx");
+        CHECK(info != NULL && info->module_index == 65535 && info->role == PLAID_ROLE_BUFFER);
+        if (CHECK(plan_init(&p, d))) {
+            CHECK_OK(plaid_deserializer_load(d, place, &p));
+            CHECK(p.contract_errors == 0 && memcmp(p.buffers[0], embed_first, 4) == 0);
+            for (i = 0; i < p.count; i++) {
+                CHECK(is_poisoned(p.buffers[i] + p.nbytes[i], GUARD));
+            }
+            plan_free(&p);
+        }
+        plaid_deserializer_free(d);
+    }
+    if ((d = open_fixture("nested_structure", NULL)) != NULL) {
+        info = find_info(d, "model.layers.0.w");
+        CHECK(info != NULL && info->path != NULL && strcmp(info->path, path_json) == 0 &&
+              info->path_len == strlen(path_json) && info->role == PLAID_ROLE_STATE_DICT);
+        info = find_info(d, "lm_head");
+        CHECK(info != NULL && info->path == NULL && info->path_len == 0);
+        plaid_deserializer_free(d);
+    }
+    if ((d = open_fixture("meta_tensors_v4", NULL)) != NULL) {
+        info = find_info(d, "meta_f32");
+        if (CHECK(info != NULL && info->zero_fill == 1 && info->nbytes == 80) &&
+            CHECK(plan_init(&p, d))) {
+            CHECK_OK(plaid_deserializer_load(d, place, &p));
+            for (i = 0; i < 80; i++) {
+                if (!CHECK(p.buffers[info->index][i] == 0)) {
+                    break;
+                }
+            }
+            plan_free(&p);
+        }
+        plaid_deserializer_free(d);
+    }
+    if ((d = open_fixture("damaged_bitflip_in_tensor_data", NULL)) != NULL) {
+        if (CHECK(plan_init(&p, d))) {
+            CHECK_STATUS(plaid_deserializer_load(d, place, &p), PLAID_ERR_CHECKSUM);
+            CHECK_MESSAGE("'f16'");
+            plan_free(&p);
+        }
+        plaid_deserializer_free(d);
+    }
+    snprintf(path.text, sizeof path.text, "%s/encrypted_key_v3.tensors", g_tensorizer);
+    d = NULL;
+    CHECK_STATUS(plaid_deserializer_open(path.text, NULL, &d), PLAID_ERR_UNSUPPORTED);
+    CHECK_MESSAGE("encrypted");
+    CHECK(d == NULL);
+}
+
 typedef struct {
     const char *name;
     void (*run)(void);
@@ -1462,15 +1560,17 @@ int main(int argc, char **argv)
         {"NULL arguments", test_nulls},
         {"atomic writes", test_atomicity},
         {"damaged files", test_damaged_files},
+        {"tensorizer files", test_tensorizer},
     };
     const char *quick = getenv("PLAID_TEST_QUICK");
     size_t i;
 
-    if (argc < 2 || argc > 3) {
-        fprintf(stderr, "usage: %s SCRATCH_DIR [GOLDEN_DIR]\n", argv[0]);
+    if (argc < 2 || argc > 4) {
+        fprintf(stderr, "usage: %s SCRATCH_DIR [GOLDEN_DIR [TENSORIZER_DIR]]\n", argv[0]);
         return 2;
     }
     g_scratch = argv[1];
+    g_tensorizer = argc > 3 ? argv[3] : NULL;
     g_quick = quick != NULL && quick[0] != '\0' && strcmp(quick, "0") != 0;
     if (make_directories(g_scratch) != 0) {
         perror(g_scratch);
