@@ -233,6 +233,13 @@
 #define ARENA_ALIGN 64
 
 /**
+ * Tensors loaded by `plaid_deserializer_load_cuda` into one device allocation made by
+ * plaid. Opaque; freed (with all its tensors) by `plaid_cuda_arena_free`. Independent of
+ * the deserializer: it may outlive it.
+ */
+typedef struct plaid_cuda_arena plaid_cuda_arena;
+
+/**
  * An open model file. Opaque; made by `plaid_deserializer_open`, destroyed by
  * `plaid_deserializer_free`. Functions taking a `const plaid_deserializer *` may be called
  * from any number of threads at once; `plaid_deserializer_load` takes it non-const, so
@@ -473,6 +480,37 @@ extern "C" {
 #endif // __cplusplus
 
 /**
+ * Store in `*address` the device address (`CUdeviceptr`) of tensor `index` (file order)
+ * in `arena`, 256-byte aligned, valid until `plaid_cuda_arena_free`, and its size in
+ * `*nbytes`. Returns `PLAID_ERR_NOT_FOUND` for a tensor that was not loaded (filtered out,
+ * or no such index); on failure `*address` and `*nbytes` are untouched.
+ *
+ * # Safety
+ * `arena` is NULL or a live handle; `address` and `nbytes` NULL (an error) or writable.
+ */
+plaid_status plaid_cuda_arena_tensor(const struct plaid_cuda_arena *arena,
+                                     size_t index,
+                                     uint64_t *address,
+                                     uint64_t *nbytes);
+
+/**
+ * The CUDA device ordinal of `arena`'s memory; -1 for NULL.
+ *
+ * # Safety
+ * `arena` is NULL or a live handle.
+ */
+int32_t plaid_cuda_arena_device(const struct plaid_cuda_arena *arena);
+
+/**
+ * Free an arena's device memory. NULL is a no-op; call at most once per handle, and only
+ * when no work on the device still reads the tensors.
+ *
+ * # Safety
+ * `arena` is NULL or a live handle from `plaid_deserializer_load_cuda`.
+ */
+void plaid_cuda_arena_free(struct plaid_cuda_arena *arena);
+
+/**
  * Open the file at `source` (a UTF-8 path) and read and validate its header; no tensor
  * data is read yet. The format (plaid, safetensors or tensorizer) is detected from the first bytes,
  * never from the name; `plaid_deserializer_format` tells which. A sharded safetensors
@@ -558,6 +596,29 @@ plaid_status plaid_deserializer_find(const struct plaid_deserializer *d,
 plaid_status plaid_deserializer_load(struct plaid_deserializer *d,
                                      plaid_place_fn place,
                                      void *user_data);
+
+/**
+ * Load tensors into device memory that plaid allocates on CUDA device `device`, the
+ * way `load_file(device="cuda")` returns fresh tensors: one `cuMemAlloc` for all of them,
+ * each tensor 256-byte aligned, filled through the pinned staging ring as
+ * `plaid_deserializer_load` fills caller memory, verified as per the read options.
+ * `filter` (NULL: every tensor) chooses the tensors. On success `*out` holds an arena to
+ * read with `plaid_cuda_arena_tensor` and free with `plaid_cuda_arena_free`; every byte
+ * is on the device when this returns. On failure nothing stays allocated and `*out` is
+ * untouched. Returns `PLAID_ERR_NO_CUDA` where no CUDA driver can be loaded, and
+ * `PLAID_ERR_CUDA` (naming the driver's error) for a device that does not exist or
+ * memory the device does not have.
+ *
+ * # Safety
+ * `d` is NULL (an error) or a live handle not used by another thread during the call;
+ * `filter` is NULL or honours `plaid_filter_fn`'s contract; `out` NULL (an error) or
+ * writable.
+ */
+plaid_status plaid_deserializer_load_cuda(struct plaid_deserializer *d,
+                                          int32_t device,
+                                          plaid_filter_fn filter,
+                                          void *user_data,
+                                          struct plaid_cuda_arena **out);
 
 /**
  * Load tensors into host memory that plaid allocates, the way a `load_file` call returns
@@ -810,6 +871,18 @@ plaid_status plaid_read_options_set_huge_pages(struct plaid_read_options *option
 plaid_status plaid_read_options_set_verify_sha256(struct plaid_read_options *options, int32_t on);
 
 /**
+ * Put the copies to CUDA destinations on the caller's stream `stream` (a `CUstream`),
+ * so that the weights are ordered with the caller's work on it; NULL (the default) uses
+ * streams of plaid's own. The stream must belong to the primary context of the
+ * destinations' device (the context the CUDA runtime and PyTorch use) and stay valid
+ * while the deserializer loads. Loads still return only when every byte is on the device.
+ *
+ * # Safety
+ * `options` is NULL (an error) or a live handle.
+ */
+plaid_status plaid_read_options_set_cuda_stream(struct plaid_read_options *options, void *stream);
+
+/**
  * Bytes per read, 4 KiB to 1 GiB (default 16 MiB); rounded to whole checksum blocks.
  *
  * # Safety
@@ -857,6 +930,27 @@ plaid_status plaid_serializer_add_tensor(struct plaid_serializer *s,
                                          size_t ndim,
                                          const void *data,
                                          uint64_t nbytes);
+
+/**
+ * Add a tensor that lives in device memory: `nbytes` = product(shape) * element size
+ * bytes at `address` (a `CUdeviceptr`) on CUDA device `device`, which must stay valid and
+ * unchanged until `plaid_serializer_finish` returns. `finish` copies it to the host
+ * through two pinned buffers while it writes, so a model on the GPU is written without
+ * the caller staging it. Otherwise as `plaid_serializer_add_tensor`; returns
+ * `PLAID_ERR_NO_CUDA` where no CUDA driver can be loaded.
+ *
+ * # Safety
+ * `s` is NULL or a live handle; `name` NULL or NUL-terminated; `shape` NULL or `ndim`
+ * readable values.
+ */
+plaid_status plaid_serializer_add_tensor_cuda(struct plaid_serializer *s,
+                                              const char *name,
+                                              uint32_t dtype,
+                                              const uint64_t *shape,
+                                              size_t ndim,
+                                              int32_t device,
+                                              uint64_t address,
+                                              uint64_t nbytes);
 
 /**
  * Set a metadata entry (`key` non-empty; both UTF-8), replacing an earlier value.

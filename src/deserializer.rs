@@ -26,6 +26,8 @@ pub struct Deserializer {
     /// Zero pages that views of zero-filled tensors point into (mapped on first use; they
     /// cost no memory).
     zeros: OnceLock<memmap2::Mmap>,
+    /// Pinned staging buffers for loads into device memory, kept between loads.
+    ring: parking_lot::Mutex<crate::cuda::Ring>,
 }
 
 impl std::fmt::Debug for Deserializer {
@@ -118,6 +120,7 @@ impl Deserializer {
             options,
             view_verified,
             zeros: OnceLock::new(),
+            ring: Default::default(),
         }
     }
 
@@ -181,6 +184,7 @@ impl Deserializer {
             self.source.as_ref(),
             &self.index,
             &self.options,
+            &self.ring,
             placement,
             None,
         )
@@ -199,6 +203,7 @@ impl Deserializer {
             self.source.as_ref(),
             &self.index,
             &self.options,
+            &self.ring,
             placement,
             Some(progress),
         )
@@ -263,11 +268,56 @@ impl Deserializer {
             self.source.as_ref(),
             &self.index,
             &self.options,
+            &self.ring,
             &mut placement,
             progress,
         )?;
         drop(buffers);
         Ok(arena)
+    }
+
+    /// Load the tensors that `wanted` selects into one allocation on CUDA device `device`
+    /// made by plaid (each tensor 256-byte aligned), the way a `load_file(device="cuda")`
+    /// call gives fresh tensors; [`CudaArena::tensor`] gives each one's device address.
+    /// The memory is freed when the arena is dropped.
+    pub fn load_to_cuda(
+        &self,
+        device: i32,
+        wanted: &mut dyn FnMut(&TensorInfo) -> bool,
+        progress: Option<&ProgressFn<'_>>,
+    ) -> Result<crate::cuda::CudaArena> {
+        let sizes: Vec<Option<u64>> = self
+            .index
+            .tensors
+            .iter()
+            .map(|t| wanted(t).then_some(t.nbytes))
+            .collect();
+        let arena = crate::cuda::CudaArena::allocate(device, &sizes)?;
+        let mut placement = |t: &TensorInfo| {
+            Ok(match arena.tensor(t.index) {
+                Some((address, capacity)) => Destination::Cuda {
+                    device,
+                    address,
+                    capacity,
+                },
+                None => Destination::Skip,
+            })
+        };
+        pipeline::load(
+            self.source.as_ref(),
+            &self.index,
+            &self.options,
+            &self.ring,
+            &mut placement,
+            progress,
+        )?;
+        Ok(arena)
+    }
+
+    /// Bytes of pinned host memory this deserializer holds for staging copies to devices
+    /// (two chunk-sized buffers per worker and device, kept between loads).
+    pub fn pinned_staging_bytes(&self) -> usize {
+        self.ring.lock().pinned_bytes()
     }
 
     /// Map the file for zero-copy views ([`Deserializer::view`]). With verification on and

@@ -132,6 +132,12 @@ impl Error {
                 offset,
                 detail: format!("{detail} (tensor '{tensor}')"),
             },
+            Error::Cuda(message) if !message.contains(&format!("tensor '{tensor}'")) => {
+                Error::Cuda(format!("{message} (tensor '{tensor}')"))
+            }
+            Error::NoCuda(message) if !message.contains(&format!("tensor '{tensor}'")) => {
+                Error::NoCuda(format!("{message} (tensor '{tensor}')"))
+            }
             other => other,
         }
     }

@@ -34,6 +34,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod convert;
+pub mod cuda;
 pub mod deserializer;
 pub mod dtype;
 pub mod error;
@@ -45,6 +46,7 @@ pub mod serializer;
 pub mod sink;
 pub mod source;
 
+pub use cuda::CudaArena;
 pub use deserializer::Deserializer;
 pub use dtype::DType;
 pub use error::{Error, Result};

@@ -43,6 +43,8 @@ pub struct ReadOptions {
     /// With verification on, check cryptographic hashes too where a file stores them
     /// (tensorizer's SHA-256, about 1.4 GB/s per core), not only its CRCs.
     pub(crate) verify_sha256: bool,
+    /// The caller's `CUstream` that copies to device memory go on (0: plaid's own streams).
+    pub(crate) cuda_stream: usize,
 }
 
 impl Default for ReadOptions {
@@ -57,6 +59,7 @@ impl Default for ReadOptions {
             verify_views_up_front: false,
             huge_pages: true,
             verify_sha256: true,
+            cuda_stream: 0,
         }
     }
 }
@@ -74,6 +77,15 @@ impl ReadOptions {
     /// CRC; either detects damage to the data, only SHA-256 a damaged stored SHA-256.
     pub fn verify_sha256(mut self, on: bool) -> Self {
         self.verify_sha256 = on;
+        self
+    }
+
+    /// Put the copies to device memory on the caller's `CUstream` (given as its address;
+    /// 0, the default, uses streams of plaid's own), so that the weights are ordered with
+    /// the caller's work on that stream. The stream must belong to the primary context of
+    /// the destinations' device and outlive the deserializer's loads.
+    pub fn cuda_stream(mut self, stream: usize) -> Self {
+        self.cuda_stream = stream;
         self
     }
 

@@ -13,7 +13,7 @@ use tempfile::NamedTempFile;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::format::checksum::crc32c;
+use crate::format::checksum::{block_count, crc32c};
 use crate::format::plaid::{self, check_text, PlannedTensor, MAX_RANK, MAX_TENSORS};
 use crate::format::{flatten_path, TensorOrigin};
 use crate::options::WriteOptions;
@@ -38,8 +38,32 @@ struct PendingTensor<'a> {
     name: String,
     dtype: DType,
     shape: Vec<u64>,
-    data: &'a [u8],
+    data: Data<'a>,
     origin: TensorOrigin,
+}
+
+/// Where a tensor's bytes are.
+enum Data<'a> {
+    /// In host memory, borrowed.
+    Host(&'a [u8]),
+    /// In device memory on a CUDA device, copied out through pinned buffers while writing.
+    Cuda { device: i32, address: u64, len: u64 },
+}
+
+impl Data<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Data::Host(bytes) => bytes.len() as u64,
+            Data::Cuda { len, .. } => *len,
+        }
+    }
+
+    fn host(&self) -> &[u8] {
+        match self {
+            Data::Host(bytes) => bytes,
+            Data::Cuda { .. } => &[],
+        }
+    }
 }
 
 /// Collects tensors (borrowed, not copied) and metadata, then writes them in one go.
@@ -127,6 +151,48 @@ impl<'a> Serializer<'a> {
         data: &'a [u8],
         origin: TensorOrigin,
     ) -> Result<()> {
+        self.add(name, dtype, shape, Data::Host(data), origin)
+    }
+
+    /// Add a tensor that lives in device memory: `nbytes` (product(shape) * dtype size)
+    /// bytes at `address` on CUDA device `device`, which must stay valid and unchanged
+    /// until [`Serializer::finish`]. `finish` copies it to the host through two pinned
+    /// buffers while writing, so a model on the GPU is written without staging it first.
+    pub fn add_tensor_cuda(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        device: i32,
+        address: u64,
+    ) -> Result<()> {
+        let len = dtype.nbytes(shape).ok_or_else(|| {
+            Error::invalid(format!(
+                "tensor '{name}': shape {shape:?} overflows 64 bits"
+            ))
+        })?;
+        if address == 0 && len > 0 {
+            return Err(Error::invalid(format!(
+                "tensor '{name}': device address is NULL"
+            )));
+        }
+        crate::cuda::init().map_err(|e| e.in_tensor(name))?;
+        let data = Data::Cuda {
+            device,
+            address,
+            len,
+        };
+        self.add(name, dtype, shape, data, TensorOrigin::default())
+    }
+
+    fn add(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        data: Data<'a>,
+        origin: TensorOrigin,
+    ) -> Result<()> {
         check_text(name, "tensor name").map_err(Error::invalid)?;
         if let Some(path) = &origin.path {
             check_text(path, "tensor path").map_err(Error::invalid)?;
@@ -154,7 +220,7 @@ impl<'a> Serializer<'a> {
                 "tensor '{name}': shape {shape:?} overflows 64 bits"
             ))
         })?;
-        if nbytes != data.len() as u64 {
+        if nbytes != data.len() {
             return Err(Error::invalid(format!(
                 "tensor '{name}': shape {shape:?} of {dtype} needs {nbytes} bytes but {} were given",
                 data.len()
@@ -200,7 +266,6 @@ impl<'a> Serializer<'a> {
     pub fn finish_with_progress(self, progress: &mut dyn FnMut(u64, u64)) -> Result<WriteStats> {
         let started = Instant::now();
         let block_size = self.options.checksum_block_size;
-        let block = usize::try_from(block_size).unwrap_or(usize::MAX);
         let plan = |crcs: Vec<Vec<u32>>| -> Vec<PlannedTensor> {
             self.tensors
                 .iter()
@@ -209,7 +274,7 @@ impl<'a> Serializer<'a> {
                     name: t.name.clone(),
                     dtype: t.dtype,
                     shape: t.shape.clone(),
-                    nbytes: t.data.len() as u64,
+                    nbytes: t.data.len(),
                     block_crc32c,
                     role: t.origin.role,
                     module_index: t.origin.module_index,
@@ -223,7 +288,7 @@ impl<'a> Serializer<'a> {
         let zeros = self
             .tensors
             .iter()
-            .map(|t| vec![0u32; t.data.len().div_ceil(block)])
+            .map(|t| vec![0u32; block_count(t.data.len(), block_size) as usize])
             .collect();
         let draft = plaid::layout(
             &plan(zeros),
@@ -243,11 +308,15 @@ impl<'a> Serializer<'a> {
                 let crcs = block_checksums(&self.tensors, block_size, checksum_threads);
                 (crcs, started.elapsed())
             });
-            let written = write_data(file, &self.tensors, &draft, progress, &fail);
-            let (crcs, time) = checksums
+            let written = write_data(file, &self.tensors, &draft, block_size, progress, &fail);
+            let (mut crcs, time) = checksums
                 .join()
                 .map_err(|_| Error::invalid("computing checksums failed"))?;
-            written.map(|()| (crcs, time))
+            // Tensors copied from device memory were checksummed as they were written.
+            for (i, device_crcs) in written? {
+                crcs[i] = device_crcs;
+            }
+            Ok::<_, Error>((crcs, time))
         })?;
         let layout = plaid::layout(
             &plan(crcs),
@@ -275,7 +344,7 @@ impl<'a> Serializer<'a> {
         }
         Ok(WriteStats {
             tensors: self.tensors.len(),
-            data_bytes: self.tensors.iter().map(|t| t.data.len() as u64).sum(),
+            data_bytes: self.tensors.iter().map(|t| t.data.len()).sum(),
             file_length: layout.file_length,
             checksum_time,
             write_time: started.elapsed(),
@@ -284,25 +353,54 @@ impl<'a> Serializer<'a> {
 }
 
 /// Write every tensor's bytes at its offset with large positional writes, reporting
-/// progress every 64 MiB.
+/// progress every 64 MiB. Tensors in device memory are copied out through pinned buffers
+/// and checksummed on the way; their block CRCs are returned, by tensor position.
 fn write_data(
     file: &File,
     tensors: &[PendingTensor<'_>],
     layout: &plaid::Layout,
+    block_size: u64,
     progress: &mut dyn FnMut(u64, u64),
     fail: &dyn Fn(&str, std::io::Error) -> Error,
-) -> Result<()> {
+) -> Result<Vec<(usize, Vec<u32>)>> {
     const PIECE: usize = 64 << 20;
-    for (tensor, &offset) in tensors.iter().zip(&layout.offsets) {
-        let mut at = offset;
-        for piece in tensor.data.chunks(PIECE) {
-            file.write_all_at(piece, at)
-                .map_err(|e| fail(&format!("tensor '{}' at offset {at}", tensor.name), e))?;
-            at += piece.len() as u64;
-            progress(at, layout.file_length);
+    let mut device_crcs = Vec::new();
+    for (i, (tensor, &offset)) in tensors.iter().zip(&layout.offsets).enumerate() {
+        match tensor.data {
+            Data::Host(bytes) => {
+                let mut at = offset;
+                for piece in bytes.chunks(PIECE) {
+                    file.write_all_at(piece, at).map_err(|e| {
+                        fail(&format!("tensor '{}' at offset {at}", tensor.name), e)
+                    })?;
+                    at += piece.len() as u64;
+                    progress(at, layout.file_length);
+                }
+            }
+            Data::Cuda {
+                device,
+                address,
+                len,
+            } => {
+                // Whole checksum blocks per piece (both are powers of two).
+                let chunk = usize::try_from(block_size.max(16 << 20)).unwrap_or(16 << 20);
+                let block = usize::try_from(block_size).unwrap_or(usize::MAX);
+                let mut crcs = Vec::with_capacity(block_count(len, block_size) as usize);
+                crate::cuda::copy_from_device(device, address, len, chunk, &mut |at, bytes| {
+                    crcs.extend(bytes.chunks(block).map(crc32c));
+                    let to = offset + at;
+                    file.write_all_at(bytes, to).map_err(|e| {
+                        fail(&format!("tensor '{}' at offset {to}", tensor.name), e)
+                    })?;
+                    progress(to + bytes.len() as u64, layout.file_length);
+                    Ok(())
+                })
+                .map_err(|e| e.in_tensor(&tensor.name))?;
+                device_crcs.push((i, crcs));
+            }
         }
     }
-    Ok(())
+    Ok(device_crcs)
 }
 
 /// CRC-32C of every block of every tensor, spread over `threads` threads.
@@ -314,11 +412,11 @@ fn block_checksums(
     let block = usize::try_from(block_size).unwrap_or(usize::MAX);
     let mut crcs: Vec<Vec<u32>> = tensors
         .iter()
-        .map(|t| vec![0u32; t.data.len().div_ceil(block)])
+        .map(|t| vec![0u32; t.data.host().len().div_ceil(block)])
         .collect();
     let mut work: Vec<(&[u8], &mut u32)> = Vec::new();
     for (t, slots) in tensors.iter().zip(crcs.iter_mut()) {
-        work.extend(t.data.chunks(block).zip(slots.iter_mut()));
+        work.extend(t.data.host().chunks(block).zip(slots.iter_mut()));
     }
     let total = work.len();
     let queue = Mutex::new(work.chunks_mut(16));

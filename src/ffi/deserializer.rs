@@ -2,6 +2,7 @@
 
 use std::ffi::{c_char, c_void, CString};
 
+use super::cuda_arena::plaid_cuda_arena;
 use super::host_arena::plaid_host_arena;
 use super::placement::{plaid_place_fn, plaid_tensor_info, CallbackPlacement};
 use super::progress::{plaid_progress_fn, CallbackProgress};
@@ -245,6 +246,49 @@ pub unsafe extern "C" fn plaid_deserializer_load(
 /// the same rules as `plaid_place_fn` apply.
 pub type plaid_filter_fn =
     Option<unsafe extern "C" fn(user_data: *mut c_void, info: *const plaid_tensor_info) -> i32>;
+
+/// Load tensors into device memory that plaid allocates on CUDA device `device`, the
+/// way `load_file(device="cuda")` returns fresh tensors: one `cuMemAlloc` for all of them,
+/// each tensor 256-byte aligned, filled through the pinned staging ring as
+/// `plaid_deserializer_load` fills caller memory, verified as per the read options.
+/// `filter` (NULL: every tensor) chooses the tensors. On success `*out` holds an arena to
+/// read with `plaid_cuda_arena_tensor` and free with `plaid_cuda_arena_free`; every byte
+/// is on the device when this returns. On failure nothing stays allocated and `*out` is
+/// untouched. Returns `PLAID_ERR_NO_CUDA` where no CUDA driver can be loaded, and
+/// `PLAID_ERR_CUDA` (naming the driver's error) for a device that does not exist or
+/// memory the device does not have.
+///
+/// # Safety
+/// `d` is NULL (an error) or a live handle not used by another thread during the call;
+/// `filter` is NULL or honours `plaid_filter_fn`'s contract; `out` NULL (an error) or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_deserializer_load_cuda(
+    d: *mut plaid_deserializer,
+    device: i32,
+    filter: plaid_filter_fn,
+    user_data: *mut c_void,
+    out: *mut *mut plaid_cuda_arena,
+) -> plaid_status {
+    boundary::status(|| {
+        out_ptr(out, "out")?;
+        // SAFETY: per the contract.
+        let d = unsafe { handle(d, "deserializer") }?;
+        let mut wanted = |t: &crate::format::TensorInfo| match filter {
+            // SAFETY: the info lives as long as `d`; the callback honours its contract.
+            Some(f) => unsafe { f(user_data, &d.infos[t.index]) != 0 },
+            None => true,
+        };
+        let progress = d.progress.map(|p| move |x: &crate::Progress| p.call(x));
+        let inner = match &progress {
+            Some(p) => d.inner.load_to_cuda(device, &mut wanted, Some(p)),
+            None => d.inner.load_to_cuda(device, &mut wanted, None),
+        }?;
+        // SAFETY: checked non-NULL above.
+        unsafe { publish(out, plaid_cuda_arena { inner }) };
+        Ok(())
+    })
+}
 
 /// Load tensors into host memory that plaid allocates, the way a `load_file` call returns
 /// fresh arrays: one allocation for all of them, each tensor 64-byte aligned, its pages

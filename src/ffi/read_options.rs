@@ -189,6 +189,27 @@ pub unsafe extern "C" fn plaid_read_options_set_verify_sha256(
     })
 }
 
+/// Put the copies to CUDA destinations on the caller's stream `stream` (a `CUstream`),
+/// so that the weights are ordered with the caller's work on it; NULL (the default) uses
+/// streams of plaid's own. The stream must belong to the primary context of the
+/// destinations' device (the context the CUDA runtime and PyTorch use) and stay valid
+/// while the deserializer loads. Loads still return only when every byte is on the device.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_read_options_set_cuda_stream(
+    options: *mut plaid_read_options,
+    stream: *mut std::ffi::c_void,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let o = unsafe { handle_mut(options, "options") }?;
+        o.inner = o.inner.clone().cuda_stream(stream as usize);
+        Ok(())
+    })
+}
+
 /// Bytes per read, 4 KiB to 1 GiB (default 16 MiB); rounded to whole checksum blocks.
 ///
 /// # Safety

@@ -105,6 +105,53 @@ pub unsafe extern "C" fn plaid_serializer_add_tensor(
     })
 }
 
+/// Add a tensor that lives in device memory: `nbytes` = product(shape) * element size
+/// bytes at `address` (a `CUdeviceptr`) on CUDA device `device`, which must stay valid and
+/// unchanged until `plaid_serializer_finish` returns. `finish` copies it to the host
+/// through two pinned buffers while it writes, so a model on the GPU is written without
+/// the caller staging it. Otherwise as `plaid_serializer_add_tensor`; returns
+/// `PLAID_ERR_NO_CUDA` where no CUDA driver can be loaded.
+///
+/// # Safety
+/// `s` is NULL or a live handle; `name` NULL or NUL-terminated; `shape` NULL or `ndim`
+/// readable values.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_serializer_add_tensor_cuda(
+    s: *mut plaid_serializer,
+    name: *const c_char,
+    dtype: u32,
+    shape: *const u64,
+    ndim: usize,
+    device: i32,
+    address: u64,
+    nbytes: u64,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let s = unsafe { handle_mut(s, "serializer") }?;
+        // SAFETY: per the contract.
+        let name = unsafe { c_str(name, "name") }?;
+        let dtype = DType::from_id(dtype)
+            .map_err(|_| Error::invalid(format!("tensor '{name}': unknown dtype {dtype}")))?;
+        if ndim > MAX_RANK {
+            return Err(Error::invalid(format!(
+                "tensor '{name}': rank {ndim} exceeds the limit of {MAX_RANK}"
+            )));
+        }
+        // SAFETY: per the contract; NULL is allowed only for empty arrays.
+        let shape = unsafe { borrowed(shape, ndim, "shape") }?;
+        let needed = dtype.nbytes(shape);
+        if needed != Some(nbytes) {
+            return Err(Error::invalid(format!(
+                "tensor '{name}': shape {shape:?} of {dtype} needs {} bytes but {nbytes} were given",
+                needed.map_or("more than 2^64".into(), |n| n.to_string())
+            )));
+        }
+        s.open()?
+            .add_tensor_cuda(name, dtype, shape, device, address)
+    })
+}
+
 /// Set a metadata entry (`key` non-empty; both UTF-8), replacing an earlier value.
 /// Both strings are copied.
 ///

@@ -6,10 +6,13 @@ mod progress;
 
 pub use progress::{Progress, ProgressFn};
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::cuda::{Lane, Ring};
 use crate::error::{Error, Result};
 use crate::format::checksum::{copy_crc32c, crc32c, WholeHasher};
 use crate::format::{Checksum, Index, TensorInfo};
@@ -36,20 +39,70 @@ const MAX_BATCH_GAP: u64 = 64 << 10;
 /// batches of a model made of small tensors spread evenly over the workers.
 const MAX_BATCH: u64 = 2 << 20;
 
+/// A destination, or a piece of one.
+enum Out<'a> {
+    /// The caller's host memory.
+    Host(&'a mut [u8]),
+    /// `len` bytes of device memory at `address` on CUDA device `device`, reached through
+    /// the worker's pinned staging lane.
+    Device {
+        device: i32,
+        address: u64,
+        len: usize,
+    },
+}
+
+impl<'a> Out<'a> {
+    fn len(&self) -> usize {
+        match self {
+            Out::Host(buffer) => buffer.len(),
+            Out::Device { len, .. } => *len,
+        }
+    }
+
+    /// The CUDA device, for device memory.
+    fn device(&self) -> Option<i32> {
+        match self {
+            Out::Host(_) => None,
+            Out::Device { device, .. } => Some(*device),
+        }
+    }
+
+    /// Consecutive pieces of at most `step` bytes.
+    fn split(self, step: usize) -> Vec<Out<'a>> {
+        match self {
+            Out::Host(buffer) => buffer.chunks_mut(step).map(Out::Host).collect(),
+            Out::Device {
+                device,
+                address,
+                len,
+            } => (0..len)
+                .step_by(step.max(1))
+                .map(|at| Out::Device {
+                    device,
+                    address: address + at as u64,
+                    len: step.min(len - at),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Where one chunk's bytes go.
 enum Target<'a> {
-    /// Straight into the caller's buffer.
-    Host(&'a mut [u8]),
+    /// Straight into the destination (through a staging buffer for device memory).
+    Out(Out<'a>),
     /// Into the worker's scratch buffer, only to be verified.
     Scratch(usize),
     /// A tensor the file stores no bytes for: filled with zeros (its hashes, which cover
     /// only its header, are checked).
-    Zeros(&'a mut [u8]),
-    /// Several whole small tensors lying close together in the file, read as one range
-    /// of `len` bytes from the first one's offset and spread into their buffers.
+    Zeros(Out<'a>),
+    /// Several whole small tensors lying close together in the file, all bound for host
+    /// memory or all for one device, read as one range of `len` bytes from the first one's
+    /// offset and spread into their destinations.
     Batch {
         len: usize,
-        members: Vec<(&'a TensorInfo, &'a mut [u8])>,
+        members: Vec<(&'a TensorInfo, Out<'a>)>,
     },
 }
 
@@ -64,34 +117,34 @@ impl Job<'_> {
     /// The tensors this job delivers and how many of each one's bytes.
     fn pieces(&self) -> Vec<(usize, u64)> {
         match &self.target {
-            Target::Host(buffer) => vec![(self.tensor, buffer.len() as u64)],
+            Target::Out(out) | Target::Zeros(out) => vec![(self.tensor, out.len() as u64)],
             Target::Scratch(len) => vec![(self.tensor, *len as u64)],
-            Target::Zeros(buffer) => vec![(self.tensor, buffer.len() as u64)],
             Target::Batch { members, .. } => members
                 .iter()
-                .map(|(t, buffer)| (t.index, buffer.len() as u64))
+                .map(|(t, out)| (t.index, out.len() as u64))
                 .collect(),
         }
     }
 }
 
-/// Group whole small tensors that lie close together in the file into batched jobs, so a
-/// model of many small tensors costs a few large reads rather than one read per tensor.
+/// Group whole small tensors that lie close together in the file, bound for the same kind
+/// of memory (host, or one device), into batched jobs, so a model of many small tensors
+/// costs a few large reads rather than one read per tensor.
 fn batch_small<'a>(
-    planned: Vec<(&'a TensorInfo, &'a mut [u8])>,
+    planned: Vec<(&'a TensorInfo, Out<'a>)>,
     options: &ReadOptions,
     jobs: &mut Vec<Job<'a>>,
 ) {
-    let mut batch: Vec<(&'a TensorInfo, &'a mut [u8])> = Vec::new();
-    let flush = |batch: &mut Vec<(&'a TensorInfo, &'a mut [u8])>, jobs: &mut Vec<Job<'a>>| {
-        match batch.len() {
+    let mut batch: Vec<(&'a TensorInfo, Out<'a>)> = Vec::new();
+    let flush =
+        |batch: &mut Vec<(&'a TensorInfo, Out<'a>)>, jobs: &mut Vec<Job<'a>>| match batch.len() {
             0 => {}
             1 => {
-                let (tensor, buffer) = batch.pop().expect("one member");
+                let (tensor, out) = batch.pop().expect("one member");
                 jobs.push(Job {
                     tensor: tensor.index,
                     start: 0,
-                    target: Target::Host(buffer),
+                    target: Target::Out(out),
                 });
             }
             _ => {
@@ -107,15 +160,15 @@ fn batch_small<'a>(
                     },
                 });
             }
-        }
-    };
-    for (tensor, buffer) in planned {
+        };
+    for (tensor, out) in planned {
         let fits = batch
             .first()
             .zip(batch.last())
             .is_some_and(|(first, last)| {
                 let end = last.0.offset + last.0.nbytes;
-                tensor.offset >= end
+                first.1.device() == out.device()
+                    && tensor.offset >= end
                     && tensor.offset - end <= MAX_BATCH_GAP
                     && tensor.offset + tensor.nbytes - first.0.offset
                         <= options.chunk_size.min(MAX_BATCH)
@@ -123,7 +176,7 @@ fn batch_small<'a>(
         if !fits {
             flush(&mut batch, jobs);
         }
-        batch.push((tensor, buffer));
+        batch.push((tensor, out));
     }
     flush(&mut batch, jobs);
 }
@@ -133,49 +186,102 @@ pub(crate) fn load<'a>(
     source: &dyn Source,
     index: &Index,
     options: &ReadOptions,
+    ring: &Mutex<Ring>,
     placement: &mut dyn Placement<'a>,
     progress: Option<&ProgressFn<'_>>,
 ) -> Result<LoadStats> {
     // Every destination is known and checked before the first byte is read.
-    let mut planned: Vec<(&TensorInfo, &'a mut [u8])> = Vec::new();
+    let mut planned: Vec<(&TensorInfo, Out<'a>)> = Vec::new();
+    let mut device_ranges: BTreeMap<(i32, u64), (u64, &str)> = BTreeMap::new();
     for tensor in &index.tensors {
+        let capacity_error = |capacity: u64| Error::Capacity {
+            tensor: tensor.name.clone(),
+            needed: tensor.nbytes,
+            capacity,
+        };
         match placement.place(tensor)? {
             Destination::Skip => {}
             Destination::Host(buffer) => {
                 let capacity = buffer.len() as u64;
                 if capacity < tensor.nbytes {
-                    return Err(Error::Capacity {
-                        tensor: tensor.name.clone(),
-                        needed: tensor.nbytes,
-                        capacity,
-                    });
+                    return Err(capacity_error(capacity));
                 }
-                planned.push((tensor, &mut buffer[..tensor.nbytes as usize]));
+                planned.push((tensor, Out::Host(&mut buffer[..tensor.nbytes as usize])));
             }
-            Destination::Cuda { device, .. } => {
-                return Err(Error::NoCuda(format!(
-                    "tensor '{}' asks for CUDA device {device}, but this build of plaid has no CUDA support",
-                    tensor.name
+            Destination::Cuda {
+                device,
+                address,
+                capacity,
+            } => {
+                if capacity < tensor.nbytes {
+                    return Err(capacity_error(capacity));
+                }
+                if address == 0 && tensor.nbytes > 0 {
+                    return Err(Error::invalid(format!(
+                        "tensor '{}': CUDA destination address is NULL",
+                        tensor.name
+                    )));
+                }
+                crate::cuda::init().map_err(|e| e.in_tensor(&tensor.name))?;
+                let len = usize::try_from(tensor.nbytes).map_err(Error::invalid)?;
+                if len > 0 {
+                    if let Some((_, other)) =
+                        device_ranges.insert((device, address), (tensor.nbytes, &tensor.name))
+                    {
+                        return Err(Error::invalid(format!(
+                            "the CUDA destinations of tensors '{other}' and '{}' overlap on device {device}",
+                            tensor.name
+                        )));
+                    }
+                }
+                planned.push((
+                    tensor,
+                    Out::Device {
+                        device,
+                        address,
+                        len,
+                    },
+                ));
+            }
+        }
+    }
+    // Device destinations must not overlap either (host ones cannot: they are borrowed).
+    let mut previous: Option<(i32, u64, &str)> = None;
+    for (&(device, address), &(len, name)) in &device_ranges {
+        if let Some((d, end, other)) = previous {
+            if d == device && address < end {
+                return Err(Error::invalid(format!(
+                    "the CUDA destinations of tensors '{other}' and '{name}' overlap on device {device}"
                 )));
             }
         }
+        previous = Some((device, address.saturating_add(len), name));
     }
     let mut stats = LoadStats::default();
     let mut jobs = Vec::new();
     let mut small = Vec::new();
-    for (tensor, buffer) in planned {
+    // Staging for device memory: at least one chunk (whole checksum blocks), and a batch.
+    let mut staging = usize::try_from(options.chunk_size.min(MAX_BATCH)).unwrap_or(usize::MAX);
+    let mut devices = Vec::new();
+    for (tensor, out) in planned {
         stats.tensors += 1;
         stats.bytes += tensor.nbytes;
+        if let Some(device) = out.device() {
+            staging = staging.max(chunk_len(tensor, options));
+            if !devices.contains(&device) {
+                devices.push(device);
+            }
+        }
         if tensor.zero_fill {
             jobs.push(Job {
                 tensor: tensor.index,
                 start: 0,
-                target: Target::Zeros(buffer),
+                target: Target::Zeros(out),
             });
             continue;
         }
         if tensor.nbytes > 0 && tensor.nbytes < SMALL_TENSOR {
-            small.push((tensor, buffer));
+            small.push((tensor, out));
             continue;
         }
         if tensor.nbytes == 0 {
@@ -184,23 +290,82 @@ pub(crate) fn load<'a>(
                 jobs.push(Job {
                     tensor: tensor.index,
                     start: 0,
-                    target: Target::Host(buffer),
+                    target: Target::Out(out),
                 });
             }
             continue;
         }
         let step = job_len(tensor, options);
-        for (k, piece) in buffer.chunks_mut(step).enumerate() {
+        for (k, piece) in out.split(step).into_iter().enumerate() {
             jobs.push(Job {
                 tensor: tensor.index,
-                start: (k * step) as u64,
-                target: Target::Host(piece),
+                start: k as u64 * step as u64,
+                target: Target::Out(piece),
             });
         }
     }
     batch_small(small, options, &mut jobs);
-    run(source, index, options, jobs, stats.tensors, progress)?;
+    let threads = options.worker_threads().min(jobs.len()).max(1);
+    if devices.is_empty() {
+        let workers = (0..threads).map(|_| Worker::default()).collect();
+        run(
+            source,
+            index,
+            options,
+            jobs,
+            workers,
+            stats.tensors,
+            progress,
+        )?;
+        return Ok(stats);
+    }
+    // Loads into device memory on one deserializer take turns with its staging ring.
+    let mut ring = ring.lock();
+    for &device in &devices {
+        ring.reserve(device, threads, staging, options.cuda_stream)?;
+    }
+    let workers = ring
+        .split(threads)
+        .into_iter()
+        .map(|lanes| Worker {
+            scratch: Vec::new(),
+            lanes,
+        })
+        .collect();
+    run(
+        source,
+        index,
+        options,
+        jobs,
+        workers,
+        stats.tensors,
+        progress,
+    )?;
     Ok(stats)
+}
+
+/// What each worker owns: a scratch buffer, and its staging lane to each device.
+#[derive(Default)]
+struct Worker<'r> {
+    scratch: Vec<u8>,
+    lanes: HashMap<i32, &'r mut Lane>,
+}
+
+impl Worker<'_> {
+    fn lane(&mut self, device: i32) -> Result<&mut Lane> {
+        self.lanes
+            .get_mut(&device)
+            .map(|lane| &mut **lane)
+            .ok_or_else(|| Error::Cuda(format!("no staging lane for CUDA device {device}")))
+    }
+
+    /// Wait for every copy still in flight to the devices.
+    fn drain(&mut self) -> Result<()> {
+        self.lanes
+            .values_mut()
+            .map(|lane| lane.drain())
+            .fold(Ok(()), Result::and)
+    }
 }
 
 /// Read and verify every byte of every tensor with bounded memory (one chunk per worker).
@@ -239,7 +404,17 @@ pub(crate) fn verify_all(
             start += len;
         }
     }
-    run(source, index, &options, jobs, stats.tensors, progress)?;
+    let threads = options.worker_threads().min(jobs.len()).max(1);
+    let workers = (0..threads).map(|_| Worker::default()).collect();
+    run(
+        source,
+        index,
+        &options,
+        jobs,
+        workers,
+        stats.tensors,
+        progress,
+    )?;
     Ok(stats)
 }
 
@@ -268,6 +443,7 @@ fn run(
     index: &Index,
     options: &ReadOptions,
     jobs: Vec<Job<'_>>,
+    workers: Vec<Worker<'_>>,
     tensors_total: usize,
     progress: Option<&ProgressFn<'_>>,
 ) -> Result<()> {
@@ -278,50 +454,65 @@ fn run(
         tensors_total,
         jobs.iter().flat_map(Job::pieces),
     );
-    let threads = options.worker_threads();
-    pool(jobs, threads, |scratch, job: Job<'_>| {
-        let tensor = &index.tensors[job.tensor];
-        let pieces = job.pieces();
-        let step = chunk_len(tensor, options);
-        run_job(source, tensor, job, Verify::from(options), step, scratch)?;
-        pieces
-            .into_iter()
-            .try_for_each(|(tensor, len)| tracker.chunk_done(tensor, len))
-    })?;
+    pool(
+        jobs,
+        workers,
+        |worker, job: Job<'_>| {
+            let tensor = &index.tensors[job.tensor];
+            let pieces = job.pieces();
+            let step = chunk_len(tensor, options);
+            run_job(source, tensor, job, Verify::from(options), step, worker)?;
+            pieces
+                .into_iter()
+                .try_for_each(|(tensor, len)| tracker.chunk_done(tensor, len))
+        },
+        Worker::drain,
+    )?;
     tracker.finish();
     Ok(())
 }
 
-/// Run `jobs` on up to `threads` workers (the calling thread is one of them), each with
-/// its own scratch buffer. The first error stops the others after their current job and
-/// is returned.
-fn pool<J: Send>(
+/// Run `jobs` on one thread per worker state in `workers` (the calling thread is one of
+/// them). The first error stops the others after their current job and is returned;
+/// `finish` runs on every worker at the end, whatever happened (its error is returned
+/// when nothing failed before).
+fn pool<J: Send, W: Send>(
     jobs: Vec<J>,
-    threads: usize,
-    f: impl Fn(&mut Vec<u8>, J) -> Result<()> + Sync,
+    workers: Vec<W>,
+    f: impl Fn(&mut W, J) -> Result<()> + Sync,
+    finish: impl Fn(&mut W) -> Result<()> + Sync,
 ) -> Result<()> {
-    let threads = threads.min(jobs.len()).max(1);
     let queue = Mutex::new(jobs.into_iter());
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    let work = || {
-        let mut scratch = Vec::new();
+    let fail = |e: Error| {
+        failed.store(true, Ordering::Relaxed);
+        first_error.lock().get_or_insert(e);
+    };
+    let work = |mut worker: W| {
         while !failed.load(Ordering::Relaxed) {
             let Some(job) = queue.lock().next() else {
                 break;
             };
-            if let Err(e) = f(&mut scratch, job) {
-                failed.store(true, Ordering::Relaxed);
-                first_error.lock().get_or_insert(e);
+            if let Err(e) = f(&mut worker, job) {
+                fail(e);
                 break;
             }
         }
-    };
-    std::thread::scope(|scope| {
-        for _ in 1..threads {
-            scope.spawn(work);
+        if let Err(e) = finish(&mut worker) {
+            fail(e);
         }
-        work();
+    };
+    let work = &work;
+    let mut workers = workers.into_iter();
+    let first = workers.next();
+    std::thread::scope(|scope| {
+        for worker in workers {
+            scope.spawn(move || work(worker));
+        }
+        if let Some(worker) = first {
+            work(worker);
+        }
     });
     first_error.into_inner().map_or(Ok(()), Err)
 }
@@ -332,34 +523,58 @@ fn run_job(
     job: Job<'_>,
     verify: Verify,
     step: usize,
-    scratch: &mut Vec<u8>,
+    worker: &mut Worker<'_>,
 ) -> Result<()> {
     let file = source.name();
     let in_tensor = |e: Error| e.in_tensor(&tensor.name);
     let mut check = Check::new(tensor, verify);
     match job.target {
-        Target::Batch { len, mut members } => {
+        Target::Batch { len, members } => {
             let offset = tensor.offset + job.start;
-            return run_batch(source, offset, len, &mut members, verify, scratch);
+            return run_batch(source, offset, len, members, verify, worker);
         }
-        Target::Zeros(buffer) => buffer.fill(0),
-        Target::Host(buffer) => {
+        Target::Zeros(Out::Host(buffer)) => buffer.fill(0),
+        Target::Zeros(Out::Device {
+            device,
+            address,
+            len,
+        }) => {
+            let lane = worker.lane(device)?;
+            let handle = Arc::clone(lane.device());
+            let _bound = handle.bind().map_err(in_tensor)?;
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(lane.capacity());
+                lane.buffer(n).map_err(in_tensor)?.fill(0);
+                lane.send_one(address + at as u64, n).map_err(in_tensor)?;
+                at += n;
+            }
+        }
+        Target::Out(Out::Host(buffer)) => {
             let mut start = job.start;
             for piece in buffer.chunks_mut(step) {
-                // Copied and checked in one pass where the source can lend its bytes.
-                let offset = tensor.offset + start;
-                let before = check.clone();
-                let len = piece.len();
-                let mut copy = |bytes: &[u8]| check.copy(file, start, bytes, piece);
-                match source.with_bytes(offset, len, &mut copy) {
-                    Some(done) => done.map_err(in_tensor)?,
-                    None => {
-                        check = before;
-                        source.read_at(offset, piece).map_err(in_tensor)?;
-                        check.check(file, start, piece)?;
-                    }
-                }
-                start += len as u64;
+                fill(source, tensor, start, piece, &mut check)?;
+                start += piece.len() as u64;
+            }
+        }
+        Target::Out(Out::Device {
+            device,
+            address,
+            len,
+        }) => {
+            // Through the worker's two pinned buffers: while the device copies one, the
+            // next piece is read (and checked) into the other.
+            let lane = worker.lane(device)?;
+            let handle = Arc::clone(lane.device());
+            let _bound = handle.bind().map_err(in_tensor)?;
+            let step = step.min(lane.capacity());
+            let mut at = 0;
+            while at < len {
+                let n = step.min(len - at);
+                let staging = lane.buffer(n).map_err(in_tensor)?;
+                fill(source, tensor, job.start + at as u64, staging, &mut check)?;
+                lane.send_one(address + at as u64, n).map_err(in_tensor)?;
+                at += n;
             }
         }
         Target::Scratch(len) => {
@@ -375,6 +590,7 @@ fn run_job(
                     Some(done) => done.map_err(in_tensor)?,
                     None => {
                         check = before;
+                        let scratch = &mut worker.scratch;
                         scratch.resize(n, 0);
                         source
                             .read_at(offset, &mut scratch[..n])
@@ -389,33 +605,117 @@ fn run_job(
     check.finish(file)
 }
 
+/// Fill `dst` with the bytes of `tensor` from `start` on, checking them as they go by:
+/// copied out of the source in place where it can lend them, read otherwise.
+fn fill(
+    source: &dyn Source,
+    tensor: &TensorInfo,
+    start: u64,
+    dst: &mut [u8],
+    check: &mut Check<'_>,
+) -> Result<()> {
+    let file = source.name();
+    let offset = tensor.offset + start;
+    let len = dst.len();
+    let before = check.clone();
+    let mut copy = |bytes: &[u8]| check.copy(file, start, bytes, dst);
+    match source.with_bytes(offset, len, &mut copy) {
+        Some(done) => done.map_err(|e| e.in_tensor(&tensor.name)),
+        None => {
+            *check = before;
+            source
+                .read_at(offset, dst)
+                .map_err(|e| e.in_tensor(&tensor.name))?;
+            check.check(file, start, dst)
+        }
+    }
+}
+
 /// Read the `len` bytes at `offset` holding every member of a batch and spread them into
-/// the members' buffers, verifying each. Where reading the whole range fails, each member
-/// is read on its own so that the error names the tensor it hit.
+/// the members' destinations (host buffers, or one device's memory through a staging
+/// buffer), verifying each. Where reading the whole range fails, each member is read on
+/// its own so that the error names the tensor it hit.
 fn run_batch(
     source: &dyn Source,
     offset: u64,
     len: usize,
-    members: &mut [(&TensorInfo, &mut [u8])],
+    members: Vec<(&TensorInfo, Out<'_>)>,
     verify: Verify,
-    scratch: &mut Vec<u8>,
+    worker: &mut Worker<'_>,
 ) -> Result<()> {
     let file = source.name();
+    let checked = |tensor: &TensorInfo, src: Option<&[u8]>, dst: &mut [u8]| -> Result<()> {
+        let mut check = Check::new(tensor, verify);
+        match src {
+            Some(src) => check.copy(file, 0, src, dst),
+            None => check.check(file, 0, dst),
+        }
+        .map_err(|e| e.in_tensor(&tensor.name))?;
+        check.finish(file)
+    };
+    let at = |tensor: &TensorInfo| (tensor.offset - offset) as usize;
+    if let Some(device) = members.first().and_then(|(_, out)| out.device()) {
+        let lane = worker.lane(device)?;
+        let handle = Arc::clone(lane.device());
+        let _bound = handle.bind()?;
+        let staging = lane.buffer(len)?;
+        let mut spread = |bytes: &[u8]| -> Result<()> {
+            for (tensor, out) in &members {
+                let r = at(tensor)..at(tensor) + out.len();
+                checked(tensor, Some(&bytes[r.clone()]), &mut staging[r])?;
+            }
+            Ok(())
+        };
+        match source.with_bytes(offset, len, &mut spread) {
+            Some(done) => done?,
+            None if source.read_at(offset, staging).is_ok() => {
+                for (tensor, out) in &members {
+                    checked(
+                        tensor,
+                        None,
+                        &mut staging[at(tensor)..at(tensor) + out.len()],
+                    )?;
+                }
+            }
+            None => {
+                for (tensor, out) in &members {
+                    let dst = &mut staging[at(tensor)..at(tensor) + out.len()];
+                    source
+                        .read_at(tensor.offset, dst)
+                        .map_err(|e| e.in_tensor(&tensor.name))?;
+                    checked(tensor, None, dst)?;
+                }
+            }
+        }
+        let copies: Vec<(u64, usize, usize)> = members
+            .iter()
+            .map(|(tensor, out)| match out {
+                Out::Device { address, len, .. } => (*address, at(tensor), *len),
+                Out::Host(_) => (0, 0, 0),
+            })
+            .collect();
+        return lane
+            .send(&copies)
+            .map_err(|(i, e)| e.in_tensor(&members[i].0.name));
+    }
+    let mut members: Vec<(&TensorInfo, &mut [u8])> = members
+        .into_iter()
+        .filter_map(|(tensor, out)| match out {
+            Out::Host(buffer) => Some((tensor, buffer)),
+            Out::Device { .. } => None,
+        })
+        .collect();
     let mut spread = |bytes: &[u8]| -> Result<()> {
         for (tensor, buffer) in members.iter_mut() {
-            let at = (tensor.offset - offset) as usize;
-            let src = &bytes[at..at + buffer.len()];
-            let mut check = Check::new(tensor, verify);
-            check
-                .copy(file, 0, src, buffer)
-                .map_err(|e| e.in_tensor(&tensor.name))?;
-            check.finish(file)?;
+            let src = &bytes[at(tensor)..at(tensor) + buffer.len()];
+            checked(tensor, Some(src), buffer)?;
         }
         Ok(())
     };
     if let Some(done) = source.with_bytes(offset, len, &mut spread) {
         return done;
     }
+    let scratch = &mut worker.scratch;
     scratch.resize(len, 0);
     if source.read_at(offset, &mut scratch[..len]).is_ok() {
         return spread(&scratch[..len]);
@@ -424,9 +724,7 @@ fn run_batch(
         source
             .read_at(tensor.offset, buffer)
             .map_err(|e| e.in_tensor(&tensor.name))?;
-        let mut check = Check::new(tensor, verify);
-        check.check(file, 0, buffer)?;
-        check.finish(file)?;
+        checked(tensor, None, buffer)?;
     }
     Ok(())
 }
@@ -575,10 +873,12 @@ pub(crate) fn verify_mapped(
             jobs.push((tensor, (k * step) as u64, piece));
         }
     }
+    let workers = vec![(); options.worker_threads().min(jobs.len()).max(1)];
     pool(
         jobs,
-        options.worker_threads(),
+        workers,
         |_, (tensor, start, piece)| verify_range(file, tensor, start, piece, options),
+        |_| Ok(()),
     )
 }
 

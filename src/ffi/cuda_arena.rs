@@ -1,0 +1,68 @@
+//! `plaid_cuda_arena`: tensors loaded into device memory that plaid allocated.
+
+use super::status::plaid_status;
+use super::{boundary, handle, out_ptr, release};
+use crate::cuda::CudaArena;
+use crate::error::Error;
+
+/// Tensors loaded by `plaid_deserializer_load_cuda` into one device allocation made by
+/// plaid. Opaque; freed (with all its tensors) by `plaid_cuda_arena_free`. Independent of
+/// the deserializer: it may outlive it.
+pub struct plaid_cuda_arena {
+    pub(crate) inner: CudaArena,
+}
+
+/// Store in `*address` the device address (`CUdeviceptr`) of tensor `index` (file order)
+/// in `arena`, 256-byte aligned, valid until `plaid_cuda_arena_free`, and its size in
+/// `*nbytes`. Returns `PLAID_ERR_NOT_FOUND` for a tensor that was not loaded (filtered out,
+/// or no such index); on failure `*address` and `*nbytes` are untouched.
+///
+/// # Safety
+/// `arena` is NULL or a live handle; `address` and `nbytes` NULL (an error) or writable.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_cuda_arena_tensor(
+    arena: *const plaid_cuda_arena,
+    index: usize,
+    address: *mut u64,
+    nbytes: *mut u64,
+) -> plaid_status {
+    boundary::status(|| {
+        out_ptr(address, "address")?;
+        out_ptr(nbytes, "nbytes")?;
+        // SAFETY: per the contract.
+        let arena = unsafe { handle(arena, "arena") }?;
+        let (at, len) = arena
+            .inner
+            .tensor(index)
+            .ok_or_else(|| Error::NotFound(format!("tensor #{index} is not in this arena")))?;
+        // SAFETY: both checked non-NULL above and writable per the contract.
+        unsafe {
+            *address = at;
+            *nbytes = len;
+        }
+        Ok(())
+    })
+}
+
+/// The CUDA device ordinal of `arena`'s memory; -1 for NULL.
+///
+/// # Safety
+/// `arena` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_cuda_arena_device(arena: *const plaid_cuda_arena) -> i32 {
+    // SAFETY: per the contract.
+    boundary::value(-1, || {
+        unsafe { arena.as_ref() }.map_or(-1, |a| a.inner.device())
+    })
+}
+
+/// Free an arena's device memory. NULL is a no-op; call at most once per handle, and only
+/// when no work on the device still reads the tensors.
+///
+/// # Safety
+/// `arena` is NULL or a live handle from `plaid_deserializer_load_cuda`.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_cuda_arena_free(arena: *mut plaid_cuda_arena) {
+    // SAFETY: per the contract.
+    boundary::value((), || unsafe { release(arena) })
+}

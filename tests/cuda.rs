@@ -1,0 +1,502 @@
+//! The CUDA paths, tested without a GPU against the stand-in driver in
+//! `tests/cuda/fake_cuda.c`: it is built here into `libcuda.so.1`, and each scenario runs
+//! in a child process (this test binary again, one `#[ignore]`d test) whose
+//! `LD_LIBRARY_PATH` finds it. The stand-in defers every asynchronous copy until its
+//! stream or event is synchronized, so a staging buffer reused too early shows up as
+//! wrong bytes, and it refuses calls made without a current context.
+
+mod common;
+
+use std::ffi::c_void;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::random_bytes;
+use plaid::{
+    DType, Deserializer, Destination, Error, ReadOptions, Serializer, TensorInfo, WriteOptions,
+};
+
+/// Build the stand-in (or its no-device variant) into `dir/libcuda.so.1`.
+fn build_standin(dir: &Path, no_device: bool) {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda/fake_cuda.c");
+    let mut cc = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
+    cc.args([
+        "-shared", "-fPIC", "-O1", "-Wall", "-Wextra", "-Werror", "-o",
+    ])
+    .arg(dir.join("libcuda.so.1"))
+    .arg(&source)
+    .arg("-lpthread");
+    if no_device {
+        cc.arg("-DFAKE_CUDA_NO_DEVICE");
+    }
+    let out = cc
+        .output()
+        .expect("a C compiler (cc) to build the stand-in driver");
+    assert!(
+        out.status.success(),
+        "building the stand-in driver failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Run the ignored test `name` in a child process against a stand-in driver.
+fn run_child(name: &str, no_device: bool, env: &[(&str, &str)]) {
+    let dir = tempfile::tempdir().unwrap();
+    build_standin(dir.path(), no_device);
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            name,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("LD_LIBRARY_PATH", dir.path())
+        .env("PLAID_CUDA_CHILD", "1")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{name} failed against the stand-in driver:\n{stdout}\n{stderr}"
+    );
+}
+
+/// The stand-in, loaded once for the whole child process (unloading it would lose its
+/// state).
+fn standin() -> &'static libloading::Library {
+    static LIB: std::sync::OnceLock<libloading::Library> = std::sync::OnceLock::new();
+    // SAFETY: the stand-in has no initialisers with preconditions.
+    LIB.get_or_init(|| unsafe { libloading::Library::new("libcuda.so.1").unwrap() })
+}
+
+fn in_child() {
+    assert!(
+        std::env::var_os("PLAID_CUDA_CHILD").is_some(),
+        "run by the parent tests with the stand-in driver, not directly"
+    );
+}
+
+/// The stand-in's counters: pinned bytes now and at the peak, copies performed, misuse.
+fn stats() -> (u64, u64, u64, u64) {
+    // SAFETY: the stand-in is already loaded by plaid; the signature matches the C file.
+    unsafe {
+        let lib = standin();
+        let f: libloading::Symbol<unsafe extern "C" fn(*mut u64, *mut u64, *mut u64, *mut u64)> =
+            lib.get(b"fake_cuda_stats").unwrap();
+        let (mut a, mut b, mut c, mut d) = (0, 0, 0, 0);
+        f(&mut a, &mut b, &mut c, &mut d);
+        (a, b, c, d)
+    }
+}
+
+fn reset_stats() {
+    // SAFETY: as above.
+    unsafe {
+        let lib = standin();
+        let f: libloading::Symbol<unsafe extern "C" fn()> =
+            lib.get(b"fake_cuda_reset_stats").unwrap();
+        f();
+    }
+}
+
+/// A model of many shapes: large tensors over several chunks, many small ones, 0-d and
+/// empty ones, and odd sizes.
+fn write_model(path: &Path) -> Vec<(String, DType, Vec<u64>, Vec<u8>)> {
+    let mut tensors = vec![
+        ("big".to_string(), DType::U8, vec![5 << 20], 1u64),
+        ("odd".to_string(), DType::F32, vec![333, 77], 2),
+        ("scalar".to_string(), DType::F64, vec![], 3),
+        ("empty".to_string(), DType::BF16, vec![0, 8], 4),
+        ("mid".to_string(), DType::F16, vec![1 << 20], 5),
+    ];
+    for i in 0..300u64 {
+        tensors.push((
+            format!("small.{i}"),
+            DType::U8,
+            vec![1 + (i * 37) % 9000],
+            10 + i,
+        ));
+    }
+    let data: Vec<_> = tensors
+        .into_iter()
+        .map(|(name, dtype, shape, seed)| {
+            let len = dtype.nbytes(&shape).unwrap() as usize;
+            (name, dtype, shape, random_bytes(len, seed))
+        })
+        .collect();
+    let mut s = Serializer::create(path, WriteOptions::default().sync(false)).unwrap();
+    for (name, dtype, shape, bytes) in &data {
+        s.add_tensor(name, *dtype, shape, bytes).unwrap();
+    }
+    s.finish().unwrap();
+    data
+}
+
+/// Load every tensor of `d` into "device memory" (host buffers, as the stand-in's device
+/// pointers are host addresses), poisoned first; tensors whose index `host` selects go to
+/// host memory instead.
+fn load_to_device(d: &Deserializer, host: &dyn Fn(usize) -> bool) -> plaid::Result<Vec<Vec<u8>>> {
+    let mut buffers: Vec<Vec<u8>> = d
+        .tensors()
+        .iter()
+        .map(|t| vec![0xA5; t.nbytes as usize])
+        .collect();
+    let addresses: Vec<u64> = buffers.iter_mut().map(|b| b.as_mut_ptr() as u64).collect();
+    let mut host_buffers: Vec<Option<&mut [u8]>> =
+        buffers.iter_mut().map(|b| Some(&mut b[..])).collect();
+    d.load(&mut |t: &TensorInfo| {
+        let buffer = host_buffers[t.index].take().unwrap();
+        Ok(if host(t.index) {
+            Destination::Host(buffer)
+        } else {
+            Destination::Cuda {
+                device: 0,
+                address: addresses[t.index],
+                capacity: t.nbytes,
+            }
+        })
+    })?;
+    drop(host_buffers);
+    Ok(buffers)
+}
+
+#[test]
+fn device_paths_against_the_stand_in() {
+    run_child("child_device_paths", false, &[]);
+}
+
+#[test]
+#[ignore = "run by device_paths_against_the_stand_in with the stand-in driver"]
+fn child_device_paths() {
+    in_child();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    let model = write_model(&path);
+    let expected: Vec<&Vec<u8>> = model.iter().map(|t| &t.3).collect();
+    for chunk in [4096u64, 64 << 10, 16 << 20] {
+        for threads in [1, 3] {
+            for (mmap, verify) in [(true, true), (false, true), (true, false)] {
+                let options = ReadOptions::default()
+                    .chunk_size(chunk)
+                    .unwrap()
+                    .threads(threads)
+                    .unwrap()
+                    .mmap(mmap)
+                    .verify(verify);
+                let d = Deserializer::open(&path, options).unwrap();
+                reset_stats();
+                let loaded = load_to_device(&d, &|_| false).unwrap();
+                let what =
+                    format!("chunk {chunk}, {threads} threads, mmap {mmap}, verify {verify}");
+                for (i, bytes) in loaded.iter().enumerate() {
+                    assert!(
+                        bytes == expected[i],
+                        "{what}: tensor {} differs",
+                        model[i].0
+                    );
+                }
+                // Pinned memory: two staging buffers per worker, kept for the next load.
+                let (pinned, peak, copies, misuse) = stats();
+                assert_eq!(misuse, 0, "{what}");
+                assert!(copies > 0);
+                assert_eq!(pinned as usize, d.pinned_staging_bytes(), "{what}");
+                // Each staging buffer holds a read chunk, rounded up to whole checksum
+                // blocks (4 MiB) so that every piece is verified before it is sent.
+                let bound = threads * 2 * (chunk.max(4 << 20)) as usize;
+                assert!(pinned as usize <= bound, "{what}: {pinned} pinned bytes");
+                // A second load, half to host memory, reuses the ring.
+                let loaded = load_to_device(&d, &|i| i % 2 == 0).unwrap();
+                assert!(loaded.iter().zip(&expected).all(|(a, b)| a == *b), "{what}");
+                let (_, peak_after, _, misuse) = stats();
+                assert_eq!((peak_after, misuse), (peak, 0), "{what}");
+            }
+        }
+    }
+    // Dropping the deserializer frees its pinned memory.
+    let (pinned, _, _, misuse) = stats();
+    assert_eq!((pinned, misuse), (0, 0));
+
+    // plaid allocates: one device allocation, every tensor in it.
+    let d = Deserializer::open(&path, ReadOptions::default()).unwrap();
+    let arena = d.load_to_cuda(0, &mut |t| t.name != "mid", None).unwrap();
+    assert_eq!(arena.device(), 0);
+    for (i, t) in d.tensors().iter().enumerate() {
+        match arena.tensor(i) {
+            Some((address, len)) => {
+                assert_eq!(address % 256, 0);
+                assert_eq!(len, t.nbytes);
+                // SAFETY: the stand-in's device memory is host memory.
+                let bytes =
+                    unsafe { std::slice::from_raw_parts(address as *const u8, len as usize) };
+                assert!(bytes == &expected[i][..], "arena tensor {}", t.name);
+            }
+            None => assert_eq!(t.name, "mid"),
+        }
+    }
+    drop(arena);
+
+    // tensorizer files (whole-tensor hashes, meta tensors as zeros) go to devices too.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tensorizer");
+    for (fixture, bad) in [
+        ("meta_tensors_v4", None),
+        ("module_tiny_lm_f32", None),
+        ("damaged_bitflip_in_tensor_data", Some("f16")),
+    ] {
+        let file = fixtures.join(format!("{fixture}.tensors"));
+        let d =
+            Deserializer::open(&file, ReadOptions::default().chunk_size(4096).unwrap()).unwrap();
+        let host = Deserializer::open(&file, ReadOptions::default().verify(false)).unwrap();
+        match (load_to_device(&d, &|_| false), bad) {
+            (Ok(loaded), None) => assert_eq!(loaded, common::load_all(&host).unwrap(), "{fixture}"),
+            (Err(e), Some(bad)) => assert!(
+                matches!(&e, Error::HashMismatch { tensor, .. } if tensor == bad),
+                "{e}"
+            ),
+            (other, _) => panic!("{fixture}: {:?}", other.map(|_| ())),
+        }
+    }
+    assert_eq!(stats().3, 0);
+
+    // The caller's stream: the copies go on it, and the load still returns complete.
+    let stream = caller_stream();
+    let d = Deserializer::open(&path, ReadOptions::default().cuda_stream(stream)).unwrap();
+    let loaded = load_to_device(&d, &|_| false).unwrap();
+    assert!(loaded.iter().zip(&expected).all(|(a, b)| a == *b));
+
+    // Serializing from device memory: copied out through pinned buffers while writing.
+    let out = dir.path().join("from-device.plaid");
+    let mut s = Serializer::create(&out, WriteOptions::default().sync(false)).unwrap();
+    for (name, dtype, shape, bytes) in &model {
+        if name.starts_with("small.") && !name.ends_with('7') {
+            s.add_tensor(name, *dtype, shape, bytes).unwrap();
+        } else {
+            s.add_tensor_cuda(name, *dtype, shape, 0, bytes.as_ptr() as u64)
+                .unwrap();
+        }
+    }
+    s.finish().unwrap();
+    let back = Deserializer::open(&out, ReadOptions::default()).unwrap();
+    let loaded = common::load_all(&back).unwrap();
+    assert!(loaded.iter().zip(&expected).all(|(a, b)| a == *b));
+    assert_eq!(stats().3, 0, "misuse");
+}
+
+/// A stream of the caller's, made in device 0's primary context through the stand-in.
+fn caller_stream() -> usize {
+    // SAFETY: the stand-in's functions with their C signatures.
+    unsafe {
+        let lib = standin();
+        let retain: libloading::Symbol<unsafe extern "C" fn(*mut *mut c_void, i32) -> i32> =
+            lib.get(b"cuDevicePrimaryCtxRetain").unwrap();
+        let push: libloading::Symbol<unsafe extern "C" fn(*mut c_void) -> i32> =
+            lib.get(b"cuCtxPushCurrent_v2").unwrap();
+        let pop: libloading::Symbol<unsafe extern "C" fn(*mut *mut c_void) -> i32> =
+            lib.get(b"cuCtxPopCurrent_v2").unwrap();
+        let create: libloading::Symbol<unsafe extern "C" fn(*mut *mut c_void, u32) -> i32> =
+            lib.get(b"cuStreamCreate").unwrap();
+        let init: libloading::Symbol<unsafe extern "C" fn(u32) -> i32> =
+            lib.get(b"cuInit").unwrap();
+        assert_eq!(init(0), 0);
+        let mut ctx = std::ptr::null_mut();
+        assert_eq!(retain(&mut ctx, 0), 0);
+        assert_eq!(push(ctx), 0);
+        let mut stream = std::ptr::null_mut();
+        assert_eq!(create(&mut stream, 0), 0);
+        assert_eq!(pop(&mut ctx), 0);
+        stream as usize
+    }
+}
+
+#[test]
+fn the_stand_in_defers_copies() {
+    run_child("child_the_stand_in_defers_copies", false, &[]);
+}
+
+/// The stand-in really defers copies: a buffer overwritten before its copy was waited for
+/// delivers the new bytes, which is what the device-path tests would catch.
+#[test]
+#[ignore = "run by the_stand_in_defers_copies with the stand-in driver"]
+fn child_the_stand_in_defers_copies() {
+    in_child();
+    let stream = caller_stream();
+    // SAFETY: the stand-in's functions with their C signatures; the context stays retained.
+    unsafe {
+        let lib = standin();
+        let retain: libloading::Symbol<unsafe extern "C" fn(*mut *mut c_void, i32) -> i32> =
+            lib.get(b"cuDevicePrimaryCtxRetain").unwrap();
+        let push: libloading::Symbol<unsafe extern "C" fn(*mut c_void) -> i32> =
+            lib.get(b"cuCtxPushCurrent_v2").unwrap();
+        let copy: libloading::Symbol<
+            unsafe extern "C" fn(u64, *const c_void, usize, usize) -> i32,
+        > = lib.get(b"cuMemcpyHtoDAsync_v2").unwrap();
+        let sync: libloading::Symbol<unsafe extern "C" fn(usize) -> i32> =
+            lib.get(b"cuStreamSynchronize").unwrap();
+        let mut ctx = std::ptr::null_mut();
+        assert_eq!(retain(&mut ctx, 0), 0);
+        assert_eq!(push(ctx), 0);
+        let mut staging = [1u8; 64];
+        let mut device = [0u8; 64];
+        assert_eq!(
+            copy(
+                device.as_mut_ptr() as u64,
+                staging.as_ptr().cast(),
+                64,
+                stream
+            ),
+            0
+        );
+        assert_eq!(device, [0u8; 64], "not copied before a synchronization");
+        staging.fill(2); // reused too early
+        assert_eq!(sync(stream), 0);
+        assert_eq!(
+            device,
+            vec![2u8; 64],
+            "the copy reads the buffer when it runs"
+        );
+    }
+}
+
+#[test]
+fn injected_errors_against_the_stand_in() {
+    run_child(
+        "child_injected_errors",
+        false,
+        &[("FAKE_CUDA_FAIL_COPY_AT", "7")],
+    );
+}
+
+#[test]
+#[ignore = "run by injected_errors_against_the_stand_in with the stand-in driver"]
+fn child_injected_errors() {
+    in_child();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    let model = write_model(&path);
+    let options = ReadOptions::default()
+        .chunk_size(64 << 10)
+        .unwrap()
+        .threads(3)
+        .unwrap();
+    let d = Deserializer::open(&path, options).unwrap();
+    // The 7th copy fails: the load stops with the driver's error and a tensor, no hang.
+    let err = load_to_device(&d, &|_| false).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Cuda(_)), "{text}");
+    assert!(
+        text.contains("CUDA_ERROR_ILLEGAL_ADDRESS") && text.contains("tensor '"),
+        "{text}"
+    );
+    assert_eq!(
+        stats().3,
+        0,
+        "copies still in flight when the load returned"
+    );
+    // The same deserializer loads fine afterwards.
+    let loaded = load_to_device(&d, &|_| false).unwrap();
+    assert!(loaded.iter().zip(&model).all(|(a, b)| *a == b.3));
+
+    // Bad destinations are refused before anything is read.
+    type Place = Box<dyn Fn(&TensorInfo) -> Destination<'static>>;
+    let cases: Vec<(Place, &str)> = vec![
+        (
+            Box::new(|t: &TensorInfo| Destination::Cuda {
+                device: 5,
+                address: 4096 + (t.index as u64) * (1 << 24),
+                capacity: t.nbytes,
+            }),
+            "CUDA_ERROR_INVALID_DEVICE",
+        ),
+        (
+            Box::new(|t: &TensorInfo| Destination::Cuda {
+                device: 0,
+                address: 0,
+                capacity: t.nbytes,
+            }),
+            "NULL",
+        ),
+        (
+            Box::new(|t: &TensorInfo| Destination::Cuda {
+                device: 0,
+                address: 4096,
+                capacity: t.nbytes / 2,
+            }),
+            "needs",
+        ),
+        (
+            Box::new(|t: &TensorInfo| Destination::Cuda {
+                device: 0,
+                address: 1 << 20,
+                capacity: t.nbytes,
+            }),
+            "overlap",
+        ),
+    ];
+    for (place, needle) in cases {
+        let err = d
+            .load(&mut |t: &TensorInfo| {
+                Ok(if t.nbytes > 8 {
+                    place(t)
+                } else {
+                    Destination::Skip
+                })
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains(needle), "{needle}: {err}");
+    }
+    assert_eq!(stats().3, 0);
+}
+
+#[test]
+fn a_driver_without_devices() {
+    run_child("child_no_device", true, &[]);
+}
+
+#[test]
+#[ignore = "run by a_driver_without_devices with the no-device stand-in"]
+fn child_no_device() {
+    in_child();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    let model = write_model(&path);
+    let d = Deserializer::open(&path, ReadOptions::default()).unwrap();
+    let err = load_to_device(&d, &|_| false).unwrap_err();
+    assert!(
+        matches!(&err, Error::Cuda(m) if m.contains("CUDA_ERROR_NO_DEVICE")),
+        "{err}"
+    );
+    let err = d.load_to_cuda(0, &mut |_| true, None).unwrap_err();
+    assert!(matches!(err, Error::Cuda(_)), "{err}");
+    // Host loads are unaffected.
+    let loaded = load_to_device(&d, &|_| true).unwrap();
+    assert!(loaded.iter().zip(&model).all(|(a, b)| *a == b.3));
+}
+
+/// With no driver library at all, every CUDA path is `Error::NoCuda`, never a crash.
+#[test]
+fn no_driver_is_no_cuda() {
+    // SAFETY: only tries to open the library.
+    if unsafe { cudarc::driver::sys::is_culib_present() } {
+        eprintln!("a CUDA driver library is installed here: the no-driver path is not tested");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    write_model(&path);
+    let d = Deserializer::open(&path, ReadOptions::default()).unwrap();
+    let err = load_to_device(&d, &|i| i != 2).unwrap_err();
+    assert!(
+        matches!(&err, Error::NoCuda(m) if m.contains("scalar")),
+        "{err}"
+    );
+    let err = d.load_to_cuda(0, &mut |_| true, None).unwrap_err();
+    assert!(matches!(err, Error::NoCuda(_)), "{err}");
+    let mut s = Serializer::create(dir.path().join("x.plaid"), WriteOptions::default()).unwrap();
+    let err = s
+        .add_tensor_cuda("w", DType::F32, &[4], 0, 4096)
+        .unwrap_err();
+    assert!(matches!(err, Error::NoCuda(_)), "{err}");
+    let _: PathBuf = path;
+}
