@@ -353,7 +353,7 @@ fn child_the_stand_in_defers_copies() {
         assert_eq!(sync(stream), 0);
         assert_eq!(
             device,
-            vec![2u8; 64],
+            [2u8; 64],
             "the copy reads the buffer when it runs"
         );
     }
