@@ -351,11 +351,7 @@ fn child_the_stand_in_defers_copies() {
         assert_eq!(device, [0u8; 64], "not copied before a synchronization");
         staging.fill(2); // reused too early
         assert_eq!(sync(stream), 0);
-        assert_eq!(
-            device,
-            [2u8; 64],
-            "the copy reads the buffer when it runs"
-        );
+        assert_eq!(device, [2u8; 64], "the copy reads the buffer when it runs");
     }
 }
 
