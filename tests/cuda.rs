@@ -496,3 +496,127 @@ fn no_driver_is_no_cuda() {
     assert!(matches!(err, Error::NoCuda(_)), "{err}");
     let _: PathBuf = path;
 }
+
+#[test]
+fn c_api_against_the_stand_in() {
+    run_child("child_c_api", false, &[]);
+}
+
+/// The C API's CUDA calls, called as a C program calls them: `PLAID_DEST_CUDA` through the
+/// placement callback (on the caller's stream), `plaid_deserializer_load_cuda` and its
+/// arena, and `plaid_serializer_add_tensor_cuda`.
+#[test]
+#[ignore = "run by c_api_against_the_stand_in with the stand-in driver"]
+fn child_c_api() {
+    use plaid::ffi::cuda_arena::*;
+    use plaid::ffi::deserializer::*;
+    use plaid::ffi::placement::*;
+    use plaid::ffi::read_options::*;
+    use plaid::ffi::serializer::*;
+    use plaid::ffi::status::*;
+    use std::ffi::CString;
+
+    in_child();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    let model = write_model(&path);
+    let c_path = CString::new(path.to_str().unwrap()).unwrap();
+    let stream = caller_stream();
+
+    struct Devices(Vec<Vec<u8>>);
+    unsafe extern "C" fn place(
+        user: *mut c_void,
+        info: *const plaid_tensor_info,
+        dest: *mut plaid_destination,
+    ) -> i32 {
+        let devices = unsafe { &mut *(user as *mut Devices) };
+        let (info, dest) = unsafe { (&*info, &mut *dest) };
+        let buffer = &mut devices.0[info.index];
+        dest.kind = PLAID_DEST_CUDA;
+        dest.device = 0;
+        dest.address = buffer.as_mut_ptr() as u64;
+        dest.capacity = buffer.len() as u64;
+        0
+    }
+    unsafe extern "C" fn skip_mid(_user: *mut c_void, info: *const plaid_tensor_info) -> i32 {
+        let name = unsafe { std::ffi::CStr::from_ptr((*info).name) };
+        i32::from(name.to_bytes() != b"mid")
+    }
+
+    let mut options = std::ptr::null_mut();
+    let mut d = std::ptr::null_mut();
+    let mut devices = Devices(model.iter().map(|t| vec![0xA5; t.3.len()]).collect());
+    let mut arena = std::ptr::null_mut();
+    unsafe {
+        assert_eq!(plaid_read_options_new(&mut options), PLAID_OK);
+        assert_eq!(
+            plaid_read_options_set_cuda_stream(options, stream as *mut c_void),
+            PLAID_OK
+        );
+        assert_eq!(plaid_deserializer_open(c_path.as_ptr(), options, &mut d), PLAID_OK);
+        plaid_read_options_free(options);
+        let user = &mut devices as *mut Devices as *mut c_void;
+        assert_eq!(plaid_deserializer_load(d, Some(place), user), PLAID_OK);
+        assert_eq!(
+            plaid_deserializer_load_cuda(d, 0, Some(skip_mid), std::ptr::null_mut(), &mut arena),
+            PLAID_OK
+        );
+        assert_eq!(plaid_cuda_arena_device(arena), 0);
+    }
+    for (i, (name, _, _, bytes)) in model.iter().enumerate() {
+        assert!(devices.0[i] == *bytes, "{name} via the callback");
+        let (mut address, mut nbytes) = (0u64, 0u64);
+        let status = unsafe { plaid_cuda_arena_tensor(arena, i, &mut address, &mut nbytes) };
+        if name == "mid" {
+            assert_eq!(status, PLAID_ERR_NOT_FOUND);
+            continue;
+        }
+        assert_eq!(status, PLAID_OK);
+        // SAFETY: the stand-in's device memory is host memory.
+        let on_device = unsafe { std::slice::from_raw_parts(address as *const u8, nbytes as usize) };
+        assert!(on_device == &bytes[..], "{name} in the arena");
+    }
+    unsafe {
+        plaid_cuda_arena_free(arena);
+        plaid_deserializer_free(d);
+    }
+
+    // Serializing from device memory through the C API.
+    let out = CString::new(dir.path().join("out.plaid").to_str().unwrap()).unwrap();
+    let mut s = std::ptr::null_mut();
+    unsafe {
+        assert_eq!(plaid_serializer_new(out.as_ptr(), std::ptr::null(), &mut s), PLAID_OK);
+        for (name, dtype, shape, bytes) in model.iter().take(20) {
+            let name = CString::new(name.as_str()).unwrap();
+            let status = plaid_serializer_add_tensor_cuda(
+                s,
+                name.as_ptr(),
+                dtype.id(),
+                shape.as_ptr(),
+                shape.len(),
+                0,
+                bytes.as_ptr() as u64,
+                bytes.len() as u64,
+            );
+            assert_eq!(status, PLAID_OK);
+        }
+        let bad = CString::new("wrong_size").unwrap();
+        let status = plaid_serializer_add_tensor_cuda(
+            s,
+            bad.as_ptr(),
+            DType::F32.id(),
+            [4u64].as_ptr(),
+            1,
+            0,
+            4096,
+            15,
+        );
+        assert_eq!(status, PLAID_ERR_INVALID_ARGUMENT);
+        assert_eq!(plaid_serializer_finish(s), PLAID_OK);
+        plaid_serializer_free(s);
+    }
+    let back = Deserializer::open(dir.path().join("out.plaid"), ReadOptions::default()).unwrap();
+    let loaded = common::load_all(&back).unwrap();
+    assert!(loaded.iter().zip(&model).all(|(a, b)| *a == b.3));
+    assert_eq!(stats().3, 0, "misuse");
+}

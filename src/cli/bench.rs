@@ -182,6 +182,7 @@ pub(crate) fn bench(
 
         let mut buffers: Vec<Vec<u8>> = model.sizes.iter().map(|&n| vec![0xA5u8; n]).collect();
         let mut rows: Vec<Row> = Vec::new();
+        let mut cuda_pinned = 0usize;
         let mut row =
             |name: String, bytes: u64, times: Vec<Duration>| rows.push(Row { name, bytes, times });
 
@@ -410,6 +411,51 @@ pub(crate) fn bench(
             ));
         }
 
+        // Device memory, where a CUDA driver is present (a real one, or the stand-in of
+        // tests/cuda with LD_LIBRARY_PATH): the pinned copy ceiling, then plaid loading
+        // into caller-allocated device memory and into memory it allocates.
+        match plaid::cuda::device_count() {
+            Ok(n) if n > 0 => {
+                let times = plaid::cuda::pinned_htod_times(0, model.total, 64 << 20, rounds + 1)?;
+                row(
+                    "limit: pinned host-to-device copies, 64 MiB, 1 stream".into(),
+                    model.total,
+                    times[1..].to_vec(),
+                );
+                for threads in [1, cores] {
+                    let options = ReadOptions::default().threads(threads)?;
+                    let d = Deserializer::open(&model.path, options)?;
+                    // Caller-allocated: one allocation made once, tensors placed in it.
+                    let arena = d.load_to_cuda(0, &mut |_| true, None)?;
+                    let times = time(rounds, || {
+                        d.load(&mut |t: &TensorInfo| {
+                            let (address, capacity) = arena.tensor(t.index).expect("placed");
+                            Ok(plaid::Destination::Cuda {
+                                device: 0,
+                                address,
+                                capacity,
+                            })
+                        })
+                        .map(drop)
+                    })?;
+                    row(
+                        format!("plaid: device memory, {threads} thread(s), verified"),
+                        model.total,
+                        times,
+                    );
+                    let times = time(rounds, || d.load_to_cuda(0, &mut |_| true, None).map(drop))?;
+                    row(
+                        format!("plaid: load_to_cuda (allocates), {threads} thread(s), verified"),
+                        model.total,
+                        times,
+                    );
+                    cuda_pinned = d.pinned_staging_bytes();
+                }
+            }
+            Ok(_) => println!("plaid bench: no CUDA device; device rows skipped"),
+            Err(e) => println!("plaid bench: {e}; device rows skipped"),
+        }
+
         // Many small tensors against the same bytes as one tensor.
         for (label, prepared) in [
             (
@@ -539,6 +585,17 @@ pub(crate) fn bench(
                 println!(
                     "tensorizer file, {threads} thread(s), {how}: {:.2}x plaid's own format, {own_how}",
                     tz / own
+                );
+            }
+        }
+        if cuda_pinned > 0 {
+            let ceiling = rate("limit: pinned host-to-device copies, 64 MiB, 1 stream");
+            for threads in [1, cores] {
+                let p = rate(&format!("plaid: device memory, {threads} thread(s), verified"));
+                println!(
+                    "device memory, {threads} thread(s): {:.2}x the pinned copy ceiling; pinned staging {}",
+                    p / ceiling,
+                    human(cuda_pinned as u64)
                 );
             }
         }

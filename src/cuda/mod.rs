@@ -579,3 +579,64 @@ pub(crate) fn copy_from_device(
     let drained = wait();
     result.and(drained)
 }
+
+/// The number of CUDA devices, or why CUDA cannot be used ([`Error::NoCuda`] without a
+/// driver library).
+pub fn device_count() -> Result<usize> {
+    init()?;
+    let mut count = 0;
+    // SAFETY: `count` is writable.
+    check(unsafe { sys::cuDeviceGetCount(&mut count) }, || {
+        "counting CUDA devices".into()
+    })?;
+    Ok(usize::try_from(count).unwrap_or(0))
+}
+
+/// The ceiling for loads into device memory, measured: copy `total` bytes from one pinned
+/// buffer of `piece` bytes to device memory on `device` with `cuMemcpyHtoDAsync` on one
+/// stream, `rounds` times, and return each round's duration. For `plaid bench` and the GPU
+/// check.
+pub fn pinned_htod_times(
+    device: i32,
+    total: u64,
+    piece: usize,
+    rounds: usize,
+) -> Result<Vec<std::time::Duration>> {
+    let handle = Device::open(device)?;
+    let staging = Pinned::new(&handle, piece)?;
+    let arena = CudaArena::allocate(device, &[Some(piece as u64)])?;
+    let (dst, _) = arena.tensor(0).expect("allocated");
+    let _bound = handle.bind()?;
+    let mut stream: sys::CUstream = std::ptr::null_mut();
+    // SAFETY: `stream` is writable; a context is current.
+    check(
+        unsafe { sys::cuStreamCreate(&mut stream, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32) },
+        || "creating a CUDA stream".into(),
+    )?;
+    let stream = Stream {
+        device: Arc::clone(&handle),
+        raw: stream,
+    };
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let started = std::time::Instant::now();
+        let mut done = 0u64;
+        while done < total {
+            let n = (total - done).min(piece as u64) as usize;
+            // SAFETY: `n` bytes of an owned pinned buffer to owned device memory.
+            check(
+                unsafe {
+                    sys::cuMemcpyHtoDAsync_v2(dst, staging.bytes(n).as_ptr().cast(), n, stream.raw)
+                },
+                || "copying to the device".into(),
+            )?;
+            done += n as u64;
+        }
+        // SAFETY: plaid's stream.
+        check(unsafe { sys::cuStreamSynchronize(stream.raw) }, || {
+            "waiting for the copies".into()
+        })?;
+        times.push(started.elapsed());
+    }
+    Ok(times)
+}
