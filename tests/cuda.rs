@@ -553,7 +553,10 @@ fn child_c_api() {
             plaid_read_options_set_cuda_stream(options, stream as *mut c_void),
             PLAID_OK
         );
-        assert_eq!(plaid_deserializer_open(c_path.as_ptr(), options, &mut d), PLAID_OK);
+        assert_eq!(
+            plaid_deserializer_open(c_path.as_ptr(), options, &mut d),
+            PLAID_OK
+        );
         plaid_read_options_free(options);
         let user = &mut devices as *mut Devices as *mut c_void;
         assert_eq!(plaid_deserializer_load(d, Some(place), user), PLAID_OK);
@@ -573,7 +576,8 @@ fn child_c_api() {
         }
         assert_eq!(status, PLAID_OK);
         // SAFETY: the stand-in's device memory is host memory.
-        let on_device = unsafe { std::slice::from_raw_parts(address as *const u8, nbytes as usize) };
+        let on_device =
+            unsafe { std::slice::from_raw_parts(address as *const u8, nbytes as usize) };
         assert!(on_device == &bytes[..], "{name} in the arena");
     }
     unsafe {
@@ -585,7 +589,10 @@ fn child_c_api() {
     let out = CString::new(dir.path().join("out.plaid").to_str().unwrap()).unwrap();
     let mut s = std::ptr::null_mut();
     unsafe {
-        assert_eq!(plaid_serializer_new(out.as_ptr(), std::ptr::null(), &mut s), PLAID_OK);
+        assert_eq!(
+            plaid_serializer_new(out.as_ptr(), std::ptr::null(), &mut s),
+            PLAID_OK
+        );
         for (name, dtype, shape, bytes) in model.iter().take(20) {
             let name = CString::new(name.as_str()).unwrap();
             let status = plaid_serializer_add_tensor_cuda(

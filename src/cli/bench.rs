@@ -591,7 +591,9 @@ pub(crate) fn bench(
         if cuda_pinned > 0 {
             let ceiling = rate("limit: pinned host-to-device copies, 64 MiB, 1 stream");
             for threads in [1, cores] {
-                let p = rate(&format!("plaid: device memory, {threads} thread(s), verified"));
+                let p = rate(&format!(
+                    "plaid: device memory, {threads} thread(s), verified"
+                ));
                 println!(
                     "device memory, {threads} thread(s): {:.2}x the pinned copy ceiling; pinned staging {}",
                     p / ceiling,

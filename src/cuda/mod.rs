@@ -610,7 +610,12 @@ pub fn pinned_htod_times(
     let mut stream: sys::CUstream = std::ptr::null_mut();
     // SAFETY: `stream` is writable; a context is current.
     check(
-        unsafe { sys::cuStreamCreate(&mut stream, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32) },
+        unsafe {
+            sys::cuStreamCreate(
+                &mut stream,
+                sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32,
+            )
+        },
         || "creating a CUDA stream".into(),
     )?;
     let stream = Stream {
