@@ -561,6 +561,17 @@ const struct plaid_tensor_info *plaid_deserializer_tensor(const struct plaid_des
                                                           size_t index);
 
 /**
+ * Every tensor's description at once: an array of `plaid_deserializer_tensor_count(d)` structs in
+ * file order (NULL when `d` is NULL or the file has no tensors), lent like
+ * `plaid_deserializer_tensor`'s. For bindings that read them all: one call instead of one
+ * per tensor.
+ *
+ * # Safety
+ * `d` is NULL or a live handle.
+ */
+const struct plaid_tensor_info *plaid_deserializer_tensors(const struct plaid_deserializer *d);
+
+/**
  * Store the index of the tensor called `name` in `*index_out`. Returns
  * `PLAID_ERR_NOT_FOUND` (leaving `*index_out` untouched) if there is none.
  *
@@ -951,6 +962,23 @@ plaid_status plaid_serializer_add_tensor_cuda(struct plaid_serializer *s,
                                               int32_t device,
                                               uint64_t address,
                                               uint64_t nbytes);
+
+/**
+ * Record where the tensor called `name` (already added) came from, as tensorizer files
+ * do: `role` (a `PLAID_ROLE_*` value), `module_index`, and `path` (NULL for a plain name,
+ * or a JSON array of strings and non-negative integers whose components joined by dots
+ * are `name`). Returns `PLAID_ERR_NOT_FOUND` for a tensor not added,
+ * `PLAID_ERR_INVALID_ARGUMENT` for an unknown role or a bad path.
+ *
+ * # Safety
+ * `s` is NULL or a live handle; `name` and `path` NULL (for `path`: none) or
+ * NUL-terminated.
+ */
+plaid_status plaid_serializer_set_tensor_origin(struct plaid_serializer *s,
+                                                const char *name,
+                                                uint32_t role,
+                                                uint32_t module_index,
+                                                const char *path);
 
 /**
  * Set a metadata entry (`key` non-empty; both UTF-8), replacing an earlier value.

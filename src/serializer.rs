@@ -237,6 +237,27 @@ impl<'a> Serializer<'a> {
         Ok(())
     }
 
+    /// Record where the tensor called `name` (already added) came from: its role, module
+    /// index and path, as [`Serializer::add_tensor_with_origin`] does.
+    pub fn set_origin(&mut self, name: &str, origin: TensorOrigin) -> Result<()> {
+        if let Some(path) = &origin.path {
+            check_text(path, "tensor path").map_err(Error::invalid)?;
+            let flat = flatten_path(path).map_err(Error::invalid)?;
+            if flat != name {
+                return Err(Error::invalid(format!(
+                    "tensor '{name}': its path {path} names '{flat}'"
+                )));
+            }
+        }
+        let tensor = self
+            .tensors
+            .iter_mut()
+            .find(|t| t.name == name)
+            .ok_or_else(|| Error::NotFound(format!("no tensor '{name}' was added")))?;
+        tensor.origin = origin;
+        Ok(())
+    }
+
     /// Set a metadata entry (replacing an earlier value of `key`).
     pub fn set_metadata(&mut self, key: &str, value: &str) -> Result<()> {
         check_text(key, "metadata key").map_err(Error::invalid)?;

@@ -172,6 +172,25 @@ pub unsafe extern "C" fn plaid_deserializer_tensor(
     })
 }
 
+/// Every tensor's description at once: an array of `plaid_deserializer_tensor_count(d)` structs in
+/// file order (NULL when `d` is NULL or the file has no tensors), lent like
+/// `plaid_deserializer_tensor`'s. For bindings that read them all: one call instead of one
+/// per tensor.
+///
+/// # Safety
+/// `d` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_deserializer_tensors(
+    d: *const plaid_deserializer,
+) -> *const plaid_tensor_info {
+    boundary::value(std::ptr::null(), || {
+        // SAFETY: per the contract.
+        unsafe { d.as_ref() }
+            .filter(|d| !d.infos.is_empty())
+            .map_or(std::ptr::null(), |d| d.infos.as_ptr())
+    })
+}
+
 /// Store the index of the tensor called `name` in `*index_out`. Returns
 /// `PLAID_ERR_NOT_FOUND` (leaving `*index_out` untouched) if there is none.
 ///

@@ -152,6 +152,43 @@ pub unsafe extern "C" fn plaid_serializer_add_tensor_cuda(
     })
 }
 
+/// Record where the tensor called `name` (already added) came from, as tensorizer files
+/// do: `role` (a `PLAID_ROLE_*` value), `module_index`, and `path` (NULL for a plain name,
+/// or a JSON array of strings and non-negative integers whose components joined by dots
+/// are `name`). Returns `PLAID_ERR_NOT_FOUND` for a tensor not added,
+/// `PLAID_ERR_INVALID_ARGUMENT` for an unknown role or a bad path.
+///
+/// # Safety
+/// `s` is NULL or a live handle; `name` and `path` NULL (for `path`: none) or
+/// NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_serializer_set_tensor_origin(
+    s: *mut plaid_serializer,
+    name: *const c_char,
+    role: u32,
+    module_index: u32,
+    path: *const c_char,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let s = unsafe { handle_mut(s, "serializer") }?;
+        // SAFETY: per the contract.
+        let name = unsafe { c_str(name, "name") }?;
+        let role = crate::format::TensorRole::from_id(role)
+            .ok_or_else(|| Error::invalid(format!("tensor '{name}': unknown role {role}")))?;
+        let path = if path.is_null() {
+            None
+        } else {
+            // SAFETY: per the contract.
+            Some(unsafe { c_str(path, "path") }?.to_owned())
+        };
+        s.open()?.set_origin(
+            name,
+            crate::format::TensorOrigin::new(role, module_index, path),
+        )
+    })
+}
+
 /// Set a metadata entry (`key` non-empty; both UTF-8), replacing an earlier value.
 /// Both strings are copied.
 ///

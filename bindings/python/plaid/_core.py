@@ -1,0 +1,229 @@
+"""Framework-neutral core of the binding: an open file (`Reader`) and writing a file
+(`write`). numpy and torch build on these."""
+
+import ctypes
+import json
+import weakref
+
+from . import _lib
+from ._lib import check, lib
+
+# PLAID_DTYPE_* ids by name (the library's names).
+DTYPE_IDS = {
+    "bool": 1, "u8": 2, "i8": 3, "i16": 4, "u16": 5, "i32": 6, "u32": 7, "i64": 8, "u64": 9,
+    "f16": 10, "bf16": 11, "f32": 12, "f64": 13, "c32": 14, "c64": 15, "c128": 16,
+    "f8_e4m3fn": 17, "f8_e4m3fnuz": 18, "f8_e5m2": 19, "f8_e5m2fnuz": 20, "f8_e8m0fnu": 21,
+    "f4_e2m1fn_x2": 22,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPE_IDS.items()}
+DTYPE_SIZES = {1: 1, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 4, 8: 8, 9: 8, 10: 2, 11: 2, 12: 4,
+               13: 8, 14: 4, 15: 8, 16: 16, 17: 1, 18: 1, 19: 1, 20: 1, 21: 1, 22: 1}
+
+
+class TensorMeta:
+    """What the file says about one tensor: ``name``, ``dtype`` (plaid's name, e.g.
+    ``"bf16"``), ``shape``, ``nbytes``, ``index``, ``role`` (``"param"``, ``"buffer"``,
+    ``"state_dict"`` or None), ``module_index``, ``path`` (the list of components of a
+    nested name, or None) and ``zero_fill`` (stored as nothing, loads as zeros)."""
+
+    __slots__ = ("name", "dtype", "dtype_id", "shape", "nbytes", "index", "role",
+                 "module_index", "path", "zero_fill")
+
+    def __init__(self, info):
+        self.name = ctypes.string_at(info.name, info.name_len).decode("utf-8")
+        self.dtype_id = info.dtype
+        self.dtype = DTYPE_NAMES.get(info.dtype, str(info.dtype))
+        self.shape = tuple(info.shape[k] for k in range(info.ndim))
+        self.nbytes = info.nbytes
+        self.index = info.index
+        self.role = _lib.ROLES.get(info.role)
+        self.module_index = info.module_index
+        self.path = json.loads(ctypes.string_at(info.path, info.path_len)) if info.path else None
+        self.zero_fill = bool(info.zero_fill)
+
+    def __repr__(self):
+        return f"TensorMeta({self.name!r}, {self.dtype}, {list(self.shape)})"
+
+
+def _free_reader(handle):
+    lib.plaid_deserializer_free(handle)
+
+
+class Reader:
+    """An open model file (plaid, safetensors or tensorizer, detected from its bytes).
+    ``close()`` frees it (twice is harmless); it is also a context manager, and a
+    finalizer frees it if neither was used."""
+
+    def __init__(self, path, *, verify=True, verify_sha256=True, threads=0, cuda_stream=None):
+        options = ctypes.c_void_p()
+        check(lib.plaid_read_options_new(ctypes.byref(options)))
+        try:
+            check(lib.plaid_read_options_set_verify(options, int(bool(verify))))
+            check(lib.plaid_read_options_set_verify_sha256(options, int(bool(verify_sha256))))
+            check(lib.plaid_read_options_set_threads(options, int(threads or 0)))
+            if cuda_stream:
+                check(lib.plaid_read_options_set_cuda_stream(options, cuda_stream))
+            handle = ctypes.c_void_p()
+            check(lib.plaid_deserializer_open(str(path).encode(), options, ctypes.byref(handle)))
+        finally:
+            lib.plaid_read_options_free(options)
+        self._handle = handle
+        self._finalizer = weakref.finalize(self, _free_reader, handle)
+        self.path = str(path)
+        self.format = _lib.FORMATS.get(lib.plaid_deserializer_format(handle), "unknown")
+        count = lib.plaid_deserializer_tensor_count(handle)
+        infos = lib.plaid_deserializer_tensors(handle)
+        # One call for every description (a ctypes call per tensor adds up at 10,000+).
+        self.tensors = [TensorMeta(infos[i]) for i in range(count)]
+        self._by_name = {t.name: t for t in self.tensors}
+
+    @property
+    def handle(self):
+        """The live handle; `PlaidError` once closed."""
+        if not self._finalizer.alive:
+            raise InvalidUse(f"{self.path}: the file was closed")
+        return self._handle
+
+    def close(self):
+        """Free the handle. Safe to call more than once."""
+        self._finalizer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def find(self, name):
+        """The `TensorMeta` of tensor ``name``; `NotFoundError` if there is none."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise _lib.NotFoundError(f"{self.path}: no tensor named {name!r}") from None
+
+    def metadata(self):
+        """The file's metadata as a dict of str (empty when there is none)."""
+        handle = self.handle
+        out = {}
+        for i in range(lib.plaid_deserializer_metadata_count(handle)):
+            key, value = ctypes.c_char_p(), ctypes.c_char_p()
+            check(lib.plaid_deserializer_metadata_entry(handle, i, ctypes.byref(key),
+                                                        ctypes.byref(value)))
+            out[key.value.decode()] = value.value.decode()
+        return out
+
+    def load(self, destinations):
+        """Load into caller memory. ``destinations`` maps tensor indices to
+        ``(kind, device, address, capacity)`` (`_lib.DEST_HOST` or `_lib.DEST_CUDA`); the
+        others are skipped. Returns when every byte has landed (and been verified)."""
+        handle = self.handle
+        error = []
+
+        @_lib.PLACE_FN
+        def place(_user, info, dest):
+            try:
+                target = destinations.get(info.contents.index)
+                if target is not None:
+                    d = dest.contents
+                    d.kind, d.device, d.address, d.capacity = target
+                return 0
+            except BaseException as e:  # re-raised after the call returns
+                error.append(e)
+                return 1
+
+        status = lib.plaid_deserializer_load(handle, place, None)
+        if error:
+            raise error[0]
+        check(status)
+
+    def load_host(self, wanted=None):
+        """Load the tensors ``wanted(meta)`` selects (all for None) into one allocation made
+        by the library. Returns a `HostArena`."""
+        handle = self.handle
+        error = []
+        callback = None
+        if wanted is not None:
+            @_lib.FILTER_FN
+            def callback(_user, info):
+                try:
+                    return 1 if wanted(self.tensors[info.contents.index]) else 0
+                except BaseException as e:  # re-raised after the call returns
+                    error.append(e)
+                    return 0
+        arena = ctypes.c_void_p()
+        status = lib.plaid_deserializer_load_host(handle, callback or _lib.FILTER_FN(), None,
+                                                  ctypes.byref(arena))
+        if status == 0 and error:
+            lib.plaid_host_arena_free(arena)
+        if error:
+            raise error[0]
+        check(status)
+        return HostArena(arena)
+
+
+class InvalidUse(_lib.InvalidArgumentError):
+    """A handle used after ``close()``."""
+
+
+class HostArena:
+    """Tensors in memory the library allocated; freed when the last view of it is gone."""
+
+    def __init__(self, handle):
+        self._handle = handle
+        self._finalizer = weakref.finalize(self, lib.plaid_host_arena_free, handle)
+
+    def buffer(self, index):
+        """A ctypes byte array over tensor ``index``'s bytes that keeps the arena alive,
+        or None when the tensor was not loaded."""
+        data, nbytes = ctypes.c_void_p(), ctypes.c_uint64()
+        status = lib.plaid_host_arena_tensor(self._handle, index, ctypes.byref(data),
+                                             ctypes.byref(nbytes))
+        if status != 0:
+            return None
+        array = (ctypes.c_uint8 * nbytes.value).from_address(data.value or 0) \
+            if nbytes.value else (ctypes.c_uint8 * 0)()
+        array._owner = self  # the memory lives as long as any array over it
+        return array
+
+
+def write(path, tensors, metadata=None):
+    """Write a plaid file. ``tensors`` is a list of dicts with ``name``, ``dtype_id``,
+    ``shape``, and either ``address`` (host) or ``cuda`` ((device, address)), ``nbytes``,
+    optionally ``role``/``module_index``/``path`` and ``keep`` (an object that owns the
+    memory until the file is written). Atomic: nothing appears at ``path`` on failure."""
+    options = ctypes.c_void_p()
+    check(lib.plaid_write_options_new(ctypes.byref(options)))
+    serializer = ctypes.c_void_p()
+    try:
+        check(lib.plaid_write_options_set_sync(options, 1))
+        check(lib.plaid_serializer_new(str(path).encode(), options, ctypes.byref(serializer)))
+    finally:
+        lib.plaid_write_options_free(options)
+    try:
+        for t in tensors:
+            shape = (ctypes.c_uint64 * max(len(t["shape"]), 1))(*t["shape"])
+            name = t["name"].encode("utf-8")
+            if "cuda" in t:
+                device, address = t["cuda"]
+                check(lib.plaid_serializer_add_tensor_cuda(
+                    serializer, name, t["dtype_id"], shape, len(t["shape"]), device, address,
+                    t["nbytes"]))
+            else:
+                check(lib.plaid_serializer_add_tensor(
+                    serializer, name, t["dtype_id"], shape, len(t["shape"]),
+                    t["address"] or None, t["nbytes"]))
+            if t.get("role") or t.get("module_index") or t.get("path"):
+                path_json = json.dumps(t["path"], separators=(",", ":"), ensure_ascii=True) \
+                    if t.get("path") else None
+                check(lib.plaid_serializer_set_tensor_origin(
+                    serializer, name, _lib.ROLE_IDS.get(t.get("role"), 0),
+                    int(t.get("module_index") or 0),
+                    path_json.encode() if path_json else None))
+        for key, value in (metadata or {}).items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise _lib.InvalidArgumentError(
+                    f"metadata must map str to str, got {key!r}: {type(value).__name__}")
+            check(lib.plaid_serializer_set_metadata(serializer, key.encode(), value.encode()))
+        check(lib.plaid_serializer_finish(serializer))
+    finally:
+        lib.plaid_serializer_free(serializer)

@@ -1,0 +1,189 @@
+"""The Python binding with numpy (runs in CI): round trips of every dtype numpy holds, 0-d
+and empty arrays, metadata, safe_open, load_into, the tensorizer fixtures, and errors."""
+
+import gc
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import plaid
+import plaid.numpy as pn
+
+FIXTURES = Path(__file__).resolve().parents[3].parent / "shared" / "fixtures" / "tensorizer"
+DTYPES = [np.bool_, np.uint8, np.int8, np.int16, np.uint16, np.int32, np.uint32, np.int64,
+          np.uint64, np.float16, np.float32, np.float64, np.complex64, np.complex128]
+
+
+def sample(dtype, shape, seed):
+    rng = np.random.default_rng(seed)
+    n = int(np.prod(shape))
+    raw = rng.integers(0, 256, size=n * np.dtype(dtype).itemsize, dtype=np.uint8)
+    if dtype == np.bool_:
+        return (raw[:n] & 1).astype(np.bool_).reshape(shape)
+    return raw.view(dtype).reshape(shape)
+
+
+def same(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def test_library_version_and_abi():
+    assert plaid.__version__
+    assert plaid.ABI_VERSION == 1
+
+
+def test_every_numpy_dtype_round_trips(tmp_path):
+    tensors = {f"t.{np.dtype(d).name}": sample(d, (3, 5), k) for k, d in enumerate(DTYPES)}
+    tensors["scalar"] = np.array(2.5, dtype=np.float64)
+    tensors["empty"] = np.zeros((0, 7), dtype=np.float32)
+    tensors["fortran"] = np.asfortranarray(sample(np.int32, (4, 6), 99))
+    tensors["strided"] = sample(np.float32, (8, 8), 98)[::2, 1::3]
+    tensors["big_endian"] = sample(np.float32, (5,), 97).astype(">f4")
+    path = tmp_path / "m.plaid"
+    pn.save_file(tensors, path, metadata={"format": "np", "note": "é ✓"})
+    loaded = pn.load_file(path)
+    assert list(loaded) == list(tensors)
+    for name, array in tensors.items():
+        want = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")) \
+            if array.dtype.byteorder == ">" else array
+        assert np.array_equal(loaded[name], want, equal_nan=False) or \
+            loaded[name].tobytes() == np.ascontiguousarray(want).tobytes(), name
+        assert loaded[name].shape == array.shape, name
+    assert loaded["scalar"].shape == () and loaded["scalar"] == 2.5
+    with plaid.safe_open(path, framework="np") as f:
+        assert f.keys() == list(tensors)
+        assert f.metadata() == {"format": "np", "note": "é ✓"}
+        assert same(f.get_tensor("t.int32"), tensors["t.int32"])
+
+
+def test_arrays_outlive_the_file_and_each_other(tmp_path):
+    path = tmp_path / "m.plaid"
+    a = sample(np.float32, (1000,), 1)
+    pn.save_file({"a": a, "b": a[:10].copy()}, path)
+    loaded = pn.load_file(path)
+    keep = loaded["a"]
+    del loaded
+    gc.collect()
+    assert same(keep, a)  # the arena stays alive as long as one array of it does
+    keep[0] = 7  # and it is writable memory of the caller's
+    assert keep[0] == 7
+
+
+def test_load_into_fills_arrays_you_allocated(tmp_path):
+    path = tmp_path / "m.plaid"
+    tensors = {"w": sample(np.float32, (64, 32), 3), "b": sample(np.int64, (32,), 4)}
+    pn.save_file(tensors, path)
+    targets = {"w": np.empty((64, 32), np.float32), "b": np.full(32, -1, np.int64)}
+    assert plaid.load_into(path, targets) is targets
+    assert same(targets["w"], tensors["w"]) and same(targets["b"], tensors["b"])
+    with pytest.raises(plaid.InvalidArgumentError, match="'w'.*f32 \\[64, 32\\]"):
+        plaid.load_into(path, {"w": np.empty((32, 64), np.float32)})
+    with pytest.raises(plaid.InvalidArgumentError, match="'w'"):
+        plaid.load_into(path, {"w": np.empty((64, 32), np.float64)})
+    with pytest.raises(plaid.InvalidArgumentError, match="contiguous"):
+        plaid.load_into(path, {"w": np.empty((32, 64), np.float32).T})
+    with pytest.raises(plaid.NotFoundError, match="'nope'"):
+        plaid.load_into(path, {"nope": np.empty(1)})
+
+
+def test_errors_carry_status_and_message(tmp_path):
+    with pytest.raises(plaid.PlaidIOError) as missing:
+        pn.load_file(tmp_path / "missing.plaid")
+    assert missing.value.status == 2 and "missing.plaid" in missing.value.message
+    assert isinstance(missing.value, OSError)
+
+    path = tmp_path / "m.plaid"
+    pn.save_file({"w": sample(np.uint8, (100_000,), 5)}, path)
+    raw = bytearray(path.read_bytes())
+    raw[-50_000] ^= 1
+    damaged = tmp_path / "damaged.plaid"
+    damaged.write_bytes(raw)
+    with pytest.raises(plaid.ChecksumError, match="'w'"):
+        pn.load_file(damaged)
+    (tmp_path / "junk.plaid").write_bytes(b"not a model file at all")
+    with pytest.raises(plaid.FormatError):
+        pn.load_file(tmp_path / "junk.plaid")
+    with pytest.raises(plaid.UnsupportedError, match="bf16"):
+        pn.load_file(FIXTURES / "dtypes_opaque_v2.tensors")
+    with pytest.raises(TypeError):
+        pn.save_file({"x": [1, 2, 3]}, tmp_path / "x.plaid")
+    assert not (tmp_path / "x.plaid").exists()
+
+
+def test_an_exception_in_a_callback_stops_the_load_and_is_reraised(tmp_path):
+    path = tmp_path / "m.plaid"
+    pn.save_file({f"t{i}": np.full(10, i, np.int32) for i in range(5)}, path)
+
+    class Boom(Exception):
+        pass
+
+    def wanted(meta):
+        if meta.name == "t3":
+            raise Boom("from the filter")
+        return True
+
+    with plaid.Reader(path) as reader:
+        with pytest.raises(Boom, match="from the filter"):
+            reader.load_host(wanted)
+        # The handle still works afterwards.
+        arena = reader.load_host()
+        assert np.frombuffer(arena.buffer(4), dtype=np.int32)[0] == 4
+
+
+def test_handles_close_twice_and_refuse_use_after_close(tmp_path):
+    path = tmp_path / "m.plaid"
+    pn.save_file({"a": np.arange(3)}, path)
+    f = plaid.safe_open(path)
+    f.close()
+    f.close()
+    with pytest.raises(plaid.PlaidError, match="closed"):
+        f.get_tensor("a")
+    reader = plaid.Reader(path)
+    reader.close()
+    reader.close()
+    with pytest.raises(plaid.PlaidError, match="closed"):
+        reader.metadata()
+
+
+def fixture_names():
+    if not FIXTURES.is_dir():
+        return []
+    return sorted(p.stem for p in FIXTURES.glob("*.tensors"))
+
+
+@pytest.mark.parametrize("fixture", fixture_names())
+def test_tensorizer_fixtures_through_safe_open(fixture):
+    """Every fixture numpy can hold loads with the bytes its .json records; the others
+    fail the way the .json says a correct reader fails."""
+    truth = json.loads((FIXTURES / f"{fixture}.json").read_text())
+    path = FIXTURES / f"{fixture}.tensors"
+    expect = truth.get("expect", {}).get("correct_reader", "")
+    bad = truth.get("expect", {}).get("corrupted_tensor") or \
+        (truth.get("expected_hash_mismatch") or [None])[0]
+    if truth.get("encryption") or "Poly1305" in expect:
+        with pytest.raises(plaid.UnsupportedError, match="encrypted"):
+            plaid.safe_open(path)
+        return
+    if expect.startswith("error"):
+        with pytest.raises(plaid.FormatError):
+            plaid.safe_open(path)
+        return
+    with plaid.safe_open(path) as f:
+        for t in truth["tensors"]:
+            name = t["name"] if not t["name"].startswith("\x1e") else \
+                ".".join(str(c) for c in t["path"])
+            if t["torch_dtype"].split(".")[1] in ("bfloat16", "complex32") or \
+                    "float8" in t["torch_dtype"] or "float4" in t["torch_dtype"]:
+                with pytest.raises(plaid.UnsupportedError):
+                    f.get_tensor(name)
+                continue
+            if name == bad:
+                with pytest.raises(plaid.ChecksumError, match=repr(name).strip('"')):
+                    f.get_tensor(name)
+                continue
+            array = f.get_tensor(name)
+            assert list(array.shape) == t["shape"], name
+            assert hashlib.sha256(array.tobytes()).hexdigest() == t["sha256"], name

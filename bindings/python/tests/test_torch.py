@@ -1,0 +1,189 @@
+"""The Python binding with PyTorch: every torch dtype (bf16 and float8 included), the
+safetensors-style API, load_into, and the tensorizer-style drop-in (write_module ->
+no_init_or_tensor -> load_into_module, TensorDeserializer on tensorizer's own files). Skipped,
+with the reason printed, where torch is not installed."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed: the torch tests are skipped")
+
+import plaid  # noqa: E402
+import plaid.torch as pt  # noqa: E402
+from plaid.torch import TensorDeserializer, TensorSerializer, no_init_or_tensor  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parents[3].parent / "shared" / "fixtures" / "tensorizer"
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def raw(t):
+    t = t.detach().contiguous().cpu()
+    return t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def every_dtype():
+    g = torch.Generator().manual_seed(3)
+    out = {}
+    for name in ["float32", "float16", "bfloat16", "float64", "int8", "uint8", "int16", "int32",
+                 "int64", "bool", "complex64", "complex128", "uint16", "uint32", "uint64",
+                 "complex32", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
+                 "float8_e5m2fnuz", "float8_e8m0fnu"]:
+        dtype = getattr(torch, name, None)
+        if dtype is None:
+            continue
+        bytes_ = torch.randint(0, 256, (4 * 6 * dtype.itemsize,), dtype=torch.uint8, generator=g)
+        if dtype == torch.bool:
+            out[name] = (bytes_[:24] & 1).bool().view(4, 6)
+        else:
+            out[name] = bytes_.view(dtype).view(4, 6)
+    out["scalar"] = torch.tensor(1.5, dtype=torch.bfloat16)
+    out["empty"] = torch.empty(0, 3, dtype=torch.float8_e4m3fn)
+    out["transposed"] = torch.arange(12.0).view(3, 4).t()
+    return out
+
+
+def test_every_torch_dtype_round_trips(tmp_path):
+    tensors = every_dtype()
+    path = tmp_path / "m.plaid"
+    pt.save_file(tensors, path, metadata={"framework": "pt"})
+    loaded = pt.load_file(path)
+    assert list(loaded) == list(tensors)
+    for name, t in tensors.items():
+        assert loaded[name].dtype == t.dtype and loaded[name].shape == t.shape, name
+        assert raw(loaded[name]) == raw(t), name
+    with plaid.safe_open(path, framework="pt") as f:
+        assert f.metadata() == {"framework": "pt"}
+        assert raw(f.get_tensor("bfloat16")) == raw(tensors["bfloat16"])
+
+
+def test_load_into_existing_tensors(tmp_path):
+    path = tmp_path / "m.plaid"
+    tensors = {"w": torch.randn(16, 8).to(torch.bfloat16), "i": torch.arange(5)}
+    pt.save_file(tensors, path)
+    targets = {"w": torch.empty(16, 8, dtype=torch.bfloat16), "i": torch.zeros(5, dtype=torch.int64)}
+    plaid.load_into(path, targets)
+    assert torch.equal(targets["w"], tensors["w"]) and torch.equal(targets["i"], tensors["i"])
+    with pytest.raises(plaid.InvalidArgumentError, match="'w'.*bf16 \\[16, 8\\]"):
+        plaid.load_into(path, {"w": torch.empty(8, 16, dtype=torch.bfloat16)})
+    with pytest.raises(plaid.InvalidArgumentError, match="not contiguous"):
+        plaid.load_into(path, {"w": torch.empty(8, 16, dtype=torch.bfloat16).t()})
+
+
+class TinyLM(torch.nn.Module):
+    """A transformers-shaped toy: embeddings, a block with a norm, a tied head, and
+    persistent and non-persistent buffers, one on the root module."""
+
+    def __init__(self, vocab=50, hidden=16):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, hidden)
+        self.block = torch.nn.Sequential(torch.nn.Linear(hidden, 4 * hidden),
+                                         torch.nn.GELU(), torch.nn.Linear(4 * hidden, hidden))
+        self.norm = torch.nn.LayerNorm(hidden)
+        self.head = torch.nn.Linear(hidden, vocab, bias=False)
+        self.head.weight = self.embed.weight  # tied
+        self.register_buffer("positions", torch.arange(32))
+        self.register_buffer("cache", torch.zeros(2, hidden), persistent=False)
+        self.norm.register_buffer("steps", torch.tensor(7))
+
+
+def test_module_round_trip_under_no_init_or_tensor(tmp_path):
+    """The tensorizer example with only the import changed: serialize a module, build an
+    empty one under no_init_or_tensor, load_into_module: every parameter and buffer exact."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    model.cache.normal_()
+    path = tmp_path / "lm.plaid"
+    serializer = TensorSerializer(str(path))
+    serializer.write_module(model)
+    serializer.close()
+
+    empty = no_init_or_tensor(lambda: TinyLM())
+    assert all(p.device.type == "meta" for p in empty.parameters())
+    deserializer = TensorDeserializer(str(path), device="cpu")
+    result = deserializer.load_into_module(empty)
+    deserializer.close()
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    assert empty.head.weight is empty.embed.weight  # the tie survives
+    for (name, a), (_, b) in zip(model.named_parameters(), empty.named_parameters()):
+        assert isinstance(b, torch.nn.Parameter) and torch.equal(a, b), name
+    for (name, a), (_, b) in zip(model.named_buffers(), empty.named_buffers()):
+        assert torch.equal(a, b), name
+    # Roles come back from the file: parameters and buffers.
+    assert TensorDeserializer(str(path), device="cpu").meta("positions").role == "buffer"
+
+    # Into a module with storage, in place: the parameter objects stay the same.
+    fresh = TinyLM()
+    before = {n: id(p) for n, p in fresh.named_parameters()}
+    TensorDeserializer(str(path), device="cpu").load_into_module(fresh)
+    assert before == {n: id(p) for n, p in fresh.named_parameters()}
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
+
+
+def test_missing_and_unexpected_keys(tmp_path):
+    path = tmp_path / "partial.plaid"
+    s = TensorSerializer(str(path))
+    s.write_tensor(0, "embed.weight", "param", torch.randn(50, 16))
+    s.write_tensor(0, "extra.weight", "param", torch.randn(3))
+    s.close()
+    result = TensorDeserializer(str(path), device="cpu").load_into_module(TinyLM())
+    assert result.unexpected_keys == ["extra.weight"]
+    assert "block.0.weight" in result.missing_keys and "cache" not in result.missing_keys
+    with pytest.raises(plaid.NotFoundError):
+        TensorDeserializer(str(path), device="cpu").load_into_module(TinyLM(), strict=True)
+    with pytest.raises(plaid.InvalidArgumentError, match="'embed.weight'"):
+        s = TensorSerializer(str(tmp_path / "wrong.plaid"))
+        s.write_tensor(0, "embed.weight", "param", torch.randn(5, 16))
+        s.close()
+        TensorDeserializer(str(tmp_path / "wrong.plaid"), device="cpu").load_into_module(TinyLM())
+
+
+def test_nested_state_dict_keeps_paths(tmp_path):
+    path = tmp_path / "nested.plaid"
+    s = TensorSerializer(str(path))
+    state = {"model": {"layers": [{"w": torch.randn(2, 2)}, {"w": torch.randn(3)}]},
+             "top": torch.tensor(1)}
+    s.write_state_dict(state)
+    s.close()
+    d = TensorDeserializer(str(path), device="cpu")
+    assert sorted(d) == ["model.layers.0.w", "model.layers.1.w", "top"]
+    assert d.meta("model.layers.1.w").path == ["model", "layers", 1, "w"]
+    assert d.meta("top").path is None
+    assert torch.equal(d["model.layers.1.w"], state["model"]["layers"][1]["w"])
+
+
+@pytest.mark.parametrize("fixture", ["module_tiny_lm_f32", "dtypes_opaque_v2",
+                                     "meta_tensors_v4", "nested_structure",
+                                     "v1_by_tensorizer_1.1.0"])
+def test_tensorizer_files_through_tensor_deserializer(fixture):
+    truth = json.loads((FIXTURES / f"{fixture}.json").read_text())
+    d = TensorDeserializer(str(FIXTURES / f"{fixture}.tensors"), device="cpu", verify_hash=True)
+    for t in truth["tensors"]:
+        name = t["name"] if not t["name"].startswith("\x1e") else \
+            ".".join(str(c) for c in t["path"])
+        assert str(d[name].dtype) == t["torch_dtype"], name
+        assert hashlib.sha256(raw(d[name])).hexdigest() == t["sha256"], name
+
+
+def test_a_module_written_by_tensorizer_loads_into_its_empty_twin():
+    """tensorizer's write_module names root tensors with a leading dot; load_into_module
+    takes them as they are."""
+    truth = json.loads((FIXTURES / "module_tiny_lm_f32.json").read_text())
+    d = TensorDeserializer(str(FIXTURES / "module_tiny_lm_f32.tensors"), device="cpu")
+    params = {t["name"].lstrip("."): t for t in truth["tensors"] if t["tensor_type"] == "PARAM"}
+    assert params and all(d.meta(t["name"]).role == "param" for t in params.values())
+
+
+@cuda
+def test_cuda_round_trip(tmp_path):
+    tensors = {k: v.cuda() for k, v in every_dtype().items() if k != "complex32"}
+    path = tmp_path / "gpu.plaid"
+    pt.save_file(tensors, path)
+    loaded = pt.load_file(path, device="cuda")
+    for name, t in tensors.items():
+        assert loaded[name].device.type == "cuda" and raw(loaded[name]) == raw(t), name
+    targets = {k: torch.empty_like(v) for k, v in tensors.items()}
+    plaid.load_into(path, targets)
+    assert all(raw(targets[k]) == raw(v) for k, v in tensors.items())
