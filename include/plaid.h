@@ -337,6 +337,12 @@ typedef struct plaid_tensor_info {
    * it loads as `nbytes` zeros.
    */
   uint32_t zero_fill;
+  /**
+   * Offset of the tensor's first data byte in the file (for a sharded checkpoint
+   * opened through its index: in the shards laid end to end), for callers that map the
+   * file themselves.
+   */
+  uint64_t offset;
 } plaid_tensor_info;
 
 /**

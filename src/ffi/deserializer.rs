@@ -69,6 +69,7 @@ impl plaid_deserializer {
                 path: path.as_ref().map_or(std::ptr::null(), |p| p.as_ptr()),
                 path_len: t.path.as_ref().map_or(0, String::len),
                 zero_fill: u32::from(t.zero_fill),
+                offset: t.offset,
             })
             .collect();
         let metadata = inner

@@ -49,6 +49,10 @@ pub struct plaid_tensor_info {
     /// Non-zero when the file stores no bytes for this tensor (a tensorizer meta tensor):
     /// it loads as `nbytes` zeros.
     pub zero_fill: u32,
+    /// Offset of the tensor's first data byte in the file (for a sharded checkpoint
+    /// opened through its index: in the shards laid end to end), for callers that map the
+    /// file themselves.
+    pub offset: u64,
 }
 
 /// Tensor role: the file does not say.

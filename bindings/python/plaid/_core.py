@@ -27,7 +27,7 @@ class TensorMeta:
     nested name, or None) and ``zero_fill`` (stored as nothing, loads as zeros)."""
 
     __slots__ = ("name", "dtype", "dtype_id", "shape", "nbytes", "index", "role",
-                 "module_index", "path", "zero_fill")
+                 "module_index", "path", "zero_fill", "offset")
 
     def __init__(self, info):
         self.name = ctypes.string_at(info.name, info.name_len).decode("utf-8")
@@ -40,6 +40,7 @@ class TensorMeta:
         self.module_index = info.module_index
         self.path = json.loads(ctypes.string_at(info.path, info.path_len)) if info.path else None
         self.zero_fill = bool(info.zero_fill)
+        self.offset = info.offset
 
     def __repr__(self):
         return f"TensorMeta({self.name!r}, {self.dtype}, {list(self.shape)})"
@@ -111,6 +112,11 @@ class Reader:
                                                         ctypes.byref(value)))
             out[key.value.decode()] = value.value.decode()
         return out
+
+    def verify(self):
+        """Read and check every checksum of the file (in place, in parallel, with memory
+        bounded by one chunk per worker); `ChecksumError` names a damaged tensor."""
+        check(lib.plaid_deserializer_verify(self.handle))
 
     def load(self, destinations):
         """Load into caller memory. ``destinations`` maps tensor indices to

@@ -18,7 +18,7 @@ class TensorInfo(ctypes.Structure):
     _fields_ = [("name", ctypes.c_char_p), ("name_len", _size), ("dtype", _u32),
                 ("ndim", _u32), ("shape", ctypes.POINTER(_u64)), ("nbytes", _u64),
                 ("index", _size), ("role", _u32), ("module_index", _u32),
-                ("path", ctypes.c_char_p), ("path_len", _size), ("zero_fill", _u32)]
+                ("path", ctypes.c_char_p), ("path_len", _size), ("zero_fill", _u32), ("offset", _u64)]
 
 
 class Destination(ctypes.Structure):
@@ -54,6 +54,7 @@ _SIGNATURES = [
     ("plaid_deserializer_metadata_count", [_vp], _size),
     ("plaid_deserializer_metadata_entry",
      [_vp, _size, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_char_p)], _i32),
+    ("plaid_deserializer_verify", [_vp], _i32),
     ("plaid_deserializer_free", [_vp], None),
     ("plaid_host_arena_tensor", [_vp, _size, ctypes.POINTER(_vp), ctypes.POINTER(_u64)], _i32),
     ("plaid_host_arena_free", [_vp], None),

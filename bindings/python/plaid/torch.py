@@ -97,12 +97,53 @@ def _load_all(reader, device, wanted=None):
     return out
 
 
-def load_file(path, device="cpu"):
+def load_file(path, device="cpu", *, mmap=True, verify=True):
     """Every tensor of the file at ``path`` as torch tensors on ``device`` (``"cpu"``,
-    ``"cuda"`` or ``"cuda:N"``), verified. On the CPU the tensors share one allocation made
-    by plaid; on a GPU, plaid streams them straight into device memory."""
-    with _core.Reader(path) as reader:
+    ``"cuda"`` or ``"cuda:N"``), verified (unless ``verify=False``).
+
+    On the CPU with ``mmap=True`` (the default, as safetensors does it), the tensors are
+    views of a private copy-on-write mapping of the file: nothing is copied, pages are read
+    when first touched, and writes stay private; the whole file is verified up front, in
+    place, in parallel. Like any mapping, a file truncated by another process while mapped
+    raises SIGBUS on access. ``mmap=False`` copies every tensor into one allocation made by
+    plaid instead. On a GPU, plaid streams the tensors straight into device memory."""
+    if _device(device).type == "cpu" and mmap:
+        mapped = _load_mapped(path, verify)
+        if mapped is not None:
+            return mapped
+    with _core.Reader(path, verify=verify) as reader:
         return _load_all(reader, device)
+
+
+def _load_mapped(path, verify):
+    """Tensors over a private mapping of the file, or None for a file that is not one
+    mapping (a sharded checkpoint's index)."""
+    import mmap as _mmap
+    import os
+    with open(path, "rb") as f:
+        if f.read(1) == b"{":
+            return None  # an index.json: the tensors live in other files
+        # plaid reads the very file that is mapped (not whatever the path names later).
+        with _core.Reader(f"/proc/self/fd/{f.fileno()}", verify=verify) as reader:
+            metas = reader.tensors
+            for meta in metas:
+                torch_dtype(meta)
+            if verify:
+                reader.verify()
+        size = os.fstat(f.fileno()).st_size
+        mapping = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_COPY) if size else None
+    out = {}
+    for meta in metas:
+        dtype = torch_dtype(meta)
+        if meta.zero_fill:
+            out[meta.name] = torch.zeros(meta.shape, dtype=dtype)
+        elif meta.nbytes == 0:
+            out[meta.name] = torch.empty(meta.shape, dtype=dtype)
+        else:
+            flat = torch.frombuffer(mapping, dtype=torch.uint8, count=meta.nbytes,
+                                    offset=meta.offset)
+            out[meta.name] = flat.view(dtype).view(meta.shape)
+    return out
 
 
 def _items(tensors):

@@ -187,3 +187,27 @@ def test_cuda_round_trip(tmp_path):
     targets = {k: torch.empty_like(v) for k, v in tensors.items()}
     plaid.load_into(path, targets)
     assert all(raw(targets[k]) == raw(v) for k, v in tensors.items())
+
+
+def test_load_file_mapped_and_copied_agree_and_writes_stay_private(tmp_path):
+    tensors = every_dtype()
+    path = tmp_path / "m.plaid"
+    pt.save_file(tensors, path)
+    before = path.read_bytes()
+    mapped = pt.load_file(path)  # mmap=True: views of a private mapping, verified up front
+    copied = pt.load_file(path, mmap=False)
+    for name, t in tensors.items():
+        assert raw(mapped[name]) == raw(t) == raw(copied[name]), name
+    mapped["int32"].fill_(7)
+    assert path.read_bytes() == before  # copy-on-write: the file is untouched
+    # tensorizer's meta tensors come back as zeros in both modes.
+    meta = FIXTURES / "meta_tensors_v4.tensors"
+    a, b = pt.load_file(meta), pt.load_file(meta, mmap=False)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # A damaged file fails verification up front.
+    raw_bytes = bytearray(before)
+    raw_bytes[-3] ^= 1
+    damaged = tmp_path / "damaged.plaid"
+    damaged.write_bytes(raw_bytes)
+    with pytest.raises(plaid.ChecksumError):
+        pt.load_file(damaged)
