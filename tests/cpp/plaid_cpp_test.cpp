@@ -1,0 +1,163 @@
+// The C++ wrapper (bindings/cpp/plaid.hpp) against the real library: RAII handles, errors
+// as exceptions with their status, iteration over tensor infos, placement from capturing
+// lambdas, and an exception thrown inside a lambda stopping the load and coming back out.
+
+#include "plaid.hpp"
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace {
+
+int g_failed = 0, g_passed = 0;
+
+void check(bool ok, const char *what, int line) {
+    if (ok) {
+        ++g_passed;
+    } else {
+        ++g_failed;
+        std::fprintf(stderr, "FAIL line %d: %s\n", line, what);
+    }
+}
+#define CHECK(cond) check((cond), #cond, __LINE__)
+
+struct Model {
+    std::map<std::string, std::vector<std::uint8_t>> data;
+    std::map<std::string, std::vector<std::uint64_t>> shapes;
+};
+
+Model make_model() {
+    Model m;
+    std::uint32_t state = 12345;
+    auto add = [&](const std::string &name, std::vector<std::uint64_t> shape, std::size_t bytes) {
+        std::vector<std::uint8_t> v(bytes);
+        for (auto &b : v) {
+            state = state * 1103515245u + 12345u;
+            b = static_cast<std::uint8_t>(state >> 16);
+        }
+        m.data[name] = std::move(v);
+        m.shapes[name] = std::move(shape);
+    };
+    add("embed.weight", {1000, 256}, 1000 * 256 * 2);
+    add("layers.0.norm", {256}, 256 * 4);
+    add("scalar", {}, 4);
+    add("empty", {0, 3}, 0);
+    for (int i = 0; i < 50; ++i) {
+        add("small." + std::to_string(i), {std::uint64_t(i + 1)}, std::size_t(i + 1) * 4);
+    }
+    return m;
+}
+
+std::uint32_t dtype_of(const std::string &name) {
+    return name == "embed.weight" ? PLAID_DTYPE_BF16 : PLAID_DTYPE_F32;
+}
+
+void write(const Model &m, const std::string &path) {
+    plaid::WriteOptions options;
+    options.sync(false);
+    plaid::Serializer s = plaid::Serializer::create(path, &options);
+    for (const auto &[name, bytes] : m.data) {
+        s.add_tensor(name, dtype_of(name), m.shapes.at(name), bytes.data(), bytes.size());
+    }
+    s.set_metadata("origin", "c++");
+    s.finish();
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+    if (argc != 2) {
+        std::fprintf(stderr, "usage: %s SCRATCH_DIR\n", argv[0]);
+        return 2;
+    }
+    const std::string path = std::string(argv[1]) + "/cpp.plaid";
+    const Model model = make_model();
+    write(model, path);
+
+    plaid::ReadOptions options;
+    options.threads(3).chunk_size(64 << 10);
+    plaid::Deserializer d = plaid::Deserializer::open(path, &options);
+    CHECK(d.format() == PLAID_FORMAT_PLAID);
+    CHECK(d.size() == model.data.size());
+    CHECK(d.metadata("origin") == std::optional<std::string_view>("c++"));
+    CHECK(!d.metadata("absent"));
+
+    // Iteration: string_view names, span-like shapes.
+    std::size_t seen = 0;
+    for (plaid::TensorView t : d) {
+        const std::string name(t.name());
+        CHECK(model.data.count(name) == 1);
+        const auto &shape = model.shapes.at(name);
+        CHECK(t.shape().size() == shape.size());
+        CHECK(std::equal(t.shape().begin(), t.shape().end(), shape.begin()));
+        CHECK(t.nbytes() == model.data.at(name).size());
+        CHECK(t.index() == seen++);
+    }
+    CHECK(d.find("scalar").has_value() && !d.find("nope").has_value());
+
+    // A capturing lambda places every tensor into buffers this program owns.
+    std::map<std::string, std::vector<std::uint8_t>> buffers;
+    d.load([&buffers](plaid::TensorView t) {
+        auto &buffer = buffers[std::string(t.name())];
+        buffer.assign(t.nbytes(), 0xA5);
+        return plaid::Destination::host(buffer.data(), buffer.size());
+    });
+    CHECK(buffers == model.data);
+
+    // An exception inside the lambda stops the load before any byte is written and comes
+    // back out of load() as itself.
+    std::vector<std::uint8_t> untouched(model.data.at("embed.weight").size(), 0);
+    std::size_t calls = 0;
+    try {
+        d.load([&](plaid::TensorView t) -> plaid::Destination {
+            ++calls;
+            if (t.name() == "layers.0.norm") {
+                throw std::out_of_range("no room for layers.0.norm");
+            }
+            if (t.name() == "embed.weight") {
+                return plaid::Destination::host(untouched.data(), untouched.size());
+            }
+            return plaid::Destination::skip();
+        });
+        CHECK(!"load should have thrown");
+    } catch (const std::out_of_range &e) {
+        CHECK(std::string(e.what()) == "no room for layers.0.norm");
+    }
+    CHECK(calls == 3);  // embed.weight, empty, layers.0.norm (file order)
+    CHECK(untouched == std::vector<std::uint8_t>(untouched.size(), 0));
+
+    // Library errors are plaid::Error with their status.
+    try {
+        d.load([](plaid::TensorView t) {
+            static std::uint8_t tiny[1];
+            return plaid::Destination::host(tiny, t.nbytes() > 1 ? 1 : t.nbytes());
+        });
+        CHECK(!"load should have thrown");
+    } catch (const plaid::Error &e) {
+        CHECK(e.status() == PLAID_ERR_CAPACITY);
+        CHECK(std::strstr(e.what(), "embed.weight") != nullptr);
+        CHECK(std::string(e.status_name()) == "PLAID_ERR_CAPACITY");
+    }
+    try {
+        plaid::Deserializer::open(std::string(argv[1]) + "/missing.plaid");
+        CHECK(!"open should have thrown");
+    } catch (const plaid::Error &e) {
+        CHECK(e.status() == PLAID_ERR_IO);
+    }
+
+    // Move-only handles: the moved-from one frees nothing twice.
+    plaid::Deserializer moved = std::move(d);
+    CHECK(moved.size() == model.data.size());
+    moved.verify();
+    d = std::move(moved);
+    CHECK(d.size() == model.data.size());
+
+    std::printf("%d passed, %d failed\n", g_passed, g_failed);
+    return g_failed == 0 ? 0 : 1;
+}
