@@ -373,8 +373,10 @@ def _assign(slot, name, tensor, device, replaced):
     current = getattr(owner, attr)
     if id(current) in replaced:
         # A tied tensor (one object under several names) replaced once already: share it.
-        setattr(owner, attr, replaced[id(current)]) if kind == "param" else \
-            owner._buffers.__setitem__(attr, replaced[id(current)])
+        if kind == "param":
+            setattr(owner, attr, replaced[id(current)])
+        else:
+            owner._buffers[attr] = replaced[id(current)]
         return
     if tuple(current.shape) != tuple(tensor.shape):
         raise InvalidArgumentError(f"tensor {name!r}: the file holds {list(tensor.shape)}, "
