@@ -380,9 +380,11 @@ typedef int32_t (*plaid_place_fn)(void *user_data,
                                   struct plaid_destination *dest);
 
 /**
- * Chooses whether `plaid_deserializer_load_host` loads a tensor: non-zero loads it.
- * Called once per tensor, in file order, on the loading thread, before any data is read;
- * the same rules as `plaid_place_fn` apply.
+ * Chooses whether `plaid_deserializer_load_host` (or `_load_cuda`) loads a tensor: a
+ * positive value loads it, 0 skips it, a negative value cancels the whole load with
+ * `PLAID_ERR_CANCELLED` before anything is allocated or read. Called once per tensor, in
+ * file order, on the loading thread, before any data is read; the same rules as
+ * `plaid_place_fn` apply.
  */
 typedef int32_t (*plaid_filter_fn)(void *user_data, const struct plaid_tensor_info *info);
 

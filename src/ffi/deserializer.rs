@@ -261,11 +261,43 @@ pub unsafe extern "C" fn plaid_deserializer_load(
     })
 }
 
-/// Chooses whether `plaid_deserializer_load_host` loads a tensor: non-zero loads it.
-/// Called once per tensor, in file order, on the loading thread, before any data is read;
-/// the same rules as `plaid_place_fn` apply.
+/// Chooses whether `plaid_deserializer_load_host` (or `_load_cuda`) loads a tensor: a
+/// positive value loads it, 0 skips it, a negative value cancels the whole load with
+/// `PLAID_ERR_CANCELLED` before anything is allocated or read. Called once per tensor, in
+/// file order, on the loading thread, before any data is read; the same rules as
+/// `plaid_place_fn` apply.
 pub type plaid_filter_fn =
     Option<unsafe extern "C" fn(user_data: *mut c_void, info: *const plaid_tensor_info) -> i32>;
+
+/// Ask `filter` about every tensor up front (all of them when it is NULL); a negative
+/// answer cancels.
+///
+/// # Safety
+/// `filter` is NULL or honours `plaid_filter_fn`'s contract.
+unsafe fn select(
+    d: &plaid_deserializer,
+    filter: plaid_filter_fn,
+    user_data: *mut c_void,
+) -> Result<Vec<bool>> {
+    let Some(f) = filter else {
+        return Ok(vec![true; d.infos.len()]);
+    };
+    let mut out = Vec::with_capacity(d.infos.len());
+    for info in &d.infos {
+        // SAFETY: per the contract; `info` lives as long as `d`.
+        match unsafe { f(user_data, info) } {
+            answer if answer < 0 => {
+                return Err(Error::Cancelled(format!(
+                    "{}: the filter cancelled the load at tensor '{}'",
+                    d.inner.name(),
+                    d.inner.tensors()[info.index].name
+                )))
+            }
+            answer => out.push(answer > 0),
+        }
+    }
+    Ok(out)
+}
 
 /// Load tensors into device memory that plaid allocates on CUDA device `device`, the
 /// way `load_file(device="cuda")` returns fresh tensors: one `cuMemAlloc` for all of them,
@@ -294,11 +326,9 @@ pub unsafe extern "C" fn plaid_deserializer_load_cuda(
         out_ptr(out, "out")?;
         // SAFETY: per the contract.
         let d = unsafe { handle(d, "deserializer") }?;
-        let mut wanted = |t: &crate::format::TensorInfo| match filter {
-            // SAFETY: the info lives as long as `d`; the callback honours its contract.
-            Some(f) => unsafe { f(user_data, &d.infos[t.index]) != 0 },
-            None => true,
-        };
+        // SAFETY: the infos live as long as `d`; the callback honours its contract.
+        let selected = unsafe { select(d, filter, user_data) }?;
+        let mut wanted = |t: &crate::format::TensorInfo| selected[t.index];
         let progress = d.progress.map(|p| move |x: &crate::Progress| p.call(x));
         let inner = match &progress {
             Some(p) => d.inner.load_to_cuda(device, &mut wanted, Some(p)),
@@ -334,11 +364,9 @@ pub unsafe extern "C" fn plaid_deserializer_load_host(
         out_ptr(out, "out")?;
         // SAFETY: per the contract.
         let d = unsafe { handle(d, "deserializer") }?;
-        let mut wanted = |t: &crate::format::TensorInfo| match filter {
-            // SAFETY: the info lives as long as `d`; the callback honours its contract.
-            Some(f) => unsafe { f(user_data, &d.infos[t.index]) != 0 },
-            None => true,
-        };
+        // SAFETY: the infos live as long as `d`; the callback honours its contract.
+        let selected = unsafe { select(d, filter, user_data) }?;
+        let mut wanted = |t: &crate::format::TensorInfo| selected[t.index];
         let progress = d.progress.map(|p| move |x: &crate::Progress| p.call(x));
         let inner = match &progress {
             Some(p) => d.inner.load_to_host(&mut wanted, Some(p)),

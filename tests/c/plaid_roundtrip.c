@@ -823,6 +823,13 @@ static int32_t only_small(void *user_data, const plaid_tensor_info *info)
     return info->nbytes < 1000;
 }
 
+/* Cancels the load at the second tensor (a negative answer). */
+static int32_t cancel_second(void *user_data, const plaid_tensor_info *info)
+{
+    (void)user_data;
+    return info->index == 1 ? -1 : 1;
+}
+
 /* Copies out of the mapping and with pread; zero-copy views, verified on first view or up
  * front; a damaged tensor's view is refused. */
 static void test_mapped(void)
@@ -912,6 +919,11 @@ static void test_mapped(void)
             }
             plaid_host_arena_free(arena);
         }
+        arena = NULL;
+        CHECK_STATUS(plaid_deserializer_load_host(d, cancel_second, NULL, &arena),
+                     PLAID_ERR_CANCELLED);
+        CHECK_MESSAGE("cancelled");
+        CHECK(arena == NULL);
         plaid_deserializer_free(d);
         d = NULL;
         if (CHECK_OK(plaid_read_options_new(&ro))) {

@@ -155,7 +155,7 @@ class Reader:
                     return 1 if wanted(self.tensors[info.contents.index]) else 0
                 except BaseException as e:  # re-raised after the call returns
                     error.append(e)
-                    return 0
+                    return -1  # cancels the load before anything is read
         arena = ctypes.c_void_p()
         status = lib.plaid_deserializer_load_host(handle, callback or _lib.FILTER_FN(), None,
                                                   ctypes.byref(arena))
