@@ -1,6 +1,9 @@
 //! The load pipeline: ask the placement for every tensor, plan the reads, then let a
 //! pool of workers read chunks straight into their destinations and verify each
-//! checksum block while it is hot in cache.
+//! checksum block while it is hot in cache. Host destinations receive the bytes directly;
+//! device destinations go through the worker's pinned staging lane (`crate::cuda`), whose
+//! copies are drained before the load returns. Whole-tensor hashes (tensorizer) make each
+//! tensor one job, read in order.
 
 mod progress;
 
