@@ -8,7 +8,7 @@
 mod common;
 
 use std::ffi::c_void;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::random_bytes;
@@ -494,7 +494,6 @@ fn no_driver_is_no_cuda() {
         .add_tensor_cuda("w", DType::F32, &[4], 0, 4096)
         .unwrap_err();
     assert!(matches!(err, Error::NoCuda(_)), "{err}");
-    let _: PathBuf = path;
 }
 
 #[test]

@@ -320,12 +320,7 @@ struct Record {
     checksum: Checksum,
 }
 
-fn parse_record(
-    file: &str,
-    bytes: &[u8],
-    entry: &Entry,
-    i: u64,
-) -> std::result::Result<Record, Fault> {
+fn parse_record(bytes: &[u8], entry: &Entry, i: u64) -> std::result::Result<Record, Fault> {
     let base = entry.header_offset;
     let mut c = Cursor::new(bytes, base);
     let mismatch = |c: &Cursor<'_>, what: &str| {
@@ -410,7 +405,6 @@ fn parse_record(
     if data_length != entry.data_length {
         return Err(mismatch(&c, "data length"));
     }
-    let _ = file;
     Ok(Record {
         module_index,
         checksum: if crc32.is_none() && sha256.is_none() {
@@ -597,7 +591,7 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
         };
         let mut header = vec![0u8; header_len as usize];
         source.read_at(entry.header_offset, &mut header)?;
-        let record = parse_record(file, &header, &entry, i).map_err(|f| match f {
+        let record = parse_record(&header, &entry, i).map_err(|f| match f {
             Fault::Short => fail(
                 entry.header_offset,
                 format!("tensor {i}'s {header_len}-byte header ends before its fields do"),
