@@ -144,15 +144,7 @@ pub fn to_safetensors(
     while text.len() % 8 != 0 {
         text.push(b' ');
     }
-    let target = out.display().to_string();
-    let fail = |what: &str, e: std::io::Error| Error::io(format!("writing {target}: {what}"), e);
-    let staged = staging(out)?;
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&staged)
-        .map_err(|e| fail("opening the temporary file", e))?;
-    {
-        let mut w = std::io::BufWriter::with_capacity(8 << 20, &file);
+    let staged = write_staged(out, &mut |w, fail| {
         w.write_all(&(text.len() as u64).to_le_bytes())
             .and_then(|()| w.write_all(&text))
             .map_err(|e| fail("header", e))?;
@@ -163,10 +155,8 @@ pub fn to_safetensors(
             done += t.nbytes;
             progress(done, at);
         }
-        w.flush().map_err(|e| fail("flush", e))?;
-    }
-    file.sync_all().map_err(|e| fail("fsync", e))?;
-    drop(file);
+        Ok(())
+    })?;
     check(source, &staged, true)?;
     publish(staged, out)
 }
@@ -235,15 +225,7 @@ pub fn to_tensorizer(
     });
     let hashes = hashes.into_inner();
 
-    let target = out.display().to_string();
-    let fail = |what: &str, e: std::io::Error| Error::io(format!("writing {target}: {what}"), e);
-    let staged = staging(out)?;
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&staged)
-        .map_err(|e| fail("opening the temporary file", e))?;
-    {
-        let mut w = std::io::BufWriter::with_capacity(8 << 20, &file);
+    let staged = write_staged(out, &mut |w, fail| {
         let data_bytes: u64 = tensors.iter().map(|t| t.nbytes).sum();
         let mut head =
             tz::encode_file_header(version, data_bytes, tensors.len() as u64, metadata_len);
@@ -266,16 +248,39 @@ pub fn to_tensorizer(
             progress(done, data_bytes);
         }
         w.write_all(&[0; 8]).map_err(|e| fail("end marker", e))?;
-        w.flush().map_err(|e| fail("flush", e))?;
-    }
-    file.sync_all().map_err(|e| fail("fsync", e))?;
-    drop(file);
+        Ok(())
+    })?;
     debug_assert_eq!(
         std::fs::metadata(&staged).map(|m| m.len()).ok(),
         Some(total)
     );
     check(source, &staged, false)?;
     publish(staged, out)
+}
+
+/// Writes a converted file's bytes; the second argument names what failed.
+type StagedWrite<'a> = dyn FnMut(
+        &mut std::io::BufWriter<&std::fs::File>,
+        &dyn Fn(&str, std::io::Error) -> Error,
+    ) -> Result<()>
+    + 'a;
+
+/// Under a temporary name beside `out`: run `write` on a buffered writer (with `fail` to
+/// name what failed), flush and fsync. Returns the temporary path, to check and publish.
+fn write_staged(out: &Path, write: &mut StagedWrite<'_>) -> Result<tempfile::TempPath> {
+    let target = out.display().to_string();
+    let fail = |what: &str, e: std::io::Error| Error::io(format!("writing {target}: {what}"), e);
+    let staged = staging(out)?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&staged)
+        .map_err(|e| fail("opening the temporary file", e))?;
+    let mut w = std::io::BufWriter::with_capacity(8 << 20, &file);
+    write(&mut w, &fail)?;
+    w.flush().map_err(|e| fail("flush", e))?;
+    drop(w);
+    file.sync_all().map_err(|e| fail("fsync", e))?;
+    Ok(staged)
 }
 
 /// Open the written file (verifying it, where it has checksums) and compare every tensor

@@ -194,15 +194,7 @@ impl<'a> Serializer<'a> {
         origin: TensorOrigin,
     ) -> Result<()> {
         check_text(name, "tensor name").map_err(Error::invalid)?;
-        if let Some(path) = &origin.path {
-            check_text(path, "tensor path").map_err(Error::invalid)?;
-            let flat = flatten_path(path).map_err(Error::invalid)?;
-            if flat != name {
-                return Err(Error::invalid(format!(
-                    "tensor '{name}': its path {path} names '{flat}'"
-                )));
-            }
-        }
+        check_origin(name, &origin)?;
         if self.names.contains(name) {
             return Err(Error::invalid(format!("tensor '{name}' was already added")));
         }
@@ -240,15 +232,7 @@ impl<'a> Serializer<'a> {
     /// Record where the tensor called `name` (already added) came from: its role, module
     /// index and path, as [`Serializer::add_tensor_with_origin`] does.
     pub fn set_origin(&mut self, name: &str, origin: TensorOrigin) -> Result<()> {
-        if let Some(path) = &origin.path {
-            check_text(path, "tensor path").map_err(Error::invalid)?;
-            let flat = flatten_path(path).map_err(Error::invalid)?;
-            if flat != name {
-                return Err(Error::invalid(format!(
-                    "tensor '{name}': its path {path} names '{flat}'"
-                )));
-            }
-        }
+        check_origin(name, &origin)?;
         let tensor = self
             .tensors
             .iter_mut()
@@ -456,6 +440,21 @@ fn block_checksums(
         worker();
     });
     crcs
+}
+
+/// A path, where `origin` has one, must be a JSON array whose components joined by dots
+/// are `name`.
+fn check_origin(name: &str, origin: &TensorOrigin) -> Result<()> {
+    if let Some(path) = &origin.path {
+        check_text(path, "tensor path").map_err(Error::invalid)?;
+        let flat = flatten_path(path).map_err(Error::invalid)?;
+        if flat != name {
+            return Err(Error::invalid(format!(
+                "tensor '{name}': its path {path} names '{flat}'"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The directory holding `path` (`.` for a bare file name).

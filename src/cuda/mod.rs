@@ -196,6 +196,24 @@ impl Drop for Stream {
     }
 }
 
+impl Stream {
+    /// A non-blocking stream on `device`, whose context must be current.
+    fn new(device: &Arc<Device>) -> Result<Stream> {
+        let mut raw: sys::CUstream = std::ptr::null_mut();
+        // SAFETY: `raw` is writable; the caller made a context current.
+        check(
+            unsafe {
+                sys::cuStreamCreate(&mut raw, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32)
+            },
+            || "creating a CUDA stream".into(),
+        )?;
+        Ok(Stream {
+            device: Arc::clone(device),
+            raw,
+        })
+    }
+}
+
 /// An event plaid created.
 struct Event {
     device: Arc<Device>,
@@ -252,24 +270,8 @@ impl Lane {
         let (raw, own) = if stream != 0 {
             (stream as sys::CUstream, None)
         } else {
-            let mut raw: sys::CUstream = std::ptr::null_mut();
-            // SAFETY: `raw` is writable; a context is current.
-            check(
-                unsafe {
-                    sys::cuStreamCreate(
-                        &mut raw,
-                        sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32,
-                    )
-                },
-                || "creating a CUDA stream".into(),
-            )?;
-            (
-                raw,
-                Some(Stream {
-                    device: Arc::clone(device),
-                    raw,
-                }),
-            )
+            let own = Stream::new(device)?;
+            (own.raw, Some(own))
         };
         Ok(Lane {
             device: Arc::clone(device),
@@ -525,21 +527,7 @@ pub(crate) fn copy_from_device(
     let device = Device::open(device)?;
     let mut buffers = [Pinned::new(&device, chunk)?, Pinned::new(&device, chunk)?];
     let _bound = device.bind()?;
-    let mut stream: sys::CUstream = std::ptr::null_mut();
-    // SAFETY: `stream` is writable; a context is current.
-    check(
-        unsafe {
-            sys::cuStreamCreate(
-                &mut stream,
-                sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32,
-            )
-        },
-        || "creating a CUDA stream".into(),
-    )?;
-    let stream = Stream {
-        device: Arc::clone(&device),
-        raw: stream,
-    };
+    let stream = Stream::new(&device)?;
     let piece = |at: u64| (len - at).min(chunk as u64) as usize;
     let start = |buffer: &mut Pinned, at: u64| -> Result<()> {
         let n = piece(at);
@@ -607,21 +595,7 @@ pub fn pinned_htod_times(
     let arena = CudaArena::allocate(device, &[Some(piece as u64)])?;
     let (dst, _) = arena.tensor(0).expect("allocated");
     let _bound = handle.bind()?;
-    let mut stream: sys::CUstream = std::ptr::null_mut();
-    // SAFETY: `stream` is writable; a context is current.
-    check(
-        unsafe {
-            sys::cuStreamCreate(
-                &mut stream,
-                sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32,
-            )
-        },
-        || "creating a CUDA stream".into(),
-    )?;
-    let stream = Stream {
-        device: Arc::clone(&handle),
-        raw: stream,
-    };
+    let stream = Stream::new(&handle)?;
     let mut times = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let started = std::time::Instant::now();

@@ -59,6 +59,31 @@ pub unsafe extern "C" fn plaid_serializer_new(
     })
 }
 
+/// The name, dtype and shape arguments of the add-tensor calls, checked.
+///
+/// # Safety
+/// `name` NULL or NUL-terminated; `shape` NULL or `ndim` readable values that outlive the
+/// returned slice.
+unsafe fn tensor_args<'a>(
+    name: *const c_char,
+    dtype: u32,
+    shape: *const u64,
+    ndim: usize,
+) -> crate::Result<(&'a str, DType, &'a [u64])> {
+    // SAFETY: per the contract.
+    let name = unsafe { c_str(name, "name") }?;
+    let dtype = DType::from_id(dtype)
+        .map_err(|_| Error::invalid(format!("tensor '{name}': unknown dtype {dtype}")))?;
+    if ndim > MAX_RANK {
+        return Err(Error::invalid(format!(
+            "tensor '{name}': rank {ndim} exceeds the limit of {MAX_RANK}"
+        )));
+    }
+    // SAFETY: per the contract; NULL is allowed only for empty arrays.
+    let shape = unsafe { borrowed(shape, ndim, "shape") }?;
+    Ok((name, dtype, shape))
+}
+
 /// Add a tensor named `name` (UTF-8, unique, non-empty) of `dtype` (`PLAID_DTYPE_*`) and
 /// `shape[0..ndim]` (row-major; `shape` may be NULL when `ndim` is 0). `data` holds
 /// exactly `nbytes` = product(shape) * element size bytes (it may be NULL when `nbytes`
@@ -86,16 +111,7 @@ pub unsafe extern "C" fn plaid_serializer_add_tensor(
         // SAFETY: per the contract.
         let s = unsafe { handle_mut(s, "serializer") }?;
         // SAFETY: per the contract.
-        let name = unsafe { c_str(name, "name") }?;
-        let dtype = DType::from_id(dtype)
-            .map_err(|_| Error::invalid(format!("tensor '{name}': unknown dtype {dtype}")))?;
-        if ndim > MAX_RANK {
-            return Err(Error::invalid(format!(
-                "tensor '{name}': rank {ndim} exceeds the limit of {MAX_RANK}"
-            )));
-        }
-        // SAFETY: per the contract; NULL is allowed only for empty arrays.
-        let shape = unsafe { borrowed(shape, ndim, "shape") }?;
+        let (name, dtype, shape) = unsafe { tensor_args(name, dtype, shape, ndim) }?;
         let nbytes = isize::try_from(nbytes)
             .map(|n| n as usize)
             .map_err(|_| Error::invalid("nbytes exceeds the address space"))?;
@@ -130,16 +146,7 @@ pub unsafe extern "C" fn plaid_serializer_add_tensor_cuda(
         // SAFETY: per the contract.
         let s = unsafe { handle_mut(s, "serializer") }?;
         // SAFETY: per the contract.
-        let name = unsafe { c_str(name, "name") }?;
-        let dtype = DType::from_id(dtype)
-            .map_err(|_| Error::invalid(format!("tensor '{name}': unknown dtype {dtype}")))?;
-        if ndim > MAX_RANK {
-            return Err(Error::invalid(format!(
-                "tensor '{name}': rank {ndim} exceeds the limit of {MAX_RANK}"
-            )));
-        }
-        // SAFETY: per the contract; NULL is allowed only for empty arrays.
-        let shape = unsafe { borrowed(shape, ndim, "shape") }?;
+        let (name, dtype, shape) = unsafe { tensor_args(name, dtype, shape, ndim) }?;
         let needed = dtype.nbytes(shape);
         if needed != Some(nbytes) {
             return Err(Error::invalid(format!(

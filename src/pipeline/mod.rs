@@ -11,7 +11,6 @@ pub use progress::{Progress, ProgressFn};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use parking_lot::Mutex;
 
@@ -362,6 +361,13 @@ impl Worker<'_> {
             .ok_or_else(|| Error::Cuda(format!("no staging lane for CUDA device {device}")))
     }
 
+    /// The lane to `device`, with its context made current until the guard is dropped.
+    fn bound_lane(&mut self, device: i32) -> Result<(&mut Lane, crate::cuda::Bound)> {
+        let lane = self.lane(device)?;
+        let bound = lane.device().bind()?;
+        Ok((lane, bound))
+    }
+
     /// Wait for every copy still in flight to the devices.
     fn drain(&mut self) -> Result<()> {
         self.lanes
@@ -542,9 +548,7 @@ fn run_job(
             address,
             len,
         }) => {
-            let lane = worker.lane(device)?;
-            let handle = Arc::clone(lane.device());
-            let _bound = handle.bind().map_err(in_tensor)?;
+            let (lane, _bound) = worker.bound_lane(device).map_err(in_tensor)?;
             let mut at = 0;
             while at < len {
                 let n = (len - at).min(lane.capacity());
@@ -567,9 +571,7 @@ fn run_job(
         }) => {
             // Through the worker's two pinned buffers: while the device copies one, the
             // next piece is read (and checked) into the other.
-            let lane = worker.lane(device)?;
-            let handle = Arc::clone(lane.device());
-            let _bound = handle.bind().map_err(in_tensor)?;
+            let (lane, _bound) = worker.bound_lane(device).map_err(in_tensor)?;
             let step = step.min(lane.capacity());
             let mut at = 0;
             while at < len {
@@ -658,9 +660,7 @@ fn run_batch(
     };
     let at = |tensor: &TensorInfo| (tensor.offset - offset) as usize;
     if let Some(device) = members.first().and_then(|(_, out)| out.device()) {
-        let lane = worker.lane(device)?;
-        let handle = Arc::clone(lane.device());
-        let _bound = handle.bind()?;
+        let (lane, _bound) = worker.bound_lane(device)?;
         let staging = lane.buffer(len)?;
         let mut spread = |bytes: &[u8]| -> Result<()> {
             for (tensor, out) in &members {
