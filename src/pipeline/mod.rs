@@ -308,32 +308,23 @@ pub(crate) fn load<'a>(
     }
     batch_small(small, options, &mut jobs);
     let threads = options.worker_threads().min(jobs.len()).max(1);
-    if devices.is_empty() {
-        let workers = (0..threads).map(|_| Worker::default()).collect();
-        run(
-            source,
-            index,
-            options,
-            jobs,
-            workers,
-            stats.tensors,
-            progress,
-        )?;
-        return Ok(stats);
-    }
     // Loads into device memory on one deserializer take turns with its staging ring.
-    let mut ring = ring.lock();
-    for &device in &devices {
-        ring.reserve(device, threads, staging, options.cuda_stream)?;
-    }
-    let workers = ring
-        .split(threads)
-        .into_iter()
-        .map(|lanes| Worker {
-            scratch: Vec::new(),
-            lanes,
-        })
-        .collect();
+    let mut ring = (!devices.is_empty()).then(|| ring.lock());
+    let workers = match ring.as_deref_mut() {
+        None => (0..threads).map(|_| Worker::default()).collect(),
+        Some(ring) => {
+            for &device in &devices {
+                ring.reserve(device, threads, staging, options.cuda_stream)?;
+            }
+            ring.split(threads)
+                .into_iter()
+                .map(|lanes| Worker {
+                    scratch: Vec::new(),
+                    lanes,
+                })
+                .collect()
+        }
+    };
     run(
         source,
         index,
