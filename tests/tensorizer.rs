@@ -661,3 +661,53 @@ fn convert_in_every_direction() {
     assert!(matches!(err, Error::Unsupported(_)), "{err}");
     assert!(!out("c.safetensors").exists());
 }
+
+/// With SHA-256 off, a tensor's CRC-32 is combined from the CRCs of its chunks, so one
+/// tensor spreads over the workers: every byte still counts, a flipped one anywhere is
+/// caught, and the error names the tensor.
+#[test]
+fn crc_only_verification_combines_the_pieces_crcs() {
+    let fixture = "shapes_and_layouts";
+    let truth = truth(fixture);
+    let big = truth["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "big_1d_f32_600KB")
+        .unwrap()
+        .clone();
+    let options = || {
+        ReadOptions::default()
+            .verify_sha256(false)
+            .chunk_size(4096)
+            .unwrap()
+            .threads(3)
+            .unwrap()
+    };
+    for mmap in [true, false] {
+        let loaded = load(fixture, options().mmap(mmap)).unwrap();
+        for (bytes, t) in loaded.iter().zip(truth["tensors"].as_array().unwrap()) {
+            assert_eq!(sha(bytes), t["sha256"].as_str().unwrap());
+        }
+        let d = Deserializer::open(path(fixture), options().mmap(mmap)).unwrap();
+        d.verify().unwrap();
+    }
+    // Damage in the middle, and in the last piece, of the 600 KB tensor.
+    let good = std::fs::read(path(fixture)).unwrap();
+    let start = big["data_offset"].as_u64().unwrap() as usize;
+    let dir = tempfile::tempdir().unwrap();
+    for at in [start + 300_000, start + 599_999] {
+        let mut bytes = good.clone();
+        bytes[at] ^= 0x10;
+        let damaged = dir.path().join("damaged.tensors");
+        std::fs::write(&damaged, &bytes).unwrap();
+        let d = Deserializer::open(&damaged, options()).unwrap();
+        for err in [common::load_all(&d).unwrap_err(), d.verify().unwrap_err()] {
+            assert!(
+                matches!(&err, Error::HashMismatch { tensor, .. } if tensor == "big_1d_f32_600KB"),
+                "{err}"
+            );
+            assert!(err.to_string().contains("crc32"), "{err}");
+        }
+    }
+}

@@ -429,13 +429,20 @@ fn chunk_len(tensor: &TensorInfo, options: &ReadOptions) -> usize {
 }
 
 /// Bytes per job for `tensor`: one chunk, or the whole tensor where verifying needs all
-/// of its bytes in order (tensorizer's hashes); such a job still reads chunk by chunk.
+/// of its bytes in order (a SHA-256 over the whole tensor); such a job still reads chunk
+/// by chunk. A whole-tensor CRC-32 alone does not: it is combined from the pieces' CRCs.
 fn job_len(tensor: &TensorInfo, options: &ReadOptions) -> usize {
-    if options.verify && tensor.checksum.whole_tensor() {
+    if options.verify && sequential_hash(tensor, options.verify_sha256) {
         usize::MAX
     } else {
         chunk_len(tensor, options)
     }
+}
+
+/// Whether verifying `tensor` takes a hash that must see its bytes in order, in one piece
+/// of work.
+fn sequential_hash(tensor: &TensorInfo, sha256: bool) -> bool {
+    matches!(&tensor.checksum, Checksum::WholeTensor { sha256: Some(_), .. } if sha256)
 }
 
 fn run(
@@ -454,6 +461,7 @@ fn run(
         tensors_total,
         jobs.iter().flat_map(Job::pieces),
     );
+    let split = SplitCrcs::default();
     pool(
         jobs,
         workers,
@@ -461,7 +469,8 @@ fn run(
             let tensor = &index.tensors[job.tensor];
             let pieces = job.pieces();
             let step = chunk_len(tensor, options);
-            run_job(source, tensor, job, Verify::from(options), step, worker)?;
+            let verify = Verify::from(options);
+            run_job(source, tensor, job, verify, step, &split, worker)?;
             pieces
                 .into_iter()
                 .try_for_each(|(tensor, len)| tracker.chunk_done(tensor, len))
@@ -517,17 +526,23 @@ fn pool<J: Send, W: Send>(
     first_error.into_inner().map_or(Ok(()), Err)
 }
 
-fn run_job(
+fn run_job<'t>(
     source: &dyn Source,
-    tensor: &TensorInfo,
+    tensor: &'t TensorInfo,
     job: Job<'_>,
     verify: Verify,
     step: usize,
+    split: &'t SplitCrcs,
     worker: &mut Worker<'_>,
 ) -> Result<()> {
     let file = source.name();
     let in_tensor = |e: Error| e.in_tensor(&tensor.name);
-    let mut check = Check::new(tensor, verify);
+    let len = match &job.target {
+        Target::Out(out) => out.len() as u64,
+        Target::Scratch(len) => *len as u64,
+        _ => tensor.stored_len(),
+    };
+    let mut check = Check::for_job(tensor, verify, job.start, len, split);
     match job.target {
         Target::Batch { len, members } => {
             let offset = tensor.offset + job.start;
@@ -748,9 +763,43 @@ enum Check<'t> {
     Off,
     Blocks(&'t TensorInfo),
     Whole(&'t TensorInfo, Box<WholeHasher>),
+    /// Part of a tensor whose CRC-32 covers all of it: this piece's CRC, combined with the
+    /// others' once every piece is in.
+    Piece {
+        tensor: &'t TensorInfo,
+        start: u64,
+        len: u64,
+        crc: Box<crc_fast::Digest>,
+        split: &'t SplitCrcs,
+    },
 }
 
 impl<'t> Check<'t> {
+    /// The check of a job covering `len` stored bytes of `tensor` from `start` on.
+    fn for_job(
+        tensor: &'t TensorInfo,
+        verify: Verify,
+        start: u64,
+        len: u64,
+        split: &'t SplitCrcs,
+    ) -> Self {
+        let partial = start != 0 || len != tensor.stored_len();
+        match &tensor.checksum {
+            Checksum::WholeTensor { crc32: Some(_), .. }
+                if verify.on && partial && !sequential_hash(tensor, verify.sha256) =>
+            {
+                Check::Piece {
+                    tensor,
+                    start,
+                    len,
+                    crc: Box::new(crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32IsoHdlc)),
+                    split,
+                }
+            }
+            _ => Check::new(tensor, verify),
+        }
+    }
+
     fn new(tensor: &'t TensorInfo, verify: Verify) -> Self {
         match &tensor.checksum {
             _ if !verify.on => Check::Off,
@@ -788,6 +837,12 @@ impl<'t> Check<'t> {
                     hasher.update(d);
                 }
             }
+            Check::Piece { crc, .. } => {
+                for (d, s) in dst.chunks_mut(1 << 20).zip(src.chunks(1 << 20)) {
+                    d.copy_from_slice(s);
+                    crc.update(d);
+                }
+            }
         }
         Ok(())
     }
@@ -803,6 +858,10 @@ impl<'t> Check<'t> {
                 hasher.update(data);
                 Ok(())
             }
+            Check::Piece { crc, .. } => {
+                crc.update(data);
+                Ok(())
+            }
         }
     }
 
@@ -810,6 +869,60 @@ impl<'t> Check<'t> {
     fn finish(self, file: &str) -> Result<()> {
         match self {
             Check::Whole(tensor, hasher) => compare_whole(file, tensor, *hasher),
+            Check::Piece {
+                tensor,
+                start,
+                len,
+                crc,
+                split,
+            } => split.add(file, tensor, start, len, crc.finalize() as u32),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The CRC-32s of the pieces of tensors read in several jobs, by tensor, until every piece
+/// is in and they can be combined into the tensor's CRC.
+#[derive(Default)]
+struct SplitCrcs {
+    pieces: Mutex<HashMap<usize, Vec<PieceCrc>>>,
+}
+
+/// A piece of a tensor: its start, its length and its CRC-32.
+type PieceCrc = (u64, u64, u32);
+
+impl SplitCrcs {
+    /// Record the CRC of `len` bytes from `start`; with the last piece of the tensor,
+    /// combine them (after the CRC of its header) and compare with the stored CRC-32.
+    fn add(&self, file: &str, tensor: &TensorInfo, start: u64, len: u64, crc: u32) -> Result<()> {
+        let mut pieces = {
+            let mut all = self.pieces.lock();
+            let mine = all.entry(tensor.index).or_default();
+            mine.push((start, len, crc));
+            if mine.iter().map(|p| p.1).sum::<u64>() < tensor.stored_len() {
+                return Ok(());
+            }
+            all.remove(&tensor.index).unwrap_or_default()
+        };
+        pieces.sort_unstable();
+        let Checksum::WholeTensor { prefix, crc32, .. } = &tensor.checksum else {
+            return Ok(());
+        };
+        let algorithm = crc_fast::CrcAlgorithm::Crc32IsoHdlc;
+        let mut whole = crc_fast::checksum(algorithm, prefix);
+        for (_, len, crc) in pieces {
+            whole = crc_fast::checksum_combine(algorithm, whole, u64::from(crc), len);
+        }
+        match crc32 {
+            Some(stored) if *stored != whole as u32 => Err(Error::HashMismatch {
+                file: file.to_owned(),
+                tensor: tensor.name.clone(),
+                offset: tensor.offset,
+                detail: format!(
+                    "stored crc32 {stored:#010x}, computed {:#010x}",
+                    whole as u32
+                ),
+            }),
             _ => Ok(()),
         }
     }
@@ -862,7 +975,12 @@ pub(crate) fn verify_mapped(
         if data.is_empty() {
             jobs.push((tensor, 0, data)); // a hash may cover the header
         }
-        let step = job_len(tensor, options);
+        // Whole-tensor hashes are checked by one job here (no combining of pieces).
+        let step = if tensor.checksum.whole_tensor() {
+            usize::MAX
+        } else {
+            chunk_len(tensor, options)
+        };
         for (k, piece) in data.chunks(step).enumerate() {
             jobs.push((tensor, (k * step) as u64, piece));
         }
