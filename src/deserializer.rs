@@ -180,14 +180,7 @@ impl Deserializer {
     /// Load tensors into the destinations chosen by `placement`. Returns when every byte
     /// has landed and been verified (unless verification is off).
     pub fn load<'a>(&self, placement: &mut dyn Placement<'a>) -> Result<LoadStats> {
-        pipeline::load(
-            self.source.as_ref(),
-            &self.index,
-            &self.options,
-            &self.ring,
-            placement,
-            None,
-        )
+        self.run_load(placement, None)
     }
 
     /// [`Deserializer::load`], reporting progress to `progress` from the workers (never
@@ -199,14 +192,32 @@ impl Deserializer {
         placement: &mut dyn Placement<'a>,
         progress: &ProgressFn<'_>,
     ) -> Result<LoadStats> {
+        self.run_load(placement, Some(progress))
+    }
+
+    /// The one way into the pipeline for every kind of load.
+    fn run_load<'a>(
+        &self,
+        placement: &mut dyn Placement<'a>,
+        progress: Option<&ProgressFn<'_>>,
+    ) -> Result<LoadStats> {
         pipeline::load(
             self.source.as_ref(),
             &self.index,
             &self.options,
             &self.ring,
             placement,
-            Some(progress),
+            progress,
         )
+    }
+
+    /// The sizes of the tensors `wanted` selects (`None` for the others), in file order.
+    fn selected_sizes(&self, wanted: &mut dyn FnMut(&TensorInfo) -> bool) -> Vec<Option<u64>> {
+        self.index
+            .tensors
+            .iter()
+            .map(|t| wanted(t).then_some(t.nbytes))
+            .collect()
     }
 
     /// Read and verify every block of every tensor, holding at most one chunk per worker.
@@ -256,22 +267,15 @@ impl Deserializer {
         wanted: &mut dyn FnMut(&TensorInfo) -> bool,
         progress: Option<&ProgressFn<'_>>,
     ) -> Result<HostArena> {
-        let selected: Vec<bool> = self.index.tensors.iter().map(&mut *wanted).collect();
-        let mut arena = HostArena::new(&self.index.tensors, &selected, self.options.huge_pages)?;
+        let sizes = self.selected_sizes(wanted);
+        let mut arena = HostArena::allocate(&sizes, self.options.huge_pages)?;
         let mut buffers = arena.buffers();
         let mut placement = |t: &TensorInfo| {
             Ok(buffers[t.index]
                 .take()
                 .map_or(Destination::Skip, Destination::Host))
         };
-        pipeline::load(
-            self.source.as_ref(),
-            &self.index,
-            &self.options,
-            &self.ring,
-            &mut placement,
-            progress,
-        )?;
+        self.run_load(&mut placement, progress)?;
         drop(buffers);
         Ok(arena)
     }
@@ -286,12 +290,7 @@ impl Deserializer {
         wanted: &mut dyn FnMut(&TensorInfo) -> bool,
         progress: Option<&ProgressFn<'_>>,
     ) -> Result<crate::cuda::CudaArena> {
-        let sizes: Vec<Option<u64>> = self
-            .index
-            .tensors
-            .iter()
-            .map(|t| wanted(t).then_some(t.nbytes))
-            .collect();
+        let sizes = self.selected_sizes(wanted);
         let arena = crate::cuda::CudaArena::allocate(device, &sizes)?;
         let mut placement = |t: &TensorInfo| {
             Ok(match arena.tensor(t.index) {
@@ -303,14 +302,7 @@ impl Deserializer {
                 None => Destination::Skip,
             })
         };
-        pipeline::load(
-            self.source.as_ref(),
-            &self.index,
-            &self.options,
-            &self.ring,
-            &mut placement,
-            progress,
-        )?;
+        self.run_load(&mut placement, progress)?;
         Ok(arena)
     }
 

@@ -463,21 +463,16 @@ impl CudaArena {
     /// Allocate room on `device` for the tensors of `sizes` that are `Some`.
     pub(crate) fn allocate(device: i32, sizes: &[Option<u64>]) -> Result<CudaArena> {
         let device = Device::open(device)?;
-        let mut spans = Vec::with_capacity(sizes.len());
-        let mut total = 0u64;
-        for size in sizes {
-            spans.push(size.map(|n| {
-                let at = total;
-                total = (total + n).next_multiple_of(256);
-                (at, n)
-            }));
-        }
+        let (ranges, total) = crate::sink::pack(sizes, 256)?;
+        let spans = ranges
+            .into_iter()
+            .map(|r| r.map(|(at, n)| (at as u64, n as u64)))
+            .collect();
         let mut base: sys::CUdeviceptr = 0;
         if total > 0 {
             let _bound = device.bind()?;
-            let len = usize::try_from(total).map_err(Error::invalid)?;
             // SAFETY: `base` is writable; a context is current.
-            check(unsafe { sys::cuMemAlloc_v2(&mut base, len) }, || {
+            check(unsafe { sys::cuMemAlloc_v2(&mut base, total) }, || {
                 format!("allocating {total} bytes on CUDA device {}", device.ordinal)
             })?;
         }

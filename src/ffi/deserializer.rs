@@ -330,10 +330,8 @@ pub unsafe extern "C" fn plaid_deserializer_load_cuda(
         let selected = unsafe { select(d, filter, user_data) }?;
         let mut wanted = |t: &crate::format::TensorInfo| selected[t.index];
         let progress = d.progress.map(|p| move |x: &crate::Progress| p.call(x));
-        let inner = match &progress {
-            Some(p) => d.inner.load_to_cuda(device, &mut wanted, Some(p)),
-            None => d.inner.load_to_cuda(device, &mut wanted, None),
-        }?;
+        let progress = progress.as_ref().map(|p| p as &crate::ProgressFn<'_>);
+        let inner = d.inner.load_to_cuda(device, &mut wanted, progress)?;
         // SAFETY: checked non-NULL above.
         unsafe { publish(out, plaid_cuda_arena { inner }) };
         Ok(())
@@ -368,10 +366,8 @@ pub unsafe extern "C" fn plaid_deserializer_load_host(
         let selected = unsafe { select(d, filter, user_data) }?;
         let mut wanted = |t: &crate::format::TensorInfo| selected[t.index];
         let progress = d.progress.map(|p| move |x: &crate::Progress| p.call(x));
-        let inner = match &progress {
-            Some(p) => d.inner.load_to_host(&mut wanted, Some(p)),
-            None => d.inner.load_to_host(&mut wanted, None),
-        }?;
+        let progress = progress.as_ref().map(|p| p as &crate::ProgressFn<'_>);
+        let inner = d.inner.load_to_host(&mut wanted, progress)?;
         // SAFETY: checked non-NULL above.
         unsafe { publish(out, plaid_host_arena { inner }) };
         Ok(())

@@ -3,10 +3,32 @@
 //! huge pages.
 
 use crate::error::{Error, Result};
-use crate::format::TensorInfo;
 
 /// Alignment of each tensor inside an arena.
 pub const ARENA_ALIGN: usize = 64;
+
+/// A buffer's start and length inside an allocation.
+pub(crate) type Span = (usize, usize);
+
+/// Lay buffers of the given sizes (`None`: no buffer at that position) end to end, each
+/// starting at a multiple of `align`: their `(start, len)` and the total length, or an
+/// error when they do not fit in the address space.
+pub(crate) fn pack(sizes: &[Option<u64>], align: usize) -> Result<(Vec<Option<Span>>, usize)> {
+    let too_big = || Error::invalid("the tensors do not fit in the address space");
+    let mut ranges = Vec::with_capacity(sizes.len());
+    let mut cursor = 0usize;
+    for &size in sizes {
+        let Some(size) = size else {
+            ranges.push(None);
+            continue;
+        };
+        let len = usize::try_from(size).map_err(|_| too_big())?;
+        let start = cursor.checked_next_multiple_of(align).ok_or_else(too_big)?;
+        cursor = start.checked_add(len).ok_or_else(too_big)?;
+        ranges.push(Some((start, len)));
+    }
+    Ok((ranges, cursor))
+}
 
 /// Tensors loaded into one allocation made by plaid ([`crate::Deserializer::load_to_host`]).
 /// Freed when dropped.
@@ -32,40 +54,12 @@ impl std::fmt::Debug for HostArena {
 }
 
 impl HostArena {
-    /// An untouched allocation laid out for the tensors of `tensors` that `wanted`
-    /// selects (by index into `tensors`), on transparent huge pages if `huge_pages`.
-    pub(crate) fn new(
-        tensors: &[TensorInfo],
-        wanted: &[bool],
-        huge_pages: bool,
-    ) -> Result<HostArena> {
-        let sizes: Vec<Option<u64>> = tensors
-            .iter()
-            .zip(wanted)
-            .map(|(t, &want)| want.then_some(t.nbytes))
-            .collect();
-        HostArena::allocate(&sizes, huge_pages)
-    }
-
     /// One untouched allocation holding a buffer of each given size (`None`: no buffer at
     /// that position), each 64-byte aligned, on transparent huge pages if `huge_pages`.
     /// Buffer `i` is [`HostArena::tensor_mut`]`(i)`.
     pub fn allocate(sizes: &[Option<u64>], huge_pages: bool) -> Result<HostArena> {
-        let mut ranges = Vec::with_capacity(sizes.len());
-        let mut cursor = 0usize;
-        for &size in sizes {
-            let Some(size) = size else {
-                ranges.push(None);
-                continue;
-            };
-            let len = usize::try_from(size).map_err(Error::invalid)?;
-            let start = cursor.next_multiple_of(ARENA_ALIGN);
-            cursor = start
-                .checked_add(len)
-                .ok_or_else(|| Error::invalid("the tensors do not fit in the address space"))?;
-            ranges.push(Some((start, len)));
-        }
-        let len = cursor.max(1);
+        let (ranges, total) = pack(sizes, ARENA_ALIGN)?;
+        let len = total.max(1);
         // SAFETY: an anonymous private mapping, checked for failure below. Its pages are
         // zero until written and are faulted in by whoever writes them first.
         let ptr = unsafe {

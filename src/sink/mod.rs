@@ -4,6 +4,7 @@
 
 mod arena;
 
+pub(crate) use arena::pack;
 pub use arena::{HostArena, ARENA_ALIGN};
 
 use std::collections::HashMap;
