@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install plaid from a build tree into a temporary prefix, then build and run, using only
 # that prefix: a CMake project with find_package(plaid 0.1 CONFIG REQUIRED), a C program
-# with pkg-config, and check that an incompatible version is refused; finally a parent
-# project that add_subdirectory()s the source tree, linking libplaid statically.
+# with pkg-config, and check that an incompatible version is refused; then a parent
+# project that add_subdirectory()s the source tree, linking libplaid statically; last, a
+# static install consumed with find_package.
 #
 #   run.sh BUILD_DIR SOURCE_DIR MODEL_FILE CARGO_TARGET_DIR
 set -euo pipefail
@@ -56,4 +57,19 @@ if ldd "$work/subdirectory/consumer" | grep -q libplaid; then
   exit 1
 fi
 "$work/subdirectory/consumer" "$model"
+echo "== static install (BUILD_SHARED_LIBS=OFF), then find_package"
+cmake -S "$source" -B "$work/static_build" -DBUILD_SHARED_LIBS=OFF -DPLAID_BUILD_TESTS=OFF \
+  -DPLAID_BUILD_EXAMPLES=OFF -DPLAID_CARGO_TARGET_DIR="$cargo_target" \
+  -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$work/static_build" >/dev/null
+cmake --install "$work/static_build" --prefix "$work/static_prefix" >/dev/null
+[[ -f "$work/static_prefix/lib/libplaid.a" ]] || { echo "libplaid.a not installed" >&2; exit 1; }
+cmake -S "$source/tests/consumer/find_package" -B "$work/find_package_static" \
+  -DCMAKE_PREFIX_PATH="$work/static_prefix" >/dev/null
+cmake --build "$work/find_package_static" >/dev/null
+if ldd "$work/find_package_static/consumer" | grep -q libplaid; then
+  echo "the static find_package consumer links libplaid dynamically" >&2
+  exit 1
+fi
+"$work/find_package_static/consumer" "$model"
 echo "consumers: all passed"

@@ -187,3 +187,39 @@ def test_tensorizer_fixtures_through_safe_open(fixture):
             array = f.get_tensor(name)
             assert list(array.shape) == t["shape"], name
             assert hashlib.sha256(array.tobytes()).hexdigest() == t["sha256"], name
+
+
+def test_the_gil_is_released_during_a_load(tmp_path):
+    """While one thread is inside the library loading a file, another runs Python. With a
+    long switch interval a thread gives the GIL up only where it releases it itself, so the
+    other thread can run during the load only if the library call released it."""
+    import sys
+    import threading
+    import time
+
+    path = tmp_path / "big.plaid"
+    pn.save_file({"w": np.ones(48 << 20, dtype=np.uint8)}, path)
+    inside = []
+    ticks = []
+    done = threading.Event()
+
+    def load():
+        with plaid.Reader(path) as reader:
+            start = time.perf_counter()
+            reader.load_host()  # one C call: read, verify, copy 48 MiB
+            inside.append((start, time.perf_counter()))
+        done.set()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(10.0)
+    try:
+        worker = threading.Thread(target=load)
+        worker.start()
+        while not done.wait(0.0005):
+            ticks.append(time.perf_counter())
+        worker.join()
+    finally:
+        sys.setswitchinterval(interval)
+    start, end = inside[0]
+    during = [t for t in ticks if start < t < end]
+    assert len(during) >= 3, f"{len(during)} Python steps ran during the {end - start:.3f} s load"

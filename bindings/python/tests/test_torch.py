@@ -211,3 +211,38 @@ def test_load_file_mapped_and_copied_agree_and_writes_stay_private(tmp_path):
     damaged.write_bytes(raw_bytes)
     with pytest.raises(plaid.ChecksumError):
         pt.load_file(damaged)
+
+
+def _all_fixtures():
+    return sorted(p.stem for p in FIXTURES.glob("*.tensors")) if FIXTURES.is_dir() else []
+
+
+@pytest.mark.parametrize("fixture", _all_fixtures())
+def test_every_tensorizer_fixture_through_tensor_deserializer(fixture):
+    """Every fixture through TensorDeserializer: the intact ones load with the bytes their
+    .json records (verify_hash=False for the quirk whose stored hashes tensorizer got
+    wrong); damaged and encrypted ones fail the way the .json says a correct reader does."""
+    truth = json.loads((FIXTURES / f"{fixture}.json").read_text())
+    path = str(FIXTURES / f"{fixture}.tensors")
+    expect = truth.get("expect", {})
+    if truth.get("encryption") or "Poly1305" in expect.get("correct_reader", ""):
+        with pytest.raises(plaid.UnsupportedError, match="encrypted"):
+            TensorDeserializer(path, device="cpu")
+        return
+    if expect.get("correct_reader", "").startswith("error"):
+        with pytest.raises(plaid.FormatError):
+            TensorDeserializer(path, device="cpu")
+        return
+    bad = expect.get("corrupted_tensor") or (truth.get("expected_hash_mismatch") or [None])[0]
+    if bad:
+        with pytest.raises(plaid.ChecksumError, match=f"'{bad}'"):
+            TensorDeserializer(path, device="cpu", verify_hash=True)
+    d = TensorDeserializer(path, device="cpu", verify_hash=not bad)
+    assert len(d) == len(truth["tensors"])
+    for t in truth["tensors"]:
+        name = t["name"] if not t["name"].startswith("\x1e") else \
+            ".".join(str(c) for c in t["path"])
+        assert str(d[name].dtype) == t["torch_dtype"], name
+        assert list(d[name].shape) == t["shape"], name
+        intact = hashlib.sha256(raw(d[name])).hexdigest() == t["sha256"]
+        assert intact or name == bad, name
