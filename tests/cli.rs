@@ -133,7 +133,7 @@ fn convert_between_all_formats() {
     let dir = tempfile::tempdir().unwrap();
     let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
     let fixtures =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tensorizer");
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tensorizer");
     let source = fixtures.join("module_tiny_lm_f32.tensors");
     let source = source.to_str().unwrap();
     let steps = [

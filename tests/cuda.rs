@@ -239,7 +239,7 @@ fn child_device_paths() {
     drop(arena);
 
     // tensorizer files (whole-tensor hashes, meta tensors as zeros) go to devices too.
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tensorizer");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tensorizer");
     for (fixture, bad) in [
         ("meta_tensors_v4", None),
         ("module_tiny_lm_f32", None),

@@ -1,4 +1,4 @@
-//! Every tensorizer fixture in `../shared/fixtures/tensorizer/` (files written by the real
+//! Every tensorizer fixture in `tests/fixtures/tensorizer/` (files written by the real
 //! tensorizer package, several releases) read through the Rust API and the C API and
 //! compared with its `.json` ground truth: names, paths, dtypes, shapes, roles, module
 //! indices and the SHA-256 of every tensor's bytes; damaged fixtures give the behaviour
@@ -19,7 +19,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tensorizer")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tensorizer")
 }
 
 /// The fixture's file stem for a test name (`v1_by_tensorizer_1_1_0` is

@@ -15,7 +15,7 @@ import plaid  # noqa: E402
 import plaid.torch as pt  # noqa: E402
 from plaid.torch import TensorDeserializer, TensorSerializer, no_init_or_tensor  # noqa: E402
 
-FIXTURES = Path(__file__).resolve().parents[3].parent / "shared" / "fixtures" / "tensorizer"
+FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "tensorizer"
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
@@ -214,7 +214,8 @@ def test_load_file_mapped_and_copied_agree_and_writes_stay_private(tmp_path):
 
 
 def _all_fixtures():
-    return sorted(p.stem for p in FIXTURES.glob("*.tensors")) if FIXTURES.is_dir() else []
+    assert FIXTURES.is_dir(), f"the tensorizer fixtures are missing: {FIXTURES}"
+    return sorted(p.stem for p in FIXTURES.glob("*.tensors"))
 
 
 @pytest.mark.parametrize("fixture", _all_fixtures())
