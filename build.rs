@@ -30,9 +30,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// exists, and left alone where the layout is not the expected one.
 #[cfg(unix)]
 fn soname_link(abi: &str) {
-    let Some(out_dir) = std::env::var_os("OUT_DIR") else { return };
+    let Some(out_dir) = std::env::var_os("OUT_DIR") else {
+        return;
+    };
     let out_dir = std::path::PathBuf::from(out_dir);
-    let Some(profile) = out_dir.ancestors().nth(3) else { return };
+    let Some(profile) = out_dir.ancestors().nth(3) else {
+        return;
+    };
     if out_dir.ancestors().nth(2).and_then(|b| b.file_name()) != Some("build".as_ref()) {
         return;
     }
