@@ -187,6 +187,21 @@
 #define PLAID_ROLE_STATE_DICT 3
 
 /**
+ * Default request size of a callback source: 8 MiB.
+ */
+#define PLAID_SOURCE_DEFAULT_REQUEST_BYTES (8 << 20)
+
+/**
+ * Default merge gap of a callback source: 1 MiB.
+ */
+#define PLAID_SOURCE_DEFAULT_MERGE_GAP (1 << 20)
+
+/**
+ * Default requests in flight of a callback source: 8.
+ */
+#define PLAID_SOURCE_DEFAULT_MAX_IN_FLIGHT 8
+
+/**
  * Major release version.
  */
 #define PLAID_VERSION_MAJOR 0
@@ -206,31 +221,6 @@
  * compatible; the shared library's SONAME is `libplaid.so.<PLAID_ABI_VERSION>`.
  */
 #define PLAID_ABI_VERSION 1
-
-/**
- * Most metadata entries in one file.
- */
-#define MAX_METADATA_ENTRIES (1 << 16)
-
-/**
- * Bytes before the metadata block.
- */
-#define FILE_HEADER_LEN 73
-
-/**
- * The newest format version tensorizer has written.
- */
-#define MAX_VERSION 5
-
-/**
- * The metadata block every tensorizer writer reserves.
- */
-#define STANDARD_METADATA_LEN 262144
-
-/**
- * Alignment of each tensor inside an arena.
- */
-#define ARENA_ALIGN 64
 
 /**
  * Tensors loaded by `plaid_deserializer_load_cuda` into one device allocation made by
@@ -265,6 +255,15 @@ typedef struct plaid_read_options plaid_read_options;
  * `plaid_serializer_free`. Calls on one serializer must not run concurrently.
  */
 typedef struct plaid_serializer plaid_serializer;
+
+/**
+ * A source of bytes read through the caller's callback. Opaque; made by
+ * `plaid_source_new`, given up with `plaid_source_free` (at most once). Deserializers
+ * opened from it keep their own reference, so the handle may be freed right after
+ * `plaid_deserializer_open_source`. `plaid_source_set_hints` takes it non-const: the
+ * caller serializes that call with others on the handle.
+ */
+typedef struct plaid_source plaid_source;
 
 /**
  * Options for `plaid_serializer_new`. Opaque; made by `plaid_write_options_new`,
@@ -421,6 +420,26 @@ typedef struct plaid_progress {
  * It must return normally: no C++ exception or `longjmp` may leave it.
  */
 typedef int32_t (*plaid_progress_fn)(void *user_data, const struct plaid_progress *progress);
+
+/**
+ * Read up to `len` bytes at `offset` into `buf`. Return the count read: 1..`len` (fewer
+ * than `len` is a short read; plaid asks again for the rest), 0 only when `offset` >= the
+ * source's length, or a negative value for an error, which fails the load with
+ * `PLAID_ERR_IO` naming the source and offset. May be called from several threads at
+ * once, for different ranges: plaid's I/O threads, up to the source's requests in flight
+ * at once, apart from its CPU workers. `buf` is valid for `len` bytes during the call
+ * only. A return greater than `len` is `PLAID_ERR_IO`; a 0 before the end is
+ * `PLAID_ERR_FORMAT` (truncated). The callback must not unwind (no C++ exception may
+ * leave it).
+ */
+typedef int64_t (*plaid_read_fn)(void *user_data, uint64_t offset, void *buf, uint64_t len);
+
+/**
+ * Called exactly once, when the source handle and every deserializer using it are gone,
+ * on whichever thread drops the last reference (`plaid_source_free` or
+ * `plaid_deserializer_free`); never when `plaid_source_new` fails.
+ */
+typedef void (*plaid_release_fn)(void *user_data);
 
 /**
  * Success.
@@ -794,8 +813,9 @@ plaid_status plaid_host_arena_tensor(const struct plaid_host_arena *arena,
 void plaid_host_arena_free(struct plaid_host_arena *arena);
 
 /**
- * Create read options holding the defaults (verification on, one worker per core,
- * 16 MiB chunks) and store them in `*out`. Free with `plaid_read_options_free`.
+ * Create read options holding the defaults (verification on, one CPU worker per core,
+ * each source's own request size and requests in flight: 16 MiB and one per core for
+ * local files) and store them in `*out`. Free with `plaid_read_options_free`.
  *
  * # Safety
  * `out` is NULL (an error) or writable.
@@ -820,7 +840,9 @@ void plaid_read_options_free(struct plaid_read_options *options);
 plaid_status plaid_read_options_set_verify(struct plaid_read_options *options, int32_t verify);
 
 /**
- * Number of worker threads; 0 (the default) picks one per core. At most 1024.
+ * Number of CPU workers: how many threads verify or copy at once; 0 (the default) picks
+ * one per core. At most 1024. Requests in flight are set apart
+ * (`plaid_read_options_set_requests_in_flight`).
  *
  * # Safety
  * `options` is NULL (an error) or a live handle.
@@ -902,12 +924,38 @@ plaid_status plaid_read_options_set_verify_sha256(struct plaid_read_options *opt
 plaid_status plaid_read_options_set_cuda_stream(struct plaid_read_options *options, void *stream);
 
 /**
- * Bytes per read, 4 KiB to 1 GiB (default 16 MiB); rounded to whole checksum blocks.
+ * Bytes per read request, 4 KiB to 1 GiB, rounded to whole checksum blocks. By default
+ * each source says (16 MiB for local files, its hints for a `plaid_source`).
  *
  * # Safety
  * `options` is NULL (an error) or a live handle.
  */
 plaid_status plaid_read_options_set_chunk_size(struct plaid_read_options *options, uint64_t bytes);
+
+/**
+ * Read requests kept in flight, each on an I/O thread of plaid's, apart from the CPU
+ * workers; 0 (the default) takes the source's hint (one per core for local files; the
+ * hints of a `plaid_source`). At most 1024. Host memory that a load reads through (for
+ * verification alone and for batches of small tensors) is at most this times the
+ * request size.
+ *
+ * # Safety
+ * `options` is NULL (an error) or a live handle.
+ */
+plaid_status plaid_read_options_set_requests_in_flight(struct plaid_read_options *options,
+                                                       uint32_t requests);
+
+/**
+ * Staging lanes per CUDA device: each holds two pinned buffers of one request, and an
+ * I/O thread takes one for each job bound for device memory; 0 (the default) gives one
+ * per CPU worker. At most 1024. Pinned memory is lanes x 2 x the request size per device,
+ * however many requests are in flight.
+ *
+ * # Safety
+ * `options` is NULL (an error) or a live handle.
+ */
+plaid_status plaid_read_options_set_staging_lanes(struct plaid_read_options *options,
+                                                  uint32_t lanes);
 
 /**
  * Start writing a file at `path` (UTF-8). Nothing appears at `path` until
@@ -1019,6 +1067,78 @@ plaid_status plaid_serializer_finish(struct plaid_serializer *s);
  * `s` is NULL or a live handle from `plaid_serializer_new`.
  */
 void plaid_serializer_free(struct plaid_serializer *s);
+
+/**
+ * Make a source of `length` bytes read through `read`, called `name` in messages (UTF-8,
+ * copied). `user_data` is passed to `read` and `release` untouched. Fails only on invalid
+ * arguments (NULL `name`, `read` or `out`; `name` not UTF-8), and then does not call
+ * `release`. On success `*out` holds a handle to give up with `plaid_source_free`; on
+ * failure `*out` is untouched.
+ *
+ * The source gets default hints (8 MiB requests, a 1 MiB merge gap, 8 requests in
+ * flight); `plaid_source_set_hints` changes them.
+ *
+ * # Safety
+ * `name` is NULL or NUL-terminated; `read` and `release` are NULL or callable as
+ * documented; `out` is NULL or writable.
+ */
+plaid_status plaid_source_new(const char *name,
+                              uint64_t length,
+                              plaid_read_fn read,
+                              void *user_data,
+                              plaid_release_fn release,
+                              struct plaid_source **out);
+
+/**
+ * Set how plaid reads the source: `request_bytes` per read (4 KiB to 1 GiB), reading
+ * through gaps of up to `merge_gap` bytes (at most 1 GiB) between wanted ranges rather
+ * than issuing another request, and keeping up to `max_in_flight` requests (1 to 1024)
+ * in flight. Read options can override the request size and the depth per deserializer.
+ * Set them before opening: a deserializer reads its header with the hints of the time,
+ * and each load with those of its start. Returns `PLAID_ERR_INVALID_ARGUMENT` (changing
+ * nothing) for a NULL handle or a value out of range.
+ *
+ * # Safety
+ * `source` is NULL (an error) or a live handle not used concurrently by this call's
+ * caller elsewhere.
+ */
+plaid_status plaid_source_set_hints(struct plaid_source *source,
+                                    uint64_t request_bytes,
+                                    uint64_t merge_gap,
+                                    uint32_t max_in_flight);
+
+/**
+ * Give up the caller's reference to a source. NULL is a no-op; call at most once per
+ * handle. `release` runs now if no deserializer uses the source, else when the last one
+ * is freed.
+ *
+ * # Safety
+ * `source` is NULL or a live handle from `plaid_source_new`.
+ */
+void plaid_source_free(struct plaid_source *source);
+
+/**
+ * Open a source like a file: detect its format (plaid, safetensors or tensorizer) from
+ * its first bytes and read and validate its header, reading ahead so that a header that
+ * fits the read-ahead window costs one read. The deserializer keeps its own reference:
+ * the caller may free its handle right after. `options` may be NULL for defaults; the
+ * file-only options (`mmap`, `direct_io`) are ignored. A sharded checkpoint's index names
+ * other files and cannot be opened as a source (`PLAID_ERR_UNSUPPORTED`), nor can a
+ * source be viewed in place (`plaid_deserializer_tensor_data` and
+ * `plaid_deserializer_map` give `PLAID_ERR_UNSUPPORTED`). On success `*out` holds a
+ * handle to free with `plaid_deserializer_free`; on failure `*out` is untouched (and the
+ * source keeps only the caller's reference).
+ *
+ * Returns the statuses of `plaid_deserializer_open`, with `PLAID_ERR_IO` naming the source
+ * and offset for a failed read.
+ *
+ * # Safety
+ * `source` is NULL or a live handle; `options` NULL or a live handle; `out` NULL or
+ * writable.
+ */
+plaid_status plaid_deserializer_open_source(const struct plaid_source *source,
+                                            const struct plaid_read_options *options,
+                                            struct plaid_deserializer **out);
 
 /**
  * The name of a status as a static NUL-terminated string (`"PLAID_ERR_IO"`), or

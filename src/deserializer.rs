@@ -9,8 +9,8 @@ use crate::error::{Error, Result};
 use crate::format::{self, Format, Index, TensorInfo};
 use crate::options::ReadOptions;
 use crate::pipeline::{self, LoadStats, ProgressFn};
-use crate::sink::{Destination, HostArena, Placement};
-use crate::source::{FileSource, MultiSource, Source};
+use crate::sink::{Destination, HostArena, Placement, Sinks};
+use crate::source::{read_exact, FileSource, Mappable, MultiSource, ReadAhead, Source};
 
 /// An open model file: its tensor list is known, its data is read on [`Deserializer::load`].
 ///
@@ -26,8 +26,9 @@ pub struct Deserializer {
     /// Zero pages that views of zero-filled tensors point into (mapped on first use; they
     /// cost no memory).
     zeros: OnceLock<memmap2::Mmap>,
-    /// Pinned staging buffers for loads into device memory, kept between loads.
-    ring: parking_lot::Mutex<crate::cuda::Ring>,
+    /// Destinations reached through staging buffers (device memory), with their pinned
+    /// buffers, kept between loads.
+    sinks: Sinks,
 }
 
 impl std::fmt::Debug for Deserializer {
@@ -55,11 +56,11 @@ impl Deserializer {
         }
         let source = FileSource::open_with(path, options.direct_io)?.copy_from_map(options.mmap);
         let mut prefix = vec![0u8; source.len().min(64) as usize];
-        source.read_at(0, &mut prefix)?;
+        read_exact(&source, 0, &mut prefix)?;
         if format::safetensors::sniff_sharded(&prefix, source.len()) {
             return Deserializer::open_sharded(path, &source, options);
         }
-        Deserializer::from_source(Box::new(source), options)
+        Deserializer::from_file(Box::new(source), options)
     }
 
     /// A sharded safetensors checkpoint, opened through its index: the shards are laid end
@@ -70,7 +71,7 @@ impl Deserializer {
         options: ReadOptions,
     ) -> Result<Deserializer> {
         let mut bytes = vec![0u8; index_file.len() as usize];
-        index_file.read_at(0, &mut bytes)?;
+        read_exact(index_file, 0, &mut bytes)?;
         let shard_index = format::safetensors::parse_shard_index(index_file.name(), &bytes)?;
         let dir = crate::serializer::parent_dir(path);
         let mut parts: Vec<Box<dyn Source>> = Vec::new();
@@ -78,7 +79,9 @@ impl Deserializer {
         for shard in &shard_index.shards {
             let part = FileSource::open_with(&dir.join(shard), options.direct_io)?
                 .copy_from_map(options.mmap);
-            indexes.push(format::safetensors::read_index(&part)?);
+            indexes.push(format::safetensors::read_index(&ReadAhead::for_source(
+                &part,
+            ))?);
             parts.push(Box::new(part));
         }
         let source = MultiSource::new(index_file.name(), parts);
@@ -96,9 +99,28 @@ impl Deserializer {
     }
 
     /// Read the header of any [`Source`], in any format plaid reads (detected from the
-    /// first bytes).
+    /// first bytes), through a read-ahead window: a header that fits it costs one read.
+    /// A sharded checkpoint's index cannot be opened this way (a source is one file):
+    /// [`Error::Unsupported`]. The file-only options (`mmap`, `direct_io`) do not apply.
     pub fn from_source(source: Box<dyn Source>, options: ReadOptions) -> Result<Deserializer> {
-        let index = format::read_index(source.as_ref())?;
+        let mut prefix = vec![0u8; source.len().min(64) as usize];
+        let ahead = ReadAhead::for_source(source.as_ref());
+        read_exact(&ahead, 0, &mut prefix)?;
+        if format::safetensors::sniff_sharded(&prefix, source.len()) {
+            return Err(Error::Unsupported(format!(
+                "{}: a sharded checkpoint's index names other files; open it by path, not as a source",
+                source.name()
+            )));
+        }
+        let index = format::read_index(&ahead)?;
+        drop(ahead);
+        Ok(Deserializer::with_index(source, index, options))
+    }
+
+    /// A file `open` made a source of (not a sharded index): its header through the
+    /// read-ahead window, as [`Deserializer::from_source`] reads it.
+    fn from_file(source: Box<dyn Source>, options: ReadOptions) -> Result<Deserializer> {
+        let index = format::read_index(&ReadAhead::for_source(source.as_ref()))?;
         Ok(Deserializer::with_index(source, index, options))
     }
 
@@ -120,7 +142,7 @@ impl Deserializer {
             options,
             view_verified,
             zeros: OnceLock::new(),
-            ring: Default::default(),
+            sinks: Sinks::default(),
         }
     }
 
@@ -205,7 +227,7 @@ impl Deserializer {
             self.source.as_ref(),
             &self.index,
             &self.options,
-            &self.ring,
+            &self.sinks,
             placement,
             progress,
         )
@@ -307,9 +329,9 @@ impl Deserializer {
     }
 
     /// Bytes of pinned host memory this deserializer holds for staging copies to devices
-    /// (two chunk-sized buffers per worker and device, kept between loads).
+    /// (two buffers of one request per staging lane and device, kept between loads).
     pub fn pinned_staging_bytes(&self) -> usize {
-        self.ring.lock().pinned_bytes()
+        self.sinks.pinned_bytes()
     }
 
     /// Map the file for zero-copy views ([`Deserializer::view`]). With verification on and
@@ -329,9 +351,9 @@ impl Deserializer {
                 .filter(|(t, _)| !self.view_verified[t.index].load(Ordering::Acquire))
                 .map(|(t, bytes)| (t, &bytes[..t.stored_len() as usize]))
                 .collect();
-            pipeline::verify_mapped(self.name(), &pending, &self.options)
+            pipeline::verify_lent(self.source.as_ref(), &self.index, &pending, &self.options)
                 .map_err(|e| self.mapped_error(e))?;
-            self.source.check_mapped()?;
+            self.check_mapped()?;
             for (t, _) in pending {
                 self.view_verified[t.index].store(true, Ordering::Release);
             }
@@ -353,11 +375,16 @@ impl Deserializer {
         let tensor = &self.index.tensors[index];
         if self.options.verify && !self.view_verified[index].load(Ordering::Acquire) {
             let stored = &bytes[..tensor.stored_len() as usize];
-            pipeline::verify_range(self.name(), tensor, 0, stored, &self.options)
-                .map_err(|e| self.mapped_error(e))?;
+            pipeline::verify_lent(
+                self.source.as_ref(),
+                &self.index,
+                &[(tensor, stored)],
+                &self.options,
+            )
+            .map_err(|e| self.mapped_error(e))?;
             self.view_verified[index].store(true, Ordering::Release);
         }
-        self.source.check_mapped()?;
+        self.check_mapped()?;
         Ok(bytes)
     }
 
@@ -369,25 +396,35 @@ impl Deserializer {
         if tensor.zero_fill {
             return Ok(&self.zero_pages()?[..tensor.nbytes as usize]);
         }
-        self.source
+        self.mappable()?
             .view(tensor.offset, tensor.nbytes)
-            .map_err(|e| e.in_tensor(&tensor.name))?
-            .ok_or_else(|| {
-                Error::Unsupported(format!(
-                    "{}: this source cannot be memory-mapped",
-                    self.name()
-                ))
-            })
+            .map_err(|e| e.in_tensor(&tensor.name))
+    }
+
+    /// The source's mapping capability, or why views are impossible.
+    fn mappable(&self) -> Result<&dyn Mappable> {
+        self.source.mappable().ok_or_else(|| {
+            Error::Unsupported(format!(
+                "{}: this source cannot be memory-mapped (zero-copy views need a file or memory)",
+                self.name()
+            ))
+        })
+    }
+
+    /// An error if the mapping's bytes can no longer be trusted (the file shrank).
+    fn check_mapped(&self) -> Result<()> {
+        self.source
+            .mappable()
+            .map_or(Ok(()), |map| map.check_mapped())
     }
 
     /// A verification error on mapped bytes, unless the file shrank under the mapping
     /// (whose zeros made the checksums fail): then that is the error.
     fn mapped_error(&self, e: Error) -> Error {
-        match self
-            .source
-            .check_mapped()
-            .and_then(|()| self.source.mapped().map(drop))
-        {
+        let shrank = self.source.mappable().map_or(Ok(()), |map| {
+            map.check_mapped().and_then(|()| map.view(0, 0).map(drop))
+        });
+        match shrank {
             Err(shrank) => shrank,
             Ok(()) => e,
         }

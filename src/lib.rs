@@ -42,6 +42,7 @@ pub mod ffi;
 pub mod format;
 pub mod options;
 pub mod pipeline;
+mod pool;
 pub mod serializer;
 pub mod sink;
 pub mod source;

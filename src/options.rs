@@ -8,8 +8,9 @@ use crate::format::plaid::{
     DEFAULT_BLOCK_SIZE, MAX_ALIGNMENT, MAX_BLOCK_SIZE, MIN_ALIGNMENT, MIN_BLOCK_SIZE,
 };
 
-/// Default size of one read issued by a worker.
-pub const DEFAULT_CHUNK_SIZE: u64 = 16 << 20;
+/// Default size of one read request of a local file (sources give their own in their
+/// hints, which the chunk size option overrides).
+pub const DEFAULT_CHUNK_SIZE: u64 = crate::source::LOCAL_REQUEST_BYTES;
 /// Smallest chunk size accepted.
 pub const MIN_CHUNK_SIZE: u64 = 4096;
 /// Largest chunk size accepted.
@@ -18,6 +19,10 @@ pub const MAX_CHUNK_SIZE: u64 = 1 << 30;
 pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// Most worker threads accepted.
 pub const MAX_THREADS: usize = 1024;
+/// Most requests in flight accepted.
+pub const MAX_IN_FLIGHT: u32 = 1024;
+/// Most staging lanes accepted.
+pub const MAX_STAGING_LANES: usize = 1024;
 
 /// How a file is read. Fields change only through the checking setters, so a value of
 /// this type is always valid.
@@ -26,10 +31,14 @@ pub const MAX_THREADS: usize = 1024;
 pub struct ReadOptions {
     /// Verify every byte against the file's checksums (default on).
     pub(crate) verify: bool,
-    /// Worker threads; 0 picks one per core.
+    /// CPU workers (threads verifying or copying at once); 0 picks one per core.
     pub(crate) threads: usize,
-    /// Bytes per read; rounded to whole checksum blocks.
+    /// Bytes per read request, rounded to whole checksum blocks; 0: the source's hint.
     pub(crate) chunk_size: u64,
+    /// Read requests kept in flight (I/O threads); 0: the source's hint.
+    pub(crate) requests_in_flight: u32,
+    /// Staging lanes (two pinned buffers each) per device; 0: one per CPU worker.
+    pub(crate) staging_lanes: usize,
     /// Least time between two progress reports.
     pub(crate) progress_interval: Duration,
     /// Read local files with `O_DIRECT`, bypassing the page cache.
@@ -52,7 +61,9 @@ impl Default for ReadOptions {
         ReadOptions {
             verify: true,
             threads: 0,
-            chunk_size: DEFAULT_CHUNK_SIZE,
+            chunk_size: 0,
+            requests_in_flight: 0,
+            staging_lanes: 0,
             progress_interval: DEFAULT_PROGRESS_INTERVAL,
             direct_io: false,
             mmap: true,
@@ -94,13 +105,15 @@ impl ReadOptions {
         self.verify_sha256
     }
 
-    /// Set the worker thread count (0 = one per core).
+    /// Set the number of CPU workers: how many threads verify or copy at once (0 = one
+    /// per core). Requests in flight are set apart ([`ReadOptions::requests_in_flight`]).
     pub fn threads(mut self, threads: usize) -> Result<Self> {
         self.threads = check_threads(threads)?;
         Ok(self)
     }
 
-    /// Set the chunk size.
+    /// Set the request size: bytes per read (rounded to whole checksum blocks). By
+    /// default each source says (16 MiB for local files).
     pub fn chunk_size(mut self, bytes: u64) -> Result<Self> {
         if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&bytes) {
             return Err(Error::invalid(format!(
@@ -109,6 +122,42 @@ impl ReadOptions {
         }
         self.chunk_size = bytes;
         Ok(self)
+    }
+
+    /// Set how many read requests are kept in flight (each on an I/O thread of its own),
+    /// apart from the CPU workers; 0 (the default) takes the source's hint (one per core
+    /// for local files). Host memory read through is bounded by this times the request
+    /// size.
+    pub fn requests_in_flight(mut self, requests: u32) -> Result<Self> {
+        if requests > MAX_IN_FLIGHT {
+            return Err(Error::invalid(format!(
+                "{requests} requests in flight exceed the limit of {MAX_IN_FLIGHT}"
+            )));
+        }
+        self.requests_in_flight = requests;
+        Ok(self)
+    }
+
+    /// Set how many staging lanes (two pinned buffers of one request each) each device
+    /// gets; 0 (the default) gives one per CPU worker.
+    pub fn staging_lanes(mut self, lanes: usize) -> Result<Self> {
+        if lanes > MAX_STAGING_LANES {
+            return Err(Error::invalid(format!(
+                "{lanes} staging lanes exceed the limit of {MAX_STAGING_LANES}"
+            )));
+        }
+        self.staging_lanes = lanes;
+        Ok(self)
+    }
+
+    /// Requests kept in flight (0: the source's hint).
+    pub fn in_flight(&self) -> u32 {
+        self.requests_in_flight
+    }
+
+    /// Staging lanes per device (0: one per CPU worker).
+    pub fn lanes(&self) -> usize {
+        self.staging_lanes
     }
 
     /// Set the least time between two progress reports (zero: after every chunk).
@@ -187,7 +236,7 @@ impl ReadOptions {
         self.threads
     }
 
-    /// Bytes per read.
+    /// Bytes per read request (0: each source's own request size).
     pub fn chunk_bytes(&self) -> u64 {
         self.chunk_size
     }
@@ -289,9 +338,5 @@ fn check_threads(threads: usize) -> Result<usize> {
 }
 
 fn resolve_threads(threads: usize) -> usize {
-    if threads > 0 {
-        threads
-    } else {
-        std::thread::available_parallelism().map_or(4, |n| n.get())
-    }
+    crate::pool::threads_or_cores(threads)
 }

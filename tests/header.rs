@@ -32,3 +32,22 @@ fn header_is_up_to_date() {
         "include/plaid.h is stale: run `PLAID_BLESS=1 cargo test --test header` and commit it"
     );
 }
+
+/// Every macro of the C API carries the library's prefix: a core constant that leaks into
+/// the header (`MAX_VERSION`, say) would collide with a caller's own names.
+#[test]
+fn every_macro_is_prefixed() {
+    let header =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("include/plaid.h"))
+            .expect("include/plaid.h");
+    let unprefixed: Vec<&str> = header
+        .lines()
+        .filter_map(|line| line.strip_prefix("#define "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .filter(|name| !name.starts_with("PLAID_"))
+        .collect();
+    assert!(
+        unprefixed.is_empty(),
+        "unprefixed macros in plaid.h: {unprefixed:?} (exclude them in cbindgen.toml)"
+    );
+}

@@ -8,9 +8,11 @@
 //! pushed onto the calling thread only for the duration of a call and popped afterwards, so
 //! the caller's current context is never changed, created or destroyed.
 
-use std::collections::HashMap;
 use std::ffi::CStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+
+use parking_lot::{Condvar, Mutex};
 
 use cudarc::driver::sys;
 
@@ -284,11 +286,6 @@ impl Lane {
         })
     }
 
-    /// The device this lane copies to.
-    pub(crate) fn device(&self) -> &Arc<Device> {
-        &self.device
-    }
-
     /// Bytes per staging buffer.
     pub(crate) fn capacity(&self) -> usize {
         self.buffers[0].len
@@ -354,11 +351,6 @@ impl Lane {
         failed.map_or(Ok(()), Err)
     }
 
-    /// [`Lane::send`] of one copy.
-    pub(crate) fn send_one(&mut self, dst: u64, len: usize) -> Result<()> {
-        self.send(&[(dst, 0, len)]).map_err(|(_, e)| e)
-    }
-
     /// Wait until every copy queued on this lane has finished.
     pub(crate) fn drain(&mut self) -> Result<()> {
         let _bound = self.device.bind()?;
@@ -384,56 +376,132 @@ impl Drop for Lane {
     }
 }
 
-/// Staging lanes kept by a deserializer between loads: per device, one lane per worker.
-#[derive(Default)]
-pub(crate) struct Ring {
-    lanes: HashMap<i32, Vec<Lane>>,
+/// The staging lanes of one device ([`crate::sink::StagedSink`]): lanes of two pinned
+/// buffers each, taken by an I/O thread for one job and given back, kept between loads.
+pub(crate) struct StagingPool {
+    ordinal: i32,
+    device: Arc<Device>,
+    stream: usize,
+    idle: Mutex<Vec<Lane>>,
+    returned: Condvar,
+    /// Lanes made, taken or not.
+    made: AtomicUsize,
+    /// Bytes per buffer of every lane.
+    capacity: AtomicUsize,
 }
 
-impl Ring {
-    /// Make sure `device` has `workers` lanes of `chunk`-byte buffers on `stream`.
-    pub(crate) fn reserve(
-        &mut self,
-        device: i32,
-        workers: usize,
-        chunk: usize,
-        stream: usize,
-    ) -> Result<()> {
-        let lanes = self.lanes.entry(device).or_default();
-        if lanes.first().is_some_and(|l| l.capacity() < chunk) {
-            lanes.clear(); // too small for this load's chunks: made again below
+impl StagingPool {
+    /// The pool of CUDA device `ordinal` (its primary context retained), copying on the
+    /// caller's `stream`, or on streams of its own for 0. No lane is made yet.
+    pub(crate) fn new(ordinal: i32, stream: usize) -> Result<StagingPool> {
+        Ok(StagingPool {
+            ordinal,
+            device: Device::open(ordinal)?,
+            stream,
+            idle: Mutex::new(Vec::new()),
+            returned: Condvar::new(),
+            made: AtomicUsize::new(0),
+            capacity: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl crate::sink::StagedSink for StagingPool {
+    fn prepare(&self, lanes: usize, piece: usize) -> Result<()> {
+        let mut idle = self.idle.lock();
+        if self.capacity.load(Ordering::Relaxed) < piece {
+            idle.clear(); // too small for this load's pieces (each drains when dropped)
+            self.made.store(0, Ordering::Relaxed);
+            self.capacity.store(piece, Ordering::Relaxed);
         }
-        if lanes.len() >= workers {
-            return Ok(());
-        }
-        let handle = match lanes.first() {
-            Some(lane) => Arc::clone(lane.device()),
-            None => Device::open(device)?,
-        };
-        while lanes.len() < workers {
-            lanes.push(Lane::new(&handle, chunk, stream)?);
+        let capacity = self.capacity.load(Ordering::Relaxed);
+        while idle.len() < lanes {
+            idle.push(Lane::new(&self.device, capacity, self.stream)?);
+            self.made.store(idle.len(), Ordering::Relaxed);
         }
         Ok(())
     }
 
-    /// Hand each of `workers` workers its lane of every device.
-    pub(crate) fn split(&mut self, workers: usize) -> Vec<HashMap<i32, &mut Lane>> {
-        let mut out: Vec<HashMap<i32, &mut Lane>> = (0..workers).map(|_| HashMap::new()).collect();
-        for (&device, lanes) in self.lanes.iter_mut() {
-            for (worker, lane) in out.iter_mut().zip(lanes.iter_mut()) {
-                worker.insert(device, lane);
+    fn lane(&self) -> Result<Box<dyn crate::sink::StagingLane + '_>> {
+        let lane = {
+            let mut idle = self.idle.lock();
+            loop {
+                if let Some(lane) = idle.pop() {
+                    break lane;
+                }
+                if self.made.load(Ordering::Relaxed) == 0 {
+                    return Err(Error::Cuda(format!(
+                        "no staging lane was prepared for CUDA device {}",
+                        self.ordinal
+                    )));
+                }
+                self.returned.wait(&mut idle);
             }
-        }
-        out
+        };
+        let bound = match self.device.bind() {
+            Ok(bound) => bound,
+            Err(e) => {
+                self.idle.lock().push(lane);
+                self.returned.notify_one();
+                return Err(e);
+            }
+        };
+        Ok(Box::new(TakenLane {
+            pool: self,
+            lane: Some(lane),
+            _bound: bound,
+        }))
     }
 
-    /// Pinned bytes held.
-    pub(crate) fn pinned_bytes(&self) -> usize {
-        self.lanes
-            .values()
-            .flatten()
-            .map(|l| 2 * l.capacity())
-            .sum()
+    fn drain(&self) -> Result<()> {
+        self.idle
+            .lock()
+            .iter_mut()
+            .map(Lane::drain)
+            .fold(Ok(()), Result::and)
+    }
+
+    fn pinned_bytes(&self) -> usize {
+        2 * self.capacity.load(Ordering::Relaxed) * self.made.load(Ordering::Relaxed)
+    }
+}
+
+/// A lane taken by one thread, with the device's context current on it; given back (and
+/// the context popped) when dropped.
+struct TakenLane<'p> {
+    pool: &'p StagingPool,
+    lane: Option<Lane>,
+    _bound: Bound,
+}
+
+impl TakenLane<'_> {
+    fn lane(&mut self) -> &mut Lane {
+        self.lane
+            .as_mut()
+            .expect("a taken lane is held until dropped")
+    }
+}
+
+impl crate::sink::StagingLane for TakenLane<'_> {
+    fn capacity(&self) -> usize {
+        self.lane.as_ref().map_or(0, Lane::capacity)
+    }
+
+    fn buffer(&mut self, len: usize) -> Result<&mut [u8]> {
+        self.lane().buffer(len)
+    }
+
+    fn send(&mut self, copies: &[(u64, usize, usize)]) -> std::result::Result<(), (usize, Error)> {
+        self.lane().send(copies)
+    }
+}
+
+impl Drop for TakenLane<'_> {
+    fn drop(&mut self) {
+        if let Some(lane) = self.lane.take() {
+            self.pool.idle.lock().push(lane);
+            self.pool.returned.notify_one();
+        }
     }
 }
 

@@ -35,7 +35,7 @@ unsafe impl Send for plaid_deserializer {}
 unsafe impl Sync for plaid_deserializer {}
 
 impl plaid_deserializer {
-    fn new(inner: Deserializer) -> Result<plaid_deserializer> {
+    pub(crate) fn new(inner: Deserializer) -> Result<plaid_deserializer> {
         let text = |s: &str| CString::new(s).map_err(|_| Error::invalid("text holds a NUL byte"));
         let names = inner
             .tensors()

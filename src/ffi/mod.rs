@@ -15,6 +15,7 @@ pub mod placement;
 pub mod progress;
 pub mod read_options;
 pub mod serializer;
+pub mod source;
 pub mod status;
 pub mod version;
 pub mod write_options;

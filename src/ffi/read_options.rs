@@ -11,8 +11,9 @@ pub struct plaid_read_options {
     pub(crate) inner: ReadOptions,
 }
 
-/// Create read options holding the defaults (verification on, one worker per core,
-/// 16 MiB chunks) and store them in `*out`. Free with `plaid_read_options_free`.
+/// Create read options holding the defaults (verification on, one CPU worker per core,
+/// each source's own request size and requests in flight: 16 MiB and one per core for
+/// local files) and store them in `*out`. Free with `plaid_read_options_free`.
 ///
 /// # Safety
 /// `out` is NULL (an error) or writable.
@@ -57,7 +58,9 @@ pub unsafe extern "C" fn plaid_read_options_set_verify(
     })
 }
 
-/// Number of worker threads; 0 (the default) picks one per core. At most 1024.
+/// Number of CPU workers: how many threads verify or copy at once; 0 (the default) picks
+/// one per core. At most 1024. Requests in flight are set apart
+/// (`plaid_read_options_set_requests_in_flight`).
 ///
 /// # Safety
 /// `options` is NULL (an error) or a live handle.
@@ -210,7 +213,8 @@ pub unsafe extern "C" fn plaid_read_options_set_cuda_stream(
     })
 }
 
-/// Bytes per read, 4 KiB to 1 GiB (default 16 MiB); rounded to whole checksum blocks.
+/// Bytes per read request, 4 KiB to 1 GiB, rounded to whole checksum blocks. By default
+/// each source says (16 MiB for local files, its hints for a `plaid_source`).
 ///
 /// # Safety
 /// `options` is NULL (an error) or a live handle.
@@ -223,6 +227,47 @@ pub unsafe extern "C" fn plaid_read_options_set_chunk_size(
         // SAFETY: per the contract.
         let o = unsafe { handle_mut(options, "options") }?;
         o.inner = o.inner.clone().chunk_size(bytes)?;
+        Ok(())
+    })
+}
+
+/// Read requests kept in flight, each on an I/O thread of plaid's, apart from the CPU
+/// workers; 0 (the default) takes the source's hint (one per core for local files; the
+/// hints of a `plaid_source`). At most 1024. Host memory that a load reads through (for
+/// verification alone and for batches of small tensors) is at most this times the
+/// request size.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_read_options_set_requests_in_flight(
+    options: *mut plaid_read_options,
+    requests: u32,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let o = unsafe { handle_mut(options, "options") }?;
+        o.inner = o.inner.clone().requests_in_flight(requests)?;
+        Ok(())
+    })
+}
+
+/// Staging lanes per CUDA device: each holds two pinned buffers of one request, and an
+/// I/O thread takes one for each job bound for device memory; 0 (the default) gives one
+/// per CPU worker. At most 1024. Pinned memory is lanes x 2 x the request size per device,
+/// however many requests are in flight.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_read_options_set_staging_lanes(
+    options: *mut plaid_read_options,
+    lanes: u32,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let o = unsafe { handle_mut(options, "options") }?;
+        o.inner = o.inner.clone().staging_lanes(lanes as usize)?;
         Ok(())
     })
 }

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use crate::dtype::DType;
 use crate::error::Result;
-use crate::source::Source;
+use crate::source::{read_exact, Source};
 
 /// One tensor as a reader found it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -304,7 +304,7 @@ pub static READERS: &[&dyn FormatReader] = &[&PlaidReader, &SafetensorsReader, &
 /// its header.
 pub fn read_index(source: &dyn Source) -> Result<Index> {
     let mut prefix = vec![0u8; source.len().min(64) as usize];
-    source.read_at(0, &mut prefix)?;
+    read_exact(source, 0, &mut prefix)?;
     if let Some(reader) = READERS.iter().find(|r| r.sniff(&prefix, source.len())) {
         return reader.read_index(source);
     }

@@ -10,7 +10,7 @@ use super::checksum::{block_count, crc32c};
 use super::{proto, Checksum, Format, Index, TensorInfo, TensorRole};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::source::Source;
+use crate::source::{read_exact, Source};
 
 /// The first 10 bytes of every plaid file. The high-bit byte catches 7-bit transfers,
 /// `\r\n` catches CRLF-to-LF conversion, `\x1a` stops `type` on DOS, and the lone `\n`
@@ -138,7 +138,7 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
         ));
     }
     let mut preamble_bytes = [0u8; PREAMBLE_LEN as usize];
-    source.read_at(0, &mut preamble_bytes)?;
+    read_exact(source, 0, &mut preamble_bytes)?;
     let preamble = Preamble::decode(&preamble_bytes, file)?;
     if preamble.header_len > MAX_HEADER_LEN {
         return Err(Error::format(
@@ -160,7 +160,7 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
     }
     // Bounded by both MAX_HEADER_LEN and the file's real length, checked above.
     let mut header_bytes = vec![0u8; preamble.header_len as usize];
-    source.read_at(PREAMBLE_LEN, &mut header_bytes)?;
+    read_exact(source, PREAMBLE_LEN, &mut header_bytes)?;
     let actual = crc32c(&header_bytes);
     if actual != preamble.header_crc32c {
         return Err(Error::format(

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::{Checksum, Format, Index, TensorInfo};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::source::Source;
+use crate::source::{read_exact, Source};
 
 /// Largest header safetensors itself accepts (`MAX_HEADER_SIZE`).
 pub const MAX_HEADER_LEN: u64 = 100_000_000;
@@ -63,7 +63,7 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
         ));
     }
     let mut len_bytes = [0u8; 8];
-    source.read_at(0, &mut len_bytes)?;
+    read_exact(source, 0, &mut len_bytes)?;
     let header_len = u64::from_le_bytes(len_bytes);
     if header_len > MAX_HEADER_LEN {
         return Err(fail(
@@ -81,7 +81,7 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
         ));
     }
     let mut header = vec![0u8; header_len as usize];
-    source.read_at(8, &mut header)?;
+    read_exact(source, 8, &mut header)?;
     let json: Value = serde_json::from_slice(&header)
         .map_err(|e| fail(8, format!("the header is not valid JSON: {e}")))?;
     let Value::Object(entries) = json else {

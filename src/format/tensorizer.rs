@@ -16,7 +16,7 @@ use std::sync::Arc;
 use super::{Checksum, Format, Index, TensorInfo, TensorRole};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::source::Source;
+use crate::source::{read_exact, Source};
 
 /// The first 5 bytes of every tensorizer file.
 pub const MAGIC: &[u8; 5] = b"|TZR|";
@@ -284,7 +284,7 @@ fn read_entries(source: &dyn Source, len: u64, count: u64, versioned: bool) -> R
     let mut want = len.min(METADATA_READ);
     loop {
         let mut bytes = vec![0u8; want as usize];
-        source.read_at(FILE_HEADER_LEN, &mut bytes)?;
+        read_exact(source, FILE_HEADER_LEN, &mut bytes)?;
         let mut c = Cursor::new(&bytes, FILE_HEADER_LEN);
         let mut entries = Vec::new();
         let mut fault = None;
@@ -419,6 +419,52 @@ fn parse_record(bytes: &[u8], entry: &Entry, i: u64) -> std::result::Result<Reco
     })
 }
 
+/// Byte ranges of a source read into memory, looked up by offset.
+struct Ranges {
+    /// `(offset, bytes)`, by offset, not overlapping.
+    read: Vec<(u64, Vec<u8>)>,
+}
+
+impl Ranges {
+    /// The `len` bytes at `offset`, which lie inside one range read.
+    fn get(&self, offset: u64, len: u64) -> &[u8] {
+        let k = self.read.partition_point(|(at, _)| *at <= offset) - 1;
+        let (at, bytes) = &self.read[k];
+        let start = (offset - at) as usize;
+        &bytes[start..start + len as usize]
+    }
+}
+
+/// Read every range of `wanted` (by offset, not overlapping): neighbours closer than the
+/// source's merge gap in one request (up to its request size), the requests spread over as
+/// many threads as the source wants in flight.
+fn read_ranges(source: &dyn Source, wanted: &[(u64, u64)]) -> Result<Ranges> {
+    let hints = source.hints();
+    let merged = crate::pipeline::coalesce(wanted, hints.merge_gap, hints.request_bytes);
+    let slots: Vec<parking_lot::Mutex<Vec<u8>>> = merged
+        .iter()
+        .map(|_| parking_lot::Mutex::new(Vec::new()))
+        .collect();
+    let threads = (hints.max_in_flight as usize).min(merged.len());
+    crate::pool::for_each(
+        merged.iter().zip(&slots),
+        threads,
+        |(&(offset, len), slot)| {
+            let mut bytes = vec![0u8; len as usize];
+            read_exact(source, offset, &mut bytes)?;
+            *slot.lock() = bytes;
+            Ok(())
+        },
+    )?;
+    Ok(Ranges {
+        read: merged
+            .iter()
+            .zip(slots)
+            .map(|(&(offset, _), slot)| (offset, slot.into_inner()))
+            .collect(),
+    })
+}
+
 /// Read and validate a tensorizer file's header, metadata and every tensor header.
 pub fn read_index(source: &dyn Source) -> Result<Index> {
     let file = source.name();
@@ -431,7 +477,7 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
         ));
     }
     let mut head = [0u8; FILE_HEADER_LEN as usize];
-    source.read_at(0, &mut head)?;
+    read_exact(source, 0, &mut head)?;
     if !sniff(&head) {
         return Err(Error::format(
             file,
@@ -516,8 +562,9 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
     }
     let entries = read_entries(source, metadata_len, count, versioned)?;
 
-    let mut tensors = Vec::with_capacity(entries.len());
-    let mut by_name: HashMap<String, usize> = HashMap::with_capacity(entries.len());
+    // Every entry is checked first; then the per-tensor headers, which lie between the
+    // tensors' data through the whole file, are read with many requests in flight.
+    let mut checked = Vec::with_capacity(entries.len());
     let mut cursor = records_start;
     for (index, entry) in entries.into_iter().enumerate() {
         let i = index as u64;
@@ -589,9 +636,25 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
                 ),
             ));
         };
-        let mut header = vec![0u8; header_len as usize];
-        source.read_at(entry.header_offset, &mut header)?;
-        let record = parse_record(&header, &entry, i).map_err(|f| match f {
+        cursor = data_end;
+        checked.push((
+            entry, name, path, role, dtype, nbytes, header_len, zero_fill,
+        ));
+    }
+    let wanted: Vec<(u64, u64)> = checked.iter().map(|c| (c.0.header_offset, c.6)).collect();
+    let headers = read_ranges(source, &wanted)?;
+
+    let mut tensors = Vec::with_capacity(checked.len());
+    let mut by_name: HashMap<String, usize> = HashMap::with_capacity(checked.len());
+    for (index, (entry, name, path, role, dtype, nbytes, header_len, zero_fill)) in
+        checked.into_iter().enumerate()
+    {
+        let i = index as u64;
+        let fail = |offset: u64, why: String| {
+            Error::format(file, offset, format!("{why} (tensor '{name}')"))
+        };
+        let header = headers.get(entry.header_offset, header_len);
+        let record = parse_record(header, &entry, i).map_err(|f| match f {
             Fault::Short => fail(
                 entry.header_offset,
                 format!("tensor {i}'s {header_len}-byte header ends before its fields do"),
@@ -604,7 +667,6 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
                 format!("tensors {other} and {i} have the same name"),
             ));
         }
-        cursor = data_end;
         tensors.push(TensorInfo {
             name,
             dtype,
@@ -628,7 +690,7 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
             "truncated: the 8-byte end marker after the last tensor is missing",
         ));
     }
-    source.read_at(cursor, &mut end)?;
+    read_exact(source, cursor, &mut end)?;
     if end != [0; 8] {
         return Err(Error::format(
             file,

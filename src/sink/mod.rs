@@ -1,11 +1,14 @@
 //! Where bytes go. The caller decides, tensor by tensor, through a [`Placement`]: the
 //! pipeline asks it for every tensor before reading any data, then writes each tensor
-//! into the destination it was given.
+//! into the destination it was given: host memory directly, device memory through the
+//! staging lanes of a [`StagedSink`] (`staged.rs`; CUDA's in `crate::cuda`).
 
 mod arena;
+mod staged;
 
 pub(crate) use arena::pack;
 pub use arena::{HostArena, ARENA_ALIGN};
+pub(crate) use staged::{Sinks, StagedSink, StagingLane};
 
 use std::collections::HashMap;
 

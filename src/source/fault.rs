@@ -1,10 +1,11 @@
 use std::io;
 
-use super::Source;
+use super::{Source, SourceHints};
 use crate::error::{Error, Result};
 
-/// A decorator that fails every read touching bytes at or past `fail_from`, the way a
-/// network source behaves when its server dies mid-stream. For tests.
+/// A decorator whose reads fail once they reach `fail_from`, the way a
+/// network source behaves when its server dies mid-stream. Forwards only the core of
+/// [`Source`] (no mapping), like every decorator. For tests.
 #[derive(Debug)]
 pub struct FailingSource<S> {
     inner: S,
@@ -27,8 +28,19 @@ impl<S: Source> Source for FailingSource<S> {
         self.inner.len()
     }
 
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        if offset.saturating_add(buf.len() as u64) > self.fail_from {
+    fn hints(&self) -> SourceHints {
+        self.inner.hints()
+    }
+
+    /// Bytes before `fail_from` arrive (a short read where the range reaches it); a read
+    /// starting at or past it fails.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        if offset < self.fail_from && !buf.is_empty() {
+            let n =
+                usize::try_from(self.fail_from - offset).map_or(buf.len(), |n| n.min(buf.len()));
+            return self.inner.read_at(offset, &mut buf[..n]);
+        }
+        if !buf.is_empty() {
             return Err(Error::io(
                 format!(
                     "reading {} bytes at offset {offset} of {}",
@@ -41,6 +53,6 @@ impl<S: Source> Source for FailingSource<S> {
                 ),
             ));
         }
-        self.inner.read_at(offset, buf)
+        Ok(0)
     }
 }

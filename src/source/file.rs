@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use super::map::Mapping;
-use super::{past_end, Source};
+use super::{past_end, slice_range, Mappable, Source, SourceHints};
 use crate::error::{Error, Result};
 
 /// Offsets, lengths and addresses of `O_DIRECT` reads are multiples of this.
@@ -137,20 +137,15 @@ impl FileSource {
         })
     }
 
-    /// Buffered `pread` until `buf` is full.
-    fn read_buffered(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = offset + done as u64;
-            match self.file.read_at(&mut buf[done..], at) {
-                // The file shrank after it was opened.
-                Ok(0) => return Err(past_end(&self.name, at, offset, buf.len())),
-                Ok(n) => done += n,
+    /// One buffered `pread` (retried when interrupted): 0 at the end of the file.
+    fn read_buffered(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        loop {
+            match self.file.read_at(buf, offset) {
+                Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.read_error(buf.len() - done, at, e)),
+                Err(e) => return Err(self.read_error(buf.len(), offset, e)),
             }
         }
-        Ok(())
     }
 
     /// `O_DIRECT` reads: straight into `buf` where it is page-aligned, else through the
@@ -162,7 +157,7 @@ impl FileSource {
         while done < buf.len() {
             let at = offset + done as u64;
             if at % DIRECT_ALIGN as u64 != 0 {
-                self.read_buffered(at, &mut buf[done..])?;
+                super::read_exact(self, at, &mut buf[done..])?;
                 return Ok(true);
             }
             let dest = &mut buf[done..];
@@ -214,26 +209,31 @@ impl Source for FileSource {
         self.len
     }
 
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+    fn hints(&self) -> SourceHints {
+        SourceHints::local()
+    }
+
+    /// With `O_DIRECT`, reads at aligned offsets fill the whole buffer (aligned requests,
+    /// the unaligned tail buffered); otherwise one `pread`, which may be short.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         if let Some(direct) = &self.direct {
-            if offset % DIRECT_ALIGN as u64 == 0 && self.read_direct(direct, offset, buf)? {
-                return Ok(());
-            }
-        } else {
-            let len = buf.len();
-            let mut copy = |bytes: &[u8]| {
-                buf.copy_from_slice(bytes);
-                Ok(())
-            };
-            // `None` also when the file shrank under the mapping: reading it again then
-            // reports the truncation with the offset where the data ends.
-            if let Some(done) = self.with_bytes(offset, len, &mut copy) {
-                return done;
+            let end = offset.saturating_add(buf.len() as u64);
+            if offset % DIRECT_ALIGN as u64 == 0
+                && end <= self.len
+                && self.read_direct(direct, offset, buf)?
+            {
+                return Ok(buf.len());
             }
         }
         self.read_buffered(offset, buf)
     }
 
+    fn mappable(&self) -> Option<&dyn Mappable> {
+        Some(self)
+    }
+}
+
+impl Mappable for FileSource {
     fn with_bytes(
         &self,
         offset: u64,
@@ -254,19 +254,18 @@ impl Source for FileSource {
         Some(result)
     }
 
-    fn mapped(&self) -> Result<Option<&[u8]>> {
-        match self.mapping() {
-            Some(map) => {
-                self.check_mapped()?;
-                // A file already shorter than when it was opened would fault on access.
-                let now = self.file.metadata().map(|m| m.len()).unwrap_or(0);
-                if now < self.len {
-                    return Err(self.shrank(0, map.len()));
-                }
-                Ok(Some(map.bytes()))
-            }
-            None => Ok(None),
+    fn view(&self, offset: u64, len: u64) -> Result<&[u8]> {
+        let map = self.mapping().ok_or_else(|| {
+            Error::Unsupported(format!("{}: this file cannot be memory-mapped", self.name))
+        })?;
+        self.check_mapped()?;
+        // A file already shorter than when it was opened would fault on access.
+        let now = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+        if now < self.len {
+            return Err(self.shrank(0, map.len()));
         }
+        slice_range(map.bytes(), offset, len)
+            .ok_or_else(|| past_end(&self.name, map.len() as u64, offset, len as usize))
     }
 
     fn check_mapped(&self) -> Result<()> {

@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use super::{past_end, Source};
+use super::{past_end, slice_range, Mappable, Source};
 use crate::error::Result;
 
 /// Bytes held in memory: for tests, fuzzing and small embedded models.
@@ -18,12 +18,10 @@ impl MemorySource {
             bytes: bytes.into(),
         }
     }
-}
 
-impl MemorySource {
-    fn range(&self, offset: u64, len: usize) -> Option<&[u8]> {
-        let start = usize::try_from(offset).ok()?;
-        self.bytes.get(start..start.checked_add(len)?)
+    fn range(&self, offset: u64, len: u64) -> Result<&[u8]> {
+        slice_range(&self.bytes, offset, len)
+            .ok_or_else(|| past_end(&self.name, self.len(), offset, len as usize))
     }
 }
 
@@ -36,29 +34,29 @@ impl Source for MemorySource {
         self.bytes.len() as u64
     }
 
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        match self.range(offset, buf.len()) {
-            Some(bytes) => {
-                buf.copy_from_slice(bytes);
-                Ok(())
-            }
-            None => Err(past_end(&self.name, self.len(), offset, buf.len())),
-        }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let left = self.len().saturating_sub(offset);
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        buf[..n].copy_from_slice(self.range(offset, n as u64)?);
+        Ok(n)
     }
 
+    fn mappable(&self) -> Option<&dyn Mappable> {
+        Some(self)
+    }
+}
+
+impl Mappable for MemorySource {
     fn with_bytes(
         &self,
         offset: u64,
         len: usize,
         f: &mut dyn FnMut(&[u8]) -> Result<()>,
     ) -> Option<Result<()>> {
-        Some(match self.range(offset, len) {
-            Some(bytes) => f(bytes),
-            None => Err(past_end(&self.name, self.len(), offset, len)),
-        })
+        Some(self.range(offset, len as u64).and_then(f))
     }
 
-    fn mapped(&self) -> Result<Option<&[u8]>> {
-        Ok(Some(&self.bytes))
+    fn view(&self, offset: u64, len: u64) -> Result<&[u8]> {
+        self.range(offset, len)
     }
 }

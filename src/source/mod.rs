@@ -1,18 +1,76 @@
-//! Where bytes come from. A source is a fixed-length byte range read with positional,
-//! shareable reads, so many workers can read one source at once.
+//! Where bytes come from. A [`Source`] is a fixed-length byte range read with positional,
+//! shareable reads that may return fewer bytes than asked (a network stream hands over what
+//! has arrived), so many I/O threads can read one source at once and the pipeline can
+//! consume bytes as they come. Mapping a source in memory is a separate, optional
+//! capability ([`Mappable`]): decorators forward only the core, so a wrapped source always
+//! takes the read path, never silently another one.
 
 mod fault;
 mod file;
 mod map;
 mod memory;
 mod multi;
+mod read_ahead;
+mod testing;
 
 pub use fault::FailingSource;
 pub use file::FileSource;
 pub use memory::MemorySource;
 pub use multi::MultiSource;
+pub use read_ahead::{ReadAhead, READ_AHEAD};
+pub use testing::{CountingSource, ReadCounts, ShortReads};
 
-use crate::error::Result;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+
+/// How a source is best read. The pipeline sizes its jobs, coalesces small tensors and
+/// picks its I/O depth from these (read options may override the request size and depth).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SourceHints {
+    /// Bytes per read request.
+    pub request_bytes: u64,
+    /// Bytes between two wanted ranges that are cheaper to read through than to skip
+    /// with a second request.
+    pub merge_gap: u64,
+    /// Requests worth keeping in flight at once.
+    pub max_in_flight: u32,
+}
+
+/// Default request size of local files and memory.
+pub const LOCAL_REQUEST_BYTES: u64 = 16 << 20;
+/// Default merge gap of local files and memory.
+pub const LOCAL_MERGE_GAP: u64 = 64 << 10;
+
+impl SourceHints {
+    /// Hints for the given request size, merge gap and depth (each at least 1 where it
+    /// must be).
+    pub fn new(request_bytes: u64, merge_gap: u64, max_in_flight: u32) -> SourceHints {
+        SourceHints {
+            request_bytes: request_bytes.max(1),
+            merge_gap,
+            max_in_flight: max_in_flight.max(1),
+        }
+    }
+
+    /// Hints for local files and memory: 16 MiB requests, a 64 KiB merge gap, one request
+    /// in flight per core.
+    pub fn local() -> SourceHints {
+        let cores = crate::pool::threads_or_cores(0);
+        SourceHints::new(
+            LOCAL_REQUEST_BYTES,
+            LOCAL_MERGE_GAP,
+            u32::try_from(cores).unwrap_or(u32::MAX),
+        )
+    }
+}
+
+impl Default for SourceHints {
+    fn default() -> Self {
+        SourceHints::local()
+    }
+}
 
 /// A readable, fixed-length byte range.
 pub trait Source: Send + Sync {
@@ -24,54 +82,43 @@ pub trait Source: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Fill all of `buf` with the bytes at `offset`. Reading past the end is a
-    /// [`crate::Error::Format`] naming the offset (the file is truncated).
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+    /// Read up to `buf.len()` bytes at `offset` into the front of `buf` and return how
+    /// many: between 1 and `buf.len()` (fewer is a short read; the caller asks again for
+    /// the rest), and 0 only when `buf` is empty or `offset` is at or past the end. Use
+    /// [`read_exact`] to fill a whole buffer.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize>;
+    /// How this source is best read.
+    fn hints(&self) -> SourceHints {
+        SourceHints::local()
+    }
+    /// The source's bytes in memory, where it can lend them ([`Mappable`]).
+    fn mappable(&self) -> Option<&dyn Mappable> {
+        None
+    }
+}
 
-    /// Run `f` over the `len` bytes at `offset` in place, without copying them, where the
-    /// source can (a memory map, bytes in memory), and return what `f` returned. `None`:
-    /// the source cannot lend these bytes, or found after `f` ran that they changed under
-    /// it (the file shrank under its mapping); the caller reads them with
-    /// [`Source::read_at`] instead, which reports what the file holds now.
+/// The optional capability of a source whose bytes lie in memory (a mapped file, bytes
+/// held in memory): copies without a read, and zero-copy views.
+pub trait Mappable: Send + Sync {
+    /// Run `f` over the `len` bytes at `offset` in place, without copying them, where they
+    /// can be lent now, and return what `f` returned. `None`: these bytes cannot be lent
+    /// (not in the page cache, copying from the mapping turned off), or turned out after
+    /// `f` ran to have changed under it (the file shrank under its mapping); the caller
+    /// reads them with [`Source::read_at`] instead, which reports what the file holds now.
     fn with_bytes(
         &self,
         offset: u64,
         len: usize,
         f: &mut dyn FnMut(&[u8]) -> Result<()>,
-    ) -> Option<Result<()>> {
-        let _ = (offset, len, f);
-        None
-    }
-
-    /// The whole source as one byte slice that lives as long as the source (mapping the
-    /// file on first use), for zero-copy views; `Ok(None)` where the source cannot.
-    fn mapped(&self) -> Result<Option<&[u8]>> {
-        Ok(None)
-    }
+    ) -> Option<Result<()>>;
 
     /// The `len` bytes at `offset` in place, inside a mapping that lives as long as the
-    /// source (mapped on first use), for zero-copy views; `Ok(None)` where the source
-    /// cannot map them. A range past the end of the mapping is an error.
-    fn view(&self, offset: u64, len: u64) -> Result<Option<&[u8]>> {
-        let Some(bytes) = self.mapped()? else {
-            return Ok(None);
-        };
-        let range = usize::try_from(offset)
-            .ok()
-            .and_then(|start| Some(start..start.checked_add(usize::try_from(len).ok()?)?));
-        match range.and_then(|r| bytes.get(r)) {
-            Some(view) => Ok(Some(view)),
-            None => Err(past_end(
-                self.name(),
-                bytes.len() as u64,
-                offset,
-                len as usize,
-            )),
-        }
-    }
+    /// source (mapped on first use), for zero-copy views. A range past the end is an
+    /// error.
+    fn view(&self, offset: u64, len: u64) -> Result<&[u8]>;
 
-    /// An error if bytes handed out by [`Source::mapped`] can no longer be trusted
-    /// because the file shrank under its mapping.
+    /// An error if bytes handed out by [`Mappable::view`] can no longer be trusted because
+    /// the file shrank under its mapping.
     fn check_mapped(&self) -> Result<()> {
         Ok(())
     }
@@ -84,33 +131,106 @@ impl<S: Source + ?Sized> Source for Box<S> {
     fn len(&self) -> u64 {
         (**self).len()
     }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         (**self).read_at(offset, buf)
     }
-    fn with_bytes(
-        &self,
-        offset: u64,
-        len: usize,
-        f: &mut dyn FnMut(&[u8]) -> Result<()>,
-    ) -> Option<Result<()>> {
-        (**self).with_bytes(offset, len, f)
+    fn hints(&self) -> SourceHints {
+        (**self).hints()
     }
-    fn mapped(&self) -> Result<Option<&[u8]>> {
-        (**self).mapped()
-    }
-    fn view(&self, offset: u64, len: u64) -> Result<Option<&[u8]>> {
-        (**self).view(offset, len)
-    }
-    fn check_mapped(&self) -> Result<()> {
-        (**self).check_mapped()
+    fn mappable(&self) -> Option<&dyn Mappable> {
+        (**self).mappable()
     }
 }
 
+impl<S: Source + ?Sized> Source for Arc<S> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        (**self).read_at(offset, buf)
+    }
+    fn hints(&self) -> SourceHints {
+        (**self).hints()
+    }
+    fn mappable(&self) -> Option<&dyn Mappable> {
+        (**self).mappable()
+    }
+}
+
+impl<S: Source + ?Sized> Source for &S {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        (**self).read_at(offset, buf)
+    }
+    fn hints(&self) -> SourceHints {
+        (**self).hints()
+    }
+    fn mappable(&self) -> Option<&dyn Mappable> {
+        (**self).mappable()
+    }
+}
+
+/// One read of up to `buf.len()` bytes at `offset`, at least one byte where `buf` is not
+/// empty: a source that returns 0 before its end is truncated ([`Error::Format`]), one
+/// that claims more than it was asked for is broken ([`Error::Io`]).
+pub fn read_some(source: &dyn Source, offset: u64, buf: &mut [u8]) -> Result<usize> {
+    if buf.is_empty() {
+        return Ok(0);
+    }
+    let n = source.read_at(offset, buf)?;
+    if n == 0 {
+        return Err(past_end(source.name(), offset, offset, buf.len()));
+    }
+    if n > buf.len() {
+        return Err(Error::io(
+            format!(
+                "reading {} bytes at offset {offset} of {}",
+                buf.len(),
+                source.name()
+            ),
+            std::io::Error::other(format!(
+                "the source returned {n} bytes for a read of {}",
+                buf.len()
+            )),
+        ));
+    }
+    Ok(n)
+}
+
+/// Fill all of `buf` with the bytes at `offset`, asking again after short reads. Reading
+/// past the end is a [`Error::Format`] naming the offset where the data ends.
+pub fn read_exact(source: &dyn Source, offset: u64, buf: &mut [u8]) -> Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let at = offset + done as u64;
+        if source.len() <= at {
+            return Err(past_end(source.name(), at, offset, buf.len()));
+        }
+        done += read_some(source, at, &mut buf[done..])?;
+    }
+    Ok(())
+}
+
 /// The error for a read of `want` bytes at `offset` that found the data ending at `end`.
-pub(crate) fn past_end(name: &str, end: u64, offset: u64, want: usize) -> crate::Error {
-    crate::Error::format(
+pub(crate) fn past_end(name: &str, end: u64, offset: u64, want: usize) -> Error {
+    Error::format(
         name,
         end,
         format!("truncated: reading {want} bytes at offset {offset} ran into the end of the data"),
     )
+}
+
+/// The byte range `offset..offset + len` of a slice, if it lies inside.
+pub(crate) fn slice_range(bytes: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
+    let start = usize::try_from(offset).ok()?;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    bytes.get(start..end)
 }

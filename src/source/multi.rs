@@ -1,6 +1,6 @@
 //! Several sources seen as one: the shards of a sharded checkpoint, laid end to end.
 
-use super::{past_end, Source};
+use super::{past_end, Mappable, Source, SourceHints};
 use crate::error::Result;
 
 /// Sources laid end to end in one address space: part `k` starts where part `k - 1` ends.
@@ -64,21 +64,31 @@ impl Source for MultiSource {
         self.len
     }
 
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = offset + done as u64;
-            let Some((k, inner)) = self.locate(at) else {
-                return Err(past_end(&self.name, self.len, offset, buf.len()));
-            };
-            let part = &self.parts[k].1;
-            let n = ((part.len() - inner) as usize).min(buf.len() - done);
-            part.read_at(inner, &mut buf[done..done + n])?;
-            done += n;
-        }
-        Ok(())
+    fn hints(&self) -> SourceHints {
+        self.parts
+            .first()
+            .map_or_else(SourceHints::local, |(_, p)| p.hints())
     }
 
+    /// A read never crosses a part: it is short where the range reaches the next one.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let Some((k, inner)) = self.locate(offset) else {
+            return Ok(0);
+        };
+        let part = &self.parts[k].1;
+        let n = usize::try_from(part.len() - inner).map_or(buf.len(), |left| left.min(buf.len()));
+        part.read_at(inner, &mut buf[..n])
+    }
+
+    fn mappable(&self) -> Option<&dyn Mappable> {
+        self.parts
+            .iter()
+            .all(|(_, p)| p.mappable().is_some())
+            .then_some(self as &dyn Mappable)
+    }
+}
+
+impl Mappable for MultiSource {
     fn with_bytes(
         &self,
         offset: u64,
@@ -90,12 +100,12 @@ impl Source for MultiSource {
         if inner + len as u64 > part.len() {
             return None; // spans two parts: read it instead
         }
-        part.with_bytes(inner, len, f)
+        part.mappable()?.with_bytes(inner, len, f)
     }
 
-    fn view(&self, offset: u64, len: u64) -> Result<Option<&[u8]>> {
+    fn view(&self, offset: u64, len: u64) -> Result<&[u8]> {
         if len == 0 {
-            return Ok(Some(&[]));
+            return Ok(&[]);
         }
         let Some((k, inner)) = self.locate(offset) else {
             return Err(past_end(&self.name, self.len, offset, len as usize));
@@ -110,10 +120,19 @@ impl Source for MultiSource {
                 ),
             ));
         }
-        part.view(inner, len)
+        match part.mappable() {
+            Some(map) => map.view(inner, len),
+            None => Err(crate::Error::Unsupported(format!(
+                "{}: this source cannot be memory-mapped",
+                part.name()
+            ))),
+        }
     }
 
     fn check_mapped(&self) -> Result<()> {
-        self.parts.iter().try_for_each(|(_, p)| p.check_mapped())
+        self.parts
+            .iter()
+            .filter_map(|(_, p)| p.mappable())
+            .try_for_each(|m| m.check_mapped())
     }
 }

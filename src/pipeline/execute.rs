@@ -1,0 +1,379 @@
+//! Running the jobs of a plan. I/O threads (as many as requests are wanted in flight)
+//! take jobs in file order and read their bytes straight into their destinations: host
+//! memory, a staging buffer of a lane taken from a staged sink (device memory), or a
+//! scratch buffer where bytes are only verified. Reads may come back short; each piece
+//! goes through the job's stage chain as soon as it has arrived, under a CPU permit, so
+//! that no more threads verify or copy at once than there are CPU workers, however many
+//! requests are in flight. Where the source lends its bytes (a mapped file in the page
+//! cache), the copy into the destination is the read, fused with verification.
+//!
+//! Host memory beyond the destinations: one scratch buffer per I/O thread, at most one
+//! request (or one batch) long, allocated only for verification without a destination and
+//! for batches of small tensors bound for host memory; and the staging lanes' pinned
+//! buffers (lanes x 2 x the piece size).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::plan::{Job, Out, Policy, Target};
+use super::progress::Tracker;
+use super::stages::{Chain, SplitCrcs};
+use crate::error::{Error, Result};
+use crate::format::{Index, TensorInfo};
+use crate::pool::Permits;
+use crate::sink::StagedSink;
+use crate::source::{read_exact, read_some, Source};
+
+/// Everything the jobs of one load share.
+pub(crate) struct Context<'r> {
+    pub(crate) source: &'r dyn Source,
+    pub(crate) index: &'r Index,
+    pub(crate) policy: Policy,
+    /// The staged sinks that `Out::Staged` destinations name by position.
+    pub(crate) sinks: &'r [Arc<dyn StagedSink>],
+    /// CPU workers: permits to verify or copy.
+    pub(crate) cpu: Permits,
+    pub(crate) split: SplitCrcs,
+    /// Scratch bytes allocated by all I/O threads now, and the most at any time.
+    scratch_now: AtomicUsize,
+    scratch_peak: AtomicUsize,
+}
+
+impl<'r> Context<'r> {
+    pub(crate) fn new(
+        source: &'r dyn Source,
+        index: &'r Index,
+        policy: Policy,
+        sinks: &'r [Arc<dyn StagedSink>],
+        cpu_workers: usize,
+    ) -> Context<'r> {
+        Context {
+            source,
+            index,
+            policy,
+            sinks,
+            cpu: Permits::new(cpu_workers),
+            split: SplitCrcs::default(),
+            scratch_now: AtomicUsize::new(0),
+            scratch_peak: AtomicUsize::new(0),
+        }
+    }
+
+    /// The most scratch memory the I/O threads held at once.
+    pub(crate) fn scratch_peak(&self) -> usize {
+        self.scratch_peak.load(Ordering::Relaxed)
+    }
+
+    /// The chain of a job covering all of `tensor`.
+    fn whole<'t>(&'t self, tensor: &'t TensorInfo) -> Chain<'t> {
+        self.chain(tensor, 0, tensor.stored_len())
+    }
+
+    fn chain<'t>(&'t self, tensor: &'t TensorInfo, start: u64, len: u64) -> Chain<'t> {
+        Chain::new(
+            self.source.name(),
+            tensor,
+            self.policy.verify,
+            start,
+            len,
+            &self.split,
+        )
+    }
+}
+
+/// What each I/O thread owns.
+struct Worker<'c> {
+    context: &'c Context<'c>,
+    scratch: Vec<u8>,
+}
+
+impl Worker<'_> {
+    /// `len` bytes of this thread's scratch buffer, grown (and counted) as needed.
+    fn scratch(&mut self, len: usize) -> &mut [u8] {
+        if self.scratch.len() < len {
+            let grown = len - self.scratch.len();
+            self.scratch.resize(len, 0);
+            let now = self.context.scratch_now.fetch_add(grown, Ordering::Relaxed) + grown;
+            self.context.scratch_peak.fetch_max(now, Ordering::Relaxed);
+        }
+        &mut self.scratch[..len]
+    }
+}
+
+impl Drop for Worker<'_> {
+    fn drop(&mut self) {
+        self.context
+            .scratch_now
+            .fetch_sub(self.scratch.len(), Ordering::Relaxed);
+    }
+}
+
+/// Run `jobs` on `io_threads` threads (the calling thread is one), reporting finished
+/// jobs to `tracker`; then wait for every staged copy, whatever happened.
+pub(crate) fn execute(
+    context: &Context<'_>,
+    jobs: Vec<Job<'_>>,
+    io_threads: usize,
+    tracker: &Tracker<'_>,
+) -> Result<()> {
+    let workers = (0..io_threads.min(jobs.len()).max(1))
+        .map(|_| Worker {
+            context,
+            scratch: Vec::new(),
+        })
+        .collect();
+    let ran = crate::pool::run(
+        jobs.into_iter(),
+        workers,
+        |worker, job| {
+            let pieces = job.pieces();
+            run_job(worker, job)?;
+            pieces
+                .into_iter()
+                .try_for_each(|(tensor, len)| tracker.chunk_done(tensor, len))
+        },
+        |_| Ok(()),
+    );
+    let drained = context
+        .sinks
+        .iter()
+        .map(|sink| sink.drain())
+        .fold(Ok(()), Result::and);
+    ran.and(drained)
+}
+
+fn run_job(worker: &mut Worker<'_>, job: Job<'_>) -> Result<()> {
+    let context = worker.context;
+    let tensor = &context.index.tensors[job.tensor];
+    let in_tensor = |e: Error| e.in_tensor(&tensor.name);
+    match job.target {
+        Target::Batch {
+            offset,
+            len,
+            members,
+        } => run_batch(worker, offset, len, members),
+        Target::Zeros(out) => {
+            match out {
+                Out::Host(buffer) => buffer.fill(0),
+                Out::Staged { sink, address, len } => {
+                    let mut lane = context.sinks[sink].lane().map_err(in_tensor)?;
+                    let mut at = 0;
+                    while at < len {
+                        let n = (len - at).min(lane.capacity());
+                        lane.buffer(n).map_err(in_tensor)?.fill(0);
+                        lane.send_one(address + at as u64, n).map_err(in_tensor)?;
+                        at += n;
+                    }
+                }
+                Out::Scratch(_) | Out::Lent(_) => {}
+            }
+            // The stored hashes of a tensor without data cover its header.
+            context.chain(tensor, 0, 0).finish()
+        }
+        Target::Range(out) => {
+            let mut chain = context.chain(tensor, job.start, out.len() as u64);
+            let step = context.policy.piece_len(tensor);
+            match out {
+                Out::Host(buffer) => {
+                    let mut at = job.start;
+                    for piece in buffer.chunks_mut(step) {
+                        fill(context, tensor, at, piece, &mut chain)?;
+                        at += piece.len() as u64;
+                    }
+                }
+                Out::Staged { sink, address, len } => {
+                    // Through a lane's two buffers: while the device copies one, the next
+                    // piece is read (and checked) into the other.
+                    let mut lane = context.sinks[sink].lane().map_err(in_tensor)?;
+                    let step = step.min(lane.capacity()).max(1);
+                    let mut at = 0;
+                    while at < len {
+                        let n = step.min(len - at);
+                        let staging = lane.buffer(n).map_err(in_tensor)?;
+                        fill(context, tensor, job.start + at as u64, staging, &mut chain)?;
+                        lane.send_one(address + at as u64, n).map_err(in_tensor)?;
+                        at += n;
+                    }
+                }
+                Out::Scratch(len) => inspect(worker, tensor, job.start, len, step, &mut chain)?,
+                Out::Lent(bytes) => {
+                    let _cpu = context.cpu.acquire();
+                    for piece in bytes.chunks(step) {
+                        chain.inspect(piece)?;
+                    }
+                }
+            }
+            chain.finish()
+        }
+    }
+}
+
+/// Put the stored bytes of `tensor` from `start` on into `dst`, through `chain`: copied
+/// where the source lends them, else read (in as many pieces as the source returns), each
+/// piece passed through the chain as soon as it is in.
+fn fill(
+    context: &Context<'_>,
+    tensor: &TensorInfo,
+    start: u64,
+    dst: &mut [u8],
+    chain: &mut Chain<'_>,
+) -> Result<()> {
+    let source = context.source;
+    let offset = tensor.offset + start;
+    if let Some(map) = source.mappable() {
+        let before = chain.clone();
+        let _cpu = context.cpu.acquire();
+        match map.with_bytes(offset, dst.len(), &mut |src| chain.copy(src, dst)) {
+            Some(done) => return done.map_err(|e| e.in_tensor(&tensor.name)),
+            // Not lent, or changed under the copy (the file shrank): read instead, which
+            // reports what the file holds now.
+            None => *chain = before,
+        }
+    }
+    let mut done = 0;
+    while done < dst.len() {
+        let n = read_some(source, offset + done as u64, &mut dst[done..])
+            .map_err(|e| e.in_tensor(&tensor.name))?;
+        let _cpu = context.cpu.acquire();
+        chain.feed(&mut dst[done..done + n])?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// Verify `len` stored bytes of `tensor` from `start` on without keeping them: in place
+/// where the source lends them, else read into the thread's scratch buffer `step` bytes at
+/// a time.
+fn inspect(
+    worker: &mut Worker<'_>,
+    tensor: &TensorInfo,
+    start: u64,
+    len: usize,
+    step: usize,
+    chain: &mut Chain<'_>,
+) -> Result<()> {
+    let context = worker.context;
+    let source = context.source;
+    let offset = tensor.offset + start;
+    if let Some(map) = source.mappable() {
+        let before = chain.clone();
+        let _cpu = context.cpu.acquire();
+        match map.with_bytes(offset, len, &mut |src| chain.inspect(src)) {
+            Some(done) => return done.map_err(|e| e.in_tensor(&tensor.name)),
+            None => *chain = before,
+        }
+    }
+    let scratch = worker.scratch(len.min(step).max(1));
+    let mut done = 0;
+    while done < len {
+        let want = (len - done).min(scratch.len());
+        let n = read_some(source, offset + done as u64, &mut scratch[..want])
+            .map_err(|e| e.in_tensor(&tensor.name))?;
+        let _cpu = context.cpu.acquire();
+        chain.feed(&mut scratch[..n])?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// Read the `len` bytes at `offset` holding every member of a batch and spread them into
+/// the members' destinations (host memory, or one staged sink through one staging buffer),
+/// verifying each. Where reading the whole range fails, each member is read on its own so
+/// that the error names the tensor it hit.
+fn run_batch(
+    worker: &mut Worker<'_>,
+    offset: u64,
+    len: usize,
+    mut members: Vec<(&TensorInfo, Out<'_>)>,
+) -> Result<()> {
+    let context = worker.context;
+    let source = context.source;
+    let at = |tensor: &TensorInfo| (tensor.offset - offset) as usize;
+    let staged = members.iter().find_map(|(_, out)| match out {
+        Out::Staged { sink, .. } => Some(*sink),
+        _ => None,
+    });
+    if let Some(sink) = staged {
+        let mut lane = context.sinks[sink]
+            .lane()
+            .map_err(|e| e.in_tensor(&members[0].0.name))?;
+        let staging = lane
+            .buffer(len)
+            .map_err(|e| e.in_tensor(&members[0].0.name))?;
+        let mut spread = |bytes: &[u8]| -> Result<()> {
+            for (tensor, out) in &members {
+                let r = at(tensor)..at(tensor) + out.len();
+                let mut chain = context.whole(tensor);
+                chain.copy(&bytes[r.clone()], &mut staging[r])?;
+                chain.finish()?;
+            }
+            Ok(())
+        };
+        let lent = source.mappable().and_then(|map| {
+            let _cpu = context.cpu.acquire();
+            map.with_bytes(offset, len, &mut spread)
+        });
+        match lent {
+            Some(done) => done?,
+            None if read_exact(source, offset, staging).is_ok() => {
+                let _cpu = context.cpu.acquire();
+                for (tensor, out) in &members {
+                    let mut chain = context.whole(tensor);
+                    chain.feed(&mut staging[at(tensor)..at(tensor) + out.len()])?;
+                    chain.finish()?;
+                }
+            }
+            None => {
+                for (tensor, out) in &members {
+                    let mut chain = context.whole(tensor);
+                    let dst = &mut staging[at(tensor)..at(tensor) + out.len()];
+                    fill(context, tensor, 0, dst, &mut chain)?;
+                    chain.finish()?;
+                }
+            }
+        }
+        let copies: Vec<(u64, usize, usize)> = members
+            .iter()
+            .map(|(tensor, out)| match out {
+                Out::Staged { address, len, .. } => (*address, at(tensor), *len),
+                _ => (0, 0, 0),
+            })
+            .collect();
+        return lane
+            .send(&copies)
+            .map_err(|(i, e)| e.in_tensor(&members[i].0.name));
+    }
+    let mut spread = |bytes: &[u8]| -> Result<()> {
+        for (tensor, out) in members.iter_mut() {
+            let src = &bytes[at(tensor)..at(tensor) + out.len()];
+            let mut chain = context.whole(tensor);
+            match out {
+                Out::Host(dst) => chain.copy(src, dst)?,
+                _ => chain.inspect(src)?,
+            }
+            chain.finish()?;
+        }
+        Ok(())
+    };
+    let lent = source.mappable().and_then(|map| {
+        let _cpu = context.cpu.acquire();
+        map.with_bytes(offset, len, &mut spread)
+    });
+    if let Some(done) = lent {
+        return done;
+    }
+    let scratch = worker.scratch(len);
+    if read_exact(source, offset, scratch).is_ok() {
+        let _cpu = context.cpu.acquire();
+        return spread(scratch);
+    }
+    for (tensor, out) in members.iter_mut() {
+        let mut chain = context.whole(tensor);
+        match out {
+            Out::Host(dst) => fill(context, tensor, 0, dst, &mut chain)?,
+            _ => inspect(worker, tensor, 0, out.len(), out.len(), &mut chain)?,
+        }
+        chain.finish()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,338 @@
+//! The one planner of loads, verification and mapped verification: every tensor's stored
+//! bytes become jobs (byte ranges) sized by the source's request size and rounded to the
+//! tensor's checksum unit, so each job verifies exactly what it reads; a tensor whose hash
+//! must see all of its bytes in order is one job; small tensors lying close together
+//! (within the source's merge gap) are read as one range and spread into their
+//! destinations.
+
+use crate::format::TensorInfo;
+
+use super::stages::Verify;
+
+/// Tensors smaller than this are read together with their neighbours in the file.
+pub(crate) const SMALL_TENSOR: u64 = 1 << 20;
+/// Batched reads are at most this long, or longer where the source's merge gap is large
+/// (8 gaps), and never longer than a request: small enough locally that the batches of a
+/// model made of small tensors spread evenly over the I/O threads.
+const MAX_BATCH: u64 = 2 << 20;
+
+/// A destination, or a piece of one.
+pub(crate) enum Out<'a> {
+    /// The caller's host memory.
+    Host(&'a mut [u8]),
+    /// `len` bytes at `address` of memory reached through staging buffers (device
+    /// memory), of the load's staged sink number `sink`.
+    Staged {
+        sink: usize,
+        address: u64,
+        len: usize,
+    },
+    /// Nowhere: the bytes are read only to be verified.
+    Scratch(usize),
+    /// Bytes already in memory (a mapping), only to be verified.
+    Lent(&'a [u8]),
+}
+
+impl<'a> Out<'a> {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Out::Host(buffer) => buffer.len(),
+            Out::Staged { len, .. } | Out::Scratch(len) => *len,
+            Out::Lent(bytes) => bytes.len(),
+        }
+    }
+
+    /// Which destinations may share a batch: host memory and verification alone, or one
+    /// staged sink (one staging buffer). Bytes already in memory are never batched.
+    fn batch_kind(&self) -> Option<usize> {
+        match self {
+            Out::Host(_) | Out::Scratch(_) => Some(usize::MAX),
+            Out::Staged { sink, .. } => Some(*sink),
+            Out::Lent(_) => None,
+        }
+    }
+
+    /// Consecutive pieces of at most `step` bytes.
+    fn split(self, step: usize) -> Vec<Out<'a>> {
+        let step = step.max(1);
+        let ranges = |len: usize| {
+            (0..len)
+                .step_by(step)
+                .map(move |at| (at, step.min(len - at)))
+        };
+        match self {
+            Out::Host(buffer) => buffer.chunks_mut(step).map(Out::Host).collect(),
+            Out::Lent(bytes) => bytes.chunks(step).map(Out::Lent).collect(),
+            Out::Scratch(len) => ranges(len).map(|(_, n)| Out::Scratch(n)).collect(),
+            Out::Staged { sink, address, len } => ranges(len)
+                .map(|(at, n)| Out::Staged {
+                    sink,
+                    address: address + at as u64,
+                    len: n,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What one job does.
+pub(crate) enum Target<'a> {
+    /// The tensor's stored bytes from the job's start on, as many as the destination
+    /// piece holds (none, for a tensor whose hash covers only its header).
+    Range(Out<'a>),
+    /// A tensor the file stores no bytes for: filled with zeros (a hash over its header is
+    /// checked).
+    Zeros(Out<'a>),
+    /// Several whole small tensors read as one range of `len` bytes at `offset` and
+    /// spread into their destinations.
+    Batch {
+        offset: u64,
+        len: usize,
+        members: Vec<(&'a TensorInfo, Out<'a>)>,
+    },
+}
+
+/// One job: `target` receives tensor `tensor`'s bytes from `start` on.
+pub(crate) struct Job<'a> {
+    pub(crate) tensor: usize,
+    pub(crate) start: u64,
+    pub(crate) target: Target<'a>,
+}
+
+impl Job<'_> {
+    /// The tensors this job delivers and how many of each one's bytes.
+    pub(crate) fn pieces(&self) -> Vec<(usize, u64)> {
+        match &self.target {
+            Target::Range(out) | Target::Zeros(out) => vec![(self.tensor, out.len() as u64)],
+            Target::Batch { members, .. } => members
+                .iter()
+                .map(|(t, out)| (t.index, out.len() as u64))
+                .collect(),
+        }
+    }
+}
+
+/// How jobs are cut, from the source's hints and the read options.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Policy {
+    /// Bytes per request.
+    pub(crate) request: u64,
+    /// Bytes between two small tensors worth reading through.
+    pub(crate) merge_gap: u64,
+    /// What is verified.
+    pub(crate) verify: Verify,
+}
+
+impl Policy {
+    /// The longest batched read.
+    pub(crate) fn batch_max(&self) -> u64 {
+        self.request
+            .min(MAX_BATCH.max(self.merge_gap.saturating_mul(8)))
+    }
+
+    /// Bytes per read of `tensor`: the request size rounded to whole checksum blocks, so
+    /// that every read verifies exactly the blocks it covers.
+    pub(crate) fn piece_len(&self, tensor: &TensorInfo) -> usize {
+        let piece = match tensor.checksum.block_size() {
+            Some(block) => (self.request / block).max(1) * block,
+            None => self.request,
+        };
+        usize::try_from(piece).unwrap_or(usize::MAX)
+    }
+
+    /// Bytes per job of `tensor`: one piece, or all of it where its hash must see every
+    /// byte in order (such a job still reads piece by piece).
+    fn job_len(&self, tensor: &TensorInfo) -> usize {
+        if self.verify.sequential(tensor) {
+            usize::MAX
+        } else {
+            self.piece_len(tensor)
+        }
+    }
+}
+
+/// Cut the tensors of `placed` (in file order, each with its whole destination) into jobs.
+pub(crate) fn plan<'a>(placed: Vec<(&'a TensorInfo, Out<'a>)>, policy: &Policy) -> Vec<Job<'a>> {
+    let mut jobs = Vec::new();
+    let mut batch: Vec<(&'a TensorInfo, Out<'a>)> = Vec::new();
+    for (tensor, out) in placed {
+        let stored = tensor.stored_len();
+        if tensor.zero_fill {
+            jobs.push(Job {
+                tensor: tensor.index,
+                start: 0,
+                target: Target::Zeros(out),
+            });
+            continue;
+        }
+        if stored == 0 {
+            // Nothing to read, but a hash over the header may be checked.
+            if policy.verify.on && tensor.checksum.whole_tensor() {
+                jobs.push(Job {
+                    tensor: tensor.index,
+                    start: 0,
+                    target: Target::Range(out),
+                });
+            }
+            continue;
+        }
+        if stored < SMALL_TENSOR && out.batch_kind().is_some() {
+            let fits = batch
+                .first()
+                .zip(batch.last())
+                .is_some_and(|(first, last)| {
+                    let end = last.0.offset + last.0.nbytes;
+                    first.1.batch_kind() == out.batch_kind()
+                        && tensor.offset >= end
+                        && tensor.offset - end <= policy.merge_gap
+                        && tensor.offset + stored - first.0.offset <= policy.batch_max()
+                });
+            if !fits {
+                flush(&mut batch, &mut jobs);
+            }
+            batch.push((tensor, out));
+            continue;
+        }
+        let step = policy.job_len(tensor);
+        for (k, piece) in out.split(step).into_iter().enumerate() {
+            jobs.push(Job {
+                tensor: tensor.index,
+                start: k as u64 * step as u64,
+                target: Target::Range(piece),
+            });
+        }
+    }
+    flush(&mut batch, &mut jobs);
+    jobs
+}
+
+/// A batch of one is a plain job.
+fn flush<'a>(batch: &mut Vec<(&'a TensorInfo, Out<'a>)>, jobs: &mut Vec<Job<'a>>) {
+    match batch.len() {
+        0 => {}
+        1 => {
+            let (tensor, out) = batch.pop().expect("one member");
+            jobs.push(Job {
+                tensor: tensor.index,
+                start: 0,
+                target: Target::Range(out),
+            });
+        }
+        _ => {
+            let first = batch[0].0;
+            let last = batch[batch.len() - 1].0;
+            let len = (last.offset + last.nbytes - first.offset) as usize;
+            jobs.push(Job {
+                tensor: first.index,
+                start: 0,
+                target: Target::Batch {
+                    offset: first.offset,
+                    len,
+                    members: std::mem::take(batch),
+                },
+            });
+        }
+    }
+}
+
+/// The byte ranges `(offset, len)` that cover `wanted` (sorted by offset, not
+/// overlapping), merging two neighbours where the gap between them is at most `merge_gap`
+/// and the merged range is at most `max_len` long (a longer single range stays whole).
+pub(crate) fn coalesce(wanted: &[(u64, u64)], merge_gap: u64, max_len: u64) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for &(offset, len) in wanted {
+        if let Some(last) = ranges.last_mut() {
+            let end = last.0 + last.1;
+            if offset >= end && offset - end <= merge_gap && offset + len - last.0 <= max_len {
+                last.1 = offset + len - last.0;
+                continue;
+            }
+        }
+        ranges.push((offset, len));
+    }
+    ranges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Checksum, TensorRole};
+    use crate::DType;
+
+    fn tensor(index: usize, offset: u64, nbytes: u64, checksum: Checksum) -> TensorInfo {
+        TensorInfo {
+            name: format!("t{index}"),
+            dtype: DType::U8,
+            shape: vec![nbytes],
+            nbytes,
+            index,
+            offset,
+            checksum,
+            zero_fill: false,
+            role: TensorRole::Unspecified,
+            module_index: 0,
+            path: None,
+        }
+    }
+
+    const POLICY: Policy = Policy {
+        request: 10 << 20,
+        merge_gap: 64 << 10,
+        verify: Verify {
+            on: true,
+            sha256: true,
+        },
+    };
+
+    #[test]
+    fn jobs_are_rounded_to_blocks_and_small_tensors_batched() {
+        let blocks = |n: u64| Checksum::Crc32cBlocks {
+            block_size: 4 << 20,
+            crcs: vec![0; n.div_ceil(4 << 20) as usize],
+        };
+        let big = tensor(0, 0, 20 << 20, blocks(20 << 20));
+        let small_a = tensor(1, (20 << 20) + 4096, 1000, blocks(1000));
+        let small_b = tensor(2, (20 << 20) + 8192, 1000, blocks(1000));
+        let far = tensor(3, 40 << 20, 1000, blocks(1000));
+        let placed = vec![
+            (&big, Out::Scratch(20 << 20)),
+            (&small_a, Out::Scratch(1000)),
+            (&small_b, Out::Scratch(1000)),
+            (&far, Out::Scratch(1000)),
+        ];
+        let jobs = plan(placed, &POLICY);
+        // 10 MiB requests round down to 8 MiB (two 4 MiB blocks): 8 + 8 + 4.
+        let starts: Vec<(usize, u64, usize)> = jobs
+            .iter()
+            .map(|j| {
+                (
+                    j.tensor,
+                    j.start,
+                    j.pieces().iter().map(|p| p.1 as usize).sum(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            starts,
+            vec![
+                (0, 0, 8 << 20),
+                (0, 8 << 20, 8 << 20),
+                (0, 16 << 20, 4 << 20),
+                (1, 0, 2000),
+                (3, 0, 1000)
+            ]
+        );
+        assert!(matches!(jobs[3].target, Target::Batch { len: 5096, .. }));
+    }
+
+    #[test]
+    fn ranges_merge_within_the_gap_and_the_length() {
+        let wanted = [(0, 10), (15, 10), (100, 10), (111, 1000), (2000, 5)];
+        assert_eq!(
+            coalesce(&wanted, 5, 100),
+            vec![(0, 25), (100, 10), (111, 1000), (2000, 5)]
+        );
+        assert_eq!(coalesce(&wanted, 10_000, 1 << 20), vec![(0, 2005)]);
+        assert!(coalesce(&[], 1, 1).is_empty());
+    }
+}
