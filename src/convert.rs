@@ -208,21 +208,16 @@ pub fn to_tensorizer(
         .collect::<Result<Vec<_>>>()?;
     let mut order: Vec<usize> = (0..tensors.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(tensors[i].nbytes));
-    let queue = parking_lot::Mutex::new(order.into_iter());
     let hashes = parking_lot::Mutex::new(vec![(0u32, [0u8; 32]); tensors.len()]);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    std::thread::scope(|scope| {
-        for _ in 0..threads.min(tensors.len()) {
-            scope.spawn(|| loop {
-                let Some(i) = queue.lock().next() else { break };
-                let mut h = crate::format::checksum::WholeHasher::with(true, true);
-                h.update(&headers[i]);
-                h.update(views[i]);
-                let (crc, sha) = h.finish();
-                hashes.lock()[i] = (crc.unwrap_or(0), sha.unwrap_or([0; 32]));
-            });
-        }
-    });
+    let threads = crate::pool::threads_or_cores(0).min(tensors.len());
+    crate::pool::for_each(order.into_iter(), threads, |i| {
+        let mut h = crate::format::checksum::WholeHasher::with(true, true);
+        h.update(&headers[i]);
+        h.update(views[i]);
+        let (crc, sha) = h.finish();
+        hashes.lock()[i] = (crc.unwrap_or(0), sha.unwrap_or([0; 32]));
+        Ok(())
+    })?;
     let hashes = hashes.into_inner();
 
     let staged = write_staged(out, &mut |w, fail| {

@@ -8,7 +8,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use tempfile::NamedTempFile;
 
 use crate::dtype::DType;
@@ -408,7 +407,8 @@ fn write_data(
     Ok(device_crcs)
 }
 
-/// CRC-32C of every block of every tensor, spread over `threads` threads.
+/// CRC-32C of every block of every tensor, spread over `threads` threads (in runs of 16
+/// blocks, so that small blocks do not cost a queue lock each).
 fn block_checksums(
     tensors: &[PendingTensor<'_>],
     block_size: u64,
@@ -423,21 +423,14 @@ fn block_checksums(
     for (t, slots) in tensors.iter().zip(crcs.iter_mut()) {
         work.extend(t.data.host().chunks(block).zip(slots.iter_mut()));
     }
-    let total = work.len();
-    let queue = Mutex::new(work.chunks_mut(16));
-    let worker = || loop {
-        let Some(batch) = queue.lock().next() else {
-            break;
-        };
-        for (data, slot) in batch.iter_mut() {
+    let runs = work.chunks_mut(16);
+    let threads = threads.min(runs.len()).max(1);
+    // Nothing in it fails.
+    let _ = crate::pool::for_each(runs, threads, |run| {
+        for (data, slot) in run.iter_mut() {
             **slot = crc32c(data);
         }
-    };
-    std::thread::scope(|scope| {
-        for _ in 1..threads.min(total.div_ceil(16)) {
-            scope.spawn(worker);
-        }
-        worker();
+        Ok(())
     });
     crcs
 }

@@ -445,7 +445,9 @@ fn read_ranges(source: &dyn Source, wanted: &[(u64, u64)]) -> Result<Ranges> {
         .iter()
         .map(|_| parking_lot::Mutex::new(Vec::new()))
         .collect();
-    let threads = (hints.max_in_flight as usize).min(merged.len());
+    let threads = hints
+        .in_flight(crate::pool::threads_or_cores(0))
+        .min(merged.len());
     crate::pool::for_each(
         merged.iter().zip(&slots),
         threads,

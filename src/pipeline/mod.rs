@@ -54,13 +54,14 @@ struct Depth {
 }
 
 fn depth(source: &dyn Source, options: &ReadOptions) -> Depth {
-    let in_flight = match options.requests_in_flight {
-        0 => source.hints().max_in_flight,
-        n => n,
+    let cpu_workers = options.worker_threads();
+    let io_threads = match options.requests_in_flight {
+        0 => source.hints().in_flight(cpu_workers),
+        n => n as usize,
     };
     Depth {
-        io_threads: usize::try_from(in_flight).unwrap_or(usize::MAX).max(1),
-        cpu_workers: options.worker_threads(),
+        io_threads,
+        cpu_workers,
     }
 }
 

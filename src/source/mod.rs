@@ -34,7 +34,8 @@ pub struct SourceHints {
     /// Bytes between two wanted ranges that are cheaper to read through than to skip
     /// with a second request.
     pub merge_gap: u64,
-    /// Requests worth keeping in flight at once.
+    /// Requests worth keeping in flight at once; 0: one per CPU worker (local storage,
+    /// where reading is copying and costs a core).
     pub max_in_flight: u32,
 }
 
@@ -44,25 +45,28 @@ pub const LOCAL_REQUEST_BYTES: u64 = 16 << 20;
 pub const LOCAL_MERGE_GAP: u64 = 64 << 10;
 
 impl SourceHints {
-    /// Hints for the given request size, merge gap and depth (each at least 1 where it
-    /// must be).
+    /// Hints for the given request size (at least 1), merge gap and depth (0: one request
+    /// per CPU worker).
     pub fn new(request_bytes: u64, merge_gap: u64, max_in_flight: u32) -> SourceHints {
         SourceHints {
             request_bytes: request_bytes.max(1),
             merge_gap,
-            max_in_flight: max_in_flight.max(1),
+            max_in_flight,
         }
     }
 
     /// Hints for local files and memory: 16 MiB requests, a 64 KiB merge gap, one request
-    /// in flight per core.
+    /// in flight per CPU worker.
     pub fn local() -> SourceHints {
-        let cores = crate::pool::threads_or_cores(0);
-        SourceHints::new(
-            LOCAL_REQUEST_BYTES,
-            LOCAL_MERGE_GAP,
-            u32::try_from(cores).unwrap_or(u32::MAX),
-        )
+        SourceHints::new(LOCAL_REQUEST_BYTES, LOCAL_MERGE_GAP, 0)
+    }
+
+    /// The requests to keep in flight when there are `cpu_workers` CPU workers.
+    pub fn in_flight(&self, cpu_workers: usize) -> usize {
+        match self.max_in_flight {
+            0 => cpu_workers.max(1),
+            n => n as usize,
+        }
     }
 }
 
