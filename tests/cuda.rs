@@ -284,6 +284,74 @@ fn child_device_paths() {
     assert_eq!(stats().3, 0, "misuse");
 }
 
+#[test]
+fn streamed_sources_into_device_memory_against_the_stand_in() {
+    run_child("child_streamed_sources", false, &[]);
+}
+
+/// Every format from a stand-in network stream (seeded random short reads, out of order)
+/// into stand-in device memory: more requests in flight than staging lanes, and pinned
+/// memory bounded by the lanes, not by the requests.
+#[test]
+#[ignore = "run by streamed_sources_into_device_memory_against_the_stand_in with the stand-in driver"]
+fn child_streamed_sources() {
+    use plaid::source::{MemorySource, ShortReads, SourceHints};
+    in_child();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    let model = write_model(&path);
+    let expected: Vec<Vec<u8>> = model.iter().map(|t| t.3.clone()).collect();
+    let safetensors = dir.path().join("m.safetensors");
+    let d = Deserializer::open(&path, ReadOptions::default()).unwrap();
+    plaid::convert::to_safetensors(&d, &safetensors, &mut |_, _| {}).unwrap();
+    let request = 256u64 << 10;
+    let lanes = 2;
+    let stream = |file: &Path, seed: u64| -> Deserializer {
+        let source = ShortReads::new(
+            MemorySource::new(file.display().to_string(), std::fs::read(file).unwrap()),
+            seed,
+        )
+        .hints(SourceHints::new(request, 64 << 10, 6));
+        let options = ReadOptions::default()
+            .threads(2)
+            .unwrap()
+            .staging_lanes(lanes)
+            .unwrap();
+        Deserializer::from_source(Box::new(source), options).unwrap()
+    };
+    for file in [&path, &safetensors] {
+        for seed in 0..2 {
+            let d = stream(file, seed);
+            reset_stats();
+            let loaded = load_to_device(&d, &|i| i % 5 == 0).unwrap();
+            assert!(loaded == expected, "{}: seed {seed}", file.display());
+            let (pinned, _, copies, misuse) = stats();
+            assert_eq!(misuse, 0);
+            assert!(copies > 0);
+            // Two buffers per lane, each a request rounded up to whole checksum blocks
+            // (4 MiB in plaid files), whatever the six requests in flight.
+            let piece = request.max(4 << 20) as usize;
+            assert!(
+                pinned as usize <= lanes * 2 * piece,
+                "{pinned} pinned bytes"
+            );
+            assert_eq!(pinned as usize, d.pinned_staging_bytes());
+        }
+    }
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tensorizer");
+    for fixture in [
+        "module_tiny_lm_f32",
+        "meta_tensors_v4",
+        "shapes_and_layouts",
+    ] {
+        let file = fixtures.join(format!("{fixture}.tensors"));
+        let host = Deserializer::open(&file, ReadOptions::default()).unwrap();
+        let loaded = load_to_device(&stream(&file, 3), &|_| false).unwrap();
+        assert_eq!(loaded, common::load_all(&host).unwrap(), "{fixture}");
+    }
+    assert_eq!(stats().3, 0, "misuse");
+}
+
 /// A stream of the caller's, made in device 0's primary context through the stand-in.
 fn caller_stream() -> usize {
     // SAFETY: the stand-in's functions with their C signatures.

@@ -17,6 +17,8 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -24,6 +26,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "plaid.h"
@@ -1551,6 +1554,208 @@ static void test_tensorizer(void)
     CHECK(d == NULL);
 }
 
+/* ------------------------------------------------------------------------------------ */
+/* Sources served by the caller's read callback                                         */
+/* ------------------------------------------------------------------------------------ */
+
+typedef struct {
+    int fd;
+    uint64_t piece;        /* the most one read returns: reads come back short */
+    uint64_t fail_from;    /* reads reaching this offset fail (UINT64_MAX: never) */
+    pthread_mutex_t lock;  /* guards the counters below */
+    unsigned long reads;
+    unsigned long in_flight;
+    unsigned long most_in_flight;
+    unsigned long released;
+} file_source;
+
+static int64_t file_read(void *user_data, uint64_t offset, void *buf, uint64_t len)
+{
+    file_source *f = user_data;
+    ssize_t n;
+    pthread_mutex_lock(&f->lock);
+    f->reads++;
+    f->in_flight++;
+    if (f->in_flight > f->most_in_flight) {
+        f->most_in_flight = f->in_flight;
+    }
+    pthread_mutex_unlock(&f->lock);
+    if (offset + len > f->fail_from) {
+        n = -1;
+    } else {
+        n = pread(f->fd, buf, (size_t)(len < f->piece ? len : f->piece), (off_t)offset);
+        /* Give the other reads time to start, so that they overlap. */
+        struct timespec pause = {0, 200000};
+        nanosleep(&pause, NULL);
+    }
+    pthread_mutex_lock(&f->lock);
+    f->in_flight--;
+    pthread_mutex_unlock(&f->lock);
+    return n < 0 ? -1 : (int64_t)n;
+}
+
+static void file_release(void *user_data)
+{
+    file_source *f = user_data;
+    pthread_mutex_lock(&f->lock);
+    f->released++;
+    pthread_mutex_unlock(&f->lock);
+}
+
+static unsigned long file_released(file_source *f)
+{
+    unsigned long released;
+    pthread_mutex_lock(&f->lock);
+    released = f->released;
+    pthread_mutex_unlock(&f->lock);
+    return released;
+}
+
+/* A plaid_source over the file at `path`; NULL (with a failed check) when it cannot be made. */
+static plaid_source *file_source_open(file_source *f, const char *path, uint64_t piece)
+{
+    plaid_source *source = NULL;
+    struct stat st;
+    memset(f, 0, sizeof *f);
+    f->fd = open(path, O_RDONLY);
+    f->piece = piece;
+    f->fail_from = UINT64_MAX;
+    pthread_mutex_init(&f->lock, NULL);
+    if (!CHECK(f->fd >= 0 && fstat(f->fd, &st) == 0)) {
+        return NULL;
+    }
+    if (!CHECK_OK(plaid_source_new(path, (uint64_t)st.st_size, file_read, f, file_release,
+                                   &source))) {
+        return NULL;
+    }
+    return source;
+}
+
+static void file_source_close(file_source *f)
+{
+    if (f->fd >= 0) {
+        close(f->fd);
+    }
+    pthread_mutex_destroy(&f->lock);
+}
+
+static void test_sources(void)
+{
+    const uint64_t big[1] = {g_quick ? 300000u : 3000000u};
+    path_buf model_storage, garbage_storage;
+    const char *path = scratch_path(&model_storage, "source.plaid");
+    const char *garbage = scratch_path(&garbage_storage, "garbage.bin");
+    plaid_write_options *wo = NULL;
+    plaid_read_options *ro = NULL;
+    plaid_deserializer *d = NULL;
+    plaid_source *source = NULL;
+    file_source f;
+    model m;
+    plan p;
+    size_t i;
+    char name[32];
+
+    memset(&m, 0, sizeof m);
+    CHECK(model_add(&m, "big", PLAID_DTYPE_U8, 1, big));
+    for (i = 0; i < 40; i++) {
+        const uint64_t shape[1] = {1 + (uint64_t)i * 397};
+        snprintf(name, sizeof name, "small.%zu", i);
+        CHECK(model_add(&m, name, PLAID_DTYPE_U8, 1, shape));
+    }
+    if (!CHECK_OK(plaid_write_options_new(&wo)) ||
+        !CHECK_OK(plaid_write_options_set_checksum_block_size(wo, 4096)) ||
+        !CHECK_OK(plaid_write_options_set_sync(wo, 0)) || !model_write(&m, path, wo, NULL)) {
+        plaid_write_options_free(wo);
+        model_free(&m);
+        return;
+    }
+    plaid_write_options_free(wo);
+
+    /* Short reads (at most 10,000 bytes) from four threads at once, one CPU worker; the
+       handle is given up right after opening: the deserializer keeps the source. */
+    source = file_source_open(&f, path, 10000);
+    if (source != NULL) {
+        CHECK_OK(plaid_source_set_hints(source, 64 * 1024, 4096, 4));
+        CHECK_STATUS(plaid_source_set_hints(source, 0, 4096, 4), PLAID_ERR_INVALID_ARGUMENT);
+        CHECK_STATUS(plaid_source_set_hints(source, 4096, 0, 0), PLAID_ERR_INVALID_ARGUMENT);
+        CHECK_OK(plaid_read_options_new(&ro));
+        CHECK_OK(plaid_read_options_set_threads(ro, 1));
+        CHECK_OK(plaid_deserializer_open_source(source, ro, &d));
+        plaid_read_options_free(ro);
+        plaid_source_free(source);
+        CHECK(file_released(&f) == 0);
+        if (d != NULL && CHECK(plan_init(&p, d))) {
+            CHECK(model_info_mismatches(d, &m) == 0);
+            CHECK_OK(plaid_deserializer_load(d, place, &p));
+            CHECK(p.contract_errors == 0);
+            CHECK(plan_mismatches(&p, &m) == 0);
+            CHECK(f.most_in_flight == 4);
+            plan_free(&p);
+        }
+        {
+            const void *data = NULL;
+            uint64_t nbytes = 0;
+            CHECK_STATUS(plaid_deserializer_tensor_data(d, 0, &data, &nbytes),
+                         PLAID_ERR_UNSUPPORTED);
+            CHECK(data == NULL);
+        }
+        CHECK_OK(plaid_deserializer_verify(d));
+        plaid_deserializer_free(d);
+        d = NULL;
+        CHECK(file_released(&f) == 1);
+        file_source_close(&f);
+    }
+
+    /* A read callback that fails: PLAID_ERR_IO naming the source; released once, when the
+       last of the handle and the deserializer goes. */
+    source = file_source_open(&f, path, 1 << 20);
+    if (source != NULL) {
+        CHECK_OK(plaid_deserializer_open_source(source, NULL, &d));
+        f.fail_from = 4096 + 100000;
+        if (d != NULL && CHECK(plan_init(&p, d))) {
+            CHECK_STATUS(plaid_deserializer_load(d, place, &p), PLAID_ERR_IO);
+            CHECK_MESSAGE(path);
+            CHECK_MESSAGE("offset");
+            CHECK_MESSAGE("tensor 'big'");
+            plan_free(&p);
+        }
+        plaid_deserializer_free(d);
+        d = NULL;
+        CHECK(file_released(&f) == 0);
+        plaid_source_free(source);
+        CHECK(file_released(&f) == 1);
+        file_source_close(&f);
+    }
+
+    /* Not a model: the open fails and keeps nothing; NULL arguments never call release. */
+    if (CHECK(write_whole_file(garbage, "definitely not a model", 22))) {
+        source = file_source_open(&f, garbage, 5);
+        if (source != NULL) {
+            CHECK_STATUS(plaid_deserializer_open_source(source, NULL, &d), PLAID_ERR_FORMAT);
+            CHECK(d == NULL);
+            CHECK_MESSAGE(garbage);
+            plaid_source_free(source);
+            CHECK(file_released(&f) == 1);
+            source = NULL;
+            CHECK_STATUS(plaid_source_new(NULL, 1, file_read, &f, file_release, &source),
+                         PLAID_ERR_INVALID_ARGUMENT);
+            CHECK_STATUS(plaid_source_new("x", 1, NULL, &f, file_release, &source),
+                         PLAID_ERR_INVALID_ARGUMENT);
+            CHECK_STATUS(plaid_source_new("x", 1, file_read, &f, file_release, NULL),
+                         PLAID_ERR_INVALID_ARGUMENT);
+            CHECK(source == NULL);
+            CHECK_STATUS(plaid_deserializer_open_source(NULL, NULL, &d),
+                         PLAID_ERR_INVALID_ARGUMENT);
+            plaid_source_free(NULL);
+            CHECK(file_released(&f) == 1);
+            file_source_close(&f);
+        }
+        unlink(garbage);
+    }
+    model_free(&m);
+    unlink(path);
+}
+
 typedef struct {
     const char *name;
     void (*run)(void);
@@ -1573,6 +1778,7 @@ int main(int argc, char **argv)
         {"atomic writes", test_atomicity},
         {"damaged files", test_damaged_files},
         {"tensorizer files", test_tensorizer},
+        {"callback sources", test_sources},
     };
     const char *quick = getenv("PLAID_TEST_QUICK");
     size_t i;
