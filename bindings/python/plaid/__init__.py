@@ -31,8 +31,9 @@ __all__ = [
 class safe_open:
     """Open a file the way ``safetensors.safe_open`` does: ``keys()``, ``metadata()``,
     ``get_tensor(name)`` (a new array or tensor, verified). ``framework`` is ``"np"``
-    (numpy) or ``"pt"`` (torch); ``device`` applies to torch. Use as a context manager or
-    call ``close()``."""
+    (numpy) or ``"pt"`` (torch); ``device`` applies to torch. ``path`` may also be a
+    seekable binary file object or bytes-like data. Use as a context manager or call
+    ``close()``."""
 
     def __init__(self, path, framework="np", device="cpu"):
         if framework not in ("np", "numpy", "pt", "torch"):
@@ -74,7 +75,8 @@ class safe_open:
 
 def load_into(path, targets, *, verify=True):
     """Fill ``targets`` (a dict of tensor names to numpy arrays or torch tensors, CPU or
-    CUDA, allocated by you) from the file at ``path`` in one pass, verified. Each target
+    CUDA, allocated by you) from the file at ``path`` (or a seekable binary file object, or
+    bytes-like data) in one pass, verified. Each target
     must have the tensor's dtype and shape, be contiguous and writable;
     `InvalidArgumentError` names the first that does not fit, `NotFoundError` a name the
     file lacks. Returns ``targets``."""

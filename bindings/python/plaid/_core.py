@@ -3,9 +3,10 @@
 
 import ctypes
 import json
+import os
 import weakref
 
-from . import _lib
+from . import _lib, _source
 from ._lib import check, lib
 
 # PLAID_DTYPE_* ids by name (the library's names).
@@ -51,26 +52,41 @@ def _free_reader(handle):
 
 
 class Reader:
-    """An open model file (plaid, safetensors or tensorizer, detected from its bytes).
-    ``close()`` frees it (twice is harmless); it is also a context manager, and a
-    finalizer frees it if neither was used."""
+    """An open model file (plaid, safetensors or tensorizer, detected from its bytes):
+    ``path`` is a path (str or os.PathLike), a seekable binary file object, or bytes-like
+    data (see `_source`). ``close()`` frees it (twice is harmless); it is also a context
+    manager, and a finalizer frees it if neither was used."""
 
-    def __init__(self, path, *, verify=True, verify_sha256=True, threads=0, cuda_stream=None):
+    def __init__(self, path, *, verify=True, verify_sha256=True, threads=0, cuda_stream=None,
+                 requests_in_flight=0):
+        # A path, or the bytes themselves: a seekable binary file object or bytes-like data.
+        source = None if _source.is_path(path) else _source.Source(path)
+        self._check = check if source is None else source.check
         options = ctypes.c_void_p()
         check(lib.plaid_read_options_new(ctypes.byref(options)))
         try:
             check(lib.plaid_read_options_set_verify(options, int(bool(verify))))
             check(lib.plaid_read_options_set_verify_sha256(options, int(bool(verify_sha256))))
             check(lib.plaid_read_options_set_threads(options, int(threads or 0)))
+            check(lib.plaid_read_options_set_requests_in_flight(options,
+                                                                int(requests_in_flight or 0)))
             if cuda_stream:
                 check(lib.plaid_read_options_set_cuda_stream(options, cuda_stream))
             handle = ctypes.c_void_p()
-            check(lib.plaid_deserializer_open(str(path).encode(), options, ctypes.byref(handle)))
+            if source is None:
+                check(lib.plaid_deserializer_open(os.fsencode(path), options,
+                                                  ctypes.byref(handle)))
+            else:
+                self._check(lib.plaid_deserializer_open_source(source.handle, options,
+                                                               ctypes.byref(handle)))
         finally:
             lib.plaid_read_options_free(options)
+            if source is not None:
+                source.close()  # the deserializer holds its own reference
         self._handle = handle
         self._finalizer = weakref.finalize(self, _free_reader, handle)
-        self.path = str(path)
+        self.path = os.fsdecode(path) if source is None else source.name
+        self.is_file = source is None
         self.format = _lib.FORMATS.get(lib.plaid_deserializer_format(handle), "unknown")
         count = lib.plaid_deserializer_tensor_count(handle)
         infos = lib.plaid_deserializer_tensors(handle)
@@ -116,7 +132,7 @@ class Reader:
     def verify(self):
         """Read and check every checksum of the file (in place, in parallel, with memory
         bounded by one chunk per worker); `ChecksumError` names a damaged tensor."""
-        check(lib.plaid_deserializer_verify(self.handle))
+        self._check(lib.plaid_deserializer_verify(self.handle))
 
     def load(self, destinations):
         """Load into caller memory. ``destinations`` maps tensor indices to
@@ -140,7 +156,7 @@ class Reader:
         status = lib.plaid_deserializer_load(handle, place, None)
         if error:
             raise error[0]
-        check(status)
+        self._check(status)
 
     def load_host(self, wanted=None):
         """Load the tensors ``wanted(meta)`` selects (all for None) into one allocation made
@@ -163,7 +179,7 @@ class Reader:
             lib.plaid_host_arena_free(arena)
         if error:
             raise error[0]
-        check(status)
+        self._check(status)
         return HostArena(arena)
 
 

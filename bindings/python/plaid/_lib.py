@@ -29,6 +29,8 @@ class Destination(ctypes.Structure):
 
 PLACE_FN = ctypes.CFUNCTYPE(_i32, _vp, ctypes.POINTER(TensorInfo), ctypes.POINTER(Destination))
 FILTER_FN = ctypes.CFUNCTYPE(_i32, _vp, ctypes.POINTER(TensorInfo))
+READ_FN = ctypes.CFUNCTYPE(ctypes.c_int64, _vp, _u64, _vp, _u64)
+RELEASE_FN = ctypes.CFUNCTYPE(None, _vp)
 
 DEST_SKIP, DEST_HOST, DEST_CUDA = 0, 1, 2
 FORMATS = {1: "plaid", 2: "safetensors", 3: "tensorizer"}
@@ -45,7 +47,13 @@ _SIGNATURES = [
     ("plaid_read_options_set_verify_sha256", [_vp, _i32], _i32),
     ("plaid_read_options_set_threads", [_vp, _u32], _i32),
     ("plaid_read_options_set_cuda_stream", [_vp, _vp], _i32),
+    ("plaid_read_options_set_requests_in_flight", [_vp, _u32], _i32),
     ("plaid_deserializer_open", [ctypes.c_char_p, _vp, ctypes.POINTER(_vp)], _i32),
+    ("plaid_source_new", [ctypes.c_char_p, _u64, READ_FN, _vp, RELEASE_FN, ctypes.POINTER(_vp)],
+     _i32),
+    ("plaid_source_set_hints", [_vp, _u64, _u64, _u32], _i32),
+    ("plaid_source_free", [_vp], None),
+    ("plaid_deserializer_open_source", [_vp, _vp, ctypes.POINTER(_vp)], _i32),
     ("plaid_deserializer_format", [_vp], _u32),
     ("plaid_deserializer_tensor_count", [_vp], _size),
     ("plaid_deserializer_tensors", [_vp], ctypes.POINTER(TensorInfo)),

@@ -60,8 +60,8 @@ def save_file(tensors, path, metadata=None):
 
 
 def load_file(path):
-    """Every tensor of the file at ``path`` as numpy arrays (in one allocation the arrays
-    keep alive), verified."""
+    """Every tensor of the file at ``path`` (or of a seekable binary file object, or of
+    bytes-like data) as numpy arrays (in one allocation the arrays keep alive), verified."""
     with _core.Reader(path) as reader:
         for meta in reader.tensors:
             numpy_dtype(meta)  # refuse before reading anything

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import torch
 
-from . import _core, _lib
+from . import _core, _lib, _source
 from ._lib import InvalidArgumentError, NotFoundError, UnsupportedError
 
 _NAMES = {
@@ -99,7 +99,8 @@ def _load_all(reader, device, wanted=None):
 
 def load_file(path, device="cpu", *, mmap=True, verify=True):
     """Every tensor of the file at ``path`` as torch tensors on ``device`` (``"cpu"``,
-    ``"cuda"`` or ``"cuda:N"``), verified (unless ``verify=False``).
+    ``"cuda"`` or ``"cuda:N"``), verified (unless ``verify=False``). ``path`` may also be a
+    seekable binary file object or bytes-like data: read through, never mapped.
 
     On the CPU with ``mmap=True`` (the default, as safetensors does it), the tensors are
     views of a private copy-on-write mapping of the file: nothing is copied, pages are read
@@ -107,7 +108,7 @@ def load_file(path, device="cpu", *, mmap=True, verify=True):
     place, in parallel. Like any mapping, a file truncated by another process while mapped
     raises SIGBUS on access. ``mmap=False`` copies every tensor into one allocation made by
     plaid instead. On a GPU, plaid streams the tensors straight into device memory."""
-    if _device(device).type == "cpu" and mmap:
+    if _device(device).type == "cpu" and mmap and _source.is_path(path):
         mapped = _load_mapped(path, verify)
         if mapped is not None:
             return mapped
@@ -276,7 +277,8 @@ class TensorSerializer:
 
 class TensorDeserializer(Mapping):
     """A read-only mapping of names to tensors, loaded from a plaid, safetensors or
-    tensorizer file (tensorizer's ``TensorDeserializer``). All selected tensors are loaded
+    tensorizer file (tensorizer's ``TensorDeserializer``), given by path, as a seekable
+    binary file object or as bytes-like data. All selected tensors are loaded
     when it is made, onto ``device`` (default: the current CUDA device if there is one,
     else the CPU), verified unless ``verify_hash=False``. ``filter_func(name)`` selects
     tensors; ``dtype`` casts floating-point tensors. ``plaid_mode`` and ``num_readers`` are

@@ -222,3 +222,97 @@ def test_the_gil_is_released_during_a_load(tmp_path):
     start, end = inside[0]
     during = [t for t in ticks if start < t < end]
     assert len(during) >= 3, f"{len(during)} Python steps ran during the {end - start:.3f} s load"
+
+
+# Sources that are not paths: file objects and bytes, read through plaid's callbacks.
+
+def _kinds(path):
+    """The same file as every kind of object plaid reads besides a path."""
+    raw = Path(path).read_bytes()
+    import io
+
+    class Unbuffered(io.RawIOBase):  # seekable, readinto only, no descriptor
+        def __init__(self, data):
+            self._data = io.BytesIO(data)
+
+        def readable(self):
+            return True
+
+        def seekable(self):
+            return True
+
+        def seek(self, offset, whence=0):
+            return self._data.seek(offset, whence)
+
+        def tell(self):
+            return self._data.tell()
+
+        def readinto(self, b):
+            return self._data.readinto(b)
+
+    return {"bytes": raw, "bytearray": bytearray(raw), "memoryview": memoryview(raw),
+            "numpy": np.frombuffer(raw, dtype=np.uint8), "BytesIO": io.BytesIO(raw),
+            "raw": Unbuffered(raw), "file": open(path, "rb"),
+            "unbuffered file": open(path, "rb", buffering=0)}
+
+
+@pytest.mark.parametrize("fixture", ["module_tiny_lm_f32", "many_small_tensors",
+                                     "shapes_and_layouts"])
+def test_file_objects_and_bytes_load_every_format(tmp_path, fixture):
+    from plaid import _source
+    tensorizer = FIXTURES / f"{fixture}.tensors"
+    expected = pn.load_file(tensorizer)
+    plaid_file = tmp_path / "m.plaid"
+    pn.save_file(expected, plaid_file, metadata={"k": "v"})
+    for path in (tensorizer, plaid_file):
+        for kind, obj in _kinds(path).items():
+            got = pn.load_file(obj)
+            assert list(got) == list(expected), kind
+            assert all(same(got[k], expected[k]) for k in expected), (path.name, kind)
+            if hasattr(obj, "close"):
+                obj.close()
+    gc.collect()
+    assert not _source._live  # every source was released
+    with plaid.safe_open(plaid_file.read_bytes()) as f:
+        assert f.metadata() == {"k": "v"}
+        name = f.keys()[0]
+        assert same(f.get_tensor(name), expected[name])
+    targets = {k: np.zeros_like(v) for k, v in expected.items()}
+    with open(plaid_file, "rb") as f:
+        plaid.load_into(f, targets)
+    assert all(same(targets[k], expected[k]) for k in expected)
+
+
+def test_streams_that_cannot_be_read_are_refused_clearly(tmp_path):
+    import io
+    path = tmp_path / "m.plaid"
+    pn.save_file({"w": np.arange(300_000, dtype=np.float32)}, path)
+    raw = path.read_bytes()
+
+    class Pipe(io.RawIOBase):
+        def readable(self):
+            return True
+
+        def seekable(self):
+            return False
+
+    with pytest.raises(plaid.InvalidArgumentError, match="not seekable"):
+        pn.load_file(Pipe())
+    with pytest.raises(plaid.InvalidArgumentError, match="binary mode"):
+        pn.load_file(io.StringIO("text"))
+    with pytest.raises(TypeError, match="cannot read from a int"):
+        pn.load_file(42)
+
+    class Failing(io.BytesIO):
+        def readinto(self, b):
+            if self.tell() >= 4096:
+                raise RuntimeError("the disk went away")
+            return super().readinto(b)
+
+    with pytest.raises(plaid.PlaidIOError) as caught:
+        pn.load_file(Failing(raw))
+    assert "tensor 'w'" in str(caught.value) and "offset" in str(caught.value)
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    # Cut short: the file is truncated.
+    with pytest.raises(plaid.FormatError, match="truncated|shorter|end"):
+        pn.load_file(raw[:len(raw) - 1000])

@@ -247,3 +247,24 @@ def test_every_tensorizer_fixture_through_tensor_deserializer(fixture):
         assert list(d[name].shape) == t["shape"], name
         intact = hashlib.sha256(raw(d[name])).hexdigest() == t["sha256"]
         assert intact or name == bad, name
+
+
+def test_file_objects_and_bytes_through_the_torch_api(tmp_path):
+    import io
+    tensors = {"a": torch.randn(300, 70), "b": torch.arange(10, dtype=torch.int64),
+               "h": torch.randn(33).to(torch.bfloat16)}
+    path = tmp_path / "m.plaid"
+    pt.save_file(tensors, path)
+    raw = path.read_bytes()
+    for obj in (raw, io.BytesIO(raw), open(path, "rb")):
+        got = pt.load_file(obj)
+        assert all(torch.equal(got[k], tensors[k]) for k in tensors)
+    d = TensorDeserializer(io.BytesIO(raw), device="cpu")
+    assert all(torch.equal(d[k], tensors[k]) for k in tensors)
+    d.close()
+    tensorizer = FIXTURES / "module_tiny_lm_f32.tensors"
+    by_path = TensorDeserializer(str(tensorizer), device="cpu", verify_hash=True)
+    with open(tensorizer, "rb") as f:
+        d = TensorDeserializer(f, device="cpu", verify_hash=True)
+    assert list(d) == list(by_path)
+    assert all(torch.equal(d[k], by_path[k]) for k in d)
