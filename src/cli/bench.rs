@@ -268,12 +268,49 @@ pub(crate) fn bench(
         let mut peaks = Vec::new();
         for mmap in [true, false] {
             let options = ReadOptions::default().threads(cores)?.mmap(mmap);
-            let staging = options.chunk_bytes() * cores as u64;
+            let request = match options.chunk_bytes() {
+                0 => plaid::options::DEFAULT_CHUNK_SIZE,
+                n => n,
+            };
+            let staging = request * cores as u64;
             let reader = Deserializer::open(&model.path, options)?;
             if let Some((before, _)) = rss().filter(|_| reset_peak_rss()) {
                 load(&reader, &mut buffers)?;
                 if let Some((_, peak)) = rss() {
                     peaks.push((mmap, peak.saturating_sub(before), staging));
+                }
+            }
+        }
+
+        // Memory read through from a source that cannot be mapped (the file through a
+        // decorator, which forwards only reads): verification keeps nothing, so what it
+        // allocates is its scratch, bounded by requests in flight x request size.
+        let mut streamed = Vec::new();
+        for (in_flight, request) in [
+            (2u32, 1u64 << 20),
+            (8, 4 << 20),
+            (32, 4 << 20),
+            (8, 16 << 20),
+        ] {
+            let source =
+                plaid::source::CountingSource::new(plaid::source::FileSource::open(&model.path)?);
+            let options = ReadOptions::default()
+                .threads(cores)?
+                .requests_in_flight(in_flight)?
+                .chunk_size(request)?;
+            let reader = Deserializer::from_source(Box::new(source), options)?;
+            if let Some((before, _)) = rss().filter(|_| reset_peak_rss()) {
+                let started = Instant::now();
+                let stats = reader.verify()?;
+                let seconds = started.elapsed().as_secs_f64();
+                if let Some((_, peak)) = rss() {
+                    streamed.push((
+                        in_flight,
+                        request,
+                        peak.saturating_sub(before),
+                        stats.scratch_peak,
+                        seconds,
+                    ));
                 }
             }
         }
@@ -600,6 +637,16 @@ pub(crate) fn bench(
                     human(cuda_pinned as u64)
                 );
             }
+        }
+        for (in_flight, request, peak, scratch, seconds) in streamed {
+            println!(
+                "verify from a source without a mapping, {in_flight} requests in flight x {}: {:.2} GB/s, peak RSS +{}, scratch {} (bound {})",
+                human(request),
+                model.total as f64 / seconds / 1e9,
+                human(peak),
+                human(scratch as u64),
+                human(u64::from(in_flight) * request)
+            );
         }
         for (mmap, peak, staging) in peaks {
             let how = if mmap { "mmap copy" } else { "pread" };

@@ -129,6 +129,11 @@ impl<'t> Chain<'t> {
     /// through the stages there; with nothing to transform first, each piece is checked
     /// right after it is copied.
     pub(crate) fn copy(&mut self, src: &[u8], dst: &mut [u8]) -> Result<()> {
+        if matches!(self.check, Check::Off) && self.before.is_empty() && self.after.is_empty() {
+            dst.copy_from_slice(src); // nothing to do in cache: one copy
+            self.at += src.len() as u64;
+            return Ok(());
+        }
         for (s, d) in src.chunks(FUSED_PIECE).zip(dst.chunks_mut(FUSED_PIECE)) {
             d.copy_from_slice(s);
             self.feed(d)?;

@@ -128,59 +128,30 @@ pub trait Mappable: Send + Sync {
     }
 }
 
-impl<S: Source + ?Sized> Source for Box<S> {
-    fn name(&self) -> &str {
-        (**self).name()
-    }
-    fn len(&self) -> u64 {
-        (**self).len()
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        (**self).read_at(offset, buf)
-    }
-    fn hints(&self) -> SourceHints {
-        (**self).hints()
-    }
-    fn mappable(&self) -> Option<&dyn Mappable> {
-        (**self).mappable()
-    }
+/// A source behind a pointer is the source.
+macro_rules! forward_source {
+    ($($pointer:ty),*) => {$(
+        impl<S: Source + ?Sized> Source for $pointer {
+            fn name(&self) -> &str {
+                (**self).name()
+            }
+            fn len(&self) -> u64 {
+                (**self).len()
+            }
+            fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+                (**self).read_at(offset, buf)
+            }
+            fn hints(&self) -> SourceHints {
+                (**self).hints()
+            }
+            fn mappable(&self) -> Option<&dyn Mappable> {
+                (**self).mappable()
+            }
+        }
+    )*};
 }
 
-impl<S: Source + ?Sized> Source for Arc<S> {
-    fn name(&self) -> &str {
-        (**self).name()
-    }
-    fn len(&self) -> u64 {
-        (**self).len()
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        (**self).read_at(offset, buf)
-    }
-    fn hints(&self) -> SourceHints {
-        (**self).hints()
-    }
-    fn mappable(&self) -> Option<&dyn Mappable> {
-        (**self).mappable()
-    }
-}
-
-impl<S: Source + ?Sized> Source for &S {
-    fn name(&self) -> &str {
-        (**self).name()
-    }
-    fn len(&self) -> u64 {
-        (**self).len()
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        (**self).read_at(offset, buf)
-    }
-    fn hints(&self) -> SourceHints {
-        (**self).hints()
-    }
-    fn mappable(&self) -> Option<&dyn Mappable> {
-        (**self).mappable()
-    }
-}
+forward_source!(Box<S>, Arc<S>, &S);
 
 /// One read of up to `buf.len()` bytes at `offset`, at least one byte where `buf` is not
 /// empty: a source that returns 0 before its end is truncated ([`Error::Format`]), one
