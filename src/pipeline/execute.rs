@@ -172,7 +172,7 @@ fn run_job(worker: &mut Worker<'_>, job: Job<'_>) -> Result<()> {
         }
         Target::Range(out) => {
             let mut chain = context.chain(tensor, job.start, out.len() as u64);
-            let step = context.policy.piece_len(tensor);
+            let step = context.policy.read_len();
             match out {
                 Out::Host(buffer) => {
                     let mut at = job.start;

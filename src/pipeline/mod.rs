@@ -197,16 +197,10 @@ pub(crate) fn load<'a>(
         previous = Some((device, address.saturating_add(len), name));
     }
     // Loads that stage take turns with the sinks; each gets its lanes ready, with buffers
-    // as large as a piece of any staged tensor and as a batch.
+    // of one request (which holds a batch too).
     let _turn = (!staged.is_empty()).then(|| sinks.turn());
     if !staged.is_empty() {
-        let policy = policy(source, options);
-        let batch = usize::try_from(policy.batch_max()).unwrap_or(usize::MAX);
-        let piece = placed
-            .iter()
-            .filter(|(_, out)| matches!(out, Out::Staged { .. }))
-            .map(|(t, _)| policy.piece_len(t))
-            .fold(batch, usize::max);
+        let piece = policy(source, options).read_len();
         let lanes = match options.staging_lanes {
             0 => options.worker_threads(),
             n => n,

@@ -130,24 +130,25 @@ impl Policy {
             .min(MAX_BATCH.max(self.merge_gap.saturating_mul(8)))
     }
 
-    /// Bytes per read of `tensor`: the request size rounded to whole checksum blocks, so
-    /// that every read verifies exactly the blocks it covers.
-    pub(crate) fn piece_len(&self, tensor: &TensorInfo) -> usize {
-        let piece = match tensor.checksum.block_size() {
+    /// Bytes per read, and so per scratch or staging buffer: one request. A job of more
+    /// (a whole checksum block larger than a request, a tensor whose hash must see every
+    /// byte in order) is read request by request; the stages carry partial blocks across.
+    pub(crate) fn read_len(&self) -> usize {
+        usize::try_from(self.request).unwrap_or(usize::MAX).max(1)
+    }
+
+    /// Bytes per job of `tensor`: the request size rounded to whole checksum blocks, so
+    /// that every job verifies exactly the blocks it covers; or all of it where its hash
+    /// must see every byte in order.
+    fn job_len(&self, tensor: &TensorInfo) -> usize {
+        if self.verify.sequential(tensor) {
+            return usize::MAX;
+        }
+        let job = match tensor.checksum.block_size() {
             Some(block) => (self.request / block).max(1) * block,
             None => self.request,
         };
-        usize::try_from(piece).unwrap_or(usize::MAX)
-    }
-
-    /// Bytes per job of `tensor`: one piece, or all of it where its hash must see every
-    /// byte in order (such a job still reads piece by piece).
-    fn job_len(&self, tensor: &TensorInfo) -> usize {
-        if self.verify.sequential(tensor) {
-            usize::MAX
-        } else {
-            self.piece_len(tensor)
-        }
+        usize::try_from(job).unwrap_or(usize::MAX)
     }
 }
 
