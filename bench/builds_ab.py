@@ -174,6 +174,7 @@ def main():
     p.add_argument("--dir", default="/tmp", help="where the test files are written")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", default="1,2", help="CPU workers to measure, comma-separated")
+    p.add_argument("--only", help="run only the modes whose label contains this")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -202,6 +203,8 @@ def main():
     print(f"| {'mode':<40} | threads | {'old GB/s':>8} | {'new GB/s':>8} | new/old |")
     print(f"|{'-' * 42}|---------|----------|----------|---------|")
     for label, kind, options in MODES:
+        if args.only and args.only not in label:
+            continue
         for threads in [int(t) for t in args.threads.split(",")]:
             job = {"file": str(files[kind]), "threads": threads, "what": "load", **options}
             times = {"old": [], "new": []}

@@ -376,8 +376,9 @@ impl Drop for Lane {
     }
 }
 
-/// The staging lanes of one device ([`crate::sink::StagedSink`]): lanes of two pinned
-/// buffers each, taken by an I/O thread for one job and given back, kept between loads.
+/// The sink of one device ([`crate::sink::Sink`]): staging lanes of two pinned buffers
+/// each, taken by an I/O thread for one job (as its writer) and given back, kept between
+/// loads.
 pub(crate) struct StagingPool {
     ordinal: i32,
     device: Arc<Device>,
@@ -406,7 +407,7 @@ impl StagingPool {
     }
 }
 
-impl crate::sink::StagedSink for StagingPool {
+impl crate::sink::Sink for StagingPool {
     fn prepare(&self, lanes: usize, piece: usize) -> Result<()> {
         let mut idle = self.idle.lock();
         if self.capacity.load(Ordering::Relaxed) < piece {
@@ -422,7 +423,7 @@ impl crate::sink::StagedSink for StagingPool {
         Ok(())
     }
 
-    fn lane(&self) -> Result<Box<dyn crate::sink::StagingLane + '_>> {
+    fn writer(&self) -> Result<Box<dyn crate::sink::Writer + '_>> {
         let lane = {
             let mut idle = self.idle.lock();
             loop {
@@ -482,16 +483,24 @@ impl TakenLane<'_> {
     }
 }
 
-impl crate::sink::StagingLane for TakenLane<'_> {
+impl crate::sink::Writer for TakenLane<'_> {
     fn capacity(&self) -> usize {
         self.lane.as_ref().map_or(0, Lane::capacity)
     }
 
-    fn buffer(&mut self, len: usize) -> Result<&mut [u8]> {
-        self.lane().buffer(len)
+    fn buffer<'s>(&'s mut self, place: crate::sink::Place<'s>, len: usize) -> Result<&'s mut [u8]> {
+        match place {
+            crate::sink::Place::Address(_) => self.lane().buffer(len),
+            crate::sink::Place::Memory(_) => Err(Error::invalid(
+                "internal error: host memory given to a CUDA staging lane",
+            )),
+        }
     }
 
-    fn send(&mut self, copies: &[(u64, usize, usize)]) -> std::result::Result<(), (usize, Error)> {
+    fn deliver(
+        &mut self,
+        copies: &[(u64, usize, usize)],
+    ) -> std::result::Result<(), (usize, Error)> {
         self.lane().send(copies)
     }
 }

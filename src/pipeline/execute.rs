@@ -1,6 +1,6 @@
 //! Running the jobs of a plan. I/O threads (as many as requests are wanted in flight)
 //! take jobs in file order and read their bytes straight into their destinations: host
-//! memory, a staging buffer of a lane taken from a staged sink (device memory), or a
+//! memory, a staging buffer of a lane taken from a device's sink, or a
 //! scratch buffer where bytes are only verified. Reads may come back short; each piece
 //! goes through the job's stage chain as soon as it has arrived, under a CPU permit, so
 //! that no more threads verify or copy at once than there are CPU workers, however many
@@ -21,7 +21,7 @@ use super::stages::{Chain, SplitCrcs};
 use crate::error::{Error, Result};
 use crate::format::{Index, TensorInfo};
 use crate::pool::Permits;
-use crate::sink::StagedSink;
+use crate::sink::{HostSink, Place, Sink, Writer};
 use crate::source::{read_exact, read_some, Source};
 
 /// Everything the jobs of one load share.
@@ -29,8 +29,8 @@ pub(crate) struct Context<'r> {
     pub(crate) source: &'r dyn Source,
     pub(crate) index: &'r Index,
     pub(crate) policy: Policy,
-    /// The staged sinks that `Out::Staged` destinations name by position.
-    pub(crate) sinks: &'r [Arc<dyn StagedSink>],
+    /// The sinks that `Out::Staged` destinations name by position.
+    pub(crate) sinks: &'r [Arc<dyn Sink>],
     /// CPU workers: permits to verify or copy.
     pub(crate) cpu: Permits,
     pub(crate) split: SplitCrcs,
@@ -44,7 +44,7 @@ impl<'r> Context<'r> {
         source: &'r dyn Source,
         index: &'r Index,
         policy: Policy,
-        sinks: &'r [Arc<dyn StagedSink>],
+        sinks: &'r [Arc<dyn Sink>],
         cpu_workers: usize,
     ) -> Context<'r> {
         Context {
@@ -62,6 +62,14 @@ impl<'r> Context<'r> {
     /// The most scratch memory the I/O threads held at once.
     pub(crate) fn scratch_peak(&self) -> usize {
         self.scratch_peak.load(Ordering::Relaxed)
+    }
+
+    /// A writer for the destination `out` (host memory or a sink's staging lane).
+    fn writer(&self, out: &Out<'_>) -> Result<Box<dyn Writer + '_>> {
+        match out {
+            Out::Staged { sink, .. } => self.sinks[*sink].writer(),
+            _ => HostSink.writer(),
+        }
     }
 
     /// The chain of a job covering all of `tensor`.
@@ -146,60 +154,52 @@ fn run_job(worker: &mut Worker<'_>, job: Job<'_>) -> Result<()> {
     let context = worker.context;
     let tensor = &context.index.tensors[job.tensor];
     let in_tensor = |e: Error| e.in_tensor(&tensor.name);
+    let step = context.policy.read_len();
     match job.target {
         Target::Batch {
             offset,
             len,
             members,
         } => run_batch(worker, offset, len, members),
-        Target::Zeros(out) => {
-            match out {
-                Out::Host(buffer) => buffer.fill(0),
-                Out::Staged { sink, address, len } => {
-                    let mut lane = context.sinks[sink].lane().map_err(in_tensor)?;
-                    let mut at = 0;
-                    while at < len {
-                        let n = (len - at).min(lane.capacity());
-                        lane.buffer(n).map_err(in_tensor)?.fill(0);
-                        lane.send_one(address + at as u64, n).map_err(in_tensor)?;
-                        at += n;
-                    }
-                }
-                Out::Scratch(_) | Out::Lent(_) => {}
+        Target::Zeros(Out::Scratch(_) | Out::Lent(_)) => context.chain(tensor, 0, 0).finish(),
+        Target::Zeros(mut out) => {
+            let mut writer = context.writer(&out).map_err(in_tensor)?;
+            let step = step.min(writer.capacity());
+            let mut at = 0;
+            while at < out.len() {
+                let n = step.min(out.len() - at);
+                let address = out.address(at);
+                writer.buffer(out.place(at), n).map_err(in_tensor)?.fill(0);
+                writer.deliver_one(address, n).map_err(in_tensor)?;
+                at += n;
             }
             // The stored hashes of a tensor without data cover its header.
             context.chain(tensor, 0, 0).finish()
         }
         Target::Range(out) => {
             let mut chain = context.chain(tensor, job.start, out.len() as u64);
-            let step = context.policy.read_len();
             match out {
-                Out::Host(buffer) => {
-                    let mut at = job.start;
-                    for piece in buffer.chunks_mut(step) {
-                        fill(context, tensor, at, piece, &mut chain)?;
-                        at += piece.len() as u64;
-                    }
-                }
-                Out::Staged { sink, address, len } => {
-                    // Through a lane's two buffers: while the device copies one, the next
-                    // piece is read (and checked) into the other.
-                    let mut lane = context.sinks[sink].lane().map_err(in_tensor)?;
-                    let step = step.min(lane.capacity()).max(1);
-                    let mut at = 0;
-                    while at < len {
-                        let n = step.min(len - at);
-                        let staging = lane.buffer(n).map_err(in_tensor)?;
-                        fill(context, tensor, job.start + at as u64, staging, &mut chain)?;
-                        lane.send_one(address + at as u64, n).map_err(in_tensor)?;
-                        at += n;
-                    }
-                }
                 Out::Scratch(len) => inspect(worker, tensor, job.start, len, step, &mut chain)?,
                 Out::Lent(bytes) => {
                     let _cpu = context.cpu.acquire();
                     for piece in bytes.chunks(step) {
                         chain.inspect(piece)?;
+                    }
+                }
+                mut out => {
+                    // Piece by piece into the memory the writer gives (host memory itself,
+                    // or one of a lane's two buffers: while the device copies one, the next
+                    // piece is read and checked into the other), each delivered when full.
+                    let mut writer = context.writer(&out).map_err(in_tensor)?;
+                    let step = step.min(writer.capacity());
+                    let mut at = 0;
+                    while at < out.len() {
+                        let n = step.min(out.len() - at);
+                        let address = out.address(at);
+                        let buffer = writer.buffer(out.place(at), n).map_err(in_tensor)?;
+                        fill(context, tensor, job.start + at as u64, buffer, &mut chain)?;
+                        writer.deliver_one(address, n).map_err(in_tensor)?;
+                        at += n;
                     }
                 }
             }
@@ -277,7 +277,7 @@ fn inspect(
 }
 
 /// Read the `len` bytes at `offset` holding every member of a batch and spread them into
-/// the members' destinations (host memory, or one staged sink through one staging buffer),
+/// the members' destinations (host memory, or one device's sink through one staging buffer),
 /// verifying each. Where reading the whole range fails, each member is read on its own so
 /// that the error names the tensor it hit.
 fn run_batch(
@@ -294,12 +294,14 @@ fn run_batch(
         _ => None,
     });
     if let Some(sink) = staged {
-        let mut lane = context.sinks[sink]
-            .lane()
-            .map_err(|e| e.in_tensor(&members[0].0.name))?;
-        let staging = lane
-            .buffer(len)
-            .map_err(|e| e.in_tensor(&members[0].0.name))?;
+        // One staging buffer for the whole range, one copy per member.
+        let name = &members[0].0.name;
+        let mut writer = context.sinks[sink]
+            .writer()
+            .map_err(|e| e.in_tensor(name))?;
+        let staging = writer
+            .buffer(Place::Address(0), len)
+            .map_err(|e| e.in_tensor(name))?;
         let mut spread = |bytes: &[u8]| -> Result<()> {
             for (tensor, out) in &members {
                 let r = at(tensor)..at(tensor) + out.len();
@@ -334,13 +336,10 @@ fn run_batch(
         }
         let copies: Vec<(u64, usize, usize)> = members
             .iter()
-            .map(|(tensor, out)| match out {
-                Out::Staged { address, len, .. } => (*address, at(tensor), *len),
-                _ => (0, 0, 0),
-            })
+            .map(|(tensor, out)| (out.address(0), at(tensor), out.len()))
             .collect();
-        return lane
-            .send(&copies)
+        return writer
+            .deliver(&copies)
             .map_err(|(i, e)| e.in_tensor(&members[i].0.name));
     }
     let mut spread = |bytes: &[u8]| -> Result<()> {

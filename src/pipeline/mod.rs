@@ -2,8 +2,8 @@
 //! let I/O threads read each job's bytes straight into its destination, passing every
 //! piece through the job's stages (`stages.rs`: verification, and the places of
 //! decryption and conversion) as soon as it arrives (`execute.rs`). Host destinations
-//! receive the bytes directly; device destinations go through the staging lanes of a
-//! staged sink (`crate::sink`), whose copies are drained before the load returns.
+//! receive the bytes in place; device destinations go through the staging lanes of their
+//! sink (`crate::sink`), whose copies are drained before the load returns.
 //!
 //! Three numbers are set apart: requests in flight (I/O threads; the source's hint unless
 //! the options say), CPU workers (how many threads verify or copy at once), and staging
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::format::{Index, TensorInfo};
 use crate::options::ReadOptions;
-use crate::sink::{Destination, Placement, Sinks, StagedSink};
+use crate::sink::{Destination, Placement, Sink, Sinks};
 use crate::source::Source;
 use execute::{execute, Context};
 use plan::{plan, Out, Policy};
@@ -84,7 +84,7 @@ fn run(
     index: &Index,
     options: &ReadOptions,
     placed: Vec<(&TensorInfo, Out<'_>)>,
-    sinks: &[Arc<dyn StagedSink>],
+    sinks: &[Arc<dyn Sink>],
     io_threads: Option<usize>,
     progress: Option<&ProgressFn<'_>>,
 ) -> Result<LoadStats> {
@@ -126,7 +126,7 @@ pub(crate) fn load<'a>(
 ) -> Result<LoadStats> {
     // Every destination is known and checked before the first byte is read.
     let mut placed: Vec<(&TensorInfo, Out<'a>)> = Vec::new();
-    let mut staged: Vec<Arc<dyn StagedSink>> = Vec::new();
+    let mut staged: Vec<Arc<dyn Sink>> = Vec::new();
     let mut cuda_sinks: HashMap<i32, usize> = HashMap::new();
     let mut device_ranges: BTreeMap<(i32, u64), (u64, &str)> = BTreeMap::new();
     for tensor in &index.tensors {

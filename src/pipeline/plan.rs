@@ -6,6 +6,7 @@
 //! destinations.
 
 use crate::format::TensorInfo;
+use crate::sink::Place;
 
 use super::stages::Verify;
 
@@ -21,7 +22,7 @@ pub(crate) enum Out<'a> {
     /// The caller's host memory.
     Host(&'a mut [u8]),
     /// `len` bytes at `address` of memory reached through staging buffers (device
-    /// memory), of the load's staged sink number `sink`.
+    /// memory), of the load's sink number `sink`.
     Staged {
         sink: usize,
         address: u64,
@@ -42,8 +43,26 @@ impl<'a> Out<'a> {
         }
     }
 
+    /// Where byte `at` of this destination lies, for a [`crate::sink::Writer`].
+    pub(crate) fn place(&mut self, at: usize) -> Place<'_> {
+        match self {
+            Out::Host(buffer) => Place::Memory(&mut buffer[at..]),
+            Out::Staged { address, .. } => Place::Address(*address + at as u64),
+            // Never written: verification only.
+            Out::Scratch(_) | Out::Lent(_) => Place::Address(0),
+        }
+    }
+
+    /// The address of byte `at` of a staged destination (0 for the others).
+    pub(crate) fn address(&self, at: usize) -> u64 {
+        match self {
+            Out::Staged { address, .. } => *address + at as u64,
+            _ => 0,
+        }
+    }
+
     /// Which destinations may share a batch: host memory and verification alone, or one
-    /// staged sink (one staging buffer). Bytes already in memory are never batched.
+    /// device sink (one staging buffer). Bytes already in memory are never batched.
     fn batch_kind(&self) -> Option<usize> {
         match self {
             Out::Host(_) | Out::Scratch(_) => Some(usize::MAX),

@@ -1,14 +1,14 @@
 //! Where bytes go. The caller decides, tensor by tensor, through a [`Placement`]: the
 //! pipeline asks it for every tensor before reading any data, then writes each tensor
-//! into the destination it was given: host memory directly, device memory through the
-//! staging lanes of a [`StagedSink`] (`staged.rs`; CUDA's in `crate::cuda`).
+//! into the destination it was given, through the [`Sink`] of its kind of memory
+//! (`sinks.rs`: host memory in place; CUDA's staging lanes in `crate::cuda`).
 
 mod arena;
-mod staged;
+mod sinks;
 
 pub(crate) use arena::pack;
 pub use arena::{HostArena, ARENA_ALIGN};
-pub(crate) use staged::{Sinks, StagedSink, StagingLane};
+pub(crate) use sinks::{HostSink, Place, Sink, Sinks, Writer};
 
 use std::collections::HashMap;
 
