@@ -175,6 +175,8 @@ def main():
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", default="1,2", help="CPU workers to measure, comma-separated")
     p.add_argument("--only", help="run only the modes whose label contains this")
+    p.add_argument("--files-lib", help="the build whose Python binding writes the files "
+                   "(default: the new one; give the work tree's to compare two old builds)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -182,7 +184,7 @@ def main():
     builds = ROOT / "bench" / "data" / "builds"
     old = Path(args.old) if args.old else build(args.old_rev, builds / (args.old_rev or "old"))
     new = Path(args.new) if args.new else build(None, builds / "work-tree")
-    files, sizes = make_files(Path(args.dir), new)
+    files, sizes = make_files(Path(args.dir), Path(args.files_lib) if args.files_lib else new)
     workers = {}
     for name, library in (("old", old), ("new", new)):
         workers[name] = subprocess.Popen(
