@@ -153,7 +153,6 @@ pub(crate) fn execute(
 fn run_job(worker: &mut Worker<'_>, job: Job<'_>) -> Result<()> {
     let context = worker.context;
     let tensor = &context.index.tensors[job.tensor];
-    let in_tensor = |e: Error| e.in_tensor(&tensor.name);
     let step = context.policy.read_len();
     match job.target {
         Target::Batch {
@@ -163,16 +162,10 @@ fn run_job(worker: &mut Worker<'_>, job: Job<'_>) -> Result<()> {
         } => run_batch(worker, offset, len, members),
         Target::Zeros(Out::Scratch(_) | Out::Lent(_)) => context.chain(tensor, 0, 0).finish(),
         Target::Zeros(mut out) => {
-            let mut writer = context.writer(&out).map_err(in_tensor)?;
-            let step = step.min(writer.capacity());
-            let mut at = 0;
-            while at < out.len() {
-                let n = step.min(out.len() - at);
-                let address = out.address(at);
-                writer.buffer(out.place(at), n).map_err(in_tensor)?.fill(0);
-                writer.deliver_one(address, n).map_err(in_tensor)?;
-                at += n;
-            }
+            write(context, tensor, &mut out, &mut |_, buffer| {
+                buffer.fill(0);
+                Ok(())
+            })?;
             // The stored hashes of a tensor without data cover its header.
             context.chain(tensor, 0, 0).finish()
         }
@@ -186,26 +179,36 @@ fn run_job(worker: &mut Worker<'_>, job: Job<'_>) -> Result<()> {
                         chain.inspect(piece)?;
                     }
                 }
-                mut out => {
-                    // Piece by piece into the memory the writer gives (host memory itself,
-                    // or one of a lane's two buffers: while the device copies one, the next
-                    // piece is read and checked into the other), each delivered when full.
-                    let mut writer = context.writer(&out).map_err(in_tensor)?;
-                    let step = step.min(writer.capacity());
-                    let mut at = 0;
-                    while at < out.len() {
-                        let n = step.min(out.len() - at);
-                        let address = out.address(at);
-                        let buffer = writer.buffer(out.place(at), n).map_err(in_tensor)?;
-                        fill(context, tensor, job.start + at as u64, buffer, &mut chain)?;
-                        writer.deliver_one(address, n).map_err(in_tensor)?;
-                        at += n;
-                    }
-                }
+                mut out => write(context, tensor, &mut out, &mut |at, buffer| {
+                    fill(context, tensor, job.start + at as u64, buffer, &mut chain)
+                })?,
             }
             chain.finish()
         }
     }
+}
+
+/// Produce `out`'s bytes piece by piece (`produce(offset in out, memory)`) into the memory
+/// its sink's writer gives (host memory itself, or one of a lane's two buffers: while the
+/// device copies one, the next piece is produced into the other), each delivered when full.
+fn write(
+    context: &Context<'_>,
+    tensor: &TensorInfo,
+    out: &mut Out<'_>,
+    produce: &mut dyn FnMut(usize, &mut [u8]) -> Result<()>,
+) -> Result<()> {
+    let in_tensor = |e: Error| e.in_tensor(&tensor.name);
+    let mut writer = context.writer(out).map_err(in_tensor)?;
+    let step = context.policy.read_len().min(writer.capacity());
+    let mut at = 0;
+    while at < out.len() {
+        let n = step.min(out.len() - at);
+        let address = out.address(at);
+        produce(at, writer.buffer(out.place(at), n).map_err(in_tensor)?)?;
+        writer.deliver_one(address, n).map_err(in_tensor)?;
+        at += n;
+    }
+    Ok(())
 }
 
 /// Put the stored bytes of `tensor` from `start` on into `dst`, through `chain`: copied
