@@ -223,6 +223,21 @@
 #define PLAID_ABI_VERSION 1
 
 /**
+ * Default bytes per ranged GET.
+ */
+#define REMOTE_REQUEST_BYTES (8 << 20)
+
+/**
+ * Default gap between wanted ranges that is read through rather than asked for apart.
+ */
+#define REMOTE_MERGE_GAP (1 << 20)
+
+/**
+ * Default ranged GETs in flight.
+ */
+#define REMOTE_IN_FLIGHT 32
+
+/**
  * Tensors loaded by `plaid_deserializer_load_cuda` into one device allocation made by
  * plaid. Opaque; freed (with all its tensors) by `plaid_cuda_arena_free`. Independent of
  * the deserializer: it may outlive it.
@@ -483,7 +498,8 @@ typedef void (*plaid_release_fn)(void *user_data);
 #define PLAID_ERR_CANCELLED 7
 
 /**
- * No tensor by that name.
+ * No tensor by that name, no metadata key, or no such file or object (a remote object
+ * that does not exist: HTTP 404, `NoSuchKey`).
  */
 #define PLAID_ERR_NOT_FOUND 8
 
@@ -538,18 +554,26 @@ int32_t plaid_cuda_arena_device(const struct plaid_cuda_arena *arena);
 void plaid_cuda_arena_free(struct plaid_cuda_arena *arena);
 
 /**
- * Open the file at `source` (a UTF-8 path) and read and validate its header; no tensor
- * data is read yet. The format (plaid, safetensors or tensorizer) is detected from the first bytes,
- * never from the name; `plaid_deserializer_format` tells which. A sharded safetensors
- * checkpoint opens through its `model.safetensors.index.json` as one model. `options` may be NULL
- * for defaults and may be freed after this call.
+ * Open the file at `source` (a UTF-8 path, or a URL: `http://`, `https://`,
+ * `s3://bucket/key`, `gs://bucket/key`, `az://container/key`) and read and validate its
+ * header; no tensor data is read yet. The format (plaid, safetensors or tensorizer) is
+ * detected from the first bytes, never from the name; `plaid_deserializer_format` tells
+ * which. A sharded safetensors checkpoint opens through its `model.safetensors.index.json`
+ * as one model (for a URL, its shards are resolved beside it). `options` may be NULL for
+ * defaults and may be freed after this call. A URL is configured from the environment
+ * (`AWS_*`, `AWS_PROFILE`, `GOOGLE_*`, `AZURE_*`) and `plaid_read_options_set_storage`;
+ * its object's ETag is pinned now and every later range is asked `If-Match` it, so an
+ * object replaced during a load fails the load instead of mixing versions; data goes
+ * from the network into the destinations as it arrives.
  * On success `*out` holds a handle to free with `plaid_deserializer_free`; on failure
  * `*out` is untouched.
  *
- * Returns `PLAID_ERR_IO` if the file cannot be opened, `PLAID_ERR_FORMAT` for a bad
+ * Returns `PLAID_ERR_IO` if the file cannot be opened or a remote request fails (after
+ * retries; the message names the URL, the byte range, the HTTP status and the store's
+ * error code), `PLAID_ERR_NOT_FOUND` for a missing object, `PLAID_ERR_FORMAT` for a bad
  * magic, a damaged header or a truncated file (the message gives the offset),
- * `PLAID_ERR_UNSUPPORTED` for a newer format version, an unknown dtype or an encrypted
- * tensorizer file.
+ * `PLAID_ERR_UNSUPPORTED` for a newer format version, an unknown dtype, an encrypted
+ * tensorizer file or a URL in a build without remote storage.
  *
  * # Safety
  * `source` is NULL or NUL-terminated; `options` NULL or a live handle; `out` NULL or
@@ -948,7 +972,7 @@ plaid_status plaid_read_options_set_requests_in_flight(struct plaid_read_options
 /**
  * Staging lanes per CUDA device: each holds two pinned buffers of one request, and an
  * I/O thread takes one for each job bound for device memory; 0 (the default) gives one
- * per CPU worker. At most 1024. Pinned memory is lanes x 2 x the request size per device,
+ * per request in flight. At most 1024. Pinned memory is lanes x 2 x the request size per device,
  * however many requests are in flight.
  *
  * # Safety
@@ -958,14 +982,43 @@ plaid_status plaid_read_options_set_staging_lanes(struct plaid_read_options *opt
                                                   uint32_t lanes);
 
 /**
+ * Set one option of remote storage, used when `plaid_deserializer_open` is given a URL:
+ * `key` is an `object_store` configuration key (`aws_access_key_id`,
+ * `aws_secret_access_key`, `aws_session_token`, `aws_region`, `aws_endpoint` (an
+ * `http://` endpoint is used as given), `aws_virtual_hosted_style_request`,
+ * `aws_skip_signature` (unsigned requests, for public buckets), `timeout`,
+ * `connect_timeout`, `allow_http`, `google_service_account`, `google_base_url`,
+ * `azure_storage_account_name`, `azure_storage_access_key`, `azure_storage_endpoint`, ...)
+ * or one of plaid's: `aws_profile` (a profile of `~/.aws/config` and `credentials`),
+ * `aws_ca_bundle`, `max_retries` (default 10), `retry_timeout` (`30s`, `2m`; default 3
+ * minutes). Values set here take precedence over the environment (`AWS_*` and the
+ * others). Keys are case-insensitive; setting a key again replaces its value. Returns
+ * `PLAID_ERR_INVALID_ARGUMENT` for an unknown key (values are checked when a URL is
+ * opened), `PLAID_ERR_UNSUPPORTED` in a build without remote storage.
+ *
+ * # Safety
+ * `options` is NULL (an error) or a live handle; `key` and `value` NULL (an error) or
+ * NUL-terminated.
+ */
+plaid_status plaid_read_options_set_storage(struct plaid_read_options *options,
+                                            const char *key,
+                                            const char *value);
+
+/**
  * Start writing a file at `path` (UTF-8). Nothing appears at `path` until
  * `plaid_serializer_finish` succeeds: data goes to a temporary file beside it, which is
- * removed if the serializer is freed unfinished. `options` may be NULL for defaults and
- * may be freed after this call. On success `*out` holds a handle to free with
- * `plaid_serializer_free`; on failure `*out` is untouched.
+ * removed if the serializer is freed unfinished. `path` may be a URL of object storage
+ * (`s3://bucket/key`, `gs://...`, `az://...`, configured as in
+ * `plaid_write_options_set_storage`): a multipart upload starts now (bad credentials or a
+ * missing bucket fail here), its parts go out in parallel while `plaid_serializer_finish`
+ * produces the file, and the object appears only when it succeeds; a failed finish or a
+ * serializer freed unfinished aborts the upload and leaves no object. `options` may be
+ * NULL for defaults and may be freed after this call. On success `*out` holds a handle to
+ * free with `plaid_serializer_free`; on failure `*out` is untouched.
  *
  * Returns `PLAID_ERR_INVALID_ARGUMENT` for NULL `path`/`out` or bad UTF-8,
- * `PLAID_ERR_IO` when the directory is not writable.
+ * `PLAID_ERR_IO` when the directory is not writable or the upload cannot start,
+ * `PLAID_ERR_NOT_FOUND` for a missing bucket.
  *
  * # Safety
  * `path` is NULL or a NUL-terminated string; `options` is NULL or a live handle; `out`
@@ -1222,6 +1275,23 @@ plaid_status plaid_write_options_set_threads(struct plaid_write_options *options
  * `options` is NULL (an error) or a live handle.
  */
 plaid_status plaid_write_options_set_sync(struct plaid_write_options *options, int32_t sync);
+
+/**
+ * Set one option of remote storage, used when `plaid_serializer_new` is given a URL
+ * (`s3://`, `gs://`, `az://`): the keys of `plaid_read_options_set_storage`, and for
+ * uploads `upload_part_size` (bytes per part of the multipart upload, 5 MiB to 5 GiB;
+ * default 16 MiB) and `upload_parts_in_flight` (parts sent at once, 1 to 256; default 8;
+ * host memory held by an upload is about their product). Returns
+ * `PLAID_ERR_INVALID_ARGUMENT` for an unknown key, `PLAID_ERR_UNSUPPORTED` in a build
+ * without remote storage.
+ *
+ * # Safety
+ * `options` is NULL (an error) or a live handle; `key` and `value` NULL (an error) or
+ * NUL-terminated.
+ */
+plaid_status plaid_write_options_set_storage(struct plaid_write_options *options,
+                                             const char *key,
+                                             const char *value);
 
 #ifdef __cplusplus
 }  // extern "C"

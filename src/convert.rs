@@ -41,6 +41,9 @@ fn safetensors_dtype(dtype: DType) -> Option<(&'static str, u64)> {
     })
 }
 
+/// Bytes read at once from a source whose bytes are not in memory (a URL).
+const PIECE: usize = 8 << 20;
+
 /// Write every tensor and the metadata of `source` as a plaid file at `out`, calling
 /// `progress(bytes_written, total)` as it goes, then check the result.
 pub fn to_plaid(
@@ -50,29 +53,90 @@ pub fn to_plaid(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
     // Written beside the target under a temporary name, checked, then renamed into place:
-    // a conversion that fails its check leaves the target as it was.
+    // a conversion that fails its check leaves the target as it was. An object store
+    // target is uploaded whole, then checked, and deleted if the check fails.
+    let storage = options.storage_options().clone();
     let staged = staging(out)?;
-    let mut writer = Serializer::create(&staged, options)?;
+    let mut writer = Serializer::create(staged.path(), options)?;
+    let mapped = source.mappable().is_ok();
     for (i, t) in source.tensors().iter().enumerate() {
-        writer.add_tensor_with_origin(&t.name, t.dtype, &t.shape, source.view(i)?, t.origin())?;
+        if mapped {
+            writer.add_tensor_with_origin(
+                &t.name,
+                t.dtype,
+                &t.shape,
+                source.view(i)?,
+                t.origin(),
+            )?;
+        } else {
+            // Read in pieces while the file is written (a URL): memory stays at a piece.
+            writer.add_tensor_read(&t.name, t.dtype, &t.shape, t.origin(), source, i)?;
+        }
     }
     for (key, value) in source.metadata() {
         writer.set_metadata(key, value)?;
     }
     writer.finish_with_progress(progress)?;
-    check(source, &staged, true)?;
-    publish(staged, out)
+    settle(source, staged, out, true, &storage)
 }
 
-/// A temporary path beside `out` (removed when dropped, unless published).
-fn staging(out: &Path) -> Result<tempfile::TempPath> {
+/// Where a converted file is written before it is checked.
+enum Staged {
+    /// A temporary file beside the target, removed when dropped.
+    Local(tempfile::TempPath),
+    /// The target URL itself (uploads appear whole or not at all).
+    Remote(std::path::PathBuf),
+}
+
+impl Staged {
+    fn path(&self) -> &Path {
+        match self {
+            Staged::Local(path) => path,
+            Staged::Remote(url) => url,
+        }
+    }
+}
+
+/// Check what was written against `source`, then put it in place (a local file) or, where
+/// the check fails, remove it (an object already uploaded).
+fn settle(
+    source: &Deserializer,
+    staged: Staged,
+    out: &Path,
+    with_metadata: bool,
+    storage: &crate::options::StorageOptions,
+) -> Result<()> {
+    let checked = check(source, staged.path(), with_metadata, storage);
+    match staged {
+        Staged::Local(path) => {
+            checked?;
+            publish(path, out)
+        }
+        Staged::Remote(url) => {
+            if let Err(e) = checked {
+                #[cfg(feature = "remote")]
+                let _ = crate::remote::delete(&url.to_string_lossy(), storage);
+                let _ = url;
+                return Err(e);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A temporary path beside `out` (removed when dropped, unless published); `out` itself
+/// for a URL.
+fn staging(out: &Path) -> Result<Staged> {
+    if crate::deserializer::is_url(&out.to_string_lossy()) {
+        return Ok(Staged::Remote(out.to_path_buf()));
+    }
     let dir = parent_dir(out);
     tempfile::Builder::new()
         .prefix(".plaid-convert.")
         .suffix(".partial")
         .permissions(std::fs::Permissions::from_mode(0o666))
         .tempfile_in(dir)
-        .map(tempfile::NamedTempFile::into_temp_path)
+        .map(|f| Staged::Local(f.into_temp_path()))
         .map_err(|e| Error::io(format!("creating a temporary file in {}", dir.display()), e))
 }
 
@@ -150,15 +214,16 @@ pub fn to_safetensors(
             .map_err(|e| fail("header", e))?;
         let mut done = 0;
         for (i, t) in source.tensors().iter().enumerate() {
-            w.write_all(source.view(i)?)
-                .map_err(|e| fail(&format!("tensor '{}'", t.name), e))?;
+            source.for_each_piece(i, PIECE, &mut |piece| {
+                w.write_all(piece)
+                    .map_err(|e| fail(&format!("tensor '{}'", t.name), e))
+            })?;
             done += t.nbytes;
             progress(done, at);
         }
         Ok(())
     })?;
-    check(source, &staged, true)?;
-    publish(staged, out)
+    settle(source, staged, out, true, &Default::default())
 }
 
 /// Write every tensor of `source` as a tensorizer `.tensors` file at `out`: format
@@ -203,9 +268,6 @@ pub fn to_tensorizer(
 
     // Hashes: CRC32 and SHA-256 of each header (hash values zeroed) and its data, one
     // tensor per task, largest first, on every core.
-    let views = (0..tensors.len())
-        .map(|i| source.view(i))
-        .collect::<Result<Vec<_>>>()?;
     let mut order: Vec<usize> = (0..tensors.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(tensors[i].nbytes));
     let hashes = parking_lot::Mutex::new(vec![(0u32, [0u8; 32]); tensors.len()]);
@@ -213,7 +275,10 @@ pub fn to_tensorizer(
     crate::pool::for_each(order.into_iter(), threads, |i| {
         let mut h = crate::format::checksum::WholeHasher::with(true, true);
         h.update(&headers[i]);
-        h.update(views[i]);
+        source.for_each_piece(i, PIECE, &mut |piece| {
+            h.update(piece);
+            Ok(())
+        })?;
         let (crc, sha) = h.finish();
         hashes.lock()[i] = (crc.unwrap_or(0), sha.unwrap_or([0; 32]));
         Ok(())
@@ -236,39 +301,57 @@ pub fn to_tensorizer(
         let mut done = 0;
         for (i, t) in tensors.iter().enumerate() {
             let header = tz::encode_header(t, &raw_names[i], Some(hashes[i]))?;
-            w.write_all(&header)
-                .and_then(|()| w.write_all(views[i]))
-                .map_err(|e| fail(&format!("tensor '{}'", t.name), e))?;
+            let what = || format!("tensor '{}'", t.name);
+            w.write_all(&header).map_err(|e| fail(&what(), e))?;
+            source.for_each_piece(i, PIECE, &mut |piece| {
+                w.write_all(piece).map_err(|e| fail(&what(), e))
+            })?;
             done += t.nbytes;
             progress(done, data_bytes);
         }
         w.write_all(&[0; 8]).map_err(|e| fail("end marker", e))?;
         Ok(())
     })?;
-    debug_assert_eq!(
-        std::fs::metadata(&staged).map(|m| m.len()).ok(),
-        Some(total)
-    );
-    check(source, &staged, false)?;
-    publish(staged, out)
+    if let Staged::Local(path) = &staged {
+        debug_assert_eq!(std::fs::metadata(path).map(|m| m.len()).ok(), Some(total));
+    }
+    settle(source, staged, out, false, &Default::default())
 }
 
 /// Writes a converted file's bytes; the second argument names what failed.
-type StagedWrite<'a> = dyn FnMut(
-        &mut std::io::BufWriter<&std::fs::File>,
-        &dyn Fn(&str, std::io::Error) -> Error,
-    ) -> Result<()>
-    + 'a;
+type StagedWrite<'a> =
+    dyn FnMut(&mut dyn Write, &dyn Fn(&str, std::io::Error) -> Error) -> Result<()> + 'a;
 
 /// Under a temporary name beside `out`: run `write` on a buffered writer (with `fail` to
 /// name what failed), flush and fsync. Returns the temporary path, to check and publish.
-fn write_staged(out: &Path, write: &mut StagedWrite<'_>) -> Result<tempfile::TempPath> {
+fn write_staged(out: &Path, write: &mut StagedWrite<'_>) -> Result<Staged> {
     let target = out.display().to_string();
     let fail = |what: &str, e: std::io::Error| Error::io(format!("writing {target}: {what}"), e);
     let staged = staging(out)?;
+    let path = match &staged {
+        Staged::Local(path) => path,
+        #[cfg(feature = "remote")]
+        Staged::Remote(_) => {
+            // Uploaded in parts as written; the object appears on finish.
+            let upload = crate::remote::Upload::create(&target, &Default::default())?;
+            let mut w = std::io::BufWriter::with_capacity(8 << 20, upload);
+            write(&mut w, &fail)?;
+            let upload = w
+                .into_inner()
+                .map_err(|e| fail("uploading", e.into_error()))?;
+            upload.finish()?;
+            return Ok(staged);
+        }
+        #[cfg(not(feature = "remote"))]
+        Staged::Remote(_) => {
+            return Err(Error::Unsupported(format!(
+                "{target}: this build of plaid writes no URLs (the `remote` feature is off)"
+            )))
+        }
+    };
     let file = std::fs::OpenOptions::new()
         .write(true)
-        .open(&staged)
+        .open(path)
         .map_err(|e| fail("opening the temporary file", e))?;
     let mut w = std::io::BufWriter::with_capacity(8 << 20, &file);
     write(&mut w, &fail)?;
@@ -280,8 +363,17 @@ fn write_staged(out: &Path, write: &mut StagedWrite<'_>) -> Result<tempfile::Tem
 
 /// Open the written file (verifying it, where it has checksums) and compare every tensor
 /// (and the metadata, where the format holds it) with the source.
-fn check(source: &Deserializer, out: &Path, with_metadata: bool) -> Result<()> {
-    let written = Deserializer::open(out, ReadOptions::default())?;
+fn check(
+    source: &Deserializer,
+    out: &Path,
+    with_metadata: bool,
+    storage: &crate::options::StorageOptions,
+) -> Result<()> {
+    let options = ReadOptions {
+        storage: storage.clone(),
+        ..Default::default()
+    };
+    let written = Deserializer::open(out, options)?;
     written.verify()?;
     let differ = |what: String| {
         Error::invalid(format!(
@@ -296,16 +388,46 @@ fn check(source: &Deserializer, out: &Path, with_metadata: bool) -> Result<()> {
     if with_metadata && written.metadata() != source.metadata() {
         return Err(differ("metadata".into()));
     }
+    if source.mappable().is_err() {
+        // Compared below from raw reads: verify the source as a whole first.
+        source.verify()?;
+    }
     for (i, t) in source.tensors().iter().enumerate() {
         let j = written.find(&t.name)?;
         let w = &written.tensors()[j];
         let kept_path = w.path == t.path || written.format() == crate::Format::Safetensors;
         if (w.dtype, &w.shape) != (t.dtype, &t.shape)
             || !kept_path
-            || written.view(j)? != source.view(i)?
+            || !same_bytes(&written, j, source, i)?
         {
             return Err(differ(format!("tensor '{}'", t.name)));
         }
     }
     Ok(())
+}
+
+/// Whether tensor `i` of `a` and tensor `j` of `b` hold the same bytes: compared in place
+/// where both files are in memory (verified views), else read raw in pieces (both files
+/// verified as a whole before).
+fn same_bytes(a: &Deserializer, i: usize, b: &Deserializer, j: usize) -> Result<bool> {
+    if a.mappable().is_ok() && b.mappable().is_ok() {
+        return Ok(a.view(i)? == b.view(j)?);
+    }
+    let len = a.tensors()[i].nbytes;
+    if len != b.tensors()[j].nbytes {
+        return Ok(false);
+    }
+    let size = len.min(PIECE as u64) as usize;
+    let (mut x, mut y) = (vec![0u8; size], vec![0u8; size]);
+    let mut at = 0u64;
+    while at < len {
+        let n = (len - at).min(size as u64) as usize;
+        a.read_stored(i, at, &mut x[..n])?;
+        b.read_stored(j, at, &mut y[..n])?;
+        if x[..n] != y[..n] {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
 }

@@ -12,6 +12,16 @@ use crate::pipeline::{self, LoadStats, ProgressFn};
 use crate::sink::{Destination, HostArena, Placement, Sinks};
 use crate::source::{read_exact, FileSource, Mappable, MultiSource, ReadAhead, Source};
 
+/// Whether `text` names remote storage rather than a local path.
+pub(crate) fn is_url(text: &str) -> bool {
+    #[cfg(feature = "remote")]
+    return crate::remote::is_url(text);
+    #[cfg(not(feature = "remote"))]
+    return ["http://", "https://", "s3://", "gs://", "az://"]
+        .iter()
+        .any(|s| text.to_ascii_lowercase().starts_with(s));
+}
+
 /// An open model file: its tensor list is known, its data is read on [`Deserializer::load`].
 ///
 /// A deserializer is `Send + Sync`; `load` may be called any number of times, from any
@@ -42,52 +52,100 @@ impl std::fmt::Debug for Deserializer {
 }
 
 impl Deserializer {
-    /// Open the file at `path` and read its header.
+    /// Open the file at `path` and read its header. `path` may also be a URL: `http://`,
+    /// `https://`, `s3://bucket/key`, `gs://bucket/key` or `az://container/key`, configured
+    /// from the environment and the read options' storage options; the object's ETag is
+    /// pinned now, so an object replaced during a load fails it rather than mixing versions.
     pub fn open(path: impl AsRef<Path>, options: ReadOptions) -> Result<Deserializer> {
         let path = path.as_ref();
         let text = path.to_string_lossy();
-        if let Some(scheme) = ["http://", "https://", "s3://"]
-            .iter()
-            .find(|s| text.starts_with(*s))
-        {
-            return Err(Error::Unsupported(format!(
-                "{text}: {scheme} sources are not supported by this build"
-            )));
+        if is_url(&text) {
+            return Deserializer::open_url(&text, options);
         }
         let source = FileSource::open_with(path, options.direct_io)?.copy_from_map(options.mmap);
         let mut prefix = vec![0u8; source.len().min(64) as usize];
         read_exact(&source, 0, &mut prefix)?;
         if format::safetensors::sniff_sharded(&prefix, source.len()) {
-            return Deserializer::open_sharded(path, &source, options);
+            let dir = crate::serializer::parent_dir(path).to_path_buf();
+            let direct_io = options.direct_io;
+            let mmap = options.mmap;
+            let open_shard = move |shard: &str| -> Result<Box<dyn Source>> {
+                Ok(Box::new(
+                    FileSource::open_with(&dir.join(shard), direct_io)?.copy_from_map(mmap),
+                ))
+            };
+            return Deserializer::open_sharded(&source, &open_shard, options);
         }
         Deserializer::from_file(Box::new(source), options)
     }
 
-    /// A sharded safetensors checkpoint, opened through its index: the shards are laid end
-    /// to end as one source and their tensors joined into one index.
+    #[cfg(feature = "remote")]
+    fn open_url(url: &str, options: ReadOptions) -> Result<Deserializer> {
+        use crate::remote::{Client, Location};
+        let location = Location::parse(url)?;
+        let client = Client::new(&location, &options.storage)?;
+        let source = client.open(&location)?;
+        let index = {
+            let ahead = ReadAhead::for_source(&source);
+            let mut prefix = vec![0u8; source.len().min(64) as usize];
+            read_exact(&ahead, 0, &mut prefix)?;
+            if format::safetensors::sniff_sharded(&prefix, source.len()) {
+                // The shards are resolved beside the index and read through its client.
+                let open_shard = |shard: &str| -> Result<Box<dyn Source>> {
+                    Ok(Box::new(client.open(&location.sibling(shard)?)?))
+                };
+                drop(ahead);
+                return Deserializer::open_sharded(&source, &open_shard, options);
+            }
+            format::read_index(&ahead)?
+        };
+        Ok(Deserializer::with_index(Box::new(source), index, options))
+    }
+
+    #[cfg(not(feature = "remote"))]
+    fn open_url(url: &str, _options: ReadOptions) -> Result<Deserializer> {
+        Err(Error::Unsupported(format!(
+            "{url}: this build of plaid reads no URLs (the `remote` feature is off)"
+        )))
+    }
+
+    /// A sharded safetensors checkpoint, opened through its index (read from
+    /// `index_file`): the shards, opened by `open_shard` (several at once: for remote
+    /// stores each costs a round trip), are laid end to end as one source and their
+    /// tensors joined into one index.
     fn open_sharded(
-        path: &Path,
-        index_file: &FileSource,
+        index_file: &dyn Source,
+        open_shard: &(dyn Fn(&str) -> Result<Box<dyn Source>> + Sync),
         options: ReadOptions,
     ) -> Result<Deserializer> {
         let mut bytes = vec![0u8; index_file.len() as usize];
         read_exact(index_file, 0, &mut bytes)?;
         let shard_index = format::safetensors::parse_shard_index(index_file.name(), &bytes)?;
-        let dir = crate::serializer::parent_dir(path);
-        let mut parts: Vec<Box<dyn Source>> = Vec::new();
-        let mut indexes = Vec::new();
-        for shard in &shard_index.shards {
-            let part = FileSource::open_with(&dir.join(shard), options.direct_io)?
-                .copy_from_map(options.mmap);
-            indexes.push(format::safetensors::read_index(&ReadAhead::for_source(
-                &part,
-            ))?);
-            parts.push(Box::new(part));
+        let count = shard_index.shards.len();
+        type Opened = parking_lot::Mutex<Option<(Box<dyn Source>, Index)>>;
+        let opened: Vec<Opened> = (0..count).map(|_| parking_lot::Mutex::new(None)).collect();
+        let threads = count.clamp(1, 16);
+        crate::pool::for_each(
+            shard_index.shards.iter().enumerate(),
+            threads,
+            |(k, shard)| {
+                let part = open_shard(shard)?;
+                let index = format::safetensors::read_index(&ReadAhead::for_source(part.as_ref()))?;
+                *opened[k].lock() = Some((part, index));
+                Ok(())
+            },
+        )?;
+        let mut parts: Vec<Box<dyn Source>> = Vec::with_capacity(count);
+        let mut indexes = Vec::with_capacity(count);
+        for slot in opened {
+            let (part, index) = slot
+                .into_inner()
+                .ok_or_else(|| Error::invalid("internal error: a shard was not opened"))?;
+            parts.push(part);
+            indexes.push(index);
         }
         let source = MultiSource::new(index_file.name(), parts);
-        let bases: Vec<u64> = (0..shard_index.shards.len())
-            .map(|k| source.base(k))
-            .collect();
+        let bases: Vec<u64> = (0..count).map(|k| source.base(k)).collect();
         let index = format::safetensors::join_shards(
             index_file.name(),
             &shard_index,
@@ -388,6 +446,56 @@ impl Deserializer {
         Ok(bytes)
     }
 
+    /// Run `f` over tensor `index`'s bytes in order: in one piece, in place and verified,
+    /// where the source lends its bytes; else in pieces of up to `piece` bytes read
+    /// straight from the source, unverified (conversions check their output against a
+    /// verified load of the source afterwards), so that host memory stays at one piece.
+    pub(crate) fn for_each_piece(
+        &self,
+        index: usize,
+        piece: usize,
+        f: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let tensor = self
+            .tensor(index)
+            .ok_or_else(|| Error::NotFound(format!("{}: no tensor #{index}", self.name())))?;
+        if self.source.mappable().is_some() {
+            return f(self.view(index)?);
+        }
+        let total = tensor.nbytes;
+        let mut buffer = vec![0u8; (total.min(piece.max(1) as u64)) as usize];
+        let mut at = 0u64;
+        while at < total {
+            let n = (total - at).min(buffer.len() as u64) as usize;
+            self.read_stored(index, at, &mut buffer[..n])?;
+            f(&buffer[..n])?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Tensor `index`'s bytes from `offset` into `buf`, read raw (unverified): zeros for a
+    /// zero-filled tensor.
+    pub(crate) fn read_stored(&self, index: usize, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let tensor = self
+            .tensor(index)
+            .ok_or_else(|| Error::NotFound(format!("{}: no tensor #{index}", self.name())))?;
+        if offset.saturating_add(buf.len() as u64) > tensor.nbytes {
+            return Err(Error::invalid(format!(
+                "{}: bytes {offset}..+{} are past the end of tensor '{}'",
+                self.name(),
+                buf.len(),
+                tensor.name
+            )));
+        }
+        if tensor.zero_fill {
+            buf.fill(0);
+            return Ok(());
+        }
+        read_exact(self.source.as_ref(), tensor.offset + offset, buf)
+            .map_err(|e| e.in_tensor(&tensor.name))
+    }
+
     /// Tensor `index`'s bytes in place, unverified.
     fn raw_view(&self, index: usize) -> Result<&[u8]> {
         let tensor = self
@@ -402,7 +510,7 @@ impl Deserializer {
     }
 
     /// The source's mapping capability, or why views are impossible.
-    fn mappable(&self) -> Result<&dyn Mappable> {
+    pub(crate) fn mappable(&self) -> Result<&dyn Mappable> {
         self.source.mappable().ok_or_else(|| {
             Error::Unsupported(format!(
                 "{}: this source cannot be memory-mapped (zero-copy views need a file or memory)",

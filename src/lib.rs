@@ -43,6 +43,8 @@ pub mod format;
 pub mod options;
 pub mod pipeline;
 mod pool;
+#[cfg(feature = "remote")]
+pub mod remote;
 pub mod serializer;
 pub mod sink;
 pub mod source;

@@ -37,7 +37,7 @@ pub struct ReadOptions {
     pub(crate) chunk_size: u64,
     /// Read requests kept in flight (I/O threads); 0: the source's hint.
     pub(crate) requests_in_flight: u32,
-    /// Staging lanes (two pinned buffers each) per device; 0: one per CPU worker.
+    /// Staging lanes (two pinned buffers each) per device; 0: one per request in flight.
     pub(crate) staging_lanes: usize,
     /// Least time between two progress reports.
     pub(crate) progress_interval: Duration,
@@ -54,6 +54,8 @@ pub struct ReadOptions {
     pub(crate) verify_sha256: bool,
     /// The caller's `CUstream` that copies to device memory go on (0: plaid's own streams).
     pub(crate) cuda_stream: usize,
+    /// Remote storage configuration (URLs only).
+    pub(crate) storage: StorageOptions,
 }
 
 impl Default for ReadOptions {
@@ -71,11 +73,23 @@ impl Default for ReadOptions {
             huge_pages: true,
             verify_sha256: true,
             cuda_stream: 0,
+            storage: StorageOptions::default(),
         }
     }
 }
 
 impl ReadOptions {
+    /// Set a remote storage option ([`StorageOptions::set`]).
+    pub fn storage(mut self, key: &str, value: &str) -> Result<Self> {
+        self.storage.set(key, value)?;
+        Ok(self)
+    }
+
+    /// The remote storage options.
+    pub fn storage_options(&self) -> &StorageOptions {
+        &self.storage
+    }
+
     /// Turn verification on or off.
     pub fn verify(mut self, verify: bool) -> Self {
         self.verify = verify;
@@ -139,7 +153,7 @@ impl ReadOptions {
     }
 
     /// Set how many staging lanes (two pinned buffers of one request each) each device
-    /// gets; 0 (the default) gives one per CPU worker.
+    /// gets; 0 (the default) gives one per request in flight.
     pub fn staging_lanes(mut self, lanes: usize) -> Result<Self> {
         if lanes > MAX_STAGING_LANES {
             return Err(Error::invalid(format!(
@@ -155,7 +169,7 @@ impl ReadOptions {
         self.requests_in_flight
     }
 
-    /// Staging lanes per device (0: one per CPU worker).
+    /// Staging lanes per device (0: one per request in flight).
     pub fn lanes(&self) -> usize {
         self.staging_lanes
     }
@@ -260,6 +274,8 @@ pub struct WriteOptions {
     pub(crate) threads: usize,
     /// `fsync` the file and its directory before reporting success (default on).
     pub(crate) sync: bool,
+    /// Remote storage configuration (URLs only).
+    pub(crate) storage: StorageOptions,
 }
 
 impl Default for WriteOptions {
@@ -269,6 +285,7 @@ impl Default for WriteOptions {
             checksum_block_size: DEFAULT_BLOCK_SIZE,
             threads: 0,
             sync: true,
+            storage: StorageOptions::default(),
         }
     }
 }
@@ -300,6 +317,17 @@ impl WriteOptions {
     pub fn threads(mut self, threads: usize) -> Result<Self> {
         self.threads = check_threads(threads)?;
         Ok(self)
+    }
+
+    /// Set a remote storage option ([`StorageOptions::set`]).
+    pub fn storage(mut self, key: &str, value: &str) -> Result<Self> {
+        self.storage.set(key, value)?;
+        Ok(self)
+    }
+
+    /// The remote storage options.
+    pub fn storage_options(&self) -> &StorageOptions {
+        &self.storage
     }
 
     /// Turn `fsync` on or off.
@@ -339,4 +367,63 @@ fn check_threads(threads: usize) -> Result<usize> {
 
 fn resolve_threads(threads: usize) -> usize {
     crate::pool::threads_or_cores(threads)
+}
+
+/// Configuration of remote storage (`s3://`, `gs://`, `az://`, `http(s)://`), as
+/// `object_store`-style key/value pairs (`aws_region`, `aws_endpoint`, `timeout`,
+/// `google_service_account`, `azure_storage_account_name`, ...) and a few of plaid's own
+/// (`max_retries`, `retry_timeout`, `aws_profile`, `aws_ca_bundle`, `upload_part_size`,
+/// `upload_parts_in_flight`). Values set here take precedence over the environment. Keys are
+/// checked when set; values when a URL is opened. `Debug` never shows a value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct StorageOptions {
+    pairs: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for StorageOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.pairs.iter().map(|(k, _)| k))
+            .finish()
+    }
+}
+
+impl StorageOptions {
+    /// Set `key` to `value`, replacing an earlier value of the same key. An unknown key is
+    /// [`Error::InvalidArgument`] naming it; in a build without remote storage every key is
+    /// [`Error::Unsupported`].
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let key = key.trim().to_ascii_lowercase();
+        check_storage_key(&key)?;
+        match self.pairs.iter_mut().find(|(k, _)| *k == key) {
+            Some(pair) => pair.1 = value.to_owned(),
+            None => self.pairs.push((key, value.to_owned())),
+        }
+        Ok(())
+    }
+
+    /// The value of `key`, if set.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every key and value, in the order first set.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+#[cfg(feature = "remote")]
+fn check_storage_key(key: &str) -> Result<()> {
+    crate::remote::check_key(key)
+}
+
+#[cfg(not(feature = "remote"))]
+fn check_storage_key(key: &str) -> Result<()> {
+    Err(Error::Unsupported(format!(
+        "storage option '{key}': this build of plaid has no remote storage (the `remote` feature is off)"
+    )))
 }

@@ -1,5 +1,7 @@
 //! Writing a file, atomically: everything goes to a temporary file beside the target,
-//! which is synced and renamed over the target only when complete.
+//! which is synced and renamed over the target only when complete. A URL target
+//! (`s3://`, `gs://`, `az://`) is written with a multipart upload that is completed only
+//! when the whole file is written, and aborted otherwise.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, Permissions};
@@ -47,20 +49,27 @@ enum Data<'a> {
     Host(&'a [u8]),
     /// In device memory on a CUDA device, copied out through pinned buffers while writing.
     Cuda { device: i32, address: u64, len: u64 },
+    /// Tensor `index` of another open file, read in pieces while writing (a conversion
+    /// from a URL).
+    Read {
+        source: &'a crate::deserializer::Deserializer,
+        index: usize,
+        len: u64,
+    },
 }
 
 impl Data<'_> {
     fn len(&self) -> u64 {
         match self {
             Data::Host(bytes) => bytes.len() as u64,
-            Data::Cuda { len, .. } => *len,
+            Data::Cuda { len, .. } | Data::Read { len, .. } => *len,
         }
     }
 
     fn host(&self) -> &[u8] {
         match self {
             Data::Host(bytes) => bytes,
-            Data::Cuda { .. } => &[],
+            Data::Cuda { .. } | Data::Read { .. } => &[],
         }
     }
 }
@@ -71,11 +80,20 @@ impl Data<'_> {
 /// removes its temporary file; the target path is untouched.
 pub struct Serializer<'a> {
     target: PathBuf,
-    temp: NamedTempFile,
+    out: Out,
     options: WriteOptions,
     tensors: Vec<PendingTensor<'a>>,
     names: HashSet<String>,
     metadata: BTreeMap<String, String>,
+}
+
+/// Where the bytes go.
+enum Out {
+    /// A temporary file beside the target, renamed over it at the end.
+    File(NamedTempFile),
+    /// An object store upload, completed at the end.
+    #[cfg(feature = "remote")]
+    Remote(crate::remote::Upload),
 }
 
 impl std::fmt::Debug for Serializer<'_> {
@@ -90,11 +108,32 @@ impl std::fmt::Debug for Serializer<'_> {
 impl<'a> Serializer<'a> {
     /// Prepare to write `path`. The temporary file is created now, so an unwritable
     /// directory fails here rather than at the end.
+    ///
+    /// `path` may be a URL of object storage (`s3://bucket/key`, `gs://...`, `az://...`),
+    /// configured from the environment and the write options' storage options: the
+    /// multipart upload is started now (bad credentials fail here), its parts are sent
+    /// while `finish` produces the file, and the object appears only when `finish`
+    /// succeeds; dropping the serializer or a failed `finish` aborts the upload.
     pub fn create(path: impl AsRef<Path>, options: WriteOptions) -> Result<Serializer<'a>> {
         let target = path.as_ref().to_path_buf();
         let shown = target.display().to_string();
         if shown.is_empty() {
             return Err(Error::invalid("the path is empty"));
+        }
+        if crate::deserializer::is_url(&shown) {
+            #[cfg(feature = "remote")]
+            return Ok(Serializer {
+                out: Out::Remote(crate::remote::Upload::create(&shown, &options.storage)?),
+                target,
+                options,
+                tensors: Vec::new(),
+                names: HashSet::new(),
+                metadata: BTreeMap::new(),
+            });
+            #[cfg(not(feature = "remote"))]
+            return Err(Error::Unsupported(format!(
+                "{shown}: this build of plaid writes no URLs (the `remote` feature is off)"
+            )));
         }
         let names_a_directory = shown.ends_with('/') || target.is_dir();
         let file_name = match target.file_name() {
@@ -119,7 +158,7 @@ impl<'a> Serializer<'a> {
             .map_err(|e| Error::io(format!("creating a temporary file in {}", dir.display()), e))?;
         Ok(Serializer {
             target,
-            temp,
+            out: Out::File(temp),
             options,
             tensors: Vec::new(),
             names: HashSet::new(),
@@ -151,6 +190,30 @@ impl<'a> Serializer<'a> {
         origin: TensorOrigin,
     ) -> Result<()> {
         self.add(name, dtype, shape, Data::Host(data), origin)
+    }
+
+    /// Add tensor `index` of `source`, read in pieces while the file is written (for a
+    /// source whose bytes are not in memory, such as a URL): memory stays at one piece.
+    pub(crate) fn add_tensor_read(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        origin: TensorOrigin,
+        source: &'a crate::deserializer::Deserializer,
+        index: usize,
+    ) -> Result<()> {
+        let len = source
+            .tensor(index)
+            .map(|t| t.nbytes)
+            .ok_or_else(|| Error::NotFound(format!("{}: no tensor #{index}", source.name())))?;
+        self.add(
+            name,
+            dtype,
+            shape,
+            Data::Read { source, index, len },
+            origin,
+        )
     }
 
     /// Add a tensor that lives in device memory: `nbytes` (product(shape) * dtype size)
@@ -268,24 +331,22 @@ impl<'a> Serializer<'a> {
     /// [`Serializer::finish`], calling `progress(bytes_written, total_bytes)` after each
     /// tensor is written.
     pub fn finish_with_progress(self, progress: &mut dyn FnMut(u64, u64)) -> Result<WriteStats> {
+        let temp = match self.out {
+            Out::File(temp) => temp,
+            #[cfg(feature = "remote")]
+            Out::Remote(upload) => {
+                return finish_remote(
+                    &self.tensors,
+                    &self.metadata,
+                    &self.options,
+                    upload,
+                    progress,
+                )
+            }
+        };
         let started = Instant::now();
         let block_size = self.options.checksum_block_size;
-        let plan = |crcs: Vec<Vec<u32>>| -> Vec<PlannedTensor> {
-            self.tensors
-                .iter()
-                .zip(crcs)
-                .map(|(t, block_crc32c)| PlannedTensor {
-                    name: t.name.clone(),
-                    dtype: t.dtype,
-                    shape: t.shape.clone(),
-                    nbytes: t.data.len(),
-                    block_crc32c,
-                    role: t.origin.role,
-                    module_index: t.origin.module_index,
-                    path: t.origin.path.clone(),
-                })
-                .collect()
-        };
+        let plan = |crcs: Vec<Vec<u32>>| planned(&self.tensors, crcs);
         // The checksums are fixed-width in the header, so the layout is known before they
         // are: tensor data is written while other threads compute them, and the header
         // last. Gaps between tensors are left as holes, which read as zeros.
@@ -304,7 +365,7 @@ impl<'a> Serializer<'a> {
         let target = self.target.display().to_string();
         let fail =
             |what: &str, e: std::io::Error| Error::io(format!("writing {target}: {what}"), e);
-        let file = self.temp.as_file();
+        let file = temp.as_file();
         let checksum_threads = self.options.worker_threads().saturating_sub(1).max(1);
         let (crcs, checksum_time) = std::thread::scope(|scope| {
             let checksums = scope.spawn(|| {
@@ -340,8 +401,7 @@ impl<'a> Serializer<'a> {
         if self.options.sync {
             file.sync_all().map_err(|e| fail("fsync", e))?;
         }
-        self.temp
-            .persist(&self.target)
+        temp.persist(&self.target)
             .map_err(|e| fail("renaming the temporary file into place", e.error))?;
         if self.options.sync {
             sync_parent(&self.target).map_err(|e| fail("fsync of the directory", e))?;
@@ -381,16 +441,13 @@ fn write_data(
                     progress(at, layout.file_length);
                 }
             }
-            Data::Cuda {
-                device,
-                address,
-                len,
-            } => {
+            Data::Cuda { .. } | Data::Read { .. } => {
                 // Whole checksum blocks per piece (both are powers of two).
                 let chunk = usize::try_from(block_size.max(16 << 20)).unwrap_or(16 << 20);
                 let block = usize::try_from(block_size).unwrap_or(usize::MAX);
+                let len = tensor.data.len();
                 let mut crcs = Vec::with_capacity(block_count(len, block_size) as usize);
-                crate::cuda::copy_from_device(device, address, len, chunk, &mut |at, bytes| {
+                stream_out(&tensor.data, chunk, &mut |at, bytes| {
                     crcs.extend(bytes.chunks(block).map(crc32c));
                     let to = offset + at;
                     file.write_all_at(bytes, to).map_err(|e| {
@@ -405,6 +462,133 @@ fn write_data(
         }
     }
     Ok(device_crcs)
+}
+
+/// Hand the bytes of a tensor not in host memory (device memory, another file) to `f` in
+/// order, in pieces of `chunk` bytes (a multiple of the checksum block size) or, for a
+/// file whose bytes are in memory, in one piece; `f` gets each piece's offset in the tensor.
+fn stream_out(
+    data: &Data<'_>,
+    chunk: usize,
+    f: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    match *data {
+        Data::Host(bytes) => {
+            let mut at = 0u64;
+            for piece in bytes.chunks(chunk.max(1)) {
+                f(at, piece)?;
+                at += piece.len() as u64;
+            }
+            Ok(())
+        }
+        Data::Cuda {
+            device,
+            address,
+            len,
+        } => crate::cuda::copy_from_device(device, address, len, chunk, f),
+        Data::Read { source, index, .. } => {
+            let mut at = 0u64;
+            source.for_each_piece(index, chunk, &mut |piece| {
+                f(at, piece)?;
+                at += piece.len() as u64;
+                Ok(())
+            })
+        }
+    }
+}
+
+/// The tensors as the header plans them, with their block checksums.
+fn planned(tensors: &[PendingTensor<'_>], crcs: Vec<Vec<u32>>) -> Vec<PlannedTensor> {
+    tensors
+        .iter()
+        .zip(crcs)
+        .map(|(t, block_crc32c)| PlannedTensor {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            nbytes: t.data.len(),
+            block_crc32c,
+            role: t.origin.role,
+            module_index: t.origin.module_index,
+            path: t.origin.path.clone(),
+        })
+        .collect()
+}
+
+/// Write the file as one stream into `upload`: the header goes first, so every checksum
+/// is computed before (for device tensors, by a first copy out of device memory), then the
+/// data in file order, zeros between tensors. The object appears when the upload
+/// completes; any failure aborts it.
+#[cfg(feature = "remote")]
+fn finish_remote(
+    tensors: &[PendingTensor<'_>],
+    metadata: &BTreeMap<String, String>,
+    options: &WriteOptions,
+    mut upload: crate::remote::Upload,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<WriteStats> {
+    const PIECE: usize = 8 << 20;
+    let started = Instant::now();
+    let block_size = options.checksum_block_size;
+    let chunk = usize::try_from(block_size.max(16 << 20)).unwrap_or(16 << 20);
+    let block = usize::try_from(block_size).unwrap_or(usize::MAX);
+    let mut crcs = block_checksums(tensors, block_size, options.worker_threads());
+    for (i, tensor) in tensors.iter().enumerate() {
+        if !matches!(tensor.data, Data::Host(_)) {
+            let len = tensor.data.len();
+            let mut streamed = Vec::with_capacity(block_count(len, block_size) as usize);
+            stream_out(&tensor.data, chunk, &mut |_, bytes| {
+                streamed.extend(bytes.chunks(block).map(crc32c));
+                Ok(())
+            })
+            .map_err(|e| e.in_tensor(&tensor.name))?;
+            crcs[i] = streamed;
+        }
+    }
+    let checksum_time = started.elapsed();
+    let layout = plaid::layout(
+        &planned(tensors, crcs),
+        metadata,
+        options.alignment,
+        block_size,
+    )?;
+    let total = layout.file_length;
+    let zeros = vec![0u8; 1 << 16];
+    let mut at = 0u64;
+    let pad = |upload: &mut crate::remote::Upload, at: &mut u64, to: u64| -> Result<()> {
+        while *at < to {
+            let n = (to - *at).min(zeros.len() as u64) as usize;
+            upload.write(&zeros[..n])?;
+            *at += n as u64;
+        }
+        Ok(())
+    };
+    upload.write(&layout.head)?;
+    at += layout.head.len() as u64;
+    for (tensor, &offset) in tensors.iter().zip(&layout.offsets) {
+        pad(&mut upload, &mut at, offset)?;
+        let piece = if matches!(tensor.data, Data::Host(_)) {
+            PIECE
+        } else {
+            chunk
+        };
+        stream_out(&tensor.data, piece, &mut |_, bytes| {
+            upload.write(bytes)?;
+            at += bytes.len() as u64;
+            progress(at, total);
+            Ok(())
+        })
+        .map_err(|e| e.in_tensor(&tensor.name))?;
+    }
+    pad(&mut upload, &mut at, total)?;
+    upload.finish()?;
+    Ok(WriteStats {
+        tensors: tensors.len(),
+        data_bytes: tensors.iter().map(|t| t.data.len()).sum(),
+        file_length: total,
+        checksum_time,
+        write_time: started.elapsed(),
+    })
 }
 
 /// CRC-32C of every block of every tensor, spread over `threads` threads (in runs of 16

@@ -200,3 +200,98 @@ fn convert_between_all_formats() {
     let (ok, _, err) = plaid(&["convert", encrypted.to_str().unwrap(), &at("x.plaid")]);
     assert!(!ok && err.contains("encrypted"), "{err}");
 }
+
+/// `plaid` with `env` set (and every other `AWS_` variable removed).
+#[cfg(feature = "remote")]
+fn plaid_with_env(args: &[&str], env: &[(&str, String)]) -> (bool, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_plaid"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("AWS_") {
+            command.env_remove(key);
+        }
+    }
+    let out = command
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Converting to S3 (configured from `AWS_*` variables, an `http://` endpoint used as
+/// given), then inspecting, verifying and converting back from it; missing objects and
+/// wrong keys exit non-zero naming the URL.
+#[cfg(feature = "remote")]
+#[test]
+fn urls_wherever_the_cli_takes_a_file() {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let Some(endpoint) = var("PLAID_TEST_S3_ENDPOINT") else {
+        assert!(
+            var("PLAID_TEST_REQUIRE_SERVERS").is_none(),
+            "PLAID_TEST_S3_ENDPOINT is not set: the test servers are not running"
+        );
+        eprintln!("skipped: the test servers are not running (scripts/servers)");
+        return;
+    };
+    let env = vec![
+        ("AWS_ENDPOINT_URL", endpoint),
+        (
+            "AWS_ACCESS_KEY_ID",
+            var("PLAID_TEST_S3_ACCESS_KEY").unwrap(),
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            var("PLAID_TEST_S3_SECRET_KEY").unwrap(),
+        ),
+        ("AWS_REGION", var("PLAID_TEST_S3_REGION").unwrap()),
+    ];
+    let bucket = var("PLAID_TEST_S3_BUCKET").unwrap();
+    let prefix = format!("s3://{bucket}/cli-{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    let a = random_bytes(3 << 20, 1);
+    let mut s = Serializer::create(&path, WriteOptions::default()).unwrap();
+    s.add_tensor("encoder.weight", DType::BF16, &[1024, 1536], &a)
+        .unwrap();
+    s.set_metadata("architecture", "test").unwrap();
+    s.finish().unwrap();
+    let local = path.to_str().unwrap();
+
+    for (name, format) in [
+        ("m.plaid", "plaid"),
+        ("m.safetensors", "safetensors"),
+        ("m.tensors", "tensorizer"),
+    ] {
+        let url = format!("{prefix}/{name}");
+        let (ok, out, err) = plaid_with_env(&["convert", local, &url], &env);
+        assert!(ok, "convert to {url}: {out}{err}");
+        let (ok, out, err) = plaid_with_env(&["inspect", &url], &env);
+        assert!(
+            ok && out.contains("encoder.weight") && out.contains(format),
+            "{out}{err}"
+        );
+        let (ok, out, err) = plaid_with_env(&["verify", &url], &env);
+        assert!(ok, "{out}{err}");
+        // And back from the URL to a local file.
+        let back = dir.path().join(format!("back-{name}"));
+        let (ok, out, err) = plaid_with_env(&["convert", &url, back.to_str().unwrap()], &env);
+        assert!(ok, "convert from {url}: {out}{err}");
+        let d = Deserializer::open(&back, ReadOptions::default()).unwrap();
+        assert_eq!(d.read_tensor(0).unwrap(), a);
+    }
+    let missing = format!("{prefix}/absent.plaid");
+    let (ok, _, err) = plaid_with_env(&["inspect", &missing], &env);
+    assert!(
+        !ok && err.contains(&missing) && err.contains("404"),
+        "{err}"
+    );
+    let mut wrong = env.clone();
+    wrong[2].1 = "wrong".into();
+    let url = format!("{prefix}/m.plaid");
+    let (ok, _, err) = plaid_with_env(&["verify", &url], &wrong);
+    assert!(!ok && err.contains(&url) && err.contains("403"), "{err}");
+}

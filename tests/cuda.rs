@@ -6,6 +6,9 @@
 //! wrong bytes, and it refuses calls made without a current context.
 
 mod common;
+#[cfg(feature = "remote")]
+#[path = "remote/fault_server.rs"]
+mod fault_server;
 
 use std::ffi::c_void;
 use std::path::Path;
@@ -347,6 +350,100 @@ fn child_streamed_sources() {
         let host = Deserializer::open(&file, ReadOptions::default()).unwrap();
         let loaded = load_to_device(&stream(&file, 3), &|_| false).unwrap();
         assert_eq!(loaded, common::load_all(&host).unwrap(), "{fixture}");
+    }
+    assert_eq!(stats().3, 0, "misuse");
+}
+
+#[cfg(feature = "remote")]
+#[test]
+fn remote_sources_into_device_memory_against_the_stand_in() {
+    run_child("child_remote_sources", false, &[]);
+}
+
+/// Every format over HTTP (a server inside the test, with a reset mid-body to resume) and,
+/// where the test servers run, from S3, into stand-in device memory: pinned memory bounded
+/// by lanes x 2 x the request size.
+#[cfg(feature = "remote")]
+#[test]
+#[ignore = "run by remote_sources_into_device_memory_against_the_stand_in with the stand-in driver"]
+fn child_remote_sources() {
+    in_child();
+    let server = fault_server::FaultServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    let model = write_model(&path);
+    let expected: Vec<Vec<u8>> = model.iter().map(|t| t.3.clone()).collect();
+    let safetensors = dir.path().join("m.safetensors");
+    let d = Deserializer::open(&path, ReadOptions::default()).unwrap();
+    plaid::convert::to_safetensors(&d, &safetensors, &mut |_, _| {}).unwrap();
+    server.put("m.plaid", std::fs::read(&path).unwrap());
+    server.put("m.safetensors", std::fs::read(&safetensors).unwrap());
+    let request = 256u64 << 10;
+    let lanes = 3;
+    let options = || {
+        ReadOptions::default()
+            .threads(2)
+            .unwrap()
+            .chunk_size(request)
+            .unwrap()
+            .requests_in_flight(8)
+            .unwrap()
+            .staging_lanes(lanes)
+            .unwrap()
+            .storage("max_retries", "3")
+            .unwrap()
+    };
+    for name in ["m.plaid", "m.safetensors"] {
+        server.set_fault(fault_server::Fault::ResetMidBody { remaining: 2 });
+        let d = Deserializer::open(server.url_of(name), options()).unwrap();
+        reset_stats();
+        let loaded = load_to_device(&d, &|i| i % 5 == 0).unwrap();
+        assert!(loaded == expected, "{name}");
+        let (pinned, _, copies, misuse) = stats();
+        assert_eq!(misuse, 0);
+        assert!(copies > 0);
+        assert!(
+            pinned as usize <= lanes * 2 * request as usize,
+            "{pinned} pinned bytes"
+        );
+    }
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tensorizer/module_tiny_lm_f32.tensors");
+    server.put("m.tensors", std::fs::read(&fixture).unwrap());
+    let host = Deserializer::open(&fixture, ReadOptions::default()).unwrap();
+    let remote = Deserializer::open(server.url_of("m.tensors"), options()).unwrap();
+    assert_eq!(
+        load_to_device(&remote, &|_| false).unwrap(),
+        common::load_all(&host).unwrap()
+    );
+    // From S3 too, where the test servers run (uploaded by plaid itself).
+    if let Ok(endpoint) = std::env::var("PLAID_TEST_S3_ENDPOINT") {
+        let var = |n: &str| std::env::var(n).unwrap();
+        let pairs = [
+            ("aws_endpoint", endpoint),
+            ("aws_access_key_id", var("PLAID_TEST_S3_ACCESS_KEY")),
+            ("aws_secret_access_key", var("PLAID_TEST_S3_SECRET_KEY")),
+            ("aws_region", var("PLAID_TEST_S3_REGION")),
+        ];
+        let url = format!(
+            "s3://{}/cuda-{}/m.plaid",
+            var("PLAID_TEST_S3_BUCKET"),
+            std::process::id()
+        );
+        let mut upload_options = plaid::options::StorageOptions::default();
+        let mut read = options();
+        for (k, v) in &pairs {
+            upload_options.set(k, v).unwrap();
+            read = read.storage(k, v).unwrap();
+        }
+        let mut upload = plaid::remote::Upload::create(&url, &upload_options).unwrap();
+        upload.write(&std::fs::read(&path).unwrap()).unwrap();
+        upload.finish().unwrap();
+        let d = Deserializer::open(&url, read).unwrap();
+        assert!(
+            load_to_device(&d, &|i| i % 3 == 0).unwrap() == expected,
+            "{url}"
+        );
     }
     assert_eq!(stats().3, 0, "misuse");
 }

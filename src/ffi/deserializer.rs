@@ -88,18 +88,26 @@ impl plaid_deserializer {
     }
 }
 
-/// Open the file at `source` (a UTF-8 path) and read and validate its header; no tensor
-/// data is read yet. The format (plaid, safetensors or tensorizer) is detected from the first bytes,
-/// never from the name; `plaid_deserializer_format` tells which. A sharded safetensors
-/// checkpoint opens through its `model.safetensors.index.json` as one model. `options` may be NULL
-/// for defaults and may be freed after this call.
+/// Open the file at `source` (a UTF-8 path, or a URL: `http://`, `https://`,
+/// `s3://bucket/key`, `gs://bucket/key`, `az://container/key`) and read and validate its
+/// header; no tensor data is read yet. The format (plaid, safetensors or tensorizer) is
+/// detected from the first bytes, never from the name; `plaid_deserializer_format` tells
+/// which. A sharded safetensors checkpoint opens through its `model.safetensors.index.json`
+/// as one model (for a URL, its shards are resolved beside it). `options` may be NULL for
+/// defaults and may be freed after this call. A URL is configured from the environment
+/// (`AWS_*`, `AWS_PROFILE`, `GOOGLE_*`, `AZURE_*`) and `plaid_read_options_set_storage`;
+/// its object's ETag is pinned now and every later range is asked `If-Match` it, so an
+/// object replaced during a load fails the load instead of mixing versions; data goes
+/// from the network into the destinations as it arrives.
 /// On success `*out` holds a handle to free with `plaid_deserializer_free`; on failure
 /// `*out` is untouched.
 ///
-/// Returns `PLAID_ERR_IO` if the file cannot be opened, `PLAID_ERR_FORMAT` for a bad
+/// Returns `PLAID_ERR_IO` if the file cannot be opened or a remote request fails (after
+/// retries; the message names the URL, the byte range, the HTTP status and the store's
+/// error code), `PLAID_ERR_NOT_FOUND` for a missing object, `PLAID_ERR_FORMAT` for a bad
 /// magic, a damaged header or a truncated file (the message gives the offset),
-/// `PLAID_ERR_UNSUPPORTED` for a newer format version, an unknown dtype or an encrypted
-/// tensorizer file.
+/// `PLAID_ERR_UNSUPPORTED` for a newer format version, an unknown dtype, an encrypted
+/// tensorizer file or a URL in a build without remote storage.
 ///
 /// # Safety
 /// `source` is NULL or NUL-terminated; `options` NULL or a live handle; `out` NULL or

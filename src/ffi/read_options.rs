@@ -2,7 +2,7 @@
 //! the defaults.
 
 use super::status::plaid_status;
-use super::{boundary, handle_mut, out_ptr, publish, release};
+use super::{boundary, c_str, handle_mut, out_ptr, publish, release};
 use crate::options::ReadOptions;
 
 /// Options for `plaid_deserializer_open`. Opaque; made by `plaid_read_options_new`,
@@ -254,7 +254,7 @@ pub unsafe extern "C" fn plaid_read_options_set_requests_in_flight(
 
 /// Staging lanes per CUDA device: each holds two pinned buffers of one request, and an
 /// I/O thread takes one for each job bound for device memory; 0 (the default) gives one
-/// per CPU worker. At most 1024. Pinned memory is lanes x 2 x the request size per device,
+/// per request in flight. At most 1024. Pinned memory is lanes x 2 x the request size per device,
 /// however many requests are in flight.
 ///
 /// # Safety
@@ -269,5 +269,37 @@ pub unsafe extern "C" fn plaid_read_options_set_staging_lanes(
         let o = unsafe { handle_mut(options, "options") }?;
         o.inner = o.inner.clone().staging_lanes(lanes as usize)?;
         Ok(())
+    })
+}
+
+/// Set one option of remote storage, used when `plaid_deserializer_open` is given a URL:
+/// `key` is an `object_store` configuration key (`aws_access_key_id`,
+/// `aws_secret_access_key`, `aws_session_token`, `aws_region`, `aws_endpoint` (an
+/// `http://` endpoint is used as given), `aws_virtual_hosted_style_request`,
+/// `aws_skip_signature` (unsigned requests, for public buckets), `timeout`,
+/// `connect_timeout`, `allow_http`, `google_service_account`, `google_base_url`,
+/// `azure_storage_account_name`, `azure_storage_access_key`, `azure_storage_endpoint`, ...)
+/// or one of plaid's: `aws_profile` (a profile of `~/.aws/config` and `credentials`),
+/// `aws_ca_bundle`, `max_retries` (default 10), `retry_timeout` (`30s`, `2m`; default 3
+/// minutes). Values set here take precedence over the environment (`AWS_*` and the
+/// others). Keys are case-insensitive; setting a key again replaces its value. Returns
+/// `PLAID_ERR_INVALID_ARGUMENT` for an unknown key (values are checked when a URL is
+/// opened), `PLAID_ERR_UNSUPPORTED` in a build without remote storage.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle; `key` and `value` NULL (an error) or
+/// NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_read_options_set_storage(
+    options: *mut plaid_read_options,
+    key: *const std::ffi::c_char,
+    value: *const std::ffi::c_char,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let o = unsafe { handle_mut(options, "options") }?;
+        // SAFETY: per the contract.
+        let (key, value) = unsafe { (c_str(key, "key")?, c_str(value, "value")?) };
+        o.inner.storage.set(key, value)
     })
 }

@@ -29,12 +29,18 @@ impl plaid_serializer {
 
 /// Start writing a file at `path` (UTF-8). Nothing appears at `path` until
 /// `plaid_serializer_finish` succeeds: data goes to a temporary file beside it, which is
-/// removed if the serializer is freed unfinished. `options` may be NULL for defaults and
-/// may be freed after this call. On success `*out` holds a handle to free with
-/// `plaid_serializer_free`; on failure `*out` is untouched.
+/// removed if the serializer is freed unfinished. `path` may be a URL of object storage
+/// (`s3://bucket/key`, `gs://...`, `az://...`, configured as in
+/// `plaid_write_options_set_storage`): a multipart upload starts now (bad credentials or a
+/// missing bucket fail here), its parts go out in parallel while `plaid_serializer_finish`
+/// produces the file, and the object appears only when it succeeds; a failed finish or a
+/// serializer freed unfinished aborts the upload and leaves no object. `options` may be
+/// NULL for defaults and may be freed after this call. On success `*out` holds a handle to
+/// free with `plaid_serializer_free`; on failure `*out` is untouched.
 ///
 /// Returns `PLAID_ERR_INVALID_ARGUMENT` for NULL `path`/`out` or bad UTF-8,
-/// `PLAID_ERR_IO` when the directory is not writable.
+/// `PLAID_ERR_IO` when the directory is not writable or the upload cannot start,
+/// `PLAID_ERR_NOT_FOUND` for a missing bucket.
 ///
 /// # Safety
 /// `path` is NULL or a NUL-terminated string; `options` is NULL or a live handle; `out`

@@ -26,7 +26,8 @@ pub const PLAID_ERR_CHECKSUM: plaid_status = 5;
 pub const PLAID_ERR_CAPACITY: plaid_status = 6;
 /// A callback returned non-zero.
 pub const PLAID_ERR_CANCELLED: plaid_status = 7;
-/// No tensor by that name.
+/// No tensor by that name, no metadata key, or no such file or object (a remote object
+/// that does not exist: HTTP 404, `NoSuchKey`).
 pub const PLAID_ERR_NOT_FOUND: plaid_status = 8;
 /// A CUDA destination was requested but no usable CUDA driver exists.
 pub const PLAID_ERR_NO_CUDA: plaid_status = 9;

@@ -1,7 +1,7 @@
 //! `plaid_write_options`: how a file is written. Pass NULL for the defaults.
 
 use super::status::plaid_status;
-use super::{boundary, handle_mut, out_ptr, publish, release};
+use super::{boundary, c_str, handle_mut, out_ptr, publish, release};
 use crate::options::WriteOptions;
 
 /// Options for `plaid_serializer_new`. Opaque; made by `plaid_write_options_new`,
@@ -107,5 +107,31 @@ pub unsafe extern "C" fn plaid_write_options_set_sync(
         let o = unsafe { handle_mut(options, "options") }?;
         o.inner = o.inner.clone().sync(sync != 0);
         Ok(())
+    })
+}
+
+/// Set one option of remote storage, used when `plaid_serializer_new` is given a URL
+/// (`s3://`, `gs://`, `az://`): the keys of `plaid_read_options_set_storage`, and for
+/// uploads `upload_part_size` (bytes per part of the multipart upload, 5 MiB to 5 GiB;
+/// default 16 MiB) and `upload_parts_in_flight` (parts sent at once, 1 to 256; default 8;
+/// host memory held by an upload is about their product). Returns
+/// `PLAID_ERR_INVALID_ARGUMENT` for an unknown key, `PLAID_ERR_UNSUPPORTED` in a build
+/// without remote storage.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle; `key` and `value` NULL (an error) or
+/// NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_write_options_set_storage(
+    options: *mut plaid_write_options,
+    key: *const std::ffi::c_char,
+    value: *const std::ffi::c_char,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let o = unsafe { handle_mut(options, "options") }?;
+        // SAFETY: per the contract.
+        let (key, value) = unsafe { (c_str(key, "key")?, c_str(value, "value")?) };
+        o.inner.storage.set(key, value)
     })
 }

@@ -201,8 +201,9 @@ pub(crate) fn load<'a>(
     let _turn = (!staged.is_empty()).then(|| sinks.turn());
     if !staged.is_empty() {
         let piece = policy(source, options).read_len();
+        // One lane per request in flight by default: a lane is what a request reads into.
         let lanes = match options.staging_lanes {
-            0 => options.worker_threads(),
+            0 => depth(source, options).io_threads,
             n => n,
         };
         for sink in &staged {

@@ -31,16 +31,16 @@ __all__ = [
 class safe_open:
     """Open a file the way ``safetensors.safe_open`` does: ``keys()``, ``metadata()``,
     ``get_tensor(name)`` (a new array or tensor, verified). ``framework`` is ``"np"``
-    (numpy) or ``"pt"`` (torch); ``device`` applies to torch. ``path`` may also be a
-    seekable binary file object or bytes-like data. Use as a context manager or call
-    ``close()``."""
+    (numpy) or ``"pt"`` (torch); ``device`` applies to torch. ``path`` may also be a URL
+    (http(s), s3, gs, az; ``storage_options`` configure it), a seekable binary file object
+    or bytes-like data. Use as a context manager or call ``close()``."""
 
-    def __init__(self, path, framework="np", device="cpu"):
+    def __init__(self, path, framework="np", device="cpu", *, storage_options=None):
         if framework not in ("np", "numpy", "pt", "torch"):
             raise InvalidArgumentError(f"framework {framework!r}: use 'np' or 'pt'")
         self._torch = framework in ("pt", "torch")
         self._device = device
-        self._reader = _core.Reader(path)
+        self._reader = _core.Reader(path, storage_options=storage_options)
 
     def keys(self):
         """Tensor names, in file order."""
@@ -73,14 +73,15 @@ class safe_open:
         self.close()
 
 
-def load_into(path, targets, *, verify=True):
+def load_into(path, targets, *, verify=True, storage_options=None):
     """Fill ``targets`` (a dict of tensor names to numpy arrays or torch tensors, CPU or
-    CUDA, allocated by you) from the file at ``path`` (or a seekable binary file object, or
-    bytes-like data) in one pass, verified. Each target
+    CUDA, allocated by you) from the file at ``path`` (or a URL, configured by the
+    environment and ``storage_options``; or a seekable binary file object, or bytes-like
+    data) in one pass, verified: remote bytes go straight into the targets. Each target
     must have the tensor's dtype and shape, be contiguous and writable;
     `InvalidArgumentError` names the first that does not fit, `NotFoundError` a name the
     file lacks. Returns ``targets``."""
-    with _core.Reader(path, verify=verify) as reader:
+    with _core.Reader(path, verify=verify, storage_options=storage_options) as reader:
         destinations = {}
         for name, target in targets.items():
             meta = reader.find(name)

@@ -53,12 +53,14 @@ def _free_reader(handle):
 
 class Reader:
     """An open model file (plaid, safetensors or tensorizer, detected from its bytes):
-    ``path`` is a path (str or os.PathLike), a seekable binary file object, or bytes-like
-    data (see `_source`). ``close()`` frees it (twice is harmless); it is also a context
+    ``path`` is a path (str or os.PathLike), a URL (``http(s)://``, ``s3://bucket/key``,
+    ``gs://``, ``az://``; configured from the environment and ``storage_options``, a dict
+    of object_store-style keys such as ``aws_endpoint`` or ``aws_region``), a seekable
+    binary file object, or bytes-like data (see `_source`). ``close()`` frees it (twice is harmless); it is also a context
     manager, and a finalizer frees it if neither was used."""
 
     def __init__(self, path, *, verify=True, verify_sha256=True, threads=0, cuda_stream=None,
-                 requests_in_flight=0):
+                 requests_in_flight=0, storage_options=None):
         # A path, or the bytes themselves: a seekable binary file object or bytes-like data.
         source = None if _source.is_path(path) else _source.Source(path)
         self._check = check if source is None else source.check
@@ -72,6 +74,7 @@ class Reader:
                                                                 int(requests_in_flight or 0)))
             if cuda_stream:
                 check(lib.plaid_read_options_set_cuda_stream(options, cuda_stream))
+            set_storage(lib.plaid_read_options_set_storage, options, storage_options)
             handle = ctypes.c_void_p()
             if source is None:
                 check(lib.plaid_deserializer_open(os.fsencode(path), options,
@@ -208,17 +211,30 @@ class HostArena:
         return array
 
 
-def write(path, tensors, metadata=None):
+def set_storage(setter, options, storage_options):
+    """Apply a dict of remote storage options (object_store-style keys) to ``options``."""
+    for key, value in (storage_options or {}).items():
+        if not isinstance(key, str):
+            raise TypeError(f"storage option keys are str, got {key!r}")
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        check(setter(options, key.encode(), str(value).encode()))
+
+
+def write(path, tensors, metadata=None, storage_options=None):
     """Write a plaid file. ``tensors`` is a list of dicts with ``name``, ``dtype_id``,
     ``shape``, and either ``address`` (host) or ``cuda`` ((device, address)), ``nbytes``,
     optionally ``role``/``module_index``/``path`` and ``keep`` (an object that owns the
-    memory until the file is written). Atomic: nothing appears at ``path`` on failure."""
+    memory until the file is written). Atomic: nothing appears at ``path`` on failure.
+    ``path`` may be an object storage URL (``s3://``, ``gs://``, ``az://``), written with a
+    multipart upload that completes only on success (``storage_options`` configure it)."""
     options = ctypes.c_void_p()
     check(lib.plaid_write_options_new(ctypes.byref(options)))
     serializer = ctypes.c_void_p()
     try:
         check(lib.plaid_write_options_set_sync(options, 1))
-        check(lib.plaid_serializer_new(str(path).encode(), options, ctypes.byref(serializer)))
+        set_storage(lib.plaid_write_options_set_storage, options, storage_options)
+        check(lib.plaid_serializer_new(os.fsencode(path), options, ctypes.byref(serializer)))
     finally:
         lib.plaid_write_options_free(options)
     try:

@@ -26,8 +26,18 @@ _next_key = [1]
 
 
 def is_path(obj):
-    """Whether ``obj`` names a file (a str or an os.PathLike) rather than holding bytes."""
+    """Whether ``obj`` names a file (a str or an os.PathLike, a URL among them) rather than
+    holding bytes."""
     return isinstance(obj, (str, os.PathLike))
+
+
+_URL_SCHEMES = ("http://", "https://", "s3://", "s3a://", "gs://", "az://", "azure://")
+
+
+def is_url(obj):
+    """Whether ``obj`` is the URL of remote storage (http(s), s3, gs, az) rather than a
+    local path."""
+    return isinstance(obj, str) and obj[:8].lower().startswith(_URL_SCHEMES)
 
 
 class _Reader:

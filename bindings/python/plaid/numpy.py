@@ -43,9 +43,10 @@ def array_from(buffer, meta, dtype=None):
     return np.frombuffer(buffer, dtype=np.uint8).view(dtype).reshape(meta.shape)
 
 
-def save_file(tensors, path, metadata=None):
+def save_file(tensors, path, metadata=None, *, storage_options=None):
     """Write ``tensors`` (a dict of str to numpy arrays) and ``metadata`` (a dict of str to
-    str) as a plaid file at ``path``, atomically, with checksums."""
+    str) as a plaid file at ``path`` (or an ``s3://``/``gs://``/``az://`` URL, configured by
+    the environment and ``storage_options``), atomically, with checksums."""
     items = []
     for name, array in tensors.items():
         if not isinstance(array, np.ndarray):
@@ -56,13 +57,14 @@ def save_file(tensors, path, metadata=None):
         items.append({"name": name, "dtype_id": dtype_id(contiguous.dtype),
                       "shape": contiguous.shape, "address": contiguous.ctypes.data,
                       "nbytes": contiguous.nbytes, "keep": contiguous})
-    _core.write(path, items, metadata)
+    _core.write(path, items, metadata, storage_options)
 
 
-def load_file(path):
-    """Every tensor of the file at ``path`` (or of a seekable binary file object, or of
-    bytes-like data) as numpy arrays (in one allocation the arrays keep alive), verified."""
-    with _core.Reader(path) as reader:
+def load_file(path, *, storage_options=None):
+    """Every tensor of the file at ``path`` (or at a URL: http(s), s3, gs, az; or of a
+    seekable binary file object, or of bytes-like data) as numpy arrays (in one allocation
+    the arrays keep alive), verified."""
+    with _core.Reader(path, storage_options=storage_options) as reader:
         for meta in reader.tensors:
             numpy_dtype(meta)  # refuse before reading anything
         arena = reader.load_host()

@@ -97,7 +97,7 @@ def _load_all(reader, device, wanted=None):
     return out
 
 
-def load_file(path, device="cpu", *, mmap=True, verify=True):
+def load_file(path, device="cpu", *, mmap=True, verify=True, storage_options=None):
     """Every tensor of the file at ``path`` as torch tensors on ``device`` (``"cpu"``,
     ``"cuda"`` or ``"cuda:N"``), verified (unless ``verify=False``). ``path`` may also be a
     seekable binary file object or bytes-like data: read through, never mapped.
@@ -107,12 +107,18 @@ def load_file(path, device="cpu", *, mmap=True, verify=True):
     when first touched, and writes stay private; the whole file is verified up front, in
     place, in parallel. Like any mapping, a file truncated by another process while mapped
     raises SIGBUS on access. ``mmap=False`` copies every tensor into one allocation made by
-    plaid instead. On a GPU, plaid streams the tensors straight into device memory."""
-    if _device(device).type == "cpu" and mmap and _source.is_path(path):
+    plaid instead. On a GPU, plaid streams the tensors straight into device memory.
+
+    ``path`` may be a URL (``http(s)://``, ``s3://bucket/key``, ``gs://``, ``az://``),
+    configured from the environment and ``storage_options`` (object_store-style keys such
+    as ``aws_endpoint``, ``aws_region``, ``aws_profile``): the bytes stream from the
+    network into the tensors' memory as they arrive (never mapped)."""
+    if _device(device).type == "cpu" and mmap and _source.is_path(path) \
+            and not _source.is_url(path):
         mapped = _load_mapped(path, verify)
         if mapped is not None:
             return mapped
-    with _core.Reader(path, verify=verify) as reader:
+    with _core.Reader(path, verify=verify, storage_options=storage_options) as reader:
         return _load_all(reader, device)
 
 
@@ -175,11 +181,14 @@ def _items(tensors):
     return items
 
 
-def save_file(tensors, path, metadata=None):
+def save_file(tensors, path, metadata=None, *, storage_options=None):
     """Write ``tensors`` (a dict of str to torch tensors, on the CPU or on CUDA devices) and
     ``metadata`` (str to str) as a plaid file at ``path``, atomically, with checksums.
-    CUDA tensors are copied out of device memory by plaid while it writes."""
-    _core.write(path, _items((n, t, {}) for n, t in tensors.items()), metadata)
+    CUDA tensors are copied out of device memory by plaid while it writes. ``path`` may be
+    an ``s3://``/``gs://``/``az://`` URL (a multipart upload that completes only on
+    success), configured from the environment and ``storage_options``."""
+    _core.write(path, _items((n, t, {}) for n, t in tensors.items()), metadata,
+                storage_options)
 
 
 # ---- the tensorizer-style API ------------------------------------------------------------
@@ -191,13 +200,15 @@ class TensorSerializer:
     module indices and nested paths are kept, so ``TensorDeserializer.load_into_module``
     puts every tensor back where it came from."""
 
-    def __init__(self, file_obj, compress_tensors=False, *, metadata=None, **_ignored):
+    def __init__(self, file_obj, compress_tensors=False, *, metadata=None,
+                 storage_options=None, **_ignored):
         if not isinstance(file_obj, (str, bytes)) and not hasattr(file_obj, "__fspath__"):
             raise TypeError("TensorSerializer writes to a path")
         self._path = file_obj
         self._tensors = []
         self._names = set()
         self._metadata = dict(metadata or {})
+        self._storage_options = storage_options
         self._closed = False
         self.total_tensor_bytes = 0
 
@@ -263,7 +274,7 @@ class TensorSerializer:
         if self._closed:
             return
         self._closed = True
-        _core.write(self._path, _items(self._tensors), self._metadata)
+        _core.write(self._path, _items(self._tensors), self._metadata, self._storage_options)
         self._tensors = []
 
     def __enter__(self):
@@ -277,8 +288,9 @@ class TensorSerializer:
 
 class TensorDeserializer(Mapping):
     """A read-only mapping of names to tensors, loaded from a plaid, safetensors or
-    tensorizer file (tensorizer's ``TensorDeserializer``), given by path, as a seekable
-    binary file object or as bytes-like data. All selected tensors are loaded
+    tensorizer file (tensorizer's ``TensorDeserializer``), given by path, by URL
+    (``http(s)://``, ``s3://``, ``gs://``, ``az://``, configured from the environment and
+    ``storage_options``), as a seekable binary file object or as bytes-like data. All selected tensors are loaded
     when it is made, onto ``device`` (default: the current CUDA device if there is one,
     else the CPU), verified unless ``verify_hash=False``. ``filter_func(name)`` selects
     tensors; ``dtype`` casts floating-point tensors. ``plaid_mode`` and ``num_readers`` are
@@ -286,14 +298,15 @@ class TensorDeserializer(Mapping):
 
     def __init__(self, file_obj, device=None, filter_func=None, dtype=None, *,
                  lazy_load=False, plaid_mode=None, plaid_mode_buffers=None, num_readers=None,
-                 verify_hash=None, encryption=None):
+                 verify_hash=None, encryption=None, storage_options=None):
         if encryption is not None:
             raise UnsupportedError("plaid cannot decrypt tensorizer files yet")
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self._device = _device(device)
         verify = True if verify_hash is None else bool(verify_hash)
-        self._reader = _core.Reader(file_obj, verify=verify, threads=num_readers or 0)
+        self._reader = _core.Reader(file_obj, verify=verify, threads=num_readers or 0,
+                                    storage_options=storage_options)
         try:
             self._metas = {m.name: m for m in self._reader.tensors
                            if filter_func is None or filter_func(m.name)}

@@ -1,0 +1,438 @@
+//! Configuring a store from the environment and the storage options, as the cloud tools
+//! do: for S3 the `AWS_*` variables (keys, session token, region, `AWS_ENDPOINT_URL[_S3]`,
+//! web identity, container credentials), `~/.aws` profiles (`AWS_PROFILE`),
+//! `AWS_CA_BUNDLE`; for GCS the `GOOGLE_*` variables; for Azure the `AZURE_*` ones. Options
+//! set in plaid take precedence over the environment.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::http::HttpBuilder;
+use object_store::{
+    BackoffConfig, Certificate, ClientConfigKey, ClientOptions, ObjectStore, RetryConfig,
+};
+
+use super::{Location, Scheme, REMOTE_IN_FLIGHT, REMOTE_MERGE_GAP, REMOTE_REQUEST_BYTES};
+use crate::error::{Error, Result};
+use crate::options::StorageOptions;
+use crate::source::SourceHints;
+
+/// plaid's own keys (the rest are `object_store`'s).
+const PLAID_KEYS: [&str; 8] = [
+    "max_retries",
+    "retry_timeout",
+    "aws_profile",
+    "aws_ca_bundle",
+    "ca_bundle",
+    "upload_part_size",
+    "upload_parts_in_flight",
+    "profile",
+];
+
+/// Smallest part of a multipart upload S3 accepts (but the last).
+pub(crate) const MIN_PART_SIZE: u64 = 5 << 20;
+/// Largest part S3 accepts.
+pub(crate) const MAX_PART_SIZE: u64 = 5 << 30;
+/// Default part size of uploads.
+pub(crate) const DEFAULT_PART_SIZE: u64 = 16 << 20;
+/// Default parts uploaded at once.
+pub(crate) const DEFAULT_PARTS_IN_FLIGHT: usize = 8;
+
+/// Whether `key` is a storage option of plaid's or of any store `object_store` knows: the
+/// check made when an option is set.
+pub(crate) fn check_key(key: &str) -> Result<()> {
+    if PLAID_KEYS.contains(&key)
+        || AmazonS3ConfigKey::from_str(key).is_ok()
+        || GoogleConfigKey::from_str(key).is_ok()
+        || AzureConfigKey::from_str(key).is_ok()
+        || ClientConfigKey::from_str(key).is_ok()
+    {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "'{key}' is not a storage option (object_store's keys such as aws_region, aws_endpoint, \
+         timeout, google_service_account, azure_storage_account_name; or plaid's: {})",
+        PLAID_KEYS.join(", ")
+    )))
+}
+
+/// What plaid itself takes from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Settings {
+    /// How sources of this store are read.
+    pub(crate) hints: SourceHints,
+    /// Bytes per part of an upload.
+    pub(crate) part_size: u64,
+    /// Parts uploaded at once.
+    pub(crate) parts_in_flight: usize,
+}
+
+/// A builder of the store for `location`, with the settings it implies: checked now, so a
+/// bad value fails when the URL is opened; run on the client's runtime.
+pub(crate) type Build = Box<dyn Fn() -> Result<Arc<dyn ObjectStore>> + Send + Sync>;
+
+/// A number option.
+fn number<T: FromStr>(key: &str, value: &str) -> Result<T> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| Error::invalid(format!("storage option {key}: '{value}' is not a number")))
+}
+
+/// A duration option: `30s`, `500ms`, `2m`, `1h`, or plain seconds.
+pub(crate) fn duration(key: &str, value: &str) -> Result<Duration> {
+    let v = value.trim();
+    let (digits, scale) = if let Some(d) = v.strip_suffix("ms") {
+        (d, 0.001)
+    } else if let Some(d) = v.strip_suffix('s') {
+        (d, 1.0)
+    } else if let Some(d) = v.strip_suffix('m') {
+        (d, 60.0)
+    } else if let Some(d) = v.strip_suffix('h') {
+        (d, 3600.0)
+    } else {
+        (v, 1.0)
+    };
+    match digits.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 && n * scale < 1e9 => {
+            Ok(Duration::from_secs_f64(n * scale))
+        }
+        _ => Err(Error::invalid(format!(
+            "storage option {key}: '{value}' is not a duration (like 30s, 500ms, 2m)"
+        ))),
+    }
+}
+
+/// The builder and settings for `location`.
+pub(crate) fn builder(location: &Location, storage: &StorageOptions) -> Result<(Settings, Build)> {
+    let mut retry = RetryConfig {
+        backoff: BackoffConfig::default(),
+        max_retries: 10,
+        retry_timeout: Duration::from_secs(180),
+    };
+    let mut part_size = DEFAULT_PART_SIZE;
+    let mut parts_in_flight = DEFAULT_PARTS_IN_FLIGHT;
+    for (key, value) in storage.pairs() {
+        match key {
+            "max_retries" => retry.max_retries = number(key, value)?,
+            "retry_timeout" => retry.retry_timeout = duration(key, value)?,
+            "upload_part_size" => {
+                part_size = number(key, value)?;
+                if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&part_size) {
+                    return Err(Error::invalid(format!(
+                        "storage option upload_part_size: {part_size} is not between {MIN_PART_SIZE} and {MAX_PART_SIZE} bytes"
+                    )));
+                }
+            }
+            "upload_parts_in_flight" => {
+                parts_in_flight = number(key, value)?;
+                if !(1..=256).contains(&parts_in_flight) {
+                    return Err(Error::invalid(format!(
+                        "storage option upload_parts_in_flight: {parts_in_flight} is not between 1 and 256"
+                    )));
+                }
+            }
+            _ => {}
+        }
+    }
+    let settings = Settings {
+        hints: SourceHints::new(REMOTE_REQUEST_BYTES, REMOTE_MERGE_GAP, REMOTE_IN_FLIGHT),
+        part_size,
+        parts_in_flight,
+    };
+    let build: Build = match location.scheme {
+        Scheme::Http => http(location, storage, retry)?,
+        Scheme::S3 => s3(location, storage, retry)?,
+        Scheme::Gcs => gcs(location, storage, retry)?,
+        Scheme::Azure => azure(location, storage, retry)?,
+    };
+    Ok((settings, build))
+}
+
+/// The options that are not plaid's own, with an error for a key that belongs to no store
+/// (keys of other kinds of store are passed over: one set of options may serve several).
+fn store_pairs(storage: &StorageOptions) -> impl Iterator<Item = (&str, &str)> {
+    storage.pairs().filter(|(k, _)| !PLAID_KEYS.contains(k))
+}
+
+/// Client options from `pairs` (client keys only), with the CA bundle's certificates.
+fn client_options(
+    url: &str,
+    pairs: &[(ClientConfigKey, String)],
+    ca_bundle: Option<&str>,
+    allow_http: bool,
+) -> Result<ClientOptions> {
+    let mut client = ClientOptions::new();
+    if allow_http {
+        client = client.with_allow_http(true);
+    }
+    for (key, value) in pairs {
+        client = client.with_config(*key, value.clone());
+    }
+    if let Some(path) = ca_bundle.filter(|p| !p.is_empty()) {
+        let pem = std::fs::read(path)
+            .map_err(|e| Error::io(format!("{url}: reading the CA bundle {path}"), e))?;
+        let certificates = Certificate::from_pem_bundle(&pem).map_err(|e| {
+            Error::invalid(format!(
+                "{url}: the CA bundle {path} is not PEM certificates ({e})"
+            ))
+        })?;
+        for certificate in certificates {
+            client = client.with_root_certificate(certificate);
+        }
+    }
+    Ok(client)
+}
+
+fn http(location: &Location, storage: &StorageOptions, retry: RetryConfig) -> Result<Build> {
+    let mut pairs = Vec::new();
+    for (key, value) in store_pairs(storage) {
+        if let Ok(k) = ClientConfigKey::from_str(key) {
+            pairs.push((k, value.to_owned()));
+        }
+    }
+    let ca = storage.get("ca_bundle").map(str::to_owned);
+    let client = client_options(
+        &location.url,
+        &pairs,
+        ca.as_deref(),
+        location.root.starts_with("http://"),
+    )?;
+    let root = location.root.clone();
+    Ok(Box::new(move || {
+        let store = HttpBuilder::new()
+            .with_url(root.clone())
+            .with_client_options(client.clone())
+            .with_retry(retry.clone())
+            .build()
+            .map_err(|e| Error::invalid(format!("{root}: {e}")))?;
+        Ok(Arc::new(store) as Arc<dyn ObjectStore>)
+    }))
+}
+
+fn s3(location: &Location, storage: &StorageOptions, retry: RetryConfig) -> Result<Build> {
+    let url = &location.url;
+    // The environment first (as object_store's from_env reads it), then the options.
+    let mut pairs: Vec<(AmazonS3ConfigKey, String)> = Vec::new();
+    fn set(pairs: &mut Vec<(AmazonS3ConfigKey, String)>, key: AmazonS3ConfigKey, value: String) {
+        match pairs.iter_mut().find(|(k, _)| *k == key) {
+            Some(pair) => pair.1 = value,
+            None => pairs.push((key, value)),
+        }
+    }
+    let mut env_profile = None;
+    let mut env_ca = None;
+    for (name, value) in std::env::vars() {
+        let Some(rest) = name.strip_prefix("AWS_") else {
+            continue;
+        };
+        match rest {
+            "PROFILE" => env_profile = Some(value),
+            "CA_BUNDLE" => env_ca = Some(value),
+            _ => {
+                if let Ok(key) = AmazonS3ConfigKey::from_str(&name.to_ascii_lowercase()) {
+                    set(&mut pairs, key, value);
+                }
+            }
+        }
+    }
+    for (key, value) in store_pairs(storage) {
+        match AmazonS3ConfigKey::from_str(key) {
+            Ok(k) => set(&mut pairs, k, value.to_owned()),
+            Err(_) if foreign(key) => {}
+            Err(_) => {
+                return Err(Error::invalid(format!(
+                    "{url}: storage option '{key}' does not apply to S3"
+                )))
+            }
+        }
+    }
+    let has = |pairs: &[(AmazonS3ConfigKey, String)], key: &AmazonS3ConfigKey| {
+        pairs.iter().any(|(k, v)| k == key && !v.is_empty())
+    };
+    // A profile: named by an option, else AWS_PROFILE, else "default" where the files hold it.
+    let named = storage
+        .get("aws_profile")
+        .or(storage.get("profile"))
+        .map(str::to_owned)
+        .or(env_profile);
+    let profile = super::profile::load(named.as_deref())?;
+    let mut credentials = None;
+    let mut ca_bundle = storage
+        .get("aws_ca_bundle")
+        .or(storage.get("ca_bundle"))
+        .map(str::to_owned)
+        .or(env_ca);
+    if let Some(profile) = profile {
+        if !has(&pairs, &AmazonS3ConfigKey::Region)
+            && !has(&pairs, &AmazonS3ConfigKey::DefaultRegion)
+        {
+            if let Some(region) = profile.region {
+                set(&mut pairs, AmazonS3ConfigKey::Region, region);
+            }
+        }
+        if !has(&pairs, &AmazonS3ConfigKey::Endpoint)
+            && !has(&pairs, &AmazonS3ConfigKey::S3Endpoint)
+        {
+            if let Some(endpoint) = profile.endpoint_url {
+                set(&mut pairs, AmazonS3ConfigKey::Endpoint, endpoint);
+            }
+        }
+        if ca_bundle.is_none() {
+            ca_bundle = profile.ca_bundle;
+        }
+        // Keys in the environment or the options come before a profile's (as in the
+        // AWS CLI's chain).
+        if !has(&pairs, &AmazonS3ConfigKey::AccessKeyId) {
+            credentials = profile.credentials;
+        }
+    }
+    // An http:// endpoint is used as given (as boto3 and the AWS CLI do).
+    let endpoint = pairs
+        .iter()
+        .find(|(k, _)| *k == AmazonS3ConfigKey::S3Endpoint)
+        .or_else(|| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == AmazonS3ConfigKey::Endpoint)
+        })
+        .map(|(_, v)| v.clone());
+    let allow_http = endpoint
+        .as_deref()
+        .is_some_and(|e| e.to_ascii_lowercase().starts_with("http://"));
+    let mut client_pairs = Vec::new();
+    let mut store_keys = Vec::new();
+    for (key, value) in pairs {
+        match key {
+            AmazonS3ConfigKey::Client(k) => client_pairs.push((k, value)),
+            other => store_keys.push((other, value)),
+        }
+    }
+    let client = client_options(url, &client_pairs, ca_bundle.as_deref(), allow_http)?;
+    let bucket_url = location.root.clone();
+    Ok(Box::new(move || {
+        let mut builder = AmazonS3Builder::new()
+            .with_url(bucket_url.clone())
+            .with_client_options(client.clone())
+            .with_retry(retry.clone());
+        for (key, value) in &store_keys {
+            builder = builder.with_config(*key, value.clone());
+        }
+        if let Some(provider) = &credentials {
+            builder = builder.with_credentials(provider.clone());
+        }
+        let store = builder
+            .build()
+            .map_err(|e| Error::invalid(format!("{bucket_url}: {e}")))?;
+        Ok(Arc::new(store) as Arc<dyn ObjectStore>)
+    }))
+}
+
+/// Whether `key` belongs to another kind of store than the one being configured (or is a
+/// client key, which every kind takes).
+fn foreign(key: &str) -> bool {
+    GoogleConfigKey::from_str(key).is_ok() || AzureConfigKey::from_str(key).is_ok()
+}
+
+fn gcs(location: &Location, storage: &StorageOptions, retry: RetryConfig) -> Result<Build> {
+    let url = &location.url;
+    let mut pairs = Vec::new();
+    for (key, value) in store_pairs(storage) {
+        match GoogleConfigKey::from_str(key) {
+            Ok(k) => pairs.push((k, value.to_owned())),
+            Err(_)
+                if AmazonS3ConfigKey::from_str(key).is_ok()
+                    || AzureConfigKey::from_str(key).is_ok() => {}
+            Err(_) => {
+                return Err(Error::invalid(format!(
+                    "{url}: storage option '{key}' does not apply to Google Cloud Storage"
+                )))
+            }
+        }
+    }
+    let root = location.root.clone();
+    let ca = storage.get("ca_bundle").map(str::to_owned);
+    let client = client_options(url, &[], ca.as_deref(), false)?;
+    Ok(Box::new(move || {
+        let mut builder = GoogleCloudStorageBuilder::from_env()
+            .with_url(root.clone())
+            .with_client_options(client.clone())
+            .with_retry(retry.clone());
+        for (key, value) in &pairs {
+            builder = builder.with_config(*key, value.clone());
+        }
+        let store = builder
+            .build()
+            .map_err(|e| Error::invalid(format!("{root}: {e}")))?;
+        Ok(Arc::new(store) as Arc<dyn ObjectStore>)
+    }))
+}
+
+fn azure(location: &Location, storage: &StorageOptions, retry: RetryConfig) -> Result<Build> {
+    let url = &location.url;
+    let mut pairs = Vec::new();
+    for (key, value) in store_pairs(storage) {
+        match AzureConfigKey::from_str(key) {
+            Ok(k) => pairs.push((k, value.to_owned())),
+            Err(_)
+                if AmazonS3ConfigKey::from_str(key).is_ok()
+                    || GoogleConfigKey::from_str(key).is_ok() => {}
+            Err(_) => {
+                return Err(Error::invalid(format!(
+                    "{url}: storage option '{key}' does not apply to Azure"
+                )))
+            }
+        }
+    }
+    let root = location.root.clone();
+    Ok(Box::new(move || {
+        let mut builder = MicrosoftAzureBuilder::from_env()
+            .with_url(root.clone())
+            .with_retry(retry.clone());
+        for (key, value) in &pairs {
+            builder = builder.with_config(*key, value.clone());
+        }
+        let store = builder
+            .build()
+            .map_err(|e| Error::invalid(format!("{root}: {e}")))?;
+        Ok(Arc::new(store) as Arc<dyn ObjectStore>)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_checked() {
+        for ok in [
+            "aws_region",
+            "aws_endpoint",
+            "endpoint",
+            "timeout",
+            "allow_http",
+            "aws_skip_signature",
+            "google_service_account",
+            "azure_storage_account_name",
+            "max_retries",
+            "aws_profile",
+        ] {
+            assert!(check_key(ok).is_ok(), "{ok}");
+        }
+        assert!(check_key("no_such_key").is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(duration("k", "30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(duration("k", "250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(duration("k", "2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(duration("k", "1.5").unwrap(), Duration::from_millis(1500));
+        assert!(duration("k", "soon").is_err());
+        assert!(duration("k", "-1s").is_err());
+    }
+}

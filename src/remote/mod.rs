@@ -1,0 +1,375 @@
+//! Remote storage: HTTP(S), S3 (and S3-compatible stores), Google Cloud Storage and Azure
+//! Blob Storage, through `object_store`. A [`RemoteSource`] reads ranges of one object with
+//! ranged GETs whose bodies are copied into the destination as they arrive (no staged copy
+//! of the object); [`Upload`] writes one object with a multipart upload whose parts go out
+//! in parallel while the file is produced.
+//!
+//! Each [`Client`] owns its tokio runtime ([`runtime`]): there is no global one.
+//! Robustness comes from `object_store` (retries with backoff, bodies resumed midway,
+//! `Content-Range` checked) and from plaid: the object's ETag is pinned when it is opened
+//! and every range is asked `If-Match` it (and checked against the ETag answered, for
+//! servers that ignore the header), and a body shorter or longer than asked is an error.
+
+mod config;
+mod errors;
+mod profile;
+mod runtime;
+mod upload;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{GetOptions, ObjectStore, ObjectStoreExt};
+
+use crate::error::{Error, Result};
+use crate::options::StorageOptions;
+use crate::source::{Source, SourceHints};
+
+pub(crate) use config::check_key;
+pub(crate) use upload::delete;
+pub use upload::Upload;
+
+/// Default bytes per ranged GET.
+pub const REMOTE_REQUEST_BYTES: u64 = 8 << 20;
+/// Default gap between wanted ranges that is read through rather than asked for apart.
+pub const REMOTE_MERGE_GAP: u64 = 1 << 20;
+/// Default ranged GETs in flight.
+pub const REMOTE_IN_FLIGHT: u32 = 32;
+
+/// The URL schemes plaid reads and writes.
+const SCHEMES: [&str; 7] = [
+    "http://", "https://", "s3://", "s3a://", "gs://", "az://", "azure://",
+];
+
+/// Whether `text` is a URL of remote storage rather than a local path.
+pub fn is_url(text: &str) -> bool {
+    let lower = text.get(..8).unwrap_or(text).to_ascii_lowercase();
+    SCHEMES.iter().any(|s| lower.starts_with(s))
+}
+
+/// The kind of store a URL names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scheme {
+    Http,
+    S3,
+    Gcs,
+    Azure,
+}
+
+/// A parsed URL: the store it lives in and the object's path there.
+#[derive(Clone, Debug)]
+pub(crate) struct Location {
+    /// The URL as given, for messages.
+    pub(crate) url: String,
+    pub(crate) scheme: Scheme,
+    /// `scheme://authority` (the bucket, the container or the host): objects with the same
+    /// root share a client.
+    pub(crate) root: String,
+    /// The object's path in its store.
+    pub(crate) path: ObjectPath,
+}
+
+impl Location {
+    /// Parse `url` (one of [`is_url`]'s schemes).
+    pub(crate) fn parse(url: &str) -> Result<Location> {
+        let parsed = url::Url::parse(url)
+            .map_err(|e| Error::invalid(format!("{url}: not a valid URL ({e})")))?;
+        let scheme = match parsed.scheme() {
+            "http" | "https" => Scheme::Http,
+            "s3" | "s3a" => Scheme::S3,
+            "gs" => Scheme::Gcs,
+            "az" | "azure" => Scheme::Azure,
+            other => {
+                return Err(Error::invalid(format!(
+                    "{url}: the scheme '{other}' is not one plaid reads (http, https, s3, gs, az)"
+                )))
+            }
+        };
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(Error::Unsupported(format!(
+                "{url}: URLs with a query or fragment (presigned URLs among them) are not supported; \
+                 give the object's plain URL and credentials through the storage options"
+            )));
+        }
+        let host = parsed.host_str().unwrap_or("");
+        if host.is_empty() {
+            return Err(Error::invalid(format!(
+                "{url}: no {} in the URL",
+                if scheme == Scheme::Http {
+                    "host"
+                } else {
+                    "bucket"
+                }
+            )));
+        }
+        let authority = match parsed.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        let root = format!("{}://{authority}", parsed.scheme());
+        let path = ObjectPath::from_url_path(parsed.path())
+            .map_err(|e| Error::invalid(format!("{url}: not a valid object path ({e})")))?;
+        if path.as_ref().is_empty() {
+            return Err(Error::invalid(format!("{url}: names no object")));
+        }
+        Ok(Location {
+            url: url.to_owned(),
+            scheme,
+            root,
+            path,
+        })
+    }
+
+    /// The location of `name` resolved against this one's folder (a shard beside its
+    /// index).
+    pub(crate) fn sibling(&self, name: &str) -> Result<Location> {
+        let base = match self.url.rfind('/') {
+            Some(at) => &self.url[..=at],
+            None => &self.url,
+        };
+        Location::parse(&format!("{base}{name}"))
+    }
+}
+
+/// A connection to one store (one bucket, container or host), with its own runtime.
+pub struct Client {
+    root: String,
+    owned: runtime::Owned<Arc<dyn ObjectStore>>,
+    settings: config::Settings,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("root", &self.root).finish()
+    }
+}
+
+impl Client {
+    /// A client for the store of `location`, configured from the environment and
+    /// `storage` (which takes precedence).
+    pub(crate) fn new(location: &Location, storage: &StorageOptions) -> Result<Arc<Client>> {
+        let (settings, build) = config::builder(location, storage)?;
+        let owned = runtime::Owned::new(build)?;
+        Ok(Arc::new(Client {
+            root: location.root.clone(),
+            owned,
+            settings,
+        }))
+    }
+
+    /// Open the object at `location` for reading: its length and ETag are read now (a HEAD
+    /// request) and the ETag pinned for every later read.
+    pub(crate) fn open(self: &Arc<Client>, location: &Location) -> Result<RemoteSource> {
+        let path = location.path.clone();
+        let meta = self
+            .owned
+            .run(|store| async move { Ok(store.head(&path).await) })?
+            .map_err(|e| errors::describe(e, &location.url, None, "opening"))?;
+        // A weak ETag never matches `If-Match` (which compares strongly): compare it
+        // with the answers instead.
+        let (if_match, etag) = match meta.e_tag {
+            Some(tag) if tag.starts_with("W/") => (None, Some(tag)),
+            Some(tag) => (Some(tag.clone()), Some(tag)),
+            None => (None, None),
+        };
+        Ok(RemoteSource {
+            client: self.clone(),
+            location: location.clone(),
+            len: meta.size,
+            if_match,
+            etag,
+            last_modified: meta.last_modified,
+        })
+    }
+
+    /// Run a future on this client's runtime with its store (any thread).
+    pub(crate) fn run<R, F, Fut>(&self, f: F) -> Result<R>
+    where
+        R: Send,
+        F: FnOnce(Arc<dyn ObjectStore>) -> Fut + Send,
+        Fut: std::future::Future<Output = Result<R>> + Send,
+    {
+        self.owned.run(|store| f((*store).clone()))
+    }
+}
+
+/// One remote object, read with ranged GETs pinned to the ETag it had when opened.
+pub struct RemoteSource {
+    client: Arc<Client>,
+    location: Location,
+    len: u64,
+    /// The ETag sent as `If-Match` (strong ETags only).
+    if_match: Option<String>,
+    /// The ETag every answer must carry, where the server gave one.
+    etag: Option<String>,
+    last_modified: chrono::DateTime<chrono::Utc>,
+}
+
+impl std::fmt::Debug for RemoteSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteSource")
+            .field("url", &self.location.url)
+            .field("len", &self.len)
+            .field("etag", &self.etag)
+            .finish()
+    }
+}
+
+impl RemoteSource {
+    /// Open the object at `url`, with a client of its own.
+    pub fn open(url: &str, storage: &StorageOptions) -> Result<RemoteSource> {
+        let location = Location::parse(url)?;
+        Client::new(&location, storage)?.open(&location)
+    }
+
+    /// The client this source reads through (shared with sources of the same store).
+    pub fn client(&self) -> &Arc<Client> {
+        &self.client
+    }
+
+    /// The ETag pinned when the object was opened.
+    pub fn etag(&self) -> Option<&str> {
+        self.etag.as_deref()
+    }
+
+    /// Ask for `range` and copy the body into `buf` as it arrives.
+    async fn fetch(
+        &self,
+        store: Arc<dyn ObjectStore>,
+        range: Range<u64>,
+        buf: &mut [u8],
+    ) -> Result<usize> {
+        let url = &self.location.url;
+        let options = GetOptions {
+            range: Some(range.clone().into()),
+            if_match: self.if_match.clone(),
+            if_unmodified_since: self.etag.is_none().then_some(self.last_modified),
+            ..Default::default()
+        };
+        let answer = store
+            .get_opts(&self.location.path, options)
+            .await
+            .map_err(|e| errors::describe(e, url, Some(&range), "reading"))?;
+        let what = || format!("reading bytes {} of {url}", errors::span(&range));
+        if let (Some(pinned), Some(got)) = (&self.etag, &answer.meta.e_tag) {
+            if pinned != got {
+                return Err(Error::io(
+                    what(),
+                    std::io::Error::other(format!(
+                        "the object changed since it was opened (ETag {pinned}, now {got})"
+                    )),
+                ));
+            }
+        }
+        if answer.range != range {
+            return Err(Error::io(
+                what(),
+                std::io::Error::other(format!(
+                    "the server answered bytes {} instead",
+                    errors::span(&answer.range)
+                )),
+            ));
+        }
+        let want = buf.len();
+        let mut filled = 0usize;
+        let mut body = answer.into_stream();
+        while let Some(piece) = body.next().await {
+            let piece = piece.map_err(|e| errors::describe(e, url, Some(&range), "reading"))?;
+            let end = filled + piece.len();
+            if end > want {
+                return Err(Error::io(
+                    what(),
+                    std::io::Error::other(format!(
+                        "the body held more than the {want} bytes asked for"
+                    )),
+                ));
+            }
+            buf[filled..end].copy_from_slice(&piece);
+            filled = end;
+        }
+        if filled < want {
+            return Err(Error::io(
+                what(),
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the body ended after {filled} of {want} bytes"),
+                ),
+            ));
+        }
+        Ok(filled)
+    }
+}
+
+impl Source for RemoteSource {
+    fn name(&self) -> &str {
+        &self.location.url
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        if buf.is_empty() || offset >= self.len {
+            return Ok(0);
+        }
+        let want = (buf.len() as u64).min(self.len - offset);
+        let buf = &mut buf[..want as usize];
+        let range = offset..offset + want;
+        self.client
+            .owned
+            .run(|store| async move { self.fetch((*store).clone(), range, buf).await })
+    }
+
+    fn hints(&self) -> SourceHints {
+        self.client.settings.hints
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_told_from_paths() {
+        for url in [
+            "http://h/x",
+            "HTTPS://h/x",
+            "s3://b/k",
+            "gs://b/k",
+            "az://c/k",
+            "azure://c/k",
+        ] {
+            assert!(is_url(url), "{url}");
+        }
+        for path in ["model.plaid", "/tmp/s3://x", "./http://x", "s3:/b/k", ""] {
+            assert!(!is_url(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn locations_parse_and_resolve_siblings() {
+        let l = Location::parse("s3://bucket/dir/model.safetensors.index.json").unwrap();
+        assert_eq!(l.scheme, Scheme::S3);
+        assert_eq!(l.root, "s3://bucket");
+        assert_eq!(l.path.as_ref(), "dir/model.safetensors.index.json");
+        let shard = l.sibling("model-00001-of-00002.safetensors").unwrap();
+        assert_eq!(shard.path.as_ref(), "dir/model-00001-of-00002.safetensors");
+        assert_eq!(shard.root, l.root);
+
+        let h = Location::parse("http://127.0.0.1:8080/a%20b/m.plaid").unwrap();
+        assert_eq!(h.scheme, Scheme::Http);
+        assert_eq!(h.root, "http://127.0.0.1:8080");
+        assert_eq!(h.path.as_ref(), "a b/m.plaid");
+
+        for bad in ["s3://bucket/", "s3:///key", "ftp://h/x", "http://h/x?sig=1"] {
+            assert!(Location::parse(bad).is_err(), "{bad}");
+        }
+        assert!(matches!(
+            Location::parse("https://h/x?X-Amz-Signature=1"),
+            Err(Error::Unsupported(_))
+        ));
+    }
+}

@@ -1,0 +1,741 @@
+//! Remote reads against a fault-injecting HTTP server inside the test (every fault
+//! deterministic), and against the real servers the test command starts (nginx, an
+//! S3-compatible server, azurite, a GCS emulator) where their addresses are in the
+//! environment (`scripts/servers`); `PLAID_TEST_REQUIRE_SERVERS=1` makes their absence a
+//! failure rather than a skip.
+#![cfg(feature = "remote")]
+
+mod common;
+#[path = "remote/fault_server.rs"]
+mod fault_server;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{load_all, random_bytes};
+use fault_server::{Fault, FaultServer};
+use plaid::{DType, Deserializer, Error, ReadOptions, Serializer, WriteOptions};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tensorizer")
+}
+
+/// A plaid file with a few MiB over several tensors and many small ones, and its tensors.
+fn plaid_model() -> (Vec<u8>, Vec<Vec<u8>>) {
+    let mut shapes: Vec<(DType, Vec<u64>)> = vec![
+        (DType::U8, vec![(3 << 20) + 4097]),
+        (DType::F32, vec![333, 77]),
+        (DType::F64, vec![]),
+        (DType::BF16, vec![0, 8]),
+        (DType::F16, vec![300_001]),
+    ];
+    for i in 0..40u64 {
+        shapes.push((DType::U8, vec![1 + (i * 37) % 9000]));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    let mut writer = Serializer::create(&path, WriteOptions::default().sync(false)).unwrap();
+    let data: Vec<Vec<u8>> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, (dtype, shape))| random_bytes(dtype.nbytes(shape).unwrap() as usize, i as u64))
+        .collect();
+    for (i, ((dtype, shape), bytes)) in shapes.iter().zip(&data).enumerate() {
+        writer
+            .add_tensor(&format!("t{i}"), *dtype, shape, bytes)
+            .unwrap();
+    }
+    writer.finish().unwrap();
+    (std::fs::read(&path).unwrap(), data)
+}
+
+/// The same tensors as a safetensors file.
+fn safetensors_of(plaid: &[u8]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let (from, to) = (dir.path().join("m.plaid"), dir.path().join("m.safetensors"));
+    std::fs::write(&from, plaid).unwrap();
+    let d = Deserializer::open(&from, ReadOptions::default()).unwrap();
+    plaid::convert::to_safetensors(&d, &to, &mut |_, _| {}).unwrap();
+    std::fs::read(&to).unwrap()
+}
+
+/// Small requests, several in flight, few quick retries: faults show within seconds.
+fn options() -> ReadOptions {
+    ReadOptions::default()
+        .threads(2)
+        .unwrap()
+        .chunk_size(256 << 10)
+        .unwrap()
+        .requests_in_flight(6)
+        .unwrap()
+        .storage("max_retries", "3")
+        .unwrap()
+        .storage("retry_timeout", "20s")
+        .unwrap()
+        .storage("timeout", "3s")
+        .unwrap()
+}
+
+/// Every tensor of the local file `bytes` (as the reference).
+fn local_tensors(name: &str, bytes: &[u8]) -> Vec<Vec<u8>> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    load_all(&Deserializer::open(&path, ReadOptions::default()).unwrap()).unwrap()
+}
+
+fn load_url(url: &str, options: ReadOptions) -> plaid::Result<Vec<Vec<u8>>> {
+    let d = Deserializer::open(url, options)?;
+    load_all(&d)
+}
+
+/// The message of an error, with its status checked.
+fn io_message(result: plaid::Result<Vec<Vec<u8>>>) -> String {
+    match result {
+        Err(e @ Error::Io { .. }) => e.to_string(),
+        Err(other) => panic!("expected an I/O error, got {other:?}"),
+        Ok(_) => panic!("expected an I/O error, the load succeeded"),
+    }
+}
+
+#[test]
+fn every_format_loads_bit_exact_over_http() {
+    let server = FaultServer::start();
+    let (plaid, tensors) = plaid_model();
+    let safetensors = safetensors_of(&plaid);
+    let tensorizer = std::fs::read(fixtures().join("module_tiny_lm_f32.tensors")).unwrap();
+    server.put("m.plaid", plaid.clone());
+    server.put("m.safetensors", safetensors.clone());
+    server.put("dir/m.tensors", tensorizer.clone());
+
+    assert_eq!(
+        load_url(&server.url_of("m.plaid"), options()).unwrap(),
+        tensors
+    );
+    assert_eq!(
+        load_url(&server.url_of("m.safetensors"), options()).unwrap(),
+        local_tensors("m.safetensors", &safetensors)
+    );
+    assert_eq!(
+        load_url(&server.url_of("dir/m.tensors"), options()).unwrap(),
+        local_tensors("m.tensors", &tensorizer)
+    );
+    // Verification alone, and with default options (large requests).
+    let d = Deserializer::open(server.url_of("m.plaid"), ReadOptions::default()).unwrap();
+    assert_eq!(d.name(), server.url_of("m.plaid"));
+    d.verify().unwrap();
+    assert_eq!(load_all(&d).unwrap(), tensors);
+    // Views need the bytes in memory: a remote source cannot lend them.
+    assert!(
+        matches!(d.view(0), Err(Error::Unsupported(_))),
+        "{:?}",
+        d.view(0)
+    );
+}
+
+fn st_dtype(dtype: DType) -> &'static str {
+    match dtype {
+        DType::U8 => "U8",
+        DType::F16 => "F16",
+        DType::BF16 => "BF16",
+        DType::F32 => "F32",
+        DType::F64 => "F64",
+        other => panic!("no safetensors name for {other:?} in this test"),
+    }
+}
+
+#[test]
+fn a_sharded_checkpoint_opens_through_its_remote_index() {
+    let server = FaultServer::start();
+    let (plaid, _) = plaid_model();
+    let whole = safetensors_of(&plaid);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.plaid"), &plaid).unwrap();
+    let d = Deserializer::open(dir.path().join("m.plaid"), ReadOptions::default()).unwrap();
+    // Two shards of the tensors, written as safetensors files, and their index.
+    let names: Vec<String> = d.tensors().iter().map(|t| t.name.clone()).collect();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (k, part) in [first, second].iter().enumerate() {
+        let shard = format!("model-0000{}-of-00002.safetensors", k + 1);
+        let mut header = serde_json::Map::new();
+        let mut data = Vec::new();
+        for name in part.iter() {
+            let t = &d.tensors()[d.find(name).unwrap()];
+            let bytes = d.read_tensor(t.index).unwrap();
+            header.insert(
+                name.clone(),
+                serde_json::json!({
+                    "dtype": st_dtype(t.dtype),
+                    "shape": t.shape,
+                    "data_offsets": [data.len(), data.len() + bytes.len()],
+                }),
+            );
+            data.extend_from_slice(&bytes);
+            weight_map.insert(name.clone(), serde_json::json!(shard));
+        }
+        let header = serde_json::to_vec(&header).unwrap();
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(&header);
+        file.extend_from_slice(&data);
+        server.put(&format!("ckpt/{shard}"), file);
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    server.put(
+        "ckpt/model.safetensors.index.json",
+        serde_json::to_vec(&index).unwrap(),
+    );
+    let remote = Deserializer::open(
+        server.url_of("ckpt/model.safetensors.index.json"),
+        options(),
+    )
+    .unwrap();
+    assert_eq!(remote.tensors().len(), names.len());
+    let expected = local_tensors("m.safetensors", &whole);
+    let by_name: Vec<Vec<u8>> = {
+        let loaded = load_all(&remote).unwrap();
+        let local = Deserializer::open(dir.path().join("m.plaid"), ReadOptions::default()).unwrap();
+        local
+            .tensors()
+            .iter()
+            .map(|t| loaded[remote.find(&t.name).unwrap()].clone())
+            .collect()
+    };
+    assert_eq!(by_name, expected);
+}
+
+#[test]
+fn server_errors_are_retried_then_the_load_succeeds() {
+    let server = FaultServer::start();
+    let (plaid, tensors) = plaid_model();
+    server.put("m.plaid", plaid);
+    let d = Deserializer::open(server.url_of("m.plaid"), options()).unwrap();
+    server.set_fault(Fault::Status {
+        code: 503,
+        remaining: 2,
+    });
+    assert_eq!(load_all(&d).unwrap(), tensors);
+    server.set_fault(Fault::Status {
+        code: 500,
+        remaining: 2,
+    });
+    assert_eq!(load_all(&d).unwrap(), tensors);
+}
+
+#[test]
+fn a_server_that_keeps_failing_is_an_io_error_naming_url_range_and_status() {
+    let server = FaultServer::start();
+    let (plaid, _) = plaid_model();
+    server.put("m.plaid", plaid);
+    let options = options().storage("max_retries", "2").unwrap();
+    let d = Deserializer::open(server.url_of("m.plaid"), options).unwrap();
+    server.set_fault(Fault::Status {
+        code: 500,
+        remaining: usize::MAX,
+    });
+    let started = Instant::now();
+    let message = io_message(load_all(&d));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(message.contains(&server.url_of("m.plaid")), "{message}");
+    assert!(message.contains("bytes "), "{message}");
+    assert!(message.contains("HTTP 500"), "{message}");
+    assert!(message.contains("InternalError"), "{message}");
+}
+
+#[test]
+fn a_reset_mid_body_is_resumed() {
+    let server = FaultServer::start();
+    let (plaid, tensors) = plaid_model();
+    server.put("m.plaid", plaid);
+    let d = Deserializer::open(server.url_of("m.plaid"), options()).unwrap();
+    server.set_fault(Fault::ResetMidBody { remaining: 3 });
+    assert_eq!(load_all(&d).unwrap(), tensors);
+    assert!(server.ranged_gets() > 3);
+}
+
+#[test]
+fn a_stalled_body_times_out_and_is_retried() {
+    let server = FaultServer::start();
+    let (plaid, tensors) = plaid_model();
+    server.put("m.plaid", plaid);
+    let options = options().storage("timeout", "1s").unwrap();
+    let d = Deserializer::open(server.url_of("m.plaid"), options.clone()).unwrap();
+    server.set_fault(Fault::Stall {
+        remaining: 1,
+        secs: 4,
+    });
+    assert_eq!(load_all(&d).unwrap(), tensors);
+    // Stalling every time: an error within the retry budget, not a hang.
+    let d = Deserializer::open(
+        server.url_of("m.plaid"),
+        options.storage("max_retries", "1").unwrap(),
+    )
+    .unwrap();
+    server.set_fault(Fault::Stall {
+        remaining: usize::MAX,
+        secs: 4,
+    });
+    let started = Instant::now();
+    let message = io_message(load_all(&d));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(message.contains(&server.url_of("m.plaid")), "{message}");
+}
+
+#[test]
+fn short_bodies_wrong_ranges_and_whole_answers_are_errors_never_data() {
+    let server = FaultServer::start();
+    let (plaid, _) = plaid_model();
+    server.put("m.plaid", plaid);
+    let d = Deserializer::open(server.url_of("m.plaid"), options()).unwrap();
+    for fault in [
+        Fault::ShortBody,
+        Fault::WrongContentRange,
+        Fault::IgnoreRange,
+    ] {
+        server.set_fault(fault.clone());
+        let message = io_message(load_all(&d));
+        assert!(
+            message.contains(&server.url_of("m.plaid")),
+            "{fault:?}: {message}"
+        );
+        assert!(message.contains("bytes "), "{fault:?}: {message}");
+    }
+}
+
+#[test]
+fn an_object_replaced_during_a_load_fails_it() {
+    let server = FaultServer::start();
+    let (plaid, _) = plaid_model();
+    server.put("m.plaid", plaid);
+    let d = Deserializer::open(server.url_of("m.plaid"), options()).unwrap();
+    server.set_fault(Fault::ReplaceAfter { after: 3 });
+    let message = io_message(load_all(&d));
+    assert!(message.contains("changed since it was opened"), "{message}");
+    assert!(message.contains("412"), "{message}");
+}
+
+#[test]
+fn missing_objects_and_dead_servers() {
+    let server = FaultServer::start();
+    match Deserializer::open(server.url_of("nothing.plaid"), options()) {
+        Err(Error::NotFound(message)) => {
+            assert!(
+                message.contains(&server.url_of("nothing.plaid")),
+                "{message}"
+            );
+            assert!(message.contains("404"), "{message}");
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    // A port nobody listens on: refused at once, after the retries.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let started = Instant::now();
+    let url = format!("http://127.0.0.1:{dead}/m.plaid");
+    match Deserializer::open(&url, options().storage("max_retries", "1").unwrap()) {
+        Err(e @ Error::Io { .. }) => assert!(e.to_string().contains(&url), "{e}"),
+        other => panic!("expected Io, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn loads_work_from_inside_another_tokio_runtime() {
+    let server = FaultServer::start();
+    let (plaid, tensors) = plaid_model();
+    server.put("m.plaid", plaid);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = server.url_of("m.plaid");
+    let loaded = runtime.block_on(async move {
+        let d = Deserializer::open(&url, options()).unwrap();
+        let loaded = load_all(&d).unwrap();
+        drop(d);
+        loaded
+    });
+    assert_eq!(loaded, tensors);
+}
+
+#[test]
+fn storage_options_are_checked() {
+    assert!(ReadOptions::default()
+        .storage("aws_region", "eu-west-1")
+        .is_ok());
+    assert!(matches!(
+        ReadOptions::default().storage("no_such_option", "1"),
+        Err(Error::InvalidArgument(_))
+    ));
+    let server = FaultServer::start();
+    server.put("m.plaid", plaid_model().0);
+    let bad = ReadOptions::default()
+        .storage("max_retries", "many")
+        .unwrap();
+    assert!(matches!(
+        Deserializer::open(server.url_of("m.plaid"), bad),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+// ---- Against the servers the test command starts (scripts/servers) ----
+
+/// The value of the environment variable `name` the server script exported, or `None`
+/// (with a note) where the servers are not running; a failure where they must be.
+fn server_var(name: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            assert!(
+                std::env::var_os("PLAID_TEST_REQUIRE_SERVERS").is_none(),
+                "{name} is not set: start the servers with scripts/servers (the test command does)"
+            );
+            eprintln!("skipped: {name} is not set (scripts/servers starts the test servers)");
+            None
+        }
+    }
+}
+
+/// A fresh key prefix, so that runs and tests never see each other's objects.
+fn unique(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    )
+}
+
+struct S3 {
+    bucket: String,
+    pairs: Vec<(&'static str, String)>,
+}
+
+impl S3 {
+    fn from_env() -> Option<S3> {
+        let endpoint = server_var("PLAID_TEST_S3_ENDPOINT")?;
+        Some(S3 {
+            bucket: server_var("PLAID_TEST_S3_BUCKET")?,
+            pairs: vec![
+                ("aws_endpoint", endpoint),
+                ("aws_access_key_id", server_var("PLAID_TEST_S3_ACCESS_KEY")?),
+                (
+                    "aws_secret_access_key",
+                    server_var("PLAID_TEST_S3_SECRET_KEY")?,
+                ),
+                ("aws_region", server_var("PLAID_TEST_S3_REGION")?),
+                ("max_retries", "2".into()),
+                ("retry_timeout", "20s".into()),
+            ],
+        })
+    }
+
+    fn url(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
+    fn read(&self) -> ReadOptions {
+        let mut o = ReadOptions::default().chunk_size(1 << 20).unwrap();
+        for (k, v) in &self.pairs {
+            o = o.storage(k, v).unwrap();
+        }
+        o
+    }
+
+    fn write(&self) -> WriteOptions {
+        let mut o = WriteOptions::default()
+            .storage("upload_part_size", &(5u64 << 20).to_string())
+            .unwrap()
+            .storage("upload_parts_in_flight", "3")
+            .unwrap();
+        for (k, v) in &self.pairs {
+            o = o.storage(k, v).unwrap();
+        }
+        o
+    }
+
+    /// Upload `bytes` as the object `key`.
+    fn put(&self, key: &str, bytes: &[u8]) {
+        let mut upload =
+            plaid::remote::Upload::create(&self.url(key), self.write().storage_options()).unwrap();
+        for piece in bytes.chunks(3 << 20) {
+            upload.write(piece).unwrap();
+        }
+        upload.finish().unwrap();
+    }
+}
+
+/// A plaid model of about 13 MiB (three parts of a 5 MiB multipart upload).
+fn large_model() -> Vec<(String, Vec<u64>, Vec<u8>)> {
+    (0..6u64)
+        .map(|i| {
+            let n = (2 << 20) + i * 12_345;
+            (
+                format!("layer{i}.weight"),
+                vec![n / 4],
+                random_bytes(n as usize / 4 * 4, 100 + i),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn s3_multipart_upload_then_every_format_loads_back() {
+    let Some(s3) = S3::from_env() else { return };
+    let prefix = unique("upload");
+    let model = large_model();
+    let url = s3.url(&format!("{prefix}/m.plaid"));
+    let mut writer = Serializer::create(&url, s3.write()).unwrap();
+    for (name, shape, bytes) in &model {
+        writer.add_tensor(name, DType::F32, shape, bytes).unwrap();
+    }
+    writer.set_metadata("where", "s3").unwrap();
+    let stats = writer.finish().unwrap();
+    assert!(stats.file_length > 10 << 20);
+
+    let d = Deserializer::open(&url, s3.read()).unwrap();
+    assert_eq!(d.metadata().get("where").map(String::as_str), Some("s3"));
+    let loaded = load_all(&d).unwrap();
+    for ((_, _, bytes), got) in model.iter().zip(&loaded) {
+        assert_eq!(bytes, got);
+    }
+    d.verify().unwrap();
+
+    // safetensors and tensorizer files put as they are.
+    let (plaid, tensors) = plaid_model();
+    let safetensors = safetensors_of(&plaid);
+    let tensorizer = std::fs::read(fixtures().join("module_tiny_lm_f32.tensors")).unwrap();
+    s3.put(&format!("{prefix}/m.safetensors"), &safetensors);
+    s3.put(&format!("{prefix}/m.tensors"), &tensorizer);
+    s3.put(&format!("{prefix}/small.plaid"), &plaid);
+    assert_eq!(
+        load_url(&s3.url(&format!("{prefix}/small.plaid")), s3.read()).unwrap(),
+        tensors
+    );
+    assert_eq!(
+        load_url(&s3.url(&format!("{prefix}/m.safetensors")), s3.read()).unwrap(),
+        local_tensors("m.safetensors", &safetensors)
+    );
+    assert_eq!(
+        load_url(&s3.url(&format!("{prefix}/m.tensors")), s3.read()).unwrap(),
+        local_tensors("m.tensors", &tensorizer)
+    );
+}
+
+#[test]
+fn s3_abandoned_and_failed_uploads_leave_no_object() {
+    let Some(s3) = S3::from_env() else { return };
+    let prefix = unique("abandoned");
+    let model = large_model();
+    // Dropped unfinished after parts went out.
+    let url = s3.url(&format!("{prefix}/dropped.plaid"));
+    {
+        let mut upload = plaid::remote::Upload::create(&url, s3.write().storage_options()).unwrap();
+        upload.write(&model[0].2).unwrap();
+        upload.write(&model[1].2).unwrap();
+        upload.write(&model[2].2).unwrap();
+    }
+    assert!(matches!(
+        Deserializer::open(&url, s3.read()),
+        Err(Error::NotFound(_))
+    ));
+    // A serializer dropped before finish.
+    let url = s3.url(&format!("{prefix}/serializer.plaid"));
+    {
+        let mut writer = Serializer::create(&url, s3.write()).unwrap();
+        writer
+            .add_tensor("w", DType::F32, &model[0].1, &model[0].2)
+            .unwrap();
+    }
+    assert!(matches!(
+        Deserializer::open(&url, s3.read()),
+        Err(Error::NotFound(_))
+    ));
+    // A finish that fails (a tensor in device memory with no CUDA driver here) aborts.
+    let url = s3.url(&format!("{prefix}/failed.plaid"));
+    let mut writer = Serializer::create(&url, s3.write()).unwrap();
+    writer
+        .add_tensor("w", DType::F32, &model[0].1, &model[0].2)
+        .unwrap();
+    if writer
+        .add_tensor_cuda("d", DType::F32, &[4], 0, 0x1000)
+        .is_ok()
+    {
+        assert!(writer.finish().is_err());
+        assert!(matches!(
+            Deserializer::open(&url, s3.read()),
+            Err(Error::NotFound(_))
+        ));
+    }
+}
+
+#[test]
+fn s3_wrong_credentials_and_missing_objects() {
+    let Some(s3) = S3::from_env() else { return };
+    let key = unique("creds");
+    s3.put(&key, &plaid_model().0);
+    let wrong = s3.read().storage("aws_secret_access_key", "wrong").unwrap();
+    match Deserializer::open(s3.url(&key), wrong) {
+        Err(e @ Error::Io { .. }) => {
+            let m = e.to_string();
+            assert!(m.contains(&s3.url(&key)), "{m}");
+            assert!(m.contains("HTTP 403"), "{m}");
+        }
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+    match Deserializer::open(s3.url("no/such/object.plaid"), s3.read()) {
+        Err(Error::NotFound(m)) => assert!(m.contains("no/such/object.plaid"), "{m}"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    // (A missing bucket is not tested here: s3s-fs makes buckets on the fly.)
+}
+
+#[test]
+fn nginx_serves_every_format_and_a_sharded_checkpoint() {
+    let (Some(base), Some(root)) = (
+        server_var("PLAID_TEST_HTTP_URL"),
+        server_var("PLAID_TEST_HTTP_ROOT"),
+    ) else {
+        return;
+    };
+    let dir = unique("nginx");
+    std::fs::create_dir_all(Path::new(&root).join(&dir)).unwrap();
+    let (plaid, tensors) = plaid_model();
+    let safetensors = safetensors_of(&plaid);
+    let tensorizer = std::fs::read(fixtures().join("module_tiny_lm_f32.tensors")).unwrap();
+    for (name, bytes) in [
+        ("m.plaid", &plaid),
+        ("m.safetensors", &safetensors),
+        ("m.tensors", &tensorizer),
+    ] {
+        std::fs::write(Path::new(&root).join(&dir).join(name), bytes).unwrap();
+    }
+    let url = |name: &str| format!("{base}/{dir}/{name}");
+    assert_eq!(load_url(&url("m.plaid"), options()).unwrap(), tensors);
+    assert_eq!(
+        load_url(&url("m.safetensors"), options()).unwrap(),
+        local_tensors("m.safetensors", &safetensors)
+    );
+    assert_eq!(
+        load_url(&url("m.tensors"), options()).unwrap(),
+        local_tensors("m.tensors", &tensorizer)
+    );
+    // nginx answers If-Match: a file replaced after opening fails the load.
+    let d = Deserializer::open(url("m.plaid"), options()).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut changed = plaid.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 1;
+    std::fs::write(Path::new(&root).join(&dir).join("m.plaid"), &changed).unwrap();
+    let message = io_message(load_all(&d));
+    assert!(
+        message.contains("412") || message.contains("changed"),
+        "{message}"
+    );
+    match Deserializer::open(url("absent.plaid"), options()) {
+        Err(Error::NotFound(_)) => {}
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+}
+
+#[test]
+fn azurite_upload_then_load() {
+    let Some(endpoint) = server_var("PLAID_TEST_AZURE_ENDPOINT") else {
+        return;
+    };
+    let (Some(account), Some(key), Some(container)) = (
+        server_var("PLAID_TEST_AZURE_ACCOUNT"),
+        server_var("PLAID_TEST_AZURE_ACCESS_KEY"),
+        server_var("PLAID_TEST_AZURE_CONTAINER"),
+    ) else {
+        return;
+    };
+    let pairs = [
+        ("azure_storage_account_name", account.as_str()),
+        ("azure_storage_access_key", key.as_str()),
+        ("azure_storage_endpoint", endpoint.as_str()),
+        ("azure_allow_http", "true"),
+        ("max_retries", "2"),
+    ];
+    let mut read = options();
+    let mut write = WriteOptions::default()
+        .storage("upload_part_size", &(5u64 << 20).to_string())
+        .unwrap();
+    for (k, v) in pairs {
+        read = read.storage(k, v).unwrap();
+        write = write.storage(k, v).unwrap();
+    }
+    let url = format!("az://{container}/{}/m.plaid", unique("azure"));
+    let model = large_model();
+    let mut writer = Serializer::create(&url, write).unwrap();
+    for (name, shape, bytes) in &model {
+        writer.add_tensor(name, DType::F32, shape, bytes).unwrap();
+    }
+    writer.finish().unwrap();
+    let loaded = load_url(&url, read.clone()).unwrap();
+    for ((_, _, bytes), got) in model.iter().zip(&loaded) {
+        assert_eq!(bytes, got);
+    }
+    let wrong = read
+        .storage("azure_storage_access_key", "d3Jvbmc=")
+        .unwrap();
+    assert!(matches!(
+        Deserializer::open(&url, wrong),
+        Err(Error::Io { .. })
+    ));
+}
+
+#[test]
+fn gcs_emulator_load() {
+    let Some(base) = server_var("PLAID_TEST_GCS_BASE_URL") else {
+        return;
+    };
+    let (Some(bucket), Some(key)) = (
+        server_var("PLAID_TEST_GCS_BUCKET"),
+        server_var("PLAID_TEST_GCS_SERVICE_ACCOUNT_KEY"),
+    ) else {
+        return;
+    };
+    // The emulator takes no XML-API writes: the object is put with its JSON API.
+    let name = format!("{}/m.plaid", unique("gcs"));
+    let (plaid, tensors) = plaid_model();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.plaid");
+    std::fs::write(&file, &plaid).unwrap();
+    let status = std::process::Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", "-X", "POST", "--data-binary"])
+        .arg(format!("@{}", file.display()))
+        .arg(format!(
+            "{base}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={}",
+            name.replace('/', "%2F")
+        ))
+        .status()
+        .expect("curl");
+    assert!(status.success());
+    let read = options()
+        .storage("google_base_url", &base)
+        .unwrap()
+        .storage("google_service_account_key", &key)
+        .unwrap()
+        .storage("google_allow_http", "true")
+        .unwrap();
+    assert_eq!(
+        load_url(&format!("gs://{bucket}/{name}"), read).unwrap(),
+        tensors
+    );
+}
