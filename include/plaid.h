@@ -223,21 +223,6 @@
 #define PLAID_ABI_VERSION 1
 
 /**
- * Default bytes per ranged GET.
- */
-#define REMOTE_REQUEST_BYTES (8 << 20)
-
-/**
- * Default gap between wanted ranges that is read through rather than asked for apart.
- */
-#define REMOTE_MERGE_GAP (1 << 20)
-
-/**
- * Default ranged GETs in flight.
- */
-#define REMOTE_IN_FLIGHT 32
-
-/**
  * Tensors loaded by `plaid_deserializer_load_cuda` into one device allocation made by
  * plaid. Opaque; freed (with all its tensors) by `plaid_cuda_arena_free`. Independent of
  * the deserializer: it may outlive it.

@@ -330,6 +330,7 @@ impl<'a> Serializer<'a> {
 
     /// [`Serializer::finish`], calling `progress(bytes_written, total_bytes)` after each
     /// tensor is written.
+    #[cfg_attr(not(feature = "remote"), allow(clippy::infallible_destructuring_match))]
     pub fn finish_with_progress(self, progress: &mut dyn FnMut(u64, u64)) -> Result<WriteStats> {
         let temp = match self.out {
             Out::File(temp) => temp,

@@ -416,6 +416,19 @@ fn child_remote_sources() {
         load_to_device(&remote, &|_| false).unwrap(),
         common::load_all(&host).unwrap()
     );
+    // From nginx, where the test servers run.
+    if let (Ok(base), Ok(root)) = (
+        std::env::var("PLAID_TEST_HTTP_URL"),
+        std::env::var("PLAID_TEST_HTTP_ROOT"),
+    ) {
+        let name = format!("cuda-{}.plaid", std::process::id());
+        std::fs::copy(&path, Path::new(&root).join(&name)).unwrap();
+        let d = Deserializer::open(format!("{base}/{name}"), options()).unwrap();
+        assert!(
+            load_to_device(&d, &|i| i % 4 == 0).unwrap() == expected,
+            "{base}/{name}"
+        );
+    }
     // From S3 too, where the test servers run (uploaded by plaid itself).
     if let Ok(endpoint) = std::env::var("PLAID_TEST_S3_ENDPOINT") {
         let var = |n: &str| std::env::var(n).unwrap();

@@ -602,6 +602,21 @@ fn s3_wrong_credentials_and_missing_objects() {
         Err(Error::NotFound(m)) => assert!(m.contains("no/such/object.plaid"), "{m}"),
         other => panic!("expected NotFound, got {other:?}"),
     }
+    // Unsigned requests (public buckets) send no signature: this server wants one.
+    let unsigned = s3.read().storage("aws_skip_signature", "true").unwrap();
+    match Deserializer::open(s3.url(&key), unsigned) {
+        Err(e @ Error::Io { .. }) => assert!(e.to_string().contains("HTTP 403"), "{e}"),
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+    // A CA bundle that cannot be read is named.
+    let bundle = s3
+        .read()
+        .storage("aws_ca_bundle", "/nonexistent/ca.pem")
+        .unwrap();
+    match Deserializer::open(s3.url(&key), bundle) {
+        Err(e) => assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}"),
+        Ok(_) => panic!("opened with an unreadable CA bundle"),
+    }
     // (A missing bucket is not tested here: s3s-fs makes buckets on the fly.)
 }
 
@@ -738,4 +753,176 @@ fn gcs_emulator_load() {
         load_url(&format!("gs://{bucket}/{name}"), read).unwrap(),
         tensors
     );
+}
+
+// ---- The C API, called from Rust exactly as C calls it ----
+
+mod c_api {
+    use std::ffi::{c_char, CStr, CString};
+    use std::ptr;
+
+    use plaid::ffi::deserializer::*;
+    use plaid::ffi::read_options::*;
+    use plaid::ffi::serializer::*;
+    use plaid::ffi::status::*;
+    use plaid::ffi::write_options::*;
+
+    use super::{plaid_model, FaultServer, S3};
+
+    fn last_error() -> String {
+        let len = unsafe { plaid_last_error_message(ptr::null_mut(), 0) };
+        let mut buf = vec![0 as c_char; len + 1];
+        unsafe { plaid_last_error_message(buf.as_mut_ptr(), buf.len()) };
+        unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn c(text: &str) -> CString {
+        CString::new(text).unwrap()
+    }
+
+    #[test]
+    fn storage_options_and_urls_through_the_c_api() {
+        let server = FaultServer::start();
+        server.put("m.plaid", plaid_model().0);
+        unsafe {
+            let mut o = ptr::null_mut();
+            assert_eq!(plaid_read_options_new(&mut o), PLAID_OK);
+            assert_eq!(
+                plaid_read_options_set_storage(o, c("MAX_RETRIES").as_ptr(), c("1").as_ptr()),
+                PLAID_OK
+            );
+            assert_eq!(
+                plaid_read_options_set_storage(o, c("timeout").as_ptr(), c("5s").as_ptr()),
+                PLAID_OK
+            );
+            assert_eq!(
+                plaid_read_options_set_storage(o, c("bogus_key").as_ptr(), c("1").as_ptr()),
+                PLAID_ERR_INVALID_ARGUMENT
+            );
+            assert!(last_error().contains("bogus_key"), "{}", last_error());
+            assert_eq!(
+                plaid_read_options_set_storage(o, ptr::null(), c("1").as_ptr()),
+                PLAID_ERR_INVALID_ARGUMENT
+            );
+            assert_eq!(
+                plaid_read_options_set_storage(
+                    ptr::null_mut(),
+                    c("timeout").as_ptr(),
+                    c("1s").as_ptr()
+                ),
+                PLAID_ERR_INVALID_ARGUMENT
+            );
+            let mut d = ptr::null_mut();
+            let url = c(&server.url_of("m.plaid"));
+            assert_eq!(
+                plaid_deserializer_open(url.as_ptr(), o, &mut d),
+                PLAID_OK,
+                "{}",
+                last_error()
+            );
+            assert!(plaid_deserializer_tensor_count(d) > 40);
+            assert_eq!(plaid_deserializer_verify(d), PLAID_OK, "{}", last_error());
+            plaid_deserializer_free(d);
+
+            let mut missing = ptr::null_mut();
+            let url = c(&server.url_of("absent.plaid"));
+            assert_eq!(
+                plaid_deserializer_open(url.as_ptr(), o, &mut missing),
+                PLAID_ERR_NOT_FOUND
+            );
+            assert!(missing.is_null());
+            assert!(last_error().contains("absent.plaid"), "{}", last_error());
+            plaid_read_options_free(o);
+
+            // Plain HTTP servers cannot be written to.
+            let mut w = ptr::null_mut();
+            assert_eq!(plaid_write_options_new(&mut w), PLAID_OK);
+            assert_eq!(
+                plaid_write_options_set_storage(
+                    w,
+                    c("upload_part_size").as_ptr(),
+                    c("6000000").as_ptr()
+                ),
+                PLAID_OK
+            );
+            assert_eq!(
+                plaid_write_options_set_storage(w, c("nope").as_ptr(), c("1").as_ptr()),
+                PLAID_ERR_INVALID_ARGUMENT
+            );
+            let mut s = ptr::null_mut();
+            let url = c(&server.url_of("new.plaid"));
+            assert_eq!(
+                plaid_serializer_new(url.as_ptr(), w, &mut s),
+                PLAID_ERR_UNSUPPORTED
+            );
+            plaid_write_options_free(w);
+        }
+    }
+
+    #[test]
+    fn an_s3_upload_and_load_through_the_c_api() {
+        let Some(s3) = S3::from_env() else { return };
+        let data: Vec<u8> = (0..(6u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let url = c(&s3.url(&format!("{}/c.plaid", super::unique("c-api"))));
+        unsafe {
+            let mut w = ptr::null_mut();
+            assert_eq!(plaid_write_options_new(&mut w), PLAID_OK);
+            let mut o = ptr::null_mut();
+            assert_eq!(plaid_read_options_new(&mut o), PLAID_OK);
+            for (k, v) in &s3.pairs {
+                assert_eq!(
+                    plaid_write_options_set_storage(w, c(k).as_ptr(), c(v).as_ptr()),
+                    PLAID_OK
+                );
+                assert_eq!(
+                    plaid_read_options_set_storage(o, c(k).as_ptr(), c(v).as_ptr()),
+                    PLAID_OK
+                );
+            }
+            let mut s = ptr::null_mut();
+            assert_eq!(
+                plaid_serializer_new(url.as_ptr(), w, &mut s),
+                PLAID_OK,
+                "{}",
+                last_error()
+            );
+            let shape = [data.len() as u64];
+            assert_eq!(
+                plaid_serializer_add_tensor(
+                    s,
+                    c("w").as_ptr(),
+                    1,
+                    shape.as_ptr(),
+                    1,
+                    data.as_ptr().cast(),
+                    data.len() as u64
+                ),
+                PLAID_OK,
+                "{}",
+                last_error()
+            );
+            // Not there before finish.
+            let mut d = ptr::null_mut();
+            assert_eq!(
+                plaid_deserializer_open(url.as_ptr(), o, &mut d),
+                PLAID_ERR_NOT_FOUND
+            );
+            assert_eq!(plaid_serializer_finish(s), PLAID_OK, "{}", last_error());
+            plaid_serializer_free(s);
+            assert_eq!(
+                plaid_deserializer_open(url.as_ptr(), o, &mut d),
+                PLAID_OK,
+                "{}",
+                last_error()
+            );
+            assert_eq!(plaid_deserializer_tensor_count(d), 1);
+            assert_eq!(plaid_deserializer_verify(d), PLAID_OK, "{}", last_error());
+            plaid_deserializer_free(d);
+            plaid_read_options_free(o);
+            plaid_write_options_free(w);
+        }
+    }
 }

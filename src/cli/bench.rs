@@ -35,6 +35,12 @@ struct Prepared {
     total: u64,
 }
 
+/// Write the synthetic model of `tensors` (bf16, random) at `path`.
+#[cfg_attr(not(feature = "remote"), allow(dead_code))]
+pub(crate) fn write_synthetic(path: &Path, tensors: &[(String, Vec<u64>)]) -> plaid::Result<()> {
+    write_model(path, tensors).map(drop)
+}
+
 fn write_model(
     path: &Path,
     tensors: &[(String, Vec<u64>)],

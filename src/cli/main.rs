@@ -62,6 +62,48 @@ enum Command {
         /// Number of small (8 KiB) tensors in the many-tensor case.
         #[arg(long, default_value_t = 10_000)]
         small_tensors: usize,
+        /// Measure remote loads instead: HTTP (nginx) and S3 (s3s-fs) on loopback against
+        /// curl and boto3, with peak RSS. Needs the test servers: `scripts/servers start
+        /// DIR` and `. DIR/env`.
+        #[arg(long)]
+        remote: bool,
+        /// Requests in flight of the remote rows' "N in flight" case.
+        #[arg(long, default_value_t = 32)]
+        in_flight: u32,
+    },
+    /// Write the synthetic model at FILE and upload it to URL (the setup of `bench
+    /// --remote`).
+    #[command(hide = true)]
+    BenchPrepare {
+        /// The local file.
+        file: PathBuf,
+        /// The URL to upload to.
+        url: String,
+        /// Approximate size in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        /// A storage option, KEY=VALUE (repeatable).
+        #[arg(long)]
+        storage: Vec<String>,
+    },
+    /// Load a file or URL into pre-faulted host buffers, verified, and print the load's
+    /// seconds (a child process of `bench --remote`).
+    #[command(hide = true)]
+    BenchLoad {
+        /// The file or URL.
+        url: String,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 0)]
+        in_flight: u32,
+        /// Bytes per request (0: the source's default).
+        #[arg(long, default_value_t = 0)]
+        chunk: u64,
+        /// Skip verification.
+        #[arg(long)]
+        no_verify: bool,
+        /// A storage option, KEY=VALUE (repeatable).
+        #[arg(long)]
+        storage: Vec<String>,
     },
     /// Write a synthetic transformer-shaped checkpoint, load it back into host buffers,
     /// verify it, and print sizes, times and throughput.
@@ -82,6 +124,8 @@ enum Command {
 }
 
 mod bench;
+#[cfg(feature = "remote")]
+mod bench_remote;
 
 fn main() -> ExitCode {
     // Die quietly on a closed pipe (`plaid inspect big.plaid | head`), as command-line
@@ -93,12 +137,42 @@ fn main() -> ExitCode {
         Command::Inspect { file } => inspect(&file),
         Command::Verify { file, threads } => verify(&file, threads),
         Command::Convert { input, output, to } => convert(&input, &output, to.as_deref()),
+        #[cfg(feature = "remote")]
+        Command::Bench {
+            size_mib,
+            rounds,
+            remote: true,
+            in_flight,
+            ..
+        } => bench_remote::bench_remote(size_mib, rounds, in_flight),
+        #[cfg(feature = "remote")]
+        Command::BenchPrepare {
+            file,
+            url,
+            size_mib,
+            storage,
+        } => bench_remote::bench_prepare(&file, &url, size_mib, &storage),
+        #[cfg(not(feature = "remote"))]
+        Command::Bench { remote: true, .. }
+        | Command::BenchLoad { .. }
+        | Command::BenchPrepare { .. } => Err(plaid::Error::Unsupported(
+            "this build of plaid reads no URLs (the `remote` feature is off)".into(),
+        )),
         Command::Bench {
             size_mib,
             dir,
             rounds,
             small_tensors,
+            ..
         } => bench::bench(size_mib, dir, rounds, small_tensors),
+        #[cfg(feature = "remote")]
+        Command::BenchLoad {
+            url,
+            in_flight,
+            chunk,
+            no_verify,
+            storage,
+        } => bench_remote::bench_load(&url, in_flight, chunk, !no_verify, &storage),
         Command::Demo {
             size_mib,
             dir,

@@ -176,11 +176,13 @@ impl Client {
         };
         Ok(RemoteSource {
             client: self.clone(),
-            location: location.clone(),
-            len: meta.size,
-            if_match,
-            etag,
-            last_modified: meta.last_modified,
+            object: Arc::new(Object {
+                location: location.clone(),
+                len: meta.size,
+                if_match,
+                etag,
+                last_modified: meta.last_modified,
+            }),
         })
     }
 
@@ -198,6 +200,11 @@ impl Client {
 /// One remote object, read with ranged GETs pinned to the ETag it had when opened.
 pub struct RemoteSource {
     client: Arc<Client>,
+    object: Arc<Object>,
+}
+
+/// What every read of one object needs (shared with the tasks that read it).
+struct Object {
     location: Location,
     len: u64,
     /// The ETag sent as `If-Match` (strong ETags only).
@@ -210,9 +217,9 @@ pub struct RemoteSource {
 impl std::fmt::Debug for RemoteSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteSource")
-            .field("url", &self.location.url)
-            .field("len", &self.len)
-            .field("etag", &self.etag)
+            .field("url", &self.object.location.url)
+            .field("len", &self.object.len)
+            .field("etag", &self.object.etag)
             .finish()
     }
 }
@@ -231,9 +238,11 @@ impl RemoteSource {
 
     /// The ETag pinned when the object was opened.
     pub fn etag(&self) -> Option<&str> {
-        self.etag.as_deref()
+        self.object.etag.as_deref()
     }
+}
 
+impl Object {
     /// Ask for `range` and copy the body into `buf` as it arrives.
     async fn fetch(
         &self,
@@ -302,25 +311,45 @@ impl RemoteSource {
     }
 }
 
+/// A destination buffer handed to a task of the runtime.
+struct Lent {
+    at: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the buffer is written by one task while the thread that lent it blocks until that
+// task has ended (`Owned::run_task`), so no one else touches it meanwhile.
+unsafe impl Send for Lent {}
+
 impl Source for RemoteSource {
     fn name(&self) -> &str {
-        &self.location.url
+        &self.object.location.url
     }
 
     fn len(&self) -> u64 {
-        self.len
+        self.object.len
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        if buf.is_empty() || offset >= self.len {
+        let len = self.object.len;
+        if buf.is_empty() || offset >= len {
             return Ok(0);
         }
-        let want = (buf.len() as u64).min(self.len - offset);
-        let buf = &mut buf[..want as usize];
+        let want = (buf.len() as u64).min(len - offset);
+        let lent = Lent {
+            at: buf.as_mut_ptr(),
+            len: want as usize,
+        };
         let range = offset..offset + want;
-        self.client
-            .owned
-            .run(|store| async move { self.fetch((*store).clone(), range, buf).await })
+        let object = self.object.clone();
+        self.client.owned.run_task(move |store| async move {
+            let lent = lent;
+            // SAFETY: `buf` outlives the task: `run_task` returns only once the task has
+            // ended (completed, failed or panicked), and this thread blocks in it until then;
+            // the task is the only user of these bytes meanwhile.
+            let buf = unsafe { std::slice::from_raw_parts_mut(lent.at, lent.len) };
+            object.fetch((*store).clone(), range, buf).await
+        })
     }
 
     fn hints(&self) -> SourceHints {

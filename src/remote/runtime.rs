@@ -16,9 +16,11 @@ use crate::error::{Error, Result};
 /// How long dropping a runtime waits for its tasks before leaving them behind.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Threads driving the network (sockets, TLS, timers). Copying into destinations happens
-/// on plaid's own I/O threads, so a few suffice for many requests in flight.
-const DRIVER_THREADS: usize = 2;
+/// Threads driving the network (sockets, TLS, timers, and the copies of bodies into their
+/// destinations, made beside the socket reads): half the cores, at least 2 and at most 8.
+fn driver_threads() -> usize {
+    (crate::pool::threads_or_cores(0) / 2).clamp(2, 8)
+}
 
 /// The process id, read fresh (a cached value would survive a fork).
 fn current_pid() -> u32 {
@@ -68,7 +70,7 @@ impl<T: Send + Sync + 'static> Owned<T> {
         }
         let runtime = Arc::new(
             tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(DRIVER_THREADS)
+                .worker_threads(driver_threads())
                 .thread_name("plaid-net")
                 .enable_all()
                 .build()
@@ -107,6 +109,35 @@ impl<T: Send + Sync + 'static> Owned<T> {
                 .join()
                 .unwrap_or_else(|_| Err(Error::invalid("a network call panicked")))
         })
+    }
+}
+
+impl<T: Send + Sync + 'static> Owned<T> {
+    /// Run the future `f` builds as a task of the runtime and wait for it, from any thread:
+    /// the task runs on the runtime's threads, beside the connection it reads from (the
+    /// bytes a socket read are copied on while they are in that core's cache, with no
+    /// wake-up of another thread per piece).
+    pub(crate) fn run_task<R, F, Fut>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(Arc<T>) -> Fut,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+    {
+        let (runtime, value) = self.current()?;
+        let task = runtime.spawn(f(value));
+        let joined = if tokio::runtime::Handle::try_current().is_err() {
+            runtime.block_on(task)
+        } else {
+            std::thread::scope(|scope| {
+                std::thread::Builder::new()
+                    .name("plaid-net-call".into())
+                    .spawn_scoped(scope, || runtime.block_on(task))
+                    .map_err(|e| Error::io("starting a thread for a network call", e))?
+                    .join()
+                    .map_err(|_| Error::invalid("a network call panicked"))
+            })?
+        };
+        joined.unwrap_or_else(|e| Err(Error::invalid(format!("a network task failed: {e}"))))
     }
 }
 
