@@ -290,11 +290,11 @@ pub fn bench_remote(size_mib: u64, rounds: usize, in_flight: u32) -> plaid::Resu
     }
     println!();
     println!(
-        "| {:<46} | {:>7} | {:>7} | {:>9} | {:>16} | {:>9} |",
+        "| {:<50} | {:>7} | {:>7} | {:>9} | {:>16} | {:>9} |",
         "row", "GB/s", "s", "peak RSS", "RSS above dest.", "bound"
     );
     println!(
-        "|{:-<48}|{:->9}|{:->9}|{:->11}|{:->18}|{:->11}|",
+        "|{:-<52}|{:->9}|{:->9}|{:->11}|{:->18}|{:->11}|",
         "", "", "", "", "", ""
     );
     for row in &rows {
@@ -312,7 +312,7 @@ pub fn bench_remote(size_mib: u64, rounds: usize, in_flight: u32) -> plaid::Resu
             .unwrap_or_else(|| "-".into());
         let bound = row.bound.map(human).unwrap_or_else(|| "-".into());
         println!(
-            "| {:<46} | {:>7.2} | {:>7.3} | {:>9} | {:>16} | {:>9} |",
+            "| {:<50} | {:>7.2} | {:>7.3} | {:>9} | {:>16} | {:>9} |",
             row.name,
             bytes as f64 / median.as_secs_f64().max(1e-9) / 1e9,
             median.as_secs_f64(),
