@@ -416,20 +416,31 @@ fn child_remote_sources() {
         load_to_device(&remote, &|_| false).unwrap(),
         common::load_all(&host).unwrap()
     );
-    // From nginx, where the test servers run.
+    // Every format from nginx and from S3 too, where the test servers run (the S3 objects
+    // uploaded by plaid itself), each compared with a local load.
+    let files = [path.clone(), safetensors.clone(), fixture.clone()];
+    let local: Vec<Vec<Vec<u8>>> = files
+        .iter()
+        .map(|f| common::load_all(&Deserializer::open(f, ReadOptions::default()).unwrap()).unwrap())
+        .collect();
     if let (Ok(base), Ok(root)) = (
         std::env::var("PLAID_TEST_HTTP_URL"),
         std::env::var("PLAID_TEST_HTTP_ROOT"),
     ) {
-        let name = format!("cuda-{}.plaid", std::process::id());
-        std::fs::copy(&path, Path::new(&root).join(&name)).unwrap();
-        let d = Deserializer::open(format!("{base}/{name}"), options()).unwrap();
-        assert!(
-            load_to_device(&d, &|i| i % 4 == 0).unwrap() == expected,
-            "{base}/{name}"
-        );
+        for (file, expected) in files.iter().zip(&local) {
+            let name = format!(
+                "cuda-{}-{}",
+                std::process::id(),
+                file.file_name().unwrap().to_string_lossy()
+            );
+            std::fs::copy(file, Path::new(&root).join(&name)).unwrap();
+            let d = Deserializer::open(format!("{base}/{name}"), options()).unwrap();
+            assert!(
+                &load_to_device(&d, &|i| i % 4 == 0).unwrap() == expected,
+                "{base}/{name}"
+            );
+        }
     }
-    // From S3 too, where the test servers run (uploaded by plaid itself).
     if let Ok(endpoint) = std::env::var("PLAID_TEST_S3_ENDPOINT") {
         let var = |n: &str| std::env::var(n).unwrap();
         let pairs = [
@@ -438,25 +449,28 @@ fn child_remote_sources() {
             ("aws_secret_access_key", var("PLAID_TEST_S3_SECRET_KEY")),
             ("aws_region", var("PLAID_TEST_S3_REGION")),
         ];
-        let url = format!(
-            "s3://{}/cuda-{}/m.plaid",
-            var("PLAID_TEST_S3_BUCKET"),
-            std::process::id()
-        );
         let mut upload_options = plaid::options::StorageOptions::default();
         let mut read = options();
         for (k, v) in &pairs {
             upload_options.set(k, v).unwrap();
             read = read.storage(k, v).unwrap();
         }
-        let mut upload = plaid::remote::Upload::create(&url, &upload_options).unwrap();
-        upload.write(&std::fs::read(&path).unwrap()).unwrap();
-        upload.finish().unwrap();
-        let d = Deserializer::open(&url, read).unwrap();
-        assert!(
-            load_to_device(&d, &|i| i % 3 == 0).unwrap() == expected,
-            "{url}"
-        );
+        for (file, expected) in files.iter().zip(&local) {
+            let url = format!(
+                "s3://{}/cuda-{}/{}",
+                var("PLAID_TEST_S3_BUCKET"),
+                std::process::id(),
+                file.file_name().unwrap().to_string_lossy()
+            );
+            let mut upload = plaid::remote::Upload::create(&url, &upload_options).unwrap();
+            upload.write(&std::fs::read(file).unwrap()).unwrap();
+            upload.finish().unwrap();
+            let d = Deserializer::open(&url, read.clone()).unwrap();
+            assert!(
+                &load_to_device(&d, &|i| i % 3 == 0).unwrap() == expected,
+                "{url}"
+            );
+        }
     }
     assert_eq!(stats().3, 0, "misuse");
 }
