@@ -508,6 +508,25 @@ extern "C" {
 #endif // __cplusplus
 
 /**
+ * Convert the file at `input` (plaid, safetensors, a sharded checkpoint's index, or
+ * tensorizer, detected from its bytes; a path or a URL) to `format` at `output`:
+ * `"plaid"`, `"safetensors"` or `"tensorizer"`, or NULL to choose from `output`'s
+ * extension (`.safetensors`, `.tensors`, else plaid). The metadata is carried over where
+ * the output format holds it. Atomic: the result is written under a temporary name beside
+ * `output` (a multipart upload for a URL), read back, verified and compared with the input,
+ * and only then put in place; on failure `output` is as it was.
+ *
+ * Returns `PLAID_ERR_INVALID_ARGUMENT` for NULL paths or an unknown format,
+ * `PLAID_ERR_UNSUPPORTED` for a tensor the output format cannot hold, and the statuses of
+ * `plaid_deserializer_open` and of writing.
+ *
+ * # Safety
+ * `input` and `output` are NULL (an error) or NUL-terminated; `format` is NULL or
+ * NUL-terminated.
+ */
+plaid_status plaid_convert(const char *input, const char *output, const char *format);
+
+/**
  * Store in `*address` the device address (`CUdeviceptr`) of tensor `index` (file order)
  * in `arena`, 256-byte aligned, valid until `plaid_cuda_arena_free`, and its size in
  * `*nbytes`. Returns `PLAID_ERR_NOT_FOUND` for a tensor that was not loaded (filtered out,

@@ -7,6 +7,7 @@
 #![allow(non_camel_case_types)]
 
 pub mod boundary;
+pub mod convert;
 pub mod cuda_arena;
 pub mod deserializer;
 pub mod dtype;

@@ -47,8 +47,9 @@ class safe_open:
         return [m.name for m in self._reader.tensors]
 
     def metadata(self):
-        """The file's metadata (str to str)."""
-        return self._reader.metadata()
+        """The file's metadata (str to str), or None where the file has none (as
+        safetensors' ``safe_open`` answers)."""
+        return self._reader.metadata() or None
 
     def get_tensor(self, name):
         """Tensor ``name``, loaded and verified now."""

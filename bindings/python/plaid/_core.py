@@ -1,6 +1,7 @@
 """Framework-neutral core of the binding: an open file (`Reader`) and writing a file
 (`write`). numpy and torch build on these."""
 
+import contextlib
 import ctypes
 import json
 import os
@@ -209,6 +210,49 @@ class HostArena:
             if nbytes.value else (ctypes.c_uint8 * 0)()
         array._owner = self  # the memory lives as long as any array over it
         return array
+
+
+FORMATS = ("plaid", "safetensors", "tensorizer")
+
+
+def output_format(path, format=None):
+    """The format to write ``path`` in: ``format`` where given, else from the name
+    (``.safetensors``, ``.tensors``, else plaid)."""
+    if format is not None:
+        if format not in FORMATS:
+            raise _lib.InvalidArgumentError(
+                f"format {format!r}: use 'plaid', 'safetensors' or 'tensorizer'")
+        return format
+    name = os.fsdecode(path)
+    if name.endswith(".safetensors"):
+        return "safetensors"
+    if name.endswith(".tensors"):
+        return "tensorizer"
+    return "plaid"
+
+
+def save(path, tensors, metadata=None, storage_options=None, format=None):
+    """`write` in the format ``format`` or the name picks: plaid directly; safetensors and
+    tensorizer by writing plaid beside the target, then converting (read back, verified and
+    compared; atomic)."""
+    fmt = output_format(path, format)
+    if fmt == "plaid":
+        return write(path, tensors, metadata, storage_options)
+    if _source.is_url(os.fsdecode(path)) and storage_options:
+        raise _lib.UnsupportedError(
+            f"{os.fsdecode(path)}: writing {fmt} to a URL takes its configuration from the "
+            "environment only; write plaid's format, or drop storage_options")
+    import tempfile
+    folder = None if _source.is_url(os.fsdecode(path)) else \
+        (os.path.dirname(os.path.abspath(os.fsdecode(path))) or ".")
+    handle, staged = tempfile.mkstemp(prefix=".plaid-save.", suffix=".plaid", dir=folder)
+    os.close(handle)
+    try:
+        write(staged, tensors, metadata)
+        check(lib.plaid_convert(os.fsencode(staged), os.fsencode(path), fmt.encode()))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staged)
 
 
 def set_storage(setter, options, storage_options):

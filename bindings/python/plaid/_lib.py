@@ -70,6 +70,7 @@ _SIGNATURES = [
     ("plaid_write_options_new", [ctypes.POINTER(_vp)], _i32),
     ("plaid_write_options_set_sync", [_vp, _i32], _i32),
     ("plaid_write_options_set_storage", [_vp, ctypes.c_char_p, ctypes.c_char_p], _i32),
+    ("plaid_convert", [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p], _i32),
     ("plaid_write_options_free", [_vp], None),
     ("plaid_serializer_new", [ctypes.c_char_p, _vp, ctypes.POINTER(_vp)], _i32),
     ("plaid_serializer_add_tensor",

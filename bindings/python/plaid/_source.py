@@ -10,6 +10,7 @@ the original exception is chained to it. The callbacks stay alive until the libr
 ``release``, which it does exactly once, when the last deserializer using the source is
 gone."""
 
+import contextlib
 import ctypes
 import io
 import os
@@ -76,8 +77,10 @@ class _Reader:
         except (AttributeError, OSError, io.UnsupportedOperation):
             fd = None
         if fd is not None and not isinstance(obj, io.TextIOBase):
-            self.fd = fd
-            self.length = os.fstat(fd).st_size
+            # A descriptor of its own: reads made later (tensors read on first access)
+            # work after the caller closed the file; closed when the library releases it.
+            self.fd = os.dup(fd)
+            self.length = os.fstat(self.fd).st_size
             self.read = self._read_fd
         else:
             if isinstance(obj, io.TextIOBase):
@@ -143,7 +146,11 @@ def _read(user_data, offset, buf, length):
 @_lib.RELEASE_FN
 def _release(user_data):
     with _live_lock:
-        _live.pop(user_data, None)
+        reader = _live.pop(user_data, None)
+    fd = getattr(reader, "fd", None)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 class Source:
@@ -163,6 +170,8 @@ class Source:
         if status != 0:
             with _live_lock:
                 _live.pop(key, None)  # release is not called when creation fails
+            if self.reader.fd is not None:
+                os.close(self.reader.fd)
             check(status)
         self.handle = handle
         self.name = self.reader.name

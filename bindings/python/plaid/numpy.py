@@ -43,10 +43,12 @@ def array_from(buffer, meta, dtype=None):
     return np.frombuffer(buffer, dtype=np.uint8).view(dtype).reshape(meta.shape)
 
 
-def save_file(tensors, path, metadata=None, *, storage_options=None):
+def save_file(tensors, path, metadata=None, *, format=None, storage_options=None):
     """Write ``tensors`` (a dict of str to numpy arrays) and ``metadata`` (a dict of str to
-    str) as a plaid file at ``path`` (or an ``s3://``/``gs://``/``az://`` URL, configured by
-    the environment and ``storage_options``), atomically, with checksums."""
+    str) at ``path`` (or an ``s3://``/``gs://``/``az://`` URL, configured by the environment
+    and ``storage_options``), atomically, with checksums, in the format ``format`` names
+    (``"plaid"``, ``"safetensors"``, ``"tensorizer"``) or else the name does
+    (``.safetensors``, ``.tensors``, else plaid's)."""
     items = []
     for name, array in tensors.items():
         if not isinstance(array, np.ndarray):
@@ -57,7 +59,7 @@ def save_file(tensors, path, metadata=None, *, storage_options=None):
         items.append({"name": name, "dtype_id": dtype_id(contiguous.dtype),
                       "shape": contiguous.shape, "address": contiguous.ctypes.data,
                       "nbytes": contiguous.nbytes, "keep": contiguous})
-    _core.write(path, items, metadata, storage_options)
+    _core.save(path, items, metadata, storage_options, format)
 
 
 def load_file(path, *, storage_options=None):

@@ -4,6 +4,8 @@ safetensors and tensorizer files alike. CUDA tensors are loaded straight into de
 and serialized straight from it."""
 
 import contextlib
+import contextvars
+import threading
 from collections.abc import Mapping
 
 import torch
@@ -181,14 +183,16 @@ def _items(tensors):
     return items
 
 
-def save_file(tensors, path, metadata=None, *, storage_options=None):
+def save_file(tensors, path, metadata=None, *, format=None, storage_options=None):
     """Write ``tensors`` (a dict of str to torch tensors, on the CPU or on CUDA devices) and
-    ``metadata`` (str to str) as a plaid file at ``path``, atomically, with checksums.
+    ``metadata`` (str to str) at ``path``, atomically, with checksums: in the format
+    ``format`` names (``"plaid"``, ``"safetensors"``, ``"tensorizer"``) or else the name
+    does (``.safetensors``, ``.tensors``, else plaid's).
     CUDA tensors are copied out of device memory by plaid while it writes. ``path`` may be
     an ``s3://``/``gs://``/``az://`` URL (a multipart upload that completes only on
     success), configured from the environment and ``storage_options``."""
-    _core.write(path, _items((n, t, {}) for n, t in tensors.items()), metadata,
-                storage_options)
+    _core.save(path, _items((n, t, {}) for n, t in tensors.items()), metadata,
+               storage_options, format)
 
 
 # ---- the tensorizer-style API ------------------------------------------------------------
@@ -201,7 +205,11 @@ class TensorSerializer:
     puts every tensor back where it came from."""
 
     def __init__(self, file_obj, compress_tensors=False, *, metadata=None,
-                 storage_options=None, **_ignored):
+                 storage_options=None, encryption=None, **_compatible):
+        if encryption is not None:
+            raise UnsupportedError(
+                "TensorSerializer(encryption=...): plaid cannot encrypt yet; refusing rather "
+                "than writing the weights in the clear")
         if not isinstance(file_obj, (str, bytes)) and not hasattr(file_obj, "__fspath__"):
             raise TypeError("TensorSerializer writes to a path")
         self._path = file_obj
@@ -287,55 +295,70 @@ class TensorSerializer:
 
 
 class TensorDeserializer(Mapping):
-    """A read-only mapping of names to tensors, loaded from a plaid, safetensors or
-    tensorizer file (tensorizer's ``TensorDeserializer``), given by path, by URL
-    (``http(s)://``, ``s3://``, ``gs://``, ``az://``, configured from the environment and
-    ``storage_options``), as a seekable binary file object or as bytes-like data. All selected tensors are loaded
-    when it is made, onto ``device`` (default: the current CUDA device if there is one,
-    else the CPU), verified unless ``verify_hash=False``. ``filter_func(name)`` selects
-    tensors; ``dtype`` casts floating-point tensors. ``plaid_mode`` and ``num_readers`` are
-    accepted for compatibility (``num_readers`` sets the worker threads)."""
+    """A read-only mapping of names to tensors of a plaid, safetensors or tensorizer file
+    (tensorizer's ``TensorDeserializer``), given by path (a sharded checkpoint's
+    ``model.safetensors.index.json`` too), by URL (``http(s)://``, ``s3://``, ``gs://``,
+    ``az://``, configured from the environment and ``storage_options``), as a seekable binary
+    file object or as bytes-like data.
+
+    Making it opens the file and reads its header only. Tensors are read on first access
+    (``d[name]``, onto ``device``: default the current CUDA device if there is one, else the
+    CPU) or by `load_into_module`, which streams them straight into the module's own storage,
+    verified unless ``verify_hash=False``. ``filter_func(name)`` selects tensors; ``dtype``
+    casts floating-point tensors read through the mapping. ``encryption`` is refused (plaid
+    cannot decrypt yet): never ignored. ``plaid_mode``, ``lazy_load`` and ``num_readers``
+    are accepted for compatibility (``num_readers`` sets the worker threads)."""
 
     def __init__(self, file_obj, device=None, filter_func=None, dtype=None, *,
                  lazy_load=False, plaid_mode=None, plaid_mode_buffers=None, num_readers=None,
                  verify_hash=None, encryption=None, storage_options=None):
         if encryption is not None:
-            raise UnsupportedError("plaid cannot decrypt tensorizer files yet")
+            raise UnsupportedError(
+                "TensorDeserializer(encryption=...): plaid cannot decrypt tensorizer files yet; "
+                "the file would not be read as intended")
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self._device = _device(device)
-        verify = True if verify_hash is None else bool(verify_hash)
-        self._reader = _core.Reader(file_obj, verify=verify, threads=num_readers or 0,
+        self._dtype = dtype
+        self._verify = True if verify_hash is None else bool(verify_hash)
+        self._reader = _core.Reader(file_obj, verify=self._verify, threads=num_readers or 0,
                                     storage_options=storage_options)
-        try:
-            self._metas = {m.name: m for m in self._reader.tensors
-                           if filter_func is None or filter_func(m.name)}
-            tensors = _load_all(self._reader, self._device,
-                                lambda m: m.name in self._metas)
-        finally:
-            self._reader.close()
-        if dtype is not None:
-            tensors = {k: v.to(dtype) if v.is_floating_point() else v
-                       for k, v in tensors.items()}
-        self._tensors = tensors
+        self._metas = {m.name: m for m in self._reader.tensors
+                       if filter_func is None or filter_func(m.name)}
+        for meta in self._metas.values():
+            torch_dtype(meta)  # refuse a dtype torch lacks now, not halfway through a load
+        self._tensors = {}
         self.total_tensor_bytes = sum(m.nbytes for m in self._metas.values())
+        self.missing_keys = []
+        self.unexpected_keys = []
 
     def __getitem__(self, name):
-        return self._tensors[name]
+        tensor = self._tensors.get(name)
+        if tensor is None:
+            if name not in self._metas:
+                raise KeyError(name)
+            meta = self._metas[name]
+            tensor = _load_all(self._reader, self._device, lambda m: m.index == meta.index)[name]
+            if self._dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(self._dtype)
+            self._tensors[name] = tensor
+        return tensor
 
     def __iter__(self):
-        return iter(self._tensors)
+        return iter(self._metas)
 
     def __len__(self):
-        return len(self._tensors)
+        return len(self._metas)
 
     def meta(self, name):
         """What the file says about tensor ``name`` (role, module index, path, ...)."""
         return self._metas[name]
 
     def close(self):
-        """Drop the loaded tensors. Safe to call twice."""
+        """Close the file and drop the tensors read through the mapping. Safe to call
+        twice; tensors already handed out stay valid."""
         self._tensors = {}
+        self._reader.close()
 
     def __enter__(self):
         return self
@@ -345,27 +368,120 @@ class TensorDeserializer(Mapping):
 
     def load_into_module(self, module, filter_func=None, verify_hash=None, *, device=None,
                          strict=False):
-        """Put every tensor into ``module``'s parameters and buffers of the same name,
-        in place where they have storage (parameter identity is kept), or as new tensors on
-        ``device`` (default: the module's own, or this deserializer's for a module built
-        under `no_init_or_tensor`). Returns ``(missing_keys, unexpected_keys)`` the way
-        ``load_state_dict`` does; ``strict=True`` raises instead when either is non-empty."""
-        state = _module_entries(module)
-        replaced = {}  # id of a storage-less tensor -> what replaced it (keeps ties)
+        """Put the file's tensors into ``module``'s parameters and buffers of the same
+        names, reading each byte once, straight into its final place:
+
+        - a parameter or buffer that has storage (CPU or CUDA) receives its bytes in place,
+          through the placement callback (the object stays the same, no intermediate tensor;
+          a dtype other than the file's is loaded beside it and cast);
+        - one without storage (the meta device: a module built under `no_init_or_tensor`)
+          is replaced by a tensor plaid allocates on ``device`` (default: this
+          deserializer's), on the CPU as a view of one allocation for all of them (huge pages
+          where the system gives them), kept alive by the views;
+        - every alias of a tied tensor (one object under several names, such as GPT-2's
+          ``lm_head.weight`` and ``transformer.wte.weight``, of which checkpoints hold one)
+          gets the same loaded tensor.
+
+        Returns the number of the file's tensors loaded (as tensorizer's does: a tied
+        tensor stored under two names counts twice, and is read once); the names the file holds
+        that the module lacks, and the module's parameters and persistent buffers the file
+        lacks, are left in ``self.unexpected_keys`` and ``self.missing_keys``
+        (``strict=True`` raises `NotFoundError` when either is non-empty). Where the module
+        would be left with a tensor without storage (nothing in the file for it), raises
+        `NotFoundError` naming each one; nothing is replaced then. ``verify_hash`` overrides
+        the constructor's choice for this load."""
+        if verify_hash is not None and bool(verify_hash) != self._verify:
+            raise InvalidArgumentError(
+                "load_into_module(verify_hash=...) differs from the constructor's; "
+                "open another TensorDeserializer to change it")
+        target_device = _device(device) if device is not None else self._device
+        entries = _module_entries(module)
+        # Names under which each tensor object appears (ties), in module order.
+        aliases = {}
+        for key, (owner, attr, _kind, _persistent) in entries.items():
+            aliases.setdefault(id(getattr(owner, attr)), []).append(key)
+        chosen = {}    # id of the module's tensor -> meta of the file tensor it receives
+        matched = 0    # file tensors that name a parameter or buffer of the module
         unexpected = []
-        for name, tensor in self._tensors.items():
+        for name, meta in self._metas.items():
             if filter_func is not None and not filter_func(name):
                 continue
             key = name.lstrip(".")
-            if key not in state:
+            if key not in entries:
                 unexpected.append(name)
                 continue
-            _assign(state.pop(key), name, tensor, device, replaced)
-        missing = [k for k, (_, _, kind, persistent) in state.items()
-                   if kind == "param" or persistent]
+            owner, attr, _, _ = entries[key]
+            chosen.setdefault(id(getattr(owner, attr)), meta)
+            matched += 1
+        # What would stay without storage: refuse before changing anything.
+        left = [key for key, (owner, attr, _, _) in entries.items()
+                if getattr(owner, attr).device.type == "meta"
+                and id(getattr(owner, attr)) not in chosen]
+        if left:
+            raise NotFoundError(
+                f"{self._reader.path}: the file holds no tensor for {', '.join(left)}, which "
+                "the module has without storage (built under no_init_or_tensor); the model "
+                "could not run")
+        in_place = {}   # meta index -> destination tuple
+        cast_later = []  # (current tensor, file tensor on its device) to copy after the load
+        fresh_cpu = []   # (id, meta, current) to allocate in the arena
+        fresh_device = {}  # id -> new tensor on a device
+        for tid, meta in chosen.items():
+            key = aliases[tid][0]
+            owner, attr, kind, _ = entries[key]
+            current = getattr(owner, attr)
+            if tuple(current.shape) != tuple(meta.shape):
+                raise InvalidArgumentError(
+                    f"tensor {meta.name!r}: the file holds {list(meta.shape)}, the module's "
+                    f"{kind} {key!r} is {list(current.shape)}")
+            file_dtype = torch_dtype(meta)
+            if current.device.type != "meta":
+                if current.dtype == file_dtype and current.is_contiguous():
+                    in_place[meta.index] = _destination(current, meta)
+                else:
+                    staged = torch.empty(meta.shape, dtype=file_dtype, device=current.device)
+                    in_place[meta.index] = _destination(staged, meta)
+                    cast_later.append((current, staged))
+            elif target_device.type == "cpu":
+                fresh_cpu.append((tid, meta, current))
+            else:
+                new = torch.empty(meta.shape, dtype=file_dtype, device=target_device)
+                in_place[meta.index] = _destination(new, meta)
+                fresh_device[tid] = new
+        if in_place:
+            self._reader.load(in_place)
+        with torch.no_grad():
+            for current, staged in cast_later:
+                current.copy_(staged)
+        if fresh_cpu:
+            wanted = {meta.index for _, meta, _ in fresh_cpu}
+            arena = self._reader.load_host(lambda m: m.index in wanted)
+            for tid, meta, _ in fresh_cpu:
+                fresh_device[tid] = _tensor_from(arena.buffer(meta.index), meta)
+        for tid, new in fresh_device.items():
+            meta = chosen[tid]
+            first = entries[aliases[tid][0]]
+            current = getattr(first[0], first[1])
+            if new.dtype != current.dtype:
+                new = new.to(current.dtype)
+            value = new
+            if first[2] == "param":
+                value = torch.nn.Parameter(new, requires_grad=current.requires_grad)
+            for key in aliases[tid]:
+                owner, attr, kind, _ = entries[key]
+                if kind == "param":
+                    owner._parameters[attr] = value
+                else:
+                    owner._buffers[attr] = value if first[2] == "buffer" else value.data
+        covered = set()
+        for tid in chosen:
+            covered.update(aliases[tid])
+        missing = [k for k, (_, _, kind, persistent) in entries.items()
+                   if k not in covered and (kind == "param" or persistent)]
+        self.missing_keys, self.unexpected_keys = missing, unexpected
         if strict and (missing or unexpected):
             raise NotFoundError(f"missing keys {missing}, unexpected keys {unexpected}")
-        return torch.nn.modules.module._IncompatibleKeys(missing, unexpected)
+        return matched
 
 
 def _module_entries(module):
@@ -383,44 +499,72 @@ def _module_entries(module):
     return out
 
 
-def _assign(slot, name, tensor, device, replaced):
-    owner, attr, kind, _ = slot
-    current = getattr(owner, attr)
-    if id(current) in replaced:
-        # A tied tensor (one object under several names) replaced once already: share it.
-        if kind == "param":
-            setattr(owner, attr, replaced[id(current)])
-        else:
-            owner._buffers[attr] = replaced[id(current)]
-        return
-    if tuple(current.shape) != tuple(tensor.shape):
-        raise InvalidArgumentError(f"tensor {name!r}: the file holds {list(tensor.shape)}, "
-                                   f"the module's {kind} is {list(current.shape)}")
-    with torch.no_grad():
-        if current.device.type != "meta" and device is None:
-            current.copy_(tensor)  # in place: the parameter object stays the same
+class _NoInit:
+    """The state behind `no_init_or_tensor`: tensorizer's semantics, thread- and
+    async-safe and re-entrant. While any context is active, ``torch.empty`` and the
+    ``reset_parameters`` of ``Linear``, ``Embedding`` and ``LayerNorm`` are patched, and the
+    patches act only where a context is active (a context variable), so other threads are
+    unaffected."""
+
+    modules = (torch.nn.Linear, torch.nn.Embedding, torch.nn.LayerNorm)
+    originals = tuple((m, m.reset_parameters) for m in modules)
+    original_empty = torch.empty
+    active = contextvars.ContextVar("plaid_no_init_or_tensor", default=False)
+    users = 0
+    lock = threading.Lock()
+
+    @staticmethod
+    def empty(*args, **kwargs):
+        if _NoInit.active.get():
+            kwargs["device"] = "meta"
+        return _NoInit.original_empty(*args, **kwargs)
+
+    @staticmethod
+    def skip(original):
+        def reset_parameters(*args, **kwargs):
+            if not _NoInit.active.get():
+                return original(*args, **kwargs)
+            return None
+        return reset_parameters
+
+    @classmethod
+    @contextlib.contextmanager
+    def context(cls):
+        if cls.active.get():
+            yield
             return
-        target = device or (tensor.device if current.device.type == "meta" else current.device)
-        value = tensor.to(device=target, dtype=current.dtype)
-        if kind == "param":
-            value = torch.nn.Parameter(value, requires_grad=current.requires_grad)
-            setattr(owner, attr, value)
-        else:
-            owner._buffers[attr] = value
-        replaced[id(current)] = value
-
-
-@contextlib.contextmanager
-def _meta_device():
-    with torch.device("meta"):
-        yield
+        with cls.lock:
+            cls.users += 1
+            if cls.users == 1:
+                for module, original in cls.originals:
+                    module.reset_parameters = cls.skip(original)
+                torch.empty = cls.empty
+        token = cls.active.set(True)
+        try:
+            yield
+        finally:
+            cls.active.reset(token)
+            with cls.lock:
+                cls.users -= 1
+                if cls.users == 0:
+                    torch.empty = cls.original_empty
+                    for module, original in cls.originals:
+                        module.reset_parameters = original
 
 
 def no_init_or_tensor(loading_code=None):
-    """Build modules with no weight initialisation and no storage (on the meta device),
-    ready for ``load_into_module``. Use as a context manager (``with no_init_or_tensor():
+    """Build modules without initialising their weights and without storage for them, as
+    tensorizer's ``no_init_or_tensor`` does: inside it ``torch.empty`` makes tensors on the
+    meta device and the ``reset_parameters`` of ``Linear``, ``Embedding`` and ``LayerNorm``
+    do nothing; everything else is built as usual (buffers computed at construction, such as
+    rotary embeddings' ``inv_freq``, and parameters made otherwise, such as ``torch.ones``
+    norm weights, keep their storage). `TensorDeserializer.load_into_module` then gives the
+    storage-less tensors theirs. Use as a context manager (``with no_init_or_tensor():
     model = Model(config)``) or call it with a function that builds the model."""
-    if loading_code is not None:
-        with _meta_device():
-            return loading_code()
-    return _meta_device()
+    if loading_code is None:
+        return _NoInit.context()
+    if not callable(loading_code):
+        raise TypeError("no_init_or_tensor() takes a callable that builds the model, or "
+                        f"nothing (as a context manager); got {type(loading_code).__name__}")
+    with _NoInit.context():
+        return loading_code()

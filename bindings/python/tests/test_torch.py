@@ -103,9 +103,13 @@ def test_module_round_trip_under_no_init_or_tensor(tmp_path):
     empty = no_init_or_tensor(lambda: TinyLM())
     assert all(p.device.type == "meta" for p in empty.parameters())
     deserializer = TensorDeserializer(str(path), device="cpu")
-    result = deserializer.load_into_module(empty)
+    loaded = deserializer.load_into_module(empty)
     deserializer.close()
-    assert result.missing_keys == [] and result.unexpected_keys == []
+    # As tensorizer's: the count of tensors loaded (the tied head is one of them, stored
+    # once); missing and unexpected keys are kept on the deserializer.
+    assert loaded == len(list(TensorDeserializer(str(path), device="cpu")))
+    assert deserializer.missing_keys == [] and deserializer.unexpected_keys == []
+    assert not any(t.device.type == "meta" for t in empty.state_dict().values())
     assert empty.head.weight is empty.embed.weight  # the tie survives
     for (name, a), (_, b) in zip(model.named_parameters(), empty.named_parameters()):
         assert isinstance(b, torch.nn.Parameter) and torch.equal(a, b), name
@@ -128,9 +132,17 @@ def test_missing_and_unexpected_keys(tmp_path):
     s.write_tensor(0, "embed.weight", "param", torch.randn(50, 16))
     s.write_tensor(0, "extra.weight", "param", torch.randn(3))
     s.close()
-    result = TensorDeserializer(str(path), device="cpu").load_into_module(TinyLM())
-    assert result.unexpected_keys == ["extra.weight"]
-    assert "block.0.weight" in result.missing_keys and "cache" not in result.missing_keys
+    d = TensorDeserializer(str(path), device="cpu")
+    assert d.load_into_module(TinyLM()) == 1
+    assert d.unexpected_keys == ["extra.weight"]
+    assert "block.0.weight" in d.missing_keys and "cache" not in d.missing_keys
+    # Into an empty module, what the file lacks would stay without storage: an error naming
+    # each such tensor, and nothing replaced.
+    empty = no_init_or_tensor(lambda: TinyLM())
+    with pytest.raises(plaid.NotFoundError, match="block.0.weight") as e:
+        TensorDeserializer(str(path), device="cpu").load_into_module(empty)
+    assert "norm.weight" in str(e.value) and "embed.weight" not in str(e.value)
+    assert empty.embed.weight.device.type == "meta"
     with pytest.raises(plaid.NotFoundError):
         TensorDeserializer(str(path), device="cpu").load_into_module(TinyLM(), strict=True)
     with pytest.raises(plaid.InvalidArgumentError, match="'embed.weight'"):
@@ -236,8 +248,10 @@ def test_every_tensorizer_fixture_through_tensor_deserializer(fixture):
         return
     bad = expect.get("corrupted_tensor") or (truth.get("expected_hash_mismatch") or [None])[0]
     if bad:
+        # Opening reads the header only; the damage shows when the tensor is read.
+        checked = TensorDeserializer(path, device="cpu", verify_hash=True)
         with pytest.raises(plaid.ChecksumError, match=f"'{bad}'"):
-            TensorDeserializer(path, device="cpu", verify_hash=True)
+            [checked[name] for name in checked]
     d = TensorDeserializer(path, device="cpu", verify_hash=not bad)
     assert len(d) == len(truth["tensors"])
     for t in truth["tensors"]:
