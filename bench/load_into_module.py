@@ -20,11 +20,13 @@ with time.perf_counter:
   load+pass   the same, followed by one pass reading every parameter
               (sum(float(p.sum()) for p in model.parameters())), which faults in any
               lazily mapped pages;
-and reports its peak RSS (ru_maxrss, so imports included; the RSS just before the load is
-shown too). Outside the timed region the worker checks a CRC-32 of every parameter and buffer
-against the one taken when the files were written, so nothing wrong is ever timed. Rounds
-run each method once, the order rotated per round; one warm-up round is discarded; medians
-of --runs rounds.
+and reports its peak RSS (VmHWM, so imports included; the RSS just before the load is
+shown too; not ru_maxrss, which Linux carries over from the parent process). Outside the
+timed region the worker checks a CRC-32 of every parameter and buffer against the one
+taken when the files were written, and the pass's sum, so nothing wrong is ever timed.
+Rounds run each method once, the order rotated per round; one warm-up round is discarded;
+medians of --runs rounds (at least 5). Files go in a temporary directory (--dir), removed
+at the end unless --keep.
 
     PLAID_LIB=target/release/libplaid.so PYTHONPATH=bindings/python \
         python3 bench/load_into_module.py [--size-gib 1] [--runs 5] [--dir /tmp] [--keep]
@@ -34,7 +36,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shlex
 import shutil
 import statistics
@@ -79,12 +80,13 @@ def checksums(model):
     return out
 
 
-def rss_now_kib():
+def status_kib(field):
+    """A /proc/self/status field in KiB: VmRSS (now) or VmHWM (peak)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    return 0
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def dtype_kwargs(torch):
@@ -110,7 +112,7 @@ def worker(kind, path, workdir):
         import tensorizer
         import tensorizer.utils
     kwargs = dtype_kwargs(torch)
-    rss_before = rss_now_kib()
+    rss_before = status_kib("VmRSS")
     keep = None
 
     start = time.perf_counter()
@@ -132,7 +134,9 @@ def worker(kind, path, workdir):
     with torch.no_grad():
         total = sum(float(p.sum()) for p in model.parameters())
     passed = time.perf_counter()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    # The peak of this process's own memory. getrusage's ru_maxrss is not used: Linux
+    # carries it over from the parent across fork and exec, and the parent held the model.
+    peak = status_kib("VmHWM")
 
     # Outside the timed region: every byte of every parameter and buffer, and the pass's sum.
     got = checksums(model)
@@ -187,6 +191,8 @@ def write_files(config, workdir):
     from transformers import LlamaForCausalLM
     import plaid.torch as pt
     import tensorizer
+    import transformers.utils.logging as hf_logging
+    hf_logging.disable_progress_bar()
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(torch.float32).eval()
@@ -250,28 +256,27 @@ def main():
                  for m in METHODS}
         for r in range(args.runs + 1):  # round 0 is the warm-up, discarded
             order = METHODS[r % len(METHODS):] + METHODS[:r % len(METHODS)]
-            for m in order:
-                result = run_worker(m, paths[m], workdir)
-                if r:
+            results = {m: run_worker(m, paths[m], workdir) for m in order}
+            if r:
+                for m, result in results.items():
                     for k, v in result.items():
                         times[m][k].append(v)
-            print(f"round {r}{' (warm-up)' if r == 0 else ''}: " + ", ".join(
-                f"{m} {result['pass']:.2f}s" for m, result in
-                ((m, {k: v[-1] for k, v in times[m].items()} if r else result)
-                 for m in order)), file=sys.stderr)
+            print(f"round {r}{' (warm-up, discarded)' if r == 0 else ''}: " + ", ".join(
+                f"{m} {x['load']:.2f}/{x['pass']:.2f} s" for m, x in results.items()),
+                file=sys.stderr, flush=True)
 
         print(f"machine: {machine()}")
         print(f"command: {env + ' ' if env else ''}{command}\n")
         print(f"LlamaForCausalLM, hidden {config.hidden_size}, {config.num_hidden_layers} "
               f"layers, intermediate {config.intermediate_size}, vocab {config.vocab_size}, "
               f"{config.num_attention_heads} heads / {config.num_key_value_heads} kv heads: "
-              f"{count} parameters tensors, {nbytes} bytes of float32 parameters "
+              f"{count} parameter tensors, {nbytes} bytes of float32 parameters "
               f"({nbytes / (1 << 30):.3f} GiB); files: "
               + ", ".join(f"{m} {size_of(paths[m]) / (1 << 30):.3f} GiB" for m in METHODS))
         print("Each load in a fresh process, page cache warm, model construction included; "
               f"{args.runs} rounds (order rotated, one warm-up round discarded), medians. "
               "load+pass adds one read of every parameter. GB/s = parameter bytes / "
-              "load+pass. Peak RSS is the worker's ru_maxrss (imports included).\n")
+              "load+pass. Peak RSS is the worker's VmHWM (imports included).\n")
         med = {m: {k: statistics.median(v) for k, v in times[m].items()} for m in METHODS}
         print("| method | load s (median) | load+pass s (median) | GB/s | peak RSS | "
               "plaid speedup (load+pass) |")

@@ -311,7 +311,7 @@ class TensorDeserializer(Mapping):
 
     def __init__(self, file_obj, device=None, filter_func=None, dtype=None, *,
                  lazy_load=False, plaid_mode=None, plaid_mode_buffers=None, num_readers=None,
-                 verify_hash=None, encryption=None, storage_options=None):
+                 verify_hash=None, encryption=None, storage_options=None, mmap=True):
         if encryption is not None:
             raise UnsupportedError(
                 "TensorDeserializer(encryption=...): plaid cannot decrypt tensorizer files yet; "
@@ -328,6 +328,10 @@ class TensorDeserializer(Mapping):
         for meta in self._metas.values():
             torch_dtype(meta)  # refuse a dtype torch lacks now, not halfway through a load
         self._tensors = {}
+        # A local file can lend its pages: tensors without storage become views of one
+        # private copy-on-write mapping of it (as `load_file` does) when ``mmap`` is on.
+        self._mapped_path = file_obj if mmap and _source.is_path(file_obj) \
+            and not _source.is_url(file_obj) else None
         self.total_tensor_bytes = sum(m.nbytes for m in self._metas.values())
         self.missing_keys = []
         self.unexpected_keys = []
@@ -375,9 +379,15 @@ class TensorDeserializer(Mapping):
           through the placement callback (the object stays the same, no intermediate tensor;
           a dtype other than the file's is loaded beside it and cast);
         - one without storage (the meta device: a module built under `no_init_or_tensor`)
-          is replaced by a tensor plaid allocates on ``device`` (default: this
-          deserializer's), on the CPU as a view of one allocation for all of them (huge pages
-          where the system gives them), kept alive by the views;
+          is replaced by a tensor on ``device`` (default: this deserializer's). On the CPU,
+          for a local file opened with ``mmap=True`` (the default), it is a view of one
+          private copy-on-write mapping of the file, verified in place up front, in
+          parallel, as ``load_file`` and ``from_pretrained`` map safetensors files: no copy,
+          and no fresh memory to fault in (writes stay private; like any mapping, a file
+          truncated by another process while mapped raises SIGBUS on access). Otherwise
+          (``mmap=False``, a URL, a file object, a sharded checkpoint) it is a view of one
+          allocation plaid makes for all of them (huge pages where the system gives them),
+          kept alive by the views;
         - every alias of a tied tensor (one object under several names, such as GPT-2's
           ``lm_head.weight`` and ``transformer.wte.weight``, of which checkpoints hold one)
           gets the same loaded tensor.
@@ -453,7 +463,12 @@ class TensorDeserializer(Mapping):
         with torch.no_grad():
             for current, staged in cast_later:
                 current.copy_(staged)
-        if fresh_cpu:
+        mapped = _load_mapped(self._mapped_path, self._verify) \
+            if fresh_cpu and self._mapped_path is not None else None
+        if mapped is not None:
+            for tid, meta, _ in fresh_cpu:
+                fresh_device[tid] = mapped[meta.name]
+        elif fresh_cpu:
             wanted = {meta.index for _, meta, _ in fresh_cpu}
             arena = self._reader.load_host(lambda m: m.index in wanted)
             for tid, meta, _ in fresh_cpu:
