@@ -1009,6 +1009,20 @@ plaid_status plaid_read_options_set_storage(struct plaid_read_options *options,
                                             const char *value);
 
 /**
+ * Let the shards of a sharded safetensors checkpoint resolve (symlinks followed) anywhere
+ * inside the folder `root` (a UTF-8 path). By default they must resolve inside the index's
+ * own folder or, for a Hugging Face cache snapshot (`models--*/snapshots/<rev>/`, whose
+ * files are symlinks into `../../blobs/`), inside that model's cache folder: a shard that
+ * resolves elsewhere fails `plaid_deserializer_open` with `PLAID_ERR_IO`, so a downloaded
+ * checkpoint cannot make the loader read other files of the machine.
+ *
+ * # Safety
+ * `options` is NULL (an error) or a live handle; `root` NULL (an error) or NUL-terminated.
+ */
+plaid_status plaid_read_options_set_shard_root(struct plaid_read_options *options,
+                                               const char *root);
+
+/**
  * Start writing a file at `path` (UTF-8). Nothing appears at `path` until
  * `plaid_serializer_finish` succeeds: data goes to a temporary file beside it, which is
  * removed if the serializer is freed unfinished. `path` may be a URL of object storage

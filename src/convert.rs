@@ -130,6 +130,7 @@ fn staging(out: &Path) -> Result<Staged> {
     if crate::deserializer::is_url(&out.to_string_lossy()) {
         return Ok(Staged::Remote(out.to_path_buf()));
     }
+    crate::serializer::check_target(out)?;
     let dir = parent_dir(out);
     tempfile::Builder::new()
         .prefix(".plaid-convert.")
@@ -142,6 +143,7 @@ fn staging(out: &Path) -> Result<Staged> {
 
 /// Rename a checked file into place and make the rename durable.
 fn publish(staged: tempfile::TempPath, out: &Path) -> Result<()> {
+    crate::serializer::check_target(out)?;
     let target = out.display().to_string();
     staged
         .persist(out)

@@ -12,6 +12,53 @@ use crate::pipeline::{self, LoadStats, ProgressFn};
 use crate::sink::{Destination, HostArena, Placement, Sinks};
 use crate::source::{read_exact, FileSource, Mappable, MultiSource, ReadAhead, Source};
 
+/// The folder a sharded checkpoint's shards must resolve inside (symlinks followed): the
+/// index's own folder, or for a Hugging Face cache snapshot (`models--*/snapshots/<rev>/`,
+/// whose files are symlinks into `../../blobs/`) that model's cache folder, or `chosen`.
+fn shard_root(dir: &Path, chosen: Option<&Path>) -> Result<std::path::PathBuf> {
+    let canonical = |p: &Path| {
+        p.canonicalize()
+            .map_err(|e| Error::io(format!("resolving {}", p.display()), e))
+    };
+    if let Some(root) = chosen {
+        return canonical(root);
+    }
+    let dir = canonical(dir)?;
+    let parent = dir.parent();
+    let in_cache = parent.and_then(Path::file_name) == Some("snapshots".as_ref())
+        && parent
+            .and_then(Path::parent)
+            .and_then(Path::file_name)
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("models--"));
+    Ok(match (in_cache, parent.and_then(Path::parent)) {
+        (true, Some(model)) => model.to_path_buf(),
+        _ => dir,
+    })
+}
+
+/// An error unless `file`, symlinks followed, lies inside `root`: a downloaded checkpoint
+/// must not make the loader read files elsewhere on the machine.
+fn inside(file: &Path, root: &Path) -> Result<()> {
+    let resolved = file
+        .canonicalize()
+        .map_err(|e| Error::io(format!("opening {}", file.display()), e))?;
+    if resolved.starts_with(root) {
+        return Ok(());
+    }
+    Err(Error::io(
+        format!("opening {}", file.display()),
+        std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "the shard resolves outside {} (a symlink out of the checkpoint's folder; \
+                 plaid_read_options_set_shard_root names another folder to allow)",
+                root.display()
+            ),
+        ),
+    ))
+}
+
 /// Whether `text` names remote storage rather than a local path.
 pub(crate) fn is_url(text: &str) -> bool {
     #[cfg(feature = "remote")]
@@ -67,11 +114,14 @@ impl Deserializer {
         read_exact(&source, 0, &mut prefix)?;
         if format::safetensors::sniff_sharded(&prefix, source.len()) {
             let dir = crate::serializer::parent_dir(path).to_path_buf();
+            let root = shard_root(&dir, options.shard_root.as_deref())?;
             let direct_io = options.direct_io;
             let mmap = options.mmap;
             let open_shard = move |shard: &str| -> Result<Box<dyn Source>> {
+                let file = dir.join(shard);
+                inside(&file, &root)?;
                 Ok(Box::new(
-                    FileSource::open_with(&dir.join(shard), direct_io)?.copy_from_map(mmap),
+                    FileSource::open_with(&file, direct_io)?.copy_from_map(mmap),
                 ))
             };
             return Deserializer::open_sharded(&source, &open_shard, options);
@@ -99,7 +149,7 @@ impl Deserializer {
             }
             format::read_index(&ahead)?
         };
-        Ok(Deserializer::with_index(Box::new(source), index, options))
+        Deserializer::with_index(Box::new(source), index, options)
     }
 
     #[cfg(not(feature = "remote"))]
@@ -153,7 +203,7 @@ impl Deserializer {
             &bases,
             source.len(),
         )?;
-        Ok(Deserializer::with_index(Box::new(source), index, options))
+        Deserializer::with_index(Box::new(source), index, options)
     }
 
     /// Read the header of any [`Source`], in any format plaid reads (detected from the
@@ -172,17 +222,48 @@ impl Deserializer {
         }
         let index = format::read_index(&ahead)?;
         drop(ahead);
-        Ok(Deserializer::with_index(source, index, options))
+        Deserializer::with_index(source, index, options)
     }
 
     /// A file `open` made a source of (not a sharded index): its header through the
     /// read-ahead window, as [`Deserializer::from_source`] reads it.
     fn from_file(source: Box<dyn Source>, options: ReadOptions) -> Result<Deserializer> {
         let index = format::read_index(&ReadAhead::for_source(source.as_ref()))?;
-        Ok(Deserializer::with_index(source, index, options))
+        Deserializer::with_index(source, index, options)
     }
 
-    fn with_index(source: Box<dyn Source>, index: Index, options: ReadOptions) -> Deserializer {
+    fn with_index(
+        source: Box<dyn Source>,
+        index: Index,
+        options: ReadOptions,
+    ) -> Result<Deserializer> {
+        // Names, paths and metadata reach C as NUL-terminated strings: a NUL inside one is a
+        // malformed file, whatever the format allows.
+        let nul = |what: String| {
+            Err(Error::format(
+                source.name(),
+                0,
+                format!("{what} holds a NUL byte, which no name can hold"),
+            ))
+        };
+        for t in &index.tensors {
+            if t.name.contains('\0') {
+                return nul(format!("the name of tensor #{}", t.index));
+            }
+            if t.path.as_deref().is_some_and(|p| p.contains('\0')) {
+                return nul(format!("the path of tensor #{}", t.index));
+            }
+        }
+        if let Some((key, _)) = index
+            .metadata
+            .iter()
+            .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+        {
+            return nul(format!(
+                "the metadata entry #{}",
+                index.metadata.keys().position(|k| k == key).unwrap_or(0)
+            ));
+        }
         let by_name = index
             .tensors
             .iter()
@@ -193,7 +274,7 @@ impl Deserializer {
             .iter()
             .map(|_| AtomicBool::new(false))
             .collect();
-        Deserializer {
+        Ok(Deserializer {
             source,
             index,
             by_name,
@@ -201,7 +282,7 @@ impl Deserializer {
             view_verified,
             zeros: OnceLock::new(),
             sinks: Sinks::default(),
-        }
+        })
     }
 
     /// The file's name, as used in messages.

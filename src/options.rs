@@ -56,6 +56,9 @@ pub struct ReadOptions {
     pub(crate) cuda_stream: usize,
     /// Remote storage configuration (URLs only).
     pub(crate) storage: StorageOptions,
+    /// The folder a sharded checkpoint's shards may resolve inside (None: its own folder, or
+    /// its Hugging Face cache model folder).
+    pub(crate) shard_root: Option<std::path::PathBuf>,
 }
 
 impl Default for ReadOptions {
@@ -74,6 +77,7 @@ impl Default for ReadOptions {
             verify_sha256: true,
             cuda_stream: 0,
             storage: StorageOptions::default(),
+            shard_root: None,
         }
     }
 }
@@ -88,6 +92,14 @@ impl ReadOptions {
     /// The remote storage options.
     pub fn storage_options(&self) -> &StorageOptions {
         &self.storage
+    }
+
+    /// Let the shards of a sharded checkpoint resolve (symlinks followed) anywhere inside
+    /// `root`, instead of only inside the index's folder (or, for a Hugging Face cache
+    /// snapshot, that model's cache folder).
+    pub fn shard_root(mut self, root: impl Into<std::path::PathBuf>) -> Self {
+        self.shard_root = Some(root.into());
+        self
     }
 
     /// Turn verification on or off.

@@ -143,6 +143,7 @@ impl<'a> Serializer<'a> {
                 return Err(Error::io(format!("creating {shown}"), e));
             }
         };
+        check_target(&target)?;
         let dir = parent_dir(&target).to_path_buf();
         // The temporary name adds a dot, a random part and a suffix: keep it within the
         // 255 bytes file systems allow whatever the target's length.
@@ -402,6 +403,7 @@ impl<'a> Serializer<'a> {
         if self.options.sync {
             file.sync_all().map_err(|e| fail("fsync", e))?;
         }
+        check_target(&self.target)?;
         temp.persist(&self.target)
             .map_err(|e| fail("renaming the temporary file into place", e.error))?;
         if self.options.sync {
@@ -633,6 +635,28 @@ fn check_origin(name: &str, origin: &TensorOrigin) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// An error unless `target` is absent, a regular file, or a symlink (which the new file
+/// replaces: the link itself, never what it points to). A write never replaces a FIFO, a
+/// device, a socket or a directory, even run as root (`plaid convert x /dev/null`).
+pub(crate) fn check_target(target: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(target) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("checking {}", target.display()), e)),
+        Ok(m) if m.is_file() || m.file_type().is_symlink() => Ok(()),
+        Ok(m) => Err(Error::io(
+            format!("writing {}", target.display()),
+            std::io::Error::new(
+                if m.is_dir() {
+                    std::io::ErrorKind::IsADirectory
+                } else {
+                    std::io::ErrorKind::InvalidInput
+                },
+                "not a regular file: plaid replaces only regular files (or symlinks)",
+            ),
+        )),
+    }
 }
 
 /// The directory holding `path` (`.` for a bare file name).

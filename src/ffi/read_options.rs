@@ -303,3 +303,27 @@ pub unsafe extern "C" fn plaid_read_options_set_storage(
         o.inner.storage.set(key, value)
     })
 }
+
+/// Let the shards of a sharded safetensors checkpoint resolve (symlinks followed) anywhere
+/// inside the folder `root` (a UTF-8 path). By default they must resolve inside the index's
+/// own folder or, for a Hugging Face cache snapshot (`models--*/snapshots/<rev>/`, whose
+/// files are symlinks into `../../blobs/`), inside that model's cache folder: a shard that
+/// resolves elsewhere fails `plaid_deserializer_open` with `PLAID_ERR_IO`, so a downloaded
+/// checkpoint cannot make the loader read other files of the machine.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle; `root` NULL (an error) or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_read_options_set_shard_root(
+    options: *mut plaid_read_options,
+    root: *const std::ffi::c_char,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: per the contract.
+        let o = unsafe { handle_mut(options, "options") }?;
+        // SAFETY: per the contract.
+        let root = unsafe { c_str(root, "root") }?;
+        o.inner = o.inner.clone().shard_root(root);
+        Ok(())
+    })
+}

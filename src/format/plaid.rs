@@ -121,8 +121,8 @@ fn bad_magic_detail(bytes: &[u8]) -> String {
     } else if bytes.starts_with(b"\x89PLAID\n") || bytes.starts_with(b"\x89PLAID\r\r\n") {
         "bad magic: line endings were converted (text-mode transfer)".into()
     } else {
-        let shown: String = bytes[..10].iter().map(|b| format!("{b:02x}")).collect();
-        format!("not a plaid file (bad magic {shown})")
+        // The bytes are not quoted: they are the start of whatever file this is.
+        "not a plaid file (bad magic: its first 10 bytes are not plaid's)".into()
     }
 }
 

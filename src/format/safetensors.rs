@@ -68,8 +68,10 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
     if header_len > MAX_HEADER_LEN {
         return Err(fail(
             0,
+            // The value is not quoted: for a file that is not safetensors at all these are
+            // its first 8 bytes, which messages must not leak.
             format!(
-                "header length {header_len} exceeds safetensors' limit of {MAX_HEADER_LEN} bytes"
+                "the header length (the first 8 bytes) exceeds safetensors' limit of {MAX_HEADER_LEN} bytes"
             ),
         ));
     }
@@ -77,7 +79,7 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
     if data_start > file_len {
         return Err(fail(
             file_len,
-            format!("truncated: the header ends at offset {data_start} but the file is {file_len} bytes"),
+            format!("truncated: the header length (the first 8 bytes) runs past the end of the {file_len}-byte file"),
         ));
     }
     let mut header = vec![0u8; header_len as usize];

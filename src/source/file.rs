@@ -48,12 +48,22 @@ impl FileSource {
     pub fn open_with(path: &Path, direct: bool) -> Result<FileSource> {
         let mut source = FileSource::open_buffered(path)?;
         if direct {
-            // Refused (EINVAL) by file systems without direct I/O, such as tmpfs.
+            // Refused (EINVAL) by file systems without direct I/O, such as tmpfs. Opened
+            // without blocking and kept only if it is the very file opened first (the path
+            // may name something else by now).
+            let same = |f: &File| {
+                use std::os::unix::fs::MetadataExt;
+                match (f.metadata(), source.file.metadata()) {
+                    (Ok(a), Ok(b)) => a.is_file() && a.dev() == b.dev() && a.ino() == b.ino(),
+                    _ => false,
+                }
+            };
             source.direct = OpenOptions::new()
                 .read(true)
-                .custom_flags(libc::O_DIRECT)
+                .custom_flags(libc::O_DIRECT | libc::O_NONBLOCK)
                 .open(path)
-                .ok();
+                .ok()
+                .filter(same);
         }
         Ok(source)
     }
@@ -109,8 +119,18 @@ impl FileSource {
     fn open_buffered(path: &Path) -> Result<FileSource> {
         let name = path.display().to_string();
         let opening = |e| Error::io(format!("opening {name}"), e);
-        // Checked before opening: opening a FIFO would block until a writer appears.
-        let kind = std::fs::metadata(path).map_err(opening)?.file_type();
+        // Opened without blocking (opening a FIFO would wait for a writer forever), then its
+        // type checked on the descriptor itself: checking the path first and opening it
+        // after would race with whoever replaces the path in between.
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(opening)?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading the size of {name}"), e))?;
+        let kind = meta.file_type();
         if kind.is_dir() {
             return Err(opening(io::Error::new(
                 io::ErrorKind::IsADirectory,
@@ -123,10 +143,16 @@ impl FileSource {
                 "not a regular file",
             )));
         }
-        let file = File::open(path).map_err(opening)?;
-        let meta = file
-            .metadata()
-            .map_err(|e| Error::io(format!("reading the size of {name}"), e))?;
+        // Reads of a regular file never block anyway; the flag is cleared so that the
+        // descriptor behaves as any other.
+        // SAFETY: F_GETFL/F_SETFL on a descriptor this function owns; no memory is involved.
+        unsafe {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            }
+        }
         Ok(FileSource {
             file,
             direct: None,

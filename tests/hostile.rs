@@ -1,0 +1,285 @@
+//! Hostile files and file systems: opening never blocks on what a path turns into, writes
+//! never replace what is not a regular file, NUL bytes in names are malformed files,
+//! shards cannot escape their checkpoint's folder, and messages about files that are not
+//! what they claim do not quote the files' bytes. Each test failed before its fix.
+
+mod common;
+
+use std::ffi::CString;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::random_bytes;
+use plaid::{DType, Deserializer, Error, ReadOptions, Serializer, WriteOptions};
+
+fn mkfifo(path: &Path) {
+    let c = CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+}
+
+fn plaid_file(path: &Path) -> Vec<u8> {
+    let data = random_bytes(4096, 3);
+    let mut w = Serializer::create(path, WriteOptions::default().sync(false)).unwrap();
+    w.add_tensor("w", DType::U8, &[4096], &data).unwrap();
+    w.finish().unwrap();
+    data
+}
+
+/// A safetensors file with one tensor named `name` and metadata `metadata`.
+fn safetensors(name: &str, metadata: Option<(&str, &str)>) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    header.insert(
+        name.to_owned(),
+        serde_json::json!({"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}),
+    );
+    if let Some((k, v)) = metadata {
+        header.insert("__metadata__".into(), serde_json::json!({ k: v }));
+    }
+    let text = serde_json::to_vec(&header).unwrap();
+    let mut file = (text.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(&text);
+    file.extend_from_slice(&[1, 2, 3, 4]);
+    file
+}
+
+#[test]
+fn opening_never_blocks_on_a_path_that_becomes_a_fifo() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    let regular = dir.path().join("regular.plaid");
+    let fifo = dir.path().join("fifo");
+    plaid_file(&regular);
+    mkfifo(&fifo);
+    // A FIFO at the path: refused at once.
+    match Deserializer::open(&fifo, ReadOptions::default()) {
+        Err(Error::Io { context, source }) => {
+            assert!(context.contains("fifo"), "{context}");
+            assert!(
+                source.to_string().contains("not a regular file"),
+                "{source}"
+            );
+        }
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+    // The path flips between a regular file and a FIFO while it is opened again and again:
+    // every open ends (checking the type before opening by name would block forever on
+    // the FIFO whenever the swap falls between the check and the open).
+    std::fs::copy(&regular, &path).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, path, regular, fifo) =
+            (stop.clone(), path.clone(), regular.clone(), fifo.clone());
+        std::thread::spawn(move || {
+            let (file_copy, fifo_copy) = (path.with_extension("file"), path.with_extension("fifo"));
+            while !stop.load(Ordering::Relaxed) {
+                let _ = std::fs::remove_file(&file_copy);
+                std::fs::hard_link(&regular, &file_copy).unwrap();
+                std::fs::rename(&file_copy, &path).unwrap();
+                mkfifo(&fifo_copy);
+                std::fs::rename(&fifo_copy, &path).unwrap();
+            }
+        })
+    };
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let opener = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let mut outcomes = (0, 0);
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(3) {
+                match Deserializer::open(&path, ReadOptions::default()) {
+                    Ok(_) => outcomes.0 += 1,
+                    Err(_) => outcomes.1 += 1,
+                }
+            }
+            done_tx.send(outcomes).unwrap();
+        })
+    };
+    let outcome = done_rx.recv_timeout(Duration::from_secs(30));
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().unwrap();
+    let outcomes = outcome.expect("an open blocked on a FIFO");
+    opener.join().unwrap();
+    // Both kinds were met.
+    assert!(outcomes.0 > 0 && outcomes.1 > 0, "{outcomes:?}");
+}
+
+#[test]
+fn writes_never_replace_what_is_not_a_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("m.plaid");
+    plaid_file(&source);
+    let fifo = dir.path().join("target.fifo");
+    mkfifo(&fifo);
+    let folder = dir.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    let d = Deserializer::open(&source, ReadOptions::default()).unwrap();
+    for target in [&fifo, &folder] {
+        let started = Instant::now();
+        let refused = [
+            Serializer::create(target, WriteOptions::default()).map(drop),
+            plaid::convert::to_plaid(&d, target, WriteOptions::default(), &mut |_, _| {}),
+            plaid::convert::to_safetensors(&d, target, &mut |_, _| {}),
+        ];
+        for r in refused {
+            assert!(
+                matches!(r, Err(Error::Io { .. })),
+                "{}: {r:?}",
+                target.display()
+            );
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert!(std::fs::symlink_metadata(&folder).unwrap().is_dir());
+    // No temporary file was left beside them.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".partial"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // A symlink at the target is replaced by the new file; what it pointed to is kept.
+    let pointed = dir.path().join("pointed.plaid");
+    std::fs::write(&pointed, b"keep me").unwrap();
+    let link = dir.path().join("link.plaid");
+    std::os::unix::fs::symlink(&pointed, &link).unwrap();
+    plaid::convert::to_plaid(&d, &link, WriteOptions::default(), &mut |_, _| {}).unwrap();
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_file());
+    assert_eq!(std::fs::read(&pointed).unwrap(), b"keep me");
+}
+
+#[test]
+fn a_nul_byte_in_a_name_is_a_malformed_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in [
+        ("name.safetensors", safetensors("a\0b", None)),
+        ("meta.safetensors", safetensors("w", Some(("k\0", "v")))),
+        ("value.safetensors", safetensors("w", Some(("k", "v\0")))),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        match Deserializer::open(&path, ReadOptions::default()) {
+            Err(Error::Format { detail, .. }) => assert!(detail.contains("NUL"), "{detail}"),
+            other => panic!("{name}: expected a format error, got {other:?}"),
+        }
+        // Through the C API: PLAID_ERR_FORMAT, not INVALID_ARGUMENT.
+        let c = CString::new(path.to_str().unwrap()).unwrap();
+        let mut d = std::ptr::null_mut();
+        // SAFETY: valid arguments of the C API.
+        let status = unsafe {
+            plaid::ffi::deserializer::plaid_deserializer_open(c.as_ptr(), std::ptr::null(), &mut d)
+        };
+        assert_eq!(status, plaid::ffi::status::PLAID_ERR_FORMAT, "{name}");
+    }
+    // Tensorizer: a raw NUL in a tensor name.
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tensorizer/v1_by_tensorizer_1.1.0.tensors");
+    let d = Deserializer::open(&fixture, ReadOptions::default()).unwrap();
+    let first = d.tensors()[0].name.clone();
+    let mut bytes = std::fs::read(&fixture).unwrap();
+    let at = bytes
+        .windows(first.len())
+        .position(|w| w == first.as_bytes())
+        .unwrap();
+    bytes[at] = 0;
+    // Every copy of the name (the metadata entry and the tensor's own header).
+    while let Some(next) = bytes
+        .windows(first.len())
+        .position(|w| w == first.as_bytes())
+    {
+        bytes[next] = 0;
+    }
+    let path = dir.path().join("nul.tensors");
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(matches!(
+        Deserializer::open(&path, ReadOptions::default()),
+        Err(Error::Format { .. })
+    ));
+}
+
+#[test]
+fn messages_about_foreign_files_do_not_quote_their_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = b"SECRETKEY=hunter2-and-some-more-bytes-of-a-private-file-that-is-not-a-model";
+    let path = dir.path().join("private.txt");
+    std::fs::write(&path, secret).unwrap();
+    let err = Deserializer::open(&path, ReadOptions::default())
+        .unwrap_err()
+        .to_string();
+    let hex: String = secret[..10].iter().map(|b| format!("{b:02x}")).collect();
+    let as_int = u64::from_le_bytes(secret[..8].try_into().unwrap()).to_string();
+    assert!(!err.contains(&hex) && !err.contains(&as_int), "{err}");
+    assert!(!err.contains("SECRET") && !err.contains("hunter2"), "{err}");
+    // A file whose first 8 bytes make a huge safetensors header length.
+    let mut huge = (1u64 << 40).to_le_bytes().to_vec();
+    huge.extend_from_slice(b"{\"x\":1}");
+    std::fs::write(&path, &huge).unwrap();
+    let err = Deserializer::open(&path, ReadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains(&(1u64 << 40).to_string()), "{err}");
+}
+
+#[test]
+fn shards_cannot_escape_their_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("checkpoint");
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&checkpoint).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("secret.safetensors"), safetensors("w", None)).unwrap();
+    std::os::unix::fs::symlink(
+        elsewhere.join("secret.safetensors"),
+        checkpoint.join("model-00001-of-00001.safetensors"),
+    )
+    .unwrap();
+    let index = serde_json::json!({"metadata": {}, "weight_map": {"w": "model-00001-of-00001.safetensors"}});
+    let index_path = checkpoint.join("model.safetensors.index.json");
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    match Deserializer::open(&index_path, ReadOptions::default()) {
+        Err(Error::Io { source, .. }) => {
+            assert!(source.to_string().contains("outside"), "{source}")
+        }
+        other => panic!("expected the shard to be refused, got {other:?}"),
+    }
+    // A read option names another folder to allow.
+    let allowed = ReadOptions::default().shard_root(dir.path());
+    assert_eq!(
+        Deserializer::open(&index_path, allowed)
+            .unwrap()
+            .tensors()
+            .len(),
+        1
+    );
+
+    // A Hugging Face cache snapshot: shards are symlinks into the model's blobs, allowed.
+    let model = dir.path().join("hub/models--org--name");
+    let snapshot = model.join("snapshots/0123abc");
+    std::fs::create_dir_all(model.join("blobs")).unwrap();
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::write(model.join("blobs/deadbeef"), safetensors("w", None)).unwrap();
+    std::os::unix::fs::symlink(
+        "../../blobs/deadbeef",
+        snapshot.join("model-00001-of-00001.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        snapshot.join("model.safetensors.index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    let d = Deserializer::open(
+        snapshot.join("model.safetensors.index.json"),
+        ReadOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(d.read_tensor(0).unwrap(), vec![1, 2, 3, 4]);
+}
