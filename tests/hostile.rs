@@ -70,8 +70,7 @@ fn opening_never_blocks_on_a_path_that_becomes_a_fifo() {
     std::fs::copy(&regular, &path).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let swapper = {
-        let (stop, path, regular, fifo) =
-            (stop.clone(), path.clone(), regular.clone(), fifo.clone());
+        let (stop, path, regular) = (stop.clone(), path.clone(), regular.clone());
         std::thread::spawn(move || {
             let (file_copy, fifo_copy) = (path.with_extension("file"), path.with_extension("fifo"));
             while !stop.load(Ordering::Relaxed) {
