@@ -4,7 +4,6 @@
 //! read back and compared byte for byte, and only then renamed into place.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use serde_json::{json, Map, Value};
@@ -82,8 +81,9 @@ pub fn to_plaid(
 
 /// Where a converted file is written before it is checked.
 enum Staged {
-    /// A temporary file beside the target, removed when dropped.
-    Local(tempfile::TempPath),
+    /// A temporary file beside the target, removed when dropped, locked while open (a
+    /// killed conversion's is removed by the next one).
+    Local(tempfile::NamedTempFile),
     /// The target URL itself (uploads appear whole or not at all).
     Remote(std::path::PathBuf),
 }
@@ -91,7 +91,7 @@ enum Staged {
 impl Staged {
     fn path(&self) -> &Path {
         match self {
-            Staged::Local(path) => path,
+            Staged::Local(file) => file.path(),
             Staged::Remote(url) => url,
         }
     }
@@ -132,17 +132,15 @@ fn staging(out: &Path) -> Result<Staged> {
     }
     crate::serializer::check_target(out)?;
     let dir = parent_dir(out);
-    tempfile::Builder::new()
-        .prefix(".plaid-convert.")
-        .suffix(".partial")
-        .permissions(std::fs::Permissions::from_mode(0o666))
-        .tempfile_in(dir)
-        .map(|f| Staged::Local(f.into_temp_path()))
-        .map_err(|e| Error::io(format!("creating a temporary file in {}", dir.display()), e))
+    // What killed conversions left: their staged files, and the serializer's temporaries
+    // beside those (named after them).
+    crate::serializer::remove_stale_temporaries(dir, ".plaid-convert.");
+    crate::serializer::remove_stale_temporaries(dir, "..plaid-convert.");
+    crate::serializer::locked_temporary(dir, ".plaid-convert.").map(Staged::Local)
 }
 
 /// Rename a checked file into place and make the rename durable.
-fn publish(staged: tempfile::TempPath, out: &Path) -> Result<()> {
+fn publish(staged: tempfile::NamedTempFile, out: &Path) -> Result<()> {
     crate::serializer::check_target(out)?;
     let target = out.display().to_string();
     staged
@@ -314,8 +312,11 @@ pub fn to_tensorizer(
         w.write_all(&[0; 8]).map_err(|e| fail("end marker", e))?;
         Ok(())
     })?;
-    if let Staged::Local(path) = &staged {
-        debug_assert_eq!(std::fs::metadata(path).map(|m| m.len()).ok(), Some(total));
+    if let Staged::Local(file) = &staged {
+        debug_assert_eq!(
+            std::fs::metadata(file.path()).map(|m| m.len()).ok(),
+            Some(total)
+        );
     }
     settle(source, staged, out, false, &Default::default())
 }
@@ -331,7 +332,7 @@ fn write_staged(out: &Path, write: &mut StagedWrite<'_>) -> Result<Staged> {
     let fail = |what: &str, e: std::io::Error| Error::io(format!("writing {target}: {what}"), e);
     let staged = staging(out)?;
     let path = match &staged {
-        Staged::Local(path) => path,
+        Staged::Local(file) => file.path(),
         #[cfg(feature = "remote")]
         Staged::Remote(_) => {
             // Uploaded in parts as written; the object appears on finish.

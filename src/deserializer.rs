@@ -14,7 +14,7 @@ use crate::source::{read_exact, FileSource, Mappable, MultiSource, ReadAhead, So
 
 /// The folder a sharded checkpoint's shards must resolve inside (symlinks followed): the
 /// index's own folder, or for a Hugging Face cache snapshot (`models--*/snapshots/<rev>/`,
-/// whose files are symlinks into `../../blobs/`) that model's cache folder, or `chosen`.
+/// whose files are symlinks into the model's `blobs` folder) that model's cache folder, or `chosen`.
 fn shard_root(dir: &Path, chosen: Option<&Path>) -> Result<std::path::PathBuf> {
     let canonical = |p: &Path| {
         p.canonicalize()

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, Permissions};
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -151,12 +152,9 @@ impl<'a> Serializer<'a> {
         while stem.len() > 200 {
             stem.pop();
         }
-        let temp = tempfile::Builder::new()
-            .prefix(&format!(".{stem}."))
-            .suffix(".partial")
-            .permissions(Permissions::from_mode(0o666))
-            .tempfile_in(&dir)
-            .map_err(|e| Error::io(format!("creating a temporary file in {}", dir.display()), e))?;
+        let prefix = format!(".{stem}.");
+        remove_stale_temporaries(&dir, &prefix);
+        let temp = locked_temporary(&dir, &prefix)?;
         Ok(Serializer {
             target,
             out: Out::File(temp),
@@ -635,6 +633,66 @@ fn check_origin(name: &str, origin: &TensorOrigin) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A new temporary file `PREFIX<random>.partial` in `dir`, locked (`flock`) for as long as
+/// it is open: the lock tells a live writer's temporary file from one a killed writer left,
+/// which [`remove_stale_temporaries`] removes.
+pub(crate) fn locked_temporary(dir: &Path, prefix: &str) -> Result<NamedTempFile> {
+    let temp = tempfile::Builder::new()
+        .prefix(prefix)
+        .suffix(".partial")
+        .permissions(Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(format!("creating a temporary file in {}", dir.display()), e))?;
+    // SAFETY: flock on a descriptor the NamedTempFile owns; no memory is involved.
+    let locked = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(temp.as_file()),
+            libc::LOCK_EX,
+        )
+    };
+    if locked != 0 {
+        return Err(Error::io(
+            format!("locking {}", temp.path().display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(temp)
+}
+
+/// Remove the temporary files `PREFIX*.partial` in `dir` that no process holds locked: what
+/// writers killed before they finished left behind (a live writer keeps its own locked).
+/// Best effort: a file that cannot be opened or locked is left alone.
+pub(crate) fn remove_stale_temporaries(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with(prefix) || !name.ends_with(".partial") {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+            .open(&path)
+        else {
+            continue;
+        };
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            continue;
+        }
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        // SAFETY: flock on a descriptor this function owns; no memory is involved.
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            // Nobody holds it: its writer is gone. Removed while locked, so a writer that
+            // would start on the same name now cannot be confused with it.
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// An error unless `target` is absent, a regular file, or a symlink (which the new file

@@ -265,8 +265,9 @@ fn shards_cannot_escape_their_checkpoint() {
     std::fs::create_dir_all(model.join("blobs")).unwrap();
     std::fs::create_dir_all(&snapshot).unwrap();
     std::fs::write(model.join("blobs/deadbeef"), safetensors("w", None)).unwrap();
+    // Relative, as the hub makes them: up from the snapshot to the model's blobs.
     std::os::unix::fs::symlink(
-        "../../blobs/deadbeef",
+        Path::new("..").join("..").join("blobs").join("deadbeef"),
         snapshot.join("model-00001-of-00001.safetensors"),
     )
     .unwrap();
@@ -281,4 +282,79 @@ fn shards_cannot_escape_their_checkpoint() {
     )
     .unwrap();
     assert_eq!(d.read_tensor(0).unwrap(), vec![1, 2, 3, 4]);
+}
+
+/// What `plaid` tensors a file holds, if it is a complete, valid file.
+fn contents(path: &Path) -> Option<Vec<Vec<u8>>> {
+    let d = Deserializer::open(path, ReadOptions::default()).ok()?;
+    d.verify().ok()?;
+    common::load_all(&d).ok()
+}
+
+#[test]
+fn writers_killed_at_random_points_leave_the_old_file_or_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two sources of the same shape and different bytes: each write replaces the other.
+    let sources: Vec<_> = (0..2u64)
+        .map(|k| {
+            let path = dir.path().join(format!("source{k}.plaid"));
+            let mut w = Serializer::create(&path, WriteOptions::default().sync(false)).unwrap();
+            let tensors: Vec<Vec<u8>> = (0..8).map(|i| random_bytes(6 << 20, 10 * k + i)).collect();
+            for (i, t) in tensors.iter().enumerate() {
+                w.add_tensor(&format!("t{i}"), DType::U8, &[t.len() as u64], t)
+                    .unwrap();
+            }
+            w.finish().unwrap();
+            (path, tensors)
+        })
+        .collect();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let target = out.join("model.plaid");
+    let convert = |k: usize| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_plaid"))
+            .arg("convert")
+            .arg(&sources[k].0)
+            .arg(&target)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // How long one conversion takes here.
+    let started = Instant::now();
+    assert!(convert(0).wait().unwrap().success());
+    let typical = started.elapsed();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut kills = 0;
+    for round in 0..30 {
+        let before = contents(&target);
+        let k = (round + 1) % 2;
+        let mut child = convert(k);
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let delay = typical.mul_f64((state % 1000) as f64 / 1000.0 * 1.2);
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            kills += 1;
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+        let now = contents(&target).expect("the target is always a complete, valid file");
+        assert!(
+            Some(&now) == before.as_ref() || now == sources[k].1,
+            "round {round}: the target is neither the old file nor the new one"
+        );
+    }
+    assert!(kills > 5, "only {kills} writers were killed mid-way");
+    // The next complete write to the same target removes what the killed ones left.
+    assert!(convert(0).wait().unwrap().success());
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "model.plaid")
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(contents(&target).unwrap(), sources[0].1);
 }
