@@ -358,3 +358,74 @@ fn writers_killed_at_random_points_leave_the_old_file_or_the_new_one() {
     assert!(left.is_empty(), "left behind: {left:?}");
     assert_eq!(contents(&target).unwrap(), sources[0].1);
 }
+
+/// Peak RSS (bytes) of `plaid ARGS` and whether it succeeded.
+#[allow(clippy::zombie_processes)] // reaped by the wait4 below, which also gives its usage
+fn peak_rss_of_plaid(args: &[&str]) -> (u64, bool) {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_plaid"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own, unreaped child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child, which std has not reaped.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert!(pid > 0);
+    (
+        usage.ru_maxrss as u64 * 1024,
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+    )
+}
+
+#[test]
+fn hostile_json_headers_cost_a_small_multiple_of_their_size() {
+    let dir = tempfile::tempdir().unwrap();
+    // The child's peak starts from this process's (Linux carries it across exec): measure
+    // a small file first, as the floor.
+    let small = dir.path().join("small.safetensors");
+    std::fs::write(&small, safetensors("w", None)).unwrap();
+    let files = {
+        // One tensor of rank 8 million (about 16 MB of header).
+        let mut rank = String::from("{\"a\":{\"dtype\":\"U8\",\"shape\":[");
+        rank.push_str(&"1,".repeat(8_000_000));
+        rank.push_str("1],\"data_offsets\":[0,1]}}");
+        // 250,000 one-byte tensors (about 14 MB of header).
+        let mut many = String::from("{");
+        for i in 0..250_000u64 {
+            if i > 0 {
+                many.push(',');
+            }
+            many.push_str(&format!(
+                "\"t{i}\":{{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[{i},{}]}}",
+                i + 1
+            ));
+        }
+        many.push('}');
+        let mut out = Vec::new();
+        for (name, header, data) in [("rank", rank, 1usize), ("many", many, 250_000)] {
+            let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+            bytes.extend_from_slice(header.as_bytes());
+            bytes.resize(bytes.len() + data, 7);
+            let path = dir.path().join(format!("{name}.safetensors"));
+            std::fs::write(&path, &bytes).unwrap();
+            out.push((path, header.len() as u64));
+        }
+        out
+    };
+    let (floor, ok) = peak_rss_of_plaid(&["inspect", small.to_str().unwrap()]);
+    assert!(ok);
+    for (path, header_len) in files {
+        let (peak, ok) = peak_rss_of_plaid(&["inspect", path.to_str().unwrap()]);
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        // The rank-8-million tensor is refused (rank over 64); the many tensors open.
+        assert_eq!(ok, name.starts_with("many"), "{name}");
+        let above = peak.saturating_sub(floor);
+        assert!(
+            above < 8 * header_len,
+            "{name}: {above} bytes above the floor for a {header_len}-byte header"
+        );
+    }
+}

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::{Checksum, Format, Index, TensorInfo};
 use crate::dtype::DType;
@@ -82,62 +82,46 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
             format!("truncated: the header length (the first 8 bytes) runs past the end of the {file_len}-byte file"),
         ));
     }
-    let mut header = vec![0u8; header_len as usize];
+    let mut header = Vec::new();
+    header.try_reserve_exact(header_len as usize).map_err(|_| {
+        fail(
+            0,
+            format!("cannot allocate the {header_len}-byte header: out of memory"),
+        )
+    })?;
+    header.resize(header_len as usize, 0);
     read_exact(source, 8, &mut header)?;
-    let json: Value = serde_json::from_slice(&header)
-        .map_err(|e| fail(8, format!("the header is not valid JSON: {e}")))?;
-    let Value::Object(entries) = json else {
-        return Err(fail(8, "the header is not a JSON object".into()));
-    };
-
-    let mut metadata = BTreeMap::new();
-    let mut tensors: Vec<(u64, u64, TensorInfo)> = Vec::with_capacity(entries.len());
-    for (name, entry) in entries {
-        if name == "__metadata__" {
-            let Value::Object(pairs) = entry else {
-                return Err(fail(8, "__metadata__ is not an object".into()));
-            };
-            for (key, value) in pairs {
-                let Value::String(value) = value else {
-                    return Err(fail(
-                        8,
-                        format!("__metadata__ value of '{key}' is not a string"),
-                    ));
-                };
-                metadata.insert(key, value);
-            }
-            continue;
-        }
-        let bad = |what: &str| fail(8, format!("tensor '{name}': {what}"));
-        let Value::Object(fields) = entry else {
-            return Err(bad("not an object"));
+    // Parsed straight into what plaid keeps, counting as it goes (never a generic JSON
+    // tree, which costs many times the header): a hostile header costs a small multiple of
+    // its size, within the limits below.
+    let parsed = parse_header(&header).map_err(|e| {
+        let kind = if e.is_syntax() || e.is_eof() {
+            "the header is not valid JSON: "
+        } else {
+            "the header is not a valid safetensors header: "
         };
-        let dtype_name = fields
-            .get("dtype")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad("no dtype string"))?;
-        let (dtype, per_unit) = dtype(dtype_name).ok_or_else(|| {
+        fail(8, format!("{kind}{e}"))
+    })?;
+    drop(header);
+
+    let metadata = parsed.metadata;
+    let mut tensors: Vec<(u64, u64, TensorInfo)> = Vec::new();
+    tensors
+        .try_reserve_exact(parsed.tensors.len())
+        .map_err(|_| fail(8, "cannot allocate the tensor list: out of memory".into()))?;
+    for raw in parsed.tensors {
+        let RawTensor {
+            name,
+            dtype: dtype_name,
+            shape,
+            offsets: (begin, end),
+        } = raw;
+        let bad = |what: &str| fail(8, format!("tensor '{name}': {what}"));
+        let (dtype, per_unit) = dtype(&dtype_name).ok_or_else(|| {
             Error::Unsupported(format!(
                 "{file}: tensor '{name}' has dtype {dtype_name}, which plaid cannot represent"
             ))
         })?;
-        let shape: Vec<u64> = fields
-            .get("shape")
-            .and_then(Value::as_array)
-            .ok_or_else(|| bad("no shape array"))?
-            .iter()
-            .map(|d| {
-                d.as_u64()
-                    .ok_or_else(|| bad("a dimension is not a non-negative integer"))
-            })
-            .collect::<Result<_>>()?;
-        let offsets = fields
-            .get("data_offsets")
-            .and_then(Value::as_array)
-            .filter(|o| o.len() == 2)
-            .ok_or_else(|| bad("data_offsets is not a pair"))?;
-        let begin = offsets[0].as_u64().ok_or_else(|| bad("bad data_offsets"))?;
-        let end = offsets[1].as_u64().ok_or_else(|| bad("bad data_offsets"))?;
         let elements = shape
             .iter()
             .try_fold(1u64, |n, &d| n.checked_mul(d))
@@ -263,42 +247,85 @@ pub struct ShardIndex {
 /// Parse a sharded checkpoint's index (`name` is the file, for messages).
 pub fn parse_shard_index(name: &str, bytes: &[u8]) -> Result<ShardIndex> {
     let fail = |detail: String| Error::format(name, 0, detail);
-    let json: Value = serde_json::from_slice(bytes)
-        .map_err(|e| fail(format!("the shard index is not valid JSON: {e}")))?;
-    let map = json
-        .get("weight_map")
-        .and_then(Value::as_object)
-        .ok_or_else(|| fail("the shard index has no weight_map object".into()))?;
-    let mut weight_map = BTreeMap::new();
-    for (tensor, shard) in map {
-        let shard = shard
-            .as_str()
-            .filter(|s| !s.is_empty() && !s.contains('/') && !s.contains('\\') && *s != "..")
-            .ok_or_else(|| {
-                fail(format!(
-                    "weight_map entry '{tensor}' is not a file name in the index's directory"
-                ))
-            })?;
-        weight_map.insert(tensor.clone(), shard.to_owned());
-    }
-    let mut shards: Vec<String> = weight_map.values().cloned().collect();
-    shards.sort();
-    shards.dedup();
-    let mut metadata = BTreeMap::new();
-    if let Some(Value::Object(pairs)) = json.get("metadata") {
-        for (key, value) in pairs {
-            let text = match value {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            metadata.insert(key.clone(), text);
+    // Parsed straight into its maps (no generic JSON tree): a small multiple of the file.
+    let mut parser = serde_json::Deserializer::from_slice(bytes);
+    let (map, metadata) = de::Deserializer::deserialize_map(&mut parser, ShardIndexVisitor)
+        .and_then(|parsed| parser.end().map(|()| parsed))
+        .map_err(|e| fail(format!("the shard index is not valid: {e}")))?;
+    let map = map.ok_or_else(|| fail("the shard index has no weight_map object".into()))?;
+    for (tensor, shard) in &map {
+        if shard.is_empty() || shard.contains('/') || shard.contains('\\') || shard == ".." {
+            return Err(fail(format!(
+                "weight_map entry '{tensor}' is not a file name in the index's directory"
+            )));
         }
     }
+    let mut shards: Vec<String> = map.values().cloned().collect();
+    shards.sort();
+    shards.dedup();
     Ok(ShardIndex {
         shards,
-        weight_map,
+        weight_map: map,
         metadata,
     })
+}
+
+/// The parts of a shard index plaid keeps: `weight_map` (tensor to shard file name) and
+/// `metadata` (values as text: strings as they are, anything else as its JSON).
+type ParsedShardIndex = (Option<BTreeMap<String, String>>, BTreeMap<String, String>);
+
+struct ShardIndexVisitor;
+
+impl<'de> Visitor<'de> for ShardIndexVisitor {
+    type Value = ParsedShardIndex;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object with a weight_map")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let (mut weights, mut metadata) = (None, BTreeMap::new());
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "weight_map" => {
+                    let parsed: BTreeMap<String, String> = map.next_value().map_err(|e| {
+                        de::Error::custom(format!(
+                            "weight_map is not an object of file names ({e})"
+                        ))
+                    })?;
+                    if parsed.len() > MAX_TENSORS {
+                        return Err(de::Error::custom(format!(
+                            "weight_map names more than {MAX_TENSORS} tensors, plaid's limit"
+                        )));
+                    }
+                    weights = Some(parsed);
+                }
+                "metadata" => {
+                    let raw: BTreeMap<String, Box<serde_json::value::RawValue>> =
+                        map.next_value().map_err(|e| {
+                            de::Error::custom(format!("metadata is not an object ({e})"))
+                        })?;
+                    if raw.len() > MAX_METADATA_ENTRIES {
+                        return Err(de::Error::custom(format!(
+                            "metadata has more than {MAX_METADATA_ENTRIES} entries, plaid's limit"
+                        )));
+                    }
+                    for (k, v) in raw {
+                        let text = serde_json::from_str::<String>(v.get())
+                            .unwrap_or_else(|_| v.get().trim().to_owned());
+                        metadata.insert(k, text);
+                    }
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok((weights, metadata))
+    }
 }
 
 /// Join the indexes of the shards (each read from its own file, `bases[k]` being where
@@ -359,4 +386,253 @@ pub fn join_shards(
         ));
     }
     Ok(safetensors_index(tensors, metadata, total_len))
+}
+
+/// Most tensors a safetensors header may declare (as plaid's own format).
+pub const MAX_TENSORS: usize = 1 << 20;
+/// Most dimensions a safetensors tensor may have (as plaid's own format).
+pub const MAX_RANK: usize = 64;
+/// Most `__metadata__` entries.
+pub const MAX_METADATA_ENTRIES: usize = 1 << 16;
+
+/// One tensor entry of a header, as written.
+struct RawTensor {
+    name: String,
+    dtype: String,
+    shape: Vec<u64>,
+    offsets: (u64, u64),
+}
+
+/// A header, as written.
+struct RawHeader {
+    tensors: Vec<RawTensor>,
+    metadata: BTreeMap<String, String>,
+}
+
+/// Parse a header's JSON into its entries, refusing duplicate names and what exceeds the
+/// limits as soon as it is seen.
+fn parse_header(bytes: &[u8]) -> std::result::Result<RawHeader, serde_json::Error> {
+    let mut parser = serde_json::Deserializer::from_slice(bytes);
+    let header = de::Deserializer::deserialize_map(&mut parser, HeaderVisitor)?;
+    parser.end()?;
+    Ok(header)
+}
+
+struct HeaderVisitor;
+
+impl<'de> Visitor<'de> for HeaderVisitor {
+    type Value = RawHeader;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the header to be a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<RawHeader, A::Error> {
+        let mut tensors: Vec<RawTensor> = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        let mut metadata = None;
+        while let Some(name) = map.next_key::<String>()? {
+            if name == "__metadata__" {
+                if metadata.is_some() {
+                    return Err(de::Error::custom("__metadata__ appears twice"));
+                }
+                metadata = Some(map.next_value_seed(MetadataSeed)?);
+                continue;
+            }
+            if tensors.len() >= MAX_TENSORS {
+                return Err(de::Error::custom(format!(
+                    "more than {MAX_TENSORS} tensors, plaid's limit"
+                )));
+            }
+            if !names.insert(name.clone()) {
+                return Err(de::Error::custom(format!("tensor '{name}' appears twice")));
+            }
+            let tensor = map.next_value_seed(TensorSeed { name })?;
+            tensors.push(tensor);
+        }
+        Ok(RawHeader {
+            tensors,
+            metadata: metadata.unwrap_or_default(),
+        })
+    }
+}
+
+/// `__metadata__`: an object of strings.
+struct MetadataSeed;
+
+impl<'de> DeserializeSeed<'de> for MetadataSeed {
+    type Value = BTreeMap<String, String>;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MetadataSeed {
+    type Value = BTreeMap<String, String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("__metadata__ to be an object of strings")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut out = BTreeMap::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.len() >= MAX_METADATA_ENTRIES {
+                return Err(de::Error::custom(format!(
+                    "__metadata__ has more than {MAX_METADATA_ENTRIES} entries, plaid's limit"
+                )));
+            }
+            let value: String = map.next_value().map_err(|e| {
+                de::Error::custom(format!(
+                    "__metadata__ value of '{key}' is not a string ({e})"
+                ))
+            })?;
+            if out.insert(key.clone(), value).is_some() {
+                return Err(de::Error::custom(format!(
+                    "__metadata__ key '{key}' appears twice"
+                )));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One tensor's entry: `dtype`, `shape`, `data_offsets` (other fields are ignored).
+struct TensorSeed {
+    name: String,
+}
+
+impl<'de> DeserializeSeed<'de> for TensorSeed {
+    type Value = RawTensor;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<RawTensor, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TensorSeed {
+    type Value = RawTensor;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tensor '{}' to be an object", self.name)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<RawTensor, A::Error> {
+        let name = self.name;
+        let bad = |what: &str| de::Error::custom(format!("tensor '{name}': {what}"));
+        let (mut dtype, mut shape, mut offsets) = (None, None, None);
+        while let Some(field) = map.next_key::<String>()? {
+            match field.as_str() {
+                "dtype" => {
+                    let value: String = map
+                        .next_value()
+                        .map_err(|_| bad("the dtype is not a string"))?;
+                    dtype = Some(value);
+                }
+                "shape" => shape = Some(map.next_value_seed(ShapeSeed { name: &name })?),
+                "data_offsets" => {
+                    let pair: Vec<u64> = map.next_value_seed(NumbersSeed {
+                        name: &name,
+                        what: "data_offsets",
+                        most: 2,
+                    })?;
+                    if pair.len() != 2 {
+                        return Err(bad("data_offsets is not a pair"));
+                    }
+                    offsets = Some((pair[0], pair[1]));
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(RawTensor {
+            dtype: dtype.ok_or_else(|| bad("no dtype string"))?,
+            shape: shape.ok_or_else(|| bad("no shape array"))?,
+            offsets: offsets.ok_or_else(|| bad("data_offsets is not a pair"))?,
+            name,
+        })
+    }
+}
+
+/// A shape: at most [`MAX_RANK`] non-negative integers.
+struct ShapeSeed<'a> {
+    name: &'a str,
+}
+
+impl<'de> DeserializeSeed<'de> for ShapeSeed<'_> {
+    type Value = Vec<u64>;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Vec<u64>, D::Error> {
+        NumbersSeed {
+            name: self.name,
+            what: "the shape (a dimension)",
+            most: MAX_RANK,
+        }
+        .deserialize(d)
+    }
+}
+
+/// An array of at most `most` non-negative integers.
+struct NumbersSeed<'a> {
+    name: &'a str,
+    what: &'static str,
+    most: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for NumbersSeed<'_> {
+    type Value = Vec<u64>;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Vec<u64>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NumbersSeed<'_> {
+    type Value = Vec<u64>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "tensor '{}': {} to be an array of non-negative integers",
+            self.name, self.what
+        )
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Vec<u64>, A::Error> {
+        let mut out = Vec::new();
+        loop {
+            let next = seq.next_element::<u64>().map_err(|_| {
+                de::Error::custom(format!(
+                    "tensor '{}': a value of {} is not a non-negative integer",
+                    self.name, self.what
+                ))
+            })?;
+            let Some(value) = next else { break };
+            if out.len() >= self.most {
+                return Err(de::Error::custom(format!(
+                    "tensor '{}': {} has more than {} values",
+                    self.name, self.what, self.most
+                )));
+            }
+            out.push(value);
+        }
+        Ok(out)
+    }
 }
