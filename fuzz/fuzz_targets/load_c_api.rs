@@ -1,0 +1,117 @@
+//! The whole load path through the C API, as a C caller drives it: the bytes served by a
+//! read callback (`plaid_source_new`, short reads chosen by the input), opened in any
+//! format, then loaded with a placement that accepts, skips or under-sizes each tensor (its
+//! choice taken from the input too), verified. Statuses only, never a crash.
+#![no_main]
+
+use std::ffi::c_void;
+
+use libfuzzer_sys::fuzz_target;
+use plaid::ffi::deserializer::*;
+use plaid::ffi::placement::*;
+use plaid::ffi::read_options::*;
+use plaid::ffi::source::*;
+
+struct Input<'a> {
+    bytes: &'a [u8],
+    /// Largest piece one read returns (short reads).
+    piece: usize,
+}
+
+unsafe extern "C" fn read(user: *mut c_void, offset: u64, buf: *mut c_void, len: u64) -> i64 {
+    // SAFETY: `user` is the Input below, alive for the whole call of the target.
+    let input = unsafe { &*(user as *const Input<'_>) };
+    let start = (offset as usize).min(input.bytes.len());
+    let n = (len as usize)
+        .min(input.bytes.len() - start)
+        .min(input.piece.max(1));
+    // SAFETY: plaid lends `len` writable bytes at `buf`; n <= len.
+    unsafe { std::ptr::copy_nonoverlapping(input.bytes[start..].as_ptr(), buf.cast(), n) };
+    n as i64
+}
+
+unsafe extern "C" fn release(_: *mut c_void) {}
+
+struct Placing {
+    choices: Vec<u8>,
+    buffers: Vec<Vec<u8>>,
+}
+
+unsafe extern "C" fn place(
+    user: *mut c_void,
+    info: *const plaid_tensor_info,
+    dest: *mut plaid_destination,
+) -> i32 {
+    // SAFETY: `user` is the Placing below; `info` and `dest` are valid for this call.
+    let (placing, info, dest) = unsafe { (&mut *(user as *mut Placing), &*info, &mut *dest) };
+    let choice = placing
+        .choices
+        .get(info.index % placing.choices.len().max(1))
+        .copied()
+        .unwrap_or(0);
+    let nbytes = info.nbytes.min(1 << 24) as usize;
+    match choice % 4 {
+        0 => {} // skip
+        1 | 2 => {
+            placing.buffers.push(vec![0u8; nbytes]);
+            let b = placing.buffers.last_mut().unwrap();
+            dest.kind = PLAID_DEST_HOST;
+            dest.address = b.as_mut_ptr() as u64;
+            dest.capacity = b.len() as u64;
+        }
+        _ => {
+            // Under-sized: the load must refuse it, never write past it.
+            placing.buffers.push(vec![0u8; nbytes.saturating_sub(1)]);
+            let b = placing.buffers.last_mut().unwrap();
+            dest.kind = PLAID_DEST_HOST;
+            dest.address = b.as_mut_ptr() as u64;
+            dest.capacity = b.len() as u64;
+        }
+    }
+    0
+}
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 2 {
+        return;
+    }
+    let (control, bytes) = data.split_at(2);
+    let input = Input {
+        bytes,
+        piece: 1 + control[0] as usize * 257,
+    };
+    let mut placing = Placing {
+        choices: vec![
+            control[1],
+            control[1].rotate_left(2),
+            control[1].rotate_left(4),
+        ],
+        buffers: Vec::new(),
+    };
+    // SAFETY: the C API called as C calls it; every pointer outlives the calls.
+    unsafe {
+        let mut source = std::ptr::null_mut();
+        if plaid_source_new(
+            c"fuzz".as_ptr(),
+            bytes.len() as u64,
+            Some(read),
+            &input as *const Input<'_> as *mut c_void,
+            Some(release),
+            &mut source,
+        ) != 0
+        {
+            return;
+        }
+        let mut options = std::ptr::null_mut();
+        plaid_read_options_new(&mut options);
+        plaid_read_options_set_threads(options, 2);
+        let mut d = std::ptr::null_mut();
+        let status = plaid_deserializer_open_source(source, options, &mut d);
+        plaid_source_free(source);
+        if status == 0 {
+            plaid_deserializer_load(d, Some(place), &mut placing as *mut Placing as *mut c_void);
+            plaid_deserializer_free(d);
+        }
+        plaid_read_options_free(options);
+    }
+});

@@ -1,0 +1,11 @@
+//! The safetensors reader on arbitrary bytes: an index or an error, never a crash, a hang or an
+//! allocation beyond the documented limits.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use plaid::source::MemorySource;
+
+fuzz_target!(|data: &[u8]| {
+    let source = MemorySource::new("fuzz", data.to_vec());
+    let _ = plaid::format::safetensors::read_index(&source);
+});
