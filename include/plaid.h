@@ -1011,7 +1011,7 @@ plaid_status plaid_read_options_set_storage(struct plaid_read_options *options,
 /**
  * Let the shards of a sharded safetensors checkpoint resolve (symlinks followed) anywhere
  * inside the folder `root` (a UTF-8 path). By default they must resolve inside the index's
- * own folder or, for a Hugging Face cache snapshot (`models--*/snapshots/<rev>/`, whose
+ * own folder or, for a Hugging Face cache snapshot (`models--NAME/snapshots/REV/`, whose
  * files are symlinks into the model's `blobs` folder), inside that model's cache folder: a shard that
  * resolves elsewhere fails `plaid_deserializer_open` with `PLAID_ERR_IO`, so a downloaded
  * checkpoint cannot make the loader read other files of the machine.

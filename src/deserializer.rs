@@ -13,7 +13,7 @@ use crate::sink::{Destination, HostArena, Placement, Sinks};
 use crate::source::{read_exact, FileSource, Mappable, MultiSource, ReadAhead, Source};
 
 /// The folder a sharded checkpoint's shards must resolve inside (symlinks followed): the
-/// index's own folder, or for a Hugging Face cache snapshot (`models--*/snapshots/<rev>/`,
+/// index's own folder, or for a Hugging Face cache snapshot (`models--NAME/snapshots/REV/`,
 /// whose files are symlinks into the model's `blobs` folder) that model's cache folder, or `chosen`.
 fn shard_root(dir: &Path, chosen: Option<&Path>) -> Result<std::path::PathBuf> {
     let canonical = |p: &Path| {

@@ -51,3 +51,26 @@ fn every_macro_is_prefixed() {
         "unprefixed macros in plaid.h: {unprefixed:?} (exclude them in cbindgen.toml)"
     );
 }
+
+/// Doc comments become C comments in the header: a `*/` or `/*` inside one would end or nest
+/// the comment and break every C and C++ program including it.
+#[test]
+fn no_doc_comment_breaks_the_c_comment_around_it() {
+    let ffi = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/ffi");
+    let mut bad = Vec::new();
+    for entry in std::fs::read_dir(&ffi).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim_start();
+            if line.starts_with("///") && (line.contains("*/") || line.contains("/*")) {
+                bad.push(format!("{}:{}: {line}", path.display(), n + 1));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "doc comments that break C comments:\n{}",
+        bad.join("\n")
+    );
+}
