@@ -113,13 +113,14 @@ fn settle(
             publish(path, out)
         }
         Staged::Remote(url) => {
-            if let Err(e) = checked {
-                #[cfg(feature = "remote")]
+            // Uploaded whole already: a copy that fails its check is removed.
+            #[cfg(feature = "remote")]
+            if checked.is_err() {
                 let _ = crate::remote::delete(&url.to_string_lossy(), storage);
-                let _ = url;
-                return Err(e);
             }
-            Ok(())
+            #[cfg(not(feature = "remote"))]
+            let _ = (url, storage);
+            checked
         }
     }
 }

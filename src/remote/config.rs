@@ -45,12 +45,7 @@ pub(crate) const DEFAULT_PARTS_IN_FLIGHT: usize = 8;
 /// Whether `key` is a storage option of plaid's or of any store `object_store` knows: the
 /// check made when an option is set.
 pub(crate) fn check_key(key: &str) -> Result<()> {
-    if PLAID_KEYS.contains(&key)
-        || AmazonS3ConfigKey::from_str(key).is_ok()
-        || GoogleConfigKey::from_str(key).is_ok()
-        || AzureConfigKey::from_str(key).is_ok()
-        || ClientConfigKey::from_str(key).is_ok()
-    {
+    if PLAID_KEYS.contains(&key) || is_store_key(key) || ClientConfigKey::from_str(key).is_ok() {
         return Ok(());
     }
     Err(Error::invalid(format!(
@@ -240,16 +235,8 @@ fn s3(location: &Location, storage: &StorageOptions, retry: RetryConfig) -> Resu
             }
         }
     }
-    for (key, value) in store_pairs(storage) {
-        match AmazonS3ConfigKey::from_str(key) {
-            Ok(k) => set(&mut pairs, k, value.to_owned()),
-            Err(_) if foreign(key) => {}
-            Err(_) => {
-                return Err(Error::invalid(format!(
-                    "{url}: storage option '{key}' does not apply to S3"
-                )))
-            }
-        }
+    for (key, value) in keys_of::<AmazonS3ConfigKey>(location, storage, "S3")? {
+        set(&mut pairs, key, value);
     }
     let has = |pairs: &[(AmazonS3ConfigKey, String)], key: &AmazonS3ConfigKey| {
         pairs.iter().any(|(k, v)| k == key && !v.is_empty())
@@ -332,75 +319,97 @@ fn s3(location: &Location, storage: &StorageOptions, retry: RetryConfig) -> Resu
     }))
 }
 
-/// Whether `key` belongs to another kind of store than the one being configured (or is a
-/// client key, which every kind takes).
-fn foreign(key: &str) -> bool {
-    GoogleConfigKey::from_str(key).is_ok() || AzureConfigKey::from_str(key).is_ok()
+/// Whether `key` is a configuration key of any kind of store `object_store` knows.
+fn is_store_key(key: &str) -> bool {
+    AmazonS3ConfigKey::from_str(key).is_ok()
+        || GoogleConfigKey::from_str(key).is_ok()
+        || AzureConfigKey::from_str(key).is_ok()
+}
+
+/// The storage options that are keys `K` of the store of `location` (`kind` names it in
+/// messages); keys of other kinds of store are passed over (one set of options may serve
+/// several), plaid's own are handled elsewhere, and anything else is an error.
+fn keys_of<K: FromStr>(
+    location: &Location,
+    storage: &StorageOptions,
+    kind: &str,
+) -> Result<Vec<(K, String)>> {
+    let mut pairs = Vec::new();
+    for (key, value) in store_pairs(storage) {
+        match K::from_str(key) {
+            Ok(k) => pairs.push((k, value.to_owned())),
+            Err(_) if is_store_key(key) => {}
+            Err(_) => {
+                return Err(Error::invalid(format!(
+                    "{}: storage option '{key}' does not apply to {kind}",
+                    location.url
+                )))
+            }
+        }
+    }
+    Ok(pairs)
+}
+
+/// A builder of GCS or Azure stores: `make` starts from the environment, the client
+/// options (with the CA bundle) and the retries, then the keys are applied.
+fn cloud<K, B>(
+    location: &Location,
+    storage: &StorageOptions,
+    retry: RetryConfig,
+    kind: &'static str,
+    make: fn(String, ClientOptions, RetryConfig) -> B,
+    apply: fn(B, K, String) -> B,
+    build: fn(B) -> object_store::Result<Arc<dyn ObjectStore>>,
+) -> Result<Build>
+where
+    K: FromStr + Copy + Send + Sync + 'static,
+    B: 'static,
+{
+    let pairs = keys_of::<K>(location, storage, kind)?;
+    let ca = storage.get("ca_bundle").map(str::to_owned);
+    let client = client_options(&location.url, &[], ca.as_deref(), false)?;
+    let root = location.root.clone();
+    Ok(Box::new(move || {
+        let mut builder = make(root.clone(), client.clone(), retry.clone());
+        for (key, value) in &pairs {
+            builder = apply(builder, *key, value.clone());
+        }
+        build(builder).map_err(|e| Error::invalid(format!("{root}: {e}")))
+    }))
 }
 
 fn gcs(location: &Location, storage: &StorageOptions, retry: RetryConfig) -> Result<Build> {
-    let url = &location.url;
-    let mut pairs = Vec::new();
-    for (key, value) in store_pairs(storage) {
-        match GoogleConfigKey::from_str(key) {
-            Ok(k) => pairs.push((k, value.to_owned())),
-            Err(_)
-                if AmazonS3ConfigKey::from_str(key).is_ok()
-                    || AzureConfigKey::from_str(key).is_ok() => {}
-            Err(_) => {
-                return Err(Error::invalid(format!(
-                    "{url}: storage option '{key}' does not apply to Google Cloud Storage"
-                )))
-            }
-        }
-    }
-    let root = location.root.clone();
-    let ca = storage.get("ca_bundle").map(str::to_owned);
-    let client = client_options(url, &[], ca.as_deref(), false)?;
-    Ok(Box::new(move || {
-        let mut builder = GoogleCloudStorageBuilder::from_env()
-            .with_url(root.clone())
-            .with_client_options(client.clone())
-            .with_retry(retry.clone());
-        for (key, value) in &pairs {
-            builder = builder.with_config(*key, value.clone());
-        }
-        let store = builder
-            .build()
-            .map_err(|e| Error::invalid(format!("{root}: {e}")))?;
-        Ok(Arc::new(store) as Arc<dyn ObjectStore>)
-    }))
+    cloud::<GoogleConfigKey, _>(
+        location,
+        storage,
+        retry,
+        "Google Cloud Storage",
+        |root, client, retry| {
+            GoogleCloudStorageBuilder::from_env()
+                .with_url(root)
+                .with_client_options(client)
+                .with_retry(retry)
+        },
+        GoogleCloudStorageBuilder::with_config,
+        |b| Ok(Arc::new(b.build()?) as Arc<dyn ObjectStore>),
+    )
 }
 
 fn azure(location: &Location, storage: &StorageOptions, retry: RetryConfig) -> Result<Build> {
-    let url = &location.url;
-    let mut pairs = Vec::new();
-    for (key, value) in store_pairs(storage) {
-        match AzureConfigKey::from_str(key) {
-            Ok(k) => pairs.push((k, value.to_owned())),
-            Err(_)
-                if AmazonS3ConfigKey::from_str(key).is_ok()
-                    || GoogleConfigKey::from_str(key).is_ok() => {}
-            Err(_) => {
-                return Err(Error::invalid(format!(
-                    "{url}: storage option '{key}' does not apply to Azure"
-                )))
-            }
-        }
-    }
-    let root = location.root.clone();
-    Ok(Box::new(move || {
-        let mut builder = MicrosoftAzureBuilder::from_env()
-            .with_url(root.clone())
-            .with_retry(retry.clone());
-        for (key, value) in &pairs {
-            builder = builder.with_config(*key, value.clone());
-        }
-        let store = builder
-            .build()
-            .map_err(|e| Error::invalid(format!("{root}: {e}")))?;
-        Ok(Arc::new(store) as Arc<dyn ObjectStore>)
-    }))
+    cloud::<AzureConfigKey, _>(
+        location,
+        storage,
+        retry,
+        "Azure",
+        |root, client, retry| {
+            MicrosoftAzureBuilder::from_env()
+                .with_url(root)
+                .with_client_options(client)
+                .with_retry(retry)
+        },
+        MicrosoftAzureBuilder::with_config,
+        |b| Ok(Arc::new(b.build()?) as Arc<dyn ObjectStore>),
+    )
 }
 
 #[cfg(test)]
