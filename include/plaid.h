@@ -7,8 +7,11 @@
  *   plaid_last_error_message(); it names the file, tensor and offset where known.
  * - Handles are opaque. *_new / *_open create one and write it to an out-pointer only
  *   on success; *_free destroys it, accepts NULL, and is called at most once.
- * - A const handle is read-only and may be shared between threads; a non-const handle
- *   is used by one thread at a time.
+ * - Threads: a plaid_deserializer and a plaid_serializer may be used from any number of
+ *   threads at once (two loads of one deserializer run independently; calls on one
+ *   serializer take turns). Options and sources are set up by one thread at a time, then
+ *   shared read-only by any number. Arenas are read from any number of threads. Every
+ *   *_free is called once, after all other calls on that handle have returned.
  * - Strings are NUL-terminated UTF-8. Strings returned by the library are lent (valid
  *   while their owner lives) or static; the caller never frees them.
  * - No function unwinds or aborts on bad input: NULL pointers, unknown dtypes and
@@ -231,9 +234,15 @@ typedef struct plaid_cuda_arena plaid_cuda_arena;
 
 /**
  * An open model file. Opaque; made by `plaid_deserializer_open`, destroyed by
- * `plaid_deserializer_free`. Functions taking a `const plaid_deserializer *` may be called
- * from any number of threads at once; `plaid_deserializer_load` takes it non-const, so
- * the caller serializes loads on one handle.
+ * `plaid_deserializer_free`.
+ *
+ * Thread safety: every function but `plaid_deserializer_free` may be called on one
+ * handle from any number of threads at once, loads included. Two loads of one handle at
+ * the same time (`plaid_deserializer_load`, `_load_host`, `_load_cuda`, `_verify`, in
+ * any mix) are independent: each calls its own callbacks and fills its own destinations,
+ * both share the open file (and its mapping), and each succeeds or fails on its own.
+ * `plaid_deserializer_set_progress` called during a load takes effect from the next one.
+ * `plaid_deserializer_free` is called once, after every other call on the handle returned.
  */
 typedef struct plaid_deserializer plaid_deserializer;
 
@@ -252,7 +261,13 @@ typedef struct plaid_read_options plaid_read_options;
 
 /**
  * A file being written. Opaque; made by `plaid_serializer_new`, destroyed by
- * `plaid_serializer_free`. Calls on one serializer must not run concurrently.
+ * `plaid_serializer_free`.
+ *
+ * Thread safety: every function but `plaid_serializer_free` may be called on one handle
+ * from several threads at once; the calls take turns (tensors are laid out in the order
+ * their `add` calls took their turn). A call that comes after `plaid_serializer_finish`
+ * took its turn fails with `PLAID_ERR_INVALID_ARGUMENT`. `plaid_serializer_free` is called
+ * once, after every other call on the handle returned.
  */
 typedef struct plaid_serializer plaid_serializer;
 
@@ -333,7 +348,10 @@ typedef struct plaid_tensor_info {
   size_t path_len;
   /**
    * Non-zero when the file stores no bytes for this tensor (a tensorizer meta tensor):
-   * it loads as `nbytes` zeros.
+   * it loads as `nbytes` zeros. `nbytes` is then whatever the file declares, unbounded
+   * by the file's size: a 192-byte file can declare a 1 GiB zero tensor, which
+   * `plaid_deserializer_load_host` allocates. Check `nbytes` before loading files you
+   * do not trust.
    */
   uint32_t zero_fill;
   /**
@@ -413,7 +431,8 @@ typedef struct plaid_progress {
 /**
  * Receives progress reports during `plaid_deserializer_load` and
  * `plaid_deserializer_verify`. It is called from plaid's worker threads (so `user_data`
- * must be usable from any thread), never by two threads at once, at most once per the
+ * must be usable from any thread), never by two threads at once for one operation (two
+ * operations running at once on one handle report to it independently), at most once per the
  * read options' progress interval (100 ms by default), and always once more when every
  * byte has landed. Return 0 to go on; any other value stops the operation with
  * `PLAID_ERR_CANCELLED` (ignored in the last report, when nothing is left to stop).
@@ -656,7 +675,7 @@ plaid_status plaid_deserializer_find(const struct plaid_deserializer *d,
  * partial data. `load` may be called again, e.g. into other buffers.
  *
  * # Safety
- * `d` is NULL or a live handle not used by another thread during the call; `place` is
+ * `d` is NULL or a live handle (other threads may use it meanwhile); `place` is
  * NULL (an error) or a function honouring `plaid_place_fn`'s contract.
  */
 plaid_status plaid_deserializer_load(struct plaid_deserializer *d,
@@ -676,7 +695,7 @@ plaid_status plaid_deserializer_load(struct plaid_deserializer *d,
  * memory the device does not have.
  *
  * # Safety
- * `d` is NULL (an error) or a live handle not used by another thread during the call;
+ * `d` is NULL (an error) or a live handle (other threads may use it meanwhile);
  * `filter` is NULL or honours `plaid_filter_fn`'s contract; `out` NULL (an error) or
  * writable.
  */
@@ -694,10 +713,12 @@ plaid_status plaid_deserializer_load_cuda(struct plaid_deserializer *d,
  * `plaid_deserializer_load` reports it. `filter` (NULL: every tensor) chooses the tensors.
  * On success `*out` holds an arena to read with `plaid_host_arena_tensor` and free with
  * `plaid_host_arena_free`; it may outlive `d`. On failure nothing is allocated and `*out`
- * is untouched.
+ * is untouched. The arena holds every chosen tensor's `nbytes`, zero-filled ones included
+ * (see `plaid_tensor_info.zero_fill`); memory the system refuses is `PLAID_ERR_IO`, never
+ * an abort.
  *
  * # Safety
- * `d` is NULL (an error) or a live handle not used by another thread during the call;
+ * `d` is NULL (an error) or a live handle (other threads may use it meanwhile);
  * `filter` is NULL or honours `plaid_filter_fn`'s contract; `out` NULL (an error) or
  * writable.
  */
@@ -728,8 +749,10 @@ plaid_status plaid_deserializer_verify(const struct plaid_deserializer *d);
  * the bytes past its new end read as zeros, and later calls return `PLAID_ERR_FORMAT`
  * saying the file shrank.
  *
- * Returns `PLAID_ERR_UNSUPPORTED` for a source that cannot be mapped,
- * `PLAID_ERR_CHECKSUM` naming the first damaged tensor found.
+ * Returns `PLAID_ERR_UNSUPPORTED` for a source that cannot be mapped (a URL, a callback
+ * source), or when 256 files are mapped already: at most 256 mappings are guarded in one
+ * process (each open handle that mapped its file, each shard of a sharded checkpoint
+ * holds one until freed). `PLAID_ERR_CHECKSUM` names the first damaged tensor found.
  *
  * # Safety
  * `d` is NULL or a live handle.
@@ -759,7 +782,7 @@ plaid_status plaid_deserializer_tensor_data(const struct plaid_deserializer *d,
  * stop reporting when `progress` is NULL. `user_data` is passed to every report.
  *
  * # Safety
- * `d` is NULL (an error) or a live handle not used by another thread during the call;
+ * `d` is NULL (an error) or a live handle (other threads may use it meanwhile);
  * `progress` is NULL or honours `plaid_progress_fn`'s contract.
  */
 plaid_status plaid_deserializer_set_progress(struct plaid_deserializer *d,

@@ -91,7 +91,7 @@ pub struct Serializer<'a> {
 /// Where the bytes go.
 enum Out {
     /// A temporary file beside the target, renamed over it at the end.
-    File(NamedTempFile),
+    File(Temporary),
     /// An object store upload, completed at the end.
     #[cfg(feature = "remote")]
     Remote(crate::remote::Upload),
@@ -154,7 +154,7 @@ impl<'a> Serializer<'a> {
         }
         let prefix = format!(".{stem}.");
         remove_stale_temporaries(&dir, &prefix);
-        let temp = locked_temporary(&dir, &prefix)?;
+        let temp = Temporary::new(&dir, &prefix)?;
         Ok(Serializer {
             target,
             out: Out::File(temp),
@@ -403,7 +403,7 @@ impl<'a> Serializer<'a> {
         }
         check_target(&self.target)?;
         temp.persist(&self.target)
-            .map_err(|e| fail("renaming the temporary file into place", e.error))?;
+            .map_err(|e| fail("renaming the temporary file into place", e))?;
         if self.options.sync {
             sync_parent(&self.target).map_err(|e| fail("fsync of the directory", e))?;
         }
@@ -633,6 +633,114 @@ fn check_origin(name: &str, origin: &TensorOrigin) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The file a serializer writes before `finish` puts it in place. Where the file system
+/// allows (`O_TMPFILE`: ext4, xfs, btrfs, tmpfs), it has no name until then, so a writer
+/// killed at any point leaves nothing behind; `persist` links it under a unique locked
+/// name beside the target and renames that over the target. Elsewhere it is a named,
+/// locked temporary file ([`locked_temporary`]) that the next write removes if its writer
+/// died.
+pub(crate) enum Temporary {
+    /// Unnamed, in `dir`.
+    Unnamed {
+        file: File,
+        dir: std::path::PathBuf,
+        prefix: String,
+    },
+    /// Named; removed when dropped unless persisted.
+    Named(NamedTempFile),
+}
+
+impl Temporary {
+    /// A new temporary file in `dir` (names, where it gets one, start with `prefix`).
+    pub(crate) fn new(dir: &Path, prefix: &str) -> Result<Temporary> {
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o666)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir)
+        {
+            Ok(file) => Ok(Temporary::Unnamed {
+                file,
+                dir: dir.to_path_buf(),
+                prefix: prefix.to_owned(),
+            }),
+            // Not supported by this kernel or file system: a named one.
+            Err(_) => locked_temporary(dir, prefix).map(Temporary::Named),
+        }
+    }
+
+    /// The open file.
+    pub(crate) fn as_file(&self) -> &File {
+        match self {
+            Temporary::Unnamed { file, .. } => file,
+            Temporary::Named(temp) => temp.as_file(),
+        }
+    }
+
+    /// Put the file at `target`, replacing what is there.
+    pub(crate) fn persist(self, target: &Path) -> std::io::Result<()> {
+        match self {
+            Temporary::Named(temp) => temp.persist(target).map(drop).map_err(|e| e.error),
+            Temporary::Unnamed { file, dir, prefix } => {
+                // Locked before it has a name, so the next writer's cleanup never takes
+                // it for a dead writer's file in the moment between link and rename.
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+                // SAFETY: flock on a descriptor `file` owns; no memory is involved.
+                if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let linked = link_unnamed(&file, &dir, &prefix)?;
+                std::fs::rename(&linked, target).inspect_err(|_| {
+                    let _ = std::fs::remove_file(&linked);
+                })
+            }
+        }
+    }
+}
+
+/// Give an `O_TMPFILE` file the name `DIR/PREFIX<random>.partial` and return it.
+fn link_unnamed(file: &File, dir: &Path, prefix: &str) -> std::io::Result<std::path::PathBuf> {
+    use std::hash::{BuildHasher, Hasher};
+    use std::os::unix::ffi::OsStrExt;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(file);
+    let proc_path = std::ffi::CString::new(format!("/proc/self/fd/{fd}"))?;
+    let mut last = std::io::Error::from(std::io::ErrorKind::AlreadyExists);
+    for attempt in 0..16u64 {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(attempt);
+        let name = dir.join(format!("{prefix}{:016x}.partial", hasher.finish()));
+        let c_name = std::ffi::CString::new(name.as_os_str().as_bytes())?;
+        // SAFETY: both paths are NUL-terminated strings that live through the call; the
+        // descriptor is open. Through /proc (no privilege needed), else AT_EMPTY_PATH
+        // (which needs CAP_DAC_READ_SEARCH) where /proc is not mounted.
+        let linked = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                proc_path.as_ptr(),
+                libc::AT_FDCWD,
+                c_name.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            ) == 0
+                || libc::linkat(
+                    fd,
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    c_name.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                ) == 0
+        };
+        if linked {
+            return Ok(name);
+        }
+        last = std::io::Error::last_os_error();
+        if last.kind() != std::io::ErrorKind::AlreadyExists {
+            break;
+        }
+    }
+    Err(last)
 }
 
 /// A new temporary file `PREFIX<random>.partial` in `dir`, locked (`flock`) for as long as

@@ -45,13 +45,14 @@ fn every_export_goes_through_the_boundary() {
             if name.is_empty() {
                 continue; // a function-pointer type such as `plaid_place_fn`
             }
-            let guarded = body.starts_with("boundary::status(")
-                || body.starts_with("boundary::value(")
-                || (body.starts_with("// SAFETY:")
-                    && body
-                        .lines()
-                        .nth(1)
-                        .is_some_and(|l| l.trim_start().starts_with("boundary::")));
+            // The first statement, after any comment (a SAFETY comment may come first).
+            let first = body
+                .lines()
+                .map(str::trim_start)
+                .find(|l| !l.starts_with("//"))
+                .unwrap_or("");
+            let guarded =
+                first.starts_with("boundary::status(") || first.starts_with("boundary::value(");
             assert!(
                 guarded,
                 "{}: `{name}` does not start with the boundary helper",

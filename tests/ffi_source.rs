@@ -38,6 +38,8 @@ struct Served {
     reads: AtomicUsize,
     in_flight: AtomicUsize,
     most_in_flight: AtomicUsize,
+    /// Reads wait for this many to be in flight at once (once), 0 for no waiting.
+    meet: AtomicUsize,
     threads: Mutex<std::collections::HashSet<std::thread::ThreadId>>,
     released: AtomicUsize,
 }
@@ -51,6 +53,7 @@ impl Served {
             reads: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             most_in_flight: AtomicUsize::new(0),
+            meet: AtomicUsize::new(0),
             threads: Mutex::default(),
             released: AtomicUsize::new(0),
         })
@@ -67,6 +70,15 @@ unsafe extern "C" fn read(user: *mut c_void, offset: u64, buf: *mut c_void, len:
         .lock()
         .unwrap()
         .insert(std::thread::current().id());
+    // Stay in flight until as many reads as plaid may issue at once have met here (or a
+    // generous while has passed), so that how many overlap does not depend on how fast
+    // threads start on this machine (or under a sanitizer).
+    let waited = std::time::Instant::now();
+    while served.most_in_flight.load(Ordering::SeqCst) < served.meet.load(Ordering::SeqCst)
+        && waited.elapsed() < std::time::Duration::from_secs(2)
+    {
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
     std::thread::sleep(std::time::Duration::from_micros(300));
     let result = match served.lie {
         Some((from, value)) if offset + len > from => value,
@@ -190,6 +202,7 @@ fn a_callback_source_loads_with_short_concurrent_reads_and_is_released_once() {
     unsafe { plaid_source_free(source) };
     assert_eq!(served.released.load(Ordering::SeqCst), 0);
     assert_eq!(unsafe { plaid_deserializer_tensor_count(d) }, 40);
+    served.meet.store(5, Ordering::SeqCst);
     let (status, loaded) = load(d, &data);
     assert_eq!(status, PLAID_OK, "{}", last_error());
     assert!(loaded == data);

@@ -6,6 +6,7 @@
 mod common;
 
 use std::ffi::CString;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -428,4 +429,75 @@ fn hostile_json_headers_cost_a_small_multiple_of_their_size() {
             "{name}: {above} bytes above the floor for a {header_len}-byte header"
         );
     }
+}
+
+#[test]
+fn a_plaid_header_of_many_empty_tensors_costs_a_bounded_multiple_of_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small.plaid");
+    plaid_file(&small);
+    // 2^18 empty tensors: the smallest valid entries there are (about 20 bytes each).
+    let path = dir.path().join("empty.plaid");
+    let names: Vec<String> = (0..1u32 << 18).map(|i| format!("t{i}")).collect();
+    let mut w = Serializer::create(&path, WriteOptions::default().sync(false)).unwrap();
+    for name in &names {
+        w.add_tensor(name, DType::F32, &[0], &[]).unwrap();
+    }
+    w.finish().unwrap();
+    let header_len = std::fs::metadata(&path).unwrap().len();
+    let (floor, ok) = peak_rss_of_plaid(&["inspect", small.to_str().unwrap()]);
+    assert!(ok);
+    let (peak, ok) = peak_rss_of_plaid(&["inspect", path.to_str().unwrap()]);
+    assert!(ok);
+    let above = peak.saturating_sub(floor);
+    // Each tensor costs its index entry (about 220 bytes with its name and shape) against
+    // about 20 bytes of header: bounded at 16x (decoding the whole header first, then
+    // copying every name into a map, cost 24x).
+    assert!(
+        above < 16 * header_len,
+        "{above} bytes above the floor for a {header_len}-byte header ({:.1}x)",
+        above as f64 / header_len as f64
+    );
+}
+
+#[test]
+fn an_unfinished_write_has_no_name_where_the_file_system_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("model.plaid");
+    let data = random_bytes(1 << 20, 5);
+    let mut w = Serializer::create(&target, WriteOptions::default().sync(false)).unwrap();
+    w.add_tensor("w", DType::U8, &[data.len() as u64], &data)
+        .unwrap();
+    let listing = || -> Vec<String> {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    // Does this file system take O_TMPFILE? (Linux's tmpfs, ext4, xfs and btrfs do.)
+    let unnamed = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir.path())
+        .is_ok();
+    let during = listing();
+    if unnamed {
+        assert!(during.is_empty(), "an unfinished write shows {during:?}");
+    } else {
+        assert!(
+            during.len() == 1
+                && during[0].starts_with(".model.plaid.")
+                && during[0].ends_with(".partial"),
+            "{during:?}"
+        );
+    }
+    w.finish().unwrap();
+    assert_eq!(listing(), vec!["model.plaid".to_string()]);
+    assert_eq!(contents(&target).unwrap(), vec![data]);
+    // Dropped unfinished: nothing appears, nothing is left.
+    let mut w =
+        Serializer::create(dir.path().join("other.plaid"), WriteOptions::default()).unwrap();
+    w.add_tensor("w", DType::U8, &[4], &[1, 2, 3, 4]).unwrap();
+    drop(w);
+    assert_eq!(listing(), vec!["model.plaid".to_string()]);
 }

@@ -339,7 +339,11 @@ fn hostile_headers_are_rejected_with_a_clear_error() {
         ("declares", |h| h.file_length += 1),
         ("unexpected bytes", |h| h.file_length -= 1),
         ("duplicate", |h| {
+            // The first copy empty, so that the second passes every check but its name.
             let t = h.tensors[0].clone();
+            h.tensors[0].shape = vec![0];
+            h.tensors[0].length = 0;
+            h.tensors[0].block_crc32c.clear();
             h.tensors.push(t)
         }),
         ("NUL", |h| h.tensors[0].name = "a\0b".into()),
@@ -416,10 +420,10 @@ fn writes_are_atomic() {
     {
         let mut s = Serializer::create(&path, WriteOptions::default()).unwrap();
         s.add_tensor("w", DType::U8, &[4096], &data).unwrap();
-        assert_eq!(
-            entries(dir.path()),
-            1,
-            "the temporary file exists while writing"
+        // Unnamed where the file system allows O_TMPFILE, else one temporary file.
+        assert!(
+            entries(dir.path()) <= 1,
+            "at most the temporary file exists while writing"
         );
     }
     assert!(!path.exists());
@@ -533,9 +537,11 @@ fn headers_that_would_decode_into_far_more_memory_are_refused_first() {
     let good = valid_header(16, &random_bytes(64, 1));
     let base = prost::Message::encode_to_vec(&good);
     // Empty tensors are 2 bytes on the wire each; one more than the limit.
+    // Tensors of 5 bytes each (a one-byte name and a dtype, the shortest that can be
+    // valid), one more than the limit: shorter entries are refused one by one first.
     let mut flood = base.clone();
     for _ in 0..MAX_TENSORS {
-        flood.extend_from_slice(&[0x2a, 0x00]);
+        flood.extend_from_slice(&[0x2a, 0x05, 0x0a, 0x01, b'a', 0x10, 0x02]);
     }
     // Metadata entries {"a": ""} of 5 bytes each.
     let mut entries = base.clone();

@@ -95,8 +95,8 @@ impl Device {
             format!("CUDA device {ordinal}")
         })?;
         let mut ctx: sys::CUcontext = std::ptr::null_mut();
-        // SAFETY: `ctx` is writable; `device` is valid.
         check(
+            // SAFETY: `ctx` is writable; `device` is valid.
             unsafe { sys::cuDevicePrimaryCtxRetain(&mut ctx, device) },
             || format!("retaining the primary context of CUDA device {ordinal}"),
         )?;
@@ -148,8 +148,8 @@ impl Pinned {
     pub(crate) fn new(device: &Arc<Device>, len: usize) -> Result<Pinned> {
         let _bound = device.bind()?;
         let mut ptr: *mut std::ffi::c_void = std::ptr::null_mut();
-        // SAFETY: `ptr` is writable. PORTABLE: usable from every context.
         check(
+            // SAFETY: `ptr` is writable. PORTABLE: usable from every context.
             unsafe { sys::cuMemHostAlloc(&mut ptr, len.max(1), sys::CU_MEMHOSTALLOC_PORTABLE) },
             || format!("allocating {len} bytes of pinned host memory"),
         )?;
@@ -202,8 +202,8 @@ impl Stream {
     /// A non-blocking stream on `device`, whose context must be current.
     fn new(device: &Arc<Device>) -> Result<Stream> {
         let mut raw: sys::CUstream = std::ptr::null_mut();
-        // SAFETY: `raw` is writable; the caller made a context current.
         check(
+            // SAFETY: `raw` is writable; the caller made a context current.
             unsafe {
                 sys::cuStreamCreate(&mut raw, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32)
             },
@@ -256,8 +256,8 @@ impl Lane {
         let _bound = device.bind()?;
         let event = || -> Result<Event> {
             let mut raw: sys::CUevent = std::ptr::null_mut();
-            // SAFETY: `raw` is writable; a context is current.
             check(
+                // SAFETY: `raw` is writable; a context is current.
                 unsafe {
                     sys::cuEventCreate(&mut raw, sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32)
                 },
@@ -296,8 +296,8 @@ impl Lane {
     pub(crate) fn buffer(&mut self, len: usize) -> Result<&mut [u8]> {
         let k = self.current;
         if self.busy[k] {
-            // SAFETY: a recorded event.
             check(
+                // SAFETY: a recorded event.
                 unsafe { sys::cuEventSynchronize(self.events[k].raw) },
                 || "waiting for a host-to-device copy".into(),
             )?;
@@ -603,8 +603,8 @@ pub(crate) fn copy_from_device(
     let piece = |at: u64| (len - at).min(chunk as u64) as usize;
     let start = |buffer: &mut Pinned, at: u64| -> Result<()> {
         let n = piece(at);
-        // SAFETY: `n` bytes into an owned pinned buffer, synchronized before it is read.
         check(
+            // SAFETY: `n` bytes into an owned pinned buffer, synchronized before it is read.
             unsafe { sys::cuMemcpyDtoHAsync_v2(buffer.ptr.cast(), src + at, n, stream.raw) },
             || format!("copying {n} bytes from device address {:#x}", src + at),
         )
@@ -674,8 +674,8 @@ pub fn pinned_htod_times(
         let mut done = 0u64;
         while done < total {
             let n = (total - done).min(piece as u64) as usize;
-            // SAFETY: `n` bytes of an owned pinned buffer to owned device memory.
             check(
+                // SAFETY: `n` bytes of an owned pinned buffer to owned device memory.
                 unsafe {
                     sys::cuMemcpyHtoDAsync_v2(dst, staging.bytes(n).as_ptr().cast(), n, stream.raw)
                 },

@@ -30,12 +30,14 @@ pub unsafe extern "C" fn plaid_convert(
     format: *const c_char,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `input` and `output` are NULL (refused) or NUL-terminated strings, as this
+        // function's `# Safety` requires.
         let (input, output) = unsafe { (c_str(input, "input")?, c_str(output, "output")?) };
         let format = if format.is_null() {
             None
         } else {
-            // SAFETY: per the contract.
+            // SAFETY: `format` is NULL (refused) or a NUL-terminated string, as this function's
+            // `# Safety` requires.
             Some(unsafe { c_str(format, "format") }?)
         };
         let format = format.unwrap_or(if output.ends_with(".safetensors") {

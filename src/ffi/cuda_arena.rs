@@ -29,13 +29,14 @@ pub unsafe extern "C" fn plaid_cuda_arena_tensor(
     boundary::status(|| {
         out_ptr(address, "address")?;
         out_ptr(nbytes, "nbytes")?;
-        // SAFETY: per the contract.
+        // SAFETY: `arena` is NULL (refused) or a live handle, as this function's `# Safety`
+        // requires; it is only read.
         let arena = unsafe { handle(arena, "arena") }?;
         let (at, len) = arena
             .inner
             .tensor(index)
             .ok_or_else(|| Error::NotFound(format!("tensor #{index} is not in this arena")))?;
-        // SAFETY: both checked non-NULL above and writable per the contract.
+        // SAFETY: both checked non-NULL above, and writable as `# Safety` requires.
         unsafe {
             *address = at;
             *nbytes = len;
@@ -50,8 +51,9 @@ pub unsafe extern "C" fn plaid_cuda_arena_tensor(
 /// `arena` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_cuda_arena_device(arena: *const plaid_cuda_arena) -> i32 {
-    // SAFETY: per the contract.
     boundary::value(-1, || {
+        // SAFETY: `arena` is NULL (giving the default) or a live handle, as this function's
+        // `# Safety` requires; it is only read.
         unsafe { arena.as_ref() }.map_or(-1, |a| a.inner.device())
     })
 }
@@ -63,6 +65,7 @@ pub unsafe extern "C" fn plaid_cuda_arena_device(arena: *const plaid_cuda_arena)
 /// `arena` is NULL or a live handle from `plaid_deserializer_load_cuda`.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_cuda_arena_free(arena: *mut plaid_cuda_arena) {
-    // SAFETY: per the contract.
+    // SAFETY: `arena` is NULL (a no-op) or a live handle made by this library and freed
+    // once, as this function's `# Safety` requires.
     boundary::value((), || unsafe { release(arena) })
 }

@@ -8,15 +8,21 @@ use super::placement::{plaid_place_fn, plaid_tensor_info, CallbackPlacement};
 use super::progress::{plaid_progress_fn, CallbackProgress};
 use super::read_options::plaid_read_options;
 use super::status::plaid_status;
-use super::{boundary, c_str, handle, handle_mut, out_ptr, publish, release};
+use super::{boundary, c_str, handle, out_ptr, publish, release};
 use crate::deserializer::Deserializer;
 use crate::error::{Error, Result};
 use crate::options::ReadOptions;
 
 /// An open model file. Opaque; made by `plaid_deserializer_open`, destroyed by
-/// `plaid_deserializer_free`. Functions taking a `const plaid_deserializer *` may be called
-/// from any number of threads at once; `plaid_deserializer_load` takes it non-const, so
-/// the caller serializes loads on one handle.
+/// `plaid_deserializer_free`.
+///
+/// Thread safety: every function but `plaid_deserializer_free` may be called on one
+/// handle from any number of threads at once, loads included. Two loads of one handle at
+/// the same time (`plaid_deserializer_load`, `_load_host`, `_load_cuda`, `_verify`, in
+/// any mix) are independent: each calls its own callbacks and fills its own destinations,
+/// both share the open file (and its mapping), and each succeeds or fails on its own.
+/// `plaid_deserializer_set_progress` called during a load takes effect from the next one.
+/// `plaid_deserializer_free` is called once, after every other call on the handle returned.
 pub struct plaid_deserializer {
     inner: Deserializer,
     /// Lent to C; they point into `names` and into the core's shape vectors.
@@ -25,7 +31,8 @@ pub struct plaid_deserializer {
     _names: Vec<CString>,
     _paths: Vec<Option<CString>>,
     metadata: Vec<(CString, CString)>,
-    progress: Option<CallbackProgress>,
+    /// Set by `plaid_deserializer_set_progress`; each operation copies it when it starts.
+    progress: parking_lot::Mutex<Option<CallbackProgress>>,
 }
 
 // SAFETY: the raw pointers in `infos` point into data owned by this same struct, which
@@ -35,6 +42,11 @@ unsafe impl Send for plaid_deserializer {}
 unsafe impl Sync for plaid_deserializer {}
 
 impl plaid_deserializer {
+    /// The progress callback in place now.
+    fn progress(&self) -> Option<CallbackProgress> {
+        *self.progress.lock()
+    }
+
     pub(crate) fn new(inner: Deserializer) -> Result<plaid_deserializer> {
         let text = |s: &str| CString::new(s).map_err(|_| Error::invalid("text holds a NUL byte"));
         let names = inner
@@ -83,7 +95,7 @@ impl plaid_deserializer {
             _names: names,
             _paths: paths,
             metadata,
-            progress: None,
+            progress: parking_lot::Mutex::new(None),
         })
     }
 }
@@ -120,9 +132,11 @@ pub unsafe extern "C" fn plaid_deserializer_open(
 ) -> plaid_status {
     boundary::status(|| {
         out_ptr(out, "out")?;
-        // SAFETY: per the contract.
+        // SAFETY: `source` is NULL (refused) or a NUL-terminated string, as this function's
+        // `# Safety` requires.
         let source = unsafe { c_str(source, "source") }?;
-        // SAFETY: per the contract.
+        // SAFETY: `options` is NULL (giving the default) or a live handle, as this function's
+        // `# Safety` requires; it is only read.
         let options =
             unsafe { options.as_ref() }.map_or_else(ReadOptions::default, |o| o.inner.clone());
         let handle = plaid_deserializer::new(Deserializer::open(source, options)?)?;
@@ -146,8 +160,9 @@ pub const PLAID_FORMAT_TENSORIZER: u32 = 3;
 /// `d` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_deserializer_format(d: *const plaid_deserializer) -> u32 {
-    // SAFETY: per the contract.
     boundary::value(0, || {
+        // SAFETY: `d` is NULL (giving the default) or a live handle, as this function's
+        // `# Safety` requires; it is only read.
         unsafe { d.as_ref() }.map_or(0, |d| d.inner.format().id())
     })
 }
@@ -158,7 +173,8 @@ pub unsafe extern "C" fn plaid_deserializer_format(d: *const plaid_deserializer)
 /// `d` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_deserializer_tensor_count(d: *const plaid_deserializer) -> usize {
-    // SAFETY: per the contract.
+    // SAFETY: `d` is NULL (giving the default) or a live handle, as this function's
+    // `# Safety` requires; it is only read.
     boundary::value(0, || unsafe { d.as_ref() }.map_or(0, |d| d.infos.len()))
 }
 
@@ -174,7 +190,8 @@ pub unsafe extern "C" fn plaid_deserializer_tensor(
     index: usize,
 ) -> *const plaid_tensor_info {
     boundary::value(std::ptr::null(), || {
-        // SAFETY: per the contract.
+        // SAFETY: `d` is NULL (giving the default) or a live handle, as this function's
+        // `# Safety` requires; it is only read.
         unsafe { d.as_ref() }
             .and_then(|d| d.infos.get(index))
             .map_or(std::ptr::null(), |info| info as *const plaid_tensor_info)
@@ -193,7 +210,8 @@ pub unsafe extern "C" fn plaid_deserializer_tensors(
     d: *const plaid_deserializer,
 ) -> *const plaid_tensor_info {
     boundary::value(std::ptr::null(), || {
-        // SAFETY: per the contract.
+        // SAFETY: `d` is NULL (giving the default) or a live handle, as this function's
+        // `# Safety` requires; it is only read.
         unsafe { d.as_ref() }
             .filter(|d| !d.infos.is_empty())
             .map_or(std::ptr::null(), |d| d.infos.as_ptr())
@@ -214,7 +232,8 @@ pub unsafe extern "C" fn plaid_deserializer_find(
 ) -> plaid_status {
     boundary::status(|| {
         out_ptr(index_out, "index_out")?;
-        // SAFETY: per the contract.
+        // SAFETY: `d` is NULL (refused) or a live handle and `name` NULL (refused) or
+        // NUL-terminated, as this function's `# Safety` requires; `d` is only read.
         let (d, name) = unsafe { (handle(d, "deserializer")?, c_str(name, "name")?) };
         let index = d.inner.find(name)?;
         // SAFETY: checked non-NULL above.
@@ -240,7 +259,7 @@ pub unsafe extern "C" fn plaid_deserializer_find(
 /// partial data. `load` may be called again, e.g. into other buffers.
 ///
 /// # Safety
-/// `d` is NULL or a live handle not used by another thread during the call; `place` is
+/// `d` is NULL or a live handle (other threads may use it meanwhile); `place` is
 /// NULL (an error) or a function honouring `plaid_place_fn`'s contract.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_deserializer_load(
@@ -249,7 +268,8 @@ pub unsafe extern "C" fn plaid_deserializer_load(
     user_data: *mut c_void,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `d` is NULL (refused) or a live handle, as this function's `# Safety`
+        // requires; it is only read.
         // Shared access only, so that the callback may call the const functions on `d`.
         let d = unsafe { handle(d, "deserializer") }?;
         let place = place.ok_or_else(|| Error::invalid("place callback is NULL"))?;
@@ -259,7 +279,7 @@ pub unsafe extern "C" fn plaid_deserializer_load(
             infos: &d.infos,
             claimed: Default::default(),
         };
-        match d.progress {
+        match d.progress() {
             Some(progress) => d
                 .inner
                 .load_with_progress(&mut placement, &|p| progress.call(p)),
@@ -292,7 +312,7 @@ unsafe fn select(
     };
     let mut out = Vec::with_capacity(d.infos.len());
     for info in &d.infos {
-        // SAFETY: per the contract; `info` lives as long as `d`.
+        // SAFETY: `f` honours `plaid_filter_fn`'s contract (`# Safety`); `info` lives as long as `d`.
         match unsafe { f(user_data, info) } {
             answer if answer < 0 => {
                 return Err(Error::Cancelled(format!(
@@ -319,7 +339,7 @@ unsafe fn select(
 /// memory the device does not have.
 ///
 /// # Safety
-/// `d` is NULL (an error) or a live handle not used by another thread during the call;
+/// `d` is NULL (an error) or a live handle (other threads may use it meanwhile);
 /// `filter` is NULL or honours `plaid_filter_fn`'s contract; `out` NULL (an error) or
 /// writable.
 #[no_mangle]
@@ -332,12 +352,13 @@ pub unsafe extern "C" fn plaid_deserializer_load_cuda(
 ) -> plaid_status {
     boundary::status(|| {
         out_ptr(out, "out")?;
-        // SAFETY: per the contract.
+        // SAFETY: `d` is NULL (refused) or a live handle, as this function's `# Safety`
+        // requires; it is only read.
         let d = unsafe { handle(d, "deserializer") }?;
         // SAFETY: the infos live as long as `d`; the callback honours its contract.
         let selected = unsafe { select(d, filter, user_data) }?;
         let mut wanted = |t: &crate::format::TensorInfo| selected[t.index];
-        let progress = d.progress.map(|p| move |x: &crate::Progress| p.call(x));
+        let progress = d.progress().map(|p| move |x: &crate::Progress| p.call(x));
         let progress = progress.as_ref().map(|p| p as &crate::ProgressFn<'_>);
         let inner = d.inner.load_to_cuda(device, &mut wanted, progress)?;
         // SAFETY: checked non-NULL above.
@@ -353,10 +374,12 @@ pub unsafe extern "C" fn plaid_deserializer_load_cuda(
 /// `plaid_deserializer_load` reports it. `filter` (NULL: every tensor) chooses the tensors.
 /// On success `*out` holds an arena to read with `plaid_host_arena_tensor` and free with
 /// `plaid_host_arena_free`; it may outlive `d`. On failure nothing is allocated and `*out`
-/// is untouched.
+/// is untouched. The arena holds every chosen tensor's `nbytes`, zero-filled ones included
+/// (see `plaid_tensor_info.zero_fill`); memory the system refuses is `PLAID_ERR_IO`, never
+/// an abort.
 ///
 /// # Safety
-/// `d` is NULL (an error) or a live handle not used by another thread during the call;
+/// `d` is NULL (an error) or a live handle (other threads may use it meanwhile);
 /// `filter` is NULL or honours `plaid_filter_fn`'s contract; `out` NULL (an error) or
 /// writable.
 #[no_mangle]
@@ -368,12 +391,13 @@ pub unsafe extern "C" fn plaid_deserializer_load_host(
 ) -> plaid_status {
     boundary::status(|| {
         out_ptr(out, "out")?;
-        // SAFETY: per the contract.
+        // SAFETY: `d` is NULL (refused) or a live handle, as this function's `# Safety`
+        // requires; it is only read.
         let d = unsafe { handle(d, "deserializer") }?;
         // SAFETY: the infos live as long as `d`; the callback honours its contract.
         let selected = unsafe { select(d, filter, user_data) }?;
         let mut wanted = |t: &crate::format::TensorInfo| selected[t.index];
-        let progress = d.progress.map(|p| move |x: &crate::Progress| p.call(x));
+        let progress = d.progress().map(|p| move |x: &crate::Progress| p.call(x));
         let progress = progress.as_ref().map(|p| p as &crate::ProgressFn<'_>);
         let inner = d.inner.load_to_host(&mut wanted, progress)?;
         // SAFETY: checked non-NULL above.
@@ -392,9 +416,10 @@ pub unsafe extern "C" fn plaid_deserializer_load_host(
 #[no_mangle]
 pub unsafe extern "C" fn plaid_deserializer_verify(d: *const plaid_deserializer) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `d` is NULL (refused) or a live handle, as this function's `# Safety`
+        // requires; it is only read.
         let d = unsafe { handle(d, "deserializer") }?;
-        match d.progress {
+        match d.progress() {
             Some(progress) => d.inner.verify_with_progress(&|p| progress.call(p)),
             None => d.inner.verify(),
         }
@@ -412,15 +437,18 @@ pub unsafe extern "C" fn plaid_deserializer_verify(d: *const plaid_deserializer)
 /// the bytes past its new end read as zeros, and later calls return `PLAID_ERR_FORMAT`
 /// saying the file shrank.
 ///
-/// Returns `PLAID_ERR_UNSUPPORTED` for a source that cannot be mapped,
-/// `PLAID_ERR_CHECKSUM` naming the first damaged tensor found.
+/// Returns `PLAID_ERR_UNSUPPORTED` for a source that cannot be mapped (a URL, a callback
+/// source), or when 256 files are mapped already: at most 256 mappings are guarded in one
+/// process (each open handle that mapped its file, each shard of a sharded checkpoint
+/// holds one until freed). `PLAID_ERR_CHECKSUM` names the first damaged tensor found.
 ///
 /// # Safety
 /// `d` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_deserializer_map(d: *const plaid_deserializer) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `d` is NULL (refused) or a live handle, as this function's `# Safety`
+        // requires; it is only read.
         let d = unsafe { handle(d, "deserializer") }?;
         d.inner.map()
     })
@@ -446,10 +474,11 @@ pub unsafe extern "C" fn plaid_deserializer_tensor_data(
     boundary::status(|| {
         out_ptr(data, "data")?;
         out_ptr(nbytes, "nbytes")?;
-        // SAFETY: per the contract.
+        // SAFETY: `d` is NULL (refused) or a live handle, as this function's `# Safety`
+        // requires; it is only read.
         let d = unsafe { handle(d, "deserializer") }?;
         let view = d.inner.view(index)?;
-        // SAFETY: both checked non-NULL above and writable per the contract.
+        // SAFETY: both checked non-NULL above, and writable as `# Safety` requires.
         unsafe {
             *data = view.as_ptr().cast();
             *nbytes = view.len() as u64;
@@ -463,7 +492,7 @@ pub unsafe extern "C" fn plaid_deserializer_tensor_data(
 /// stop reporting when `progress` is NULL. `user_data` is passed to every report.
 ///
 /// # Safety
-/// `d` is NULL (an error) or a live handle not used by another thread during the call;
+/// `d` is NULL (an error) or a live handle (other threads may use it meanwhile);
 /// `progress` is NULL or honours `plaid_progress_fn`'s contract.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_deserializer_set_progress(
@@ -472,9 +501,11 @@ pub unsafe extern "C" fn plaid_deserializer_set_progress(
     user_data: *mut c_void,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
-        let d = unsafe { handle_mut(d, "deserializer") }?;
-        d.progress = progress.map(|report| CallbackProgress { report, user_data });
+        // SAFETY: `d` is NULL (refused) or a live handle, as `# Safety` requires. Shared access:
+        // loads running on other threads read
+        // the handle meanwhile, and the progress slot is behind a lock.
+        let d = unsafe { handle(d, "deserializer") }?;
+        *d.progress.lock() = progress.map(|report| CallbackProgress { report, user_data });
         Ok(())
     })
 }
@@ -485,7 +516,8 @@ pub unsafe extern "C" fn plaid_deserializer_set_progress(
 /// `d` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_deserializer_metadata_count(d: *const plaid_deserializer) -> usize {
-    // SAFETY: per the contract.
+    // SAFETY: `d` is NULL (giving the default) or a live handle, as this function's
+    // `# Safety` requires; it is only read.
     boundary::value(0, || unsafe { d.as_ref() }.map_or(0, |d| d.metadata.len()))
 }
 
@@ -505,7 +537,8 @@ pub unsafe extern "C" fn plaid_deserializer_metadata_entry(
     boundary::status(|| {
         out_ptr(key_out, "key_out")?;
         out_ptr(value_out, "value_out")?;
-        // SAFETY: per the contract.
+        // SAFETY: `d` is NULL (refused) or a live handle, as this function's `# Safety`
+        // requires; it is only read.
         let d = unsafe { handle(d, "deserializer") }?;
         let (k, v) = d
             .metadata
@@ -531,7 +564,8 @@ pub unsafe extern "C" fn plaid_deserializer_metadata_get(
 ) -> plaid_status {
     boundary::status(|| {
         out_ptr(value_out, "value_out")?;
-        // SAFETY: per the contract.
+        // SAFETY: `d` is NULL (refused) or a live handle and `key` NULL (refused) or
+        // NUL-terminated, as this function's `# Safety` requires; `d` is only read.
         let (d, key) = unsafe { (handle(d, "deserializer")?, c_str(key, "key")?) };
         let index = d.inner.metadata().keys().position(|k| k == key);
         let (_, v) = index.map(|i| &d.metadata[i]).ok_or_else(|| {
@@ -550,6 +584,7 @@ pub unsafe extern "C" fn plaid_deserializer_metadata_get(
 /// `d` is NULL or a live handle from `plaid_deserializer_open`.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_deserializer_free(d: *mut plaid_deserializer) {
-    // SAFETY: per the contract.
+    // SAFETY: `d` is NULL (a no-op) or a live handle made by this library and freed
+    // once, as this function's `# Safety` requires.
     boundary::value((), || unsafe { release(d) })
 }

@@ -31,13 +31,14 @@ pub unsafe extern "C" fn plaid_host_arena_tensor(
     boundary::status(|| {
         out_ptr(data, "data")?;
         out_ptr(nbytes, "nbytes")?;
-        // SAFETY: per the contract.
+        // SAFETY: `arena` is NULL (refused) or a live handle, as this function's `# Safety`
+        // requires; it is only read.
         let arena = unsafe { handle(arena, "arena") }?;
         let (ptr, len) = arena
             .inner
             .tensor_ptr(index)
             .ok_or_else(|| Error::NotFound(format!("tensor #{index} is not in this arena")))?;
-        // SAFETY: both checked non-NULL above and writable per the contract.
+        // SAFETY: both checked non-NULL above, and writable as `# Safety` requires.
         unsafe {
             *data = ptr.cast();
             *nbytes = len as u64;
@@ -52,6 +53,7 @@ pub unsafe extern "C" fn plaid_host_arena_tensor(
 /// `arena` is NULL or a live handle from `plaid_deserializer_load_host`.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_host_arena_free(arena: *mut plaid_host_arena) {
-    // SAFETY: per the contract.
+    // SAFETY: `arena` is NULL (a no-op) or a live handle made by this library and freed
+    // once, as this function's `# Safety` requires.
     boundary::value((), || unsafe { release(arena) })
 }

@@ -81,7 +81,7 @@ pub(crate) unsafe fn publish<T>(out: *mut *mut T, value: T) {
 /// `ptr` is NULL or a live handle from [`publish`], freed at most once.
 pub(crate) unsafe fn release<T>(ptr: *mut T) {
     if !ptr.is_null() {
-        // SAFETY: created by Box::into_raw and freed at most once per the contract.
+        // SAFETY: created by Box::into_raw and freed at most once, as the caller promises.
         drop(unsafe { Box::from_raw(ptr) });
     }
 }

@@ -47,7 +47,10 @@ pub struct plaid_tensor_info {
     /// Length of `path` in bytes, without the NUL; 0 when `path` is NULL.
     pub path_len: usize,
     /// Non-zero when the file stores no bytes for this tensor (a tensorizer meta tensor):
-    /// it loads as `nbytes` zeros.
+    /// it loads as `nbytes` zeros. `nbytes` is then whatever the file declares, unbounded
+    /// by the file's size: a 192-byte file can declare a 1 GiB zero tensor, which
+    /// `plaid_deserializer_load_host` allocates. Check `nbytes` before loading files you
+    /// do not trust.
     pub zero_fill: u32,
     /// Offset of the tensor's first data byte in the file (for a sharded checkpoint
     /// opened through its index: in the shards laid end to end), for callers that map the

@@ -22,7 +22,8 @@ pub struct plaid_progress {
 
 /// Receives progress reports during `plaid_deserializer_load` and
 /// `plaid_deserializer_verify`. It is called from plaid's worker threads (so `user_data`
-/// must be usable from any thread), never by two threads at once, at most once per the
+/// must be usable from any thread), never by two threads at once for one operation (two
+/// operations running at once on one handle report to it independently), at most once per the
 /// read options' progress interval (100 ms by default), and always once more when every
 /// byte has landed. Return 0 to go on; any other value stops the operation with
 /// `PLAID_ERR_CANCELLED` (ignored in the last report, when nothing is left to stop).
@@ -37,8 +38,8 @@ pub(crate) struct CallbackProgress {
     pub(crate) user_data: *mut c_void,
 }
 
-// SAFETY: the C contract above makes `user_data` usable from any thread, and the pipeline
-// never calls the callback from two threads at once.
+// SAFETY: the C contract above makes `user_data` usable from any thread; the callback is
+// only called, never mutated, through shared references.
 unsafe impl Send for CallbackProgress {}
 // SAFETY: as above.
 unsafe impl Sync for CallbackProgress {}

@@ -37,7 +37,8 @@ pub unsafe extern "C" fn plaid_read_options_new(out: *mut *mut plaid_read_option
 /// `options` is NULL or a live handle from `plaid_read_options_new`.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_read_options_free(options: *mut plaid_read_options) {
-    // SAFETY: per the contract.
+    // SAFETY: `options` is NULL (a no-op) or a live handle made by this library and freed
+    // once, as this function's `# Safety` requires.
     boundary::value((), || unsafe { release(options) })
 }
 
@@ -51,7 +52,8 @@ pub unsafe extern "C" fn plaid_read_options_set_verify(
     verify: i32,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
         let o = unsafe { handle_mut(options, "options") }?;
         o.inner = o.inner.clone().verify(verify != 0);
         Ok(())
@@ -70,7 +72,8 @@ pub unsafe extern "C" fn plaid_read_options_set_threads(
     threads: u32,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
         let o = unsafe { handle_mut(options, "options") }?;
         o.inner = o.inner.clone().threads(threads as usize)?;
         Ok(())
@@ -88,7 +91,8 @@ pub unsafe extern "C" fn plaid_read_options_set_progress_interval_ms(
     milliseconds: u32,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
         let o = unsafe { handle_mut(options, "options") }?;
         let interval = std::time::Duration::from_millis(u64::from(milliseconds));
         o.inner = o.inner.clone().progress_interval(interval);
@@ -107,7 +111,8 @@ pub unsafe extern "C" fn plaid_read_options_set_direct_io(
     direct: i32,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
         let o = unsafe { handle_mut(options, "options") }?;
         o.inner = o.inner.clone().direct_io(direct != 0);
         Ok(())
@@ -126,7 +131,8 @@ pub unsafe extern "C" fn plaid_read_options_set_mmap(
     on: i32,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
         let o = unsafe { handle_mut(options, "options") }?;
         o.inner = o.inner.clone().mmap(on != 0);
         Ok(())
@@ -145,7 +151,8 @@ pub unsafe extern "C" fn plaid_read_options_set_verify_views_up_front(
     on: i32,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
         let o = unsafe { handle_mut(options, "options") }?;
         o.inner = o.inner.clone().verify_views_up_front(on != 0);
         Ok(())
@@ -165,7 +172,8 @@ pub unsafe extern "C" fn plaid_read_options_set_huge_pages(
     on: i32,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
         let o = unsafe { handle_mut(options, "options") }?;
         o.inner = o.inner.clone().huge_pages(on != 0);
         Ok(())
@@ -185,7 +193,8 @@ pub unsafe extern "C" fn plaid_read_options_set_verify_sha256(
     on: i32,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
         let o = unsafe { handle_mut(options, "options") }?;
         o.inner = o.inner.clone().verify_sha256(on != 0);
         Ok(())
@@ -206,7 +215,8 @@ pub unsafe extern "C" fn plaid_read_options_set_cuda_stream(
     stream: *mut std::ffi::c_void,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
         let o = unsafe { handle_mut(options, "options") }?;
         o.inner = o.inner.clone().cuda_stream(stream as usize);
         Ok(())
@@ -224,7 +234,8 @@ pub unsafe extern "C" fn plaid_read_options_set_chunk_size(
     bytes: u64,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
         let o = unsafe { handle_mut(options, "options") }?;
         o.inner = o.inner.clone().chunk_size(bytes)?;
         Ok(())
@@ -245,7 +256,8 @@ pub unsafe extern "C" fn plaid_read_options_set_requests_in_flight(
     requests: u32,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
         let o = unsafe { handle_mut(options, "options") }?;
         o.inner = o.inner.clone().requests_in_flight(requests)?;
         Ok(())
@@ -265,7 +277,8 @@ pub unsafe extern "C" fn plaid_read_options_set_staging_lanes(
     lanes: u32,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
         let o = unsafe { handle_mut(options, "options") }?;
         o.inner = o.inner.clone().staging_lanes(lanes as usize)?;
         Ok(())
@@ -296,9 +309,11 @@ pub unsafe extern "C" fn plaid_read_options_set_storage(
     value: *const std::ffi::c_char,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `key` and `value` are NULL (refused) or NUL-terminated strings, as this
+        // function's `# Safety` requires.
         let o = unsafe { handle_mut(options, "options") }?;
-        // SAFETY: per the contract.
+        // SAFETY: `key` and `value` are NULL (refused) or NUL-terminated strings, as this
+        // function's `# Safety` requires.
         let (key, value) = unsafe { (c_str(key, "key")?, c_str(value, "value")?) };
         o.inner.storage.set(key, value)
     })
@@ -319,9 +334,11 @@ pub unsafe extern "C" fn plaid_read_options_set_shard_root(
     root: *const std::ffi::c_char,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
         let o = unsafe { handle_mut(options, "options") }?;
-        // SAFETY: per the contract.
+        // SAFETY: `root` is NULL (refused) or a NUL-terminated string, as this function's
+        // `# Safety` requires.
         let root = unsafe { c_str(root, "root") }?;
         o.inner = o.inner.clone().shard_root(root);
         Ok(())

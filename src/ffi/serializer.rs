@@ -4,7 +4,7 @@ use std::ffi::{c_char, c_void};
 
 use super::status::plaid_status;
 use super::write_options::plaid_write_options;
-use super::{boundary, c_str, handle_mut, out_ptr, publish, release};
+use super::{boundary, c_str, handle, out_ptr, publish, release};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::format::plaid::MAX_RANK;
@@ -12,18 +12,26 @@ use crate::options::WriteOptions;
 use crate::serializer::Serializer;
 
 /// A file being written. Opaque; made by `plaid_serializer_new`, destroyed by
-/// `plaid_serializer_free`. Calls on one serializer must not run concurrently.
+/// `plaid_serializer_free`.
+///
+/// Thread safety: every function but `plaid_serializer_free` may be called on one handle
+/// from several threads at once; the calls take turns (tensors are laid out in the order
+/// their `add` calls took their turn). A call that comes after `plaid_serializer_finish`
+/// took its turn fails with `PLAID_ERR_INVALID_ARGUMENT`. `plaid_serializer_free` is called
+/// once, after every other call on the handle returned.
 pub struct plaid_serializer {
     /// `None` once finished. The `'static` is the C caller's promise that tensor data
     /// stays valid until `plaid_serializer_finish` returns.
-    inner: Option<Serializer<'static>>,
+    inner: parking_lot::Mutex<Option<Serializer<'static>>>,
 }
 
 impl plaid_serializer {
-    fn open(&mut self) -> Result<&mut Serializer<'static>> {
-        self.inner
+    /// Run `f` on the unfinished serializer, holding its lock.
+    fn with<R>(&self, f: impl FnOnce(&mut Serializer<'static>) -> Result<R>) -> Result<R> {
+        let mut inner = self.inner.lock();
+        f(inner
             .as_mut()
-            .ok_or_else(|| Error::invalid("the serializer has already finished"))
+            .ok_or_else(|| Error::invalid("the serializer has already finished"))?)
     }
 }
 
@@ -53,14 +61,23 @@ pub unsafe extern "C" fn plaid_serializer_new(
 ) -> plaid_status {
     boundary::status(|| {
         out_ptr(out, "out")?;
-        // SAFETY: per the contract.
+        // SAFETY: `path` is NULL (refused) or a NUL-terminated string, as this function's
+        // `# Safety` requires.
         let path = unsafe { c_str(path, "path") }?;
-        // SAFETY: per the contract.
+        // SAFETY: `options` is NULL (giving the default) or a live handle, as this function's
+        // `# Safety` requires; it is only read.
         let options =
             unsafe { options.as_ref() }.map_or_else(WriteOptions::default, |o| o.inner.clone());
         let inner = Serializer::create(path, options)?;
         // SAFETY: checked non-NULL above.
-        unsafe { publish(out, plaid_serializer { inner: Some(inner) }) };
+        unsafe {
+            publish(
+                out,
+                plaid_serializer {
+                    inner: parking_lot::Mutex::new(Some(inner)),
+                },
+            )
+        };
         Ok(())
     })
 }
@@ -76,7 +93,8 @@ unsafe fn tensor_args<'a>(
     shape: *const u64,
     ndim: usize,
 ) -> crate::Result<(&'a str, DType, &'a [u64])> {
-    // SAFETY: per the contract.
+    // SAFETY: `name` is NULL (refused) or a NUL-terminated string, as this function's
+    // `# Safety` requires.
     let name = unsafe { c_str(name, "name") }?;
     let dtype = DType::from_id(dtype)
         .map_err(|_| Error::invalid(format!("tensor '{name}': unknown dtype {dtype}")))?;
@@ -85,7 +103,8 @@ unsafe fn tensor_args<'a>(
             "tensor '{name}': rank {ndim} exceeds the limit of {MAX_RANK}"
         )));
     }
-    // SAFETY: per the contract; NULL is allowed only for empty arrays.
+    // SAFETY: `shape` is NULL or `ndim` readable values (`# Safety`); NULL is allowed only
+    // for empty arrays.
     let shape = unsafe { borrowed(shape, ndim, "shape") }?;
     Ok((name, dtype, shape))
 }
@@ -114,16 +133,19 @@ pub unsafe extern "C" fn plaid_serializer_add_tensor(
     nbytes: u64,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
-        let s = unsafe { handle_mut(s, "serializer") }?;
-        // SAFETY: per the contract.
+        // SAFETY: `s` is NULL (refused) or a live handle, as this function's `# Safety`
+        // requires; it is only read.
+        let s = unsafe { handle(s, "serializer") }?;
+        // SAFETY: `name` is NULL (refused) or NUL-terminated and `shape` NULL (with `ndim` 0) or
+        // `ndim` readable values, as this function's `# Safety` requires.
         let (name, dtype, shape) = unsafe { tensor_args(name, dtype, shape, ndim) }?;
         let nbytes = isize::try_from(nbytes)
             .map(|n| n as usize)
             .map_err(|_| Error::invalid("nbytes exceeds the address space"))?;
-        // SAFETY: per the contract, valid until finish returns.
+        // SAFETY: `data` is NULL (refused unless empty) or `nbytes` readable bytes that stay
+        // valid until finish returns, as `# Safety` requires.
         let data = unsafe { borrowed(data.cast::<u8>(), nbytes, "data") }?;
-        s.open()?.add_tensor(name, dtype, shape, data)
+        s.with(|s| s.add_tensor(name, dtype, shape, data))
     })
 }
 
@@ -149,9 +171,11 @@ pub unsafe extern "C" fn plaid_serializer_add_tensor_cuda(
     nbytes: u64,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
-        let s = unsafe { handle_mut(s, "serializer") }?;
-        // SAFETY: per the contract.
+        // SAFETY: `s` is NULL (refused) or a live handle, as this function's `# Safety`
+        // requires; it is only read.
+        let s = unsafe { handle(s, "serializer") }?;
+        // SAFETY: `name` is NULL (refused) or NUL-terminated and `shape` NULL (with `ndim` 0) or
+        // `ndim` readable values, as this function's `# Safety` requires.
         let (name, dtype, shape) = unsafe { tensor_args(name, dtype, shape, ndim) }?;
         let needed = dtype.nbytes(shape);
         if needed != Some(nbytes) {
@@ -160,8 +184,7 @@ pub unsafe extern "C" fn plaid_serializer_add_tensor_cuda(
                 needed.map_or("more than 2^64".into(), |n| n.to_string())
             )));
         }
-        s.open()?
-            .add_tensor_cuda(name, dtype, shape, device, address)
+        s.with(|s| s.add_tensor_cuda(name, dtype, shape, device, address))
     })
 }
 
@@ -183,22 +206,27 @@ pub unsafe extern "C" fn plaid_serializer_set_tensor_origin(
     path: *const c_char,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
-        let s = unsafe { handle_mut(s, "serializer") }?;
-        // SAFETY: per the contract.
+        // SAFETY: `s` is NULL (refused) or a live handle, as this function's `# Safety`
+        // requires; it is only read.
+        let s = unsafe { handle(s, "serializer") }?;
+        // SAFETY: `name` is NULL (refused) or a NUL-terminated string, as this function's
+        // `# Safety` requires.
         let name = unsafe { c_str(name, "name") }?;
         let role = crate::format::TensorRole::from_id(role)
             .ok_or_else(|| Error::invalid(format!("tensor '{name}': unknown role {role}")))?;
         let path = if path.is_null() {
             None
         } else {
-            // SAFETY: per the contract.
+            // SAFETY: `path` is NULL (refused) or a NUL-terminated string, as this function's
+            // `# Safety` requires.
             Some(unsafe { c_str(path, "path") }?.to_owned())
         };
-        s.open()?.set_origin(
-            name,
-            crate::format::TensorOrigin::new(role, module_index, path),
-        )
+        s.with(|s| {
+            s.set_origin(
+                name,
+                crate::format::TensorOrigin::new(role, module_index, path),
+            )
+        })
     })
 }
 
@@ -214,11 +242,13 @@ pub unsafe extern "C" fn plaid_serializer_set_metadata(
     value: *const c_char,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
-        let s = unsafe { handle_mut(s, "serializer") }?;
-        // SAFETY: per the contract.
+        // SAFETY: `key` and `value` are NULL (refused) or NUL-terminated strings, as this
+        // function's `# Safety` requires.
+        let s = unsafe { handle(s, "serializer") }?;
+        // SAFETY: `key` and `value` are NULL (refused) or NUL-terminated strings, as this
+        // function's `# Safety` requires.
         let (key, value) = unsafe { (c_str(key, "key")?, c_str(value, "value")?) };
-        s.open()?.set_metadata(key, value)
+        s.with(|s| s.set_metadata(key, value))
     })
 }
 
@@ -233,10 +263,14 @@ pub unsafe extern "C" fn plaid_serializer_set_metadata(
 #[no_mangle]
 pub unsafe extern "C" fn plaid_serializer_finish(s: *mut plaid_serializer) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
-        let s = unsafe { handle_mut(s, "serializer") }?;
+        // SAFETY: `s` is NULL (refused) or a live handle, as this function's `# Safety`
+        // requires; it is only read.
+        let s = unsafe { handle(s, "serializer") }?;
+        // Taken out under the lock, written without it: calls racing with this one fail
+        // as "already finished" instead of waiting for the whole write.
         let inner = s
             .inner
+            .lock()
             .take()
             .ok_or_else(|| Error::invalid("the serializer has already finished"))?;
         inner.finish().map(drop)
@@ -250,7 +284,8 @@ pub unsafe extern "C" fn plaid_serializer_finish(s: *mut plaid_serializer) -> pl
 /// `s` is NULL or a live handle from `plaid_serializer_new`.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_serializer_free(s: *mut plaid_serializer) {
-    // SAFETY: per the contract.
+    // SAFETY: `s` is NULL (a no-op) or a live handle made by this library and freed
+    // once, as this function's `# Safety` requires.
     boundary::value((), || unsafe { release(s) })
 }
 
@@ -267,6 +302,6 @@ unsafe fn borrowed<'a, T>(ptr: *const T, len: usize, what: &str) -> Result<&'a [
             "{what} is NULL but {len} elements were declared"
         )));
     }
-    // SAFETY: non-NULL with len readable values per the contract.
+    // SAFETY: non-NULL, with `len` readable values as the caller promises (`# Safety`).
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }

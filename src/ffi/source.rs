@@ -137,7 +137,8 @@ pub unsafe extern "C" fn plaid_source_new(
 ) -> plaid_status {
     boundary::status(|| {
         out_ptr(out, "out")?;
-        // SAFETY: per the contract.
+        // SAFETY: `name` is NULL (refused) or a NUL-terminated string, as this function's
+        // `# Safety` requires.
         let name = unsafe { c_str(name, "name") }?;
         let read = read.ok_or_else(|| Error::invalid("read is NULL"))?;
         let source = plaid_source {
@@ -179,7 +180,8 @@ pub unsafe extern "C" fn plaid_source_set_hints(
     max_in_flight: u32,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `source` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
         let source = unsafe { handle_mut(source, "source") }?;
         if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&request_bytes) {
             return Err(Error::invalid(format!(
@@ -209,7 +211,8 @@ pub unsafe extern "C" fn plaid_source_set_hints(
 /// `source` is NULL or a live handle from `plaid_source_new`.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_source_free(source: *mut plaid_source) {
-    // SAFETY: per the contract.
+    // SAFETY: `source` is NULL (a no-op) or a live handle made by this library and freed
+    // once, as this function's `# Safety` requires.
     boundary::value((), || unsafe { release(source) })
 }
 
@@ -238,9 +241,11 @@ pub unsafe extern "C" fn plaid_deserializer_open_source(
 ) -> plaid_status {
     boundary::status(|| {
         out_ptr(out, "out")?;
-        // SAFETY: per the contract.
+        // SAFETY: `source` is NULL (refused) or a live handle, as this function's `# Safety`
+        // requires; it is only read.
         let source = unsafe { handle(source, "source") }?;
-        // SAFETY: per the contract.
+        // SAFETY: `options` is NULL (giving the default) or a live handle, as this function's
+        // `# Safety` requires; it is only read.
         let options =
             unsafe { options.as_ref() }.map_or_else(ReadOptions::default, |o| o.inner.clone());
         let inner = Arc::clone(&source.inner) as Arc<dyn Source>;

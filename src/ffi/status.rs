@@ -91,7 +91,7 @@ pub unsafe extern "C" fn plaid_last_error_message(buf: *mut c_char, len: usize) 
         boundary::with_message(|message| {
             if !buf.is_null() && len > 0 {
                 let n = message.len().min(len - 1);
-                // SAFETY: buf holds len >= n + 1 writable bytes per the contract.
+                // SAFETY: buf holds len >= n + 1 writable bytes, as `# Safety` requires.
                 unsafe {
                     std::ptr::copy_nonoverlapping(message.as_ptr(), buf.cast::<u8>(), n);
                     *buf.add(n) = 0;

@@ -37,7 +37,8 @@ pub unsafe extern "C" fn plaid_write_options_new(
 /// `options` is NULL or a live handle from `plaid_write_options_new`.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_write_options_free(options: *mut plaid_write_options) {
-    // SAFETY: per the contract.
+    // SAFETY: `options` is NULL (a no-op) or a live handle made by this library and freed
+    // once, as this function's `# Safety` requires.
     boundary::value((), || unsafe { release(options) })
 }
 
@@ -51,7 +52,8 @@ pub unsafe extern "C" fn plaid_write_options_set_alignment(
     bytes: u64,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
         let o = unsafe { handle_mut(options, "options") }?;
         o.inner = o.inner.clone().alignment(bytes)?;
         Ok(())
@@ -68,7 +70,8 @@ pub unsafe extern "C" fn plaid_write_options_set_checksum_block_size(
     bytes: u64,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
         let o = unsafe { handle_mut(options, "options") }?;
         o.inner = o.inner.clone().checksum_block_size(bytes)?;
         Ok(())
@@ -85,7 +88,8 @@ pub unsafe extern "C" fn plaid_write_options_set_threads(
     threads: u32,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
         let o = unsafe { handle_mut(options, "options") }?;
         o.inner = o.inner.clone().threads(threads as usize)?;
         Ok(())
@@ -103,7 +107,8 @@ pub unsafe extern "C" fn plaid_write_options_set_sync(
     sync: i32,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
         let o = unsafe { handle_mut(options, "options") }?;
         o.inner = o.inner.clone().sync(sync != 0);
         Ok(())
@@ -128,9 +133,11 @@ pub unsafe extern "C" fn plaid_write_options_set_storage(
     value: *const std::ffi::c_char,
 ) -> plaid_status {
     boundary::status(|| {
-        // SAFETY: per the contract.
+        // SAFETY: `key` and `value` are NULL (refused) or NUL-terminated strings, as this
+        // function's `# Safety` requires.
         let o = unsafe { handle_mut(options, "options") }?;
-        // SAFETY: per the contract.
+        // SAFETY: `key` and `value` are NULL (refused) or NUL-terminated strings, as this
+        // function's `# Safety` requires.
         let (key, value) = unsafe { (c_str(key, "key")?, c_str(value, "value")?) };
         o.inner.storage.set(key, value)
     })

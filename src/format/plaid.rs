@@ -2,7 +2,7 @@
 //! aligned to at least 4096 bytes. `docs/FORMAT.md` is the specification; this module
 //! is its only implementation, for reading and writing alike.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use prost::Message;
 
@@ -174,13 +174,115 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
     }
     // Counted on the wire before decoding: a 2-byte empty tensor or a 1-byte dimension
     // decodes into many times its size, so limits checked after decoding come too late.
-    prescan(&header_bytes).map_err(|detail| Error::format(file, PREAMBLE_LEN, detail))?;
-    let header = proto::Header::decode(header_bytes.as_slice())
+    let tensor_count =
+        prescan(&header_bytes).map_err(|detail| Error::format(file, PREAMBLE_LEN, detail))?;
+    // The header's own fields first (prost skips the tensors, an unknown field to this
+    // message), then each tensor decoded, checked and kept as it comes: no decoded copy of
+    // the whole tensor list ever exists beside the index.
+    let fields = HeaderFields::decode(header_bytes.as_slice())
         .map_err(|e| Error::format(file, PREAMBLE_LEN, format!("undecodable header: {e}")))?;
-    validate(header, header_end, file_len, file)
+    let (mut index, mut next) = validate_fields(fields, header_end, file_len, file)?;
+    index.tensors.try_reserve_exact(tensor_count).map_err(|_| {
+        Error::format(
+            file,
+            PREAMBLE_LEN,
+            format!("no memory for the index of {tensor_count} tensors"),
+        )
+    })?;
+    let mut wire = header_bytes.as_slice();
+    while let Some((field, kind)) = next_key(&mut wire) {
+        let bytes = match (field, kind) {
+            (5, LEN) => take_len(&mut wire),
+            _ => skip(&mut wire, field, kind, 0).map(|()| &[][..]),
+        };
+        // prescan and HeaderFields::decode walked the same bytes without complaint.
+        let Some(bytes) = bytes.filter(|_| field == 5 && kind == LEN) else {
+            continue;
+        };
+        let position = index.tensors.len();
+        let t = proto::Tensor::decode(bytes).map_err(|e| {
+            Error::format(
+                file,
+                PREAMBLE_LEN,
+                format!("tensor #{position}: undecodable: {e}"),
+            )
+        })?;
+        let info = validate_tensor(position, t, &mut next, &index, file)?;
+        index.tensors.push(info);
+    }
+    refuse_duplicates(&index.tensors, file)?;
+    Ok(index)
 }
 
-fn validate(header: proto::Header, header_end: u64, file_len: u64, file: &str) -> Result<Index> {
+/// The `Header` message without its tensors, which are decoded one at a time.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HeaderFields {
+    #[prost(uint64, tag = "1")]
+    alignment: u64,
+    #[prost(uint64, tag = "2")]
+    checksum_block_size: u64,
+    #[prost(uint64, tag = "3")]
+    data_offset: u64,
+    #[prost(uint64, tag = "4")]
+    file_length: u64,
+    #[prost(btree_map = "string, string", tag = "6")]
+    metadata: BTreeMap<String, String>,
+    #[prost(string, tag = "7")]
+    writer: String,
+}
+
+/// Where the next tensor's data may start, and the checksum block size.
+struct Next {
+    previous_end: u64,
+    block_size: u64,
+}
+
+/// A name as messages show it: whole when short, else its start and its length (a name of
+/// megabytes is not repeated into every message about it).
+fn shown(name: &str) -> std::borrow::Cow<'_, str> {
+    const MOST: usize = 200;
+    if name.len() <= MOST {
+        return name.into();
+    }
+    let mut end = MOST;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &name[..end], name.len()).into()
+}
+
+/// Refuse a name given to two tensors (found by sorting positions, not by a second set of
+/// names).
+fn refuse_duplicates(tensors: &[TensorInfo], file: &str) -> Result<()> {
+    let mut order: Vec<u32> = Vec::new();
+    order
+        .try_reserve_exact(tensors.len())
+        .map_err(|_| Error::format(file, PREAMBLE_LEN, "no memory to check the tensor names"))?;
+    order.extend(0..tensors.len() as u32);
+    order.sort_unstable_by(|&a, &b| tensors[a as usize].name.cmp(&tensors[b as usize].name));
+    for pair in order.windows(2) {
+        let (a, b) = (pair[0].min(pair[1]) as usize, pair[0].max(pair[1]) as usize);
+        if tensors[a].name == tensors[b].name {
+            return Err(Error::format(
+                file,
+                PREAMBLE_LEN,
+                format!(
+                    "tensor #{b} '{}': duplicate name (tensor #{a} has it too)",
+                    shown(&tensors[b].name)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Check the header's own fields; the index returned has no tensors yet.
+fn validate_fields(
+    header: HeaderFields,
+    header_end: u64,
+    file_len: u64,
+    file: &str,
+) -> Result<(Index, Next)> {
     let at = PREAMBLE_LEN;
     let fail = |detail: String| Err(Error::format(file, at, detail));
     let alignment = header.alignment;
@@ -221,126 +323,143 @@ fn validate(header: proto::Header, header_end: u64, file_len: u64, file: &str) -
             ),
         ));
     }
-    if header.tensors.len() > MAX_TENSORS {
-        return fail(format!(
-            "{} tensors exceed the limit of {MAX_TENSORS}",
-            header.tensors.len()
-        ));
-    }
-    let mut metadata = BTreeMap::new();
-    for (key, value) in header.metadata {
-        if let Err(detail) = check_text(&key, "metadata key") {
-            return fail(detail);
+    for (key, value) in &header.metadata {
+        if let Err(detail) = check_text(key, "metadata key") {
+            return fail(format!("{detail} ('{}')", shown(key)));
         }
         if value.contains('\0') {
-            return fail(format!("metadata value of '{key}' contains a NUL byte"));
+            return fail(format!(
+                "metadata value of '{}' contains a NUL byte",
+                shown(key)
+            ));
         }
-        metadata.insert(key, value);
     }
+    let metadata = header.metadata;
 
-    let mut names = HashSet::with_capacity(header.tensors.len());
-    let mut tensors = Vec::with_capacity(header.tensors.len());
-    let mut previous_end = header.data_offset;
-    for (index, t) in header.tensors.into_iter().enumerate() {
-        let name = t.name;
-        let tensor_fail = |offset: u64, detail: String| {
-            Err(Error::format(
-                file,
-                offset,
-                format!("tensor #{index} '{name}': {detail}"),
-            ))
-        };
-        if let Err(detail) = check_text(&name, "tensor name") {
-            return tensor_fail(at, detail);
-        }
-        if !names.insert(name.clone()) {
-            return tensor_fail(at, "duplicate name".into());
-        }
-        let dtype = u32::try_from(t.dtype)
-            .map_err(|_| ())
-            .and_then(|id| DType::from_id(id).map_err(|_| ()))
-            .map_err(|_| {
-                Error::Unsupported(format!(
-                    "{file}: tensor #{index} '{name}' has unknown dtype id {}",
-                    t.dtype
-                ))
-            })?;
-        if t.shape.len() > MAX_RANK {
-            return tensor_fail(
-                at,
-                format!("rank {} exceeds the limit of {MAX_RANK}", t.shape.len()),
-            );
-        }
-        let Some(nbytes) = dtype.nbytes(&t.shape) else {
-            return tensor_fail(
-                at,
-                format!("shape {:?} of {dtype} overflows 64 bits", t.shape),
-            );
-        };
-        if nbytes != t.length {
-            return tensor_fail(
-                at,
-                format!(
-                    "length {} does not match shape {:?} of {dtype} ({nbytes} bytes)",
-                    t.length, t.shape
-                ),
-            );
-        }
-        if t.offset % alignment != 0 || t.offset < previous_end {
-            return tensor_fail(
-                t.offset,
-                format!("data offset {} is unaligned, out of order or overlaps the previous tensor (which ends at {previous_end})", t.offset),
-            );
-        }
-        let end = match t.offset.checked_add(nbytes) {
-            Some(end) if end <= file_len => end,
-            _ => {
-                return tensor_fail(
-                    t.offset,
-                    format!("data runs past the end of the file ({nbytes} bytes at offset {} in a {file_len}-byte file)", t.offset),
-                )
-            }
-        };
-        let expected_blocks = block_count(nbytes, block_size);
-        if t.block_crc32c.len() as u64 != expected_blocks {
-            return tensor_fail(
-                at,
-                format!(
-                    "{} block checksums for {expected_blocks} blocks",
-                    t.block_crc32c.len()
-                ),
-            );
-        }
-        if !t.path.is_empty() {
-            if let Err(detail) = check_text(&t.path, "tensor path") {
-                return tensor_fail(at, detail);
-            }
-        }
-        previous_end = end;
-        tensors.push(TensorInfo {
-            name,
-            dtype,
-            shape: t.shape,
-            nbytes,
-            index,
-            offset: t.offset,
-            checksum: Checksum::Crc32cBlocks {
-                block_size,
-                crcs: t.block_crc32c,
-            },
-            zero_fill: false,
-            role: TensorRole::from_id(t.role).unwrap_or_default(),
-            module_index: t.module_index,
-            path: (!t.path.is_empty()).then_some(t.path),
-        });
-    }
-    Ok(Index {
+    let index = Index {
         format: Format::Plaid,
         version: u32::from(VERSION),
-        tensors,
+        tensors: Vec::new(),
         metadata,
         alignment,
         file_length: file_len,
+    };
+    let next = Next {
+        previous_end: header.data_offset,
+        block_size,
+    };
+    Ok((index, next))
+}
+
+/// Check tensor #`index` against the header and the tensors before it.
+fn validate_tensor(
+    index: usize,
+    t: proto::Tensor,
+    next: &mut Next,
+    header: &Index,
+    file: &str,
+) -> Result<TensorInfo> {
+    let at = PREAMBLE_LEN;
+    let (alignment, block_size, file_len) = (header.alignment, next.block_size, header.file_length);
+    let previous_end = next.previous_end;
+    let name = t.name;
+    let tensor_fail = |offset: u64, detail: String| {
+        Err(Error::format(
+            file,
+            offset,
+            format!("tensor #{index} '{}': {detail}", shown(&name)),
+        ))
+    };
+    if let Err(detail) = check_text(&name, "tensor name") {
+        return tensor_fail(at, detail);
+    }
+    let dtype = u32::try_from(t.dtype)
+        .map_err(|_| ())
+        .and_then(|id| DType::from_id(id).map_err(|_| ()))
+        .map_err(|_| {
+            Error::Unsupported(format!(
+                "{file}: tensor #{index} '{name}' has unknown dtype id {}",
+                t.dtype
+            ))
+        })?;
+    if t.shape.len() > MAX_RANK {
+        return tensor_fail(
+            at,
+            format!("rank {} exceeds the limit of {MAX_RANK}", t.shape.len()),
+        );
+    }
+    let Some(nbytes) = dtype.nbytes(&t.shape) else {
+        return tensor_fail(
+            at,
+            format!("shape {:?} of {dtype} overflows 64 bits", t.shape),
+        );
+    };
+    if nbytes != t.length {
+        return tensor_fail(
+            at,
+            format!(
+                "length {} does not match shape {:?} of {dtype} ({nbytes} bytes)",
+                t.length, t.shape
+            ),
+        );
+    }
+    if t.offset % alignment != 0 || t.offset < previous_end {
+        return tensor_fail(
+            t.offset,
+            format!("data offset {} is unaligned, out of order or overlaps the previous tensor (which ends at {previous_end})", t.offset),
+        );
+    }
+    let end = match t.offset.checked_add(nbytes) {
+        Some(end) if end <= file_len => end,
+        _ => {
+            return tensor_fail(
+                t.offset,
+                format!("data runs past the end of the file ({nbytes} bytes at offset {} in a {file_len}-byte file)", t.offset),
+            )
+        }
+    };
+    let expected_blocks = block_count(nbytes, block_size);
+    if t.block_crc32c.len() as u64 != expected_blocks {
+        return tensor_fail(
+            at,
+            format!(
+                "{} block checksums for {expected_blocks} blocks",
+                t.block_crc32c.len()
+            ),
+        );
+    }
+    if !t.path.is_empty() {
+        if let Err(detail) = check_text(&t.path, "tensor path") {
+            return tensor_fail(at, detail);
+        }
+        // The path is a JSON array whose components joined by dots are the name.
+        match super::flatten_path(&t.path) {
+            Ok(flat) if flat == name => {}
+            Ok(_) => return tensor_fail(at, "its path names another tensor".into()),
+            Err(_) => {
+                return tensor_fail(
+                    at,
+                    "its path is not a JSON array of strings and non-negative integers".into(),
+                )
+            }
+        }
+    }
+    next.previous_end = end;
+    Ok(TensorInfo {
+        name,
+        dtype,
+        shape: t.shape,
+        nbytes,
+        index,
+        offset: t.offset,
+        checksum: Checksum::Crc32cBlocks {
+            block_size,
+            crcs: t.block_crc32c,
+        },
+        zero_fill: false,
+        role: TensorRole::from_id(t.role).unwrap_or_default(),
+        module_index: t.module_index,
+        path: (!t.path.is_empty()).then_some(t.path),
     })
 }
 
@@ -353,11 +472,14 @@ const END_GROUP: u64 = 4;
 const FIXED32: u64 = 5;
 /// Deepest nesting of unknown groups skipped (prost's own recursion limit).
 const MAX_GROUP_DEPTH: u32 = 100;
+/// Fewest bytes a valid `Tensor` message takes: a one-byte name and a dtype.
+const MIN_TENSOR_LEN: usize = 5;
 
 /// Walk the header's wire format and refuse more tensors, metadata entries or dimensions
-/// than the limits allow, before anything is decoded into memory. Malformed wire data is
-/// left for the decoder to report.
-fn prescan(header: &[u8]) -> std::result::Result<(), String> {
+/// than the limits allow, and tensor entries too short to be valid, before anything is
+/// decoded into memory; returns the number of tensors. Malformed wire data is left for
+/// the decoder to report.
+fn prescan(header: &[u8]) -> std::result::Result<usize, String> {
     let (mut tensors, mut entries) = (0usize, 0usize);
     let mut buf = header;
     while let Some((field, wire)) = next_key(&mut buf) {
@@ -368,8 +490,18 @@ fn prescan(header: &[u8]) -> std::result::Result<(), String> {
                     return Err(format!("more than {MAX_TENSORS} tensors"));
                 }
                 let Some(tensor) = take_len(&mut buf) else {
-                    return Ok(());
+                    return Ok(tensors);
                 };
+                // A valid tensor holds at least a name of one byte (3 bytes on the wire)
+                // and a dtype other than 0 (2 bytes): a shorter entry is refused before
+                // it costs the hundred-odd bytes a decoded tensor takes.
+                if tensor.len() < MIN_TENSOR_LEN {
+                    return Err(format!(
+                        "tensor #{}: {} bytes cannot hold a name and a dtype",
+                        tensors - 1,
+                        tensor.len()
+                    ));
+                }
                 check_rank(tensor, tensors - 1)?;
             }
             (6, LEN) => {
@@ -378,17 +510,17 @@ fn prescan(header: &[u8]) -> std::result::Result<(), String> {
                     return Err(format!("more than {MAX_METADATA_ENTRIES} metadata entries"));
                 }
                 if take_len(&mut buf).is_none() {
-                    return Ok(());
+                    return Ok(tensors);
                 }
             }
             _ => {
                 if skip(&mut buf, field, wire, 0).is_none() {
-                    return Ok(());
+                    return Ok(tensors);
                 }
             }
         }
     }
-    Ok(())
+    Ok(tensors)
 }
 
 /// Refuse a `Tensor` message with more than `MAX_RANK` shape entries.

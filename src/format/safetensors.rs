@@ -254,9 +254,10 @@ pub fn parse_shard_index(name: &str, bytes: &[u8]) -> Result<ShardIndex> {
         .map_err(|e| fail(format!("the shard index is not valid: {e}")))?;
     let map = map.ok_or_else(|| fail("the shard index has no weight_map object".into()))?;
     for (tensor, shard) in &map {
-        if shard.is_empty() || shard.contains('/') || shard.contains('\\') || shard == ".." {
+        if shard.is_empty() || shard.contains(['/', '\\', '\0']) || shard == "." || shard == ".." {
             return Err(fail(format!(
-                "weight_map entry '{tensor}' is not a file name in the index's directory"
+                "weight_map entry '{}' is not a file name in the index's directory",
+                tensor.escape_debug()
             )));
         }
     }
@@ -287,32 +288,29 @@ impl<'de> Visitor<'de> for ShardIndexVisitor {
         self,
         mut map: A,
     ) -> std::result::Result<Self::Value, A::Error> {
-        let (mut weights, mut metadata) = (None, BTreeMap::new());
+        let (mut weights, mut metadata) = (None, None);
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
+                // Anything given twice is refused: which one a reader keeps would decide
+                // which shard it reads a tensor from.
+                "weight_map" | "metadata"
+                    if (key == "weight_map" && weights.is_some())
+                        || (key == "metadata" && metadata.is_some()) =>
+                {
+                    return Err(de::Error::custom(format!("{key} appears twice")));
+                }
                 "weight_map" => {
-                    let parsed: BTreeMap<String, String> = map.next_value().map_err(|e| {
-                        de::Error::custom(format!(
-                            "weight_map is not an object of file names ({e})"
-                        ))
-                    })?;
-                    if parsed.len() > MAX_TENSORS {
-                        return Err(de::Error::custom(format!(
-                            "weight_map names more than {MAX_TENSORS} tensors, plaid's limit"
-                        )));
-                    }
+                    let parsed =
+                        map.next_value_seed(UniqueMap::<String>::new("weight_map", MAX_TENSORS))?;
                     weights = Some(parsed);
                 }
                 "metadata" => {
-                    let raw: BTreeMap<String, Box<serde_json::value::RawValue>> =
-                        map.next_value().map_err(|e| {
-                            de::Error::custom(format!("metadata is not an object ({e})"))
-                        })?;
-                    if raw.len() > MAX_METADATA_ENTRIES {
-                        return Err(de::Error::custom(format!(
-                            "metadata has more than {MAX_METADATA_ENTRIES} entries, plaid's limit"
-                        )));
-                    }
+                    let raw =
+                        map.next_value_seed(UniqueMap::<Box<serde_json::value::RawValue>>::new(
+                            "metadata",
+                            MAX_METADATA_ENTRIES,
+                        ))?;
+                    let metadata = metadata.insert(BTreeMap::new());
                     for (k, v) in raw {
                         let text = serde_json::from_str::<String>(v.get())
                             .unwrap_or_else(|_| v.get().trim().to_owned());
@@ -324,7 +322,89 @@ impl<'de> Visitor<'de> for ShardIndexVisitor {
                 }
             }
         }
-        Ok((weights, metadata))
+        Ok((weights, metadata.unwrap_or_default()))
+    }
+}
+
+/// A JSON object of at most `most` keys, each once, parsed into a map: `weight_map`'s
+/// values are file names (strings), `metadata`'s any JSON, kept as its text.
+struct UniqueMap<V> {
+    what: &'static str,
+    most: usize,
+    value: std::marker::PhantomData<V>,
+}
+
+impl<V> UniqueMap<V> {
+    fn new(what: &'static str, most: usize) -> Self {
+        UniqueMap {
+            what,
+            most,
+            value: std::marker::PhantomData,
+        }
+    }
+}
+
+/// A value of a [`UniqueMap`].
+trait UniqueMapValue: for<'de> serde::Deserialize<'de> {
+    /// What the value must be, for the message.
+    const EXPECTED: &'static str;
+}
+
+impl UniqueMapValue for String {
+    const EXPECTED: &'static str = "a file name";
+}
+
+impl UniqueMapValue for Box<serde_json::value::RawValue> {
+    const EXPECTED: &'static str = "JSON";
+}
+
+impl<'de, V: UniqueMapValue> DeserializeSeed<'de> for UniqueMap<V> {
+    type Value = BTreeMap<String, V>;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, V: UniqueMapValue> Visitor<'de> for UniqueMap<V> {
+    type Value = BTreeMap<String, V>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} to be an object", self.what)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let what = self.what;
+        let mut out = BTreeMap::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.len() >= self.most {
+                return Err(de::Error::custom(format!(
+                    "{what} has more than {} entries, plaid's limit",
+                    self.most
+                )));
+            }
+            let value: V = map.next_value().map_err(|e| {
+                de::Error::custom(format!(
+                    "{what} entry '{}' is not {} ({e})",
+                    key.escape_debug(),
+                    V::EXPECTED
+                ))
+            })?;
+            if out.contains_key(&key) {
+                return Err(de::Error::custom(format!(
+                    "{what} names '{}' twice",
+                    key.escape_debug()
+                )));
+            }
+            out.insert(key, value);
+        }
+        Ok(out)
     }
 }
 
@@ -533,6 +613,17 @@ impl<'de> Visitor<'de> for TensorSeed {
         let (mut dtype, mut shape, mut offsets) = (None, None, None);
         while let Some(field) = map.next_key::<String>()? {
             match field.as_str() {
+                // A field given twice is refused, as the safetensors library refuses it:
+                // which of the two a reader keeps would decide which bytes it reads.
+                "dtype" | "shape" | "data_offsets"
+                    if match field.as_str() {
+                        "dtype" => dtype.is_some(),
+                        "shape" => shape.is_some(),
+                        _ => offsets.is_some(),
+                    } =>
+                {
+                    return Err(bad(&format!("{field} appears twice")));
+                }
                 "dtype" => {
                     let value: String = map
                         .next_value()

@@ -213,6 +213,13 @@ pub fn parse_dtype(text: &[u8]) -> std::result::Result<DType, String> {
         b"<c8" => DType::C64,
         b"<c16" => DType::C128,
         [b'>', ..] => return Err(format!("dtype '{shown}' is big-endian")),
+        // A real numpy type plaid has no dtype for (long double, its complex, datetimes):
+        // a valid file plaid cannot represent, not a malformed one.
+        b"<f16" | b"<f12" | b"<c32" | b"<c24" | [b'<', b'M' | b'm', b'8', ..] => {
+            return Err(format!(
+                "dtype '{shown}' is a numpy type plaid does not know"
+            ))
+        }
         _ => return Err(format!("dtype '{shown}' is not one tensorizer writes")),
     })
 }
@@ -290,7 +297,16 @@ fn read_entries(source: &dyn Source, len: u64, count: u64, versioned: bool) -> R
         let mut fault = None;
         for i in 0..count {
             match parse_entry(&mut c, versioned, i) {
-                Ok(e) => entries.push(e),
+                // Each entry's own fields are checked as it comes: a block of entries
+                // that cannot be tensors is refused at the first, before the others
+                // cost memory.
+                Ok(e) => {
+                    check_entry(file, &e)?;
+                    entries
+                        .try_reserve(1)
+                        .map_err(|_| Error::format(file, e.at, "no memory for the tensor index"))?;
+                    entries.push(e);
+                }
                 Err(f) => {
                     fault = Some((i, f));
                     break;
@@ -312,6 +328,25 @@ fn read_entries(source: &dyn Source, len: u64, count: u64, versioned: bool) -> R
             Some((_, Fault::Short)) => want = len.min(want.saturating_mul(4)),
         }
     }
+}
+
+/// Fewest bytes a metadata entry takes: empty name and dtype, rank 0 (2 + 1 + 1 + 1 + 3
+/// offsets of 8 bytes).
+const MIN_ENTRY_LEN: u64 = 29;
+
+/// What an entry says of its own tensor, checked: name, path, role and dtype.
+fn check_entry(file: &str, entry: &Entry) -> Result<(String, Option<String>, TensorRole, DType)> {
+    let (name, path) = parse_name(&entry.name).map_err(|why| Error::format(file, entry.at, why))?;
+    let fail = |why: String| Error::format(file, entry.at, format!("{why} (tensor '{name}')"));
+    let role = role_of(entry.role)
+        .ok_or_else(|| fail(format!("tensor type {} is not 0, 1 or 2", entry.role)))?;
+    let dtype = parse_dtype(&entry.dtype).map_err(|why| {
+        match why.contains("not know") || why.contains("big-endian") {
+            true => Error::Unsupported(format!("{file}: tensor '{name}': {why}")),
+            false => fail(why),
+        }
+    })?;
+    Ok((name, path, role, dtype))
 }
 
 /// A tensor header, checked against its metadata entry.
@@ -554,8 +589,8 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
                 format!("truncated: the {metadata_len}-byte metadata block runs past the end of the {file_len}-byte file"),
             )
         })?;
-    // An entry takes at least 31 bytes, so the block bounds the count.
-    if count > metadata_len / 31 {
+    // An entry takes at least 29 bytes, so the block bounds the count.
+    if count > metadata_len / MIN_ENTRY_LEN {
         return Err(Error::format(
             file,
             57,
@@ -566,27 +601,17 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
 
     // Every entry is checked first; then the per-tensor headers, which lie between the
     // tensors' data through the whole file, are read with many requests in flight.
-    let mut checked = Vec::with_capacity(entries.len());
+    let mut checked = Vec::new();
+    checked
+        .try_reserve_exact(entries.len())
+        .map_err(|_| Error::format(file, 57, "no memory for the tensor index"))?;
     let mut cursor = records_start;
     for (index, entry) in entries.into_iter().enumerate() {
         let i = index as u64;
-        let (name, path) =
-            parse_name(&entry.name).map_err(|why| Error::format(file, entry.at, why))?;
+        let (name, path, role, dtype) = check_entry(file, &entry)?;
         let fail = |offset: u64, why: String| {
             Error::format(file, offset, format!("{why} (tensor '{name}')"))
         };
-        let role = role_of(entry.role).ok_or_else(|| {
-            fail(
-                entry.at,
-                format!("tensor type {} is not 0, 1 or 2", entry.role),
-            )
-        })?;
-        let dtype = parse_dtype(&entry.dtype).map_err(|why| {
-            match why.contains("not know") || why.contains("big-endian") {
-                true => Error::Unsupported(format!("{file}: tensor '{name}': {why}")),
-                false => fail(entry.at, why),
-            }
-        })?;
         let nbytes = dtype
             .nbytes(&entry.shape)
             .ok_or_else(|| fail(entry.at, format!("shape {:?} overflows", entry.shape)))?;

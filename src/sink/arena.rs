@@ -114,11 +114,11 @@ impl HostArena {
 
     /// Every loaded tensor's buffer, by file index, for the pipeline to fill.
     pub(crate) fn buffers(&mut self) -> Vec<Option<&mut [u8]>> {
-        // SAFETY: the ranges never overlap and lie inside the allocation; the slices
-        // borrow `self` mutably, so nothing else reaches the memory meanwhile.
         self.ranges
             .iter()
             .map(|r| {
+                // SAFETY: the ranges never overlap and lie inside the allocation; the
+                // slices borrow `self` mutably, so nothing else reaches the memory meanwhile.
                 r.map(|(start, len)| unsafe {
                     std::slice::from_raw_parts_mut(self.ptr.add(start), len)
                 })

@@ -24,18 +24,66 @@ use memmap2::{Advice, MmapOptions, MmapRaw, UncheckedAdvice};
 /// Most mappings guarded at once; a file opened beyond that is read with `pread` instead.
 const SLOTS: usize = 256;
 
-/// One guarded address range. `start == 0` marks a free slot.
-struct Slot {
-    /// Set while the slot is claimed (between `register` and `unregister`).
-    claimed: AtomicBool,
-    /// Odd while `start` and `end` change; the handler trusts a range only when it read
-    /// the same even generation before and after it (a sequence lock).
-    generation: AtomicUsize,
-    start: AtomicUsize,
-    end: AtomicUsize,
-    /// Set by the handler when it patched a page of this range.
-    damaged: AtomicBool,
+/// The guarded-range slot and its protocol, written once and instantiated twice: here with
+/// std's atomics (what the handler runs) and, in the tests, with loom's, which check it
+/// under every interleaving.
+macro_rules! slot_protocol {
+    ($AtomicBool:ty, $AtomicUsize:ty) => {
+        /// One guarded address range. `start == 0` marks a free slot.
+        struct Slot {
+            /// Set while the slot is claimed (between `claim` and `withdraw`).
+            claimed: $AtomicBool,
+            /// Odd while `start` and `end` change; a reader trusts a range only when it
+            /// read the same even generation before and after it (a sequence lock).
+            generation: $AtomicUsize,
+            start: $AtomicUsize,
+            end: $AtomicUsize,
+            /// Set by the handler when it patched a page of this range.
+            damaged: $AtomicBool,
+        }
+
+        impl Slot {
+            /// Take the slot if it is free.
+            fn claim(&self) -> bool {
+                self.claimed
+                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            }
+
+            /// Guard `start..end` (the slot claimed, `start` non-zero).
+            fn publish(&self, start: usize, end: usize) {
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                self.damaged.store(false, Ordering::Relaxed);
+                self.end.store(end, Ordering::Release);
+                self.start.store(start, Ordering::Release);
+                self.generation.fetch_add(1, Ordering::AcqRel);
+            }
+
+            /// Stop guarding and free the slot.
+            fn withdraw(&self) {
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                self.start.store(0, Ordering::Release);
+                self.end.store(0, Ordering::Release);
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                self.claimed.store(false, Ordering::Release);
+            }
+
+            /// The range guarded now, as one `publish` wrote it; `None` when the slot is
+            /// free or changing. Never a start from one range with the end of another.
+            fn range(&self) -> Option<(usize, usize)> {
+                let before = self.generation.load(Ordering::Acquire);
+                let start = self.start.load(Ordering::Acquire);
+                let end = self.end.load(Ordering::Acquire);
+                if before % 2 == 1 || self.generation.load(Ordering::Acquire) != before {
+                    return None;
+                }
+                (start != 0).then_some((start, end))
+            }
+        }
+    };
 }
+
+slot_protocol!(AtomicBool, AtomicUsize);
 
 #[allow(clippy::declare_interior_mutable_const)]
 const FREE: Slot = Slot {
@@ -92,13 +140,10 @@ extern "C" fn on_sigbus(
     // Only a fault raised by the kernel (si_code > 0) has an address; a SIGBUS sent with
     // kill() is never ours.
     for slot in GUARDED.iter().filter(|_| code > 0) {
-        let before = slot.generation.load(Ordering::Acquire);
-        let start = slot.start.load(Ordering::Acquire);
-        let end = slot.end.load(Ordering::Acquire);
-        if before % 2 == 1 || slot.generation.load(Ordering::Acquire) != before {
+        let Some((start, end)) = slot.range() else {
             continue;
-        }
-        if start == 0 || address < start || address >= end {
+        };
+        if address < start || address >= end {
             continue;
         }
         let page = address & !(PAGE.load(Ordering::Relaxed) - 1);
@@ -159,6 +204,7 @@ pub(crate) struct Mapping {
 // SAFETY: the mapping is read-only and never remapped while it lives; the handler's
 // patches are page-granular replacements that keep every address readable.
 unsafe impl Send for Mapping {}
+// SAFETY: as for Send: every access is a read of memory that stays mapped and readable.
 unsafe impl Sync for Mapping {}
 
 impl std::fmt::Debug for Mapping {
@@ -176,18 +222,9 @@ impl Mapping {
             return None;
         }
         let map = MmapOptions::new().len(len).map_raw_read_only(file).ok()?;
-        let slot = GUARDED.iter().position(|s| {
-            s.claimed
-                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        })?;
+        let slot = GUARDED.iter().position(Slot::claim)?;
         let start = map.as_ptr() as usize;
-        let entry = &GUARDED[slot];
-        entry.generation.fetch_add(1, Ordering::AcqRel);
-        entry.damaged.store(false, Ordering::Relaxed);
-        entry.end.store(start + len, Ordering::Release);
-        entry.start.store(start, Ordering::Release);
-        entry.generation.fetch_add(1, Ordering::AcqRel);
+        GUARDED[slot].publish(start, start + len);
         let _ = map.advise(Advice::Sequential);
         Some(Mapping { map, slot })
     }
@@ -259,11 +296,83 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        let slot = &GUARDED[self.slot];
-        slot.generation.fetch_add(1, Ordering::AcqRel);
-        slot.start.store(0, Ordering::Release);
-        slot.end.store(0, Ordering::Release);
-        slot.generation.fetch_add(1, Ordering::AcqRel);
-        slot.claimed.store(false, Ordering::Release);
+        GUARDED[self.slot].withdraw();
+    }
+}
+
+#[cfg(test)]
+mod loom_model {
+    //! The slot protocol under loom: a reader (the `SIGBUS` handler) racing with a mapping
+    //! being registered, dropped and its slot reused never sees a torn range, which would
+    //! make the handler patch pages outside any mapping of plaid's.
+
+    use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use loom::sync::Arc;
+
+    slot_protocol!(AtomicBool, AtomicUsize);
+
+    fn free() -> Slot {
+        Slot {
+            claimed: AtomicBool::new(false),
+            generation: AtomicUsize::new(0),
+            start: AtomicUsize::new(0),
+            end: AtomicUsize::new(0),
+            damaged: AtomicBool::new(false),
+        }
+    }
+
+    /// Every interleaving with up to three preemptions (loom's recommended bound: the
+    /// unbounded model of this many atomic operations runs for hours).
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(f);
+    }
+
+    #[test]
+    fn the_handler_never_reads_a_torn_range() {
+        model(|| {
+            let slot = Arc::new(free());
+            let writer = {
+                let slot = slot.clone();
+                loom::thread::spawn(move || {
+                    assert!(slot.claim());
+                    slot.publish(0x1000, 0x3000);
+                    slot.withdraw();
+                    assert!(slot.claim());
+                    slot.publish(0x8000, 0x9000);
+                })
+            };
+            let seen = slot.range();
+            assert!(
+                matches!(seen, None | Some((0x1000, 0x3000)) | Some((0x8000, 0x9000))),
+                "torn range {seen:x?}"
+            );
+            writer.join().unwrap();
+            assert_eq!(slot.range(), Some((0x8000, 0x9000)));
+            assert!(!slot.damaged.load(Ordering::Relaxed));
+        });
+    }
+
+    #[test]
+    fn a_slot_is_claimed_by_one_mapping_at_a_time() {
+        model(|| {
+            let slot = Arc::new(free());
+            let claims = Arc::new(AtomicUsize::new(0));
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let (slot, claims) = (slot.clone(), claims.clone());
+                    loom::thread::spawn(move || {
+                        if slot.claim() {
+                            claims.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_eq!(claims.load(Ordering::Relaxed), 1);
+        });
     }
 }
