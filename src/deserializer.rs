@@ -169,7 +169,7 @@ impl Deserializer {
         open_shard: &(dyn Fn(&str) -> Result<Box<dyn Source>> + Sync),
         options: ReadOptions,
     ) -> Result<Deserializer> {
-        let mut bytes = vec![0u8; index_file.len() as usize];
+        let mut bytes = crate::error::zeroed(index_file.len(), index_file.name())?;
         read_exact(index_file, 0, &mut bytes)?;
         let shard_index = format::safetensors::parse_shard_index(index_file.name(), &bytes)?;
         let count = shard_index.shards.len();
@@ -411,7 +411,10 @@ impl Deserializer {
         let tensor = self
             .tensor(index)
             .ok_or_else(|| Error::NotFound(format!("{}: no tensor #{index}", self.name())))?;
-        let mut bytes = vec![0u8; usize::try_from(tensor.nbytes).map_err(Error::invalid)?];
+        let mut bytes = crate::error::zeroed(
+            tensor.nbytes,
+            format_args!("{}: tensor '{}'", self.name(), tensor.name),
+        )?;
         let mut buffer = Some(bytes.as_mut_slice());
         self.load(&mut |t: &TensorInfo| {
             Ok(match buffer.take() {

@@ -91,6 +91,22 @@ pub enum Error {
     Cuda(String),
 }
 
+/// `len` zero bytes, or an I/O error of kind `OutOfMemory` naming `what` when the system
+/// refuses the memory: an allocation sized by input is a status, never an abort.
+pub(crate) fn zeroed(len: u64, what: impl fmt::Display) -> Result<Vec<u8>> {
+    let refused = || {
+        Error::io(
+            format!("allocating {len} bytes for {what}"),
+            std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+        )
+    };
+    let len = usize::try_from(len).map_err(|_| refused())?;
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(len).map_err(|_| refused())?;
+    bytes.resize(len, 0);
+    Ok(bytes)
+}
+
 impl Error {
     /// A format error at `offset` of `file`.
     pub(crate) fn format(file: &str, offset: u64, detail: impl fmt::Display) -> Self {

@@ -501,3 +501,71 @@ fn an_unfinished_write_has_no_name_where_the_file_system_allows() {
     drop(w);
     assert_eq!(listing(), vec!["model.plaid".to_string()]);
 }
+
+/// Exit code (None when killed by a signal) and stderr of `plaid ARGS` run with at most
+/// `limit` bytes of address space.
+fn plaid_with_address_space(args: &[&str], limit: u64) -> (Option<i32>, String) {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_plaid"));
+    command.args(args).stdout(std::process::Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(move || {
+            let rlimit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &rlimit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let out = command.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn memory_the_system_refuses_is_an_error_not_an_abort() {
+    let dir = tempfile::tempdir().unwrap();
+    // A 99 MB safetensors header (blank JSON: all of it must be read before it parses).
+    let safetensors = dir.path().join("big.safetensors");
+    let header_len = 99_000_000u64;
+    let mut bytes = header_len.to_le_bytes().to_vec();
+    bytes.push(b'{');
+    bytes.resize(8 + header_len as usize - 1, b' ');
+    bytes.push(b'}');
+    std::fs::write(&safetensors, &bytes).unwrap();
+    // A plaid file whose preamble declares a 200 MB header (the allocation comes before
+    // the header's checksum is checked).
+    let plaid = dir.path().join("big.plaid");
+    let preamble = plaid::format::plaid::Preamble {
+        version: plaid::format::plaid::VERSION,
+        header_crc32c: 0,
+        header_len: 200_000_000,
+    };
+    let mut bytes = preamble.encode().to_vec();
+    bytes.resize(32 + 200_000_000 + 4096, 0);
+    std::fs::write(&plaid, &bytes).unwrap();
+    drop(bytes);
+
+    const MIB: u64 = 1 << 20;
+    for path in [&safetensors, &plaid] {
+        let (code, stderr) =
+            plaid_with_address_space(&["inspect", path.to_str().unwrap()], 64 * MIB);
+        assert_eq!(code, Some(1), "{path:?} under 64 MiB: {stderr}");
+        assert!(stderr.contains("out of memory"), "{stderr}");
+        assert!(
+            stderr.contains(path.file_name().unwrap().to_str().unwrap()),
+            "{stderr}"
+        );
+    }
+    // Room for the header once (not twice, as a read-ahead copy of it needed before): the
+    // safetensors file opens.
+    let (code, stderr) =
+        plaid_with_address_space(&["inspect", safetensors.to_str().unwrap()], 160 * MIB);
+    assert_eq!(code, Some(0), "{stderr}");
+}

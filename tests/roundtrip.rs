@@ -360,6 +360,18 @@ fn hostile_headers_are_rejected_with_a_clear_error() {
             h.tensors[0].length = 4 << 40
         }),
         ("block checksums", |h| h.tensors[0].block_crc32c.push(1)),
+        ("path is not a JSON array", |h| {
+            h.tensors[0].path = "w".into()
+        }),
+        ("path is not a JSON array", |h| {
+            h.tensors[0].path = "{\"w\":0}".into()
+        }),
+        ("path is not a JSON array", |h| {
+            h.tensors[0].path = "[-1]".into()
+        }),
+        ("path names another tensor", |h| {
+            h.tensors[0].path = "[\"other\"]".into()
+        }),
         ("metadata key", |h| {
             h.metadata.insert(String::new(), "x".into());
         }),

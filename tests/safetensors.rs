@@ -11,7 +11,7 @@ use serde_json::json;
 /// multiple of 8 (as the safetensors library writes it), then `data`.
 fn file(header: &serde_json::Value, data: &[u8]) -> Vec<u8> {
     let mut text = serde_json::to_vec(header).unwrap();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();

@@ -235,6 +235,44 @@ pub(crate) fn bench(
             times,
         );
 
+        // The copy-and-CRC kernel alone, on 64 MiB buffers (pre-faulted, so that no row pays
+        // page faults): against memcpy and against copying, then checksumming the copy.
+        {
+            use plaid::format::crc_copy;
+            let len = 64usize << 20;
+            let src: Vec<u8> = (0..len)
+                .map(|i| (i as u32).wrapping_mul(2_654_435_761) as u8)
+                .collect();
+            let mut dst = vec![0xA5u8; len];
+            let times = time(rounds * 4, || {
+                dst.copy_from_slice(&src);
+                std::hint::black_box(&dst);
+                Ok(())
+            })?;
+            row("kernel: memcpy, 64 MiB".into(), len as u64, times);
+            let times = time(rounds * 4, || {
+                dst.copy_from_slice(&src);
+                std::hint::black_box(plaid::format::checksum::crc32c(&dst));
+                Ok(())
+            })?;
+            row(
+                "kernel: memcpy, then crc-fast over the copy, 64 MiB".into(),
+                len as u64,
+                times,
+            );
+            for kernel in crc_copy::kernels() {
+                let times = time(rounds * 4, || {
+                    std::hint::black_box((kernel.run)(&mut dst, &src, 0));
+                    Ok(())
+                })?;
+                row(
+                    format!("kernel: copy_crc32c, {}, 64 MiB", kernel.name),
+                    len as u64,
+                    times,
+                );
+            }
+        }
+
         // A naive loader: one pread per tensor straight into its destination.
         let reader = Deserializer::open(&model.path, ReadOptions::default())?;
         let offsets: Vec<u64> = reader.tensors().iter().map(|t| t.offset).collect();
@@ -251,16 +289,30 @@ pub(crate) fn bench(
             times,
         );
 
-        // plaid: copying out of the guarded mapping (the default) and with pread.
+        // plaid: copying out of the guarded mapping (the default) and with pread. Verified
+        // copies out of the mapping also with the portable kernel (copy, then checksum the
+        // copy: how plaid verified before the fused kernel), for before and after.
+        let fused = plaid::format::crc_copy::kernel_name();
+        let portable = plaid::format::crc_copy::PORTABLE;
+        let mut cases = vec![(true, true, fused)];
+        if portable != fused {
+            cases.push((true, true, portable));
+        }
+        cases.extend([(true, false, fused), (false, true, fused)]);
         for threads in [1, cores] {
-            for (mmap, verify) in [(true, true), (true, false), (false, true)] {
+            for &(mmap, verify, kernel) in &cases {
+                plaid::format::crc_copy::use_kernel(kernel);
                 let options = ReadOptions::default()
                     .threads(threads)?
                     .verify(verify)
                     .mmap(mmap);
                 let reader = Deserializer::open(&model.path, options)?;
                 let times = time(rounds, || load(&reader, &mut buffers))?;
-                let check = if verify { "verified" } else { "unverified" };
+                let check = match (verify, mmap) {
+                    (false, _) => "unverified",
+                    (true, true) if kernel != fused => "verified, copy then crc-fast",
+                    (true, _) => "verified",
+                };
                 let how = if mmap { "mmap copy" } else { "pread" };
                 row(
                     format!("plaid: host buffers, {how}, {threads} thread(s), {check}"),
@@ -269,6 +321,7 @@ pub(crate) fn bench(
                 );
             }
         }
+        plaid::format::crc_copy::use_kernel(fused);
 
         // Peak memory of a load beyond the destinations (which are resident already).
         let mut peaks = Vec::new();
@@ -600,6 +653,31 @@ pub(crate) fn bench(
                     p / memcpy
                 );
             }
+        }
+        let kernel_memcpy = rate("kernel: memcpy, 64 MiB");
+        let kernel_two_pass = rate("kernel: memcpy, then crc-fast over the copy, 64 MiB");
+        let kernel_fused = rate(&format!("kernel: copy_crc32c, {fused}, 64 MiB"));
+        println!(
+            "copy_crc32c ({fused}) alone, 64 MiB: {:.2}x memcpy, {:.2}x memcpy then crc-fast",
+            kernel_fused / kernel_memcpy,
+            kernel_fused / kernel_two_pass
+        );
+        for threads in [1, cores] {
+            let verified = rate(&format!(
+                "plaid: host buffers, mmap copy, {threads} thread(s), verified"
+            ));
+            let before = rate(&format!(
+                "plaid: host buffers, mmap copy, {threads} thread(s), verified, copy then crc-fast"
+            ));
+            let unverified = rate(&format!(
+                "plaid: host buffers, mmap copy, {threads} thread(s), unverified"
+            ));
+            println!(
+                "plaid verified (fused), mmap copy, {threads} thread(s): {:.2}x unverified, {:.2}x copy then crc-fast, {:.2}x memcpy (1 thread)",
+                verified / unverified,
+                verified / before,
+                verified / memcpy
+            );
         }
         for threads in [1, cores] {
             let st = rate(&format!(

@@ -3,6 +3,7 @@
 //! on the index, so it is shared by every format.
 
 pub mod checksum;
+pub mod crc_copy;
 pub mod plaid;
 pub mod safetensors;
 pub mod tensorizer;

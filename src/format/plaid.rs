@@ -159,7 +159,20 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
         ));
     }
     // Bounded by both MAX_HEADER_LEN and the file's real length, checked above.
-    let mut header_bytes = vec![0u8; preamble.header_len as usize];
+    let mut header_bytes = Vec::new();
+    header_bytes
+        .try_reserve_exact(preamble.header_len as usize)
+        .map_err(|_| {
+            Error::format(
+                file,
+                PREAMBLE_LEN,
+                format!(
+                    "cannot allocate the {}-byte header: out of memory",
+                    preamble.header_len
+                ),
+            )
+        })?;
+    header_bytes.resize(preamble.header_len as usize, 0);
     read_exact(source, PREAMBLE_LEN, &mut header_bytes)?;
     let actual = crc32c(&header_bytes);
     if actual != preamble.header_crc32c {
@@ -294,7 +307,7 @@ fn validate_fields(
         return fail(format!("checksum block size {block_size} is not a power of two between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}"));
     }
     if header.data_offset < header_end
-        || header.data_offset % alignment != 0
+        || !header.data_offset.is_multiple_of(alignment)
         || header.data_offset > header.file_length
     {
         return fail(format!(
@@ -403,7 +416,7 @@ fn validate_tensor(
             ),
         );
     }
-    if t.offset % alignment != 0 || t.offset < previous_end {
+    if !t.offset.is_multiple_of(alignment) || t.offset < previous_end {
         return tensor_fail(
             t.offset,
             format!("data offset {} is unaligned, out of order or overlaps the previous tensor (which ends at {previous_end})", t.offset),

@@ -290,7 +290,7 @@ fn read_entries(source: &dyn Source, len: u64, count: u64, versioned: bool) -> R
     let file = source.name();
     let mut want = len.min(METADATA_READ);
     loop {
-        let mut bytes = vec![0u8; want as usize];
+        let mut bytes = crate::error::zeroed(want, format_args!("{file}: the metadata block"))?;
         read_exact(source, FILE_HEADER_LEN, &mut bytes)?;
         let mut c = Cursor::new(&bytes, FILE_HEADER_LEN);
         let mut entries = Vec::new();
@@ -487,7 +487,10 @@ fn read_ranges(source: &dyn Source, wanted: &[(u64, u64)]) -> Result<Ranges> {
         merged.iter().zip(&slots),
         threads,
         |(&(offset, len), slot)| {
-            let mut bytes = vec![0u8; len as usize];
+            let mut bytes = crate::error::zeroed(
+                len,
+                format_args!("{}: tensor headers at offset {offset}", source.name()),
+            )?;
             read_exact(source, offset, &mut bytes)?;
             *slot.lock() = bytes;
             Ok(())

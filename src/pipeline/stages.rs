@@ -134,6 +134,16 @@ impl<'t> Chain<'t> {
             self.at += src.len() as u64;
             return Ok(());
         }
+        if let (Check::Blocks(blocks), true) = (
+            &mut self.check,
+            self.before.is_empty() && self.after.is_empty(),
+        ) {
+            // One pass: each byte is stored and folded into its block's CRC-32C as it is
+            // loaded (format::crc_copy), never read back.
+            blocks.copy(self.file, src, dst)?;
+            self.at += src.len() as u64;
+            return Ok(());
+        }
         for (s, d) in src.chunks(FUSED_PIECE).zip(dst.chunks_mut(FUSED_PIECE)) {
             d.copy_from_slice(s);
             self.feed(d)?;
@@ -199,7 +209,7 @@ impl<'t> Check<'t> {
                 block_size: *block_size,
                 crcs,
                 at: start,
-                digest: crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi),
+                crc: 0,
             })),
             Checksum::WholeTensor { crc32: Some(_), .. }
                 if (start != 0 || len != tensor.stored_len()) && !verify.sequential(tensor) =>
@@ -268,28 +278,49 @@ struct BlockCrcs<'t> {
     crcs: &'t [u32],
     /// Position in the tensor of the next byte.
     at: u64,
-    /// The CRC of the current block's bytes so far.
-    digest: crc_fast::Digest,
+    /// The CRC-32C of the current block's bytes so far.
+    crc: u32,
 }
 
 impl BlockCrcs<'_> {
-    fn update(&mut self, file: &str, mut data: &[u8]) -> Result<()> {
+    fn update(&mut self, file: &str, data: &[u8]) -> Result<()> {
+        self.advance(file, data.len(), &mut |crc, at, take| {
+            crate::format::crc_copy::crc32c_append(crc, &data[at..at + take])
+        })
+    }
+
+    /// Copy `src` into `dst` while checking it: one pass over the bytes.
+    fn copy(&mut self, file: &str, src: &[u8], dst: &mut [u8]) -> Result<()> {
+        self.advance(file, src.len(), &mut |crc, at, take| {
+            crate::format::crc_copy::copy_crc32c(&mut dst[at..at + take], &src[at..at + take], crc)
+        })
+    }
+
+    /// Take the next `len` bytes block by block: `step(crc, offset, count)` folds `count`
+    /// bytes from `offset` into `crc`; each block is compared when its last byte is in.
+    fn advance(
+        &mut self,
+        file: &str,
+        len: usize,
+        step: &mut dyn FnMut(u32, usize, usize) -> u32,
+    ) -> Result<()> {
         let stored = self.tensor.stored_len();
-        while !data.is_empty() {
+        let mut done = 0;
+        while done < len {
             let block = self.at / self.block_size;
             let block_end = (block + 1).saturating_mul(self.block_size).min(stored);
             if self.at >= block_end {
                 return Err(Error::invalid(format!(
                     "internal error: {} bytes fed past the end of tensor '{}'",
-                    data.len(),
+                    len - done,
                     self.tensor.name
                 )));
             }
             let take =
-                usize::try_from(block_end - self.at).map_or(data.len(), |n| n.min(data.len()));
-            self.digest.update(&data[..take]);
+                usize::try_from(block_end - self.at).map_or(len - done, |n| n.min(len - done));
+            self.crc = step(self.crc, done, take);
             self.at += take as u64;
-            data = &data[take..];
+            done += take;
             if self.at == block_end {
                 self.compare(file, block)?;
             }
@@ -298,7 +329,7 @@ impl BlockCrcs<'_> {
     }
 
     fn compare(&mut self, file: &str, block: u64) -> Result<()> {
-        let actual = self.digest.finalize_reset() as u32;
+        let actual = std::mem::take(&mut self.crc);
         let expected = usize::try_from(block)
             .ok()
             .and_then(|b| self.crcs.get(b))
@@ -325,7 +356,7 @@ impl BlockCrcs<'_> {
     /// A job ends on a block boundary or at the tensor's end: a partial block left over
     /// means the planner cut it wrong.
     fn finish(self, _file: &str) -> Result<()> {
-        if self.at % self.block_size != 0 && self.at != self.tensor.stored_len() {
+        if !self.at.is_multiple_of(self.block_size) && self.at != self.tensor.stored_len() {
             return Err(Error::invalid(format!(
                 "internal error: a job of tensor '{}' ended inside checksum block {}",
                 self.tensor.name,

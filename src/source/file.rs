@@ -182,12 +182,13 @@ impl FileSource {
         let mut done = 0usize;
         while done < buf.len() {
             let at = offset + done as u64;
-            if at % DIRECT_ALIGN as u64 != 0 {
+            if !at.is_multiple_of(DIRECT_ALIGN as u64) {
                 super::read_exact(self, at, &mut buf[done..])?;
                 return Ok(true);
             }
             let dest = &mut buf[done..];
-            let result = if dest.as_ptr() as usize % DIRECT_ALIGN == 0 && dest.len() >= DIRECT_ALIGN
+            let result = if (dest.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+                && dest.len() >= DIRECT_ALIGN
             {
                 let whole = dest.len() / DIRECT_ALIGN * DIRECT_ALIGN;
                 direct.read_at(&mut dest[..whole], at)
@@ -244,7 +245,7 @@ impl Source for FileSource {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         if let Some(direct) = &self.direct {
             let end = offset.saturating_add(buf.len() as u64);
-            if offset % DIRECT_ALIGN as u64 == 0
+            if offset.is_multiple_of(DIRECT_ALIGN as u64)
                 && end <= self.len
                 && self.read_direct(direct, offset, buf)?
             {

@@ -53,7 +53,14 @@ impl<S: Source> ReadAhead<S> {
     fn grow(&self, window: &mut Vec<u8>, want: u64, needed: u64) -> Result<()> {
         let start = window.len() as u64;
         let end = start.saturating_add(want).min(self.inner.len());
-        let mut more = vec![0u8; usize::try_from(end - start).unwrap_or(usize::MAX)];
+        // Bounded by MAX_WINDOW; still, memory the system refuses means no read-ahead (the
+        // read goes to the source directly), never an abort.
+        let mut more = Vec::new();
+        let want = usize::try_from(end - start).unwrap_or(usize::MAX);
+        if more.try_reserve_exact(want).is_err() || window.try_reserve(want).is_err() {
+            return Ok(());
+        }
+        more.resize(want, 0);
         let mut filled = 0;
         let mut failed = None;
         while filled < more.len() {
@@ -93,10 +100,14 @@ impl<S: Source> Source for ReadAhead<S> {
         {
             let mut window = self.window.lock();
             let have = window.len() as u64;
-            if have == 0 && offset < self.size {
+            // Small reads grow the window; a read larger than the read-ahead is one request
+            // anyway, and goes straight into `buf` (a copy kept in the window too would
+            // double what a large header costs).
+            let small = buf.len() as u64 <= self.size;
+            if have == 0 && offset < self.size && small {
                 let want = self.size.max(offset + buf.len() as u64);
                 self.grow(&mut window, want, offset + 1)?;
-            } else if offset == have && have < MAX_WINDOW {
+            } else if offset == have && have < MAX_WINDOW && small {
                 self.grow(&mut window, have.max(buf.len() as u64), offset + 1)?;
             }
             if offset < window.len() as u64 {
