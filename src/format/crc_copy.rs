@@ -188,22 +188,39 @@ mod x86 {
     /// Non-temporal stores for large destinations, plain ones for small (128-bit).
     pub(super) fn run_pclmul(dst: &mut [u8], src: &[u8], crc: u32) -> u32 {
         let stream = dst.len() >= STREAM_FROM;
-        let head = dst.as_ptr().align_offset(16).min(dst.len());
+        after_head(dst, src, crc, 16, |d, s, crc| {
+            // SAFETY: chosen only where the CPU reports PCLMULQDQ and SSE4.2; the halves
+            // are of equal length and `d` starts 16-byte aligned.
+            unsafe {
+                if stream {
+                    let crc = pclmul::<true>(d, s, crc);
+                    // Streaming stores are weakly ordered: fence before anyone reads.
+                    _mm_sfence();
+                    crc
+                } else {
+                    pclmul::<false>(d, s, crc)
+                }
+            }
+        })
+    }
+
+    /// The bytes up to the destination's next `align`-byte boundary through the CRC
+    /// instruction (stores that straddle cache lines cost more than those few bytes, and
+    /// streaming stores need the alignment), then `body` on the rest, the state carried in.
+    fn after_head(
+        dst: &mut [u8],
+        src: &[u8],
+        crc: u32,
+        align: usize,
+        body: impl FnOnce(&mut [u8], &[u8], u32) -> u32,
+    ) -> u32 {
+        let head = dst.as_ptr().align_offset(align).min(dst.len());
         let (d0, d1) = dst.split_at_mut(head);
         let (s0, s1) = src.split_at(head);
-        // SAFETY: chosen only where the CPU reports PCLMULQDQ and SSE4.2; the lengths
-        // were checked equal by the caller, so are the halves; `d1` starts 16-byte
-        // aligned.
-        unsafe {
-            let crc = !tail(d0.as_mut_ptr(), s0.as_ptr(), 0, head, !crc);
-            if stream {
-                let crc = pclmul::<true>(d1, s1, crc);
-                _mm_sfence();
-                crc
-            } else {
-                pclmul::<false>(d1, s1, crc)
-            }
-        }
+        // SAFETY: every kernel calling this runs only where the CPU reports SSE4.2; the
+        // caller checked the lengths equal, so `head` bytes are in bounds at both.
+        let crc = unsafe { !tail(d0.as_mut_ptr(), s0.as_ptr(), 0, head, !crc) };
+        body(d1, s1, crc)
     }
 
     /// Destinations from this size on get non-temporal stores by default.
@@ -228,25 +245,20 @@ mod x86 {
         aligned::<true>(dst, src, crc)
     }
 
-    /// Up to the destination's next 32-byte boundary through the CRC instruction (stores
-    /// that straddle cache lines cost more than the few bytes), then the folding loop
-    /// from there with the state carried in.
+    /// The 256-bit kernel from the destination's next 32-byte boundary on.
     fn aligned<const STREAM: bool>(dst: &mut [u8], src: &[u8], crc: u32) -> u32 {
-        let head = dst.as_ptr().align_offset(32).min(dst.len());
-        let (d0, d1) = dst.split_at_mut(head);
-        let (s0, s1) = src.split_at(head);
-        // SAFETY: chosen only where the CPU reports VPCLMULQDQ, AVX2, PCLMULQDQ and
-        // SSE4.2; the lengths were checked equal by the caller, so are the halves; `d1`
-        // starts 32-byte aligned.
-        unsafe {
-            let crc = !tail(d0.as_mut_ptr(), s0.as_ptr(), 0, head, !crc);
-            let crc = vpclmul::<STREAM>(d1, s1, crc);
-            if STREAM {
-                // Streaming stores are weakly ordered: fence before anyone reads the bytes.
-                _mm_sfence();
+        after_head(dst, src, crc, 32, |d, s, crc| {
+            // SAFETY: chosen only where the CPU reports VPCLMULQDQ, AVX2, PCLMULQDQ and
+            // SSE4.2; the halves are of equal length and `d` starts 32-byte aligned.
+            unsafe {
+                let crc = vpclmul::<STREAM>(d, s, crc);
+                if STREAM {
+                    // Streaming stores are weakly ordered: fence before anyone reads.
+                    _mm_sfence();
+                }
+                crc
             }
-            crc
-        }
+        })
     }
 
     #[inline(always)]

@@ -300,14 +300,18 @@ impl<'de> Visitor<'de> for ShardIndexVisitor {
                     return Err(de::Error::custom(format!("{key} appears twice")));
                 }
                 "weight_map" => {
-                    let parsed =
-                        map.next_value_seed(UniqueMap::<String>::new("weight_map", MAX_TENSORS))?;
+                    let parsed = map.next_value_seed(UniqueMap::<String>::new(
+                        "weight_map",
+                        "a file name",
+                        MAX_TENSORS,
+                    ))?;
                     weights = Some(parsed);
                 }
                 "metadata" => {
                     let raw =
                         map.next_value_seed(UniqueMap::<Box<serde_json::value::RawValue>>::new(
                             "metadata",
+                            "JSON",
                             MAX_METADATA_ENTRIES,
                         ))?;
                     let metadata = metadata.insert(BTreeMap::new());
@@ -326,39 +330,28 @@ impl<'de> Visitor<'de> for ShardIndexVisitor {
     }
 }
 
-/// A JSON object of at most `most` keys, each once, parsed into a map: `weight_map`'s
-/// values are file names (strings), `metadata`'s any JSON, kept as its text.
+/// A JSON object of at most `most` keys, each once, parsed into a map: `__metadata__`
+/// (strings), `weight_map` (file names), an index's `metadata` (any JSON, kept as text).
 struct UniqueMap<V> {
     what: &'static str,
+    /// What each value must be, for the message.
+    expected: &'static str,
     most: usize,
     value: std::marker::PhantomData<V>,
 }
 
 impl<V> UniqueMap<V> {
-    fn new(what: &'static str, most: usize) -> Self {
+    fn new(what: &'static str, expected: &'static str, most: usize) -> Self {
         UniqueMap {
             what,
+            expected,
             most,
             value: std::marker::PhantomData,
         }
     }
 }
 
-/// A value of a [`UniqueMap`].
-trait UniqueMapValue: for<'de> serde::Deserialize<'de> {
-    /// What the value must be, for the message.
-    const EXPECTED: &'static str;
-}
-
-impl UniqueMapValue for String {
-    const EXPECTED: &'static str = "a file name";
-}
-
-impl UniqueMapValue for Box<serde_json::value::RawValue> {
-    const EXPECTED: &'static str = "JSON";
-}
-
-impl<'de, V: UniqueMapValue> DeserializeSeed<'de> for UniqueMap<V> {
+impl<'de, V: de::Deserialize<'de>> DeserializeSeed<'de> for UniqueMap<V> {
     type Value = BTreeMap<String, V>;
 
     fn deserialize<D: de::Deserializer<'de>>(
@@ -369,7 +362,7 @@ impl<'de, V: UniqueMapValue> DeserializeSeed<'de> for UniqueMap<V> {
     }
 }
 
-impl<'de, V: UniqueMapValue> Visitor<'de> for UniqueMap<V> {
+impl<'de, V: de::Deserialize<'de>> Visitor<'de> for UniqueMap<V> {
     type Value = BTreeMap<String, V>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -393,7 +386,7 @@ impl<'de, V: UniqueMapValue> Visitor<'de> for UniqueMap<V> {
                 de::Error::custom(format!(
                     "{what} entry '{}' is not {} ({e})",
                     key.escape_debug(),
-                    V::EXPECTED
+                    self.expected
                 ))
             })?;
             if out.contains_key(&key) {
@@ -516,7 +509,11 @@ impl<'de> Visitor<'de> for HeaderVisitor {
                 if metadata.is_some() {
                     return Err(de::Error::custom("__metadata__ appears twice"));
                 }
-                metadata = Some(map.next_value_seed(MetadataSeed)?);
+                metadata = Some(map.next_value_seed(UniqueMap::<String>::new(
+                    "__metadata__",
+                    "a string",
+                    MAX_METADATA_ENTRIES,
+                ))?);
                 continue;
             }
             if tensors.len() >= MAX_TENSORS {
@@ -534,53 +531,6 @@ impl<'de> Visitor<'de> for HeaderVisitor {
             tensors,
             metadata: metadata.unwrap_or_default(),
         })
-    }
-}
-
-/// `__metadata__`: an object of strings.
-struct MetadataSeed;
-
-impl<'de> DeserializeSeed<'de> for MetadataSeed {
-    type Value = BTreeMap<String, String>;
-
-    fn deserialize<D: de::Deserializer<'de>>(
-        self,
-        d: D,
-    ) -> std::result::Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for MetadataSeed {
-    type Value = BTreeMap<String, String>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("__metadata__ to be an object of strings")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(
-        self,
-        mut map: A,
-    ) -> std::result::Result<Self::Value, A::Error> {
-        let mut out = BTreeMap::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if out.len() >= MAX_METADATA_ENTRIES {
-                return Err(de::Error::custom(format!(
-                    "__metadata__ has more than {MAX_METADATA_ENTRIES} entries, plaid's limit"
-                )));
-            }
-            let value: String = map.next_value().map_err(|e| {
-                de::Error::custom(format!(
-                    "__metadata__ value of '{key}' is not a string ({e})"
-                ))
-            })?;
-            if out.insert(key.clone(), value).is_some() {
-                return Err(de::Error::custom(format!(
-                    "__metadata__ key '{key}' appears twice"
-                )));
-            }
-        }
-        Ok(out)
     }
 }
 
