@@ -177,7 +177,7 @@ pub fn to_safetensors(
                 t.dtype
             ))
         })?;
-        let mut shape = t.shape.clone();
+        let mut shape = t.shape.to_vec();
         if per_unit > 1 {
             let widened = shape.last().and_then(|last| last.checked_mul(per_unit));
             match (shape.last_mut(), widened) {
@@ -200,7 +200,7 @@ pub fn to_safetensors(
             )));
         }
         header.insert(
-            t.name.clone(),
+            t.name.to_string(),
             json!({"dtype": name, "shape": shape, "data_offsets": [at, at + t.nbytes]}),
         );
         at += t.nbytes;

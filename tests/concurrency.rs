@@ -2,6 +2,7 @@
 //! loading the same and different files, one deserializer loaded by several threads while
 //! others call its const functions and swap its progress callback, one serializer fed by
 //! several threads, and `finish` racing with them.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod common;
 
@@ -22,7 +23,10 @@ use plaid::{DType, Deserializer, ReadOptions, Serializer, WriteOptions};
 
 fn last_error() -> String {
     let mut buf = vec![0 as std::ffi::c_char; 4096];
+    // SAFETY: `buf` is 4096 writable c_chars and exactly that length is passed.
     unsafe { plaid_last_error_message(buf.as_mut_ptr(), buf.len()) };
+    // SAFETY: with a non-zero length the call above NUL-terminated `buf`, which outlives
+    // the borrow (`into_owned` copies it).
     unsafe { CStr::from_ptr(buf.as_ptr()) }
         .to_string_lossy()
         .into_owned()
@@ -115,7 +119,11 @@ unsafe extern "C" fn place(
     info: *const plaid_tensor_info,
     dest: *mut plaid_destination,
 ) -> i32 {
+    // SAFETY: `user` is the `Buffers` a loader passes to plaid_deserializer_load below,
+    // alive and touched by nothing else until that call returns.
     let buffers = unsafe { &mut *(user as *mut Buffers) };
+    // SAFETY: plaid passes an `info` that lives as long as the deserializer and a `dest`
+    // that is valid and ours alone during this call.
     let (info, dest) = unsafe { (&*info, &mut *dest) };
     let buffer = &mut buffers.0[info.index];
     dest.kind = PLAID_DEST_HOST;
@@ -148,6 +156,8 @@ fn one_c_deserializer_loaded_by_several_threads_while_others_query_it() {
     let tensors = plaid_model(&path, 32, 2);
     let c_path = CString::new(path.to_str().unwrap()).unwrap();
     let mut d = ptr::null_mut();
+    // SAFETY: `c_path` is a CString alive across the call, NULL options mean the defaults,
+    // and `d` is a writable local.
     let status = unsafe { plaid_deserializer_open(c_path.as_ptr(), ptr::null(), &mut d) };
     assert_eq!(status, PLAID_OK, "{}", last_error());
     let handle = Handle(d as usize);
@@ -163,6 +173,9 @@ fn one_c_deserializer_loaded_by_several_threads_while_others_query_it() {
                     for _ in 0..5 {
                         let mut buffers =
                             Buffers(tensors.iter().map(|t| vec![0u8; t.len()]).collect());
+                        // SAFETY: `handle` is the deserializer opened above, freed only
+                        // after this scope joins every thread; `buffers` outlives the call
+                        // and only `place` uses it.
                         let status = unsafe {
                             plaid_deserializer_load(
                                 handle.get(),
@@ -188,6 +201,9 @@ fn one_c_deserializer_loaded_by_several_threads_while_others_query_it() {
                 let mut calls = 0u64;
                 while loading.load(Ordering::Relaxed) || calls < 100 {
                     calls += 1;
+                    // SAFETY: `d` is live until freed after this scope; the names are C
+                    // literals, `index` and `value` writable locals, and `info` (checked
+                    // non-NULL) and `value` point into `d`.
                     unsafe {
                         assert_eq!(plaid_deserializer_tensor_count(d), 32);
                         let mut index = usize::MAX;
@@ -218,6 +234,8 @@ fn one_c_deserializer_loaded_by_several_threads_while_others_query_it() {
                 while loading.load(Ordering::Relaxed) {
                     on = !on;
                     let callback = if on { Some(count_reports as _) } else { None };
+                    // SAFETY: `handle` is live until freed after this scope;
+                    // `count_reports` never reads its NULL user data.
                     let status = unsafe {
                         plaid_deserializer_set_progress(handle.get(), callback, ptr::null_mut())
                     };
@@ -233,6 +251,8 @@ fn one_c_deserializer_loaded_by_several_threads_while_others_query_it() {
     });
     assert_eq!(loads_done.load(Ordering::Relaxed), 20);
     // With the callback left on, a load reports to it.
+    // SAFETY: every thread has been joined, so `d` (opened above) is live and ours alone;
+    // it is freed once, last; `count_reports` never reads its NULL user data.
     unsafe {
         plaid_deserializer_set_progress(d, Some(count_reports), ptr::null_mut());
         let before = REPORTS.load(Ordering::Relaxed);
@@ -249,6 +269,8 @@ fn one_c_serializer_fed_by_several_threads() {
     let c_path = CString::new(path.to_str().unwrap()).unwrap();
     let mut s = ptr::null_mut();
     assert_eq!(
+        // SAFETY: `c_path` is a CString alive across the call, NULL options mean the
+        // defaults, and `s` is a writable local.
         unsafe { plaid_serializer_new(c_path.as_ptr(), ptr::null(), &mut s) },
         PLAID_OK
     );
@@ -268,6 +290,9 @@ fn one_c_serializer_fed_by_several_threads() {
                 for (i, bytes) in tensors.iter().enumerate() {
                     let name = CString::new(format!("thread{t}.t{i}")).unwrap();
                     let shape = [bytes.len() as u64];
+                    // SAFETY: `s` is live until freed after this scope; `name` and `shape`
+                    // (1 value for ndim 1) outlive the call, and `bytes` stays in `data`
+                    // until after finish.
                     let status = unsafe {
                         plaid_serializer_add_tensor(
                             s,
@@ -282,6 +307,8 @@ fn one_c_serializer_fed_by_several_threads() {
                     assert_eq!(status, PLAID_OK, "{}", last_error());
                     let key = CString::new(format!("k{t}")).unwrap();
                     let value = CString::new(i.to_string()).unwrap();
+                    // SAFETY: `s` is live until freed after this scope; `key` and `value`
+                    // are CStrings alive across the call.
                     let status =
                         unsafe { plaid_serializer_set_metadata(s, key.as_ptr(), value.as_ptr()) };
                     assert_eq!(status, PLAID_OK);
@@ -289,6 +316,8 @@ fn one_c_serializer_fed_by_several_threads() {
             });
         }
     });
+    // SAFETY: every feeding thread has been joined; `s` is live, finished once here and
+    // freed once; the bytes it refers to stay in `data` until the end of the test.
     unsafe {
         assert_eq!(plaid_serializer_finish(s), PLAID_OK, "{}", last_error());
         plaid_serializer_free(s);
@@ -311,6 +340,8 @@ fn finish_racing_with_adds_keeps_exactly_the_adds_that_came_first() {
     let c_path = CString::new(path.to_str().unwrap()).unwrap();
     let mut s = ptr::null_mut();
     assert_eq!(
+        // SAFETY: `c_path` is a CString alive across the call, NULL options mean the
+        // defaults, and `s` is a writable local.
         unsafe { plaid_serializer_new(c_path.as_ptr(), ptr::null(), &mut s) },
         PLAID_OK
     );
@@ -324,6 +355,9 @@ fn finish_racing_with_adds_keeps_exactly_the_adds_that_came_first() {
             for i in 0..100_000u32 {
                 let name = CString::new(format!("t{i}")).unwrap();
                 let shape = [bytes.len() as u64];
+                // SAFETY: `s` is live until freed after this scope; `name` and `shape` (1
+                // value for ndim 1) outlive the call, and the 4096 bytes behind `bytes`
+                // outlive the scope.
                 let status = unsafe {
                     plaid_serializer_add_tensor(
                         s,
@@ -353,10 +387,14 @@ fn finish_racing_with_adds_keeps_exactly_the_adds_that_came_first() {
         while !adder.is_finished() && count.load(Ordering::Relaxed) < 100 {
             std::thread::yield_now();
         }
+        // SAFETY: `handle` is the live serializer `s`, freed only after this scope; the C
+        // API allows finish to race with adds on other threads.
         let status = unsafe { plaid_serializer_finish(handle as *mut plaid_serializer) };
         assert_eq!(status, PLAID_OK, "{}", last_error());
         adder.join().unwrap()
     });
+    // SAFETY: the adder has been joined and `s`, made by plaid_serializer_new above, is
+    // freed only here.
     unsafe { plaid_serializer_free(s) };
     assert!(
         !added.is_empty() && added.len() < 100_000,

@@ -4,6 +4,7 @@
 //! `LD_LIBRARY_PATH` finds it. The stand-in defers every asynchronous copy until its
 //! stream or event is synchronized, so a staging buffer reused too early shows up as
 //! wrong bytes, and it refuses calls made without a current context.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod common;
 #[cfg(feature = "remote")]
@@ -71,7 +72,8 @@ fn run_child(name: &str, no_device: bool, env: &[(&str, &str)]) {
 /// state).
 fn standin() -> &'static libloading::Library {
     static LIB: std::sync::OnceLock<libloading::Library> = std::sync::OnceLock::new();
-    // SAFETY: the stand-in has no initialisers with preconditions.
+    // SAFETY: the stand-in (fake_cuda.c) has no library initialisers, so loading it has no
+    // preconditions; the OnceLock keeps it loaded for the rest of the process.
     LIB.get_or_init(|| unsafe { libloading::Library::new("libcuda.so.1").unwrap() })
 }
 
@@ -84,7 +86,8 @@ fn in_child() {
 
 /// The stand-in's counters: pinned bytes now and at the peak, copies performed, misuse.
 fn stats() -> (u64, u64, u64, u64) {
-    // SAFETY: the stand-in is already loaded by plaid; the signature matches the C file.
+    // SAFETY: `fake_cuda_stats` takes four `uint64_t *` in fake_cuda.c, as the Symbol's type
+    // says, and each points to a local here; `standin` keeps the library loaded.
     unsafe {
         let lib = standin();
         let f: libloading::Symbol<unsafe extern "C" fn(*mut u64, *mut u64, *mut u64, *mut u64)> =
@@ -96,7 +99,8 @@ fn stats() -> (u64, u64, u64, u64) {
 }
 
 fn reset_stats() {
-    // SAFETY: as above.
+    // SAFETY: `fake_cuda_reset_stats` is `void (void)` in fake_cuda.c, as the Symbol's type
+    // says; `standin` keeps the library loaded.
     unsafe {
         let lib = standin();
         let f: libloading::Symbol<unsafe extern "C" fn()> =
@@ -231,7 +235,8 @@ fn child_device_paths() {
             Some((address, len)) => {
                 assert_eq!(address % 256, 0);
                 assert_eq!(len, t.nbytes);
-                // SAFETY: the stand-in's device memory is host memory.
+                // SAFETY: the stand-in's device pointers are host addresses, so `address` is the
+                // start of `len` readable bytes in `arena`, which lives until dropped below.
                 let bytes =
                     unsafe { std::slice::from_raw_parts(address as *const u8, len as usize) };
                 assert!(bytes == &expected[i][..], "arena tensor {}", t.name);
@@ -477,7 +482,9 @@ fn child_remote_sources() {
 
 /// A stream of the caller's, made in device 0's primary context through the stand-in.
 fn caller_stream() -> usize {
-    // SAFETY: the stand-in's functions with their C signatures.
+    // SAFETY: each Symbol's type matches the function's declaration in fake_cuda.c and
+    // `standin` keeps the library loaded; `ctx` and `stream` are writable locals, and cuInit
+    // runs before the context calls.
     unsafe {
         let lib = standin();
         let retain: libloading::Symbol<unsafe extern "C" fn(*mut *mut c_void, i32) -> i32> =
@@ -513,7 +520,9 @@ fn the_stand_in_defers_copies() {
 fn child_the_stand_in_defers_copies() {
     in_child();
     let stream = caller_stream();
-    // SAFETY: the stand-in's functions with their C signatures; the context stays retained.
+    // SAFETY: each Symbol's type matches fake_cuda.c and `standin` keeps the library loaded;
+    // the context stays retained and `stream` is the live one from `caller_stream`; the
+    // 64-byte `staging` and `device` outlive the sync that performs the deferred copy.
     unsafe {
         let lib = standin();
         let retain: libloading::Symbol<unsafe extern "C" fn(*mut *mut c_void, i32) -> i32> =
@@ -664,7 +673,8 @@ fn child_no_device() {
 /// With no driver library at all, every CUDA path is `Error::NoCuda`, never a crash.
 #[test]
 fn no_driver_is_no_cuda() {
-    // SAFETY: only tries to open the library.
+    // SAFETY: is_culib_present takes no arguments and only tries to load the driver library
+    // (a system one, if any), calling nothing in it.
     if unsafe { cudarc::driver::sys::is_culib_present() } {
         eprintln!("a CUDA driver library is installed here: the no-driver path is not tested");
         return;
@@ -719,7 +729,11 @@ fn child_c_api() {
         info: *const plaid_tensor_info,
         dest: *mut plaid_destination,
     ) -> i32 {
+        // SAFETY: `user` is the `devices` passed to plaid_deserializer_load below, alive
+        // and touched by nothing else until that call returns.
         let devices = unsafe { &mut *(user as *mut Devices) };
+        // SAFETY: plaid passes an `info` that lives as long as the deserializer and a
+        // `dest` that is valid and ours alone during this call.
         let (info, dest) = unsafe { (&*info, &mut *dest) };
         let buffer = &mut devices.0[info.index];
         dest.kind = PLAID_DEST_CUDA;
@@ -729,6 +743,8 @@ fn child_c_api() {
         0
     }
     unsafe extern "C" fn skip_mid(_user: *mut c_void, info: *const plaid_tensor_info) -> i32 {
+        // SAFETY: plaid passes a valid `info` for this call, whose `name` is NUL-terminated
+        // and outlives `name`.
         let name = unsafe { std::ffi::CStr::from_ptr((*info).name) };
         i32::from(name.to_bytes() != b"mid")
     }
@@ -737,6 +753,10 @@ fn child_c_api() {
     let mut d = std::ptr::null_mut();
     let mut devices = Devices(model.iter().map(|t| vec![0xA5; t.3.len()]).collect());
     let mut arena = std::ptr::null_mut();
+    // SAFETY: `options` is used only between its creation and its free; `stream` is the
+    // live stream from `caller_stream`; `c_path` outlives the open; `devices` outlives the
+    // load, where only `place` uses it; `d` and `arena` are freed once, after the loop
+    // below.
     unsafe {
         assert_eq!(plaid_read_options_new(&mut options), PLAID_OK);
         assert_eq!(
@@ -759,17 +779,22 @@ fn child_c_api() {
     for (i, (name, _, _, bytes)) in model.iter().enumerate() {
         assert!(devices.0[i] == *bytes, "{name} via the callback");
         let (mut address, mut nbytes) = (0u64, 0u64);
+        // SAFETY: `arena` is the live handle from plaid_deserializer_load_cuda above, freed
+        // after this loop; `address` and `nbytes` are writable locals.
         let status = unsafe { plaid_cuda_arena_tensor(arena, i, &mut address, &mut nbytes) };
         if name == "mid" {
             assert_eq!(status, PLAID_ERR_NOT_FOUND);
             continue;
         }
         assert_eq!(status, PLAID_OK);
-        // SAFETY: the stand-in's device memory is host memory.
+        // SAFETY: the stand-in's device pointers are host addresses, so `address` is the start
+        // of `nbytes` readable bytes in `arena`, which is freed only after this loop.
         let on_device =
             unsafe { std::slice::from_raw_parts(address as *const u8, nbytes as usize) };
         assert!(on_device == &bytes[..], "{name} in the arena");
     }
+    // SAFETY: `arena` and `d` were made above, are no longer used, and are freed once,
+    // here.
     unsafe {
         plaid_cuda_arena_free(arena);
         plaid_deserializer_free(d);
@@ -778,6 +803,10 @@ fn child_c_api() {
     // Serializing from device memory through the C API.
     let out = CString::new(dir.path().join("out.plaid").to_str().unwrap()).unwrap();
     let mut s = std::ptr::null_mut();
+    // SAFETY: `s` is used only between its creation and its free here; the names are
+    // CStrings and each `shape` holds `shape.len()` values, alive across their calls; each
+    // `bytes`, a host address the stand-in takes as device memory, stays in `model` until
+    // after finish; address 4096 is refused for its size before it is ever read.
     unsafe {
         assert_eq!(
             plaid_serializer_new(out.as_ptr(), std::ptr::null(), &mut s),

@@ -1,5 +1,6 @@
 //! The C API called from Rust exactly as a C program calls it: raw pointers, status
 //! codes, the thread-local message, callbacks with user data.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod common;
 
@@ -18,10 +19,14 @@ use plaid::ffi::version::*;
 use plaid::ffi::write_options::*;
 
 fn last_error() -> String {
+    // SAFETY: a NULL buffer with length 0 only asks for the message's length.
     let len = unsafe { plaid_last_error_message(ptr::null_mut(), 0) };
     let mut buf = vec![0 as c_char; len + 1];
+    // SAFETY: `buf` is `len + 1` writable c_chars and exactly that length is passed.
     let written = unsafe { plaid_last_error_message(buf.as_mut_ptr(), buf.len()) };
     assert_eq!(written, len);
+    // SAFETY: `buf` is non-empty, so the call above NUL-terminated it; it outlives the
+    // borrow, which `to_owned` copies.
     unsafe { CStr::from_ptr(buf.as_ptr()) }
         .to_str()
         .unwrap()
@@ -41,8 +46,12 @@ unsafe extern "C" fn place(
     info: *const plaid_tensor_info,
     dest: *mut plaid_destination,
 ) -> i32 {
+    // SAFETY: `user` is the `Buffers` each caller passes to plaid_deserializer_load, alive
+    // and touched by nothing else until that call returns.
     let state = unsafe { &mut *(user as *mut Buffers) };
+    // SAFETY: plaid passes an `info` that lives as long as the deserializer.
     let info = unsafe { &*info };
+    // SAFETY: plaid passes a `dest` that is valid and ours alone during this call.
     let dest = unsafe { &mut *dest };
     assert_eq!(
         (dest.kind, dest.address, dest.capacity),
@@ -69,6 +78,9 @@ fn write_model(dir: &std::path::Path, data: &[Vec<u8>]) -> CString {
     let path = cstring(dir.join("c.plaid").to_str().unwrap());
     let mut options = ptr::null_mut();
     let mut s = ptr::null_mut();
+    // SAFETY: `options` and `s` are used only between their *_new and *_free calls here;
+    // `path`, `name` and the C literals are NUL-terminated and alive; each `shape` has the
+    // `ndim` values given and `bytes`/`scalar` the `nbytes` given, alive until after finish.
     unsafe {
         assert_eq!(plaid_write_options_new(&mut options), PLAID_OK);
         assert_eq!(plaid_write_options_set_sync(options, 0), PLAID_OK);
@@ -129,6 +141,10 @@ fn round_trip_through_the_c_api() {
         .collect();
     let path = write_model(dir.path(), &data);
 
+    // SAFETY: `options` and `d` are used only between their creation and their free here;
+    // `path` and the C literals are NUL-terminated; tensor indices below the 6 counted give
+    // non-NULL infos, which with `key`/`value` point into `d` and are read before it is
+    // freed; each `state` outlives the load it is passed to.
     unsafe {
         let mut options = ptr::null_mut();
         assert_eq!(plaid_read_options_new(&mut options), PLAID_OK);
@@ -258,6 +274,8 @@ fn round_trip_through_the_c_api() {
 
 #[test]
 fn nulls_and_bad_values_are_statuses() {
+    // SAFETY: every pointer is either NULL, which each function's `# Safety` allows (and
+    // refuses), or a live local, CString or C literal; `s` is freed once, at the end.
     unsafe {
         let mut s = ptr::null_mut();
         let mut d = ptr::null_mut();
@@ -406,6 +424,8 @@ fn names_versions_and_the_message_buffer() {
             assert_eq!(*status, i as i32, "status numbers are stable");
         }
         assert_eq!(
+            // SAFETY: plaid_status_name never returns NULL: always a static NUL-terminated
+            // string.
             unsafe { CStr::from_ptr(plaid_status_name(*status)) }
                 .to_str()
                 .unwrap(),
@@ -414,6 +434,8 @@ fn names_versions_and_the_message_buffer() {
     }
     for d in plaid::DType::ALL {
         assert_eq!(
+            // SAFETY: `d` is a known dtype, whose name is a static NUL-terminated string,
+            // not NULL.
             unsafe { CStr::from_ptr(plaid_dtype_name(d.id())) }
                 .to_str()
                 .unwrap(),
@@ -425,6 +447,7 @@ fn names_versions_and_the_message_buffer() {
     assert_eq!(plaid_dtype_size(23), 0);
     assert_eq!((PLAID_DTYPE_BOOL, PLAID_DTYPE_F4_E2M1FN_X2), (1, 22));
 
+    // SAFETY: plaid_version returns a static NUL-terminated string.
     let version = unsafe { CStr::from_ptr(plaid_version()) }.to_str().unwrap();
     assert_eq!(version, env!("CARGO_PKG_VERSION"));
     assert_eq!(
@@ -441,16 +464,20 @@ fn names_versions_and_the_message_buffer() {
 
     // snprintf semantics.
     let mut d = ptr::null_mut();
+    // SAFETY: a C literal path, NULL options for the defaults, and a writable local `d`.
     let status = unsafe {
         plaid_deserializer_open(c"/nonexistent/model.plaid".as_ptr(), ptr::null(), &mut d)
     };
     assert_eq!(status, PLAID_ERR_IO);
     let full = last_error();
     let mut small = [0x7f as c_char; 5];
+    // SAFETY: `small` is 5 writable c_chars and exactly that length is passed.
     let n = unsafe { plaid_last_error_message(small.as_mut_ptr(), small.len()) };
     assert_eq!(n, full.len());
     assert_eq!(small[4], 0);
     assert_eq!(
+        // SAFETY: the call above NUL-terminated `small` (checked: `small[4] == 0`); it
+        // outlives the borrow.
         unsafe { CStr::from_ptr(small.as_ptr()) }.to_bytes(),
         &full.as_bytes()[..4]
     );
@@ -471,7 +498,9 @@ fn overlapping_host_destinations_are_refused() {
         dest: *mut plaid_destination,
     ) -> i32 {
         let base = user as *mut u8;
+        // SAFETY: plaid passes an `info` that lives as long as the deserializer.
         let info = unsafe { &*info };
+        // SAFETY: plaid passes a `dest` that is valid and ours alone during this call.
         let dest = unsafe { &mut *dest };
         dest.kind = PLAID_DEST_HOST;
         // Tensor 1 starts inside tensor 0's range.
@@ -480,6 +509,9 @@ fn overlapping_host_destinations_are_refused() {
         0
     }
     let mut arena = vec![0xA5u8; 64 << 10];
+    // SAFETY: `path` is a CString alive across the open and `d` is freed once, last;
+    // `arena` (64 KiB) outlives the load, and `overlapping` only computes addresses from
+    // it.
     unsafe {
         let mut d = ptr::null_mut();
         assert_eq!(
@@ -509,7 +541,10 @@ fn progress_callback_reports_and_cancels() {
         user: *mut c_void,
         p: *const plaid_progress::plaid_progress,
     ) -> i32 {
+        // SAFETY: `user` is the `Seen` below, alive across each verify and not accessed by
+        // the test while plaid runs.
         let seen = unsafe { &mut *(user as *mut Seen) };
+        // SAFETY: plaid passes a progress report that is valid during this call.
         let p = unsafe { &*p };
         seen.reports += 1;
         seen.last = (p.bytes_done, p.bytes_total, p.tensors_done, p.tensors_total);
@@ -518,6 +553,9 @@ fn progress_callback_reports_and_cancels() {
     let dir = tempfile::tempdir().unwrap();
     let data: Vec<Vec<u8>> = (0..4).map(|i| random_bytes(4 * 5000, i)).collect();
     let path = write_model(dir.path(), &data);
+    // SAFETY: `options` and `d` are used only between their creation and their free here;
+    // `path` is a CString alive across the open; `seen` outlives every verify that reports
+    // to `report`, and the test touches it only between those calls.
     unsafe {
         let mut options = ptr::null_mut();
         assert_eq!(plaid_read_options_new(&mut options), PLAID_OK);

@@ -2,6 +2,7 @@
 //! reads from several threads at once, `release` called exactly once on every path
 //! (handle freed first or last, failed opens, failed creation never), and every way a
 //! callback can misbehave turned into a clear status naming the source and offset.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod common;
 
@@ -19,9 +20,13 @@ use plaid::ffi::status::*;
 use plaid::{DType, Serializer, WriteOptions};
 
 fn last_error() -> String {
+    // SAFETY: a NULL buffer with length 0 only asks for the message's length.
     let len = unsafe { plaid_last_error_message(ptr::null_mut(), 0) };
     let mut buf = vec![0 as c_char; len + 1];
+    // SAFETY: `buf` is `len + 1` writable c_chars and exactly that length is passed.
     unsafe { plaid_last_error_message(buf.as_mut_ptr(), buf.len()) };
+    // SAFETY: `buf` is non-empty, so the call above NUL-terminated it; it outlives the
+    // borrow, which `to_owned` copies.
     unsafe { CStr::from_ptr(buf.as_ptr()) }
         .to_str()
         .unwrap()
@@ -61,6 +66,9 @@ impl Served {
 }
 
 unsafe extern "C" fn read(user: *mut c_void, offset: u64, buf: *mut c_void, len: u64) -> i64 {
+    // SAFETY: `user` is a `Served` given to plaid_source_new, which every test keeps alive
+    // until after its source is released; it is only read (its mutable parts are atomics
+    // and a Mutex).
     let served = unsafe { &*(user as *const Served) };
     let now = served.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     served.most_in_flight.fetch_max(now, Ordering::SeqCst);
@@ -87,6 +95,9 @@ unsafe extern "C" fn read(user: *mut c_void, offset: u64, buf: *mut c_void, len:
             let n = (len as usize)
                 .min(served.piece)
                 .min(served.bytes.len().saturating_sub(start));
+            // SAFETY: plaid reads only below the source's length, `served.bytes.len()`, so
+            // `start` is in bounds and `n` bytes from it too; `n <= len` and `buf` has
+            // `len` writable bytes during this call.
             unsafe {
                 ptr::copy_nonoverlapping(served.bytes.as_ptr().add(start), buf.cast::<u8>(), n)
             };
@@ -98,6 +109,8 @@ unsafe extern "C" fn read(user: *mut c_void, offset: u64, buf: *mut c_void, len:
 }
 
 unsafe extern "C" fn release(user: *mut c_void) {
+    // SAFETY: `user` is the `Served` given to plaid_source_new, which each test keeps alive
+    // until it has checked `released` after the last handle was freed; it is only read.
     let served = unsafe { &*(user as *const Served) };
     served.released.fetch_add(1, Ordering::SeqCst);
 }
@@ -105,6 +118,9 @@ unsafe extern "C" fn release(user: *mut c_void) {
 fn new_source(served: &Served, name: &str) -> *mut plaid_source {
     let name = CString::new(name).unwrap();
     let mut source = ptr::null_mut();
+    // SAFETY: `name` is a CString alive across the call and `source` a writable local;
+    // `served` must outlive the source, which each caller ensures by freeing every handle
+    // on it before `served` is dropped.
     let status = unsafe {
         plaid_source_new(
             name.as_ptr(),
@@ -154,7 +170,11 @@ unsafe extern "C" fn place(
     info: *const plaid_tensor_info,
     dest: *mut plaid_destination,
 ) -> i32 {
+    // SAFETY: `user` is the `buffers` `load` passes to plaid_deserializer_load, alive and
+    // touched by nothing else until that call returns.
     let buffers = unsafe { &mut *(user as *mut Vec<Vec<u8>>) };
+    // SAFETY: plaid passes an `info` that lives as long as the deserializer and a `dest`
+    // that is valid and ours alone during this call.
     let (info, dest) = unsafe { (&*info, &mut *dest) };
     let buffer = &mut buffers[info.index];
     dest.kind = PLAID_DEST_HOST;
@@ -165,6 +185,8 @@ unsafe extern "C" fn place(
 
 fn load(d: *mut plaid_deserializer, data: &[Vec<u8>]) -> (plaid_status, Vec<Vec<u8>>) {
     let mut buffers: Vec<Vec<u8>> = data.iter().map(|b| vec![0xA5; b.len()]).collect();
+    // SAFETY: `d` is a live deserializer from the caller; `buffers` outlives the call and
+    // only `place` uses it.
     let status = unsafe {
         plaid_deserializer_load(
             d,
@@ -181,26 +203,37 @@ fn a_callback_source_loads_with_short_concurrent_reads_and_is_released_once() {
     let served = Served::new(bytes, 100_000);
     let source = new_source(&served, "callback.plaid");
     assert_eq!(
+        // SAFETY: `source` is the live handle made just above, freed only after the open
+        // below.
         unsafe { plaid_source_set_hints(source, 64 << 10, 4096, 5) },
         PLAID_OK
     );
     let mut options = ptr::null_mut();
+    // SAFETY: `options` is a writable local.
     assert_eq!(unsafe { plaid_read_options_new(&mut options) }, PLAID_OK);
     assert_eq!(
+        // SAFETY: `options` is the live handle made just above, freed after the open below.
         unsafe { plaid_read_options_set_threads(options, 1) },
         PLAID_OK
     );
     let mut d = ptr::null_mut();
     assert_eq!(
+        // SAFETY: `source` and `options` are the live handles made above, and `d` a
+        // writable local.
         unsafe { plaid_deserializer_open_source(source, options, &mut d) },
         PLAID_OK,
         "{}",
         last_error()
     );
+    // SAFETY: `options` came from plaid_read_options_new above and is freed once, here.
     unsafe { plaid_read_options_free(options) };
     // The caller's handle goes first: the deserializer keeps the source alive.
+    // SAFETY: `source` came from `new_source` above and is freed once, here; `d` keeps its
+    // own reference.
     unsafe { plaid_source_free(source) };
     assert_eq!(served.released.load(Ordering::SeqCst), 0);
+    // SAFETY: `d` is the live deserializer opened above, freed only at the end of this
+    // part.
     assert_eq!(unsafe { plaid_deserializer_tensor_count(d) }, 40);
     served.meet.store(5, Ordering::SeqCst);
     let (status, loaded) = load(d, &data);
@@ -213,11 +246,14 @@ fn a_callback_source_loads_with_short_concurrent_reads_and_is_released_once() {
     let mut view = ptr::null();
     let mut len = 0u64;
     assert_eq!(
+        // SAFETY: `d` is still live; `view` and `len` are writable locals.
         unsafe { plaid_deserializer_tensor_data(d, 0, &mut view, &mut len) },
         PLAID_ERR_UNSUPPORTED
     );
     assert!(last_error().contains("callback.plaid"));
     assert_eq!(served.released.load(Ordering::SeqCst), 0);
+    // SAFETY: `d` came from plaid_deserializer_open_source above and is freed once, here;
+    // `served` outlives the release this triggers.
     unsafe { plaid_deserializer_free(d) };
     assert_eq!(served.released.load(Ordering::SeqCst), 1);
 
@@ -226,20 +262,29 @@ fn a_callback_source_loads_with_short_concurrent_reads_and_is_released_once() {
     let source = new_source(&served, "callback.plaid");
     let mut d = ptr::null_mut();
     assert_eq!(
+        // SAFETY: `source` is the live handle made just above, NULL options mean the
+        // defaults, and `d` is a writable local.
         unsafe { plaid_deserializer_open_source(source, ptr::null(), &mut d) },
         PLAID_OK
     );
     let mut second = ptr::null_mut();
     assert_eq!(
+        // SAFETY: `source` is still live (freed below), and `second` is a writable local.
         unsafe { plaid_deserializer_open_source(source, ptr::null(), &mut second) },
         PLAID_OK
     );
     assert_eq!(load(second, &data).1, data);
+    // SAFETY: `d` came from plaid_deserializer_open_source above and is freed once, here.
     unsafe { plaid_deserializer_free(d) };
+    // SAFETY: `second` came from plaid_deserializer_open_source above and is freed once,
+    // here.
     unsafe { plaid_deserializer_free(second) };
     assert_eq!(served.released.load(Ordering::SeqCst), 0);
+    // SAFETY: `source` came from `new_source` above and is freed once, here, while `served`
+    // is alive to be released.
     unsafe { plaid_source_free(source) };
     assert_eq!(served.released.load(Ordering::SeqCst), 1);
+    // SAFETY: freeing NULL is a documented no-op.
     unsafe { plaid_source_free(ptr::null_mut()) };
 }
 
@@ -250,12 +295,16 @@ fn failed_opens_and_failed_creation_release_correctly() {
     let source = new_source(&served, "garbage.bin");
     let mut d = ptr::null_mut();
     assert_eq!(
+        // SAFETY: `source` is the live handle made just above, NULL options mean the
+        // defaults, and `d` is a writable local.
         unsafe { plaid_deserializer_open_source(source, ptr::null(), &mut d) },
         PLAID_ERR_FORMAT
     );
     assert!(d.is_null());
     assert!(last_error().contains("garbage.bin"), "{}", last_error());
     assert_eq!(served.released.load(Ordering::SeqCst), 0);
+    // SAFETY: `source` came from `new_source` above, the failed open kept no reference, and
+    // it is freed once, here.
     unsafe { plaid_source_free(source) };
     assert_eq!(served.released.load(Ordering::SeqCst), 1);
 
@@ -265,6 +314,9 @@ fn failed_opens_and_failed_creation_release_correctly() {
     let mut source = ptr::null_mut();
     let name = CString::new("x").unwrap();
     let bad = CString::new(vec![0xffu8, 0xfe]).unwrap();
+    // SAFETY: each call passes one NULL or non-UTF-8 argument, which is refused before
+    // anything is kept; the other pointers are CStrings, `user` (the live `served`) and the
+    // writable `source`.
     unsafe {
         assert_eq!(
             plaid_source_new(
@@ -310,6 +362,9 @@ fn failed_opens_and_failed_creation_release_correctly() {
 
     // Hints out of range change nothing; a NULL source is refused everywhere.
     let source = new_source(&served, "x");
+    // SAFETY: `source` is the live handle made just above and freed once, last; the NULL
+    // handles and out-pointer are refused, as each function's `# Safety` allows; `d` is a
+    // writable local.
     unsafe {
         for (request, gap, depth) in [(0, 0, 1), (4096, 0, 0), (4096, 0, 5000), (4096, 2 << 30, 1)]
         {
@@ -337,6 +392,8 @@ fn failed_opens_and_failed_creation_release_correctly() {
 
     // Without a release callback: nothing to call.
     let mut source = ptr::null_mut();
+    // SAFETY: `name` is a CString alive across the call, `user` the still-live `served` (no
+    // release callback here), `source` a writable local, freed once right after.
     unsafe {
         assert_eq!(
             plaid_source_new(name.as_ptr(), 10, Some(read), user, None, &mut source),
@@ -360,9 +417,13 @@ fn a_misbehaving_callback_gives_a_clear_status() {
         let source = new_source(&served, "liar.plaid");
         let mut d = ptr::null_mut();
         assert_eq!(
+            // SAFETY: `source` is the live handle made just above, NULL options mean the
+            // defaults, and `d` is a writable local.
             unsafe { plaid_deserializer_open_source(source, ptr::null(), &mut d) },
             PLAID_OK
         );
+        // SAFETY: `source` came from `new_source` above and is freed once, here; `d` keeps
+        // its own reference.
         unsafe { plaid_source_free(source) };
         let (got, _) = load(d, &data);
         let message = last_error();
@@ -371,6 +432,8 @@ fn a_misbehaving_callback_gives_a_clear_status() {
         assert!(message.contains("offset"), "{message}");
         assert!(message.contains(words), "{message}");
         assert!(message.contains("tensor '"), "{message}");
+        // SAFETY: `d` came from plaid_deserializer_open_source above and is freed once,
+        // here; `served` outlives the release this triggers.
         unsafe { plaid_deserializer_free(d) };
         assert_eq!(served.released.load(Ordering::SeqCst), 1);
     }
@@ -381,9 +444,13 @@ fn a_misbehaving_callback_gives_a_clear_status() {
     let source = new_source(&served, "model.safetensors.index.json");
     let mut d = ptr::null_mut();
     assert_eq!(
+        // SAFETY: `source` is the live handle made just above, NULL options mean the
+        // defaults, and `d` is a writable local.
         unsafe { plaid_deserializer_open_source(source, ptr::null(), &mut d) },
         PLAID_ERR_UNSUPPORTED
     );
+    // SAFETY: `source` came from `new_source` above, the refused open kept no reference,
+    // and it is freed once, here.
     unsafe { plaid_source_free(source) };
     assert_eq!(served.released.load(Ordering::SeqCst), 1);
 }

@@ -149,7 +149,7 @@ fn golden_files_are_current_and_load_as_recorded() {
                 .iter()
                 .map(|v| v.as_u64().unwrap())
                 .collect();
-            assert_eq!(info.shape, shape);
+            assert_eq!(info.shape.as_slice(), shape.as_slice());
             let bytes = d.read_tensor(info.index).unwrap();
             assert_eq!(
                 hex(&Sha256::digest(&bytes)),

@@ -19,6 +19,7 @@
 //! test takes `LOCK` and runs its cases one after the other; each case runs on its own
 //! thread, joined with a timeout, so that a hang fails the case instead of the whole run.
 //! Every failing case is collected and reported at the end of its format's test.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
@@ -59,7 +60,8 @@ fn shrank(bytes: usize) {
 // observe the sizes.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract is passed on unchanged.
+        // SAFETY: our caller guarantees `layout` has a non-zero size, which is all
+        // System.alloc requires.
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
             grew(layout.size());
@@ -68,7 +70,8 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract is passed on unchanged.
+        // SAFETY: our caller guarantees `layout` has a non-zero size, which is all
+        // System.alloc_zeroed requires.
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
             grew(layout.size());
@@ -77,13 +80,15 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract is passed on unchanged.
+        // SAFETY: our caller guarantees `ptr` came from this allocator with `layout`, and
+        // every allocation here is System's.
         unsafe { System.dealloc(ptr, layout) };
         shrank(layout.size());
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: the caller's contract is passed on unchanged.
+        // SAFETY: our caller guarantees `ptr` came from this allocator (so from System) with
+        // `layout`, and that `new_size` is non-zero and valid for `layout`'s alignment.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             if new_size >= layout.size() {
@@ -3146,4 +3151,135 @@ fn hostile_sharded_checkpoints() {
 #[test]
 fn hostile_tensorizer_files() {
     run_all("tensorizer", tensorizer_cases);
+}
+
+// ---------------------------------------------------------------------------------------
+// Indexes of many small entries
+// ---------------------------------------------------------------------------------------
+
+/// The heap peak, above what was live before, of opening `path` and dropping it again:
+/// through the Rust API, and through the C API (whose handle adds its C view of every
+/// tensor). The caller holds the measurement lock.
+fn open_peaks(path: &Path) -> (u64, u64) {
+    use plaid::ffi::deserializer::{
+        plaid_deserializer, plaid_deserializer_free, plaid_deserializer_open,
+    };
+    let base = reset_peak();
+    let d = Deserializer::open(path, ReadOptions::default()).unwrap();
+    assert!(d.tensors().len() >= 1 << 18);
+    drop(d);
+    let rust = PEAK.load(Ordering::SeqCst).saturating_sub(base) as u64;
+    let text = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let base = reset_peak();
+    let mut d: *mut plaid_deserializer = std::ptr::null_mut();
+    // SAFETY: `text` is a NUL-terminated path that outlives the call, NULL options mean
+    // the defaults, and `d` is a valid place for the handle.
+    let status = unsafe { plaid_deserializer_open(text.as_ptr(), std::ptr::null(), &mut d) };
+    assert_eq!(status, 0);
+    // SAFETY: `d` was returned by the open above and is freed once.
+    unsafe { plaid_deserializer_free(d) };
+    let c = PEAK.load(Ordering::SeqCst).saturating_sub(base) as u64;
+    (rust, c)
+}
+
+/// Bytes of heap allowed per byte of header to open a file through the C API.
+const C_PER_INPUT_BYTE: u64 = 12;
+
+/// The smallest valid entries there are (an empty tensor with a short name, about 20 bytes
+/// of plaid header or 50 of safetensors JSON each) decode into an index that costs a small,
+/// fixed multiple of the header: names and shapes of small tensors are held inline in the
+/// index, and the C handle keeps every name in one allocation.
+#[test]
+fn indexes_of_many_small_entries_cost_a_small_multiple_of_their_header() {
+    // Held throughout: what other tests allocate meanwhile would count here.
+    let _guard = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let count = 1u32 << 18;
+    let plaid_file = dir.path().join("empty.plaid");
+    let mut w = Serializer::create(&plaid_file, WriteOptions::default().sync(false)).unwrap();
+    for i in 0..count {
+        w.add_tensor(&format!("t{i}"), DType::F32, &[0], &[])
+            .unwrap();
+    }
+    w.finish().unwrap();
+    let mut json = String::from("{");
+    for i in 0..count {
+        if i > 0 {
+            json.push(',');
+        }
+        json.push_str(&format!(
+            "\"t{i}\":{{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}}"
+        ));
+    }
+    json.push('}');
+    let st_file = dir.path().join("empty.safetensors");
+    std::fs::write(&st_file, st(json, &[])).unwrap();
+    for (path, header) in [
+        (&plaid_file, std::fs::metadata(&plaid_file).unwrap().len()),
+        (&st_file, std::fs::metadata(&st_file).unwrap().len() - 8),
+    ] {
+        let (rust, c) = open_peaks(path);
+        let ratio = |peak: u64| peak as f64 / header as f64;
+        println!(
+            "{}: {count} tensors, {header}-byte header; heap peak to open {rust} bytes ({:.1}x), through the C API {c} bytes ({:.1}x)",
+            path.file_name().unwrap().to_string_lossy(),
+            ratio(rust),
+            ratio(c)
+        );
+        // The C handle adds its C view of each tensor (88 bytes and the NUL-terminated
+        // name) to the core's index (about 130 bytes a tensor).
+        assert!(
+            rust < PER_INPUT_BYTE * header && c < C_PER_INPUT_BYTE * header,
+            "{}: {:.1}x and {:.1}x the header",
+            path.display(),
+            ratio(rust),
+            ratio(c)
+        );
+    }
+}
+
+/// JSON headers that decode into many times their size in a generic JSON tree (a rank of
+/// 8 million, 250,000 tensors) cost a small multiple of their size: the parser is typed and
+/// counts as it goes. (A generic tree peaked at 2.4 GB for a 98 MB header.)
+#[test]
+fn hostile_json_headers_cost_a_small_multiple_of_their_size() {
+    // Held throughout: what other tests allocate meanwhile would count here.
+    let _guard = lock();
+    let dir = tempfile::tempdir().unwrap();
+    // One tensor of rank 8 million (about 16 MB of header): refused, rank over 64.
+    let mut rank = String::from("{\"a\":{\"dtype\":\"U8\",\"shape\":[");
+    rank.push_str(&"1,".repeat(8_000_000));
+    rank.push_str("1],\"data_offsets\":[0,1]}}");
+    // 250,000 one-byte tensors (about 14 MB of header): opens.
+    let mut many = String::from("{");
+    for i in 0..250_000u64 {
+        if i > 0 {
+            many.push(',');
+        }
+        many.push_str(&format!(
+            "\"t{i}\":{{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[{i},{}]}}",
+            i + 1
+        ));
+    }
+    many.push('}');
+    for (name, header, data, opens) in [("rank", rank, 1, false), ("many", many, 250_000, true)] {
+        let header_len = header.len() as u64;
+        let path = dir.path().join(format!("{name}.safetensors"));
+        std::fs::write(&path, st(header, &vec![7; data])).unwrap();
+        let base = reset_peak();
+        let opened = Deserializer::open(&path, ReadOptions::default());
+        assert_eq!(opened.is_ok(), opens, "{name}: {:?}", opened.err());
+        if let Err(e) = opened {
+            assert!(is(Kind::Format, &e), "{name}: {e}");
+        }
+        let peak = PEAK.load(Ordering::SeqCst).saturating_sub(base) as u64;
+        println!(
+            "{name}: {header_len}-byte header, heap peak {peak} bytes ({:.1}x)",
+            peak as f64 / header_len as f64
+        );
+        assert!(
+            peak < PER_INPUT_BYTE * header_len,
+            "{name}: {peak} bytes for a {header_len}-byte header"
+        );
+    }
 }

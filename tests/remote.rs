@@ -4,6 +4,7 @@
 //! environment (`scripts/servers`); `PLAID_TEST_REQUIRE_SERVERS=1` makes their absence a
 //! failure rather than a skip.
 #![cfg(feature = "remote")]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod common;
 #[path = "remote/fault_server.rs"]
@@ -153,7 +154,7 @@ fn a_sharded_checkpoint_opens_through_its_remote_index() {
     std::fs::write(dir.path().join("m.plaid"), &plaid).unwrap();
     let d = Deserializer::open(dir.path().join("m.plaid"), ReadOptions::default()).unwrap();
     // Two shards of the tensors, written as safetensors files, and their index.
-    let names: Vec<String> = d.tensors().iter().map(|t| t.name.clone()).collect();
+    let names: Vec<String> = d.tensors().iter().map(|t| t.name.to_string()).collect();
     let (first, second) = names.split_at(names.len() / 2);
     let mut weight_map = serde_json::Map::new();
     for (k, part) in [first, second].iter().enumerate() {
@@ -167,7 +168,7 @@ fn a_sharded_checkpoint_opens_through_its_remote_index() {
                 name.clone(),
                 serde_json::json!({
                     "dtype": st_dtype(t.dtype),
-                    "shape": t.shape,
+                    "shape": t.shape.as_slice(),
                     "data_offsets": [data.len(), data.len() + bytes.len()],
                 }),
             );
@@ -770,9 +771,13 @@ mod c_api {
     use super::{plaid_model, FaultServer, S3};
 
     fn last_error() -> String {
+        // SAFETY: a NULL buffer with length 0 only asks for the message's length.
         let len = unsafe { plaid_last_error_message(ptr::null_mut(), 0) };
         let mut buf = vec![0 as c_char; len + 1];
+        // SAFETY: `buf` is `len + 1` writable c_chars and exactly that length is passed.
         unsafe { plaid_last_error_message(buf.as_mut_ptr(), buf.len()) };
+        // SAFETY: `buf` is non-empty, so the call above NUL-terminated it; it outlives the
+        // borrow, which `to_owned` copies.
         unsafe { CStr::from_ptr(buf.as_ptr()) }
             .to_str()
             .unwrap()
@@ -787,6 +792,9 @@ mod c_api {
     fn storage_options_and_urls_through_the_c_api() {
         let server = FaultServer::start();
         server.put("m.plaid", plaid_model().0);
+        // SAFETY: `o`, `d` and `w` are used only between their creation and their free
+        // here; each `c(..)` CString and `url` outlive the call they are passed to; the
+        // NULL arguments are refused, as each function's `# Safety` allows.
         unsafe {
             let mut o = ptr::null_mut();
             assert_eq!(plaid_read_options_new(&mut o), PLAID_OK);
@@ -867,6 +875,9 @@ mod c_api {
         let Some(s3) = S3::from_env() else { return };
         let data: Vec<u8> = (0..(6u32 << 20)).map(|i| (i % 251) as u8).collect();
         let url = c(&s3.url(&format!("{}/c.plaid", super::unique("c-api"))));
+        // SAFETY: `w`, `o`, `s` and `d` are used only between their creation and their free
+        // here; the CStrings outlive the calls they are passed to; `shape` holds the 1
+        // value given and `data` its `len()` bytes, alive until after finish.
         unsafe {
             let mut w = ptr::null_mut();
             assert_eq!(plaid_write_options_new(&mut w), PLAID_OK);

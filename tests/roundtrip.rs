@@ -1,4 +1,5 @@
 //! The core Rust API end to end: write, open, load, verify, and every way it must fail.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod common;
 
@@ -65,7 +66,7 @@ fn every_dtype_and_odd_shape_round_trips() {
         for (t, (info, bytes)) in tensors.iter().zip(d.tensors().iter().zip(&loaded)) {
             assert_eq!(info.name, t.name);
             assert_eq!(info.dtype, t.dtype);
-            assert_eq!(info.shape, t.shape);
+            assert_eq!(info.shape.as_slice(), t.shape.as_slice());
             assert_eq!(info.offset % 4096, 0);
             assert_eq!(bytes, &t.data, "tensor {}", t.name);
             assert_eq!(d.find(&t.name).unwrap(), info.index);
@@ -622,6 +623,8 @@ fn long_target_names_and_special_files() {
     // A FIFO is refused at once instead of blocking until a writer appears.
     let fifo = dir.path().join("pipe.plaid");
     let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: `c_path` is a CString, NUL-terminated and alive across the call; mkfifo only
+    // reads it.
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
     let err = Deserializer::open(&fifo, ReadOptions::default()).unwrap_err();
     assert!(
@@ -891,7 +894,9 @@ fn a_sigbus_outside_plaid_mappings_still_kills() {
         d.map().unwrap();
         let own = tempfile::tempfile().unwrap();
         own.set_len(1 << 16).unwrap();
-        // SAFETY: test code; the mapping is read past the file's end on purpose.
+        // SAFETY: `own` is open across the mmap and the result is checked; offset 8192 lies
+        // inside the 64 KiB mapping. Once the file is truncated that read raises SIGBUS,
+        // which is what this child process exists to show.
         unsafe {
             let p = libc::mmap(
                 std::ptr::null_mut(),

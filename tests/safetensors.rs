@@ -112,7 +112,7 @@ fn every_dtype_loads_with_metadata_in_offset_order() {
     }
     let i = d.find("t.F4").unwrap();
     assert_eq!(d.tensor(i).unwrap().dtype, DType::F4E2M1FNx2);
-    assert_eq!(d.tensor(i).unwrap().shape, vec![4, 3]);
+    assert_eq!(d.tensor(i).unwrap().shape.as_slice(), [4, 3]);
     assert_eq!(loaded[i], f4);
     let i = d.find("scalar").unwrap();
     assert_eq!(loaded[i], scalar);

@@ -3,6 +3,7 @@
 //! compared with its `.json` ground truth: names, paths, dtypes, shapes, roles, module
 //! indices and the SHA-256 of every tensor's bytes; damaged fixtures give the behaviour
 //! their `.json` says a correct reader must show.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod common;
 
@@ -135,7 +136,7 @@ fn check_intact(fixture: &str) {
             .iter()
             .map(|v| v.as_u64().unwrap())
             .collect();
-        assert_eq!(info.shape, shape, "{name}");
+        assert_eq!(info.shape.as_slice(), shape.as_slice(), "{name}");
         assert_eq!(info.nbytes, t["nbytes"].as_u64().unwrap(), "{name}");
         assert_eq!(info.zero_fill, t["is_meta"].as_bool().unwrap(), "{name}");
         assert_eq!(info.offset, t["data_offset"].as_u64().unwrap(), "{name}");
@@ -230,6 +231,9 @@ fn check_c_api(fixture: &str) {
     let c_path = CString::new(path(fixture).to_str().unwrap()).unwrap();
     let mut options = ptr::null_mut();
     let mut d = ptr::null_mut();
+    // SAFETY: `options` is used only between its creation and its free here; `c_path` is a
+    // CString alive across the open; `d` is the handle it writes, freed at the end of
+    // `check_c_api`.
     unsafe {
         assert_eq!(plaid_read_options_new(&mut options), PLAID_OK);
         // Verification off: tensorizer's own quirk files hold hashes it got wrong.
@@ -244,7 +248,11 @@ fn check_c_api(fixture: &str) {
     }
     let mut buffers: Vec<Vec<u8>> = Vec::new();
     for (i, t) in tensors.iter().enumerate() {
+        // SAFETY: `d` is live and `i` is below its tensor count (asserted above), so the
+        // info is non-NULL and lives as long as `d`.
         let info = unsafe { &*plaid_deserializer_tensor(d, i) };
+        // SAFETY: `info.name` is NUL-terminated and lives as long as `d`, which outlives
+        // `name`.
         let name = unsafe { CStr::from_ptr(info.name) }.to_str().unwrap();
         assert_eq!(name, expected_name(t));
         assert_eq!(info.name_len, name.len());
@@ -263,6 +271,8 @@ fn check_c_api(fixture: &str) {
         if info.path.is_null() {
             assert_eq!(info.path_len, 0);
         } else {
+            // SAFETY: `info.path` is non-NULL here, NUL-terminated, and lives as long as
+            // `d`, which outlives `p`.
             let p = unsafe { CStr::from_ptr(info.path) }.to_str().unwrap();
             assert_eq!(info.path_len, p.len());
             assert_eq!(&serde_json::from_str::<Value>(p).unwrap(), &t["path"]);
@@ -270,6 +280,8 @@ fn check_c_api(fixture: &str) {
         // Poisoned, so that a tensor left unwritten shows.
         buffers.push(vec![0xA5; info.nbytes as usize]);
     }
+    // SAFETY: `d` is still live; `buffers` holds one buffer per tensor, outlives the call
+    // and only `place_all` uses it.
     let status = unsafe {
         plaid_deserializer_load(d, Some(place_all), &mut buffers as *mut _ as *mut c_void)
     };
@@ -282,6 +294,7 @@ fn check_c_api(fixture: &str) {
             expected_name(t)
         );
     }
+    // SAFETY: `d` came from plaid_deserializer_open above and is freed once, here.
     unsafe { plaid_deserializer_free(d) };
 }
 
@@ -400,6 +413,9 @@ fn damaged_bitflip_in_stored_sha256() {
             .iter()
             .map(|t| vec![0; t["nbytes"].as_u64().unwrap() as usize])
             .collect();
+        // SAFETY: `options` and `d` are used only between their creation and their free
+        // here; `c_path` outlives the open; `buffers` holds one buffer per tensor and
+        // outlives the load, where only `place_all` uses it.
         unsafe {
             assert_eq!(plaid_read_options_new(&mut options), PLAID_OK);
             assert_eq!(
@@ -428,7 +444,11 @@ unsafe extern "C" fn place_all(
     info: *const plaid_tensor_info,
     dest: *mut plaid_destination,
 ) -> i32 {
+    // SAFETY: `user` is the `buffers` each caller passes to plaid_deserializer_load, alive
+    // and touched by nothing else until that call returns.
     let buffers = unsafe { &mut *(user as *mut Vec<Vec<u8>>) };
+    // SAFETY: plaid passes an `info` that lives as long as the deserializer and a `dest`
+    // that is valid and ours alone during this call.
     let (info, dest) = unsafe { (&*info, &mut *dest) };
     let buffer = &mut buffers[info.index];
     dest.kind = PLAID_DEST_HOST;

@@ -2,6 +2,7 @@
 //! arbitrary misalignments: every kernel copies exactly and agrees with crc-fast, chained
 //! across the pieces.
 #![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use libfuzzer_sys::fuzz_target;
 use plaid::format::crc_copy;

@@ -3,6 +3,7 @@
 //! format, then loaded with a placement that accepts, skips or under-sizes each tensor (its
 //! choice taken from the input too), verified. Statuses only, never a crash.
 #![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::ffi::c_void;
 
@@ -42,7 +43,8 @@ unsafe extern "C" fn place(
     info: *const plaid_tensor_info,
     dest: *mut plaid_destination,
 ) -> i32 {
-    // SAFETY: `user` is the Placing below; `info` and `dest` are valid for this call.
+    // SAFETY: `user` is the `placing` below, touched by nothing else during the load; plaid
+    // passes an `info` that outlives this call and a `dest` that is ours during it.
     let (placing, info, dest) = unsafe { (&mut *(user as *mut Placing), &*info, &mut *dest) };
     let choice = placing
         .choices
@@ -88,7 +90,9 @@ fuzz_target!(|data: &[u8]| {
         ],
         buffers: Vec::new(),
     };
-    // SAFETY: the C API called as C calls it; every pointer outlives the calls.
+    // SAFETY: `input` and `placing` outlive every call that hands them to a callback; each
+    // handle is freed once after its last use (`options` may stay NULL, which every call
+    // here accepts); the out-pointers are writable locals and the name a C literal.
     unsafe {
         let mut source = std::ptr::null_mut();
         if plaid_source_new(

@@ -1,6 +1,7 @@
 //! The plaid reader on arbitrary bytes: an index or an error, never a crash, a hang or an
 //! allocation beyond the documented limits.
 #![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use libfuzzer_sys::fuzz_target;
 use plaid::source::MemorySource;

@@ -25,11 +25,10 @@ use crate::options::ReadOptions;
 /// `plaid_deserializer_free` is called once, after every other call on the handle returned.
 pub struct plaid_deserializer {
     inner: Deserializer,
-    /// Lent to C; they point into `names` and into the core's shape vectors.
+    /// Lent to C; they point into `_strings` and into the core's tensor list (shapes).
     infos: Vec<plaid_tensor_info>,
-    /// Keep the NUL-terminated names and paths alive.
-    _names: Vec<CString>,
-    _paths: Vec<Option<CString>>,
+    /// Every tensor's NUL-terminated name and path, end to end.
+    _strings: Vec<u8>,
     metadata: Vec<(CString, CString)>,
     /// Set by `plaid_deserializer_set_progress`; each operation copies it when it starts.
     progress: parking_lot::Mutex<Option<CallbackProgress>>,
@@ -49,26 +48,60 @@ impl plaid_deserializer {
 
     pub(crate) fn new(inner: Deserializer) -> Result<plaid_deserializer> {
         let text = |s: &str| CString::new(s).map_err(|_| Error::invalid("text holds a NUL byte"));
-        let names = inner
-            .tensors()
+        let tensors = inner.tensors();
+        let no_memory = |what: &str| {
+            Error::io(
+                format!(
+                    "{}: allocating {what} of {} tensors",
+                    inner.name(),
+                    tensors.len()
+                ),
+                std::io::Error::from(std::io::ErrorKind::OutOfMemory),
+            )
+        };
+        // Every name and path, NUL-terminated, in one allocation (not one each: an index of
+        // many small tensors stays a small multiple of the header that declares them).
+        let mut len = 0usize;
+        for t in tensors {
+            if t.name.contains('\0') || t.path.as_deref().is_some_and(|p| p.contains('\0')) {
+                return Err(Error::invalid("text holds a NUL byte"));
+            }
+            len += t.name.len() + 1 + t.path.as_ref().map_or(0, |p| p.len() + 1);
+        }
+        let mut strings: Vec<u8> = Vec::new();
+        strings
+            .try_reserve_exact(len)
+            .map_err(|_| no_memory("the names"))?;
+        let mut infos = Vec::new();
+        infos
+            .try_reserve_exact(tensors.len())
+            .map_err(|_| no_memory("the tensor list"))?;
+        for text in tensors
             .iter()
-            .map(|t| text(&t.name))
-            .collect::<Result<Vec<_>>>()?;
-        let paths = inner
-            .tensors()
-            .iter()
-            .map(|t| t.path.as_deref().map(text).transpose())
-            .collect::<Result<Vec<_>>>()?;
-        let infos = inner
-            .tensors()
-            .iter()
-            .zip(&names)
-            .zip(&paths)
-            .map(|((t, name), path)| plaid_tensor_info {
-                name: name.as_ptr(),
+            .flat_map(|t| std::iter::once(t.name.as_str()).chain(t.path.as_deref()))
+        {
+            strings.extend_from_slice(text.as_bytes());
+            strings.push(0);
+        }
+        // `strings` is complete and never written again, so pointers into it stay valid for
+        // the handle's life (moving the Vec does not move its heap buffer).
+        let base = strings.as_ptr().cast::<c_char>();
+        let mut at = 0usize;
+        let mut next = |len: usize| {
+            let p = base.wrapping_add(at);
+            at += len + 1;
+            p
+        };
+        for t in tensors {
+            let name = next(t.name.len());
+            let path = t.path.as_ref().map_or(std::ptr::null(), |p| next(p.len()));
+            infos.push(plaid_tensor_info {
+                name,
                 name_len: t.name.len(),
                 dtype: t.dtype.id(),
                 ndim: t.shape.len() as u32,
+                // Points into the index's tensor list (inline for small ranks), a heap
+                // buffer the core never changes after opening.
                 shape: if t.shape.is_empty() {
                     std::ptr::null()
                 } else {
@@ -78,12 +111,12 @@ impl plaid_deserializer {
                 index: t.index,
                 role: t.role.id(),
                 module_index: t.module_index,
-                path: path.as_ref().map_or(std::ptr::null(), |p| p.as_ptr()),
-                path_len: t.path.as_ref().map_or(0, String::len),
+                path,
+                path_len: t.path.as_ref().map_or(0, |p| p.len()),
                 zero_fill: u32::from(t.zero_fill),
                 offset: t.offset,
-            })
-            .collect();
+            });
+        }
         let metadata = inner
             .metadata()
             .iter()
@@ -92,8 +125,7 @@ impl plaid_deserializer {
         Ok(plaid_deserializer {
             inner,
             infos,
-            _names: names,
-            _paths: paths,
+            _strings: strings,
             metadata,
             progress: parking_lot::Mutex::new(None),
         })

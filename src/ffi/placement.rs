@@ -162,7 +162,7 @@ fn destination<'a>(tensor: &TensorInfo, dest: &plaid_destination) -> Result<Dest
         PLAID_DEST_HOST => {
             if dest.capacity < tensor.nbytes {
                 return Err(Error::Capacity {
-                    tensor: tensor.name.clone(),
+                    tensor: tensor.name.to_string(),
                     needed: tensor.nbytes,
                     capacity: dest.capacity,
                 });

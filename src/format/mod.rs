@@ -24,12 +24,12 @@ use crate::source::{read_exact, Source};
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TensorInfo {
-    /// UTF-8 name, unique in the file.
-    pub name: String,
+    /// UTF-8 name, unique in the file (held inline up to 24 bytes).
+    pub name: Name,
     /// Element type.
     pub dtype: DType,
-    /// Row-major dimensions; empty for a 0-d tensor.
-    pub shape: Vec<u64>,
+    /// Row-major dimensions; empty for a 0-d tensor (held inline up to rank 2).
+    pub shape: Shape,
     /// Bytes of data: product(shape) * dtype size.
     pub nbytes: u64,
     /// Position in the file's tensor list.
@@ -49,8 +49,15 @@ pub struct TensorInfo {
     /// The tensor's place in a nested structure, as a compact JSON array of strings and
     /// non-negative integers (`["model","layers",0,"w"]`), for files that store one
     /// (tensorizer's structured names); `name` is then its components joined by dots.
-    pub path: Option<String>,
+    pub path: Option<Box<str>>,
 }
+
+/// A tensor's name in an index: a string held inline when short, so that an index of many
+/// small tensors costs a small multiple of the header that declares them.
+pub type Name = compact_str::CompactString;
+
+/// A tensor's dimensions in an index, held inline up to rank 2.
+pub type Shape = smallvec::SmallVec<[u64; 2]>;
 
 impl TensorInfo {
     /// Bytes the file stores for this tensor: `nbytes`, or 0 for a zero-filled tensor.
@@ -90,7 +97,11 @@ impl TensorOrigin {
 impl TensorInfo {
     /// The tensor's role, module index and path together.
     pub fn origin(&self) -> TensorOrigin {
-        TensorOrigin::new(self.role, self.module_index, self.path.clone())
+        TensorOrigin::new(
+            self.role,
+            self.module_index,
+            self.path.as_deref().map(String::from),
+        )
     }
 }
 
@@ -179,7 +190,7 @@ pub enum Checksum {
         /// Block length in bytes (the last block may be shorter).
         block_size: u64,
         /// One CRC per block.
-        crcs: Vec<u32>,
+        crcs: Box<[u32]>,
     },
     /// tensorizer's per-tensor hashes: CRC-32 (IEEE) and/or SHA-256 of `prefix` (the
     /// tensor's header with the hash values zeroed) followed by all of the tensor's stored
@@ -189,8 +200,9 @@ pub enum Checksum {
         prefix: std::sync::Arc<[u8]>,
         /// Stored CRC-32, if any.
         crc32: Option<u32>,
-        /// Stored SHA-256, if any.
-        sha256: Option<[u8; 32]>,
+        /// Stored SHA-256, if any (boxed: most tensors of most files have none, and the
+        /// index holds one of these per tensor).
+        sha256: Option<Box<[u8; 32]>>,
     },
 }
 

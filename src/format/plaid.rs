@@ -459,20 +459,20 @@ fn validate_tensor(
     }
     next.previous_end = end;
     Ok(TensorInfo {
-        name,
+        name: name.into(),
         dtype,
-        shape: t.shape,
+        shape: super::Shape::from_slice(&t.shape),
         nbytes,
         index,
         offset: t.offset,
         checksum: Checksum::Crc32cBlocks {
             block_size,
-            crcs: t.block_crc32c,
+            crcs: t.block_crc32c.into_boxed_slice(),
         },
         zero_fill: false,
         role: TensorRole::from_id(t.role).unwrap_or_default(),
         module_index: t.module_index,
-        path: (!t.path.is_empty()).then_some(t.path),
+        path: (!t.path.is_empty()).then(|| t.path.into_boxed_str()),
     })
 }
 

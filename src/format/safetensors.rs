@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::{Checksum, Format, Index, TensorInfo};
+use super::{Checksum, Format, Index, Name, Shape, TensorInfo};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::source::{read_exact, Source};
@@ -103,6 +103,7 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
         fail(8, format!("{kind}{e}"))
     })?;
     drop(header);
+    refuse_duplicates(&parsed.tensors).map_err(|detail| fail(8, detail))?;
 
     let metadata = parsed.metadata;
     let mut tensors: Vec<(u64, u64, TensorInfo)> = Vec::new();
@@ -205,6 +206,28 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
         })
         .collect();
     Ok(safetensors_index(tensors, metadata, file_len))
+}
+
+/// Refuse a name given to two tensors (found by sorting positions, not with a set of
+/// copied names: an index of many small entries stays a small multiple of its header).
+fn refuse_duplicates(tensors: &[RawTensor]) -> std::result::Result<(), String> {
+    let mut order: Vec<u32> = Vec::new();
+    order
+        .try_reserve_exact(tensors.len())
+        .map_err(|_| "no memory to compare the tensor names".to_string())?;
+    // At most MAX_TENSORS, checked while parsing.
+    order.extend(0..tensors.len() as u32);
+    order.sort_unstable_by(|&a, &b| tensors[a as usize].name.cmp(&tensors[b as usize].name));
+    match order
+        .windows(2)
+        .find(|pair| tensors[pair[0] as usize].name == tensors[pair[1] as usize].name)
+    {
+        Some(pair) => Err(format!(
+            "the header is not a valid safetensors header: tensor '{}' appears twice",
+            tensors[pair[0] as usize].name
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A safetensors index: no version, no alignment.
@@ -419,7 +442,7 @@ pub fn join_shards(
             metadata.entry(key).or_insert(value);
         }
         for mut t in shard.tensors {
-            match index.weight_map.get(&t.name) {
+            match index.weight_map.get(t.name.as_str()) {
                 Some(s) if s == shard_name => {}
                 Some(s) => {
                     return Err(Error::format(
@@ -442,7 +465,7 @@ pub fn join_shards(
                     ))
                 }
             }
-            seen.insert(t.name.clone());
+            seen.insert(t.name.to_string());
             t.offset += base;
             t.index = tensors.len();
             tensors.push(t);
@@ -469,10 +492,11 @@ pub const MAX_RANK: usize = 64;
 pub const MAX_METADATA_ENTRIES: usize = 1 << 16;
 
 /// One tensor entry of a header, as written.
+/// Short names, dtypes and shapes are held inline: no allocation of their own.
 struct RawTensor {
-    name: String,
-    dtype: String,
-    shape: Vec<u64>,
+    name: Name,
+    dtype: Name,
+    shape: Shape,
     offsets: (u64, u64),
 }
 
@@ -502,7 +526,6 @@ impl<'de> Visitor<'de> for HeaderVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<RawHeader, A::Error> {
         let mut tensors: Vec<RawTensor> = Vec::new();
-        let mut names = std::collections::HashSet::new();
         let mut metadata = None;
         while let Some(name) = map.next_key::<String>()? {
             if name == "__metadata__" {
@@ -521,10 +544,7 @@ impl<'de> Visitor<'de> for HeaderVisitor {
                     "more than {MAX_TENSORS} tensors, plaid's limit"
                 )));
             }
-            if !names.insert(name.clone()) {
-                return Err(de::Error::custom(format!("tensor '{name}' appears twice")));
-            }
-            let tensor = map.next_value_seed(TensorSeed { name })?;
+            let tensor = map.next_value_seed(TensorSeed { name: name.into() })?;
             tensors.push(tensor);
         }
         Ok(RawHeader {
@@ -536,7 +556,7 @@ impl<'de> Visitor<'de> for HeaderVisitor {
 
 /// One tensor's entry: `dtype`, `shape`, `data_offsets` (other fields are ignored).
 struct TensorSeed {
-    name: String,
+    name: Name,
 }
 
 impl<'de> DeserializeSeed<'de> for TensorSeed {
@@ -578,11 +598,11 @@ impl<'de> Visitor<'de> for TensorSeed {
                     let value: String = map
                         .next_value()
                         .map_err(|_| bad("the dtype is not a string"))?;
-                    dtype = Some(value);
+                    dtype = Some(Name::from(value));
                 }
                 "shape" => shape = Some(map.next_value_seed(ShapeSeed { name: &name })?),
                 "data_offsets" => {
-                    let pair: Vec<u64> = map.next_value_seed(NumbersSeed {
+                    let pair: Shape = map.next_value_seed(NumbersSeed {
                         name: &name,
                         what: "data_offsets",
                         most: 2,
@@ -612,12 +632,9 @@ struct ShapeSeed<'a> {
 }
 
 impl<'de> DeserializeSeed<'de> for ShapeSeed<'_> {
-    type Value = Vec<u64>;
+    type Value = Shape;
 
-    fn deserialize<D: de::Deserializer<'de>>(
-        self,
-        d: D,
-    ) -> std::result::Result<Vec<u64>, D::Error> {
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<Shape, D::Error> {
         NumbersSeed {
             name: self.name,
             what: "the shape (a dimension)",
@@ -635,18 +652,15 @@ struct NumbersSeed<'a> {
 }
 
 impl<'de> DeserializeSeed<'de> for NumbersSeed<'_> {
-    type Value = Vec<u64>;
+    type Value = Shape;
 
-    fn deserialize<D: de::Deserializer<'de>>(
-        self,
-        d: D,
-    ) -> std::result::Result<Vec<u64>, D::Error> {
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<Shape, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
 impl<'de> Visitor<'de> for NumbersSeed<'_> {
-    type Value = Vec<u64>;
+    type Value = Shape;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -656,8 +670,8 @@ impl<'de> Visitor<'de> for NumbersSeed<'_> {
         )
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Vec<u64>, A::Error> {
-        let mut out = Vec::new();
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Shape, A::Error> {
+        let mut out = Shape::new();
         loop {
             let next = seq.next_element::<u64>().map_err(|_| {
                 de::Error::custom(format!(

@@ -407,7 +407,9 @@ fn parse_record(bytes: &[u8], entry: &Entry, i: u64) -> std::result::Result<Reco
         let value = c.take(len)?;
         match (kind, len) {
             (HASH_CRC32, 4) => crc32 = Some(u32::from_le_bytes(value.try_into().expect("4"))),
-            (HASH_SHA256, 32) => sha256 = Some(value.try_into().expect("32")),
+            (HASH_SHA256, 32) => {
+                sha256 = Some(Box::new(value.try_into().expect("32")))
+            }
             _ => {
                 return Err(Fault::Bad(
                     at,
@@ -698,9 +700,9 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
             ));
         }
         tensors.push(TensorInfo {
-            name,
+            name: name.into(),
             dtype,
-            shape: entry.shape,
+            shape: super::Shape::from_slice(&entry.shape),
             nbytes,
             index,
             offset: entry.data_offset,
@@ -708,7 +710,7 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
             zero_fill,
             role,
             module_index: u32::from(record.module_index),
-            path,
+            path: path.map(String::into_boxed_str),
         });
     }
     // The records end with an 8-byte zero.

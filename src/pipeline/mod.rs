@@ -131,7 +131,7 @@ pub(crate) fn load<'a>(
     let mut device_ranges: BTreeMap<(i32, u64), (u64, &str)> = BTreeMap::new();
     for tensor in &index.tensors {
         let capacity_error = |capacity: u64| Error::Capacity {
-            tensor: tensor.name.clone(),
+            tensor: tensor.name.to_string(),
             needed: tensor.nbytes,
             capacity,
         };

@@ -281,9 +281,9 @@ mod tests {
 
     fn tensor(index: usize, offset: u64, nbytes: u64, checksum: Checksum) -> TensorInfo {
         TensorInfo {
-            name: format!("t{index}"),
+            name: format!("t{index}").into(),
             dtype: DType::U8,
-            shape: vec![nbytes],
+            shape: smallvec::smallvec![nbytes],
             nbytes,
             index,
             offset,
@@ -308,7 +308,7 @@ mod tests {
     fn jobs_are_rounded_to_blocks_and_small_tensors_batched() {
         let blocks = |n: u64| Checksum::Crc32cBlocks {
             block_size: 4 << 20,
-            crcs: vec![0; n.div_ceil(4 << 20) as usize],
+            crcs: vec![0; n.div_ceil(4 << 20) as usize].into(),
         };
         let big = tensor(0, 0, 20 << 20, blocks(20 << 20));
         let small_a = tensor(1, (20 << 20) + 4096, 1000, blocks(1000));

@@ -343,7 +343,7 @@ impl BlockCrcs<'_> {
         if actual != expected {
             return Err(Error::Checksum {
                 file: file.to_owned(),
-                tensor: self.tensor.name.clone(),
+                tensor: self.tensor.name.to_string(),
                 offset: self.tensor.offset + block * self.block_size,
                 block,
                 expected,
@@ -402,7 +402,7 @@ impl SplitCrcs {
         match crc32 {
             Some(stored) if *stored != whole as u32 => Err(Error::HashMismatch {
                 file: file.to_owned(),
-                tensor: tensor.name.clone(),
+                tensor: tensor.name.to_string(),
                 offset: tensor.offset,
                 detail: format!(
                     "stored crc32 {stored:#010x}, computed {:#010x}",
@@ -422,7 +422,7 @@ fn compare_whole(file: &str, tensor: &TensorInfo, hasher: WholeHasher) -> Result
     let (crc, sha) = hasher.finish();
     let mismatch = |detail: String| Error::HashMismatch {
         file: file.to_owned(),
-        tensor: tensor.name.clone(),
+        tensor: tensor.name.to_string(),
         offset: tensor.offset,
         detail,
     };
@@ -434,10 +434,10 @@ fn compare_whole(file: &str, tensor: &TensorInfo, hasher: WholeHasher) -> Result
         }
     }
     if let (Some(stored), Some(actual)) = (sha256, sha) {
-        if *stored != actual {
+        if **stored != actual {
             return Err(mismatch(format!(
                 "stored sha256 {}, computed {}",
-                hex(stored),
+                hex(&stored[..]),
                 hex(&actual)
             )));
         }
@@ -460,13 +460,13 @@ mod tests {
         TensorInfo {
             name: "t".into(),
             dtype: DType::U8,
-            shape: vec![data.len() as u64],
+            shape: smallvec::smallvec![data.len() as u64],
             nbytes: data.len() as u64,
             index: 0,
             offset: 1000,
             checksum: Checksum::Crc32cBlocks {
                 block_size: block,
-                crcs: block_crcs(data, block),
+                crcs: block_crcs(data, block).into(),
             },
             zero_fill: false,
             role: TensorRole::Unspecified,

@@ -75,7 +75,7 @@ impl<'a> HostBuffers<'a> {
 
 impl<'a> Placement<'a> for HostBuffers<'a> {
     fn place(&mut self, tensor: &TensorInfo) -> Result<Destination<'a>> {
-        Ok(match self.buffers.remove(&tensor.name) {
+        Ok(match self.buffers.remove(tensor.name.as_str()) {
             Some(buffer) => Destination::Host(buffer),
             None => Destination::Skip,
         })
