@@ -12,7 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The ABI major travels in the SONAME so that an incompatible library is never
     // picked up by a program built against another ABI.
-    let abi = "1";
+    let abi = "2";
     let target_os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     if target_os == "linux" || target_os == "android" || target_os == "freebsd" {
         println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libplaid.so.{abi}");

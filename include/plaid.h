@@ -223,7 +223,7 @@
  * The ABI this header describes. A library whose `plaid_abi_version()` differs is not
  * compatible; the shared library's SONAME is `libplaid.so.<PLAID_ABI_VERSION>`.
  */
-#define PLAID_ABI_VERSION 1
+#define PLAID_ABI_VERSION 2
 
 /**
  * Tensors loaded by `plaid_deserializer_load_cuda` into one device allocation made by
@@ -379,9 +379,38 @@ typedef struct plaid_destination {
    */
   uint64_t address;
   /**
-   * Bytes writable at `address`; must be at least the tensor's `nbytes`.
+   * Bytes writable at `address`; must be at least what the destination receives: the
+   * tensor's `nbytes`, or the size of its slice in the destination dtype.
    */
   uint64_t capacity;
+  /**
+   * The dimension to slice.
+   */
+  uint32_t slice_dim;
+  /**
+   * First index along `slice_dim`.
+   */
+  uint64_t slice_start;
+  /**
+   * One past the last index; 0 = no slice, the whole tensor. The slice is written
+   * densely (row-major) at `address`. A slice along dimension 0 is one contiguous range
+   * of the file; along another dimension it is gathered (on the host, then copied, for
+   * CUDA). Only the bytes the slice needs are read, rounded out to whole checksum blocks
+   * when verifying; a tensorizer tensor (one hash over all of it) is read whole when
+   * verifying. `slice_stop` 0 with a non-zero `slice_start` or `slice_dim`, a 0-d
+   * tensor, a dimension the tensor lacks, or a range reversed or past the dimension's
+   * end are `PLAID_ERR_INVALID_ARGUMENT` naming the tensor, before anything is read.
+   * A slice of a zero-filled tensor is zeros; a dimension of size 0 gives an empty
+   * slice.
+   */
+  uint64_t slice_stop;
+  /**
+   * 0 = as stored; else a `PLAID_DTYPE_*` to convert to as the bytes pass (no second
+   * pass). Conversions among f16, bf16, f32 and f64, rounding to nearest, ties to even;
+   * asking to convert any other dtype (an integer, bool, complex or 8-bit float tensor)
+   * is `PLAID_ERR_UNSUPPORTED` naming it. The stored dtype itself is no conversion.
+   */
+  uint32_t dtype;
 } plaid_destination;
 
 /**

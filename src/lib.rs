@@ -58,10 +58,10 @@ pub use format::{Format, TensorInfo, TensorOrigin, TensorRole};
 pub use options::{ReadOptions, WriteOptions};
 pub use pipeline::{LoadStats, Progress, ProgressFn};
 pub use serializer::{Serializer, WriteStats};
-pub use sink::{Destination, HostArena, HostBuffers, Placement};
+pub use sink::{Destination, HostArena, HostBuffers, Placement, Slice, View};
 pub use source::Source;
 
 /// The library's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The C ABI's major version: bumped on any incompatible change of the C API.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;

@@ -17,7 +17,8 @@ use std::process::Command;
 
 use common::random_bytes;
 use plaid::{
-    DType, Deserializer, Destination, Error, ReadOptions, Serializer, TensorInfo, WriteOptions,
+    DType, Deserializer, Destination, Error, ReadOptions, Serializer, TensorInfo, View,
+    WriteOptions,
 };
 
 /// Build the stand-in (or its no-device variant) into `dir/libcuda.so.1`.
@@ -845,4 +846,106 @@ fn child_c_api() {
     let loaded = common::load_all(&back).unwrap();
     assert!(loaded.iter().zip(&model).all(|(a, b)| *a == b.3));
     assert_eq!(stats().3, 0, "misuse");
+}
+
+#[test]
+fn views_into_device_memory_against_the_stand_in() {
+    run_child("child_views", false, &[]);
+}
+
+/// Slices along dimension 0 (a contiguous range) and 1 (gathered on the host, then copied)
+/// and conversions, into stand-in device memory, against the same views loaded into host
+/// memory; capacity and overlap are checked against the view's size.
+#[test]
+#[ignore = "run by views_into_device_memory_against_the_stand_in with the stand-in driver"]
+fn child_views() {
+    in_child();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    let data = write_model(&path);
+    let d = Deserializer::open(&path, ReadOptions::default().chunk_size(1 << 16).unwrap()).unwrap();
+    let odd = d.find("odd").unwrap();
+    let (_, _, shape, bytes) = &data[odd];
+    assert_eq!(shape, &vec![333, 77]);
+    for view in [
+        View::whole().slice(0, 100, 250),
+        View::whole().slice(1, 7, 30),
+        View::whole().slice(1, 7, 30).dtype(DType::BF16),
+        View::whole().dtype(DType::F16),
+    ] {
+        // The reference: the same view into host memory.
+        let rows = view
+            .slice
+            .map_or(333, |s| if s.dim == 0 { s.stop - s.start } else { 333 });
+        let cols = view
+            .slice
+            .map_or(77, |s| if s.dim == 1 { s.stop - s.start } else { 77 });
+        let size = view.dtype.map_or(4, |t| t.size());
+        let len = (rows * cols * size) as usize;
+        let mut host = vec![0u8; len];
+        let mut slot = Some(&mut host[..]);
+        d.load(&mut |t: &TensorInfo| {
+            Ok(match (t.index == odd).then(|| slot.take()).flatten() {
+                Some(b) => Destination::View(view, Box::new(Destination::Host(b))),
+                None => Destination::Skip,
+            })
+        })
+        .unwrap();
+        if view.dtype.is_none() {
+            // Against the stored bytes, by row-major indices.
+            let row_bytes = 77 * 4;
+            let s = view.slice.unwrap();
+            let want: Vec<u8> = (0..333usize)
+                .flat_map(|r| {
+                    let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                    let keep_row = s.dim == 1 || (s.start as usize..s.stop as usize).contains(&r);
+                    let cols = if s.dim == 1 {
+                        s.start as usize * 4..s.stop as usize * 4
+                    } else {
+                        0..row_bytes
+                    };
+                    if keep_row {
+                        row[cols].to_vec()
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .collect();
+            assert_eq!(host, want, "{view:?}");
+        }
+        let mut device = vec![0xA5u8; len];
+        let address = device.as_mut_ptr() as u64;
+        // One byte short: capacity, before anything is read.
+        let e = d
+            .load(&mut |t: &TensorInfo| {
+                Ok(if t.index == odd {
+                    let to = Destination::Cuda {
+                        device: 0,
+                        address,
+                        capacity: len as u64 - 1,
+                    };
+                    Destination::View(view, Box::new(to))
+                } else {
+                    Destination::Skip
+                })
+            })
+            .unwrap_err();
+        assert!(matches!(e, Error::Capacity { .. }), "{e}");
+        d.load(&mut |t: &TensorInfo| {
+            Ok(if t.index == odd {
+                let to = Destination::Cuda {
+                    device: 0,
+                    address,
+                    capacity: len as u64,
+                };
+                Destination::View(view, Box::new(to))
+            } else {
+                Destination::Skip
+            })
+        })
+        .unwrap();
+        assert_eq!(device, host, "{view:?} into device memory");
+    }
+    let (_, _, _, misuse) = stats();
+    assert_eq!(misuse, 0);
 }

@@ -130,6 +130,20 @@ struct Destination {
         d.raw.capacity = capacity;
         return d;
     }
+    /// Only indices `start..stop` of dimension `dim`, written densely (row-major);
+    /// `capacity` must hold the slice.
+    Destination &slice(std::uint32_t dim, std::uint64_t start, std::uint64_t stop) noexcept {
+        raw.slice_dim = dim;
+        raw.slice_start = start;
+        raw.slice_stop = stop;
+        return *this;
+    }
+    /// Converted on load to `dtype` (a `PLAID_DTYPE_*`: f16, bf16, f32 or f64, from one of
+    /// them); `capacity` must hold the converted bytes.
+    Destination &dtype(std::uint32_t dtype) noexcept {
+        raw.dtype = dtype;
+        return *this;
+    }
 };
 
 /// Read options (verification, threads, chunk size, ...), as `plaid_read_options_*`.

@@ -71,6 +71,22 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         in_flight: u32,
     },
+    /// Tensor-parallel ranks each load their slice (along dimension 0, then 1) of every
+    /// 2-D tensor of a synthetic checkpoint, verified, through a source that counts the
+    /// bytes read; prints a table, and fails unless the slices reassemble the checkpoint
+    /// exactly and each dimension-0 rank read at most its share plus two checksum blocks
+    /// per tensor.
+    BenchSlices {
+        /// Approximate size of the synthetic checkpoint in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        /// Ranks.
+        #[arg(long, default_value_t = 8)]
+        ranks: u64,
+        /// Directory for the test file (default: the system's temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Write the synthetic model at FILE and upload it to URL (the setup of `bench
     /// --remote`).
     #[command(hide = true)]
@@ -126,6 +142,7 @@ enum Command {
 mod bench;
 #[cfg(feature = "remote")]
 mod bench_remote;
+mod bench_slices;
 
 fn main() -> ExitCode {
     // Die quietly on a closed pipe (`plaid inspect big.plaid | head`), as command-line
@@ -165,6 +182,11 @@ fn main() -> ExitCode {
             small_tensors,
             ..
         } => bench::bench(size_mib, dir, rounds, small_tensors),
+        Command::BenchSlices {
+            size_mib,
+            ranks,
+            dir,
+        } => bench_slices::bench_slices(size_mib, ranks, dir),
         #[cfg(feature = "remote")]
         Command::BenchLoad {
             url,

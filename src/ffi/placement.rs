@@ -3,9 +3,11 @@
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_void};
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::format::TensorInfo;
-use crate::sink::{Destination, Placement};
+use crate::pipeline::Selection;
+use crate::sink::{Destination, Placement, View};
 
 /// Destination kind: do not load this tensor.
 pub const PLAID_DEST_SKIP: u32 = 0;
@@ -77,8 +79,29 @@ pub struct plaid_destination {
     pub device: i32,
     /// Host pointer or `CUdeviceptr` of the first byte.
     pub address: u64,
-    /// Bytes writable at `address`; must be at least the tensor's `nbytes`.
+    /// Bytes writable at `address`; must be at least what the destination receives: the
+    /// tensor's `nbytes`, or the size of its slice in the destination dtype.
     pub capacity: u64,
+    /// The dimension to slice.
+    pub slice_dim: u32,
+    /// First index along `slice_dim`.
+    pub slice_start: u64,
+    /// One past the last index; 0 = no slice, the whole tensor. The slice is written
+    /// densely (row-major) at `address`. A slice along dimension 0 is one contiguous range
+    /// of the file; along another dimension it is gathered (on the host, then copied, for
+    /// CUDA). Only the bytes the slice needs are read, rounded out to whole checksum blocks
+    /// when verifying; a tensorizer tensor (one hash over all of it) is read whole when
+    /// verifying. `slice_stop` 0 with a non-zero `slice_start` or `slice_dim`, a 0-d
+    /// tensor, a dimension the tensor lacks, or a range reversed or past the dimension's
+    /// end are `PLAID_ERR_INVALID_ARGUMENT` naming the tensor, before anything is read.
+    /// A slice of a zero-filled tensor is zeros; a dimension of size 0 gives an empty
+    /// slice.
+    pub slice_stop: u64,
+    /// 0 = as stored; else a `PLAID_DTYPE_*` to convert to as the bytes pass (no second
+    /// pass). Conversions among f16, bf16, f32 and f64, rounding to nearest, ties to even;
+    /// asking to convert any other dtype (an integer, bool, complex or 8-bit float tensor)
+    /// is `PLAID_ERR_UNSUPPORTED` naming it. The stored dtype itself is no conversion.
+    pub dtype: u32,
 }
 
 /// Chooses the destination of one tensor. Called once per tensor, in file order, on the
@@ -147,27 +170,68 @@ impl<'a> Placement<'a> for CallbackPlacement<'_> {
                 tensor.name
             )));
         }
-        if dest.kind == PLAID_DEST_HOST && tensor.nbytes > 0 && dest.address != 0 {
-            // Checked before any slice over the range exists.
-            self.claim(tensor, dest.address, tensor.nbytes)?;
+        if dest.kind == PLAID_DEST_SKIP {
+            return Ok(Destination::Skip);
         }
-        destination(tensor, &dest)
+        let view = view(tensor, &dest)?;
+        // Bytes the destination receives.
+        let needed = match Selection::resolve(tensor, &view)? {
+            Some(selection) => selection.dest_len(),
+            None => tensor.nbytes,
+        };
+        if dest.kind == PLAID_DEST_HOST && needed > 0 && dest.address != 0 {
+            // Checked before any slice over the range exists.
+            self.claim(tensor, dest.address, needed)?;
+        }
+        let to = destination(tensor, &dest, needed)?;
+        Ok(if view.is_whole() {
+            to
+        } else {
+            Destination::View(view, Box::new(to))
+        })
     }
 }
 
-/// The core destination described by `dest`.
-fn destination<'a>(tensor: &TensorInfo, dest: &plaid_destination) -> Result<Destination<'a>> {
+/// The view that `dest`'s slice and dtype fields ask for.
+pub(crate) fn view(tensor: &TensorInfo, dest: &plaid_destination) -> Result<View> {
+    let mut view = View::whole();
+    if dest.slice_stop != 0 {
+        view = view.slice(dest.slice_dim, dest.slice_start, dest.slice_stop);
+    } else if dest.slice_start != 0 || dest.slice_dim != 0 {
+        return Err(Error::invalid(format!(
+            "tensor '{}': slice_stop is 0 (no slice) but slice_dim is {} and slice_start {}",
+            tensor.name, dest.slice_dim, dest.slice_start
+        )));
+    }
+    if dest.dtype != 0 {
+        let dtype = DType::from_id(dest.dtype).map_err(|_| {
+            Error::invalid(format!(
+                "tensor '{}': unknown destination dtype {}",
+                tensor.name, dest.dtype
+            ))
+        })?;
+        view = view.dtype(dtype);
+    }
+    Ok(view)
+}
+
+/// The core destination described by `dest`, which receives `needed` bytes.
+fn destination<'a>(
+    tensor: &TensorInfo,
+    dest: &plaid_destination,
+    needed: u64,
+) -> Result<Destination<'a>> {
     match dest.kind {
         PLAID_DEST_SKIP => Ok(Destination::Skip),
         PLAID_DEST_HOST => {
-            if dest.capacity < tensor.nbytes {
+            if dest.capacity < needed {
                 return Err(Error::Capacity {
                     tensor: tensor.name.to_string(),
-                    needed: tensor.nbytes,
+                    needed,
                     capacity: dest.capacity,
                 });
             }
-            if tensor.nbytes == 0 {
+            if needed == 0 {
                 return Ok(Destination::Host(&mut []));
             }
             if dest.address == 0 {
@@ -176,11 +240,12 @@ fn destination<'a>(tensor: &TensorInfo, dest: &plaid_destination) -> Result<Dest
                     tensor.name
                 )));
             }
-            let len = isize::try_from(tensor.nbytes)
+            let len = isize::try_from(needed)
                 .map(|n| n as usize)
                 .map_err(|_| Error::invalid("tensor exceeds the address space"))?;
-            // SAFETY: the callback promised `capacity >= nbytes` writable bytes at `address`,
-            // not overlapping other destinations, valid until the load returns.
+            // SAFETY: the callback promised `capacity >= needed` writable bytes at
+            // `address` (checked above), not overlapping other destinations (the claim
+            // above), valid until the load returns.
             Ok(Destination::Host(unsafe {
                 std::slice::from_raw_parts_mut(dest.address as *mut u8, len)
             }))

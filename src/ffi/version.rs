@@ -12,7 +12,7 @@ pub const PLAID_VERSION_MINOR: u32 = 1;
 pub const PLAID_VERSION_PATCH: u32 = 0;
 /// The ABI this header describes. A library whose `plaid_abi_version()` differs is not
 /// compatible; the shared library's SONAME is `libplaid.so.<PLAID_ABI_VERSION>`.
-pub const PLAID_ABI_VERSION: u32 = 1;
+pub const PLAID_ABI_VERSION: u32 = 2;
 
 /// The library's release version, e.g. `"0.1.0"`: a static string, never freed.
 #[no_mangle]

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use super::plan::{Job, Out, Policy, Target};
 use super::progress::Tracker;
+use super::select::Selection;
 use super::stages::{Chain, SplitCrcs};
 use crate::error::{Error, Result};
 use crate::format::{Index, TensorInfo};
@@ -162,13 +163,19 @@ fn run_job(worker: &mut Worker<'_>, job: Job<'_>) -> Result<()> {
         } => run_batch(worker, offset, len, members),
         Target::Zeros(Out::Scratch(_) | Out::Lent(_)) => context.chain(tensor, 0, 0).finish(),
         Target::Zeros(mut out) => {
-            write(context, tensor, &mut out, &mut |_, buffer| {
+            write(context, tensor, &mut out, 1, &mut |_, buffer| {
                 buffer.fill(0);
                 Ok(())
             })?;
             // The stored hashes of a tensor without data cover its header.
             context.chain(tensor, 0, 0).finish()
         }
+        Target::Select {
+            len,
+            dest_from,
+            out,
+            selection,
+        } => run_select(worker, tensor, job.start, len, dest_from, out, &selection),
         Target::Range(out) => {
             let mut chain = context.chain(tensor, job.start, out.len() as u64);
             match out {
@@ -179,7 +186,7 @@ fn run_job(worker: &mut Worker<'_>, job: Job<'_>) -> Result<()> {
                         chain.inspect(piece)?;
                     }
                 }
-                mut out => write(context, tensor, &mut out, &mut |at, buffer| {
+                mut out => write(context, tensor, &mut out, 1, &mut |at, buffer| {
                     fill(context, tensor, job.start + at as u64, buffer, &mut chain)
                 })?,
             }
@@ -188,18 +195,20 @@ fn run_job(worker: &mut Worker<'_>, job: Job<'_>) -> Result<()> {
     }
 }
 
-/// Produce `out`'s bytes piece by piece (`produce(offset in out, memory)`) into the memory
-/// its sink's writer gives (host memory itself, or one of a lane's two buffers: while the
-/// device copies one, the next piece is produced into the other), each delivered when full.
+/// Produce `out`'s bytes piece by piece (`produce(offset in out, memory)`, each piece a
+/// multiple of `unit` bytes) into the memory its sink's writer gives (host memory itself,
+/// or one of a lane's two buffers: while the device copies one, the next piece is produced
+/// into the other), each delivered when full.
 fn write(
     context: &Context<'_>,
     tensor: &TensorInfo,
     out: &mut Out<'_>,
+    unit: usize,
     produce: &mut dyn FnMut(usize, &mut [u8]) -> Result<()>,
 ) -> Result<()> {
     let in_tensor = |e: Error| e.in_tensor(&tensor.name);
     let mut writer = context.writer(out).map_err(in_tensor)?;
-    let step = context.policy.read_len().min(writer.capacity());
+    let step = (context.policy.read_len().min(writer.capacity()) / unit * unit).max(unit);
     let mut at = 0;
     while at < out.len() {
         let n = step.min(out.len() - at);
@@ -209,6 +218,55 @@ fn write(
         at += n;
     }
     Ok(())
+}
+
+/// Read `len` stored bytes of `tensor` from `start` on, a request at a time into the
+/// thread's scratch buffer, pass them through the chain (verification), and give `out` the
+/// part of the view that each piece holds (gathered, and converted where the view asks),
+/// the view's bytes from `dest_from` on.
+fn run_select(
+    worker: &mut Worker<'_>,
+    tensor: &TensorInfo,
+    start: u64,
+    len: u64,
+    dest_from: u64,
+    mut out: Out<'_>,
+    selection: &Selection,
+) -> Result<()> {
+    let context = worker.context;
+    let in_tensor = |e: Error| e.in_tensor(&tensor.name);
+    let mut chain = context.chain(tensor, start, len);
+    let size = selection.src_size().max(1);
+    let piece = (context.policy.read_len() as u64 / size * size).max(size);
+    let unit = selection.dest_unit();
+    let scratch = worker.scratch(piece.min(len) as usize);
+    let mut at = start;
+    while at < start + len {
+        let n = piece.min(start + len - at);
+        let bytes = &mut scratch[..n as usize];
+        read_exact(context.source, tensor.offset + at, bytes).map_err(in_tensor)?;
+        {
+            let _cpu = context.cpu.acquire();
+            chain.feed(bytes)?;
+        }
+        let (from, to) = (selection.dest_at(at), selection.dest_at(at + n));
+        if to > from {
+            let mut part = out.take_front((to - from) as usize);
+            let bytes = &*bytes;
+            write(context, tensor, &mut part, unit, &mut |k, buffer| {
+                let _cpu = context.cpu.acquire();
+                selection.gather(bytes, at, from + k as u64, buffer);
+                Ok(())
+            })?;
+        }
+        at += n;
+    }
+    debug_assert_eq!(
+        out.len(),
+        0,
+        "a view job fills its destination: from {dest_from}"
+    );
+    chain.finish()
 }
 
 /// Put the stored bytes of `tensor` from `start` on into `dst`, through `chain`: copied

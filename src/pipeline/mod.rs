@@ -13,6 +13,7 @@
 mod execute;
 mod plan;
 mod progress;
+mod select;
 mod stages;
 
 pub use progress::{Progress, ProgressFn};
@@ -26,8 +27,10 @@ use crate::options::ReadOptions;
 use crate::sink::{Destination, Placement, Sink, Sinks};
 use crate::source::Source;
 use execute::{execute, Context};
-use plan::{plan, Out, Policy};
+use plan::{plan, Out, Placed, Policy};
+
 use progress::Tracker;
+pub(crate) use select::Selection;
 
 pub(crate) use plan::coalesce;
 pub(crate) use stages::Verify;
@@ -83,14 +86,20 @@ fn run(
     source: &dyn Source,
     index: &Index,
     options: &ReadOptions,
-    placed: Vec<(&TensorInfo, Out<'_>)>,
+    placed: Vec<Placed<'_, '_>>,
     sinks: &[Arc<dyn Sink>],
     io_threads: Option<usize>,
     progress: Option<&ProgressFn<'_>>,
 ) -> Result<LoadStats> {
     let mut stats = LoadStats {
         tensors: placed.len(),
-        bytes: placed.iter().map(|(t, _)| t.nbytes).sum(),
+        bytes: placed
+            .iter()
+            .map(|(t, out, view)| match view {
+                Some(_) => out.len() as u64,
+                None => t.nbytes,
+            })
+            .sum(),
         scratch_peak: 0,
     };
     let policy = policy(source, options);
@@ -125,34 +134,52 @@ pub(crate) fn load<'a>(
     progress: Option<&ProgressFn<'_>>,
 ) -> Result<LoadStats> {
     // Every destination is known and checked before the first byte is read.
-    let mut placed: Vec<(&TensorInfo, Out<'a>)> = Vec::new();
+    let mut placed: Vec<Placed<'_, 'a>> = Vec::new();
     let mut staged: Vec<Arc<dyn Sink>> = Vec::new();
     let mut cuda_sinks: HashMap<i32, usize> = HashMap::new();
     let mut device_ranges: BTreeMap<(i32, u64), (u64, &str)> = BTreeMap::new();
     for tensor in &index.tensors {
+        let (dest, selection) = match placement.place(tensor)? {
+            Destination::View(view, to) => {
+                if matches!(*to, Destination::View(..)) {
+                    return Err(Error::invalid(format!(
+                        "tensor '{}': a view of a view",
+                        tensor.name
+                    )));
+                }
+                let selection = Selection::resolve(tensor, &view)?;
+                (*to, selection)
+            }
+            dest => (dest, None),
+        };
+        // Bytes the destination receives: the tensor's, or its view's.
+        let needed = selection
+            .as_ref()
+            .map_or(tensor.nbytes, Selection::dest_len);
         let capacity_error = |capacity: u64| Error::Capacity {
             tensor: tensor.name.to_string(),
-            needed: tensor.nbytes,
+            needed,
             capacity,
         };
-        match placement.place(tensor)? {
+        match dest {
             Destination::Skip => {}
+            Destination::View(..) => unreachable!("refused above"),
             Destination::Host(buffer) => {
                 let capacity = buffer.len() as u64;
-                if capacity < tensor.nbytes {
+                if capacity < needed {
                     return Err(capacity_error(capacity));
                 }
-                placed.push((tensor, Out::Host(&mut buffer[..tensor.nbytes as usize])));
+                placed.push((tensor, Out::Host(&mut buffer[..needed as usize]), selection));
             }
             Destination::Cuda {
                 device,
                 address,
                 capacity,
             } => {
-                if capacity < tensor.nbytes {
+                if capacity < needed {
                     return Err(capacity_error(capacity));
                 }
-                if address == 0 && tensor.nbytes > 0 {
+                if address == 0 && needed > 0 {
                     return Err(Error::invalid(format!(
                         "tensor '{}': CUDA destination address is NULL",
                         tensor.name
@@ -169,10 +196,10 @@ pub(crate) fn load<'a>(
                         staged.len() - 1
                     }
                 };
-                let len = usize::try_from(tensor.nbytes).map_err(Error::invalid)?;
+                let len = usize::try_from(needed).map_err(Error::invalid)?;
                 if len > 0 {
                     if let Some((_, other)) =
-                        device_ranges.insert((device, address), (tensor.nbytes, &tensor.name))
+                        device_ranges.insert((device, address), (needed, &tensor.name))
                     {
                         return Err(Error::invalid(format!(
                             "the CUDA destinations of tensors '{other}' and '{}' overlap on device {device}",
@@ -180,7 +207,7 @@ pub(crate) fn load<'a>(
                         )));
                     }
                 }
-                placed.push((tensor, Out::Staged { sink, address, len }));
+                placed.push((tensor, Out::Staged { sink, address, len }, selection));
             }
         }
     }
@@ -225,7 +252,7 @@ pub(crate) fn verify_all(
     let placed = index
         .tensors
         .iter()
-        .map(|t| (t, Out::Scratch(t.stored_len() as usize)))
+        .map(|t| (t, Out::Scratch(t.stored_len() as usize), None))
         .collect();
     run(source, index, &options, placed, &[], None, progress)
 }
@@ -241,7 +268,7 @@ pub(crate) fn verify_lent(
     let options = options.clone().verify(true);
     let placed = tensors
         .iter()
-        .map(|&(t, bytes)| (t, Out::Lent(bytes)))
+        .map(|&(t, bytes)| (t, Out::Lent(bytes), None))
         .collect();
     let threads = options.worker_threads();
     run(source, index, &options, placed, &[], Some(threads), None).map(drop)

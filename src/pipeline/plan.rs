@@ -8,7 +8,12 @@
 use crate::format::TensorInfo;
 use crate::sink::Place;
 
+use super::select::Selection;
 use super::stages::Verify;
+
+/// A tensor, its whole destination, and the view of it the destination wants (`None`: its
+/// stored bytes).
+pub(crate) type Placed<'t, 'a> = (&'t TensorInfo, Out<'a>, Option<Selection>);
 
 /// Tensors smaller than this are read together with their neighbours in the file.
 pub(crate) const SMALL_TENSOR: u64 = 1 << 20;
@@ -71,6 +76,36 @@ impl<'a> Out<'a> {
         }
     }
 
+    /// The first `n` bytes of this destination, which keeps the rest.
+    pub(crate) fn take_front(&mut self, n: usize) -> Out<'a> {
+        match self {
+            Out::Host(buffer) => {
+                let (front, rest) = std::mem::take(buffer).split_at_mut(n);
+                *buffer = rest;
+                Out::Host(front)
+            }
+            Out::Lent(bytes) => {
+                let (front, rest) = bytes.split_at(n);
+                *bytes = rest;
+                Out::Lent(front)
+            }
+            Out::Scratch(len) => {
+                *len -= n;
+                Out::Scratch(n)
+            }
+            Out::Staged { sink, address, len } => {
+                let front = Out::Staged {
+                    sink: *sink,
+                    address: *address,
+                    len: n,
+                };
+                *address += n as u64;
+                *len -= n;
+                front
+            }
+        }
+    }
+
     /// Consecutive pieces of at most `step` bytes.
     fn split(self, step: usize) -> Vec<Out<'a>> {
         let step = step.max(1);
@@ -102,6 +137,14 @@ pub(crate) enum Target<'a> {
     /// A tensor the file stores no bytes for: filled with zeros (a hash over its header is
     /// checked).
     Zeros(Out<'a>),
+    /// `len` stored bytes of the tensor from the job's start on, read (and verified) to
+    /// give `out` the part of a view they hold: the view's bytes from `dest_from` on.
+    Select {
+        len: u64,
+        dest_from: u64,
+        out: Out<'a>,
+        selection: Selection,
+    },
     /// Several whole small tensors read as one range of `len` bytes at `offset` and
     /// spread into their destinations.
     Batch {
@@ -122,7 +165,9 @@ impl Job<'_> {
     /// The tensors this job delivers and how many of each one's bytes.
     pub(crate) fn pieces(&self) -> Vec<(usize, u64)> {
         match &self.target {
-            Target::Range(out) | Target::Zeros(out) => vec![(self.tensor, out.len() as u64)],
+            Target::Range(out) | Target::Zeros(out) | Target::Select { out, .. } => {
+                vec![(self.tensor, out.len() as u64)]
+            }
             Target::Batch { members, .. } => members
                 .iter()
                 .map(|(t, out)| (t.index, out.len() as u64))
@@ -172,11 +217,15 @@ impl Policy {
 }
 
 /// Cut the tensors of `placed` (in file order, each with its whole destination) into jobs.
-pub(crate) fn plan<'a>(placed: Vec<(&'a TensorInfo, Out<'a>)>, policy: &Policy) -> Vec<Job<'a>> {
+pub(crate) fn plan<'a>(placed: Vec<Placed<'a, 'a>>, policy: &Policy) -> Vec<Job<'a>> {
     let mut jobs = Vec::new();
     let mut batch: Vec<(&'a TensorInfo, Out<'a>)> = Vec::new();
-    for (tensor, out) in placed {
+    for (tensor, out, selection) in placed {
         let stored = tensor.stored_len();
+        if let (Some(selection), false) = (selection, tensor.zero_fill) {
+            plan_view(tensor, out, selection, policy, &mut jobs);
+            continue;
+        }
         if tensor.zero_fill {
             jobs.push(Job {
                 tensor: tensor.index,
@@ -224,6 +273,63 @@ pub(crate) fn plan<'a>(placed: Vec<(&'a TensorInfo, Out<'a>)>, policy: &Policy) 
     }
     flush(&mut batch, &mut jobs);
     jobs
+}
+
+/// The jobs of a view of `tensor`: the stored bytes it needs (rounded out to whole checksum
+/// blocks where verifying, or all of them where the tensor's hash must see every byte),
+/// cut into jobs of about one request, each giving `out` the part of the view it holds.
+fn plan_view<'a>(
+    tensor: &'a TensorInfo,
+    mut out: Out<'a>,
+    selection: Selection,
+    policy: &Policy,
+    jobs: &mut Vec<Job<'a>>,
+) {
+    let stored = tensor.stored_len();
+    let size = selection.src_size().max(1);
+    let mut spans = selection.spans(policy.merge_gap);
+    if spans.is_empty() {
+        return;
+    }
+    let mut step = (policy.job_len(tensor) as u64 / size * size).max(size);
+    if policy.verify.on {
+        let block = tensor.checksum.block_size();
+        if policy.verify.sequential(tensor) || block.is_some_and(|b| b % size != 0) {
+            // A hash of every byte in order, or blocks that elements straddle: all of it,
+            // as one job (read a request at a time).
+            spans = vec![(0, stored)];
+            step = u64::MAX;
+        } else if let Some(block) = block {
+            let mut rounded: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
+            for (start, end) in spans {
+                let start = start / block * block;
+                let end = end.div_ceil(block).saturating_mul(block).min(stored);
+                match rounded.last_mut() {
+                    Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                    _ => rounded.push((start, end)),
+                }
+            }
+            spans = rounded;
+        }
+    }
+    for (start, end) in spans {
+        let mut at = start;
+        while at < end {
+            let len = step.min(end - at);
+            let (from, to) = (selection.dest_at(at), selection.dest_at(at + len));
+            jobs.push(Job {
+                tensor: tensor.index,
+                start: at,
+                target: Target::Select {
+                    len,
+                    dest_from: from,
+                    out: out.take_front((to - from) as usize),
+                    selection: selection.clone(),
+                },
+            });
+            at += len;
+        }
+    }
 }
 
 /// A batch of one is a plain job.
@@ -315,10 +421,10 @@ mod tests {
         let small_b = tensor(2, (20 << 20) + 8192, 1000, blocks(1000));
         let far = tensor(3, 40 << 20, 1000, blocks(1000));
         let placed = vec![
-            (&big, Out::Scratch(20 << 20)),
-            (&small_a, Out::Scratch(1000)),
-            (&small_b, Out::Scratch(1000)),
-            (&far, Out::Scratch(1000)),
+            (&big, Out::Scratch(20 << 20), None),
+            (&small_a, Out::Scratch(1000), None),
+            (&small_b, Out::Scratch(1000), None),
+            (&far, Out::Scratch(1000), None),
         ];
         let jobs = plan(placed, &POLICY);
         // 10 MiB requests round down to 8 MiB (two 4 MiB blocks): 8 + 8 + 4.

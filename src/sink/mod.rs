@@ -5,10 +5,12 @@
 
 mod arena;
 mod sinks;
+mod view;
 
 pub(crate) use arena::pack;
 pub use arena::{HostArena, ARENA_ALIGN};
 pub(crate) use sinks::{HostSink, Place, Sink, Sinks, Writer};
+pub use view::{Slice, View};
 
 use std::collections::HashMap;
 
@@ -33,6 +35,9 @@ pub enum Destination<'a> {
         /// Bytes writable at `address`.
         capacity: u64,
     },
+    /// The destination `to` (host or CUDA memory) receives `view` of the tensor (a slice,
+    /// another dtype) instead of its stored bytes: as many bytes as the view holds.
+    View(View, Box<Destination<'a>>),
 }
 
 /// Decides where each tensor goes. Called once per tensor, in file order, on the thread

@@ -6,7 +6,7 @@
 #include "plaid.h"
 #include "plaid.h"
 
-#if PLAID_ABI_VERSION != 1
+#if PLAID_ABI_VERSION != 2
 #error "unexpected PLAID_ABI_VERSION"
 #endif
 

@@ -6,7 +6,7 @@
 
 #include <type_traits>
 
-static_assert(PLAID_ABI_VERSION == 1, "unexpected PLAID_ABI_VERSION");
+static_assert(PLAID_ABI_VERSION == 2, "unexpected PLAID_ABI_VERSION");
 static_assert(std::is_same<plaid_status, int32_t>::value, "plaid_status is int32_t");
 static_assert(std::is_standard_layout<plaid_tensor_info>::value, "plain C struct");
 static_assert(std::is_standard_layout<plaid_destination>::value, "plain C struct");

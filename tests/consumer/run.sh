@@ -15,14 +15,14 @@ prefix="$work/prefix"
 
 echo "== cmake --install into $prefix"
 cmake --install "$build" --prefix "$prefix" >/dev/null
-for f in lib/libplaid.so.1 lib/libplaid.so include/plaid.h include/plaid.hpp \
+for f in lib/libplaid.so.2 lib/libplaid.so include/plaid.h include/plaid.hpp \
          lib/cmake/plaid/plaidConfig.cmake lib/cmake/plaid/plaidConfigVersion.cmake \
          lib/pkgconfig/plaid.pc; do
   [[ -e "$prefix/$f" ]] || { echo "missing after install: $f" >&2; exit 1; }
 done
-[[ "$(readlink "$prefix/lib/libplaid.so")" == libplaid.so.1 ]] || { echo "bad symlink" >&2; exit 1; }
-soname=$(objdump -p "$prefix/lib/libplaid.so.1" 2>/dev/null | awk '/SONAME/ {print $2}' || true)
-[[ -z "$soname" || "$soname" == libplaid.so.1 ]] || { echo "SONAME is $soname" >&2; exit 1; }
+[[ "$(readlink "$prefix/lib/libplaid.so")" == libplaid.so.2 ]] || { echo "bad symlink" >&2; exit 1; }
+soname=$(objdump -p "$prefix/lib/libplaid.so.2" 2>/dev/null | awk '/SONAME/ {print $2}' || true)
+[[ -z "$soname" || "$soname" == libplaid.so.2 ]] || { echo "SONAME is $soname" >&2; exit 1; }
 
 echo "== find_package(plaid 0.1 CONFIG REQUIRED)"
 cmake -S "$source/tests/consumer/find_package" -B "$work/find_package" \

@@ -140,7 +140,9 @@ class Reader:
 
     def load(self, destinations):
         """Load into caller memory. ``destinations`` maps tensor indices to
-        ``(kind, device, address, capacity)`` (`_lib.DEST_HOST` or `_lib.DEST_CUDA`); the
+        ``(kind, device, address, capacity)`` (`_lib.DEST_HOST` or `_lib.DEST_CUDA`), or
+        ``(kind, device, address, capacity, slice_dim, slice_start, slice_stop, dtype)``
+        for a slice and/or a dtype conversion (``plaid_destination``'s fields); the
         others are skipped. Returns when every byte has landed (and been verified)."""
         handle = self.handle
         error = []
@@ -151,7 +153,9 @@ class Reader:
                 target = destinations.get(info.contents.index)
                 if target is not None:
                     d = dest.contents
-                    d.kind, d.device, d.address, d.capacity = target
+                    d.kind, d.device, d.address, d.capacity = target[:4]
+                    if len(target) > 4:
+                        d.slice_dim, d.slice_start, d.slice_stop, d.dtype = target[4:]
                 return 0
             except BaseException as e:  # re-raised after the call returns
                 error.append(e)

@@ -6,7 +6,7 @@ import ctypes
 import os
 from pathlib import Path
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 _vp = ctypes.c_void_p
 _u32, _u64, _i32, _size = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int32, ctypes.c_size_t
@@ -24,7 +24,9 @@ class TensorInfo(ctypes.Structure):
 class Destination(ctypes.Structure):
     """`plaid_destination`, filled in by the placement callback."""
 
-    _fields_ = [("kind", _u32), ("device", _i32), ("address", _u64), ("capacity", _u64)]
+    _fields_ = [("kind", _u32), ("device", _i32), ("address", _u64), ("capacity", _u64),
+                ("slice_dim", _u32), ("slice_start", _u64), ("slice_stop", _u64),
+                ("dtype", _u32)]
 
 
 PLACE_FN = ctypes.CFUNCTYPE(_i32, _vp, ctypes.POINTER(TensorInfo), ctypes.POINTER(Destination))

@@ -32,7 +32,7 @@ def same(a, b):
 
 def test_library_version_and_abi():
     assert plaid.__version__
-    assert plaid.ABI_VERSION == 1
+    assert plaid.ABI_VERSION == 2
 
 
 def test_every_numpy_dtype_round_trips(tmp_path):
@@ -316,3 +316,22 @@ def test_streams_that_cannot_be_read_are_refused_clearly(tmp_path):
     # Cut short: the file is truncated.
     with pytest.raises(plaid.FormatError, match="truncated|shorter|end"):
         pn.load_file(raw[:len(raw) - 1000])
+
+
+def test_reader_load_takes_slices_and_dtypes_in_the_destination(tmp_path):
+    # plaid_destination's slice and dtype fields through the binding's ctypes struct (ABI 2).
+    path = tmp_path / "m.plaid"
+    w = sample(np.float32, (12, 10), 21)
+    w = np.where(np.isfinite(w), w, 0).astype(np.float32)
+    pn.save_file({"w": w}, path)
+    with plaid.Reader(path) as r:
+        index = r.find("w")
+        rows = np.empty((4, 10), np.float32)
+        cols = np.empty((12, 3), np.float16)
+        r.load({index: (plaid._lib.DEST_HOST, 0, rows.ctypes.data, rows.nbytes, 0, 2, 6, 0)})
+        assert same(rows, w[2:6])
+        f16 = 10  # PLAID_DTYPE_F16
+        r.load({index: (plaid._lib.DEST_HOST, 0, cols.ctypes.data, cols.nbytes, 1, 7, 10, f16)})
+        assert same(cols, w[:, 7:10].astype(np.float16))
+        with pytest.raises(plaid.InvalidArgumentError, match="'w'"):
+            r.load({index: (plaid._lib.DEST_HOST, 0, rows.ctypes.data, rows.nbytes, 0, 5, 2, 0)})
