@@ -757,6 +757,40 @@ plaid_status plaid_deserializer_load_host(struct plaid_deserializer *d,
                                           struct plaid_host_arena **out);
 
 /**
+ * `plaid_deserializer_load_host` for slices and dtypes: `place` is called for every
+ * tensor, in file order, before anything is allocated or read, as for
+ * `plaid_deserializer_load`; a tensor whose destination kind it leaves at
+ * `PLAID_DEST_SKIP` is skipped, any other kind loads it into the arena (the address,
+ * capacity and device it sets are ignored: plaid allocates), as the slice and dtype it
+ * sets ask. `plaid_host_arena_tensor` then gives each tensor's slice, converted, and its
+ * size. A bad slice or dtype fails as in `plaid_deserializer_load`, before anything is
+ * allocated.
+ *
+ * # Safety
+ * As `plaid_deserializer_load_host`, with `place` NULL (an error) or honouring
+ * `plaid_place_fn`'s contract.
+ */
+plaid_status plaid_deserializer_load_host_views(struct plaid_deserializer *d,
+                                                plaid_place_fn place,
+                                                void *user_data,
+                                                struct plaid_host_arena **out);
+
+/**
+ * `plaid_deserializer_load_cuda` for slices and dtypes, as
+ * `plaid_deserializer_load_host_views`: every tensor whose kind `place` sets to anything
+ * but `PLAID_DEST_SKIP` is loaded onto device `device` as its slice and dtype ask.
+ *
+ * # Safety
+ * As `plaid_deserializer_load_cuda`, with `place` NULL (an error) or honouring
+ * `plaid_place_fn`'s contract.
+ */
+plaid_status plaid_deserializer_load_cuda_views(struct plaid_deserializer *d,
+                                                int32_t device,
+                                                plaid_place_fn place,
+                                                void *user_data,
+                                                struct plaid_cuda_arena **out);
+
+/**
  * Read every block of every tensor and check it against its checksum, holding only one
  * chunk per worker in memory (a chunk is the read options' chunk size rounded up to
  * whole checksum blocks, so at least one block of the file). Returns `PLAID_ERR_CHECKSUM` naming the first damaged

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, Format, Index, TensorInfo};
 use crate::options::ReadOptions;
 use crate::pipeline::{self, LoadStats, ProgressFn};
-use crate::sink::{Destination, HostArena, Placement, Sinks};
+use crate::sink::{Destination, HostArena, Placement, Sinks, View};
 use crate::source::{read_exact, FileSource, Mappable, MultiSource, ReadAhead, Source};
 
 /// The folder a sharded checkpoint's shards must resolve inside (symlinks followed): the
@@ -382,15 +382,6 @@ impl Deserializer {
         )
     }
 
-    /// The sizes of the tensors `wanted` selects (`None` for the others), in file order.
-    fn selected_sizes(&self, wanted: &mut dyn FnMut(&TensorInfo) -> bool) -> Vec<Option<u64>> {
-        self.index
-            .tensors
-            .iter()
-            .map(|t| wanted(t).then_some(t.nbytes))
-            .collect()
-    }
-
     /// Read and verify every block of every tensor, holding at most one chunk per worker.
     pub fn verify(&self) -> Result<LoadStats> {
         pipeline::verify_all(self.source.as_ref(), &self.index, &self.options, None)
@@ -441,13 +432,26 @@ impl Deserializer {
         wanted: &mut dyn FnMut(&TensorInfo) -> bool,
         progress: Option<&ProgressFn<'_>>,
     ) -> Result<HostArena> {
-        let sizes = self.selected_sizes(wanted);
+        self.load_views_to_host(&mut |t| Ok(wanted(t).then(View::whole)), progress)
+    }
+
+    /// [`Deserializer::load_to_host`] of views: `views` gives each tensor's [`View`] (a
+    /// slice, another dtype), `None` to skip it; each arena buffer holds its view's bytes.
+    /// An error from `views`, or a view that does not fit its tensor, stops the load
+    /// before anything is allocated or read.
+    pub fn load_views_to_host(
+        &self,
+        views: &mut dyn FnMut(&TensorInfo) -> Result<Option<View>>,
+        progress: Option<&ProgressFn<'_>>,
+    ) -> Result<HostArena> {
+        let (views, sizes) = self.views(views)?;
         let mut arena = HostArena::allocate(&sizes, self.options.huge_pages)?;
         let mut buffers = arena.buffers();
         let mut placement = |t: &TensorInfo| {
-            Ok(buffers[t.index]
-                .take()
-                .map_or(Destination::Skip, Destination::Host))
+            Ok(match (buffers[t.index].take(), views[t.index]) {
+                (Some(buffer), Some(view)) => viewed(view, Destination::Host(buffer)),
+                _ => Destination::Skip,
+            })
         };
         self.run_load(&mut placement, progress)?;
         drop(buffers);
@@ -464,20 +468,55 @@ impl Deserializer {
         wanted: &mut dyn FnMut(&TensorInfo) -> bool,
         progress: Option<&ProgressFn<'_>>,
     ) -> Result<crate::cuda::CudaArena> {
-        let sizes = self.selected_sizes(wanted);
+        self.load_views_to_cuda(device, &mut |t| Ok(wanted(t).then(View::whole)), progress)
+    }
+
+    /// [`Deserializer::load_to_cuda`] of views, as [`Deserializer::load_views_to_host`].
+    pub fn load_views_to_cuda(
+        &self,
+        device: i32,
+        views: &mut dyn FnMut(&TensorInfo) -> Result<Option<View>>,
+        progress: Option<&ProgressFn<'_>>,
+    ) -> Result<crate::cuda::CudaArena> {
+        let (views, sizes) = self.views(views)?;
         let arena = crate::cuda::CudaArena::allocate(device, &sizes)?;
         let mut placement = |t: &TensorInfo| {
-            Ok(match arena.tensor(t.index) {
-                Some((address, capacity)) => Destination::Cuda {
-                    device,
-                    address,
-                    capacity,
-                },
-                None => Destination::Skip,
+            Ok(match (arena.tensor(t.index), views[t.index]) {
+                (Some((address, capacity)), Some(view)) => viewed(
+                    view,
+                    Destination::Cuda {
+                        device,
+                        address,
+                        capacity,
+                    },
+                ),
+                _ => Destination::Skip,
             })
         };
         self.run_load(&mut placement, progress)?;
         Ok(arena)
+    }
+
+    /// Each tensor's view (`None`: skipped) and the bytes it needs, every view checked.
+    #[allow(clippy::type_complexity)]
+    fn views(
+        &self,
+        views: &mut dyn FnMut(&TensorInfo) -> Result<Option<View>>,
+    ) -> Result<(Vec<Option<View>>, Vec<Option<u64>>)> {
+        let mut chosen = Vec::with_capacity(self.index.tensors.len());
+        let mut sizes = Vec::with_capacity(self.index.tensors.len());
+        for t in &self.index.tensors {
+            let view = views(t)?;
+            let size = match &view {
+                Some(view) => {
+                    Some(pipeline::Selection::resolve(t, view)?.map_or(t.nbytes, |s| s.dest_len()))
+                }
+                None => None,
+            };
+            chosen.push(view);
+            sizes.push(size);
+        }
+        Ok((chosen, sizes))
     }
 
     /// Bytes of pinned host memory this deserializer holds for staging copies to devices
@@ -658,5 +697,14 @@ impl Deserializer {
             .and_then(memmap2::MmapMut::make_read_only)
             .map_err(|e| Error::io(format!("{}: mapping zero pages", self.name()), e))?;
         Ok(self.zeros.get_or_init(|| map))
+    }
+}
+
+/// `to`, receiving `view` (itself where the view is the whole tensor as stored).
+fn viewed(view: View, to: Destination<'_>) -> Destination<'_> {
+    if view.is_whole() {
+        to
+    } else {
+        Destination::View(view, Box::new(to))
     }
 }

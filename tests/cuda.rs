@@ -945,6 +945,21 @@ fn child_views() {
         })
         .unwrap();
         assert_eq!(device, host, "{view:?} into device memory");
+        // Into device memory plaid allocates.
+        let arena = d
+            .load_views_to_cuda(
+                0,
+                &mut |t: &TensorInfo| Ok((t.index == odd).then_some(view)),
+                None,
+            )
+            .unwrap();
+        let (address, capacity) = arena.tensor(odd).unwrap();
+        assert_eq!(capacity as usize, len);
+        // SAFETY: the stand-in's device memory is host memory; the arena holds `len` bytes
+        // at `address` until it is dropped, after this copy.
+        let got = unsafe { std::slice::from_raw_parts(address as *const u8, len) }.to_vec();
+        assert_eq!(got, host, "{view:?} into an arena");
+        assert!(arena.tensor(0).is_none() || odd == 0);
     }
     let (_, _, _, misuse) = stats();
     assert_eq!(misuse, 0);

@@ -448,6 +448,72 @@ fn the_c_destination_carries_slices_and_dtypes() {
         ),
         PLAID_ERR_UNSUPPORTED
     );
+    // Into memory plaid allocates: rows 4..6 as f16, through the arena.
+    let f16 = plaid::ffi::dtype::PLAID_DTYPE_F16;
+    let plan = Plan {
+        dests: vec![(
+            0,
+            plaid_destination {
+                kind: PLAID_DEST_HOST,
+                slice_dim: 0,
+                slice_start: 4,
+                slice_stop: 6,
+                dtype: f16,
+                ..Default::default()
+            },
+        )],
+    };
+    let mut arena = std::ptr::null_mut();
+    // SAFETY: `d` is live; `place` honours its contract and `plan` outlives the call;
+    // `arena` is writable.
+    let status = unsafe {
+        plaid::ffi::deserializer::plaid_deserializer_load_host_views(
+            d,
+            Some(place),
+            &plan as *const Plan as *mut c_void,
+            &mut arena,
+        )
+    };
+    assert_eq!(status, PLAID_OK);
+    let (mut ptr, mut len) = (std::ptr::null_mut(), 0u64);
+    // SAFETY: `arena` is the live arena made above; both outputs are writable locals.
+    let status =
+        unsafe { plaid::ffi::host_arena::plaid_host_arena_tensor(arena, 0, &mut ptr, &mut len) };
+    assert_eq!(status, PLAID_OK);
+    assert_eq!(len, 2 * 10 * 2);
+    // SAFETY: the arena holds `len` bytes at `ptr` until it is freed below.
+    let got = unsafe { std::slice::from_raw_parts(ptr as *const u8, len as usize) }.to_vec();
+    let want: Vec<u8> = data[4 * 40..6 * 40]
+        .chunks(4)
+        .flat_map(|b| half::f16::from_f32(f32::from_le_bytes(b.try_into().unwrap())).to_le_bytes())
+        .collect();
+    assert_eq!(got, want);
+    // SAFETY: made above, freed once.
+    unsafe { plaid::ffi::host_arena::plaid_host_arena_free(arena) };
+    // A bad slice fails before anything is allocated: `arena` stays untouched.
+    let plan = Plan {
+        dests: vec![(
+            0,
+            plaid_destination {
+                kind: PLAID_DEST_HOST,
+                slice_dim: 3,
+                slice_stop: 1,
+                ..Default::default()
+            },
+        )],
+    };
+    let mut arena = std::ptr::null_mut();
+    // SAFETY: as above.
+    let status = unsafe {
+        plaid::ffi::deserializer::plaid_deserializer_load_host_views(
+            d,
+            Some(place),
+            &plan as *const Plan as *mut c_void,
+            &mut arena,
+        )
+    };
+    assert_eq!(status, PLAID_ERR_INVALID_ARGUMENT);
+    assert!(arena.is_null());
     // SAFETY: `d` came from the open above and is freed once.
     unsafe { plaid_deserializer_free(d) };
 }

@@ -4,7 +4,7 @@ use std::ffi::{c_char, c_void, CString};
 
 use super::cuda_arena::plaid_cuda_arena;
 use super::host_arena::plaid_host_arena;
-use super::placement::{plaid_place_fn, plaid_tensor_info, CallbackPlacement};
+use super::placement::{plaid_destination, plaid_place_fn, plaid_tensor_info, CallbackPlacement};
 use super::progress::{plaid_progress_fn, CallbackProgress};
 use super::read_options::plaid_read_options;
 use super::status::plaid_status;
@@ -434,6 +434,107 @@ pub unsafe extern "C" fn plaid_deserializer_load_host(
         let inner = d.inner.load_to_host(&mut wanted, progress)?;
         // SAFETY: checked non-NULL above.
         unsafe { publish(out, plaid_host_arena { inner }) };
+        Ok(())
+    })
+}
+
+/// Ask `place` for the view of every tensor of `d` (as `plaid_deserializer_load` asks):
+/// `None` where it leaves the kind `PLAID_DEST_SKIP`, else the slice and dtype it set.
+///
+/// # Safety
+/// `place` honours `plaid_place_fn`'s contract.
+unsafe fn views_of(
+    d: &plaid_deserializer,
+    place: plaid_place_fn,
+    user_data: *mut c_void,
+) -> Result<Vec<Option<crate::View>>> {
+    let place = place.ok_or_else(|| Error::invalid("place is NULL"))?;
+    let mut out = Vec::with_capacity(d.infos.len());
+    for (t, info) in d.inner.tensors().iter().zip(&d.infos) {
+        let mut dest = plaid_destination::default();
+        // SAFETY: the caller's callback, given a lent info and a zeroed destination.
+        let rc = unsafe { place(user_data, info, &mut dest) };
+        if rc != 0 {
+            return Err(Error::Cancelled(format!(
+                "{}: the placement callback returned {rc} for tensor '{}'",
+                d.inner.name(),
+                t.name
+            )));
+        }
+        out.push(match dest.kind {
+            0 => None,
+            _ => Some(super::placement::view(t, &dest)?),
+        });
+    }
+    Ok(out)
+}
+
+/// `plaid_deserializer_load_host` for slices and dtypes: `place` is called for every
+/// tensor, in file order, before anything is allocated or read, as for
+/// `plaid_deserializer_load`; a tensor whose destination kind it leaves at
+/// `PLAID_DEST_SKIP` is skipped, any other kind loads it into the arena (the address,
+/// capacity and device it sets are ignored: plaid allocates), as the slice and dtype it
+/// sets ask. `plaid_host_arena_tensor` then gives each tensor's slice, converted, and its
+/// size. A bad slice or dtype fails as in `plaid_deserializer_load`, before anything is
+/// allocated.
+///
+/// # Safety
+/// As `plaid_deserializer_load_host`, with `place` NULL (an error) or honouring
+/// `plaid_place_fn`'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_deserializer_load_host_views(
+    d: *mut plaid_deserializer,
+    place: plaid_place_fn,
+    user_data: *mut c_void,
+    out: *mut *mut plaid_host_arena,
+) -> plaid_status {
+    boundary::status(|| {
+        out_ptr(out, "out")?;
+        // SAFETY: `d` is NULL (refused) or a live handle, as this function's `# Safety`
+        // requires; it is only read.
+        let d = unsafe { handle(d, "deserializer") }?;
+        // SAFETY: the infos live as long as `d`; the callback honours its contract.
+        let views = unsafe { views_of(d, place, user_data) }?;
+        let progress = d.progress().map(|p| move |x: &crate::Progress| p.call(x));
+        let progress = progress.as_ref().map(|p| p as &crate::ProgressFn<'_>);
+        let inner = d
+            .inner
+            .load_views_to_host(&mut |t| Ok(views[t.index]), progress)?;
+        // SAFETY: checked non-NULL above.
+        unsafe { publish(out, plaid_host_arena { inner }) };
+        Ok(())
+    })
+}
+
+/// `plaid_deserializer_load_cuda` for slices and dtypes, as
+/// `plaid_deserializer_load_host_views`: every tensor whose kind `place` sets to anything
+/// but `PLAID_DEST_SKIP` is loaded onto device `device` as its slice and dtype ask.
+///
+/// # Safety
+/// As `plaid_deserializer_load_cuda`, with `place` NULL (an error) or honouring
+/// `plaid_place_fn`'s contract.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_deserializer_load_cuda_views(
+    d: *mut plaid_deserializer,
+    device: i32,
+    place: plaid_place_fn,
+    user_data: *mut c_void,
+    out: *mut *mut plaid_cuda_arena,
+) -> plaid_status {
+    boundary::status(|| {
+        out_ptr(out, "out")?;
+        // SAFETY: `d` is NULL (refused) or a live handle, as this function's `# Safety`
+        // requires; it is only read.
+        let d = unsafe { handle(d, "deserializer") }?;
+        // SAFETY: the infos live as long as `d`; the callback honours its contract.
+        let views = unsafe { views_of(d, place, user_data) }?;
+        let progress = d.progress().map(|p| move |x: &crate::Progress| p.call(x));
+        let progress = progress.as_ref().map(|p| p as &crate::ProgressFn<'_>);
+        let inner = d
+            .inner
+            .load_views_to_cuda(device, &mut |t| Ok(views[t.index]), progress)?;
+        // SAFETY: checked non-NULL above.
+        unsafe { publish(out, plaid_cuda_arena { inner }) };
         Ok(())
     })
 }

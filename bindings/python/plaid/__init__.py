@@ -63,6 +63,13 @@ class safe_open:
         arena = self._reader.load_host(lambda m: m.index == meta.index)
         return plaid_numpy.array_from(arena.buffer(meta.index), meta)
 
+    def get_slice(self, name):
+        """A lazy view of tensor ``name``, as safetensors' ``get_slice``: ``get_shape()``,
+        ``get_dtype()``, and indexing (``[a:b, :, c]``, ints, ``...``) that reads only what
+        the index needs: the most narrowly indexed dimension through the library (its
+        range of the file, verified by whole checksum blocks), the others cut in memory."""
+        return _Slice(self, self._reader.find(name))
+
     def close(self):
         """Close the file. Safe to call twice."""
         self._reader.close()
@@ -74,18 +81,109 @@ class safe_open:
         self.close()
 
 
-def load_into(path, targets, *, verify=True, storage_options=None):
+class _Slice:
+    """A tensor of a `safe_open` file, read when indexed."""
+
+    def __init__(self, opened, meta):
+        self._opened = opened
+        self._meta = meta
+
+    def get_shape(self):
+        """The tensor's shape, a list."""
+        return list(self._meta.shape)
+
+    def get_dtype(self):
+        """The tensor's dtype, in safetensors' spelling (``"F32"``, ``"BF16"``, ...)."""
+        return _SAFETENSORS_DTYPES.get(self._meta.dtype, self._meta.dtype.upper())
+
+    def __getitem__(self, key):
+        meta = self._meta
+        shape = meta.shape
+        if not isinstance(key, tuple):
+            key = (key,)
+        if sum(k is Ellipsis for k in key) > 1:
+            raise IndexError("an index can only have a single ellipsis ('...')")
+        if Ellipsis in key:
+            at = key.index(Ellipsis)
+            key = key[:at] + (slice(None),) * (len(shape) - len(key) + 1) + key[at + 1:]
+        if len(key) > len(shape):
+            raise IndexError(f"too many indices for tensor {meta.name!r} of shape {list(shape)}")
+        key = key + (slice(None),) * (len(shape) - len(key))
+        # Each dimension's indices (a range), and which one is read narrowest.
+        picked = []
+        for k, n in zip(key, shape):
+            if isinstance(k, slice):
+                picked.append(range(n)[k])
+            else:
+                i = int(k)
+                if not -n <= i < n:
+                    raise IndexError(f"index {i} is out of bounds for dimension of size {n}")
+                picked.append(range(n)[i:i + 1] if i >= 0 else range(n)[n + i:n + i + 1])
+        spans = [(min(r), max(r) + 1) if len(r) else (0, 0) for r in picked]
+        narrow = [(b - a) / n if n else 1.0 for (a, b), n in zip(spans, shape)]
+        dim = min(range(len(shape)), key=lambda d: (narrow[d], d)) if shape else None
+        if dim is not None and narrow[dim] < 1.0:
+            start, stop = spans[dim]
+        else:
+            dim, start, stop = None, 0, 0
+        viewed = meta.viewed(dim, start, stop) if dim is not None else meta
+        # The rest of the index, relative to what is read.
+        rest = list(key)
+        if dim is not None:
+            r = picked[dim]
+            if isinstance(key[dim], slice):
+                end = r.stop - start
+                rest[dim] = slice(r.start - start, end if end >= 0 else None, r.step)
+            else:
+                rest[dim] = 0
+        rest = tuple(rest)
+        if self._opened._torch:
+            import torch
+            from . import torch as plaid_torch
+            out = torch.empty(viewed.shape, dtype=plaid_torch.torch_dtype(meta))
+            if out.numel():
+                self._opened._reader.load({meta.index: plaid_torch._destination(out, viewed)})
+            return out[rest].contiguous().to(self._opened._device)
+        import numpy as np
+        from . import numpy as plaid_numpy
+        out = np.empty(viewed.shape, dtype=plaid_numpy.numpy_dtype(meta))
+        if out.size:
+            self._opened._reader.load({meta.index: _destination(out, viewed)})
+        return np.ascontiguousarray(out[rest])
+
+
+_SAFETENSORS_DTYPES = {
+    "bool": "BOOL", "u8": "U8", "i8": "I8", "i16": "I16", "u16": "U16", "i32": "I32",
+    "u32": "U32", "i64": "I64", "u64": "U64", "f16": "F16", "bf16": "BF16", "f32": "F32",
+    "f64": "F64", "c64": "C64", "f8_e4m3fn": "F8_E4M3", "f8_e5m2": "F8_E5M2",
+    "f8_e8m0fnu": "F8_E8M0", "f4_e2m1fn_x2": "F4",
+}
+
+
+def load_into(path, targets, *, verify=True, storage_options=None, rank=None, world_size=None,
+              split=None, dtype=None):
     """Fill ``targets`` (a dict of tensor names to numpy arrays or torch tensors, CPU or
     CUDA, allocated by you) from the file at ``path`` (or a URL, configured by the
     environment and ``storage_options``; or a seekable binary file object, or bytes-like
     data) in one pass, verified: remote bytes go straight into the targets. Each target
     must have the tensor's dtype and shape, be contiguous and writable;
     `InvalidArgumentError` names the first that does not fit, `NotFoundError` a name the
-    file lacks. Returns ``targets``."""
+    file lacks. Returns ``targets``.
+
+    Tensor parallelism: with ``rank`` and ``world_size``, a tensor that ``split`` assigns a
+    dimension (an int for every tensor; a dict of glob patterns to a dimension or None,
+    first match wins; or a callable ``split(name, meta)``) is loaded as this rank's share
+    of that dimension, ``n * rank // world_size`` to ``n * (rank + 1) // world_size``, and
+    only the bytes it needs are read (whole checksum blocks when verifying); the target has
+    the share's shape. ``dtype`` (``"f16"``, ``"bf16"``, ``"f32"``, ``"f64"``, or a numpy or
+    torch dtype) converts floating-point tensors as they load (round to nearest even);
+    integer, bool and complex tensors keep theirs."""
+    dtype_id = _core.dtype_id_of(dtype)
     with _core.Reader(path, verify=verify, storage_options=storage_options) as reader:
         destinations = {}
         for name, target in targets.items():
-            meta = reader.find(name)
+            meta = _core.rank_view(reader.find(name), rank=rank, world_size=world_size,
+                                   split=split, dtype_id=dtype_id)
             destinations[meta.index] = _destination(target, meta)
         reader.load(destinations)
     return targets
@@ -111,4 +209,4 @@ def _destination(target, meta):
     if not target.flags.c_contiguous or not target.flags.writeable:
         raise InvalidArgumentError(f"tensor {meta.name!r}: the destination is not a "
                                    "contiguous, writable array")
-    return (DEST_HOST, 0, target.ctypes.data, meta.nbytes)
+    return (DEST_HOST, 0, target.ctypes.data, meta.nbytes) + (meta.view or ())

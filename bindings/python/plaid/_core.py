@@ -29,7 +29,7 @@ class TensorMeta:
     nested name, or None) and ``zero_fill`` (stored as nothing, loads as zeros)."""
 
     __slots__ = ("name", "dtype", "dtype_id", "shape", "nbytes", "index", "role",
-                 "module_index", "path", "zero_fill", "offset")
+                 "module_index", "path", "zero_fill", "offset", "view")
 
     def __init__(self, info):
         self.name = ctypes.string_at(info.name, info.name_len).decode("utf-8")
@@ -43,9 +43,101 @@ class TensorMeta:
         self.path = json.loads(ctypes.string_at(info.path, info.path_len)) if info.path else None
         self.zero_fill = bool(info.zero_fill)
         self.offset = info.offset
+        self.view = None
 
     def __repr__(self):
         return f"TensorMeta({self.name!r}, {self.dtype}, {list(self.shape)})"
+
+    def viewed(self, dim=None, start=0, stop=0, dtype_id=0):
+        """What a destination of a view of this tensor receives: indices ``start:stop``
+        of dimension ``dim`` (None: all of it), converted to dtype ``dtype_id`` (0: as
+        stored). Its ``view`` holds the `plaid_destination` fields ``(slice_dim,
+        slice_start, slice_stop, dtype)``."""
+        out = object.__new__(TensorMeta)
+        for k in TensorMeta.__slots__:
+            setattr(out, k, getattr(self, k))
+        shape = list(self.shape)
+        if dim is not None:
+            if not 0 <= dim < len(shape):
+                raise _lib.InvalidArgumentError(
+                    f"tensor {self.name!r}: no dimension {dim} in shape {shape}")
+            shape[dim] = max(0, stop - start)
+        out.shape = tuple(shape)
+        if dtype_id and dtype_id != self.dtype_id:
+            out.dtype_id, out.dtype = dtype_id, DTYPE_NAMES.get(dtype_id, str(dtype_id))
+        size = DTYPE_SIZES.get(out.dtype_id, 1)
+        count = 1
+        for n in shape:
+            count *= n
+        out.nbytes = count * size if self.shape != out.shape or out.dtype_id != self.dtype_id \
+            else self.nbytes
+        out.view = (0 if dim is None else dim, 0 if dim is None else start,
+                    0 if dim is None else stop, 0 if out.dtype_id == self.dtype_id else dtype_id)
+        return out
+
+
+# The floating-point dtypes plaid converts among: f16, bf16, f32, f64.
+FLOAT_IDS = (10, 11, 12, 13)
+
+
+def dtype_id_of(dtype):
+    """plaid's dtype id of ``dtype`` (None: 0, as stored): a plaid name (``"bf16"``), or a
+    numpy or torch dtype."""
+    if dtype is None:
+        return 0
+    if isinstance(dtype, str) and dtype in DTYPE_IDS:
+        return DTYPE_IDS[dtype]
+    if type(dtype).__module__.startswith("torch"):
+        from . import torch as plaid_torch
+        return plaid_torch.dtype_id(dtype)
+    from . import numpy as plaid_numpy
+    return plaid_numpy.dtype_id(dtype)
+
+
+def part(n, rank, world_size):
+    """Rank ``rank``'s share of ``n`` indices split over ``world_size`` ranks:
+    ``(n * rank // world_size, n * (rank + 1) // world_size)`` (uneven splits give the
+    first ranks one fewer)."""
+    return n * rank // world_size, n * (rank + 1) // world_size
+
+
+def split_dim(split, name, meta):
+    """The dimension along which tensor ``name`` is split, or None (every rank loads all of
+    it). ``split`` is an int (that dimension of every tensor that has it), a dict of glob
+    patterns (``fnmatch``, matched against the name in order; the first match wins) to a
+    dimension or None, or a callable ``split(name, meta)`` giving a dimension or None."""
+    import fnmatch
+    if split is None:
+        return None
+    if callable(split):
+        dim = split(name, meta)
+    elif isinstance(split, int):
+        dim = split if split < len(meta.shape) else None
+    else:
+        dim = next((d for pattern, d in split.items() if fnmatch.fnmatchcase(name, pattern)),
+                   None)
+    if dim is not None and not 0 <= dim < len(meta.shape):
+        raise _lib.InvalidArgumentError(
+            f"tensor {name!r}: split along dimension {dim}, but its shape is {list(meta.shape)}")
+    return dim
+
+
+def rank_view(meta, *, rank=None, world_size=None, split=None, dtype_id=0):
+    """``meta`` as this rank receives it: its share along the dimension ``split`` gives
+    (see `split_dim`), converted to ``dtype_id`` if it is a floating-point tensor (integer,
+    bool and complex tensors keep their dtype)."""
+    if (rank is None) != (world_size is None):
+        raise _lib.InvalidArgumentError("rank and world_size go together")
+    if world_size is not None and not 0 <= rank < world_size:
+        raise _lib.InvalidArgumentError(f"rank {rank} of a world of {world_size}")
+    dim = split_dim(split, meta.name, meta) if world_size is not None else None
+    convert = dtype_id if dtype_id and meta.dtype_id in FLOAT_IDS else 0
+    if dim is None and not convert:
+        return meta
+    if dim is None:
+        return meta.viewed(dtype_id=convert)
+    start, stop = part(meta.shape[dim], rank, world_size)
+    return meta.viewed(dim, start, stop, convert)
 
 
 def _free_reader(handle):
@@ -166,9 +258,13 @@ class Reader:
             raise error[0]
         self._check(status)
 
-    def load_host(self, wanted=None):
+    def load_host(self, wanted=None, views=None):
         """Load the tensors ``wanted(meta)`` selects (all for None) into one allocation made
-        by the library. Returns a `HostArena`."""
+        by the library. Returns a `HostArena`. With ``views``, ``views(meta)`` gives instead
+        each tensor's view (a `TensorMeta.viewed`, or None to skip it): the arena holds the
+        slices, converted."""
+        if views is not None:
+            return self._load_host_views(views)
         handle = self.handle
         error = []
         callback = None
@@ -183,6 +279,34 @@ class Reader:
         arena = ctypes.c_void_p()
         status = lib.plaid_deserializer_load_host(handle, callback or _lib.FILTER_FN(), None,
                                                   ctypes.byref(arena))
+        if status == 0 and error:
+            lib.plaid_host_arena_free(arena)
+        if error:
+            raise error[0]
+        self._check(status)
+        return HostArena(arena)
+
+
+    def _load_host_views(self, views):
+        handle = self.handle
+        error = []
+
+        @_lib.PLACE_FN
+        def place(_user, info, dest):
+            try:
+                viewed = views(self.tensors[info.contents.index])
+                if viewed is not None:
+                    d = dest.contents
+                    d.kind = _lib.DEST_HOST
+                    d.slice_dim, d.slice_start, d.slice_stop, d.dtype = \
+                        viewed.view or (0, 0, 0, 0)
+                return 0
+            except BaseException as e:  # re-raised after the call returns
+                error.append(e)
+                return 1
+
+        arena = ctypes.c_void_p()
+        status = lib.plaid_deserializer_load_host_views(handle, place, None, ctypes.byref(arena))
         if status == 0 and error:
             lib.plaid_host_arena_free(arena)
         if error:

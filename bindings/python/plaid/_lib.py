@@ -62,6 +62,7 @@ _SIGNATURES = [
     ("plaid_deserializer_tensors", [_vp], ctypes.POINTER(TensorInfo)),
     ("plaid_deserializer_load", [_vp, PLACE_FN, _vp], _i32),
     ("plaid_deserializer_load_host", [_vp, FILTER_FN, _vp, ctypes.POINTER(_vp)], _i32),
+    ("plaid_deserializer_load_host_views", [_vp, PLACE_FN, _vp, ctypes.POINTER(_vp)], _i32),
     ("plaid_deserializer_metadata_count", [_vp], _size),
     ("plaid_deserializer_metadata_entry",
      [_vp, _size, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_char_p)], _i32),

@@ -67,12 +67,13 @@ def _destination(tensor, meta):
             f"the destination is {tensor.dtype} {list(tensor.shape)}")
     if not tensor.is_contiguous():
         raise InvalidArgumentError(f"tensor {meta.name!r}: the destination is not contiguous")
+    view = meta.view or ()
     if tensor.device.type == "cuda":
-        return (_lib.DEST_CUDA, tensor.device.index, tensor.data_ptr(), meta.nbytes)
+        return (_lib.DEST_CUDA, tensor.device.index, tensor.data_ptr(), meta.nbytes) + view
     if tensor.device.type != "cpu":
         raise InvalidArgumentError(f"tensor {meta.name!r}: destinations on {tensor.device} "
                                    "are not supported (cpu and cuda are)")
-    return (_lib.DEST_HOST, 0, tensor.data_ptr(), meta.nbytes)
+    return (_lib.DEST_HOST, 0, tensor.data_ptr(), meta.nbytes) + view
 
 
 def _load_into(reader, targets):
@@ -307,11 +308,19 @@ class TensorDeserializer(Mapping):
     verified unless ``verify_hash=False``. ``filter_func(name)`` selects tensors; ``dtype``
     casts floating-point tensors read through the mapping. ``encryption`` is refused (plaid
     cannot decrypt yet): never ignored. ``plaid_mode``, ``lazy_load`` and ``num_readers``
-    are accepted for compatibility (``num_readers`` sets the worker threads)."""
+    are accepted for compatibility (``num_readers`` sets the worker threads).
+
+    Tensor parallelism: with ``rank`` and ``world_size``, every tensor that ``split`` assigns a
+    dimension (an int; a dict of glob patterns to a dimension or None, first match wins; or
+    a callable ``split(name, meta)``) is this rank's share of that dimension, ``n * rank //
+    world_size`` to ``n * (rank + 1) // world_size``, in ``d[name]`` and in
+    `load_into_module` (whose module holds the shares' shapes); only the bytes a share needs
+    are read."""
 
     def __init__(self, file_obj, device=None, filter_func=None, dtype=None, *,
                  lazy_load=False, plaid_mode=None, plaid_mode_buffers=None, num_readers=None,
-                 verify_hash=None, encryption=None, storage_options=None, mmap=True):
+                 verify_hash=None, encryption=None, storage_options=None, mmap=True,
+                 rank=None, world_size=None, split=None):
         if encryption is not None:
             raise UnsupportedError(
                 "TensorDeserializer(encryption=...): plaid cannot decrypt tensorizer files yet; "
@@ -320,6 +329,9 @@ class TensorDeserializer(Mapping):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self._device = _device(device)
         self._dtype = dtype
+        self._split = (rank, world_size, split)
+        if (rank is None) != (world_size is None):
+            raise InvalidArgumentError("rank and world_size go together")
         self._verify = True if verify_hash is None else bool(verify_hash)
         self._reader = _core.Reader(file_obj, verify=self._verify, threads=num_readers or 0,
                                     storage_options=storage_options)
@@ -342,7 +354,15 @@ class TensorDeserializer(Mapping):
             if name not in self._metas:
                 raise KeyError(name)
             meta = self._metas[name]
-            tensor = _load_all(self._reader, self._device, lambda m: m.index == meta.index)[name]
+            viewed = self._view(meta)
+            if viewed is not meta:
+                tensor = torch.empty(viewed.shape, dtype=torch_dtype(viewed),
+                                     device=self._device)
+                if tensor.numel():
+                    self._reader.load({meta.index: _destination(tensor, viewed)})
+            else:
+                tensor = _load_all(self._reader, self._device,
+                                   lambda m: m.index == meta.index)[name]
             if self._dtype is not None and tensor.is_floating_point():
                 tensor = tensor.to(self._dtype)
             self._tensors[name] = tensor
@@ -357,6 +377,16 @@ class TensorDeserializer(Mapping):
     def meta(self, name):
         """What the file says about tensor ``name`` (role, module index, path, ...)."""
         return self._metas[name]
+
+    def _view(self, meta, dtype=None):
+        """``meta`` as this rank loads it (its share, where split), converted to the torch
+        ``dtype`` where both are floating-point."""
+        rank, world_size, split = self._split
+        convert = 0
+        if dtype is not None and dtype.is_floating_point and dtype in _FROM_TORCH:
+            convert = _FROM_TORCH[dtype]
+        return _core.rank_view(meta, rank=rank, world_size=world_size, split=split,
+                               dtype_id=convert)
 
     def close(self):
         """Close the file and drop the tensors read through the mapping. Safe to call
@@ -440,39 +470,45 @@ class TensorDeserializer(Mapping):
             key = aliases[tid][0]
             owner, attr, kind, _ = entries[key]
             current = getattr(owner, attr)
-            if tuple(current.shape) != tuple(meta.shape):
+            # Converted by plaid on the way where both dtypes are floating-point.
+            viewed = self._view(meta, current.dtype)
+            if tuple(current.shape) != tuple(viewed.shape):
+                share = "" if viewed.shape == meta.shape else \
+                    f" (this rank's share of {list(meta.shape)})"
                 raise InvalidArgumentError(
-                    f"tensor {meta.name!r}: the file holds {list(meta.shape)}, the module's "
-                    f"{kind} {key!r} is {list(current.shape)}")
-            file_dtype = torch_dtype(meta)
+                    f"tensor {meta.name!r}: the file holds {list(viewed.shape)}{share}, the "
+                    f"module's {kind} {key!r} is {list(current.shape)}")
+            file_dtype = torch_dtype(viewed)
             if current.device.type != "meta":
                 if current.dtype == file_dtype and current.is_contiguous():
-                    in_place[meta.index] = _destination(current, meta)
+                    in_place[meta.index] = _destination(current, viewed)
                 else:
-                    staged = torch.empty(meta.shape, dtype=file_dtype, device=current.device)
-                    in_place[meta.index] = _destination(staged, meta)
+                    staged = torch.empty(viewed.shape, dtype=file_dtype, device=current.device)
+                    in_place[meta.index] = _destination(staged, viewed)
                     cast_later.append((current, staged))
             elif target_device.type == "cpu":
-                fresh_cpu.append((tid, meta, current))
+                fresh_cpu.append((tid, viewed, current))
             else:
-                new = torch.empty(meta.shape, dtype=file_dtype, device=target_device)
-                in_place[meta.index] = _destination(new, meta)
+                new = torch.empty(viewed.shape, dtype=file_dtype, device=target_device)
+                in_place[meta.index] = _destination(new, viewed)
                 fresh_device[tid] = new
         if in_place:
             self._reader.load(in_place)
         with torch.no_grad():
             for current, staged in cast_later:
                 current.copy_(staged)
+        # A mapping lends the stored bytes only: not for shares or conversions.
+        whole = all(viewed.view is None for _, viewed, _ in fresh_cpu)
         mapped = _load_mapped(self._mapped_path, self._verify) \
-            if fresh_cpu and self._mapped_path is not None else None
+            if fresh_cpu and whole and self._mapped_path is not None else None
         if mapped is not None:
             for tid, meta, _ in fresh_cpu:
                 fresh_device[tid] = mapped[meta.name]
         elif fresh_cpu:
-            wanted = {meta.index for _, meta, _ in fresh_cpu}
-            arena = self._reader.load_host(lambda m: m.index in wanted)
-            for tid, meta, _ in fresh_cpu:
-                fresh_device[tid] = _tensor_from(arena.buffer(meta.index), meta)
+            wanted = {viewed.index: viewed for _, viewed, _ in fresh_cpu}
+            arena = self._reader.load_host(views=lambda m: wanted.get(m.index))
+            for tid, viewed, _ in fresh_cpu:
+                fresh_device[tid] = _tensor_from(arena.buffer(viewed.index), viewed)
         for tid, new in fresh_device.items():
             meta = chosen[tid]
             first = entries[aliases[tid][0]]

@@ -325,7 +325,7 @@ def test_reader_load_takes_slices_and_dtypes_in_the_destination(tmp_path):
     w = np.where(np.isfinite(w), w, 0).astype(np.float32)
     pn.save_file({"w": w}, path)
     with plaid.Reader(path) as r:
-        index = r.find("w")
+        index = r.find("w").index
         rows = np.empty((4, 10), np.float32)
         cols = np.empty((12, 3), np.float16)
         r.load({index: (plaid._lib.DEST_HOST, 0, rows.ctypes.data, rows.nbytes, 0, 2, 6, 0)})
