@@ -905,6 +905,20 @@ const char *plaid_dtype_name(uint32_t dtype);
 uint64_t plaid_dtype_size(uint32_t dtype);
 
 /**
+ * Store in `*matched` 1 if the tensor name `name` matches the glob `pattern`, else 0:
+ * `*` and `?` match any characters (dots included), `[...]` a class, `{a,b}`
+ * alternatives, `\` escapes; the whole name must match, case-sensitively. These are the
+ * patterns of `plaid inspect --tensors` and of the bindings' filters; use it in a
+ * `plaid_filter_fn` or `plaid_place_fn` to choose tensors. A malformed pattern is
+ * `PLAID_ERR_INVALID_ARGUMENT`, and `*matched` is then untouched.
+ *
+ * # Safety
+ * `pattern` and `name` are NULL (an error) or NUL-terminated UTF-8; `matched` NULL (an
+ * error) or writable.
+ */
+plaid_status plaid_glob_match(const char *pattern, const char *name, int32_t *matched);
+
+/**
  * Store in `*data` the address of tensor `index`'s bytes (file order) in `arena`, 64-byte
  * aligned and writable, valid until `plaid_host_arena_free`, and their count in
  * `*nbytes`. Returns `PLAID_ERR_NOT_FOUND` for a tensor that was not loaded (filtered

@@ -384,7 +384,13 @@ impl Deserializer {
 
     /// Read and verify every block of every tensor, holding at most one chunk per worker.
     pub fn verify(&self) -> Result<LoadStats> {
-        pipeline::verify_all(self.source.as_ref(), &self.index, &self.options, None)
+        pipeline::verify_all(
+            self.source.as_ref(),
+            &self.index,
+            &self.options,
+            &|_| true,
+            None,
+        )
     }
 
     /// [`Deserializer::verify`], reporting progress as [`Deserializer::load_with_progress`].
@@ -393,7 +399,24 @@ impl Deserializer {
             self.source.as_ref(),
             &self.index,
             &self.options,
+            &|_| true,
             Some(progress),
+        )
+    }
+
+    /// [`Deserializer::verify_with_progress`] of the tensors `wanted` chooses only: the
+    /// others are not read (beyond gaps between small tensors read through).
+    pub fn verify_tensors(
+        &self,
+        wanted: &dyn Fn(&TensorInfo) -> bool,
+        progress: Option<&ProgressFn<'_>>,
+    ) -> Result<LoadStats> {
+        pipeline::verify_all(
+            self.source.as_ref(),
+            &self.index,
+            &self.options,
+            wanted,
+            progress,
         )
     }
 

@@ -58,6 +58,22 @@ fn inspect_and_verify_and_a_flipped_bit() {
         "{err}"
     );
 
+    // Filters: only the weight is inspected and verified, and it is intact.
+    let (ok, out, _) = plaid(&["inspect", p, "--tensors", "*.weight"]);
+    assert!(ok);
+    assert!(out.contains("2 (1 matching *.weight)"), "{out}");
+    assert!(
+        out.contains("encoder.weight") && !out.contains("encoder.bias"),
+        "{out}"
+    );
+    let (ok, out, err) = plaid(&["verify", p, "--tensors", "encoder.w*"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("OK, 1 tensors"), "{out}");
+    let (ok, _, err) = plaid(&["verify", p, "--tensors", "enc*", "--tensors", "x"]);
+    assert!(!ok && err.contains("encoder.bias"), "{err}");
+    let (ok, _, err) = plaid(&["verify", p, "--tensors", "[bad"]);
+    assert!(!ok && err.contains("'[bad'"), "{err}");
+
     std::fs::write(&path, &bytes[..offset]).unwrap();
     let (ok, _, err) = plaid(&["verify", p]);
     assert!(!ok);

@@ -576,3 +576,80 @@ fn slices_of_tensors_the_file_does_not_store_are_zeros() {
     let got = load_view(&d, "meta_empty", View::whole().slice(1, 0, 2), 4).unwrap();
     assert_eq!(got, vec![0xAA; 4], "nothing written");
 }
+
+// ---------------------------------------------------------------------------------------
+// Filters
+// ---------------------------------------------------------------------------------------
+
+/// Tensors a glob filter skips are not read, except where the planner reads through a gap
+/// between two chosen small tensors (at most the source's merge gap per gap).
+#[test]
+fn skipped_tensors_cost_no_reads_beyond_merged_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    // Layers of a large and two small tensors each.
+    let mut tensors = Vec::new();
+    for layer in 0..6 {
+        for (kind, n) in [("mlp.up", 3 << 20), ("norm", 4096), ("attn.q", 8192)] {
+            let name = format!("layers.{layer}.{kind}.weight");
+            tensors.push((
+                name,
+                DType::U8,
+                vec![n as u64],
+                random_bytes(n, layer * 7 + n as u64),
+            ));
+        }
+    }
+    write(&path, &tensors);
+    let filter = plaid::NameFilter::new(&["layers.*.attn.*", "layers.[0-1].mlp.*"]).unwrap();
+    let source = CountingSource::new(FileSource::open(&path).unwrap());
+    let counts = source.counts();
+    let merge_gap = plaid::Source::hints(&source).merge_gap;
+    let d = Deserializer::from_source(Box::new(source), ReadOptions::default()).unwrap();
+    let before = counts.bytes();
+    let chosen: Vec<&plaid::format::TensorInfo> = d
+        .tensors()
+        .iter()
+        .filter(|t| filter.matches(&t.name))
+        .collect();
+    assert_eq!(chosen.len(), 6 + 2);
+    let mut buffers: Vec<Vec<u8>> = chosen.iter().map(|t| vec![0; t.nbytes as usize]).collect();
+    {
+        let mut slots: Vec<Option<&mut [u8]>> =
+            buffers.iter_mut().map(|b| Some(&mut b[..])).collect();
+        let mut k = 0;
+        d.load(&mut |t: &plaid::format::TensorInfo| {
+            Ok(if filter.matches(&t.name) {
+                k += 1;
+                Destination::Host(slots[k - 1].take().unwrap())
+            } else {
+                Destination::Skip
+            })
+        })
+        .unwrap();
+    }
+    for (t, got) in chosen.iter().zip(&buffers) {
+        let (_, _, _, want) = tensors.iter().find(|(n, ..)| *n == t.name).unwrap();
+        assert_eq!(got, want, "{}", t.name);
+    }
+    let wanted: u64 = chosen.iter().map(|t| t.nbytes).sum();
+    let read = counts.bytes() - before;
+    // The skipped tensors hold 3 MiB + 4 KiB (layers 2-5) or 4 KiB (layers 0-1) between
+    // chosen ones: only 4 KiB gaps, within the merge gap, may be read through.
+    let gaps = 6;
+    assert!(read >= wanted, "{read} < {wanted}");
+    assert!(
+        read - wanted <= gaps * merge_gap.min(4096 + 4096),
+        "read {read} for {wanted} wanted: {} extra (merge gap {merge_gap})",
+        read - wanted
+    );
+    assert!(read < wanted + (3 << 20), "a skipped 3 MiB tensor was read");
+    // The CLI's verify with the same patterns reads the same tensors.
+    let stats = d
+        .verify_tensors(
+            &|t: &plaid::format::TensorInfo| filter.matches(&t.name),
+            None,
+        )
+        .unwrap();
+    assert_eq!(stats.tensors, 8);
+}

@@ -25,6 +25,10 @@ enum Command {
     Inspect {
         /// The file.
         file: PathBuf,
+        /// Only the tensors whose names match a glob pattern (`*` and `?` match dots
+        /// too; repeat for several): `--tensors 'model.layers.*.mlp.*'`.
+        #[arg(long = "tensors", value_name = "PATTERN")]
+        tensors: Vec<String>,
     },
     /// Convert a model file (plaid, safetensors or tensorizer, detected from its bytes) to
     /// plaid, safetensors or tensorizer, carrying the metadata over where the output
@@ -46,6 +50,10 @@ enum Command {
         /// Worker threads (0 = one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Only the tensors whose names match a glob pattern (repeat for several); the
+        /// others are not read.
+        #[arg(long = "tensors", value_name = "PATTERN")]
+        tensors: Vec<String>,
     },
     /// Measure plaid's load paths against the machine's limits and a naive loader, on the
     /// same data in one run, and print a table of medians.
@@ -151,8 +159,12 @@ fn main() -> ExitCode {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Inspect { file } => inspect(&file),
-        Command::Verify { file, threads } => verify(&file, threads),
+        Command::Inspect { file, tensors } => inspect(&file, &tensors),
+        Command::Verify {
+            file,
+            threads,
+            tensors,
+        } => verify(&file, threads, &tensors),
         Command::Convert { input, output, to } => convert(&input, &output, to.as_deref()),
         #[cfg(feature = "remote")]
         Command::Bench {
@@ -211,7 +223,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn inspect(file: &Path) -> plaid::Result<()> {
+fn inspect(file: &Path, patterns: &[String]) -> plaid::Result<()> {
+    let filter = plaid::NameFilter::new(patterns)?;
     let d = Deserializer::open(file, ReadOptions::default())?;
     let data: u64 = d.tensors().iter().map(|t| t.nbytes).sum();
     println!("file:       {}", d.name());
@@ -229,7 +242,20 @@ fn inspect(file: &Path) -> plaid::Result<()> {
         human(data)
     );
     println!("alignment:  {}", d.alignment());
-    println!("tensors:    {}", d.tensors().len());
+    let shown = d
+        .tensors()
+        .iter()
+        .filter(|t| filter.matches(&t.name))
+        .count();
+    if patterns.is_empty() {
+        println!("tensors:    {}", d.tensors().len());
+    } else {
+        println!(
+            "tensors:    {} ({shown} matching {})",
+            d.tensors().len(),
+            patterns.join(", ")
+        );
+    }
     println!();
     let name_width = d
         .tensors()
@@ -242,7 +268,7 @@ fn inspect(file: &Path) -> plaid::Result<()> {
         "{:>6}  {:<name_width$}  {:<12}  {:<24}  {:>12}  {:>14}",
         "#", "name", "dtype", "shape", "bytes", "offset"
     );
-    for t in d.tensors() {
+    for t in d.tensors().iter().filter(|t| filter.matches(&t.name)) {
         let mut notes = Vec::new();
         if t.role != plaid::TensorRole::Unspecified {
             notes.push(format!("{} (module {})", t.role.name(), t.module_index));
@@ -318,15 +344,23 @@ fn convert(input: &Path, output: &Path, to: Option<&str>) -> plaid::Result<()> {
     Ok(())
 }
 
-fn verify(file: &Path, threads: usize) -> plaid::Result<()> {
+fn verify(file: &Path, threads: usize, patterns: &[String]) -> plaid::Result<()> {
+    let filter = plaid::NameFilter::new(patterns)?;
     let d = Deserializer::open(file, ReadOptions::default().threads(threads)?)?;
-    let total: u64 = d.tensors().iter().map(|t| t.nbytes).sum();
+    let wanted = |t: &TensorInfo| filter.matches(&t.name);
+    let total: u64 = d
+        .tensors()
+        .iter()
+        .filter(|t| wanted(t))
+        .map(|t| t.nbytes)
+        .sum();
     let progress = bar(total, "verify");
     let started = Instant::now();
-    let stats = d.verify_with_progress(&|p: &plaid::Progress| {
+    let report = |p: &plaid::Progress| {
         progress.set_position(p.bytes_done);
         Ok(())
-    })?;
+    };
+    let stats = d.verify_tensors(&wanted, Some(&report))?;
     progress.finish_and_clear();
     let elapsed = started.elapsed();
     println!(

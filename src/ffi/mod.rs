@@ -11,6 +11,7 @@ pub mod convert;
 pub mod cuda_arena;
 pub mod deserializer;
 pub mod dtype;
+pub mod filter;
 pub mod host_arena;
 pub mod placement;
 pub mod progress;

@@ -246,12 +246,14 @@ pub(crate) fn verify_all(
     source: &dyn Source,
     index: &Index,
     options: &ReadOptions,
+    wanted: &dyn Fn(&TensorInfo) -> bool,
     progress: Option<&ProgressFn<'_>>,
 ) -> Result<LoadStats> {
     let options = options.clone().verify(true);
     let placed = index
         .tensors
         .iter()
+        .filter(|t| wanted(t))
         .map(|t| (t, Out::Scratch(t.stored_len() as usize), None))
         .collect();
     run(source, index, &options, placed, &[], None, progress)

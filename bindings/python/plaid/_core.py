@@ -80,6 +80,28 @@ class TensorMeta:
 FLOAT_IDS = (10, 11, 12, 13)
 
 
+def name_filter(tensors):
+    """A ``filter(name) -> bool`` from ``tensors``: None (every tensor), a glob pattern or a
+    list of them (the library's patterns, as ``plaid inspect --tensors``: ``*`` and ``?``
+    match dots too; a name is chosen when it matches any), or a callable taking the name."""
+    if tensors is None or callable(tensors):
+        return tensors
+    patterns = [tensors] if isinstance(tensors, str) else list(tensors)
+    encoded = [p.encode("utf-8") for p in patterns]
+    matched = ctypes.c_int32()
+    for p in encoded:  # a malformed pattern fails now, naming it
+        check(lib.plaid_glob_match(p, b"", ctypes.byref(matched)))
+
+    def chosen(name):
+        n = name.encode("utf-8")
+        for p in encoded:
+            check(lib.plaid_glob_match(p, n, ctypes.byref(matched)))
+            if matched.value:
+                return True
+        return False
+    return chosen
+
+
 def dtype_id_of(dtype):
     """plaid's dtype id of ``dtype`` (None: 0, as stored): a plaid name (``"bf16"``), or a
     numpy or torch dtype."""

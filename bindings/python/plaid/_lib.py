@@ -64,6 +64,7 @@ _SIGNATURES = [
     ("plaid_deserializer_load_host", [_vp, FILTER_FN, _vp, ctypes.POINTER(_vp)], _i32),
     ("plaid_deserializer_load_host_views", [_vp, PLACE_FN, _vp, ctypes.POINTER(_vp)], _i32),
     ("plaid_deserializer_metadata_count", [_vp], _size),
+    ("plaid_glob_match", [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(_i32)], _i32),
     ("plaid_deserializer_metadata_entry",
      [_vp, _size, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_char_p)], _i32),
     ("plaid_deserializer_verify", [_vp], _i32),

@@ -100,7 +100,8 @@ def _load_all(reader, device, wanted=None):
     return out
 
 
-def load_file(path, device="cpu", *, mmap=True, verify=True, storage_options=None):
+def load_file(path, device="cpu", *, mmap=True, verify=True, storage_options=None,
+              tensors=None):
     """Every tensor of the file at ``path`` as torch tensors on ``device`` (``"cpu"``,
     ``"cuda"`` or ``"cuda:N"``), verified (unless ``verify=False``). ``path`` may also be a
     seekable binary file object or bytes-like data: read through, never mapped.
@@ -115,7 +116,14 @@ def load_file(path, device="cpu", *, mmap=True, verify=True, storage_options=Non
     ``path`` may be a URL (``http(s)://``, ``s3://bucket/key``, ``gs://``, ``az://``),
     configured from the environment and ``storage_options`` (object_store-style keys such
     as ``aws_endpoint``, ``aws_region``, ``aws_profile``): the bytes stream from the
-    network into the tensors' memory as they arrive (never mapped)."""
+    network into the tensors' memory as they arrive (never mapped).
+
+    ``tensors`` (a glob pattern, a list of them, or a callable taking the name) loads only
+    the tensors it chooses; the others are not read (and the file is not mapped)."""
+    chosen = _core.name_filter(tensors)
+    if chosen is not None:
+        with _core.Reader(path, verify=verify, storage_options=storage_options) as reader:
+            return _load_all(reader, device, lambda m: chosen(m.name))
     if _device(device).type == "cpu" and mmap and _source.is_path(path) \
             and not _source.is_url(path):
         mapped = _load_mapped(path, verify)
@@ -305,7 +313,8 @@ class TensorDeserializer(Mapping):
     Making it opens the file and reads its header only. Tensors are read on first access
     (``d[name]``, onto ``device``: default the current CUDA device if there is one, else the
     CPU) or by `load_into_module`, which streams them straight into the module's own storage,
-    verified unless ``verify_hash=False``. ``filter_func(name)`` selects tensors; ``dtype``
+    verified unless ``verify_hash=False``. ``filter_func(name)`` (or a glob pattern, or a list of
+    them) selects tensors; ``dtype``
     casts floating-point tensors read through the mapping. ``encryption`` is refused (plaid
     cannot decrypt yet): never ignored. ``plaid_mode``, ``lazy_load`` and ``num_readers``
     are accepted for compatibility (``num_readers`` sets the worker threads).
@@ -335,6 +344,7 @@ class TensorDeserializer(Mapping):
         self._verify = True if verify_hash is None else bool(verify_hash)
         self._reader = _core.Reader(file_obj, verify=self._verify, threads=num_readers or 0,
                                     storage_options=storage_options)
+        filter_func = _core.name_filter(filter_func)
         self._metas = {m.name: m for m in self._reader.tensors
                        if filter_func is None or filter_func(m.name)}
         for meta in self._metas.values():
@@ -440,6 +450,7 @@ class TensorDeserializer(Mapping):
         aliases = {}
         for key, (owner, attr, _kind, _persistent) in entries.items():
             aliases.setdefault(id(getattr(owner, attr)), []).append(key)
+        filter_func = _core.name_filter(filter_func)
         chosen = {}    # id of the module's tensor -> meta of the file tensor it receives
         matched = 0    # file tensors that name a parameter or buffer of the module
         unexpected = []

@@ -126,3 +126,16 @@ def test_tensor_deserializer_loads_each_rank_its_share_into_an_empty_module(tmp_
     assert shard.up.weight.data_ptr() == before
     assert torch.equal(shard.up.weight, full.up.weight[6:9].to(torch.bfloat16))
     assert torch.equal(shard.down.weight, full.down.weight[:, 6:9].to(torch.bfloat16))
+
+
+def test_glob_filters_choose_tensors_everywhere(model, tmp_path):
+    path, tensors = model
+    got = pn.load_file(path, tensors="[ab]")
+    assert sorted(got) == ["a", "b"] and np.array_equal(got["a"], tensors["a"])
+    got = pt.load_file(path, tensors=["v", "i*"])
+    assert sorted(got) == ["ids", "v"]
+    assert np.array_equal(got["v"].numpy(), tensors["v"])
+    with pt.TensorDeserializer(path, device="cpu", filter_func="?") as d:
+        assert sorted(d) == ["a", "b", "v"]
+    with pytest.raises(plaid.InvalidArgumentError, match="'\\[x'"):
+        pn.load_file(path, tensors="[x")
