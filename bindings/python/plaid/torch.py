@@ -133,6 +133,62 @@ def load_file(path, device="cpu", *, mmap=True, verify=True, storage_options=Non
         return _load_all(reader, device)
 
 
+def load_shared(path, device="cpu", *, group=None, verify=True, storage_options=None,
+                tensors=None):
+    """Every tensor of the file at ``path`` (as `load_file` gives them) on every member of
+    the ``torch.distributed`` process group ``group`` (default: the world; any group, a
+    subgroup of the world too, and only its members call this), reading the file once per
+    group instead of once per rank: the tensors are dealt to the members by size, each
+    member reads only its own share (verified) into one buffer, and each buffer is
+    broadcast from its member to the others over the group's backend (gloo for CPU
+    tensors, NCCL for CUDA ones): as many collective calls as members. Every member must
+    call it with the same file, ``tensors`` and ``device`` type. Returns ``{name: tensor}``,
+    the tensors of each share being views of its buffer."""
+    import torch.distributed as dist
+    if group is None:
+        group = dist.group.WORLD
+    me = dist.get_rank(group)
+    if me < 0:
+        raise InvalidArgumentError("load_shared: this process is not a member of the group")
+    members = dist.get_process_group_ranks(group)
+    device = _device(device)
+    chosen = _core.name_filter(tensors)
+    with _core.Reader(path, verify=verify, storage_options=storage_options) as reader:
+        metas = [m for m in reader.tensors if chosen is None or chosen(m.name)]
+        for meta in metas:
+            torch_dtype(meta)  # refuse before reading anything
+        # Deal the tensors, largest first, to the member with the fewest bytes so far:
+        # the same answer on every member.
+        owner, loads = {}, [0] * len(members)
+        for meta in sorted(metas, key=lambda m: (-m.nbytes, m.index)):
+            k = min(range(len(members)), key=lambda r: (loads[r], r))
+            owner[meta.index] = k
+            loads[k] += -(-meta.nbytes // 64) * 64
+        # Each share laid out in one buffer, tensors 64-byte aligned, in file order.
+        at, sizes = {}, [0] * len(members)
+        for meta in metas:
+            k = owner[meta.index]
+            at[meta.index] = sizes[k]
+            sizes[k] += -(-meta.nbytes // 64) * 64
+        buffers = [torch.empty(n, dtype=torch.uint8, device=device) for n in sizes]
+        out = {}
+        for meta in metas:
+            if meta.nbytes == 0:
+                out[meta.name] = torch.empty(meta.shape, dtype=torch_dtype(meta), device=device)
+                continue
+            start = at[meta.index]
+            piece = buffers[owner[meta.index]][start:start + meta.nbytes]
+            out[meta.name] = piece.view(torch_dtype(meta)).view(meta.shape)
+        mine = {m.index: _destination(out[m.name], m) for m in metas
+                if owner[m.index] == me and m.nbytes}
+        if mine:
+            reader.load(mine)
+    for k, buffer in enumerate(buffers):
+        if buffer.numel():
+            dist.broadcast(buffer, src=members[k], group=group)
+    return out
+
+
 def _load_mapped(path, verify):
     """Tensors over a private mapping of the file, or None for a file that is not one
     mapping (a sharded checkpoint's index)."""
