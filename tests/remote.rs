@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{load_all, random_bytes};
 use fault_server::{Fault, FaultServer};
-use plaid::{DType, Deserializer, Error, ReadOptions, Serializer, WriteOptions};
+use plaid::{DType, Deserializer, Destination, Error, ReadOptions, Serializer, WriteOptions};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tensorizer")
@@ -936,4 +936,50 @@ mod c_api {
             plaid_write_options_free(w);
         }
     }
+}
+
+/// A slice over HTTP asks the server for its rows only (whole checksum blocks when
+/// verifying), counted by the bytes the server sent.
+#[test]
+fn a_remote_slice_requests_only_its_ranges() {
+    let server = FaultServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    // 512 rows of 64 KiB, one checksum block of 64 KiB per row: 32 MiB.
+    let data = random_bytes(512 << 16, 31);
+    let options = WriteOptions::default()
+        .sync(false)
+        .checksum_block_size(64 << 10)
+        .unwrap();
+    let mut w = Serializer::create(&path, options).unwrap();
+    w.add_tensor("w", DType::U8, &[512, 64 << 10], &data)
+        .unwrap();
+    w.finish().unwrap();
+    server.put("m.plaid", std::fs::read(&path).unwrap());
+    for verify in [true, false] {
+        let d = Deserializer::open(server.url_of("m.plaid"), options_for_slices(verify)).unwrap();
+        let before = server.ranged_bytes();
+        // Rank 3 of 8: rows 192..256, 4 MiB.
+        let mut out = vec![0u8; 64 << 16];
+        let mut slot = Some(&mut out[..]);
+        d.load(&mut |_: &plaid::format::TensorInfo| {
+            let to = Destination::Host(slot.take().unwrap());
+            Ok(Destination::View(
+                plaid::View::whole().slice(0, 192, 256),
+                Box::new(to),
+            ))
+        })
+        .unwrap();
+        assert_eq!(out, data[192 << 16..256 << 16]);
+        let sent = server.ranged_bytes() - before;
+        assert_eq!(
+            sent,
+            64 << 16,
+            "verify {verify}: {sent} bytes sent for a 4 MiB slice"
+        );
+    }
+}
+
+fn options_for_slices(verify: bool) -> ReadOptions {
+    options().verify(verify)
 }

@@ -44,6 +44,8 @@ struct State {
     fault: Mutex<Option<Fault>>,
     ranged_gets: AtomicUsize,
     requests: AtomicUsize,
+    /// Body bytes of ranged GETs answered in full.
+    ranged_bytes: AtomicUsize,
     stop: AtomicBool,
     versions: AtomicUsize,
 }
@@ -110,6 +112,12 @@ impl FaultServer {
     /// Ranged GETs answered since the fault was set.
     pub fn ranged_gets(&self) -> usize {
         self.state.ranged_gets.load(Ordering::SeqCst)
+    }
+
+    /// Body bytes sent in answer to ranged GETs (answered normally) so far.
+    #[allow(dead_code)]
+    pub fn ranged_bytes(&self) -> usize {
+        self.state.ranged_bytes.load(Ordering::SeqCst)
     }
 
     /// Requests of any kind answered.
@@ -322,6 +330,7 @@ fn serve(stream: TcpStream, state: &State) -> std::io::Result<()> {
                 ));
                 h.push(("Content-Length".into(), body.len().to_string()));
                 respond(&mut stream, "206 Partial Content", &h, body)?;
+                state.ranged_bytes.fetch_add(body.len(), Ordering::SeqCst);
             }
             Plan::Status(code) => {
                 let text = format!(
