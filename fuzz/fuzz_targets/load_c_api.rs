@@ -1,7 +1,8 @@
 //! The whole load path through the C API, as a C caller drives it: the bytes served by a
 //! read callback (`plaid_source_new`, short reads chosen by the input), opened in any
-//! format, then loaded with a placement that accepts, skips or under-sizes each tensor (its
-//! choice taken from the input too), verified. Statuses only, never a crash.
+//! format, then loaded with a placement that accepts, skips, under-sizes or slices and
+//! converts each tensor (its choice taken from the input too), verified. Statuses only,
+//! never a crash.
 #![no_main]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -54,7 +55,26 @@ unsafe extern "C" fn place(
     let nbytes = info.nbytes.min(1 << 24) as usize;
     match choice % 4 {
         0 => {} // skip
-        1 | 2 => {
+        2 => {
+            // A slice of one dimension (any range, valid or not), maybe converted: room for
+            // any view, 8 bytes an element.
+            let ndim = info.ndim as usize;
+            if ndim > 0 {
+                let dim = (choice as usize / 4) % ndim;
+                // SAFETY: plaid lends `ndim` dimensions at `info.shape` for a tensor of rank > 0.
+                let n = unsafe { *info.shape.add(dim) };
+                dest.slice_dim = dim as u32;
+                dest.slice_start = n / u64::from(1 + choice % 3);
+                dest.slice_stop = n.saturating_sub(n / 4) + u64::from(choice >> 7);
+            }
+            dest.dtype = [0, 10, 11, 12, 13, 6][(choice as usize / 16) % 6];
+            placing.buffers.push(vec![0u8; (nbytes.saturating_mul(8)).min(1 << 24)]);
+            let b = placing.buffers.last_mut().unwrap();
+            dest.kind = PLAID_DEST_HOST;
+            dest.address = b.as_mut_ptr() as u64;
+            dest.capacity = b.len() as u64;
+        }
+        1 => {
             placing.buffers.push(vec![0u8; nbytes]);
             let b = placing.buffers.last_mut().unwrap();
             dest.kind = PLAID_DEST_HOST;
