@@ -293,6 +293,21 @@ impl Deserializer {
         })
     }
 
+    /// This deserializer with only the tensors `wanted` chooses, renumbered in file order
+    /// (indices, `find` and loads see only those): to convert or serve part of a file.
+    pub fn retain(mut self, wanted: &dyn Fn(&TensorInfo) -> bool) -> Deserializer {
+        self.index.tensors.retain(|t| wanted(t));
+        for (i, t) in self.index.tensors.iter_mut().enumerate() {
+            t.index = i;
+        }
+        let tensors = &self.index.tensors;
+        self.by_name = (0..tensors.len() as u32).collect();
+        self.by_name
+            .sort_unstable_by(|&a, &b| tensors[a as usize].name.cmp(&tensors[b as usize].name));
+        self.view_verified = tensors.iter().map(|_| AtomicBool::new(false)).collect();
+        self
+    }
+
     /// The file's name, as used in messages.
     pub fn name(&self) -> &str {
         self.source.name()

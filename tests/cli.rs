@@ -73,6 +73,19 @@ fn inspect_and_verify_and_a_flipped_bit() {
     assert!(!ok && err.contains("encoder.bias"), "{err}");
     let (ok, _, err) = plaid(&["verify", p, "--tensors", "[bad"]);
     assert!(!ok && err.contains("'[bad'"), "{err}");
+    // Converting part of a file: only the weight, read back and compared.
+    let part = dir.path().join("part.safetensors");
+    let (ok, _, err) = plaid(&[
+        "convert",
+        p,
+        part.to_str().unwrap(),
+        "--tensors",
+        "*.weight",
+    ]);
+    assert!(ok, "{err}");
+    let written = Deserializer::open(&part, ReadOptions::default()).unwrap();
+    assert_eq!(written.tensors().len(), 1);
+    assert_eq!(written.read_tensor(0).unwrap(), a);
 
     std::fs::write(&path, &bytes[..offset]).unwrap();
     let (ok, _, err) = plaid(&["verify", p]);

@@ -42,6 +42,10 @@ enum Command {
         /// extension, `.safetensors` or `.tensors`, else plaid).
         #[arg(long)]
         to: Option<String>,
+        /// Only the tensors whose names match a glob pattern (repeat for several); the
+        /// others are neither read nor written.
+        #[arg(long = "tensors", value_name = "PATTERN")]
+        tensors: Vec<String>,
     },
     /// Check every checksum block of a file; exits non-zero naming the first bad tensor.
     Verify {
@@ -165,7 +169,12 @@ fn main() -> ExitCode {
             threads,
             tensors,
         } => verify(&file, threads, &tensors),
-        Command::Convert { input, output, to } => convert(&input, &output, to.as_deref()),
+        Command::Convert {
+            input,
+            output,
+            to,
+            tensors,
+        } => convert(&input, &output, to.as_deref(), &tensors),
         #[cfg(feature = "remote")]
         Command::Bench {
             size_mib,
@@ -300,13 +309,22 @@ fn inspect(file: &Path, patterns: &[String]) -> plaid::Result<()> {
     Ok(())
 }
 
-fn convert(input: &Path, output: &Path, to: Option<&str>) -> plaid::Result<()> {
+fn convert(
+    input: &Path,
+    output: &Path,
+    to: Option<&str>,
+    patterns: &[String],
+) -> plaid::Result<()> {
+    let filter = plaid::NameFilter::new(patterns)?;
     let to = to.unwrap_or(match output.extension().and_then(|e| e.to_str()) {
         Some("safetensors") => "safetensors",
         Some("tensors") => "tensorizer",
         _ => "plaid",
     });
-    let source = Deserializer::open(input, ReadOptions::default())?;
+    let mut source = Deserializer::open(input, ReadOptions::default())?;
+    if !patterns.is_empty() {
+        source = source.retain(&|t: &TensorInfo| filter.matches(&t.name));
+    }
     let total: u64 = source.tensors().iter().map(|t| t.nbytes).sum();
     let started = Instant::now();
     let progress = bar(total, "convert");
