@@ -274,6 +274,20 @@ fn a_slice_reads_only_its_bytes_and_whole_checksum_blocks() {
     assert_eq!(read, 4096);
     let (_, read) = counted(false, View::whole().slice(1, 512, 1024), 256 * 2048);
     assert_eq!(read, 256 * 4096 - 2048);
+    // A safetensors file has no checksums: exactly the slice, verification on or off.
+    let st = dir.path().join("m.safetensors");
+    let source = Deserializer::open(&path, ReadOptions::default()).unwrap();
+    plaid::convert::to_safetensors(&source, &st, &mut |_, _| {}).unwrap();
+    for verify in [true, false] {
+        let source = CountingSource::new(FileSource::open(&st).unwrap());
+        let counts = source.counts();
+        let d = Deserializer::from_source(Box::new(source), ReadOptions::default().verify(verify))
+            .unwrap();
+        let before = counts.bytes();
+        let got = load_view(&d, "w", View::whole().slice(0, 7, 9), 2 * 4096).unwrap();
+        assert_eq!(got, data[7 * 4096..9 * 4096]);
+        assert_eq!(counts.bytes() - before, 2 * 4096);
+    }
 }
 
 #[test]
