@@ -13,6 +13,9 @@ use crate::error::{Error, Result};
 use crate::format::TensorInfo;
 use crate::sink::View;
 
+/// The most runs of a slice read one by one (see [`Selection::spans`]).
+pub(crate) const MAX_SPANS: u64 = 4096;
+
 /// A view of one tensor, checked and reduced to arithmetic.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Selection {
@@ -139,14 +142,16 @@ impl Selection {
 
     /// The ranges `(start, end)` of stored bytes the selection needs, in order: one where
     /// the runs are contiguous or the gaps between them at most `merge_gap` bytes (read
-    /// through), else one per run.
+    /// through), else one per run, up to [`MAX_SPANS`] of them (more runs than that are
+    /// read through too: a job per run of a million-row tensor would cost more memory
+    /// and requests than the bytes it saves).
     pub(crate) fn spans(&self, merge_gap: u64) -> Vec<(u64, u64)> {
         if self.outer == 0 || self.run == 0 {
             return Vec::new();
         }
         let size = self.src_size;
         let gap = (self.period - self.run) * size;
-        if self.outer == 1 || gap <= merge_gap {
+        if self.outer == 1 || gap <= merge_gap || self.outer > MAX_SPANS {
             let start = self.first * size;
             let end = ((self.outer - 1) * self.period + self.first + self.run) * size;
             return vec![(start, end)];
