@@ -396,8 +396,10 @@ typedef struct plaid_destination {
    * densely (row-major) at `address`. A slice along dimension 0 is one contiguous range
    * of the file; along another dimension it is gathered (on the host, then copied, for
    * CUDA). Only the bytes the slice needs are read, rounded out to whole checksum blocks
-   * when verifying; a tensorizer tensor (one hash over all of it) is read whole when
-   * verifying. `slice_stop` 0 with a non-zero `slice_start` or `slice_dim`, a 0-d
+   * when verifying (gaps between its runs under the source's merge gap, or past 4096
+   * runs, are read through); a tensorizer tensor (one hash over all of it) is read whole
+   * when verifying. An empty slice needs `slice_start == slice_stop != 0` (or no
+   * destination at all): `0..0` reads as no slice. `slice_stop` 0 with a non-zero `slice_start` or `slice_dim`, a 0-d
    * tensor, a dimension the tensor lacks, or a range reversed or past the dimension's
    * end are `PLAID_ERR_INVALID_ARGUMENT` naming the tensor, before anything is read.
    * A slice of a zero-filled tensor is zeros; a dimension of size 0 gives an empty

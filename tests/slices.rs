@@ -571,6 +571,10 @@ fn a_tensorizer_slice_reads_the_whole_tensor_to_verify_it_and_only_its_bytes_wit
     let d = Deserializer::open(&tz, ReadOptions::default()).unwrap();
     let e = load_view(&d, "w", View::whole().slice(0, 10, 20), 10 * 4096).unwrap_err();
     assert!(matches!(e, Error::HashMismatch { .. }), "{e}");
+    // With SHA-256 checks off, the CRC-32 over all of it is still checked: read whole.
+    let d = Deserializer::open(&tz, ReadOptions::default().verify_sha256(false)).unwrap();
+    let e = load_view(&d, "w", View::whole().slice(1, 0, 512), 256 * 2048).unwrap_err();
+    assert!(matches!(e, Error::HashMismatch { .. }), "{e}");
     let d = Deserializer::open(&tz, ReadOptions::default().verify(false)).unwrap();
     let got = load_view(&d, "w", View::whole().slice(0, 10, 20), 10 * 4096).unwrap();
     assert_eq!(got, data[10 * 4096..20 * 4096]);

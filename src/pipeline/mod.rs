@@ -41,7 +41,9 @@ pub(crate) use stages::Verify;
 pub struct LoadStats {
     /// Tensors written to a destination (or verified).
     pub tensors: usize,
-    /// Bytes read.
+    /// Bytes delivered: each tensor's `nbytes`, or for a view (a slice, a conversion) the
+    /// bytes its destination received. (What was read from the source may differ: whole
+    /// checksum blocks around a slice, gaps between small tensors read through.)
     pub bytes: u64,
     /// The most host memory the load allocated at once to read through (scratch buffers
     /// for verification and for batches of small tensors; not the destinations, not the
@@ -140,6 +142,10 @@ pub(crate) fn load<'a>(
     let mut device_ranges: BTreeMap<(i32, u64), (u64, &str)> = BTreeMap::new();
     for tensor in &index.tensors {
         let (dest, selection) = match placement.place(tensor)? {
+            // A view of nothing is nothing: not checked.
+            Destination::View(_, to) if matches!(*to, Destination::Skip) => {
+                (Destination::Skip, None)
+            }
             Destination::View(view, to) => {
                 if matches!(*to, Destination::View(..)) {
                     return Err(Error::invalid(format!(

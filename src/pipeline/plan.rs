@@ -5,7 +5,7 @@
 //! (within the source's merge gap) are read as one range and spread into their
 //! destinations.
 
-use crate::format::TensorInfo;
+use crate::format::{Checksum, TensorInfo};
 use crate::sink::Place;
 
 use super::select::Selection;
@@ -294,11 +294,21 @@ fn plan_view<'a>(
     let mut step = (policy.job_len(tensor) as u64 / size * size).max(size);
     if policy.verify.on {
         let block = tensor.checksum.block_size();
+        // A hash over all of the tensor that verification checks (tensorizer's CRC32, or
+        // its SHA-256 when those are checked): it must see every byte.
+        let whole_hash = matches!(
+            &tensor.checksum,
+            Checksum::WholeTensor { crc32, sha256, .. }
+                if crc32.is_some() || (sha256.is_some() && policy.verify.sha256)
+        );
         if policy.verify.sequential(tensor) || block.is_some_and(|b| b % size != 0) {
             // A hash of every byte in order, or blocks that elements straddle: all of it,
             // as one job (read a request at a time).
             spans = vec![(0, stored)];
             step = u64::MAX;
+        } else if whole_hash {
+            // A CRC-32 of every byte, combined from pieces read in parallel: all of them.
+            spans = vec![(0, stored)];
         } else if let Some(block) = block {
             let mut rounded: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
             for (start, end) in spans {
@@ -382,7 +392,7 @@ pub(crate) fn coalesce(wanted: &[(u64, u64)], merge_gap: u64, max_len: u64) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{Checksum, TensorRole};
+    use crate::format::TensorRole;
     use crate::DType;
 
     fn tensor(index: usize, offset: u64, nbytes: u64, checksum: Checksum) -> TensorInfo {

@@ -94,8 +94,14 @@ impl Selection {
                     shape.as_slice()
                 ));
             }
-            // Products of a shape whose product (nbytes) is known not to overflow; a
-            // dimension of size 0 makes every count 0.
+            if elements == 0 {
+                // A dimension of size 0 (its neighbours may be huge: products of them
+                // could overflow): every slice is empty.
+                selection.outer = 0;
+                selection.run = 0;
+                return Ok(selection.cast.is_some().then_some(selection));
+            }
+            // Products of a shape whose product (nbytes) is known not to overflow.
             let inner: u64 = shape[dim + 1..].iter().product();
             let outer: u64 = shape[..dim].iter().product();
             selection.period = shape[dim] * inner;
@@ -317,6 +323,16 @@ mod tests {
             assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
             assert!(e.to_string().contains("'t'"), "{e}");
         }
+        // A dimension of 0 beside huge ones: empty, without overflowing on the way.
+        let mut huge = tensor(DType::U8, &[0, 1 << 32, 1 << 32]);
+        huge.nbytes = 0;
+        for dim in 0..3 {
+            let view = View::whole().slice(dim, 0, huge.shape[dim as usize].min(5));
+            let s = Selection::resolve(&huge, &view).unwrap();
+            assert!(s.is_none_or(|s| s.dest_len() == 0));
+        }
+        let s = Selection::resolve(&huge, &View::whole().slice(1, 3, 9).dtype(DType::U8)).unwrap();
+        assert!(s.is_none_or(|s| s.dest_len() == 0));
         let scalar = tensor(DType::F32, &[]);
         assert!(Selection::resolve(&scalar, &View::whole().slice(0, 0, 1)).is_err());
         let ints = tensor(DType::I32, &[4]);

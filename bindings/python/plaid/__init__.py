@@ -113,7 +113,12 @@ class _Slice:
         picked = []
         for k, n in zip(key, shape):
             if isinstance(k, slice):
+                if self._opened._torch and k.step is not None and k.step < 0:
+                    raise ValueError("step must be greater than zero (torch has no negative "
+                                     "steps)")
                 picked.append(range(n)[k])
+            elif isinstance(k, bool) or k is None:
+                raise IndexError(f"index {k!r}: only integers, slices and ... index a slice")
             else:
                 i = int(k)
                 if not -n <= i < n:
@@ -184,7 +189,9 @@ def load_into(path, targets, *, verify=True, storage_options=None, rank=None, wo
         for name, target in targets.items():
             meta = _core.rank_view(reader.find(name), rank=rank, world_size=world_size,
                                    split=split, dtype_id=dtype_id)
-            destinations[meta.index] = _destination(target, meta)
+            checked = _destination(target, meta)
+            if meta.nbytes:  # an empty share (fewer indices than ranks) reads nothing
+                destinations[meta.index] = checked
         reader.load(destinations)
     return targets
 

@@ -317,7 +317,9 @@ class Reader:
         def place(_user, info, dest):
             try:
                 viewed = views(self.tensors[info.contents.index])
-                if viewed is not None:
+                # An empty view (a share of no indices) needs no load: the arena has no
+                # buffer for it.
+                if viewed is not None and viewed.nbytes:
                     d = dest.contents
                     d.kind = _lib.DEST_HOST
                     d.slice_dim, d.slice_start, d.slice_stop, d.dtype = \

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import torch
 
 from . import _core, _lib, _source
-from ._lib import InvalidArgumentError, NotFoundError, UnsupportedError
+from ._lib import InvalidArgumentError, NotFoundError, PlaidError, UnsupportedError
 
 _NAMES = {
     1: "bool", 2: "uint8", 3: "int8", 4: "int16", 5: "uint16", 6: "int32", 7: "uint32",
@@ -152,6 +152,31 @@ def load_shared(path, device="cpu", *, group=None, verify=True, storage_options=
         raise InvalidArgumentError("load_shared: this process is not a member of the group")
     members = dist.get_process_group_ranks(group)
     device = _device(device)
+    failure = None
+    try:
+        buffers, out = _read_share(path, device, me, len(members), verify, storage_options,
+                                   tensors)
+    except BaseException as e:  # told to every member below, then raised here
+        failure = e
+    # Every member learns whether any failed before anyone waits in a broadcast.
+    flag = torch.tensor([0 if failure is None else 1], dtype=torch.int64,
+                        device=device if device.type == "cuda" else "cpu")
+    dist.all_reduce(flag, group=group)
+    if failure is not None:
+        raise failure
+    if flag.item():
+        raise PlaidError(f"load_shared: {flag.item()} other member(s) of the group could not "
+                         "read their share (each raised its own error); nothing was exchanged")
+    for k, buffer in enumerate(buffers):
+        if buffer.numel():
+            dist.broadcast(buffer, src=members[k], group=group)
+    return out
+
+
+def _read_share(path, device, me, size, verify, storage_options, tensors):
+    """`load_shared`'s buffers (one per member) and tensors (views of them), with this
+    member's share read."""
+    members = range(size)
     chosen = _core.name_filter(tensors)
     with _core.Reader(path, verify=verify, storage_options=storage_options) as reader:
         metas = [m for m in reader.tensors if chosen is None or chosen(m.name)]
@@ -183,10 +208,7 @@ def load_shared(path, device="cpu", *, group=None, verify=True, storage_options=
                 if owner[m.index] == me and m.nbytes}
         if mine:
             reader.load(mine)
-    for k, buffer in enumerate(buffers):
-        if buffer.numel():
-            dist.broadcast(buffer, src=members[k], group=group)
-    return out
+    return buffers, out
 
 
 def _load_mapped(path, verify):
@@ -449,8 +471,8 @@ class TensorDeserializer(Mapping):
         ``dtype`` where both are floating-point."""
         rank, world_size, split = self._split
         convert = 0
-        if dtype is not None and dtype.is_floating_point and dtype in _FROM_TORCH:
-            convert = _FROM_TORCH[dtype]
+        if dtype is not None and _FROM_TORCH.get(dtype) in _core.FLOAT_IDS:
+            convert = _FROM_TORCH[dtype]  # f16, bf16, f32, f64; others staged and cast
         return _core.rank_view(meta, rank=rank, world_size=world_size, split=split,
                                dtype_id=convert)
 
@@ -547,6 +569,8 @@ class TensorDeserializer(Mapping):
                     f"module's {kind} {key!r} is {list(current.shape)}")
             file_dtype = torch_dtype(viewed)
             if current.device.type != "meta":
+                if viewed.nbytes == 0:
+                    continue  # an empty share: nothing to read
                 if current.dtype == file_dtype and current.is_contiguous():
                     in_place[meta.index] = _destination(current, viewed)
                 else:
@@ -557,24 +581,27 @@ class TensorDeserializer(Mapping):
                 fresh_cpu.append((tid, viewed, current))
             else:
                 new = torch.empty(viewed.shape, dtype=file_dtype, device=target_device)
-                in_place[meta.index] = _destination(new, viewed)
+                if viewed.nbytes:
+                    in_place[meta.index] = _destination(new, viewed)
                 fresh_device[tid] = new
         if in_place:
             self._reader.load(in_place)
         with torch.no_grad():
             for current, staged in cast_later:
                 current.copy_(staged)
-        # A mapping lends the stored bytes only: not for shares or conversions.
-        whole = all(viewed.view is None for _, viewed, _ in fresh_cpu)
+        # A mapping lends the stored bytes: whole tensors come from it; shares and
+        # conversions go into an arena plaid allocates.
+        whole = [(tid, m) for tid, m, _ in fresh_cpu if m.view is None]
         mapped = _load_mapped(self._mapped_path, self._verify) \
-            if fresh_cpu and whole and self._mapped_path is not None else None
+            if whole and self._mapped_path is not None else None
         if mapped is not None:
-            for tid, meta, _ in fresh_cpu:
+            for tid, meta in whole:
                 fresh_device[tid] = mapped[meta.name]
-        elif fresh_cpu:
-            wanted = {viewed.index: viewed for _, viewed, _ in fresh_cpu}
+        rest = [(tid, m) for tid, m, _ in fresh_cpu if mapped is None or m.view is not None]
+        if rest:
+            wanted = {viewed.index: viewed for _, viewed in rest}
             arena = self._reader.load_host(views=lambda m: wanted.get(m.index))
-            for tid, viewed, _ in fresh_cpu:
+            for tid, viewed in rest:
                 fresh_device[tid] = _tensor_from(arena.buffer(viewed.index), viewed)
         for tid, new in fresh_device.items():
             meta = chosen[tid]

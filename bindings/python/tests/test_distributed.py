@@ -54,6 +54,12 @@ WORKER = textwrap.dedent('''
                         for n, t in tensors.items()},
         }
         dist.barrier()
+    # A member that cannot read: every member raises, none waits in a broadcast forever.
+    try:
+        pt.load_shared(path if rank != 2 else path + ".missing")
+        report["failing"] = "loaded"
+    except Exception as e:
+        report["failing"] = type(e).__name__
     dist.destroy_process_group()
     with open(out, "w") as fh:
         json.dump(report, fh)
@@ -84,6 +90,8 @@ def test_four_gloo_ranks_read_the_checkpoint_once_per_group(tmp_path):
                               if t.numel() else b"").hexdigest()
             for n, t in tensors.items()}
     opening = reports[0]["open"]
+    assert [r["failing"] for r in reports] == ["PlaidError", "PlaidError", "PlaidIOError",
+                                               "PlaidError"]
     for case, groups in [("world", [[0, 1, 2, 3]]), ("half", [[0, 1], [2, 3]])]:
         for r in range(4):
             assert reports[r][case]["digests"] == want, (case, r)

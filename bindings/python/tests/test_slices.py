@@ -86,6 +86,11 @@ def test_load_into_takes_a_rank_share_and_a_dtype(model):
     # A target of the whole tensor's shape does not fit a share.
     with pytest.raises(plaid.InvalidArgumentError, match="'a'"):
         plaid.load_into(path, {"a": np.empty((7, 9), np.float32)}, rank=0, world_size=2, split=0)
+    # More ranks than indices: the first shares are empty, and read nothing.
+    out = {"v": np.empty((0,), np.float32), "a": np.empty((0, 9), np.float32)}
+    plaid.load_into(path, out, rank=0, world_size=20, split=0)
+    out = {"a": np.empty((7, 0), np.float32)}
+    plaid.load_into(path, out, rank=0, world_size=20, split=1)
     with pytest.raises(plaid.InvalidArgumentError, match="world_size"):
         plaid.load_into(path, {"a": np.empty((7, 9), np.float32)}, rank=0)
 
@@ -126,6 +131,23 @@ def test_tensor_deserializer_loads_each_rank_its_share_into_an_empty_module(tmp_
     assert shard.up.weight.data_ptr() == before
     assert torch.equal(shard.up.weight, full.up.weight[6:9].to(torch.bfloat16))
     assert torch.equal(shard.down.weight, full.down.weight[:, 6:9].to(torch.bfloat16))
+    # float8 parameters: not a conversion plaid makes; loaded as stored, then cast by torch.
+    if hasattr(torch, "float8_e4m3fn"):
+        shard = Tiny(world).to(torch.float8_e4m3fn)
+        with pt.TensorDeserializer(path, device="cpu", rank=1, world_size=world,
+                                   split=split) as d:
+            d.load_into_module(shard)
+        assert torch.equal(shard.up.weight.view(torch.uint8),
+                           full.up.weight[3:6].to(torch.float8_e4m3fn).view(torch.uint8))
+    # More ranks than rows: the first ranks' shares are empty.
+    with pt.no_init_or_tensor():
+        empty = Tiny(world)
+    empty.up = torch.nn.Linear(8, 0, bias=False, device="meta")
+    empty.down = torch.nn.Linear(0, 8, bias=False, device="meta")
+    with pt.TensorDeserializer(path, device="cpu", rank=0, world_size=13, split=split) as d:
+        d.load_into_module(empty)
+    assert tuple(empty.up.weight.shape) == (0, 8) and empty.up.weight.device.type == "cpu"
+    assert torch.equal(empty.norm.weight, full.norm.weight)
 
 
 def test_glob_filters_choose_tensors_everywhere(model, tmp_path):
