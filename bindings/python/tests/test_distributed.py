@@ -60,6 +60,7 @@ WORKER = textwrap.dedent('''
         report["failing"] = "loaded"
     except Exception as e:
         report["failing"] = type(e).__name__
+    dist.barrier()  # every member done with the group before it goes
     dist.destroy_process_group()
     with open(out, "w") as fh:
         json.dump(report, fh)
