@@ -360,6 +360,12 @@ typedef struct plaid_tensor_info {
    * file themselves.
    */
   uint64_t offset;
+  /**
+   * Non-zero when the stored bytes are encrypted (a tensorizer file written with
+   * encryption): loading needs `plaid_read_options_set_key` or `_set_passphrase`, and
+   * the bytes at `offset` are ciphertext.
+   */
+  uint32_t encrypted;
 } plaid_tensor_info;
 
 /**
@@ -552,6 +558,12 @@ typedef void (*plaid_release_fn)(void *user_data);
  * An internal error (a bug in plaid) was caught at the boundary.
  */
 #define PLAID_ERR_PANIC 11
+
+/**
+ * encrypted and no key given, or authentication failed (wrong key or damaged
+ * ciphertext); the message says which and names the tensor
+ */
+#define PLAID_ERR_DECRYPT 12
 
 #ifdef __cplusplus
 extern "C" {
@@ -1123,6 +1135,37 @@ plaid_status plaid_read_options_set_storage(struct plaid_read_options *options,
  */
 plaid_status plaid_read_options_set_shard_root(struct plaid_read_options *options,
                                                const char *root);
+
+/**
+ * Decrypt encrypted tensors (tensorizer's encrypted files) with the raw 32-byte `key`;
+ * `NULL, 0` clears the key material. A key of any other length, or a key while a
+ * passphrase is set, is `PLAID_ERR_INVALID_ARGUMENT`. A key given for a tensor stored in
+ * the clear is ignored. plaid keeps a copy, zeroed when the options (and every
+ * deserializer opened with them) are freed; the caller may wipe its own at once.
+ *
+ * # Safety
+ * `options` is NULL (an error) or a live handle; `key` is NULL or points to `len`
+ * readable bytes.
+ */
+plaid_status plaid_read_options_set_key(struct plaid_read_options *options,
+                                        const uint8_t *key,
+                                        size_t len);
+
+/**
+ * Decrypt encrypted tensors with a key derived from the passphrase `pw` (its `len` bytes
+ * exactly, NUL bytes included) with the salt and limits each tensor records (tensorizer's
+ * `EncryptionParams.from_string`: Argon2id); `NULL, 0` clears the key material. A
+ * passphrase while a key is set is `PLAID_ERR_INVALID_ARGUMENT`. Derived keys are cached
+ * per salt and limits; a file's limits above 4 GiB of memory or 64 passes are refused
+ * (`PLAID_ERR_FORMAT`). The copy is zeroed when the options are freed.
+ *
+ * # Safety
+ * `options` is NULL (an error) or a live handle; `pw` is NULL or points to `len` readable
+ * bytes.
+ */
+plaid_status plaid_read_options_set_passphrase(struct plaid_read_options *options,
+                                               const char *pw,
+                                               size_t len);
 
 /**
  * Start writing a file at `path` (UTF-8). Nothing appears at `path` until

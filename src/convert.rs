@@ -57,7 +57,9 @@ pub fn to_plaid(
     let storage = options.storage_options().clone();
     let staged = staging(out)?;
     let mut writer = Serializer::create(staged.path(), options)?;
-    let mapped = source.mappable().is_ok();
+    // Encrypted tensors are decrypted as they are read, never lent.
+    let mapped =
+        source.mappable().is_ok() && source.tensors().iter().all(|t| t.encryption.is_none());
     for (i, t) in source.tensors().iter().enumerate() {
         if mapped {
             writer.add_tensor_with_origin(
@@ -414,7 +416,8 @@ fn check(
 /// where both files are in memory (verified views), else read raw in pieces (both files
 /// verified as a whole before).
 fn same_bytes(a: &Deserializer, i: usize, b: &Deserializer, j: usize) -> Result<bool> {
-    if a.mappable().is_ok() && b.mappable().is_ok() {
+    let clear = a.tensors()[i].encryption.is_none() && b.tensors()[j].encryption.is_none();
+    if a.mappable().is_ok() && b.mappable().is_ok() && clear {
         return Ok(a.view(i)? == b.view(j)?);
     }
     let len = a.tensors()[i].nbytes;

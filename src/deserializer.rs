@@ -630,7 +630,7 @@ impl Deserializer {
         let tensor = self
             .tensor(index)
             .ok_or_else(|| Error::NotFound(format!("{}: no tensor #{index}", self.name())))?;
-        if self.source.mappable().is_some() {
+        if self.source.mappable().is_some() && tensor.encryption.is_none() {
             return f(self.view(index)?);
         }
         let total = tensor.nbytes;
@@ -663,6 +663,26 @@ impl Deserializer {
             buf.fill(0);
             return Ok(());
         }
+        if let Some(mut decrypt) =
+            crate::crypto::Decrypt::of(self.name(), tensor, &self.options.secret)?
+        {
+            // Whole chunks around the bytes wanted, authenticated and decrypted.
+            use crate::pipeline::Transform;
+            let unit = decrypt.unit();
+            let start = offset / unit * unit;
+            let end = (offset + buf.len() as u64)
+                .div_ceil(unit)
+                .saturating_mul(unit)
+                .min(tensor.nbytes);
+            let mut chunks =
+                crate::error::zeroed(end - start, format_args!("tensor '{}'", tensor.name))?;
+            read_exact(self.source.as_ref(), tensor.offset + start, &mut chunks)
+                .map_err(|e| e.in_tensor(&tensor.name))?;
+            decrypt.apply(start, &mut chunks)?;
+            let from = (offset - start) as usize;
+            buf.copy_from_slice(&chunks[from..from + buf.len()]);
+            return Ok(());
+        }
         read_exact(self.source.as_ref(), tensor.offset + offset, buf)
             .map_err(|e| e.in_tensor(&tensor.name))
     }
@@ -674,6 +694,13 @@ impl Deserializer {
             .ok_or_else(|| Error::NotFound(format!("{}: no tensor #{index}", self.name())))?;
         if tensor.zero_fill {
             return Ok(&self.zero_pages()?[..tensor.nbytes as usize]);
+        }
+        if tensor.encryption.is_some() {
+            return Err(Error::Unsupported(format!(
+                "{}: tensor '{}' is encrypted: a view would show its ciphertext; load it instead",
+                self.name(),
+                tensor.name
+            )));
         }
         self.mappable()?
             .view(tensor.offset, tensor.nbytes)

@@ -89,6 +89,11 @@ pub enum Error {
     /// The CUDA driver reported an error.
     #[error("{0}")]
     Cuda(String),
+    /// An encrypted tensor could not be decrypted: no key was given, or authentication
+    /// failed (a wrong key or passphrase, or damaged ciphertext); the message says which and
+    /// names the tensor.
+    #[error("{0}")]
+    Decrypt(String),
 }
 
 /// `len` zero bytes, or an I/O error of kind `OutOfMemory` naming `what` when the system

@@ -35,6 +35,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod convert;
+mod crypto;
 pub mod cuda;
 pub mod deserializer;
 pub mod dtype;

@@ -59,6 +59,8 @@ pub struct ReadOptions {
     /// The folder a sharded checkpoint's shards may resolve inside (None: its own folder, or
     /// its Hugging Face cache model folder).
     pub(crate) shard_root: Option<std::path::PathBuf>,
+    /// The key or passphrase that decrypts encrypted tensors.
+    pub(crate) secret: crate::crypto::Secret,
 }
 
 impl Default for ReadOptions {
@@ -78,6 +80,7 @@ impl Default for ReadOptions {
             cuda_stream: 0,
             storage: StorageOptions::default(),
             shard_root: None,
+            secret: Default::default(),
         }
     }
 }
@@ -100,6 +103,24 @@ impl ReadOptions {
     pub fn shard_root(mut self, root: impl Into<std::path::PathBuf>) -> Self {
         self.shard_root = Some(root.into());
         self
+    }
+
+    /// Decrypt encrypted tensors with `key` (32 bytes); `None` clears the key material.
+    /// A key of another length, or a key while a passphrase is set, is `InvalidArgument`.
+    /// A key given for a file stored in the clear is ignored. The key is zeroed in memory
+    /// when the options (and every copy of them) are dropped.
+    pub fn key(mut self, key: Option<&[u8]>) -> Result<Self> {
+        self.secret.set_key(key)?;
+        Ok(self)
+    }
+
+    /// Decrypt encrypted tensors with a key derived from `passphrase` (its bytes, as given)
+    /// with the salt and limits each tensor records (tensorizer's `from_string`: Argon2id);
+    /// `None` clears the key material. A passphrase while a key is set is
+    /// `InvalidArgument`. Derived keys are cached per salt and limits.
+    pub fn passphrase(mut self, passphrase: Option<&[u8]>) -> Result<Self> {
+        self.secret.set_passphrase(passphrase)?;
+        Ok(self)
     }
 
     /// Turn verification on or off.

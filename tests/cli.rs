@@ -324,3 +324,83 @@ fn urls_wherever_the_cli_takes_a_file() {
     let (ok, _, err) = plaid_with_env(&["verify", &url], &wrong);
     assert!(!ok && err.contains(&url) && err.contains("403"), "{err}");
 }
+
+/// Keys come from a file or the environment, never the command line; an encrypted
+/// tensorizer file verifies with either, and converts to a plain file.
+#[test]
+fn encrypted_files_with_keys_from_files_and_the_environment() {
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tensorizer");
+    let file = fixtures.join("encrypted_passphrase_4k_chunks_v3.tensors");
+    let truth: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fixtures.join("encrypted_passphrase_4k_chunks_v3.json")).unwrap(),
+    )
+    .unwrap();
+    let key_hex = truth["encryption"]["key_hex"].as_str().unwrap();
+    let passphrase = truth["encryption"]["passphrase"].as_str().unwrap();
+    let f = file.to_str().unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_plaid"))
+            .args(args)
+            .env_remove("PLAID_KEY")
+            .env_remove("PLAID_PASSPHRASE")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = run(&["inspect", f], &[]);
+    assert!(ok && out.contains("one_chunk_plus_1"), "{out}");
+    let (ok, out) = run(&["verify", f], &[]);
+    assert!(!ok && out.contains("no key"), "{out}");
+    let (ok, out) = run(&["verify", f], &[("PLAID_KEY", key_hex)]);
+    assert!(ok, "{out}");
+    let (ok, out) = run(&["verify", f], &[("PLAID_PASSPHRASE", passphrase)]);
+    assert!(ok, "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{key_hex}\n")).unwrap();
+    let pass_file = dir.path().join("pass");
+    std::fs::write(&pass_file, format!("{passphrase}\n")).unwrap();
+    let (ok, out) = run(
+        &["verify", f, "--key-file", key_file.to_str().unwrap()],
+        &[],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = run(
+        &[
+            "verify",
+            f,
+            "--passphrase-file",
+            pass_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(ok, "{out}");
+    std::fs::write(&pass_file, "not it\n").unwrap();
+    let (ok, out) = run(
+        &[
+            "verify",
+            f,
+            "--passphrase-file",
+            pass_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!ok && out.contains("authentication"), "{out}");
+    // Decrypted into a plain plaid file, read back and compared by the converter.
+    let plain = dir.path().join("plain.plaid");
+    let (ok, out) = run(
+        &["convert", f, plain.to_str().unwrap()],
+        &[("PLAID_KEY", key_hex)],
+    );
+    assert!(ok, "{out}");
+    let d = Deserializer::open(&plain, ReadOptions::default()).unwrap();
+    assert!(d.tensors().iter().all(|t| t.encryption.is_none()));
+    let i = d.find("one_chunk_plus_1").unwrap();
+    assert_eq!(d.read_tensor(i).unwrap().len(), 4097);
+}

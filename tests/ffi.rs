@@ -416,11 +416,12 @@ fn names_versions_and_the_message_buffer() {
         (PLAID_ERR_NO_CUDA, "PLAID_ERR_NO_CUDA"),
         (PLAID_ERR_CUDA, "PLAID_ERR_CUDA"),
         (PLAID_ERR_PANIC, "PLAID_ERR_PANIC"),
-        (12, "PLAID_ERR_UNKNOWN"),
+        (PLAID_ERR_DECRYPT, "PLAID_ERR_DECRYPT"),
+        (13, "PLAID_ERR_UNKNOWN"),
         (-1, "PLAID_ERR_UNKNOWN"),
     ];
     for (i, (status, name)) in statuses.iter().enumerate() {
-        if i < 12 {
+        if i < 13 {
             assert_eq!(*status, i as i32, "status numbers are stable");
         }
         assert_eq!(

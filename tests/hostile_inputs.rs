@@ -149,6 +149,7 @@ enum Kind {
     Checksum,
     HashMismatch,
     Io,
+    Decrypt,
 }
 
 fn is(kind: Kind, e: &Error) -> bool {
@@ -158,6 +159,7 @@ fn is(kind: Kind, e: &Error) -> bool {
         Kind::Checksum => matches!(e, Error::Checksum { .. }),
         Kind::HashMismatch => matches!(e, Error::HashMismatch { .. }),
         Kind::Io => matches!(e, Error::Io { .. }),
+        Kind::Decrypt => matches!(e, Error::Decrypt(_)),
     }
 }
 
@@ -174,6 +176,7 @@ fn variant(e: &Error) -> &'static str {
         Error::NotFound(_) => "NotFound",
         Error::NoCuda(_) => "NoCuda",
         Error::Cuda(_) => "Cuda",
+        Error::Decrypt(_) => "Decrypt",
         _ => "another variant",
     }
 }
@@ -2530,9 +2533,13 @@ fn tensorizer_cases() -> Vec<Case> {
             "damaged_bitflip_in_stored_sha256",
             DataFails(Kind::HashMismatch),
         ),
-        ("encrypted_key_v3", unsupported),
-        ("encrypted_meta_v4", unsupported),
-        ("damaged_encrypted_bitflip_in_ciphertext", unsupported),
+        // Open (the index is in the clear); no key here, so the data cannot be decrypted.
+        ("encrypted_key_v3", DataFails(Kind::Decrypt)),
+        ("encrypted_meta_v4", DataFails(Kind::Decrypt)),
+        (
+            "damaged_encrypted_bitflip_in_ciphertext",
+            DataFails(Kind::Decrypt),
+        ),
     ] {
         add(
             &format!("fixture {name}"),
@@ -2629,18 +2636,19 @@ fn tensorizer_cases() -> Vec<Case> {
         }),
         f,
     );
+    // Flagged encrypted, but the tensor headers hold no crypt info: malformed.
     add(
         "v4 with the encrypted flag",
         mutated(b, |x| {
             put_u32(x, 5, 4);
             x[9] = 1;
         }),
-        unsupported,
+        f,
     );
     add(
         "version 3 (always encrypted)",
         mutated(b, |x| put_u32(x, 5, 3)),
-        unsupported,
+        f,
     );
     add(
         "v4, no flags (control)",

@@ -216,12 +216,104 @@ fn check_intact(fixture: &str) {
     }
 }
 
-/// Encrypted files are recognised and refused with a message saying so.
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Encrypted files open without a key (names, dtypes and shapes are in the clear), refuse
+/// to load without one, and decrypt bit-exact with the file's raw key and, where the file
+/// derived it, with its passphrase: verified or not, in pieces of every size, through
+/// short reads. A wrong key fails authentication, naming the tensor.
 fn check_encrypted(fixture: &str) {
-    let err = Deserializer::open(path(fixture), ReadOptions::default()).unwrap_err();
-    assert!(matches!(err, Error::Unsupported(_)), "{err}");
-    assert!(err.to_string().contains("encrypted"), "{err}");
-    assert!(err.to_string().contains(&stem(fixture)), "{err}");
+    let truth = truth(fixture);
+    let encryption = &truth["encryption"];
+    let key = unhex(encryption["key_hex"].as_str().unwrap());
+    let damaged = truth["damaged"].as_bool().unwrap_or(false);
+    let tensors = truth["tensors"].as_array().unwrap();
+    // Without a key: the index, then PLAID_ERR_DECRYPT naming an encrypted tensor.
+    let d = Deserializer::open(path(fixture), ReadOptions::default()).unwrap();
+    assert_eq!(d.tensors().len(), tensors.len());
+    let err = common::load_all(&d).unwrap_err();
+    assert!(matches!(err, Error::Decrypt(_)), "{err}");
+    assert!(err.to_string().contains("no key"), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("'{}'", tensors[0]["name"].as_str().unwrap())),
+        "{err}"
+    );
+    let mut ways = vec![ReadOptions::default().key(Some(&key)).unwrap()];
+    if let Some(passphrase) = encryption["passphrase"].as_str() {
+        ways.push(
+            ReadOptions::default()
+                .passphrase(Some(passphrase.as_bytes()))
+                .unwrap(),
+        );
+    }
+    for options in ways {
+        for (verify, chunk) in [(true, 0), (false, 0), (true, 4096), (false, 12288)] {
+            let mut options = options.clone().verify(verify);
+            if chunk > 0 {
+                options = options.chunk_size(chunk).unwrap();
+            }
+            let loaded = load(fixture, options.clone());
+            if damaged {
+                let err = loaded.unwrap_err();
+                assert!(matches!(err, Error::Decrypt(_)), "{err}");
+                let corrupted = truth["expect"]["corrupted_tensor"].as_str().unwrap();
+                assert!(err.to_string().contains(&format!("'{corrupted}'")), "{err}");
+                assert!(err.to_string().contains("authentication"), "{err}");
+                continue;
+            }
+            let loaded = loaded.unwrap();
+            for (t, bytes) in tensors.iter().zip(&loaded) {
+                assert_eq!(
+                    sha(bytes),
+                    t["sha256"].as_str().unwrap(),
+                    "{} {}",
+                    fixture,
+                    t["name"]
+                );
+            }
+            // Through a stand-in network stream: random short reads, out of order.
+            let source = plaid::source::ShortReads::new(
+                plaid::source::FileSource::open(&path(fixture)).unwrap(),
+                7,
+            );
+            let d = Deserializer::from_source(Box::new(source), options).unwrap();
+            let streamed = common::load_all(&d).unwrap();
+            assert_eq!(streamed, loaded, "{fixture} through short reads");
+        }
+    }
+    if damaged {
+        return;
+    }
+    // A wrong key: authentication fails, naming the tensor, verified or not.
+    let mut wrong = key.clone();
+    wrong[0] ^= 1;
+    for verify in [true, false] {
+        let options = ReadOptions::default()
+            .key(Some(&wrong))
+            .unwrap()
+            .verify(verify);
+        let err = load(fixture, options).unwrap_err();
+        assert!(matches!(err, Error::Decrypt(_)), "{err}");
+        assert!(err.to_string().contains("authentication"), "{err}");
+    }
+    // Views of encrypted tensors would be ciphertext: refused.
+    let d = Deserializer::open(
+        path(fixture),
+        ReadOptions::default().key(Some(&key)).unwrap(),
+    )
+    .unwrap();
+    let first = d
+        .tensors()
+        .iter()
+        .position(|t| t.encryption.is_some())
+        .unwrap();
+    assert!(matches!(d.view(first), Err(Error::Unsupported(_))));
 }
 
 /// Through the C API: open, describe and load every tensor with a placement callback.
@@ -729,5 +821,107 @@ fn crc_only_verification_combines_the_pieces_crcs() {
             );
             assert!(err.to_string().contains("crc32"), "{err}");
         }
+    }
+}
+
+/// The key API of the C shell: lengths, one kind of key material at a time, clearing, and
+/// PLAID_ERR_DECRYPT for a load without a key.
+#[test]
+fn keys_through_the_c_api() {
+    let fixture = "encrypted_passphrase_4k_chunks_v3";
+    let truth = truth(fixture);
+    let key = unhex(truth["encryption"]["key_hex"].as_str().unwrap());
+    let passphrase = truth["encryption"]["passphrase"].as_str().unwrap();
+    let c_path = CString::new(path(fixture).to_str().unwrap()).unwrap();
+    // Loads every tensor of the file into buffers of its sizes: the status, and the bytes.
+    let load = |options: *mut plaid_read_options| -> (i32, Vec<Vec<u8>>) {
+        let mut d = ptr::null_mut();
+        // SAFETY: `c_path` is NUL-terminated; `options` is live; `d` is writable.
+        let status = unsafe { plaid_deserializer_open(c_path.as_ptr(), options, &mut d) };
+        assert_eq!(status, PLAID_OK, "opening needs no key");
+        let sizes: Vec<usize> = truth["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["nbytes"].as_u64().unwrap() as usize)
+            .collect();
+        let mut buffers: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0; n]).collect();
+        unsafe extern "C" fn place(
+            user: *mut c_void,
+            info: *const plaid_tensor_info,
+            dest: *mut plaid_destination,
+        ) -> i32 {
+            // SAFETY: `user` is the buffers below, alive and only used by this callback
+            // during the load; `info` and `dest` are valid during the call.
+            let (buffers, info, dest) =
+                unsafe { (&mut *(user as *mut Vec<Vec<u8>>), &*info, &mut *dest) };
+            let b = &mut buffers[info.index];
+            dest.kind = PLAID_DEST_HOST;
+            dest.address = b.as_mut_ptr() as u64;
+            dest.capacity = b.len() as u64;
+            0
+        }
+        // SAFETY: `d` is live; `place` honours its contract with `buffers`, which outlives
+        // the call; `d` is freed once after.
+        let status = unsafe {
+            let status =
+                plaid_deserializer_load(d, Some(place), &mut buffers as *mut _ as *mut c_void);
+            plaid_deserializer_free(d);
+            status
+        };
+        (status, buffers)
+    };
+    let mut o = ptr::null_mut();
+    // SAFETY: `o` is made here, used only in this test, and freed once at its end; every
+    // key pointer is a live local slice or NULL with the length given.
+    unsafe {
+        assert_eq!(plaid_read_options_new(&mut o), PLAID_OK);
+        assert_eq!(load(o).0, PLAID_ERR_DECRYPT);
+        assert_eq!(
+            CStr::from_ptr(plaid_status_name(PLAID_ERR_DECRYPT))
+                .to_str()
+                .unwrap(),
+            "PLAID_ERR_DECRYPT"
+        );
+        assert_eq!(
+            plaid_read_options_set_key(o, key.as_ptr(), 31),
+            PLAID_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            plaid_read_options_set_key(o, ptr::null(), 32),
+            PLAID_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(plaid_read_options_set_key(o, key.as_ptr(), 32), PLAID_OK);
+        let pw = passphrase.as_bytes();
+        assert_eq!(
+            plaid_read_options_set_passphrase(o, pw.as_ptr().cast(), pw.len()),
+            PLAID_ERR_INVALID_ARGUMENT,
+            "a key and a passphrase"
+        );
+        let (status, with_key) = load(o);
+        assert_eq!(status, PLAID_OK);
+        for (t, bytes) in truth["tensors"].as_array().unwrap().iter().zip(&with_key) {
+            assert_eq!(sha(bytes), t["sha256"].as_str().unwrap());
+        }
+        assert_eq!(
+            plaid_read_options_set_key(o, ptr::null(), 0),
+            PLAID_OK,
+            "clears"
+        );
+        assert_eq!(load(o).0, PLAID_ERR_DECRYPT);
+        assert_eq!(
+            plaid_read_options_set_passphrase(o, pw.as_ptr().cast(), pw.len()),
+            PLAID_OK
+        );
+        let (status, with_passphrase) = load(o);
+        assert_eq!(status, PLAID_OK);
+        assert_eq!(with_passphrase, with_key);
+        // A wrong passphrase: its own key, which fails authentication.
+        assert_eq!(
+            plaid_read_options_set_passphrase(o, pw.as_ptr().cast(), pw.len() - 1),
+            PLAID_OK
+        );
+        assert_eq!(load(o).0, PLAID_ERR_DECRYPT);
+        plaid_read_options_free(o);
     }
 }

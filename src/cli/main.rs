@@ -46,6 +46,8 @@ enum Command {
         /// others are neither read nor written.
         #[arg(long = "tensors", value_name = "PATTERN")]
         tensors: Vec<String>,
+        #[command(flatten)]
+        keys: Keys,
     },
     /// Check every checksum block of a file; exits non-zero naming the first bad tensor.
     Verify {
@@ -58,6 +60,8 @@ enum Command {
         /// others are not read.
         #[arg(long = "tensors", value_name = "PATTERN")]
         tensors: Vec<String>,
+        #[command(flatten)]
+        keys: Keys,
     },
     /// Measure plaid's load paths against the machine's limits and a naive loader, on the
     /// same data in one run, and print a table of medians.
@@ -168,13 +172,19 @@ fn main() -> ExitCode {
             file,
             threads,
             tensors,
-        } => verify(&file, threads, &tensors),
+            keys,
+        } => keys
+            .options()
+            .and_then(|options| verify(&file, threads, &tensors, options)),
         Command::Convert {
             input,
             output,
             to,
             tensors,
-        } => convert(&input, &output, to.as_deref(), &tensors),
+            keys,
+        } => keys
+            .options()
+            .and_then(|options| convert(&input, &output, to.as_deref(), &tensors, options)),
         #[cfg(feature = "remote")]
         Command::Bench {
             size_mib,
@@ -314,6 +324,7 @@ fn convert(
     output: &Path,
     to: Option<&str>,
     patterns: &[String],
+    options: ReadOptions,
 ) -> plaid::Result<()> {
     let filter = plaid::NameFilter::new(patterns)?;
     let to = to.unwrap_or(match output.extension().and_then(|e| e.to_str()) {
@@ -321,7 +332,7 @@ fn convert(
         Some("tensors") => "tensorizer",
         _ => "plaid",
     });
-    let mut source = Deserializer::open(input, ReadOptions::default())?;
+    let mut source = Deserializer::open(input, options)?;
     if !patterns.is_empty() {
         source = source.retain(&|t: &TensorInfo| filter.matches(&t.name));
     }
@@ -362,9 +373,14 @@ fn convert(
     Ok(())
 }
 
-fn verify(file: &Path, threads: usize, patterns: &[String]) -> plaid::Result<()> {
+fn verify(
+    file: &Path,
+    threads: usize,
+    patterns: &[String],
+    options: ReadOptions,
+) -> plaid::Result<()> {
     let filter = plaid::NameFilter::new(patterns)?;
-    let d = Deserializer::open(file, ReadOptions::default().threads(threads)?)?;
+    let d = Deserializer::open(file, options.threads(threads)?)?;
     let wanted = |t: &TensorInfo| filter.matches(&t.name);
     let total: u64 = d
         .tensors()
@@ -628,4 +644,75 @@ fn human(bytes: u64) -> String {
     } else {
         format!("{value:.2} {}", UNITS[unit])
     }
+}
+
+/// Where the key of an encrypted file comes from: a file or the environment, never the
+/// command line (which other users of the machine can read).
+#[derive(clap::Args, Debug, Default)]
+struct Keys {
+    /// A file holding the 32-byte key: raw, or as 64 hexadecimal digits (else the
+    /// environment's `PLAID_KEY`, in hexadecimal).
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// A file holding the passphrase (one trailing newline is dropped; else the
+    /// environment's `PLAID_PASSPHRASE`).
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+}
+
+impl Keys {
+    /// Read options carrying the key or passphrase given, if any.
+    fn options(&self) -> plaid::Result<ReadOptions> {
+        use zeroize::Zeroizing;
+        let read = |path: &Path| {
+            std::fs::read(path)
+                .map(Zeroizing::new)
+                .map_err(|e| plaid::Error::Io {
+                    context: format!("reading the key file {}", path.display()),
+                    source: e,
+                })
+        };
+        let key = match (&self.key_file, std::env::var("PLAID_KEY").ok()) {
+            (Some(path), _) => Some(read(path)?),
+            (None, Some(hex)) => Some(Zeroizing::new(hex.into_bytes())),
+            (None, None) => None,
+        };
+        let passphrase = match (&self.passphrase_file, std::env::var_os("PLAID_PASSPHRASE")) {
+            (Some(path), _) => Some(read(path)?),
+            (None, Some(text)) => Some(Zeroizing::new(
+                std::os::unix::ffi::OsStrExt::as_bytes(text.as_os_str()).to_vec(),
+            )),
+            (None, None) => None,
+        };
+        let mut options = ReadOptions::default();
+        if let Some(key) = key {
+            options = options.key(Some(&key_bytes(key)?))?;
+        }
+        if let Some(mut passphrase) = passphrase {
+            if passphrase.last() == Some(&b'\n') {
+                passphrase.pop();
+            }
+            options = options.passphrase(Some(&passphrase))?;
+        }
+        Ok(options)
+    }
+}
+
+/// A key given as 32 raw bytes, or as 64 hexadecimal digits (whitespace around them
+/// allowed).
+fn key_bytes(key: zeroize::Zeroizing<Vec<u8>>) -> plaid::Result<zeroize::Zeroizing<Vec<u8>>> {
+    if key.len() == 32 {
+        return Ok(key);
+    }
+    let bad =
+        || plaid::Error::InvalidArgument("the key is neither 32 bytes nor 64 hex digits".into());
+    let text = std::str::from_utf8(&key).map_err(|_| bad())?.trim();
+    if text.len() != 64 {
+        return Err(bad());
+    }
+    (0..32)
+        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
+        .collect::<std::result::Result<Vec<u8>, _>>()
+        .map(zeroize::Zeroizing::new)
+        .map_err(|_| bad())
 }

@@ -115,6 +115,7 @@ impl plaid_deserializer {
                 path_len: t.path.as_ref().map_or(0, |p| p.len()),
                 zero_fill: u32::from(t.zero_fill),
                 offset: t.offset,
+                encrypted: u32::from(t.encryption.is_some()),
             });
         }
         let metadata = inner

@@ -58,6 +58,10 @@ pub struct plaid_tensor_info {
     /// opened through its index: in the shards laid end to end), for callers that map the
     /// file themselves.
     pub offset: u64,
+    /// Non-zero when the stored bytes are encrypted (a tensorizer file written with
+    /// encryption): loading needs `plaid_read_options_set_key` or `_set_passphrase`, and
+    /// the bytes at `offset` are ciphertext.
+    pub encrypted: u32,
 }
 
 /// Tensor role: the file does not say.

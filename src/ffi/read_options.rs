@@ -1,6 +1,8 @@
 //! `plaid_read_options`: how a file is read. Pass NULL wherever options are taken to get
 //! the defaults.
 
+use std::ffi::c_char;
+
 use super::status::plaid_status;
 use super::{boundary, c_str, handle_mut, out_ptr, publish, release};
 use crate::options::ReadOptions;
@@ -341,6 +343,80 @@ pub unsafe extern "C" fn plaid_read_options_set_shard_root(
         // `# Safety` requires.
         let root = unsafe { c_str(root, "root") }?;
         o.inner = o.inner.clone().shard_root(root);
+        Ok(())
+    })
+}
+
+/// The `len` bytes at `bytes`, or `None` for `NULL, 0`; `NULL` with a length is an error.
+///
+/// # Safety
+/// `bytes` is NULL or points to `len` readable bytes.
+unsafe fn secret_bytes<'a>(
+    bytes: *const u8,
+    len: usize,
+    what: &str,
+) -> crate::Result<Option<&'a [u8]>> {
+    if bytes.is_null() {
+        return match len {
+            0 => Ok(None),
+            _ => Err(crate::Error::InvalidArgument(format!(
+                "{what} is NULL but its length is {len}"
+            ))),
+        };
+    }
+    // SAFETY: non-NULL, and `len` readable bytes as this function's `# Safety` requires.
+    Ok(Some(unsafe { std::slice::from_raw_parts(bytes, len) }))
+}
+
+/// Decrypt encrypted tensors (tensorizer's encrypted files) with the raw 32-byte `key`;
+/// `NULL, 0` clears the key material. A key of any other length, or a key while a
+/// passphrase is set, is `PLAID_ERR_INVALID_ARGUMENT`. A key given for a tensor stored in
+/// the clear is ignored. plaid keeps a copy, zeroed when the options (and every
+/// deserializer opened with them) are freed; the caller may wipe its own at once.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle; `key` is NULL or points to `len`
+/// readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_read_options_set_key(
+    options: *mut plaid_read_options,
+    key: *const u8,
+    len: usize,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
+        let o = unsafe { handle_mut(options, "options") }?;
+        // SAFETY: NULL or `len` readable bytes, as this function's `# Safety` requires.
+        let key = unsafe { secret_bytes(key, len, "key") }?;
+        o.inner = o.inner.clone().key(key)?;
+        Ok(())
+    })
+}
+
+/// Decrypt encrypted tensors with a key derived from the passphrase `pw` (its `len` bytes
+/// exactly, NUL bytes included) with the salt and limits each tensor records (tensorizer's
+/// `EncryptionParams.from_string`: Argon2id); `NULL, 0` clears the key material. A
+/// passphrase while a key is set is `PLAID_ERR_INVALID_ARGUMENT`. Derived keys are cached
+/// per salt and limits; a file's limits above 4 GiB of memory or 64 passes are refused
+/// (`PLAID_ERR_FORMAT`). The copy is zeroed when the options are freed.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle; `pw` is NULL or points to `len` readable
+/// bytes.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_read_options_set_passphrase(
+    options: *mut plaid_read_options,
+    pw: *const c_char,
+    len: usize,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
+        let o = unsafe { handle_mut(options, "options") }?;
+        // SAFETY: NULL or `len` readable bytes, as this function's `# Safety` requires.
+        let pw = unsafe { secret_bytes(pw.cast(), len, "pw") }?;
+        o.inner = o.inner.clone().passphrase(pw)?;
         Ok(())
     })
 }

@@ -35,6 +35,9 @@ pub const PLAID_ERR_NO_CUDA: plaid_status = 9;
 pub const PLAID_ERR_CUDA: plaid_status = 10;
 /// An internal error (a bug in plaid) was caught at the boundary.
 pub const PLAID_ERR_PANIC: plaid_status = 11;
+/// encrypted and no key given, or authentication failed (wrong key or damaged
+/// ciphertext); the message says which and names the tensor
+pub const PLAID_ERR_DECRYPT: plaid_status = 12;
 
 pub(crate) fn status_of(error: &Error) -> plaid_status {
     match error {
@@ -48,6 +51,7 @@ pub(crate) fn status_of(error: &Error) -> plaid_status {
         Error::NotFound(_) => PLAID_ERR_NOT_FOUND,
         Error::NoCuda(_) => PLAID_ERR_NO_CUDA,
         Error::Cuda(_) => PLAID_ERR_CUDA,
+        Error::Decrypt(_) => PLAID_ERR_DECRYPT,
     }
 }
 
@@ -69,6 +73,7 @@ pub extern "C" fn plaid_status_name(status: plaid_status) -> *const c_char {
             PLAID_ERR_NO_CUDA => c"PLAID_ERR_NO_CUDA",
             PLAID_ERR_CUDA => c"PLAID_ERR_CUDA",
             PLAID_ERR_PANIC => c"PLAID_ERR_PANIC",
+            PLAID_ERR_DECRYPT => c"PLAID_ERR_DECRYPT",
             _ => c"PLAID_ERR_UNKNOWN",
         };
         name.as_ptr()

@@ -50,6 +50,49 @@ pub struct TensorInfo {
     /// non-negative integers (`["model","layers",0,"w"]`), for files that store one
     /// (tensorizer's structured names); `name` is then its components joined by dots.
     pub path: Option<Box<str>>,
+    /// How the stored bytes are encrypted, if they are (boxed: most tensors are not).
+    pub encryption: Option<Box<Encryption>>,
+}
+
+/// How a tensor's stored bytes are encrypted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Encryption {
+    /// tensorizer's: chunks of `chunk_size` bytes (the last one shorter), chunk `i` sealed
+    /// by libsodium's `crypto_secretbox` (XSalsa20-Poly1305) with nonce `nonce + i` (a
+    /// 24-byte little-endian integer) and MAC `macs[i]`, under a raw key or one derived from
+    /// a passphrase by `kdf`.
+    Tensorizer {
+        /// Bytes per sealed chunk.
+        chunk_size: u64,
+        /// The first chunk's nonce.
+        nonce: [u8; 24],
+        /// One Poly1305 MAC per chunk.
+        macs: Box<[[u8; 16]]>,
+        /// Where the key comes from a passphrase: how.
+        kdf: Option<Kdf>,
+    },
+}
+
+impl Encryption {
+    /// The unit a reader must decrypt whole: stored bytes are cut at multiples of it.
+    pub fn unit(&self) -> u64 {
+        match self {
+            Encryption::Tensorizer { chunk_size, .. } => (*chunk_size).max(1),
+        }
+    }
+}
+
+/// A key derived from a passphrase by libsodium's `crypto_pwhash` (Argon2id v1.3, one
+/// lane, 32 bytes out).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Kdf {
+    /// Passes (Argon2's `t_cost`).
+    pub opslimit: u64,
+    /// Memory in bytes (Argon2's `m_cost` is this / 1024 KiB).
+    pub memlimit: u64,
+    /// The salt.
+    pub salt: [u8; 16],
 }
 
 /// A tensor's name in an index: a string held inline when short, so that an index of many

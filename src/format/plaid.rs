@@ -473,6 +473,7 @@ fn validate_tensor(
         role: TensorRole::from_id(t.role).unwrap_or_default(),
         module_index: t.module_index,
         path: (!t.path.is_empty()).then(|| t.path.into_boxed_str()),
+        encryption: None,
     })
 }
 

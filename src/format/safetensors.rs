@@ -163,6 +163,7 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
                 role: Default::default(),
                 module_index: 0,
                 path: None,
+                encryption: None,
             },
         ));
     }

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{Checksum, Format, Index, TensorInfo, TensorRole};
+use super::{Checksum, Encryption, Format, Index, Kdf, TensorInfo, TensorRole};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::source::{read_exact, Source};
@@ -353,9 +353,95 @@ fn check_entry(file: &str, entry: &Entry) -> Result<(String, Option<String>, Ten
 struct Record {
     module_index: u16,
     checksum: Checksum,
+    encryption: Option<Box<Encryption>>,
 }
 
-fn parse_record(bytes: &[u8], entry: &Entry, i: u64) -> std::result::Result<Record, Fault> {
+/// libsodium's `crypto_pwhash_ALG_ARGON2ID13`.
+const ALG_ARGON2ID13: i32 = 2;
+
+/// A cipher chunk of crypt info: chunk size, first nonce, one MAC per chunk.
+type Cipher = (u64, [u8; 24], Box<[[u8; 16]]>);
+
+/// A crypt-info block (§8.1 of the format notes): the key derivation, if any, and the
+/// cipher's chunk size, first nonce and MACs, if any.
+fn parse_crypt(
+    c: &mut Cursor<'_>,
+    i: u64,
+) -> std::result::Result<(Option<Kdf>, Option<Cipher>), Fault> {
+    let at = c.offset();
+    let total = c.u64()?;
+    let body = c.at;
+    let chunks = c.u16()?;
+    let (mut kdf, mut cipher) = (None, None);
+    for _ in 0..chunks {
+        let chunk_at = c.offset();
+        let chunk_len = c.u64()?;
+        let start = c.at;
+        let bad = |why: String| Fault::Bad(chunk_at, format!("tensor {i}'s crypt info: {why}"));
+        match c.u16()? {
+            1 => {
+                let method = c.u16()?;
+                let (opslimit, memlimit) = (c.u64()?, c.u64()?);
+                let alg = c.u32()? as i32;
+                let salt_len = c.u16()?;
+                if method != 1 || alg != ALG_ARGON2ID13 || salt_len != 16 {
+                    return Err(bad(format!(
+                        "key derivation method {method}, algorithm {alg}, salt of {salt_len} bytes; tensorizer writes 1 (pwhash), 2 (Argon2id v1.3), 16"
+                    )));
+                }
+                let salt = c.take(16)?.try_into().expect("16");
+                kdf = Some(Kdf {
+                    opslimit,
+                    memlimit,
+                    salt,
+                });
+            }
+            kind @ (2 | 3) => {
+                let (chunk_size, nonce, count) = if kind == 2 {
+                    let chunk_size = c.u64()?;
+                    let nonce: [u8; 24] = c.take(24)?.try_into().expect("24");
+                    (chunk_size, nonce, c.u64()?)
+                } else {
+                    // One secretbox over all of the data: its length is checked later.
+                    (u64::MAX, c.take(24)?.try_into().expect("24"), 1)
+                };
+                let len = count.checked_mul(16).ok_or(Fault::Short)?;
+                let bytes = c.take(usize::try_from(len).map_err(|_| Fault::Short)?)?;
+                let macs: Box<[[u8; 16]]> = bytes
+                    .chunks_exact(16)
+                    .map(|m| m.try_into().expect("16"))
+                    .collect();
+                if cipher.replace((chunk_size, nonce, macs)).is_some() {
+                    return Err(bad("two cipher chunks".into()));
+                }
+            }
+            other => return Err(bad(format!("unknown chunk type {other}"))),
+        }
+        if (c.at - start) as u64 != chunk_len {
+            return Err(bad(format!(
+                "a chunk says {chunk_len} bytes but holds {}",
+                c.at - start
+            )));
+        }
+    }
+    if (c.at - body) as u64 != total {
+        return Err(Fault::Bad(
+            at,
+            format!(
+                "tensor {i}'s crypt info says {total} bytes but holds {}",
+                c.at - body
+            ),
+        ));
+    }
+    Ok((kdf, cipher))
+}
+
+fn parse_record(
+    bytes: &[u8],
+    entry: &Entry,
+    i: u64,
+    crypt: bool,
+) -> std::result::Result<Record, Fault> {
     let base = entry.header_offset;
     let mut c = Cursor::new(bytes, base);
     let mismatch = |c: &Cursor<'_>, what: &str| {
@@ -428,7 +514,15 @@ fn parse_record(bytes: &[u8], entry: &Entry, i: u64) -> std::result::Result<Reco
             ),
         ));
     }
-    // Without crypt info, the data length is all that is left.
+    // The crypt info, where the file has it, is not hashed: cut out of the prefix.
+    let crypt_start = c.at;
+    let (kdf, cipher) = if crypt {
+        parse_crypt(&mut c, i)?
+    } else {
+        (None, None)
+    };
+    let crypt_end = c.at;
+    // Then the data length is all that is left.
     if bytes.len() - c.at != 8 {
         return Err(Fault::Bad(
             c.offset(),
@@ -442,7 +536,37 @@ fn parse_record(bytes: &[u8], entry: &Entry, i: u64) -> std::result::Result<Reco
     if data_length != entry.data_length {
         return Err(mismatch(&c, "data length"));
     }
+    prefix.drain(crypt_start..crypt_end);
+    let encryption = match cipher {
+        _ if data_length == 0 => None, // nothing stored, nothing to decrypt (meta tensors)
+        None if crypt => {
+            return Err(Fault::Bad(
+                base + crypt_start as u64,
+                format!("tensor {i} stores {data_length} bytes unencrypted in an encrypted file"),
+            ))
+        }
+        None => None,
+        Some((chunk_size, nonce, macs)) => {
+            let chunk_size = chunk_size.min(data_length);
+            if chunk_size == 0 || macs.len() as u64 != data_length.div_ceil(chunk_size) {
+                return Err(Fault::Bad(
+                    base + crypt_start as u64,
+                    format!(
+                        "tensor {i}'s crypt info has {} MACs for {data_length} bytes in chunks of {chunk_size}",
+                        macs.len()
+                    ),
+                ));
+            }
+            Some(Box::new(Encryption::Tensorizer {
+                chunk_size,
+                nonce,
+                macs,
+                kdf,
+            }))
+        }
+    };
     Ok(Record {
+        encryption,
         module_index,
         checksum: if crc32.is_none() && sha256.is_none() {
             Checksum::None
@@ -578,12 +702,6 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
     } else {
         (version == 3, false)
     };
-    if encrypted {
-        return Err(Error::Unsupported(format!(
-            "{file}: the tensor data of this tensorizer file (format version {version}) is encrypted; \
-             plaid cannot decrypt tensorizer files yet"
-        )));
-    }
     let records_start = FILE_HEADER_LEN
         .checked_add(metadata_len)
         .filter(|&end| end <= file_len)
@@ -686,7 +804,7 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
             Error::format(file, offset, format!("{why} (tensor '{name}')"))
         };
         let header = headers.get(entry.header_offset, header_len);
-        let record = parse_record(header, &entry, i).map_err(|f| match f {
+        let record = parse_record(header, &entry, i, encrypted).map_err(|f| match f {
             Fault::Short => fail(
                 entry.header_offset,
                 format!("tensor {i}'s {header_len}-byte header ends before its fields do"),
@@ -710,6 +828,7 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
             zero_fill,
             role,
             module_index: u32::from(record.module_index),
+            encryption: record.encryption,
             path: path.map(String::into_boxed_str),
         });
     }

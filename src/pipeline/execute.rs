@@ -19,6 +19,7 @@ use super::plan::{Job, Out, Policy, Target};
 use super::progress::Tracker;
 use super::select::Selection;
 use super::stages::{Chain, SplitCrcs};
+use crate::crypto::Decrypt;
 use crate::error::{Error, Result};
 use crate::format::{Index, TensorInfo};
 use crate::pool::Permits;
@@ -35,6 +36,8 @@ pub(crate) struct Context<'r> {
     /// CPU workers: permits to verify or copy.
     pub(crate) cpu: Permits,
     pub(crate) split: SplitCrcs,
+    /// The decrypt stage of each encrypted tensor loaded, by index.
+    decrypt: Vec<Option<Decrypt>>,
     /// Scratch bytes allocated by all I/O threads now, and the most at any time.
     scratch_now: AtomicUsize,
     scratch_peak: AtomicUsize,
@@ -47,6 +50,7 @@ impl<'r> Context<'r> {
         policy: Policy,
         sinks: &'r [Arc<dyn Sink>],
         cpu_workers: usize,
+        decrypt: Vec<Option<Decrypt>>,
     ) -> Context<'r> {
         Context {
             source,
@@ -55,6 +59,7 @@ impl<'r> Context<'r> {
             sinks,
             cpu: Permits::new(cpu_workers),
             split: SplitCrcs::default(),
+            decrypt,
             scratch_now: AtomicUsize::new(0),
             scratch_peak: AtomicUsize::new(0),
         }
@@ -79,14 +84,27 @@ impl<'r> Context<'r> {
     }
 
     fn chain<'t>(&'t self, tensor: &'t TensorInfo, start: u64, len: u64) -> Chain<'t> {
-        Chain::new(
+        let chain = Chain::new(
             self.source.name(),
             tensor,
             self.policy.verify,
             start,
             len,
             &self.split,
-        )
+        );
+        // Decryption first: verification sees plaintext.
+        match self.decrypt.get(tensor.index).and_then(Option::as_ref) {
+            Some(stage) => chain.before(Box::new(stage.clone())),
+            None => chain,
+        }
+    }
+
+    /// The bytes tensor `tensor`'s stages must see whole (a cipher chunk), or 1.
+    fn unit(&self, tensor: &TensorInfo) -> usize {
+        self.decrypt
+            .get(tensor.index)
+            .and_then(Option::as_ref)
+            .map_or(1, |d| crate::pipeline::Transform::unit(d) as usize)
     }
 }
 
@@ -154,7 +172,8 @@ pub(crate) fn execute(
 fn run_job(worker: &mut Worker<'_>, job: Job<'_>) -> Result<()> {
     let context = worker.context;
     let tensor = &context.index.tensors[job.tensor];
-    let step = context.policy.read_len();
+    let unit = context.unit(tensor);
+    let step = (context.policy.read_len() / unit).max(1) * unit;
     match job.target {
         Target::Batch {
             offset,
@@ -186,7 +205,7 @@ fn run_job(worker: &mut Worker<'_>, job: Job<'_>) -> Result<()> {
                         chain.inspect(piece)?;
                     }
                 }
-                mut out => write(context, tensor, &mut out, 1, &mut |at, buffer| {
+                mut out => write(context, tensor, &mut out, unit, &mut |at, buffer| {
                     fill(context, tensor, job.start + at as u64, buffer, &mut chain)
                 })?,
             }
@@ -238,6 +257,8 @@ fn run_select(
     let mut chain = context.chain(tensor, start, len);
     let size = selection.src_size().max(1);
     let piece = (context.policy.read_len() as u64 / size * size).max(size);
+    let whole = chain.unit() as u64;
+    let piece = (piece / whole).max(1) * whole;
     let unit = selection.dest_unit();
     let scratch = worker.scratch(piece.min(len) as usize);
     let mut at = start;
@@ -291,13 +312,24 @@ fn fill(
             None => *chain = before,
         }
     }
-    let mut done = 0;
+    // Pieces go through the chain in whole units of its stages (a cipher's chunks): a
+    // short read's tail waits, in place, for the rest of its unit.
+    let unit = chain.unit();
+    let (mut done, mut fed) = (0, 0);
     while done < dst.len() {
         let n = read_some(source, offset + done as u64, &mut dst[done..])
             .map_err(|e| e.in_tensor(&tensor.name))?;
-        let _cpu = context.cpu.acquire();
-        chain.feed(&mut dst[done..done + n])?;
         done += n;
+        let upto = if done == dst.len() {
+            done
+        } else {
+            done / unit * unit
+        };
+        if upto > fed {
+            let _cpu = context.cpu.acquire();
+            chain.feed(&mut dst[fed..upto])?;
+            fed = upto;
+        }
     }
     Ok(())
 }
@@ -324,12 +356,19 @@ fn inspect(
             None => *chain = before,
         }
     }
+    let unit = chain.unit();
+    let step = (step / unit).max(1) * unit;
     let scratch = worker.scratch(len.min(step).max(1));
     let mut done = 0;
     while done < len {
         let want = (len - done).min(scratch.len());
-        let n = read_some(source, offset + done as u64, &mut scratch[..want])
-            .map_err(|e| e.in_tensor(&tensor.name))?;
+        let n = if unit == 1 {
+            read_some(source, offset + done as u64, &mut scratch[..want])
+        } else {
+            // Whole units for the stages: the piece in full.
+            read_exact(source, offset + done as u64, &mut scratch[..want]).map(|()| want)
+        }
+        .map_err(|e| e.in_tensor(&tensor.name))?;
         let _cpu = context.cpu.acquire();
         chain.feed(&mut scratch[..n])?;
         done += n;

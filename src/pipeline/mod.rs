@@ -33,7 +33,7 @@ use progress::Tracker;
 pub(crate) use select::Selection;
 
 pub(crate) use plan::coalesce;
-pub(crate) use stages::Verify;
+pub(crate) use stages::{Transform, Verify};
 
 /// What a load did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -106,6 +106,15 @@ fn run(
     };
     let policy = policy(source, options);
     let depth = depth(source, options);
+    // The key of every encrypted tensor loaded, found (or derived) before anything is read:
+    // a missing key fails the load here.
+    let mut decrypt = Vec::new();
+    if placed.iter().any(|(t, _, _)| t.encryption.is_some()) {
+        decrypt.resize_with(index.tensors.len(), || None);
+        for (t, _, _) in &placed {
+            decrypt[t.index] = crate::crypto::Decrypt::of(source.name(), t, &options.secret)?;
+        }
+    }
     let jobs = plan(placed, &policy);
     let tracker = Tracker::new(
         progress,
@@ -114,7 +123,7 @@ fn run(
         stats.tensors,
         jobs.iter().flat_map(|job| job.pieces()),
     );
-    let context = Context::new(source, index, policy, sinks, depth.cpu_workers);
+    let context = Context::new(source, index, policy, sinks, depth.cpu_workers, decrypt);
     execute(
         &context,
         jobs,

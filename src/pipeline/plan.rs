@@ -212,6 +212,11 @@ impl Policy {
             Some(block) => (self.request / block).max(1) * block,
             None => self.request,
         };
+        // Whole cipher chunks (a multiple of 64 bytes; checksum blocks are powers of two).
+        let job = match tensor.encryption.as_deref().map(|e| e.unit()) {
+            Some(unit) => (job / unit).max(1) * unit,
+            None => job,
+        };
         usize::try_from(job).unwrap_or(usize::MAX)
     }
 }
@@ -292,6 +297,11 @@ fn plan_view<'a>(
         return;
     }
     let mut step = (policy.job_len(tensor) as u64 / size * size).max(size);
+    // Encrypted: whole cipher chunks are read (and authenticated, always).
+    if let Some(unit) = tensor.encryption.as_deref().map(|e| e.unit()) {
+        spans = round_out(spans, unit, stored);
+        step = (policy.job_len(tensor) as u64 / unit).max(1) * unit;
+    }
     if policy.verify.on {
         let block = tensor.checksum.block_size();
         // A hash over all of the tensor that verification checks (tensorizer's CRC32, or
@@ -310,16 +320,7 @@ fn plan_view<'a>(
             // A CRC-32 of every byte, combined from pieces read in parallel: all of them.
             spans = vec![(0, stored)];
         } else if let Some(block) = block {
-            let mut rounded: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
-            for (start, end) in spans {
-                let start = start / block * block;
-                let end = end.div_ceil(block).saturating_mul(block).min(stored);
-                match rounded.last_mut() {
-                    Some(last) if start <= last.1 => last.1 = last.1.max(end),
-                    _ => rounded.push((start, end)),
-                }
-            }
-            spans = rounded;
+            spans = round_out(spans, block, stored);
         }
     }
     for (start, end) in spans {
@@ -340,6 +341,21 @@ fn plan_view<'a>(
             at += len;
         }
     }
+}
+
+/// `spans` rounded out to multiples of `unit` (the last ending at `stored`), overlapping
+/// ones merged.
+fn round_out(spans: Vec<(u64, u64)>, unit: u64, stored: u64) -> Vec<(u64, u64)> {
+    let mut rounded: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
+    for (start, end) in spans {
+        let start = start / unit * unit;
+        let end = end.div_ceil(unit).saturating_mul(unit).min(stored);
+        match rounded.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => rounded.push((start, end)),
+        }
+    }
+    rounded
 }
 
 /// A batch of one is a plain job.
@@ -408,6 +424,7 @@ mod tests {
             role: TensorRole::Unspecified,
             module_index: 0,
             path: None,
+            encryption: None,
         }
     }
 

@@ -252,6 +252,7 @@ mod tests {
             role: TensorRole::Unspecified,
             module_index: 0,
             path: None,
+            encryption: None,
         }
     }
 

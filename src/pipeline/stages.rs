@@ -57,6 +57,11 @@ pub(crate) trait Transform: Send {
     fn apply(&mut self, at: u64, bytes: &mut [u8]) -> Result<()>;
     /// A copy of this stage in its current state.
     fn boxed_clone(&self) -> Box<dyn Transform>;
+    /// The bytes this stage must see whole (a cipher's chunk): it is fed pieces that start
+    /// at multiples of this, each a multiple long but for the tensor's last.
+    fn unit(&self) -> u64 {
+        1
+    }
 }
 
 impl Clone for Box<dyn Transform> {
@@ -98,10 +103,24 @@ impl<'t> Chain<'t> {
     }
 
     /// Add a transform that runs before verification (decryption).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn before(mut self, stage: Box<dyn Transform>) -> Self {
         self.before.push(stage);
         self
+    }
+
+    /// The bytes the stages must see whole: pieces fed start at multiples of it.
+    pub(crate) fn unit(&self) -> usize {
+        self.before
+            .iter()
+            .chain(&self.after)
+            .map(|s| s.unit() as usize)
+            .fold(1, usize::max)
+    }
+
+    /// Pieces of about `FUSED_PIECE` bytes, whole units of the stages.
+    fn piece(&self) -> usize {
+        let unit = self.unit();
+        (FUSED_PIECE / unit).max(1) * unit
     }
 
     /// Add a transform that runs after verification (conversion).
@@ -144,7 +163,8 @@ impl<'t> Chain<'t> {
             self.at += src.len() as u64;
             return Ok(());
         }
-        for (s, d) in src.chunks(FUSED_PIECE).zip(dst.chunks_mut(FUSED_PIECE)) {
+        let piece = self.piece();
+        for (s, d) in src.chunks(piece).zip(dst.chunks_mut(piece)) {
             d.copy_from_slice(s);
             self.feed(d)?;
         }
@@ -159,8 +179,9 @@ impl<'t> Chain<'t> {
             self.at += bytes.len() as u64;
             return Ok(());
         }
-        let mut piece = vec![0u8; bytes.len().min(FUSED_PIECE)];
-        for s in bytes.chunks(FUSED_PIECE) {
+        let step = self.piece();
+        let mut piece = vec![0u8; bytes.len().min(step)];
+        for s in bytes.chunks(step) {
             let d = &mut piece[..s.len()];
             d.copy_from_slice(s);
             self.feed(d)?;
@@ -472,6 +493,7 @@ mod tests {
             role: TensorRole::Unspecified,
             module_index: 0,
             path: None,
+            encryption: None,
         }
     }
 

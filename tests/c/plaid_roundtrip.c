@@ -581,7 +581,8 @@ static void test_status_names(void)
         {PLAID_ERR_NO_CUDA, "PLAID_ERR_NO_CUDA"},
         {PLAID_ERR_CUDA, "PLAID_ERR_CUDA"},
         {PLAID_ERR_PANIC, "PLAID_ERR_PANIC"},
-        {12, "PLAID_ERR_UNKNOWN"},
+        {PLAID_ERR_DECRYPT, "PLAID_ERR_DECRYPT"},
+        {13, "PLAID_ERR_UNKNOWN"},
         {-1, "PLAID_ERR_UNKNOWN"},
         {INT32_MAX, "PLAID_ERR_UNKNOWN"},
     };

@@ -16,6 +16,7 @@ CLI = LIB.parent / "plaid"
 PLAID_OK = 0
 PLAID_ERR_UNSUPPORTED = 4
 PLAID_ERR_CHECKSUM = 5
+PLAID_ERR_DECRYPT = 12
 PLAID_DEST_HOST = 1
 PLAID_FORMAT_PLAID = 1
 PLAID_FORMAT_SAFETENSORS = 2
@@ -28,12 +29,15 @@ class Info(ctypes.Structure):
                 ("shape", ctypes.POINTER(ctypes.c_uint64)), ("nbytes", ctypes.c_uint64),
                 ("index", ctypes.c_size_t), ("role", ctypes.c_uint32),
                 ("module_index", ctypes.c_uint32), ("path", ctypes.c_char_p),
-                ("path_len", ctypes.c_size_t), ("zero_fill", ctypes.c_uint32), ("offset", ctypes.c_uint64)]
+                ("path_len", ctypes.c_size_t), ("zero_fill", ctypes.c_uint32), ("offset", ctypes.c_uint64),
+                ("encrypted", ctypes.c_uint32)]
 
 
 class Dest(ctypes.Structure):
     _fields_ = [("kind", ctypes.c_uint32), ("device", ctypes.c_int32),
-                ("address", ctypes.c_uint64), ("capacity", ctypes.c_uint64)]
+                ("address", ctypes.c_uint64), ("capacity", ctypes.c_uint64),
+                ("slice_dim", ctypes.c_uint32), ("slice_start", ctypes.c_uint64),
+                ("slice_stop", ctypes.c_uint64), ("dtype", ctypes.c_uint32)]
 
 
 PLACE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.POINTER(Info),

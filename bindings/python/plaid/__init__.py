@@ -14,14 +14,14 @@ Errors raise `PlaidError` subclasses carrying ``status`` and the library's ``mes
 
 from . import _core
 from ._lib import (ABI_VERSION, CancelledError, CapacityError, ChecksumError, CudaError,
-                   FormatError, InvalidArgumentError, NoCudaError, NotFoundError, PanicError,
-                   PlaidError, PlaidIOError, UnsupportedError, lib as _clib)
+                   DecryptError, FormatError, InvalidArgumentError, NoCudaError, NotFoundError,
+                   PanicError, PlaidError, PlaidIOError, UnsupportedError, lib as _clib)
 from ._core import Reader, TensorMeta
 
 __version__ = _clib.plaid_version().decode()
 
 __all__ = [
-    "ABI_VERSION", "CancelledError", "CapacityError", "ChecksumError", "CudaError",
+    "ABI_VERSION", "CancelledError", "CapacityError", "ChecksumError", "CudaError", "DecryptError",
     "FormatError", "InvalidArgumentError", "NoCudaError", "NotFoundError", "PanicError",
     "PlaidError", "PlaidIOError", "Reader", "TensorMeta", "UnsupportedError", "load_into",
     "safe_open",
@@ -35,12 +35,14 @@ class safe_open:
     (http(s), s3, gs, az; ``storage_options`` configure it), a seekable binary file object
     or bytes-like data. Use as a context manager or call ``close()``."""
 
-    def __init__(self, path, framework="np", device="cpu", *, storage_options=None):
+    def __init__(self, path, framework="np", device="cpu", *, storage_options=None, key=None,
+                 passphrase=None):
         if framework not in ("np", "numpy", "pt", "torch"):
             raise InvalidArgumentError(f"framework {framework!r}: use 'np' or 'pt'")
         self._torch = framework in ("pt", "torch")
         self._device = device
-        self._reader = _core.Reader(path, storage_options=storage_options)
+        self._reader = _core.Reader(path, storage_options=storage_options, key=key,
+                                    passphrase=passphrase)
 
     def keys(self):
         """Tensor names, in file order."""
@@ -166,7 +168,7 @@ _SAFETENSORS_DTYPES = {
 
 
 def load_into(path, targets, *, verify=True, storage_options=None, rank=None, world_size=None,
-              split=None, dtype=None):
+              split=None, dtype=None, key=None, passphrase=None):
     """Fill ``targets`` (a dict of tensor names to numpy arrays or torch tensors, CPU or
     CUDA, allocated by you) from the file at ``path`` (or a URL, configured by the
     environment and ``storage_options``; or a seekable binary file object, or bytes-like
@@ -182,9 +184,11 @@ def load_into(path, targets, *, verify=True, storage_options=None, rank=None, wo
     only the bytes it needs are read (whole checksum blocks when verifying); the target has
     the share's shape. ``dtype`` (``"f16"``, ``"bf16"``, ``"f32"``, ``"f64"``, or a numpy or
     torch dtype) converts floating-point tensors as they load (round to nearest even);
-    integer, bool and complex tensors keep theirs."""
+    integer, bool and complex tensors keep theirs. ``key`` (32 bytes) or ``passphrase``
+    decrypt an encrypted file (tensorizer's encryption)."""
     dtype_id = _core.dtype_id_of(dtype)
-    with _core.Reader(path, verify=verify, storage_options=storage_options) as reader:
+    with _core.Reader(path, verify=verify, storage_options=storage_options, key=key,
+                      passphrase=passphrase) as reader:
         destinations = {}
         for name, target in targets.items():
             meta = _core.rank_view(reader.find(name), rank=rank, world_size=world_size,

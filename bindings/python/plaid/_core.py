@@ -29,7 +29,7 @@ class TensorMeta:
     nested name, or None) and ``zero_fill`` (stored as nothing, loads as zeros)."""
 
     __slots__ = ("name", "dtype", "dtype_id", "shape", "nbytes", "index", "role",
-                 "module_index", "path", "zero_fill", "offset", "view")
+                 "module_index", "path", "zero_fill", "offset", "view", "encrypted")
 
     def __init__(self, info):
         self.name = ctypes.string_at(info.name, info.name_len).decode("utf-8")
@@ -43,6 +43,7 @@ class TensorMeta:
         self.path = json.loads(ctypes.string_at(info.path, info.path_len)) if info.path else None
         self.zero_fill = bool(info.zero_fill)
         self.offset = info.offset
+        self.encrypted = bool(info.encrypted)
         self.view = None
 
     def __repr__(self):
@@ -172,10 +173,13 @@ class Reader:
     ``gs://``, ``az://``; configured from the environment and ``storage_options``, a dict
     of object_store-style keys such as ``aws_endpoint`` or ``aws_region``), a seekable
     binary file object, or bytes-like data (see `_source`). ``close()`` frees it (twice is harmless); it is also a context
-    manager, and a finalizer frees it if neither was used."""
+    manager, and a finalizer frees it if neither was used. ``key`` (32 bytes) or
+    ``passphrase`` (str or bytes) decrypt encrypted tensors (tensorizer's encrypted files);
+    a file opens without them (names, dtypes and shapes are in the clear), and loading an
+    encrypted tensor without them raises `DecryptError`."""
 
     def __init__(self, path, *, verify=True, verify_sha256=True, threads=0, cuda_stream=None,
-                 requests_in_flight=0, storage_options=None):
+                 requests_in_flight=0, storage_options=None, key=None, passphrase=None):
         # A path, or the bytes themselves: a seekable binary file object or bytes-like data.
         source = None if _source.is_path(path) else _source.Source(path)
         self._check = check if source is None else source.check
@@ -190,6 +194,12 @@ class Reader:
             if cuda_stream:
                 check(lib.plaid_read_options_set_cuda_stream(options, cuda_stream))
             set_storage(lib.plaid_read_options_set_storage, options, storage_options)
+            if key is not None:
+                key = bytes(key)
+                check(lib.plaid_read_options_set_key(options, key, len(key)))
+            if passphrase is not None:
+                pw = passphrase.encode("utf-8") if isinstance(passphrase, str) else bytes(passphrase)
+                check(lib.plaid_read_options_set_passphrase(options, pw, len(pw)))
             handle = ctypes.c_void_p()
             if source is None:
                 check(lib.plaid_deserializer_open(os.fsencode(path), options,

@@ -18,7 +18,8 @@ class TensorInfo(ctypes.Structure):
     _fields_ = [("name", ctypes.c_char_p), ("name_len", _size), ("dtype", _u32),
                 ("ndim", _u32), ("shape", ctypes.POINTER(_u64)), ("nbytes", _u64),
                 ("index", _size), ("role", _u32), ("module_index", _u32),
-                ("path", ctypes.c_char_p), ("path_len", _size), ("zero_fill", _u32), ("offset", _u64)]
+                ("path", ctypes.c_char_p), ("path_len", _size), ("zero_fill", _u32), ("offset", _u64),
+                ("encrypted", _u32)]
 
 
 class Destination(ctypes.Structure):
@@ -51,6 +52,8 @@ _SIGNATURES = [
     ("plaid_read_options_set_cuda_stream", [_vp, _vp], _i32),
     ("plaid_read_options_set_requests_in_flight", [_vp, _u32], _i32),
     ("plaid_read_options_set_storage", [_vp, ctypes.c_char_p, ctypes.c_char_p], _i32),
+    ("plaid_read_options_set_key", [_vp, ctypes.c_char_p, _size], _i32),
+    ("plaid_read_options_set_passphrase", [_vp, ctypes.c_char_p, _size], _i32),
     ("plaid_deserializer_open", [ctypes.c_char_p, _vp, ctypes.POINTER(_vp)], _i32),
     ("plaid_source_new", [ctypes.c_char_p, _u64, READ_FN, _vp, RELEASE_FN, ctypes.POINTER(_vp)],
      _i32),
@@ -161,9 +164,16 @@ class PanicError(PlaidError):
     status = 11
 
 
+class DecryptError(PlaidError):
+    """An encrypted tensor and no key, or a failed authentication (a wrong key or
+    passphrase, or damaged ciphertext); the message says which and names the tensor."""
+    status = 12
+
+
 ERRORS = {cls.status: cls for cls in (
     InvalidArgumentError, PlaidIOError, FormatError, UnsupportedError, ChecksumError,
-    CapacityError, CancelledError, NotFoundError, NoCudaError, CudaError, PanicError)}
+    CapacityError, CancelledError, NotFoundError, NoCudaError, CudaError, PanicError,
+    DecryptError)}
 
 
 def _load():

@@ -101,7 +101,7 @@ def _load_all(reader, device, wanted=None):
 
 
 def load_file(path, device="cpu", *, mmap=True, verify=True, storage_options=None,
-              tensors=None):
+              tensors=None, key=None, passphrase=None):
     """Every tensor of the file at ``path`` as torch tensors on ``device`` (``"cpu"``,
     ``"cuda"`` or ``"cuda:N"``), verified (unless ``verify=False``). ``path`` may also be a
     seekable binary file object or bytes-like data: read through, never mapped.
@@ -119,11 +119,15 @@ def load_file(path, device="cpu", *, mmap=True, verify=True, storage_options=Non
     network into the tensors' memory as they arrive (never mapped).
 
     ``tensors`` (a glob pattern, a list of them, or a callable taking the name) loads only
-    the tensors it chooses; the others are not read (and the file is not mapped)."""
+    the tensors it chooses; the others are not read (and the file is not mapped). ``key``
+    (32 bytes) or ``passphrase`` decrypt an encrypted file (never mapped: decrypted as
+    it loads)."""
     chosen = _core.name_filter(tensors)
-    if chosen is not None:
-        with _core.Reader(path, verify=verify, storage_options=storage_options) as reader:
-            return _load_all(reader, device, lambda m: chosen(m.name))
+    if chosen is not None or key is not None or passphrase is not None:
+        with _core.Reader(path, verify=verify, storage_options=storage_options, key=key,
+                          passphrase=passphrase) as reader:
+            return _load_all(reader, device, None if chosen is None else
+                             (lambda m: chosen(m.name)))
     if _device(device).type == "cpu" and mmap and _source.is_path(path) \
             and not _source.is_url(path):
         mapped = _load_mapped(path, verify)
@@ -222,6 +226,8 @@ def _load_mapped(path, verify):
         # plaid reads the very file that is mapped (not whatever the path names later).
         with _core.Reader(f"/proc/self/fd/{f.fileno()}", verify=verify) as reader:
             metas = reader.tensors
+            if any(meta.encrypted for meta in metas):
+                return None  # a mapping would show ciphertext: decrypted by a load instead
             for meta in metas:
                 torch_dtype(meta)
             if verify:
@@ -381,6 +387,38 @@ class TensorSerializer:
         self._closed = True
 
 
+class DecryptionParams:
+    """How to decrypt an encrypted tensorizer file (tensorizer's ``DecryptionParams``):
+    ``from_key(key)`` with the raw 32-byte key, or ``from_string(passphrase)`` with the
+    passphrase its ``EncryptionParams.from_string`` used (the key is derived with the salt
+    and limits the file records). Pass it as ``TensorDeserializer(encryption=...)``."""
+
+    __slots__ = ("key", "passphrase")
+
+    def __init__(self, key=None, passphrase=None):
+        if (key is None) == (passphrase is None):
+            raise InvalidArgumentError("DecryptionParams: a key or a passphrase, one of them")
+        if key is not None and len(bytes(key)) != 32:
+            raise InvalidArgumentError(f"DecryptionParams: a key is 32 bytes, not {len(key)}")
+        self.key = None if key is None else bytes(key)
+        self.passphrase = passphrase
+
+    @classmethod
+    def from_key(cls, key):
+        """Decrypt with the raw 32-byte ``key``."""
+        return cls(key=key)
+
+    @classmethod
+    def from_string(cls, source, encoding="utf-8"):
+        """Decrypt with a key derived from the passphrase ``source`` (str or bytes)."""
+        return cls(passphrase=source.encode(encoding) if isinstance(source, str) else
+                   bytes(source))
+
+    def __repr__(self):
+        return "DecryptionParams(<key>)" if self.key is not None else \
+            "DecryptionParams(<passphrase>)"
+
+
 class TensorDeserializer(Mapping):
     """A read-only mapping of names to tensors of a plaid, safetensors or tensorizer file
     (tensorizer's ``TensorDeserializer``), given by path (a sharded checkpoint's
@@ -393,8 +431,9 @@ class TensorDeserializer(Mapping):
     CPU) or by `load_into_module`, which streams them straight into the module's own storage,
     verified unless ``verify_hash=False``. ``filter_func(name)`` (or a glob pattern, or a list of
     them) selects tensors; ``dtype``
-    casts floating-point tensors read through the mapping. ``encryption`` is refused (plaid
-    cannot decrypt yet): never ignored. ``plaid_mode``, ``lazy_load`` and ``num_readers``
+    casts floating-point tensors read through the mapping. ``encryption`` (a
+    `DecryptionParams`) decrypts encrypted tensorizer files; without it, loading an
+    encrypted tensor raises `DecryptError`. ``plaid_mode``, ``lazy_load`` and ``num_readers``
     are accepted for compatibility (``num_readers`` sets the worker threads).
 
     Tensor parallelism: with ``rank`` and ``world_size``, every tensor that ``split`` assigns a
@@ -408,10 +447,14 @@ class TensorDeserializer(Mapping):
                  lazy_load=False, plaid_mode=None, plaid_mode_buffers=None, num_readers=None,
                  verify_hash=None, encryption=None, storage_options=None, mmap=True,
                  rank=None, world_size=None, split=None):
+        key = passphrase = None
         if encryption is not None:
-            raise UnsupportedError(
-                "TensorDeserializer(encryption=...): plaid cannot decrypt tensorizer files yet; "
-                "the file would not be read as intended")
+            if not isinstance(encryption, DecryptionParams):
+                raise InvalidArgumentError(
+                    "TensorDeserializer(encryption=...) takes plaid.torch.DecryptionParams "
+                    f"(from_key, from_string), not a {type(encryption).__name__}")
+            key, passphrase = encryption.key, encryption.passphrase
+            mmap = False  # the mapping would hold ciphertext
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self._device = _device(device)
@@ -421,7 +464,8 @@ class TensorDeserializer(Mapping):
             raise InvalidArgumentError("rank and world_size go together")
         self._verify = True if verify_hash is None else bool(verify_hash)
         self._reader = _core.Reader(file_obj, verify=self._verify, threads=num_readers or 0,
-                                    storage_options=storage_options)
+                                    storage_options=storage_options, key=key,
+                                    passphrase=passphrase)
         filter_func = _core.name_filter(filter_func)
         self._metas = {m.name: m for m in self._reader.tensors
                        if filter_func is None or filter_func(m.name)}

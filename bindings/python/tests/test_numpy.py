@@ -163,8 +163,19 @@ def test_tensorizer_fixtures_through_safe_open(fixture):
     bad = truth.get("expect", {}).get("corrupted_tensor") or \
         (truth.get("expected_hash_mismatch") or [None])[0]
     if truth.get("encryption") or "Poly1305" in expect:
-        with pytest.raises(plaid.UnsupportedError, match="encrypted"):
-            plaid.safe_open(path)
+        first = truth["tensors"][0]["name"]
+        with plaid.safe_open(path) as f:  # opens without a key: the index is in the clear
+            with pytest.raises(plaid.DecryptError, match=f"'{first}'.*no key"):
+                f.get_tensor(first)
+        key = bytes.fromhex(truth["encryption"]["key_hex"])
+        with plaid.safe_open(path, key=key) as f:
+            for t in truth["tensors"]:
+                if "Poly1305" in expect and t["name"] == bad:
+                    with pytest.raises(plaid.DecryptError, match="authentication"):
+                        f.get_tensor(t["name"])
+                    continue
+                got = f.get_tensor(t["name"])
+                assert hashlib.sha256(got.tobytes()).hexdigest() == t["sha256"], t["name"]
         return
     if expect.startswith("error"):
         with pytest.raises(plaid.FormatError):

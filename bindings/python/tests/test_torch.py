@@ -239,8 +239,21 @@ def test_every_tensorizer_fixture_through_tensor_deserializer(fixture):
     path = str(FIXTURES / f"{fixture}.tensors")
     expect = truth.get("expect", {})
     if truth.get("encryption") or "Poly1305" in expect.get("correct_reader", ""):
-        with pytest.raises(plaid.UnsupportedError, match="encrypted"):
-            TensorDeserializer(path, device="cpu")
+        enc = truth["encryption"]
+        first = truth["tensors"][0]["name"]
+        with pytest.raises(plaid.DecryptError, match=f"'{first}'"):
+            TensorDeserializer(path, device="cpu")[first]
+        ways = [pt.DecryptionParams.from_key(bytes.fromhex(enc["key_hex"]))]
+        if enc.get("passphrase"):
+            ways.append(pt.DecryptionParams.from_string(enc["passphrase"]))
+        for params in ways:
+            d = TensorDeserializer(path, device="cpu", encryption=params)
+            for t in truth["tensors"]:
+                if t["name"] == expect.get("corrupted_tensor"):
+                    with pytest.raises(plaid.DecryptError, match="authentication"):
+                        d[t["name"]]
+                    continue
+                assert hashlib.sha256(raw(d[t["name"]])).hexdigest() == t["sha256"], t["name"]
         return
     if expect.get("correct_reader", "").startswith("error"):
         with pytest.raises(plaid.FormatError):
