@@ -355,17 +355,17 @@ typedef struct plaid_tensor_info {
    */
   uint32_t zero_fill;
   /**
-   * Offset of the tensor's first data byte in the file (for a sharded checkpoint
-   * opened through its index: in the shards laid end to end), for callers that map the
-   * file themselves.
-   */
-  uint64_t offset;
-  /**
    * Non-zero when the stored bytes are encrypted (a tensorizer file written with
    * encryption): loading needs `plaid_read_options_set_key` or `_set_passphrase`, and
    * the bytes at `offset` are ciphertext.
    */
   uint32_t encrypted;
+  /**
+   * Offset of the tensor's first data byte in the file (for a sharded checkpoint
+   * opened through its index: in the shards laid end to end), for callers that map the
+   * file themselves.
+   */
+  uint64_t offset;
 } plaid_tensor_info;
 
 /**

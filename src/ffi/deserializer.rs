@@ -114,8 +114,8 @@ impl plaid_deserializer {
                 path,
                 path_len: t.path.as_ref().map_or(0, |p| p.len()),
                 zero_fill: u32::from(t.zero_fill),
-                offset: t.offset,
                 encrypted: u32::from(t.encryption.is_some()),
+                offset: t.offset,
             });
         }
         let metadata = inner

@@ -54,14 +54,14 @@ pub struct plaid_tensor_info {
     /// `plaid_deserializer_load_host` allocates. Check `nbytes` before loading files you
     /// do not trust.
     pub zero_fill: u32,
-    /// Offset of the tensor's first data byte in the file (for a sharded checkpoint
-    /// opened through its index: in the shards laid end to end), for callers that map the
-    /// file themselves.
-    pub offset: u64,
     /// Non-zero when the stored bytes are encrypted (a tensorizer file written with
     /// encryption): loading needs `plaid_read_options_set_key` or `_set_passphrase`, and
     /// the bytes at `offset` are ciphertext.
     pub encrypted: u32,
+    /// Offset of the tensor's first data byte in the file (for a sharded checkpoint
+    /// opened through its index: in the shards laid end to end), for callers that map the
+    /// file themselves.
+    pub offset: u64,
 }
 
 /// Tensor role: the file does not say.

@@ -29,8 +29,8 @@ class Info(ctypes.Structure):
                 ("shape", ctypes.POINTER(ctypes.c_uint64)), ("nbytes", ctypes.c_uint64),
                 ("index", ctypes.c_size_t), ("role", ctypes.c_uint32),
                 ("module_index", ctypes.c_uint32), ("path", ctypes.c_char_p),
-                ("path_len", ctypes.c_size_t), ("zero_fill", ctypes.c_uint32), ("offset", ctypes.c_uint64),
-                ("encrypted", ctypes.c_uint32)]
+                ("path_len", ctypes.c_size_t), ("zero_fill", ctypes.c_uint32),
+                ("encrypted", ctypes.c_uint32), ("offset", ctypes.c_uint64)]
 
 
 class Dest(ctypes.Structure):

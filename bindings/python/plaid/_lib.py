@@ -18,8 +18,8 @@ class TensorInfo(ctypes.Structure):
     _fields_ = [("name", ctypes.c_char_p), ("name_len", _size), ("dtype", _u32),
                 ("ndim", _u32), ("shape", ctypes.POINTER(_u64)), ("nbytes", _u64),
                 ("index", _size), ("role", _u32), ("module_index", _u32),
-                ("path", ctypes.c_char_p), ("path_len", _size), ("zero_fill", _u32), ("offset", _u64),
-                ("encrypted", _u32)]
+                ("path", ctypes.c_char_p), ("path_len", _size), ("zero_fill", _u32),
+                ("encrypted", _u32), ("offset", _u64)]
 
 
 class Destination(ctypes.Structure):
