@@ -925,3 +925,24 @@ fn keys_through_the_c_api() {
         plaid_read_options_free(o);
     }
 }
+
+/// A key given for a file stored in the clear is ignored: it loads as without one.
+#[test]
+fn a_key_for_a_plain_file_is_ignored() {
+    let fixture = "v4_by_tensorizer_2_8_1_meta";
+    let plain = load(fixture, ReadOptions::default()).unwrap();
+    let with_key = load(
+        fixture,
+        ReadOptions::default().key(Some(&[7u8; 32])).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(with_key, plain);
+    let with_passphrase = load(
+        fixture,
+        ReadOptions::default()
+            .passphrase(Some(b"anything"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(with_passphrase, plain);
+}
