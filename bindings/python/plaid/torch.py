@@ -449,11 +449,15 @@ class TensorDeserializer(Mapping):
                  rank=None, world_size=None, split=None):
         key = passphrase = None
         if encryption is not None:
-            if not isinstance(encryption, DecryptionParams):
+            if isinstance(encryption, DecryptionParams):
+                key, passphrase = encryption.key, encryption.passphrase
+            elif type(encryption).__name__ == "DecryptionParams" and \
+                    hasattr(encryption, "key") and hasattr(encryption, "source"):
+                key, passphrase = encryption.key, encryption.source  # tensorizer's own
+            else:
                 raise InvalidArgumentError(
                     "TensorDeserializer(encryption=...) takes plaid.torch.DecryptionParams "
-                    f"(from_key, from_string), not a {type(encryption).__name__}")
-            key, passphrase = encryption.key, encryption.passphrase
+                    f"or tensorizer's (from_key, from_string), not a {type(encryption).__name__}")
             mmap = False  # the mapping would hold ciphertext
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -12,7 +12,8 @@ built from tiny configs (no network):
 - loading in place makes no intermediate copy (peak RSS, in a subprocess);
 - missing tensors are named in the error; the return value, `missing_keys` and
   `unexpected_keys`; lazy reading; `save_file`'s format choice; `safe_open(...).metadata()`
-  is None without metadata; `encryption=` is refused.
+  is None without metadata; `encryption=` is refused by the serializer, and the deserializer
+  decrypts with tensorizer's own DecryptionParams.
 
 Skipped where torch, transformers or tensorizer is not installed."""
 
@@ -704,9 +705,22 @@ def test_encryption_is_refused_by_the_serializer(tmp_path):
     assert not path.exists(), "an unencrypted file was written although encryption was asked"
 
 
-def test_encryption_is_refused_by_the_deserializer(tmp_path):
-    path = tmp_path / "plain.plaid"
-    pt.save_file({"w": torch.ones(4)}, path)
-    with pytest.raises(plaid.PlaidError):
-        d = pt.TensorDeserializer(str(path), device="cpu", encryption=_decryption_params())
-        d["w"]
+def test_tensorizers_own_decryption_params_decrypt_its_files(tmp_path):
+    """tensorizer's DecryptionParams work unchanged (the import-line-only switch); a key
+    for a plain file is ignored; anything else is refused, never ignored."""
+    fixtures = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "tensorizer"
+    truth = json.loads((fixtures / "encrypted_passphrase_4k_chunks_v3.json").read_text())
+    path = str(fixtures / "encrypted_passphrase_4k_chunks_v3.tensors")
+    for params in (tensorizer.DecryptionParams.from_key(
+                       bytes.fromhex(truth["encryption"]["key_hex"])),
+                   tensorizer.DecryptionParams.from_string(truth["encryption"]["passphrase"])):
+        d = pt.TensorDeserializer(path, device="cpu", encryption=params)
+        for t in truth["tensors"]:
+            got = d[t["name"]].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            assert hashlib.sha256(got).hexdigest() == t["sha256"], t["name"]
+    plain = tmp_path / "plain.plaid"
+    pt.save_file({"w": torch.ones(4)}, plain)
+    d = pt.TensorDeserializer(str(plain), device="cpu", encryption=_decryption_params())
+    assert torch.equal(d["w"], torch.ones(4))
+    with pytest.raises(plaid.InvalidArgumentError):
+        pt.TensorDeserializer(str(plain), device="cpu", encryption=object())
