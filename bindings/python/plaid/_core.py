@@ -311,13 +311,16 @@ class Reader:
         arena = ctypes.c_void_p()
         status = lib.plaid_deserializer_load_host(handle, callback or _lib.FILTER_FN(), None,
                                                   ctypes.byref(arena))
+        return self._arena(status, arena, error)
+
+    def _arena(self, status, arena, error):
+        """The arena a `load_host` call made, or the error of its callback or status."""
         if status == 0 and error:
             lib.plaid_host_arena_free(arena)
         if error:
             raise error[0]
         self._check(status)
         return HostArena(arena)
-
 
     def _load_host_views(self, views):
         handle = self.handle
@@ -341,12 +344,7 @@ class Reader:
 
         arena = ctypes.c_void_p()
         status = lib.plaid_deserializer_load_host_views(handle, place, None, ctypes.byref(arena))
-        if status == 0 and error:
-            lib.plaid_host_arena_free(arena)
-        if error:
-            raise error[0]
-        self._check(status)
-        return HostArena(arena)
+        return self._arena(status, arena, error)
 
 
 class InvalidUse(_lib.InvalidArgumentError):
