@@ -55,6 +55,8 @@ pub fn to_plaid(
     // a conversion that fails its check leaves the target as it was. An object store
     // target is uploaded whole, then checked, and deleted if the check fails.
     let storage = options.storage_options().clone();
+    // The written file is checked with the key it was encrypted with, if any.
+    let secret = options.secret.clone();
     let staged = staging(out)?;
     let mut writer = Serializer::create(staged.path(), options)?;
     // Encrypted tensors are decrypted as they are read, never lent.
@@ -78,7 +80,7 @@ pub fn to_plaid(
         writer.set_metadata(key, value)?;
     }
     writer.finish_with_progress(progress)?;
-    settle(source, staged, out, true, &storage)
+    settle(source, staged, out, true, &storage, &secret)
 }
 
 /// Where a converted file is written before it is checked.
@@ -107,8 +109,9 @@ fn settle(
     out: &Path,
     with_metadata: bool,
     storage: &crate::options::StorageOptions,
+    secret: &crate::crypto::Secret,
 ) -> Result<()> {
-    let checked = check(source, staged.path(), with_metadata, storage);
+    let checked = check(source, staged.path(), with_metadata, storage, secret);
     match staged {
         Staged::Local(path) => {
             checked?;
@@ -226,7 +229,14 @@ pub fn to_safetensors(
         }
         Ok(())
     })?;
-    settle(source, staged, out, true, &Default::default())
+    settle(
+        source,
+        staged,
+        out,
+        true,
+        &Default::default(),
+        &Default::default(),
+    )
 }
 
 /// Write every tensor of `source` as a tensorizer `.tensors` file at `out`: format
@@ -321,7 +331,14 @@ pub fn to_tensorizer(
             Some(total)
         );
     }
-    settle(source, staged, out, false, &Default::default())
+    settle(
+        source,
+        staged,
+        out,
+        false,
+        &Default::default(),
+        &Default::default(),
+    )
 }
 
 /// Writes a converted file's bytes; the second argument names what failed.
@@ -374,9 +391,11 @@ fn check(
     out: &Path,
     with_metadata: bool,
     storage: &crate::options::StorageOptions,
+    secret: &crate::crypto::Secret,
 ) -> Result<()> {
     let options = ReadOptions {
         storage: storage.clone(),
+        secret: secret.clone(),
         ..Default::default()
     };
     let written = Deserializer::open(out, options)?;

@@ -309,6 +309,12 @@ pub struct WriteOptions {
     pub(crate) sync: bool,
     /// Remote storage configuration (URLs only).
     pub(crate) storage: StorageOptions,
+    /// Key material: with it, the tensor data is encrypted (`docs/FORMAT.md` section 13).
+    pub(crate) secret: crate::crypto::Secret,
+    /// Argon2id passes for a passphrase.
+    pub(crate) kdf_passes: u64,
+    /// Argon2id memory for a passphrase, in bytes.
+    pub(crate) kdf_memory: u64,
 }
 
 impl Default for WriteOptions {
@@ -319,6 +325,9 @@ impl Default for WriteOptions {
             threads: 0,
             sync: true,
             storage: StorageOptions::default(),
+            secret: Default::default(),
+            kdf_passes: crate::crypto::DEFAULT_KDF_PASSES,
+            kdf_memory: crate::crypto::DEFAULT_KDF_MEMORY,
         }
     }
 }
@@ -361,6 +370,50 @@ impl WriteOptions {
     /// The remote storage options.
     pub fn storage_options(&self) -> &StorageOptions {
         &self.storage
+    }
+
+    /// Encrypt the tensor data with `key` (32 bytes), AES-256-GCM under a key of the file's
+    /// own (`docs/FORMAT.md` section 13); `None` clears the key material. A key of another
+    /// length, or a key while a passphrase is set, is `InvalidArgument`. The key is zeroed
+    /// in memory when the options (and every copy of them) are dropped.
+    pub fn key(mut self, key: Option<&[u8]>) -> Result<Self> {
+        self.secret.set_key(key)?;
+        Ok(self)
+    }
+
+    /// Encrypt the tensor data with a key derived from `passphrase` (its bytes, as given)
+    /// by Argon2id with a fresh salt and the limits of [`WriteOptions::passphrase_limits`]
+    /// (by default 3 passes over 256 MiB, libsodium's and tensorizer's `MODERATE`);
+    /// `None` clears the key material. A passphrase while a key is set is
+    /// `InvalidArgument`.
+    pub fn passphrase(mut self, passphrase: Option<&[u8]>) -> Result<Self> {
+        self.secret.set_passphrase(passphrase)?;
+        Ok(self)
+    }
+
+    /// Set the cost of deriving a key from a passphrase: Argon2id `passes` (1 to 64) over
+    /// `memory` bytes (a multiple of 1024, 8 KiB to 4 GiB). Below the defaults only for
+    /// tests: the cost is what stands between a stolen file and a guessed passphrase.
+    pub fn passphrase_limits(mut self, passes: u64, memory: u64) -> Result<Self> {
+        if !(1..=crate::crypto::MAX_KDF_PASSES).contains(&passes)
+            || !memory.is_multiple_of(1024)
+            || !(crate::crypto::MIN_KDF_MEMORY..=crate::crypto::MAX_KDF_MEMORY).contains(&memory)
+        {
+            return Err(Error::invalid(format!(
+                "{passes} passes over {memory} bytes: passes are 1 to {}, memory a multiple of 1024 from {} to {} bytes",
+                crate::crypto::MAX_KDF_PASSES,
+                crate::crypto::MIN_KDF_MEMORY,
+                crate::crypto::MAX_KDF_MEMORY
+            )));
+        }
+        self.kdf_passes = passes;
+        self.kdf_memory = memory;
+        Ok(self)
+    }
+
+    /// Whether the data will be encrypted (a key or a passphrase is set).
+    pub fn encrypts(&self) -> bool {
+        self.secret.is_set()
     }
 
     /// Turn `fsync` on or off.

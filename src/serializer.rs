@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::NamedTempFile;
 
+use crate::crypto::{Sealer, TAG_LEN};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::format::checksum::{block_count, crc32c};
@@ -346,20 +347,26 @@ impl<'a> Serializer<'a> {
         };
         let started = Instant::now();
         let block_size = self.options.checksum_block_size;
-        let plan = |crcs: Vec<Vec<u32>>| planned(&self.tensors, crcs);
-        // The checksums are fixed-width in the header, so the layout is known before they
-        // are: tensor data is written while other threads compute them, and the header
-        // last. Gaps between tensors are left as holes, which read as zeros.
+        let sealer = self
+            .options
+            .secret
+            .sealer(self.options.kdf_passes, self.options.kdf_memory)?;
+        let encryption = sealer.as_ref().map(|s| &s.header);
+        let plan = |crcs: Vec<Vec<u32>>, tags: Vec<Vec<u8>>| planned(&self.tensors, crcs, tags);
+        // The checksums (and tags) are fixed-width in the header, so the layout is known
+        // before they are: tensor data is written while other threads compute them, and
+        // the header last. Gaps between tensors are left as holes, which read as zeros.
         let zeros = self
             .tensors
             .iter()
             .map(|t| vec![0u32; block_count(t.data.len(), block_size) as usize])
             .collect();
         let draft = plaid::layout(
-            &plan(zeros),
+            &plan(zeros, no_tags(&self.tensors, block_size, sealer.is_some())),
             &self.metadata,
             self.options.alignment,
             block_size,
+            encryption,
         )?;
 
         let target = self.target.display().to_string();
@@ -367,27 +374,56 @@ impl<'a> Serializer<'a> {
             |what: &str, e: std::io::Error| Error::io(format!("writing {target}: {what}"), e);
         let file = temp.as_file();
         let checksum_threads = self.options.worker_threads().saturating_sub(1).max(1);
-        let (crcs, checksum_time) = std::thread::scope(|scope| {
-            let checksums = scope.spawn(|| {
-                let started = Instant::now();
-                let crcs = block_checksums(&self.tensors, block_size, checksum_threads);
-                (crcs, started.elapsed())
-            });
-            let written = write_data(file, &self.tensors, &draft, block_size, progress, &fail);
-            let (mut crcs, time) = checksums
-                .join()
-                .map_err(|_| Error::invalid("computing checksums failed"))?;
-            // Tensors copied from device memory were checksummed as they were written.
-            for (i, device_crcs) in written? {
-                crcs[i] = device_crcs;
+        let (crcs, tags, checksum_time) = if let Some(sealer) = &sealer {
+            // Encrypted: each piece is sealed (on every core) before it is written, and
+            // its CRCs are those of the stored bytes.
+            let started = Instant::now();
+            let threads = self.options.worker_threads();
+            let mut crcs = Vec::with_capacity(self.tensors.len());
+            let mut tags = Vec::with_capacity(self.tensors.len());
+            for (i, (tensor, &offset)) in self.tensors.iter().zip(&draft.offsets).enumerate() {
+                let (c, t) =
+                    seal_tensor(i, tensor, sealer, block_size, threads, &mut |at, bytes| {
+                        let to = offset + at;
+                        file.write_all_at(bytes, to).map_err(|e| {
+                            fail(&format!("tensor '{}' at offset {to}", tensor.name), e)
+                        })?;
+                        progress(to + bytes.len() as u64, draft.file_length);
+                        Ok(())
+                    })?;
+                crcs.push(c);
+                tags.push(t);
             }
-            Ok::<_, Error>((crcs, time))
-        })?;
+            (crcs, tags, started.elapsed())
+        } else {
+            let (crcs, checksum_time) = std::thread::scope(|scope| {
+                let checksums = scope.spawn(|| {
+                    let started = Instant::now();
+                    let crcs = block_checksums(&self.tensors, block_size, checksum_threads);
+                    (crcs, started.elapsed())
+                });
+                let written = write_data(file, &self.tensors, &draft, block_size, progress, &fail);
+                let (mut crcs, time) = checksums
+                    .join()
+                    .map_err(|_| Error::invalid("computing checksums failed"))?;
+                // Tensors copied from device memory were checksummed as they were written.
+                for (i, device_crcs) in written? {
+                    crcs[i] = device_crcs;
+                }
+                Ok::<_, Error>((crcs, time))
+            })?;
+            (
+                crcs,
+                no_tags(&self.tensors, block_size, false),
+                checksum_time,
+            )
+        };
         let layout = plaid::layout(
-            &plan(crcs),
+            &plan(crcs, tags),
             &self.metadata,
             self.options.alignment,
             block_size,
+            encryption,
         )?;
         if layout.head.len() != draft.head.len() || layout.offsets != draft.offsets {
             return Err(Error::invalid(
@@ -498,17 +534,85 @@ fn stream_out(
     }
 }
 
-/// The tensors as the header plans them, with their block checksums.
-fn planned(tensors: &[PendingTensor<'_>], crcs: Vec<Vec<u32>>) -> Vec<PlannedTensor> {
+/// Bytes a sealed piece holds at most: the buffer an encrypted write copies into.
+const SEAL_PIECE: usize = 32 << 20;
+
+/// Stream tensor `index` encrypted (`docs/FORMAT.md` 13.3): each piece of whole blocks is
+/// copied into one buffer, its blocks sealed and checksummed on `threads` threads, and
+/// handed to `f` with its offset in the tensor. Returns the CRC-32C of each stored block
+/// and the tags, concatenated.
+fn seal_tensor(
+    index: usize,
+    tensor: &PendingTensor<'_>,
+    sealer: &Sealer,
+    block_size: u64,
+    threads: usize,
+    f: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<(Vec<u32>, Vec<u8>)> {
+    let len = tensor.data.len();
+    let blocks = block_count(len, block_size) as usize;
+    let mut crcs = vec![0u32; blocks];
+    let mut tags = vec![[0u8; TAG_LEN]; blocks];
+    let aad = crate::crypto::tensor_aad(index, len, tensor.dtype, &tensor.shape, &tensor.name);
+    let block = usize::try_from(block_size).unwrap_or(usize::MAX);
+    let piece = (SEAL_PIECE / block).max(1) * block;
+    let mut buffer = Vec::new();
+    stream_out(&tensor.data, piece, &mut |at, bytes| {
+        // Pieces start at whole blocks; a file lent whole comes as one, cut here.
+        for (k, part) in bytes.chunks(piece).enumerate() {
+            let part_at = at + (k * piece) as u64;
+            buffer.clear();
+            buffer.extend_from_slice(part);
+            let first = (part_at / block_size) as usize;
+            let n = part.len().div_ceil(block);
+            let work = buffer
+                .chunks_mut(block)
+                .zip(tags[first..first + n].iter_mut())
+                .zip(crcs[first..first + n].iter_mut())
+                .enumerate();
+            crate::pool::for_each(work, threads.min(n).max(1), |(j, ((b, tag), crc))| {
+                let b_at = part_at + (j * block) as u64;
+                sealer.seal(index, &aad, block_size, b_at, b, std::slice::from_mut(tag));
+                *crc = crc32c(b);
+                Ok(())
+            })?;
+            f(part_at, &buffer)?;
+        }
+        Ok(())
+    })
+    .map_err(|e| e.in_tensor(&tensor.name))?;
+    Ok((crcs, tags.concat()))
+}
+
+/// Each tensor's tags before they are known: zeros of the right length when `encrypted`,
+/// else none.
+fn no_tags(tensors: &[PendingTensor<'_>], block_size: u64, encrypted: bool) -> Vec<Vec<u8>> {
+    tensors
+        .iter()
+        .map(|t| match encrypted {
+            true => vec![0u8; block_count(t.data.len(), block_size) as usize * TAG_LEN],
+            false => Vec::new(),
+        })
+        .collect()
+}
+
+/// The tensors as the header plans them, with their block checksums and tags.
+fn planned(
+    tensors: &[PendingTensor<'_>],
+    crcs: Vec<Vec<u32>>,
+    tags: Vec<Vec<u8>>,
+) -> Vec<PlannedTensor> {
     tensors
         .iter()
         .zip(crcs)
-        .map(|(t, block_crc32c)| PlannedTensor {
+        .zip(tags)
+        .map(|((t, block_crc32c), block_tags)| PlannedTensor {
             name: t.name.clone(),
             dtype: t.dtype,
             shape: t.shape.clone(),
             nbytes: t.data.len(),
             block_crc32c,
+            block_tags,
             role: t.origin.role,
             module_index: t.origin.module_index,
             path: t.origin.path.clone(),
@@ -533,9 +637,27 @@ fn finish_remote(
     let block_size = options.checksum_block_size;
     let chunk = usize::try_from(block_size.max(16 << 20)).unwrap_or(16 << 20);
     let block = usize::try_from(block_size).unwrap_or(usize::MAX);
-    let mut crcs = block_checksums(tensors, block_size, options.worker_threads());
+    let sealer = options
+        .secret
+        .sealer(options.kdf_passes, options.kdf_memory)?;
+    let threads = options.worker_threads();
+    let mut tags = no_tags(tensors, block_size, false);
+    let mut crcs = match sealer {
+        // Encrypted: sealed once for the CRCs and tags of the header, again as sent.
+        Some(ref sealer) => {
+            let mut crcs = Vec::with_capacity(tensors.len());
+            for (i, tensor) in tensors.iter().enumerate() {
+                let (c, t) =
+                    seal_tensor(i, tensor, sealer, block_size, threads, &mut |_, _| Ok(()))?;
+                crcs.push(c);
+                tags[i] = t;
+            }
+            crcs
+        }
+        None => block_checksums(tensors, block_size, threads),
+    };
     for (i, tensor) in tensors.iter().enumerate() {
-        if !matches!(tensor.data, Data::Host(_)) {
+        if sealer.is_none() && !matches!(tensor.data, Data::Host(_)) {
             let len = tensor.data.len();
             let mut streamed = Vec::with_capacity(block_count(len, block_size) as usize);
             stream_out(&tensor.data, chunk, &mut |_, bytes| {
@@ -548,10 +670,11 @@ fn finish_remote(
     }
     let checksum_time = started.elapsed();
     let layout = plaid::layout(
-        &planned(tensors, crcs),
+        &planned(tensors, crcs, tags),
         metadata,
         options.alignment,
         block_size,
+        sealer.as_ref().map(|s| &s.header),
     )?;
     let total = layout.file_length;
     let zeros = vec![0u8; 1 << 16];
@@ -566,20 +689,27 @@ fn finish_remote(
     };
     upload.write(&layout.head)?;
     at += layout.head.len() as u64;
-    for (tensor, &offset) in tensors.iter().zip(&layout.offsets) {
+    for (i, (tensor, &offset)) in tensors.iter().zip(&layout.offsets).enumerate() {
         pad(&mut upload, &mut at, offset)?;
         let piece = if matches!(tensor.data, Data::Host(_)) {
             PIECE
         } else {
             chunk
         };
-        stream_out(&tensor.data, piece, &mut |_, bytes| {
+        let mut send = |_, bytes: &[u8]| {
             upload.write(bytes)?;
             at += bytes.len() as u64;
             progress(at, total);
             Ok(())
-        })
-        .map_err(|e| e.in_tensor(&tensor.name))?;
+        };
+        match sealer {
+            Some(ref sealer) => {
+                seal_tensor(i, tensor, sealer, block_size, threads, &mut send)?;
+            }
+            None => {
+                stream_out(&tensor.data, piece, &mut send).map_err(|e| e.in_tensor(&tensor.name))?
+            }
+        }
     }
     pad(&mut upload, &mut at, total)?;
     upload.finish()?;

@@ -448,6 +448,7 @@ fn memory_the_system_refuses_is_an_error_not_an_abort() {
         version: plaid::format::plaid::VERSION,
         header_crc32c: 0,
         header_len: 200_000_000,
+        flags: 0,
     };
     let mut bytes = preamble.encode().to_vec();
     bytes.resize(32 + 200_000_000 + 4096, 0);

@@ -590,6 +590,7 @@ fn headers_that_would_decode_into_far_more_memory_are_refused_first() {
             version: plaid::format::plaid::VERSION,
             header_crc32c: plaid::format::checksum::crc32c(&header),
             header_len: header.len() as u64,
+            flags: 0,
         };
         let mut file = preamble.encode().to_vec();
         file.extend_from_slice(&header);

@@ -72,6 +72,29 @@ pub enum Encryption {
         /// Where the key comes from a passphrase: how.
         kdf: Option<Kdf>,
     },
+    /// plaid's (`docs/FORMAT.md` section 13): each checksum block sealed by AES-256-GCM
+    /// under the file's key, with tag `tags[j]` for block `j`.
+    Plaid {
+        /// Bytes per block (the file's checksum block size).
+        block_size: u64,
+        /// One GCM tag per block.
+        tags: Box<[[u8; 16]]>,
+        /// What every tensor of the file shares: salts, nonce base, key check.
+        file: std::sync::Arc<PlaidEncryption>,
+    },
+}
+
+/// The file-wide part of a plaid file's encryption (its header's `encryption` field).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlaidEncryption {
+    /// The HKDF salt of the file key.
+    pub salt: [u8; 32],
+    /// The base of every block's nonce.
+    pub nonce_base: [u8; 12],
+    /// Where the key comes from a passphrase: how.
+    pub kdf: Option<Kdf>,
+    /// The GCM tag of the empty message that tells a wrong key from damage.
+    pub key_check: [u8; 16],
 }
 
 impl Encryption {
@@ -79,6 +102,7 @@ impl Encryption {
     pub fn unit(&self) -> u64 {
         match self {
             Encryption::Tensorizer { chunk_size, .. } => (*chunk_size).max(1),
+            Encryption::Plaid { block_size, .. } => (*block_size).max(1),
         }
     }
 }

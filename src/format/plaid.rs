@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use prost::Message;
 
 use super::checksum::{block_count, crc32c};
-use super::{proto, Checksum, Format, Index, TensorInfo, TensorRole};
+use super::{proto, Checksum, Encryption, Format, Index, PlaidEncryption, TensorInfo, TensorRole};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::source::{read_exact, Source};
@@ -40,6 +40,12 @@ pub const DEFAULT_BLOCK_SIZE: u64 = 4 << 20;
 pub const MIN_BLOCK_SIZE: u64 = 4096;
 /// Largest checksum block.
 pub const MAX_BLOCK_SIZE: u64 = 1 << 30;
+/// Preamble flag: the tensor data is encrypted (`docs/FORMAT.md` section 13).
+pub const FLAG_ENCRYPTED: u32 = 1;
+/// The one cipher defined: AES-256-GCM per checksum block.
+pub const CIPHER_AES_256_GCM: u32 = 1;
+/// Bytes of a GCM tag.
+pub const TAG_LEN: usize = 16;
 
 /// The decoded preamble.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +56,8 @@ pub struct Preamble {
     pub header_crc32c: u32,
     /// Length of the header.
     pub header_len: u64,
+    /// Feature flags: 0, or [`FLAG_ENCRYPTED`].
+    pub flags: u32,
 }
 
 impl Preamble {
@@ -60,7 +68,7 @@ impl Preamble {
         out[10..12].copy_from_slice(&self.version.to_le_bytes());
         out[12..16].copy_from_slice(&self.header_crc32c.to_le_bytes());
         out[16..24].copy_from_slice(&self.header_len.to_le_bytes());
-        // 24..28: flags, zero in version 1.
+        out[24..28].copy_from_slice(&self.flags.to_le_bytes());
         let crc = crc32c(&out[..28]);
         out[28..32].copy_from_slice(&crc.to_le_bytes());
         out
@@ -89,15 +97,17 @@ impl Preamble {
             )));
         }
         let flags = u32::from_le_bytes(le4(&bytes[24..28]));
-        if flags != 0 {
+        if flags & !FLAG_ENCRYPTED != 0 {
             return Err(Error::Unsupported(format!(
-                "{file}: unknown feature flags {flags:#x} in the preamble"
+                "{file}: unknown feature flags {:#x} in the preamble",
+                flags & !FLAG_ENCRYPTED
             )));
         }
         Ok(Preamble {
             version,
             header_crc32c: u32::from_le_bytes(le4(&bytes[12..16])),
             header_len: u64::from_le_bytes(le8(&bytes[16..24])),
+            flags,
         })
     }
 }
@@ -194,7 +204,8 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
     // the whole tensor list ever exists beside the index.
     let fields = HeaderFields::decode(header_bytes.as_slice())
         .map_err(|e| Error::format(file, PREAMBLE_LEN, format!("undecodable header: {e}")))?;
-    let (mut index, mut next) = validate_fields(fields, header_end, file_len, file)?;
+    let (mut index, mut next) =
+        validate_fields(fields, preamble.flags, header_end, file_len, file)?;
     index.tensors.try_reserve_exact(tensor_count).map_err(|_| {
         Error::format(
             file,
@@ -242,12 +253,15 @@ struct HeaderFields {
     metadata: BTreeMap<String, String>,
     #[prost(string, tag = "7")]
     writer: String,
+    #[prost(message, optional, tag = "8")]
+    encryption: Option<proto::Encryption>,
 }
 
 /// Where the next tensor's data may start, and the checksum block size.
 struct Next {
     previous_end: u64,
     block_size: u64,
+    encryption: Option<std::sync::Arc<PlaidEncryption>>,
 }
 
 /// A name as messages show it: whole when short, else its start and its length (a name of
@@ -292,6 +306,7 @@ fn refuse_duplicates(tensors: &[TensorInfo], file: &str) -> Result<()> {
 /// Check the header's own fields; the index returned has no tensors yet.
 fn validate_fields(
     header: HeaderFields,
+    flags: u32,
     header_end: u64,
     file_len: u64,
     file: &str,
@@ -348,6 +363,16 @@ fn validate_fields(
         }
     }
     let metadata = header.metadata;
+    let encryption = match (header.encryption, flags & FLAG_ENCRYPTED != 0) {
+        (None, false) => None,
+        (Some(e), true) => Some(std::sync::Arc::new(validate_encryption(e, file)?)),
+        (None, true) => {
+            return fail("the preamble flags it encrypted but the header has no encryption".into())
+        }
+        (Some(_), false) => {
+            return fail("the header has encryption but the preamble does not flag it".into())
+        }
+    };
 
     let index = Index {
         format: Format::Plaid,
@@ -360,8 +385,68 @@ fn validate_fields(
     let next = Next {
         previous_end: header.data_offset,
         block_size,
+        encryption,
     };
     Ok((index, next))
+}
+
+/// Check the header's `encryption` field (checks 16b to 16d of `docs/FORMAT.md` 13.5).
+fn validate_encryption(e: proto::Encryption, file: &str) -> Result<PlaidEncryption> {
+    let fail = |detail: String| Err(Error::format(file, PREAMBLE_LEN, detail));
+    if e.cipher != CIPHER_AES_256_GCM {
+        return Err(Error::Unsupported(format!(
+            "{file}: encrypted with cipher {}; this build knows only {CIPHER_AES_256_GCM} (AES-256-GCM)",
+            e.cipher
+        )));
+    }
+    let (Ok(salt), Ok(nonce_base), Ok(key_check)) = (
+        <[u8; 32]>::try_from(e.salt.as_slice()),
+        <[u8; 12]>::try_from(e.nonce_base.as_slice()),
+        <[u8; TAG_LEN]>::try_from(e.key_check.as_slice()),
+    ) else {
+        return fail(format!(
+            "encryption: a salt of {} bytes, a nonce base of {} and a key check of {} (32, 12 and 16 expected)",
+            e.salt.len(),
+            e.nonce_base.len(),
+            e.key_check.len()
+        ));
+    };
+    let kdf = match e.passphrase {
+        None => None,
+        Some(p) => {
+            let memory_ok = p.memory.is_multiple_of(1024)
+                && (crate::crypto::MIN_KDF_MEMORY..=crate::crypto::MAX_KDF_MEMORY)
+                    .contains(&p.memory);
+            let passes_ok = (1..=crate::crypto::MAX_KDF_PASSES).contains(&p.passes);
+            let Ok(salt) = <[u8; 16]>::try_from(p.salt.as_slice()) else {
+                return fail(format!(
+                    "encryption: a passphrase salt of {} bytes (16 expected)",
+                    p.salt.len()
+                ));
+            };
+            if !memory_ok || !passes_ok {
+                return fail(format!(
+                    "encryption: a key derivation of {} passes over {} bytes, outside 1 to {} passes and {} to {} bytes in KiB",
+                    p.passes,
+                    p.memory,
+                    crate::crypto::MAX_KDF_PASSES,
+                    crate::crypto::MIN_KDF_MEMORY,
+                    crate::crypto::MAX_KDF_MEMORY
+                ));
+            }
+            Some(super::Kdf {
+                opslimit: p.passes,
+                memlimit: p.memory,
+                salt,
+            })
+        }
+    };
+    Ok(PlaidEncryption {
+        salt,
+        nonce_base,
+        kdf,
+        key_check,
+    })
 }
 
 /// Check tensor #`index` against the header and the tensors before it.
@@ -441,6 +526,24 @@ fn validate_tensor(
             ),
         );
     }
+    let expected_tags = match next.encryption {
+        Some(_) => expected_blocks as usize * TAG_LEN,
+        None => 0,
+    };
+    if t.block_tags.len() != expected_tags {
+        return tensor_fail(
+            at,
+            format!(
+                "{} bytes of block tags, not {expected_tags} ({})",
+                t.block_tags.len(),
+                if next.encryption.is_some() {
+                    "16 per checksum block in an encrypted file"
+                } else {
+                    "none in a file that is not encrypted"
+                }
+            ),
+        );
+    }
     if !t.path.is_empty() {
         if let Err(detail) = check_text(&t.path, "tensor path") {
             return tensor_fail(at, detail);
@@ -458,6 +561,18 @@ fn validate_tensor(
         }
     }
     next.previous_end = end;
+    let encryption = match &next.encryption {
+        Some(file) if nbytes > 0 => Some(Box::new(Encryption::Plaid {
+            block_size,
+            tags: t
+                .block_tags
+                .chunks_exact(TAG_LEN)
+                .map(|c| <[u8; TAG_LEN]>::try_from(c).unwrap_or_default())
+                .collect(),
+            file: file.clone(),
+        })),
+        _ => None,
+    };
     Ok(TensorInfo {
         name: name.into(),
         dtype,
@@ -473,7 +588,7 @@ fn validate_tensor(
         role: TensorRole::from_id(t.role).unwrap_or_default(),
         module_index: t.module_index,
         path: (!t.path.is_empty()).then(|| t.path.into_boxed_str()),
-        encryption: None,
+        encryption,
     })
 }
 
@@ -652,6 +767,8 @@ pub struct PlannedTensor {
     pub nbytes: u64,
     /// Per-block CRC-32C.
     pub block_crc32c: Vec<u32>,
+    /// Per-block GCM tags, concatenated (encrypted files only).
+    pub block_tags: Vec<u8>,
     /// What the tensor was to the model that wrote it.
     pub role: TensorRole,
     /// Index of the owning module.
@@ -679,6 +796,7 @@ pub fn layout(
     metadata: &BTreeMap<String, String>,
     alignment: u64,
     block_size: u64,
+    encryption: Option<&proto::Encryption>,
 ) -> Result<Layout> {
     let overflow = || Error::invalid("the file would exceed 2^64 bytes");
     let mut data_offset = align_up(PREAMBLE_LEN, alignment).ok_or_else(overflow)?;
@@ -708,10 +826,12 @@ pub fn layout(
                     role: t.role.id(),
                     module_index: t.module_index,
                     path: t.path.clone().unwrap_or_default(),
+                    block_tags: t.block_tags.clone(),
                 })
                 .collect(),
             metadata: metadata.clone(),
             writer: concat!("plaid ", env!("CARGO_PKG_VERSION")).to_owned(),
+            encryption: encryption.cloned(),
         };
         let header_bytes = header.encode_to_vec();
         let header_len = header_bytes.len() as u64;
@@ -725,6 +845,11 @@ pub fn layout(
                 version: VERSION,
                 header_crc32c: crc32c(&header_bytes),
                 header_len,
+                flags: if encryption.is_some() {
+                    FLAG_ENCRYPTED
+                } else {
+                    0
+                },
             };
             let mut head = Vec::with_capacity((PREAMBLE_LEN + header_len) as usize);
             head.extend_from_slice(&preamble.encode());
@@ -754,6 +879,7 @@ mod tests {
             version: VERSION,
             header_crc32c: 0xdead_beef,
             header_len: 1234,
+            flags: 0,
         };
         let bytes = p.encode();
         assert_eq!(Preamble::decode(&bytes, "f").unwrap(), p);
@@ -791,12 +917,13 @@ mod tests {
                 shape: vec![1],
                 nbytes: 4,
                 block_crc32c: vec![0],
+                block_tags: Vec::new(),
                 role: TensorRole::Unspecified,
                 module_index: 0,
                 path: None,
             })
             .collect();
-        let l = layout(&tensors, &BTreeMap::new(), 4096, DEFAULT_BLOCK_SIZE).unwrap();
+        let l = layout(&tensors, &BTreeMap::new(), 4096, DEFAULT_BLOCK_SIZE, None).unwrap();
         assert!(l.head.len() as u64 <= l.offsets[0]);
         assert!(l.offsets.iter().all(|o| o % 4096 == 0));
         assert!(l.offsets.windows(2).all(|w| w[1] - w[0] == 4096));

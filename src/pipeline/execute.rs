@@ -92,9 +92,11 @@ impl<'r> Context<'r> {
             len,
             &self.split,
         );
-        // Decryption first: verification sees plaintext.
+        // Decryption before verification where the file's checksums cover the plaintext
+        // (tensorizer's hashes), after it where they cover the stored bytes (plaid's CRCs).
         match self.decrypt.get(tensor.index).and_then(Option::as_ref) {
-            Some(stage) => chain.before(Box::new(stage.clone())),
+            Some(stage) if stage.before_verification() => chain.before(Box::new(stage.clone())),
+            Some(stage) => chain.after(Box::new(stage.clone())),
             None => chain,
         }
     }

@@ -1,7 +1,8 @@
 //! What a job's bytes pass through on their way to the destination: a chain of stages fed
 //! pieces of any size and alignment, in order. Transforms before verification (the place
-//! of a decrypt stage: verification sees plaintext), then verification, then transforms
-//! after it (the place of a dtype-convert stage: it sees verified bytes).
+//! of tensorizer's decrypt stage: its hashes cover the plaintext), then verification, then
+//! transforms after it (the place of plaid's decrypt stage: its CRCs cover the stored
+//! bytes).
 //!
 //! Verification stages keep their state across pieces: the CRC-32C block accumulator
 //! carries a partial block from one piece to the next, so a piece may end anywhere;
@@ -123,8 +124,7 @@ impl<'t> Chain<'t> {
         (FUSED_PIECE / unit).max(1) * unit
     }
 
-    /// Add a transform that runs after verification (conversion).
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// Add a transform that runs after verification (plaid's decryption).
     pub(crate) fn after(mut self, stage: Box<dyn Transform>) -> Self {
         self.after.push(stage);
         self
@@ -153,17 +153,25 @@ impl<'t> Chain<'t> {
             self.at += src.len() as u64;
             return Ok(());
         }
-        if let (Check::Blocks(blocks), true) = (
-            &mut self.check,
-            self.before.is_empty() && self.after.is_empty(),
-        ) {
+        let piece = self.piece();
+        if let (Check::Blocks(blocks), true) = (&mut self.check, self.before.is_empty()) {
             // One pass: each byte is stored and folded into its block's CRC-32C as it is
-            // loaded (format::crc_copy), never read back.
-            blocks.copy(self.file, src, dst)?;
-            self.at += src.len() as u64;
+            // loaded (format::crc_copy), never read back; then what comes after
+            // verification runs on the piece while it is in cache.
+            if self.after.is_empty() {
+                blocks.copy(self.file, src, dst)?;
+                self.at += src.len() as u64;
+                return Ok(());
+            }
+            for (s, d) in src.chunks(piece).zip(dst.chunks_mut(piece)) {
+                blocks.copy(self.file, s, d)?;
+                for stage in &mut self.after {
+                    stage.apply(self.at, d)?;
+                }
+                self.at += s.len() as u64;
+            }
             return Ok(());
         }
-        let piece = self.piece();
         for (s, d) in src.chunks(piece).zip(dst.chunks_mut(piece)) {
             d.copy_from_slice(s);
             self.feed(d)?;
@@ -172,9 +180,10 @@ impl<'t> Chain<'t> {
     }
 
     /// The next bytes, lent read-only, only to be checked (verification without a
-    /// destination). Transforms before verification need a copy, made piece by piece.
+    /// destination). Transforms need a copy, made piece by piece: decryption
+    /// authenticates.
     pub(crate) fn inspect(&mut self, bytes: &[u8]) -> Result<()> {
-        if self.before.is_empty() {
+        if self.before.is_empty() && self.after.is_empty() {
             self.check.update(self.file, bytes)?;
             self.at += bytes.len() as u64;
             return Ok(());

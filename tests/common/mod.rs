@@ -47,6 +47,7 @@ pub fn file_with_header(header: &proto::Header, data_len: usize) -> Vec<u8> {
         version: v1::VERSION,
         header_crc32c: plaid::format::checksum::crc32c(&header_bytes),
         header_len: header_bytes.len() as u64,
+        flags: 0,
     };
     let mut file = preamble.encode().to_vec();
     file.extend_from_slice(&header_bytes);
@@ -72,6 +73,7 @@ pub fn valid_header(n: u64, data: &[u8]) -> proto::Header {
         }],
         metadata: BTreeMap::new(),
         writer: "test".into(),
+        encryption: None,
     }
 }
 
