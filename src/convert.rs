@@ -251,19 +251,69 @@ pub fn to_tensorizer(
     out: &Path,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
+    to_tensorizer_with(source, out, &WriteOptions::default(), progress)
+}
+
+/// Bytes per sealed chunk of an encrypted tensorizer file: tensorizer's default (2 MiB).
+const TENSORIZER_CHUNK: u64 = 2 << 20;
+
+/// [`to_tensorizer`], encrypted where `options` hold a key or a passphrase: format version
+/// 3, each tensor's data sealed as tensorizer seals it (XSalsa20-Poly1305 in chunks of
+/// 2 MiB, a fresh random nonce per tensor, the key raw or derived by Argon2id with a fresh
+/// salt and the options' limits), so that tensorizer reads it with the same key or
+/// passphrase. The written file is checked with that key.
+pub fn to_tensorizer_with(
+    source: &Deserializer,
+    out: &Path,
+    options: &WriteOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    use crate::crypto::SecretboxSealer;
     use crate::format::tensorizer as tz;
     let tensors = source.tensors();
     let raw_names: Vec<Vec<u8>> = tensors.iter().map(tz::raw_name).collect();
-    let version = if tensors.iter().any(|t| tz::dtype_string(t.dtype).1) {
+    let master = options
+        .secret
+        .master(options.kdf_passes, options.kdf_memory)?;
+    let encrypted = master.is_some();
+    let version = if encrypted {
+        3
+    } else if tensors.iter().any(|t| tz::dtype_string(t.dtype).1) {
         2
     } else {
         1
     };
+    // Each tensor with data gets its own nonce; the crypt info's size is known before its
+    // MACs are.
+    let mut sealers = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        sealers.push(match &master {
+            Some((key, _)) if t.nbytes > 0 => Some(SecretboxSealer::new(key, TENSORIZER_CHUNK)?),
+            _ => None,
+        });
+    }
+    let kdf = master.as_ref().and_then(|(_, kdf)| kdf.as_ref());
+    let crypt_info = |i: usize, macs: &[[u8; 16]]| -> Option<Vec<u8>> {
+        encrypted.then(|| {
+            let cipher = sealers[i].as_ref().map(|s| (s.chunk_size, &s.nonce, macs));
+            tz::encode_crypt_info(kdf, cipher)
+        })
+    };
+    let chunks = |t: &crate::TensorInfo| t.nbytes.div_ceil(TENSORIZER_CHUNK) as usize;
     // Lay out: the metadata block (tensorizer's 256 KiB, or larger if the entries need
-    // it; every reader accepts any size), then each header followed by its data.
+    // it; every reader accepts any size), then each header followed by its data. The
+    // headers hashed leave the crypt info out.
     let mut headers = Vec::with_capacity(tensors.len());
-    for (t, raw) in tensors.iter().zip(&raw_names) {
-        headers.push(tz::encode_header(t, raw, None)?);
+    let mut header_lens = Vec::with_capacity(tensors.len());
+    for (i, (t, raw)) in tensors.iter().zip(&raw_names).enumerate() {
+        // The whole header's length is hashed, without the crypt info's bytes.
+        let placeholder = crypt_info(i, &vec![[0u8; 16]; chunks(t)]);
+        let mut hashed = tz::encode_header(t, raw, None, placeholder.as_deref())?;
+        header_lens.push(hashed.len() as u64);
+        let crypt_len = placeholder.map_or(0, |c| c.len());
+        let end = hashed.len() - 8;
+        hashed.drain(end - crypt_len..end);
+        headers.push(hashed);
     }
     let entries_len: u64 = tensors
         .iter()
@@ -273,51 +323,82 @@ pub fn to_tensorizer(
     let metadata_len = entries_len.max(tz::STANDARD_METADATA_LEN);
     let mut offsets = Vec::with_capacity(tensors.len());
     let mut cursor = tz::FILE_HEADER_LEN + metadata_len;
-    for (t, header) in tensors.iter().zip(&headers) {
+    for (t, len) in tensors.iter().zip(&header_lens) {
         offsets.push(cursor);
-        cursor += header.len() as u64 + t.nbytes;
+        cursor += len + t.nbytes;
     }
     let total = cursor + 8;
 
-    // Hashes: CRC32 and SHA-256 of each header (hash values zeroed) and its data, one
-    // tensor per task, largest first, on every core.
+    // Hashes: CRC32 (not of encrypted data: tensorizer keeps none) and SHA-256 of each
+    // header (hash values zeroed, crypt info left out) and its plaintext, with the MACs of
+    // its sealed chunks, one tensor per task, largest first, on every core.
     let mut order: Vec<usize> = (0..tensors.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(tensors[i].nbytes));
-    let hashes = parking_lot::Mutex::new(vec![(0u32, [0u8; 32]); tensors.len()]);
+    type Sums = (u32, [u8; 32], Vec<[u8; 16]>);
+    let sums = parking_lot::Mutex::new(vec![(0u32, [0u8; 32], Vec::new()); tensors.len()]);
     let threads = crate::pool::threads_or_cores(0).min(tensors.len());
     crate::pool::for_each(order.into_iter(), threads, |i| {
-        let mut h = crate::format::checksum::WholeHasher::with(true, true);
+        let sealer = sealers[i].as_ref();
+        let mut h = crate::format::checksum::WholeHasher::with(sealer.is_none(), true);
         h.update(&headers[i]);
+        let mut macs = Vec::new();
+        let mut scratch = Vec::new();
+        let mut at = 0u64;
         source.for_each_piece(i, PIECE, &mut |piece| {
             h.update(piece);
+            if let Some(sealer) = sealer {
+                for part in piece.chunks(PIECE) {
+                    scratch.clear();
+                    scratch.extend_from_slice(part);
+                    macs.extend(sealer.seal(at, &mut scratch));
+                    at += part.len() as u64;
+                }
+            }
             Ok(())
         })?;
         let (crc, sha) = h.finish();
-        hashes.lock()[i] = (crc.unwrap_or(0), sha.unwrap_or([0; 32]));
+        let entry: Sums = (crc.unwrap_or(0), sha.unwrap_or([0; 32]), macs);
+        sums.lock()[i] = entry;
         Ok(())
     })?;
-    let hashes = hashes.into_inner();
+    let sums = sums.into_inner();
 
     let staged = write_staged(out, &mut |w, fail| {
         let data_bytes: u64 = tensors.iter().map(|t| t.nbytes).sum();
         let mut head =
             tz::encode_file_header(version, data_bytes, tensors.len() as u64, metadata_len);
-        for ((t, raw), (&offset, header)) in tensors
+        for ((t, raw), (&offset, len)) in tensors
             .iter()
             .zip(&raw_names)
-            .zip(offsets.iter().zip(&headers))
+            .zip(offsets.iter().zip(&header_lens))
         {
-            head.extend_from_slice(&tz::encode_entry(t, raw, offset, header.len() as u64));
+            head.extend_from_slice(&tz::encode_entry(t, raw, offset, *len));
         }
         head.resize((tz::FILE_HEADER_LEN + metadata_len) as usize, 0);
         w.write_all(&head).map_err(|e| fail("header", e))?;
         let mut done = 0;
+        let mut scratch = Vec::new();
         for (i, t) in tensors.iter().enumerate() {
-            let header = tz::encode_header(t, &raw_names[i], Some(hashes[i]))?;
+            let (crc, sha, macs) = &sums[i];
+            let crypt = crypt_info(i, macs);
+            let header = tz::encode_header(t, &raw_names[i], Some((*crc, *sha)), crypt.as_deref())?;
+            debug_assert_eq!(header.len() as u64, header_lens[i]);
             let what = || format!("tensor '{}'", t.name);
             w.write_all(&header).map_err(|e| fail(&what(), e))?;
+            let mut at = 0u64;
             source.for_each_piece(i, PIECE, &mut |piece| {
-                w.write_all(piece).map_err(|e| fail(&what(), e))
+                let Some(sealer) = sealers[i].as_ref() else {
+                    return w.write_all(piece).map_err(|e| fail(&what(), e));
+                };
+                // Sealed again, as in the first pass (same key, nonces and chunks).
+                for part in piece.chunks(PIECE) {
+                    scratch.clear();
+                    scratch.extend_from_slice(part);
+                    sealer.seal(at, &mut scratch);
+                    at += part.len() as u64;
+                    w.write_all(&scratch).map_err(|e| fail(&what(), e))?;
+                }
+                Ok(())
             })?;
             done += t.nbytes;
             progress(done, data_bytes);
@@ -337,8 +418,31 @@ pub fn to_tensorizer(
         out,
         false,
         &Default::default(),
-        &Default::default(),
+        &options.secret,
     )
+}
+
+/// Convert `source` to `format` (`"plaid"`, `"safetensors"` or `"tensorizer"`) at `out`
+/// with `options`: their key or passphrase encrypts a plaid or tensorizer output;
+/// safetensors has no encryption, and asking for it with a key is `InvalidArgument`.
+pub fn to_format(
+    source: &Deserializer,
+    out: &Path,
+    format: &str,
+    options: WriteOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    match format {
+        "plaid" => to_plaid(source, out, options, progress),
+        "safetensors" if options.encrypts() => Err(Error::invalid(
+            "safetensors files cannot be encrypted: write plaid or tensorizer with a key",
+        )),
+        "safetensors" => to_safetensors(source, out, progress),
+        "tensorizer" => to_tensorizer_with(source, out, &options, progress),
+        other => Err(Error::invalid(format!(
+            "unknown output format '{other}' (plaid, safetensors or tensorizer)"
+        ))),
+    }
 }
 
 /// Writes a converted file's bytes; the second argument names what failed.

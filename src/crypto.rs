@@ -43,7 +43,7 @@ const FILE_KEY_INFO: &[u8] = b"plaid v1 AES-256-GCM file key";
 /// The associated data of the key check.
 const KEY_CHECK_AAD: &[u8] = b"plaid key check";
 
-type Key = Zeroizing<[u8; KEY_LEN]>;
+pub(crate) type Key = Zeroizing<[u8; KEY_LEN]>;
 
 /// What decrypts: a raw key or a passphrase.
 #[derive(Clone)]
@@ -136,28 +136,8 @@ impl Secret {
     /// operating system, the key (derived from the passphrase with `passes` and `memory`
     /// where there is one), or `None` without key material.
     pub(crate) fn sealer(&self, passes: u64, memory: u64) -> Result<Option<Sealer>> {
-        let random = |out: &mut [u8]| {
-            ring::rand::SystemRandom::new().fill(out).map_err(|_| {
-                Error::io(
-                    "drawing a file's salts",
-                    std::io::Error::other("the operating system's random source failed"),
-                )
-            })
-        };
-        let (master, kdf) = match &self.material {
-            None => return Ok(None),
-            Some(Material::Key(key)) => (key.clone(), None),
-            Some(Material::Passphrase(passphrase)) => {
-                let mut salt = [0u8; 16];
-                random(&mut salt)?;
-                let kdf = Kdf {
-                    opslimit: passes,
-                    memlimit: memory,
-                    salt,
-                };
-                let key = derive(passphrase, &kdf).map_err(Error::invalid)?;
-                (key, Some(kdf))
-            }
+        let Some((master, kdf)) = self.master(passes, memory)? else {
+            return Ok(None);
         };
         let mut salt = [0u8; 32];
         let mut nonce_base = [0u8; 12];
@@ -180,6 +160,27 @@ impl Secret {
                 key_check: check.to_vec(),
             },
         }))
+    }
+
+    /// The key a writer encrypts with, and how it was derived: the raw key, or the
+    /// passphrase's key with a fresh salt and `passes` over `memory` bytes; `None` without
+    /// key material.
+    pub(crate) fn master(&self, passes: u64, memory: u64) -> Result<Option<(Key, Option<Kdf>)>> {
+        Ok(match &self.material {
+            None => None,
+            Some(Material::Key(key)) => Some((key.clone(), None)),
+            Some(Material::Passphrase(passphrase)) => {
+                let mut salt = [0u8; 16];
+                random(&mut salt)?;
+                let kdf = Kdf {
+                    opslimit: passes,
+                    memlimit: memory,
+                    salt,
+                };
+                let key = derive(passphrase, &kdf).map_err(Error::invalid)?;
+                Some((key, Some(kdf)))
+            }
+        })
     }
 
     /// The AES-GCM key of a plaid file, checked against its key check (once per file).
@@ -243,6 +244,59 @@ impl Secret {
                 Ok(key)
             }
         }
+    }
+}
+
+/// Fill `out` from the operating system's secure random source.
+pub(crate) fn random(out: &mut [u8]) -> Result<()> {
+    ring::rand::SystemRandom::new().fill(out).map_err(|_| {
+        Error::io(
+            "drawing salts and nonces",
+            std::io::Error::other("the operating system's random source failed"),
+        )
+    })
+}
+
+/// tensorizer's encryption of one tensor's data: XSalsa20-Poly1305 (`crypto_secretbox`)
+/// per chunk of `chunk_size` bytes, chunk `i` under nonce `nonce + i`.
+pub(crate) struct SecretboxSealer {
+    cipher: XSalsa20Poly1305,
+    /// The first chunk's nonce.
+    pub(crate) nonce: [u8; 24],
+    /// Bytes per chunk.
+    pub(crate) chunk_size: u64,
+}
+
+impl SecretboxSealer {
+    /// A sealer under `key` with a fresh random nonce.
+    pub(crate) fn new(key: &[u8; KEY_LEN], chunk_size: u64) -> Result<SecretboxSealer> {
+        let mut nonce = [0u8; 24];
+        random(&mut nonce)?;
+        Ok(SecretboxSealer {
+            cipher: XSalsa20Poly1305::new(key.into()),
+            nonce,
+            chunk_size,
+        })
+    }
+
+    /// Encrypt in place the chunks `bytes` holds from offset `at` (a multiple of the chunk
+    /// size), returning their MACs.
+    pub(crate) fn seal(&self, at: u64, bytes: &mut [u8]) -> Vec<[u8; 16]> {
+        bytes
+            .chunks_mut(self.chunk_size as usize)
+            .enumerate()
+            .map(|(k, chunk)| {
+                let i = at / self.chunk_size + k as u64;
+                let nonce = Decrypt::nonce(&self.nonce, i);
+                let tag = self
+                    .cipher
+                    .encrypt_in_place_detached(Nonce::from_slice(&nonce), b"", chunk)
+                    .unwrap_or_else(|_| unreachable!("a chunk under 256 GiB always seals"));
+                let mut mac = [0u8; 16];
+                mac.copy_from_slice(&tag);
+                mac
+            })
+            .collect()
     }
 }
 

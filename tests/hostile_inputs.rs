@@ -685,6 +685,7 @@ fn plaid_laid_out(
             .collect(),
         metadata,
         writer: "hostile_inputs".into(),
+        encryption: None,
     };
     loop {
         let mut cursor = h.data_offset;

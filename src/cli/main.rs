@@ -48,6 +48,8 @@ enum Command {
         tensors: Vec<String>,
         #[command(flatten)]
         keys: Keys,
+        #[command(flatten)]
+        encrypt: EncryptKeys,
     },
     /// Check every checksum block of a file; exits non-zero naming the first bad tensor.
     Verify {
@@ -182,9 +184,11 @@ fn main() -> ExitCode {
             to,
             tensors,
             keys,
-        } => keys
-            .options()
-            .and_then(|options| convert(&input, &output, to.as_deref(), &tensors, options)),
+            encrypt,
+        } => keys.options().and_then(|options| {
+            let write = encrypt.options()?;
+            convert(&input, &output, to.as_deref(), &tensors, options, write)
+        }),
         #[cfg(feature = "remote")]
         Command::Bench {
             size_mib,
@@ -325,6 +329,7 @@ fn convert(
     to: Option<&str>,
     patterns: &[String],
     options: ReadOptions,
+    write: WriteOptions,
 ) -> plaid::Result<()> {
     let filter = plaid::NameFilter::new(patterns)?;
     let to = to.unwrap_or(match output.extension().and_then(|e| e.to_str()) {
@@ -340,24 +345,13 @@ fn convert(
     let started = Instant::now();
     let progress = bar(total, "convert");
     let mut report = |done: u64, _: u64| progress.set_position(done.min(total));
-    match to {
-        "plaid" => plaid::convert::to_plaid(&source, output, WriteOptions::default(), &mut report)?,
-        "safetensors" => plaid::convert::to_safetensors(&source, output, &mut report)?,
-        "tensorizer" => {
-            if !source.metadata().is_empty() {
-                eprintln!(
-                    "plaid: note: tensorizer files hold no metadata; {} entries are not carried over",
-                    source.metadata().len()
-                );
-            }
-            plaid::convert::to_tensorizer(&source, output, &mut report)?
-        }
-        other => {
-            return Err(plaid::Error::InvalidArgument(format!(
-                "unknown output format '{other}' (plaid, safetensors or tensorizer)"
-            )))
-        }
+    if to == "tensorizer" && !source.metadata().is_empty() {
+        eprintln!(
+            "plaid: note: tensorizer files hold no metadata; {} entries are not carried over",
+            source.metadata().len()
+        );
     }
+    plaid::convert::to_format(&source, output, to, write, &mut report)?;
     progress.finish_and_clear();
     let elapsed = started.elapsed();
     println!(
@@ -660,39 +654,113 @@ struct Keys {
     passphrase_file: Option<PathBuf>,
 }
 
+/// A key (checked: 32 bytes) and a passphrase (one trailing newline dropped), each from
+/// its file or, without one, from the environment variable named.
+type Material = (
+    Option<zeroize::Zeroizing<Vec<u8>>>,
+    Option<zeroize::Zeroizing<Vec<u8>>>,
+);
+
+fn material(
+    key_file: Option<&Path>,
+    key_env: &str,
+    passphrase_file: Option<&Path>,
+    passphrase_env: &str,
+) -> plaid::Result<Material> {
+    use zeroize::Zeroizing;
+    let read = |path: &Path| {
+        std::fs::read(path)
+            .map(Zeroizing::new)
+            .map_err(|e| plaid::Error::Io {
+                context: format!("reading the key file {}", path.display()),
+                source: e,
+            })
+    };
+    let key = match (key_file, std::env::var(key_env).ok()) {
+        (Some(path), _) => Some(read(path)?),
+        (None, Some(hex)) => Some(Zeroizing::new(hex.into_bytes())),
+        (None, None) => None,
+    };
+    let passphrase = match (passphrase_file, std::env::var_os(passphrase_env)) {
+        (Some(path), _) => Some(read(path)?),
+        (None, Some(text)) => Some(Zeroizing::new(
+            std::os::unix::ffi::OsStrExt::as_bytes(text.as_os_str()).to_vec(),
+        )),
+        (None, None) => None,
+    };
+    let key = key.map(key_bytes).transpose()?;
+    let passphrase = passphrase.map(|mut p| {
+        if p.last() == Some(&b'\n') {
+            p.pop();
+        }
+        p
+    });
+    Ok((key, passphrase))
+}
+
 impl Keys {
     /// Read options carrying the key or passphrase given, if any.
     fn options(&self) -> plaid::Result<ReadOptions> {
-        use zeroize::Zeroizing;
-        let read = |path: &Path| {
-            std::fs::read(path)
-                .map(Zeroizing::new)
-                .map_err(|e| plaid::Error::Io {
-                    context: format!("reading the key file {}", path.display()),
-                    source: e,
-                })
-        };
-        let key = match (&self.key_file, std::env::var("PLAID_KEY").ok()) {
-            (Some(path), _) => Some(read(path)?),
-            (None, Some(hex)) => Some(Zeroizing::new(hex.into_bytes())),
-            (None, None) => None,
-        };
-        let passphrase = match (&self.passphrase_file, std::env::var_os("PLAID_PASSPHRASE")) {
-            (Some(path), _) => Some(read(path)?),
-            (None, Some(text)) => Some(Zeroizing::new(
-                std::os::unix::ffi::OsStrExt::as_bytes(text.as_os_str()).to_vec(),
-            )),
-            (None, None) => None,
-        };
+        let (key, passphrase) = material(
+            self.key_file.as_deref(),
+            "PLAID_KEY",
+            self.passphrase_file.as_deref(),
+            "PLAID_PASSPHRASE",
+        )?;
         let mut options = ReadOptions::default();
         if let Some(key) = key {
-            options = options.key(Some(&key_bytes(key)?))?;
+            options = options.key(Some(&key))?;
         }
-        if let Some(mut passphrase) = passphrase {
-            if passphrase.last() == Some(&b'\n') {
-                passphrase.pop();
-            }
+        if let Some(passphrase) = passphrase {
             options = options.passphrase(Some(&passphrase))?;
+        }
+        Ok(options)
+    }
+}
+
+/// Where the key that encrypts a converted file comes from: a file or the environment,
+/// never the command line.
+#[derive(clap::Args, Debug, Default)]
+struct EncryptKeys {
+    /// Encrypt the output (plaid or tensorizer) with the 32-byte key in this file: raw, or
+    /// as 64 hexadecimal digits (else the environment's `PLAID_ENCRYPT_KEY`, in
+    /// hexadecimal).
+    #[arg(long, value_name = "FILE")]
+    encrypt_key_file: Option<PathBuf>,
+    /// Encrypt the output with a key derived from the passphrase in this file (one
+    /// trailing newline is dropped; else the environment's `PLAID_ENCRYPT_PASSPHRASE`).
+    #[arg(long, value_name = "FILE")]
+    encrypt_passphrase_file: Option<PathBuf>,
+    /// Argon2id passes for the passphrase (default 3, as tensorizer's).
+    #[arg(long, value_name = "N")]
+    kdf_passes: Option<u64>,
+    /// Argon2id memory for the passphrase, in bytes (default 268435456, 256 MiB, as
+    /// tensorizer's).
+    #[arg(long, value_name = "BYTES")]
+    kdf_memory: Option<u64>,
+}
+
+impl EncryptKeys {
+    /// Write options carrying the key or passphrase given, if any.
+    fn options(&self) -> plaid::Result<WriteOptions> {
+        let (key, passphrase) = material(
+            self.encrypt_key_file.as_deref(),
+            "PLAID_ENCRYPT_KEY",
+            self.encrypt_passphrase_file.as_deref(),
+            "PLAID_ENCRYPT_PASSPHRASE",
+        )?;
+        let mut options = WriteOptions::default();
+        if let Some(key) = key {
+            options = options.key(Some(&key))?;
+        }
+        if let Some(passphrase) = passphrase {
+            options = options.passphrase(Some(&passphrase))?;
+        }
+        if self.kdf_passes.is_some() || self.kdf_memory.is_some() {
+            options = options.passphrase_limits(
+                self.kdf_passes.unwrap_or(3),
+                self.kdf_memory.unwrap_or(256 << 20),
+            )?;
         }
         Ok(options)
     }

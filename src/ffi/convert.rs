@@ -2,10 +2,11 @@
 
 use std::ffi::c_char;
 
+use super::read_options::plaid_read_options;
 use super::status::plaid_status;
+use super::write_options::plaid_write_options;
 use super::{boundary, c_str};
 use crate::deserializer::Deserializer;
-use crate::error::Error;
 use crate::options::{ReadOptions, WriteOptions};
 
 /// Convert the file at `input` (plaid, safetensors, a sharded checkpoint's index, or
@@ -29,6 +30,30 @@ pub unsafe extern "C" fn plaid_convert(
     output: *const c_char,
     format: *const c_char,
 ) -> plaid_status {
+    // SAFETY: the pointers are as `plaid_convert_with` requires, by this function's
+    // `# Safety`; NULL options are the defaults.
+    unsafe { plaid_convert_with(input, output, format, std::ptr::null(), std::ptr::null()) }
+}
+
+/// `plaid_convert` with options: `read` opens the input (NULL: the defaults), with the
+/// key or passphrase of an encrypted input; `write` writes a plaid or tensorizer output
+/// (NULL: the defaults), with the key or passphrase that encrypts it (plaid's
+/// AES-256-GCM; tensorizer's XSalsa20-Poly1305, which tensorizer reads with the same key
+/// or passphrase). The written file is checked with that key. safetensors has no
+/// encryption: asking for it with a key is `PLAID_ERR_INVALID_ARGUMENT`. An encrypted input
+/// without its key is `PLAID_ERR_DECRYPT`, and nothing is written.
+///
+/// # Safety
+/// `input` and `output` are NULL (an error) or NUL-terminated; `format` is NULL or
+/// NUL-terminated; `read` and `write` are NULL or live handles.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_convert_with(
+    input: *const c_char,
+    output: *const c_char,
+    format: *const c_char,
+    read: *const plaid_read_options,
+    write: *const plaid_write_options,
+) -> plaid_status {
     boundary::status(|| {
         // SAFETY: `input` and `output` are NULL (refused) or NUL-terminated strings, as this
         // function's `# Safety` requires.
@@ -40,6 +65,11 @@ pub unsafe extern "C" fn plaid_convert(
             // `# Safety` requires.
             Some(unsafe { c_str(format, "format") }?)
         };
+        // SAFETY: NULL or live handles, as this function's `# Safety` requires.
+        let read = unsafe { read.as_ref() }.map_or_else(ReadOptions::default, |o| o.inner.clone());
+        // SAFETY: as above.
+        let write =
+            unsafe { write.as_ref() }.map_or_else(WriteOptions::default, |o| o.inner.clone());
         let format = format.unwrap_or(if output.ends_with(".safetensors") {
             "safetensors"
         } else if output.ends_with(".tensors") {
@@ -47,16 +77,8 @@ pub unsafe extern "C" fn plaid_convert(
         } else {
             "plaid"
         });
-        let source = Deserializer::open(input, ReadOptions::default())?;
+        let source = Deserializer::open(input, read)?;
         let out = std::path::Path::new(output);
-        let mut quiet = |_: u64, _: u64| {};
-        match format {
-            "plaid" => crate::convert::to_plaid(&source, out, WriteOptions::default(), &mut quiet),
-            "safetensors" => crate::convert::to_safetensors(&source, out, &mut quiet),
-            "tensorizer" => crate::convert::to_tensorizer(&source, out, &mut quiet),
-            other => Err(Error::invalid(format!(
-                "unknown output format '{other}' (plaid, safetensors or tensorizer)"
-            ))),
-        }
+        crate::convert::to_format(&source, out, format, write, &mut |_, _| {})
     })
 }

@@ -351,7 +351,7 @@ pub unsafe extern "C" fn plaid_read_options_set_shard_root(
 ///
 /// # Safety
 /// `bytes` is NULL or points to `len` readable bytes.
-unsafe fn secret_bytes<'a>(
+pub(crate) unsafe fn secret_bytes<'a>(
     bytes: *const u8,
     len: usize,
     what: &str,
@@ -368,7 +368,7 @@ unsafe fn secret_bytes<'a>(
     Ok(Some(unsafe { std::slice::from_raw_parts(bytes, len) }))
 }
 
-/// Decrypt encrypted tensors (tensorizer's encrypted files) with the raw 32-byte `key`;
+/// Decrypt encrypted tensors (tensorizer's and plaid's encrypted files) with the raw 32-byte `key`;
 /// `NULL, 0` clears the key material. A key of any other length, or a key while a
 /// passphrase is set, is `PLAID_ERR_INVALID_ARGUMENT`. A key given for a tensor stored in
 /// the clear is ignored. plaid keeps a copy, zeroed when the options (and every

@@ -142,3 +142,80 @@ pub unsafe extern "C" fn plaid_write_options_set_storage(
         o.inner.storage.set(key, value)
     })
 }
+
+/// Encrypt the tensor data with the raw 32-byte `key`: AES-256-GCM per checksum block
+/// under a key of the file's own (`docs/FORMAT.md` section 13); names, shapes, dtypes and
+/// metadata stay readable. `NULL, 0` clears the key material. A key of any other length,
+/// or a key while a passphrase is set, is `PLAID_ERR_INVALID_ARGUMENT`. plaid keeps a
+/// copy, zeroed when the options (and every serializer made with them) are freed; the
+/// caller may wipe its own at once.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle; `key` is NULL or points to `len`
+/// readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_write_options_set_key(
+    options: *mut plaid_write_options,
+    key: *const u8,
+    len: usize,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
+        let o = unsafe { handle_mut(options, "options") }?;
+        // SAFETY: NULL or `len` readable bytes, as this function's `# Safety` requires.
+        let key = unsafe { super::read_options::secret_bytes(key, len, "key") }?;
+        o.inner = o.inner.clone().key(key)?;
+        Ok(())
+    })
+}
+
+/// Encrypt the tensor data with a key derived from the passphrase `pw` (its `len` bytes
+/// exactly, NUL bytes included) by Argon2id with a fresh salt and the limits of
+/// `plaid_write_options_set_passphrase_limits` (by default 3 passes over 256 MiB, as
+/// tensorizer's `EncryptionParams.from_string`), recorded in the file. `NULL, 0` clears
+/// the key material. A passphrase while a key is set is `PLAID_ERR_INVALID_ARGUMENT`. The
+/// copy is zeroed when the options are freed.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle; `pw` is NULL or points to `len` readable
+/// bytes.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_write_options_set_passphrase(
+    options: *mut plaid_write_options,
+    pw: *const std::ffi::c_char,
+    len: usize,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
+        let o = unsafe { handle_mut(options, "options") }?;
+        // SAFETY: NULL or `len` readable bytes, as this function's `# Safety` requires.
+        let pw = unsafe { super::read_options::secret_bytes(pw.cast(), len, "pw") }?;
+        o.inner = o.inner.clone().passphrase(pw)?;
+        Ok(())
+    })
+}
+
+/// The cost of deriving a key from a passphrase: Argon2id `passes` (1 to 64) over
+/// `memory` bytes (a multiple of 1024, 8 KiB to 4 GiB); anything else is
+/// `PLAID_ERR_INVALID_ARGUMENT`. The defaults, 3 passes over 256 MiB (libsodium's
+/// `MODERATE`, tensorizer's default), are the least a real passphrase should get; lower
+/// limits are for tests.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_write_options_set_passphrase_limits(
+    options: *mut plaid_write_options,
+    passes: u64,
+    memory: u64,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
+        let o = unsafe { handle_mut(options, "options") }?;
+        o.inner = o.inner.clone().passphrase_limits(passes, memory)?;
+        Ok(())
+    })
+}

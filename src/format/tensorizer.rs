@@ -862,13 +862,16 @@ pub fn read_index(source: &dyn Source) -> Result<Index> {
     })
 }
 
-/// The header of one tensor as tensorizer writes it (version 1/2, unencrypted, CRC32 then
-/// SHA256). `hashes` are the values to store; pass `None` to get the bytes to hash (the
-/// same layout with zeroed hash values).
+/// The header of one tensor as tensorizer writes it: CRC32 then SHA256, or, for a tensor
+/// with data in an encrypted file (`crypt` is `Some`), SHA256 only, followed by the crypt
+/// info `crypt` holds (from [`encode_crypt_info`]; empty to get the bytes hashed, which
+/// leave it out). `hashes` are the values to store; pass `None` to get the bytes to hash
+/// (the same layout with zeroed hash values).
 pub fn encode_header(
     tensor: &TensorInfo,
     raw_name: &[u8],
     hashes: Option<(u32, [u8; 32])>,
+    crypt: Option<&[u8]>,
 ) -> Result<Vec<u8>> {
     let (dtype, _) = dtype_string(tensor.dtype);
     if raw_name.is_empty() || raw_name.len() > usize::from(u16::MAX) {
@@ -903,16 +906,65 @@ pub fn encode_header(
     for &dim in &tensor.shape {
         out.extend_from_slice(&(dim as u32).to_le_bytes());
     }
-    out.extend_from_slice(&41u16.to_le_bytes());
-    out.push(2);
-    out.extend_from_slice(&[HASH_CRC32, 4]);
-    out.extend_from_slice(&crc.to_le_bytes());
+    if crypt.is_some() && tensor.nbytes > 0 {
+        // tensorizer keeps no CRC32 of encrypted data.
+        out.extend_from_slice(&35u16.to_le_bytes());
+        out.push(1);
+    } else {
+        out.extend_from_slice(&41u16.to_le_bytes());
+        out.push(2);
+        out.extend_from_slice(&[HASH_CRC32, 4]);
+        out.extend_from_slice(&crc.to_le_bytes());
+    }
     out.extend_from_slice(&[HASH_SHA256, 32]);
     out.extend_from_slice(&sha);
+    out.extend_from_slice(crypt.unwrap_or_default());
     out.extend_from_slice(&tensor.nbytes.to_le_bytes());
     let len = out.len() as u64;
     out[..8].copy_from_slice(&len.to_le_bytes());
     Ok(out)
+}
+
+/// A crypt-info block (§8.1 of the format notes) as tensorizer writes it: the key
+/// derivation chunk where the key comes from a passphrase, then the XSalsa20-Poly1305
+/// chunk (chunk size, first nonce, MACs) for a tensor with data; no chunks for one
+/// without.
+pub fn encode_crypt_info(
+    kdf: Option<&Kdf>,
+    cipher: Option<(u64, &[u8; 24], &[[u8; 16]])>,
+) -> Vec<u8> {
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    if let (Some(kdf), Some(_)) = (kdf, cipher) {
+        let mut c = Vec::with_capacity(42);
+        c.extend_from_slice(&1u16.to_le_bytes()); // key derivation
+        c.extend_from_slice(&1u16.to_le_bytes()); // pwhash
+        c.extend_from_slice(&kdf.opslimit.to_le_bytes());
+        c.extend_from_slice(&kdf.memlimit.to_le_bytes());
+        c.extend_from_slice(&ALG_ARGON2ID13.to_le_bytes());
+        c.extend_from_slice(&16u16.to_le_bytes());
+        c.extend_from_slice(&kdf.salt);
+        chunks.push(c);
+    }
+    if let Some((chunk_size, nonce, macs)) = cipher {
+        let mut c = Vec::with_capacity(42 + 16 * macs.len());
+        c.extend_from_slice(&2u16.to_le_bytes()); // XSalsa20-Poly1305, parallel
+        c.extend_from_slice(&chunk_size.to_le_bytes());
+        c.extend_from_slice(nonce);
+        c.extend_from_slice(&(macs.len() as u64).to_le_bytes());
+        for mac in macs {
+            c.extend_from_slice(mac);
+        }
+        chunks.push(c);
+    }
+    let body_len: usize = 2 + chunks.iter().map(|c| 8 + c.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(8 + body_len);
+    out.extend_from_slice(&(body_len as u64).to_le_bytes());
+    out.extend_from_slice(&(chunks.len() as u16).to_le_bytes());
+    for c in chunks {
+        out.extend_from_slice(&(c.len() as u64).to_le_bytes());
+        out.extend_from_slice(&c);
+    }
+    out
 }
 
 /// The metadata entry of one tensor (version 1/2 layout).
