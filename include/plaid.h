@@ -226,6 +226,21 @@
 #define PLAID_ABI_VERSION 2
 
 /**
+ * Preamble flag: the tensor data is encrypted (`docs/FORMAT.md` section 13).
+ */
+#define FLAG_ENCRYPTED 1
+
+/**
+ * The one cipher defined: AES-256-GCM per checksum block.
+ */
+#define CIPHER_AES_256_GCM 1
+
+/**
+ * Bytes of a GCM tag.
+ */
+#define TAG_LEN 16
+
+/**
  * Tensors loaded by `plaid_deserializer_load_cuda` into one device allocation made by
  * plaid. Opaque; freed (with all its tensors) by `plaid_cuda_arena_free`. Independent of
  * the deserializer: it may outlive it.
@@ -587,6 +602,25 @@ extern "C" {
  * NUL-terminated.
  */
 plaid_status plaid_convert(const char *input, const char *output, const char *format);
+
+/**
+ * `plaid_convert` with options: `read` opens the input (NULL: the defaults), with the
+ * key or passphrase of an encrypted input; `write` writes a plaid or tensorizer output
+ * (NULL: the defaults), with the key or passphrase that encrypts it (plaid's
+ * AES-256-GCM; tensorizer's XSalsa20-Poly1305, which tensorizer reads with the same key
+ * or passphrase). The written file is checked with that key. safetensors has no
+ * encryption: asking for it with a key is `PLAID_ERR_INVALID_ARGUMENT`. An encrypted input
+ * without its key is `PLAID_ERR_DECRYPT`, and nothing is written.
+ *
+ * # Safety
+ * `input` and `output` are NULL (an error) or NUL-terminated; `format` is NULL or
+ * NUL-terminated; `read` and `write` are NULL or live handles.
+ */
+plaid_status plaid_convert_with(const char *input,
+                                const char *output,
+                                const char *format,
+                                const struct plaid_read_options *read,
+                                const struct plaid_write_options *write);
 
 /**
  * Store in `*address` the device address (`CUdeviceptr`) of tensor `index` (file order)
@@ -1137,7 +1171,7 @@ plaid_status plaid_read_options_set_shard_root(struct plaid_read_options *option
                                                const char *root);
 
 /**
- * Decrypt encrypted tensors (tensorizer's encrypted files) with the raw 32-byte `key`;
+ * Decrypt encrypted tensors (tensorizer's and plaid's encrypted files) with the raw 32-byte `key`;
  * `NULL, 0` clears the key material. A key of any other length, or a key while a
  * passphrase is set, is `PLAID_ERR_INVALID_ARGUMENT`. A key given for a tensor stored in
  * the clear is ignored. plaid keeps a copy, zeroed when the options (and every
@@ -1455,6 +1489,52 @@ plaid_status plaid_write_options_set_sync(struct plaid_write_options *options, i
 plaid_status plaid_write_options_set_storage(struct plaid_write_options *options,
                                              const char *key,
                                              const char *value);
+
+/**
+ * Encrypt the tensor data with the raw 32-byte `key`: AES-256-GCM per checksum block
+ * under a key of the file's own (`docs/FORMAT.md` section 13); names, shapes, dtypes and
+ * metadata stay readable. `NULL, 0` clears the key material. A key of any other length,
+ * or a key while a passphrase is set, is `PLAID_ERR_INVALID_ARGUMENT`. plaid keeps a
+ * copy, zeroed when the options (and every serializer made with them) are freed; the
+ * caller may wipe its own at once.
+ *
+ * # Safety
+ * `options` is NULL (an error) or a live handle; `key` is NULL or points to `len`
+ * readable bytes.
+ */
+plaid_status plaid_write_options_set_key(struct plaid_write_options *options,
+                                         const uint8_t *key,
+                                         size_t len);
+
+/**
+ * Encrypt the tensor data with a key derived from the passphrase `pw` (its `len` bytes
+ * exactly, NUL bytes included) by Argon2id with a fresh salt and the limits of
+ * `plaid_write_options_set_passphrase_limits` (by default 3 passes over 256 MiB, as
+ * tensorizer's `EncryptionParams.from_string`), recorded in the file. `NULL, 0` clears
+ * the key material. A passphrase while a key is set is `PLAID_ERR_INVALID_ARGUMENT`. The
+ * copy is zeroed when the options are freed.
+ *
+ * # Safety
+ * `options` is NULL (an error) or a live handle; `pw` is NULL or points to `len` readable
+ * bytes.
+ */
+plaid_status plaid_write_options_set_passphrase(struct plaid_write_options *options,
+                                                const char *pw,
+                                                size_t len);
+
+/**
+ * The cost of deriving a key from a passphrase: Argon2id `passes` (1 to 64) over
+ * `memory` bytes (a multiple of 1024, 8 KiB to 4 GiB); anything else is
+ * `PLAID_ERR_INVALID_ARGUMENT`. The defaults, 3 passes over 256 MiB (libsodium's
+ * `MODERATE`, tensorizer's default), are the least a real passphrase should get; lower
+ * limits are for tests.
+ *
+ * # Safety
+ * `options` is NULL (an error) or a live handle.
+ */
+plaid_status plaid_write_options_set_passphrase_limits(struct plaid_write_options *options,
+                                                       uint64_t passes,
+                                                       uint64_t memory);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -3,7 +3,7 @@
 //! `crypto_pwhash` derives them (cached per salt and limits), the decrypt stage of
 //! tensorizer's XSalsa20-Poly1305 chunks (`crypto_secretbox`, from RustCrypto's crates)
 //! and plaid's own AES-256-GCM blocks (`docs/FORMAT.md` section 13; ring's AES-GCM, about
-//! seven times as fast here as RustCrypto's `aes-gcm`).
+//! seven times as fast here as RustCrypto's `aes-gcm`, with RustCrypto's HKDF).
 
 use std::sync::Arc;
 
@@ -352,19 +352,12 @@ impl Drop for GcmKey {
     }
 }
 
-/// A plaid file's key: HKDF-SHA256 of the master key with the file's salt.
+/// A plaid file's key: HKDF-SHA256 of the master key with the file's salt (RustCrypto's
+/// `hkdf`, whose SHA-256 is the one that checks tensorizer's hashes).
 fn file_key(master: &[u8; KEY_LEN], salt: &[u8; 32]) -> GcmKey {
-    struct Len;
-    impl ring::hkdf::KeyType for Len {
-        fn len(&self) -> usize {
-            KEY_LEN
-        }
-    }
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
-    ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, salt)
-        .extract(master)
-        .expand(&[FILE_KEY_INFO], Len)
-        .and_then(|okm| okm.fill(&mut key[..]))
+    hkdf::Hkdf::<sha2::Sha256>::new(Some(salt), master)
+        .expand(FILE_KEY_INFO, &mut key[..])
         .unwrap_or_else(|_| unreachable!("32 bytes is a valid HKDF-SHA256 output"));
     GcmKey::new(&key)
 }

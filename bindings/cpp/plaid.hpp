@@ -170,6 +170,17 @@ public:
         check(plaid_read_options_set_cuda_stream(raw_, stream));
         return *this;
     }
+    /// Decrypt with a raw 32-byte key (plaid's and tensorizer's encrypted files); plaid
+    /// keeps a copy, zeroed when the options are freed.
+    ReadOptions &key(const void *bytes, std::size_t len) {
+        check(plaid_read_options_set_key(raw_, static_cast<const std::uint8_t *>(bytes), len));
+        return *this;
+    }
+    /// Decrypt with a key derived from `passphrase` (its bytes, as given).
+    ReadOptions &passphrase(const std::string &passphrase) {
+        check(plaid_read_options_set_passphrase(raw_, passphrase.data(), passphrase.size()));
+        return *this;
+    }
     const plaid_read_options *get() const noexcept { return raw_; }
 
 private:
@@ -293,6 +304,21 @@ public:
 
     WriteOptions &sync(bool on) { check(plaid_write_options_set_sync(raw_, on)); return *this; }
     WriteOptions &threads(std::uint32_t n) { check(plaid_write_options_set_threads(raw_, n)); return *this; }
+    /// Encrypt the tensor data (AES-256-GCM) with a raw 32-byte key.
+    WriteOptions &key(const void *bytes, std::size_t len) {
+        check(plaid_write_options_set_key(raw_, static_cast<const std::uint8_t *>(bytes), len));
+        return *this;
+    }
+    /// Encrypt with a key derived from `passphrase` by Argon2id (recorded in the file).
+    WriteOptions &passphrase(const std::string &passphrase) {
+        check(plaid_write_options_set_passphrase(raw_, passphrase.data(), passphrase.size()));
+        return *this;
+    }
+    /// Argon2id cost for the passphrase (default 3 passes over 256 MiB).
+    WriteOptions &passphrase_limits(std::uint64_t passes, std::uint64_t memory) {
+        check(plaid_write_options_set_passphrase_limits(raw_, passes, memory));
+        return *this;
+    }
     const plaid_write_options *get() const noexcept { return raw_; }
 
 private:

@@ -1580,6 +1580,121 @@ static void test_tensorizer(void)
 }
 
 /* ------------------------------------------------------------------------------------ */
+/* Encrypted plaid files                                                                */
+/* ------------------------------------------------------------------------------------ */
+
+static void test_encryption(void)
+{
+    static const uint8_t key[32] = {0xc0, 0xff, 0xee, 0x01, 0x02, 0x03, 0x04, 0x05,
+                                    0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d,
+                                    0x0e, 0x0f, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15,
+                                    0x16, 0x17, 0x18, 0x19, 0x1a, 0x1b, 0x1c, 0x1d};
+    static const char pw[] = "pass\0word"; /* a NUL inside: the length counts, not the NUL */
+    model m;
+    path_buf by_key, by_pw, plain, converted;
+    plaid_write_options *wo = NULL;
+    plaid_read_options *ro = NULL;
+    plaid_deserializer *d = NULL;
+    plan p;
+
+    if (!CHECK(make_all_dtypes(&m))) {
+        return;
+    }
+    scratch_path(&by_key, "encrypted_key.plaid");
+    scratch_path(&by_pw, "encrypted_pw.plaid");
+    scratch_path(&plain, "encrypted_plain.plaid");
+    scratch_path(&converted, "encrypted_converted.plaid");
+    remove(plain.text); /* what an earlier run left */
+    remove(converted.text);
+    if (!CHECK_OK(plaid_write_options_new(&wo)) || !CHECK_OK(plaid_read_options_new(&ro))) {
+        goto out;
+    }
+    CHECK_OK(plaid_write_options_set_checksum_block_size(wo, 4096));
+    /* The setters' rules: 32 bytes, one of the two, NULL with a length refused, NULL 0 clears. */
+    CHECK_STATUS(plaid_write_options_set_key(wo, key, 16), PLAID_ERR_INVALID_ARGUMENT);
+    CHECK_MESSAGE("32 bytes");
+    CHECK_STATUS(plaid_write_options_set_key(wo, NULL, 32), PLAID_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(plaid_write_options_set_key(NULL, key, 32), PLAID_ERR_INVALID_ARGUMENT);
+    CHECK_OK(plaid_write_options_set_key(wo, key, sizeof key));
+    CHECK_STATUS(plaid_write_options_set_passphrase(wo, pw, sizeof pw - 1),
+                 PLAID_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(plaid_write_options_set_passphrase_limits(wo, 0, 65536),
+                 PLAID_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(plaid_write_options_set_passphrase_limits(wo, 1, 1000),
+                 PLAID_ERR_INVALID_ARGUMENT);
+    if (!model_write(&m, by_key.text, wo, NULL)) {
+        goto out;
+    }
+    CHECK_OK(plaid_write_options_set_key(wo, NULL, 0));
+    CHECK_OK(plaid_write_options_set_passphrase(wo, pw, sizeof pw - 1));
+    CHECK_OK(plaid_write_options_set_passphrase_limits(wo, 1, 65536));
+    if (!model_write(&m, by_pw.text, wo, NULL)) {
+        goto out;
+    }
+
+    /* Without a key: the index opens (names, shapes, dtypes), loading is PLAID_ERR_DECRYPT. */
+    if (CHECK_OK(plaid_deserializer_open(by_key.text, NULL, &d))) {
+        CHECK(model_info_mismatches(d, &m) == 0);
+        CHECK(plaid_deserializer_tensor(d, 0)->encrypted == 1);
+        if (CHECK(plan_init(&p, d))) {
+            CHECK_STATUS(plaid_deserializer_load(d, place, &p), PLAID_ERR_DECRYPT);
+            CHECK_MESSAGE("no key");
+            CHECK_MESSAGE(m.tensors[0].name);
+            plan_free(&p);
+        }
+        plaid_deserializer_free(d);
+        d = NULL;
+    }
+    /* The right key and passphrase: bit-exact. */
+    CHECK_OK(plaid_read_options_set_key(ro, key, sizeof key));
+    check_round_trip(by_key.text, &m, ro);
+    CHECK_OK(plaid_read_options_set_key(ro, NULL, 0));
+    CHECK_OK(plaid_read_options_set_passphrase(ro, pw, sizeof pw - 1));
+    check_round_trip(by_pw.text, &m, ro);
+    /* The passphrase cut at its NUL is another passphrase. */
+    CHECK_OK(plaid_read_options_set_passphrase(ro, pw, strlen(pw)));
+    if (CHECK_OK(plaid_deserializer_open(by_pw.text, ro, &d))) {
+        if (CHECK(plan_init(&p, d))) {
+            CHECK_STATUS(plaid_deserializer_load(d, place, &p), PLAID_ERR_DECRYPT);
+            CHECK_MESSAGE("wrong passphrase");
+            plan_free(&p);
+        }
+        plaid_deserializer_free(d);
+        d = NULL;
+    }
+    /* Zero-copy views of encrypted tensors are refused. */
+    CHECK_OK(plaid_read_options_set_passphrase(ro, NULL, 0));
+    CHECK_OK(plaid_read_options_set_key(ro, key, sizeof key));
+    if (CHECK_OK(plaid_deserializer_open(by_key.text, ro, &d))) {
+        const void *view = NULL;
+        uint64_t len = 0;
+        CHECK_STATUS(plaid_deserializer_map(d), PLAID_ERR_UNSUPPORTED);
+        CHECK_MESSAGE("encrypted");
+        CHECK_STATUS(plaid_deserializer_tensor_data(d, 0, &view, &len), PLAID_ERR_UNSUPPORTED);
+        CHECK_MESSAGE("encrypted");
+        plaid_deserializer_free(d);
+        d = NULL;
+    }
+    /* Conversions: encrypted to plain with the read key, plain to encrypted with the write
+       key; without the read key nothing is written. */
+    CHECK_OK(plaid_write_options_set_passphrase(wo, NULL, 0));
+    CHECK_STATUS(plaid_convert_with(by_key.text, plain.text, "plaid", NULL, NULL),
+                 PLAID_ERR_DECRYPT);
+    CHECK(!file_exists(plain.text));
+    CHECK_OK(plaid_convert_with(by_key.text, plain.text, "plaid", ro, NULL));
+    check_round_trip(plain.text, &m, NULL);
+    CHECK_OK(plaid_write_options_set_key(wo, key, sizeof key));
+    CHECK_OK(plaid_convert_with(plain.text, converted.text, NULL, NULL, wo));
+    check_round_trip(converted.text, &m, ro);
+    CHECK_STATUS(plaid_convert_with(plain.text, converted.text, "safetensors", NULL, wo),
+                 PLAID_ERR_INVALID_ARGUMENT);
+out:
+    plaid_write_options_free(wo);
+    plaid_read_options_free(ro);
+    model_free(&m);
+}
+
+/* ------------------------------------------------------------------------------------ */
 /* Sources served by the caller's read callback                                         */
 /* ------------------------------------------------------------------------------------ */
 
@@ -1803,6 +1918,7 @@ int main(int argc, char **argv)
         {"atomic writes", test_atomicity},
         {"damaged files", test_damaged_files},
         {"tensorizer files", test_tensorizer},
+        {"encrypted plaid files", test_encryption},
         {"callback sources", test_sources},
     };
     const char *quick = getenv("PLAID_TEST_QUICK");

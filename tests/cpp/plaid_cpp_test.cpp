@@ -159,5 +159,42 @@ int main(int argc, char **argv) {
     CHECK(d.size() == model.data.size());
 
     std::printf("%d passed, %d failed\n", g_passed, g_failed);
+    // Encrypted: written with a passphrase, opened without it (the index is readable),
+    // loaded with it; without it, PLAID_ERR_DECRYPT naming a tensor.
+    {
+        const std::string enc = std::string(argv[1]) + "/cpp_encrypted.plaid";
+        plaid::WriteOptions wo;
+        wo.sync(false).passphrase(std::string("c++ secret\0with a NUL", 21)).passphrase_limits(1, 64 << 10);
+        plaid::Serializer s = plaid::Serializer::create(enc, &wo);
+        for (const auto &[name, bytes] : model.data) {
+            s.add_tensor(name, dtype_of(name), model.shapes.at(name), bytes.data(), bytes.size());
+        }
+        s.finish();
+        plaid::Deserializer locked = plaid::Deserializer::open(enc);
+        CHECK(locked.size() == model.data.size());
+        try {
+            locked.load([](plaid::TensorView) { return plaid::Destination::skip(); });
+            std::vector<std::uint8_t> sink(model.data.at("embed.weight").size());
+            locked.load([&sink](plaid::TensorView t) {
+                return t.name() == "embed.weight" ? plaid::Destination::host(sink.data(), sink.size())
+                                                  : plaid::Destination::skip();
+            });
+            CHECK(false);
+        } catch (const plaid::Error &e) {
+            CHECK(e.status() == PLAID_ERR_DECRYPT);
+            CHECK(std::strstr(e.what(), "embed.weight") != nullptr);
+        }
+        plaid::ReadOptions ro;
+        ro.passphrase(std::string("c++ secret\0with a NUL", 21));
+        plaid::Deserializer open = plaid::Deserializer::open(enc, &ro);
+        std::map<std::string, std::vector<std::uint8_t>> got;
+        open.load([&got](plaid::TensorView t) {
+            auto &buffer = got[std::string(t.name())];
+            buffer.assign(t.nbytes(), 0xA5);
+            return plaid::Destination::host(buffer.data(), buffer.size());
+        });
+        CHECK(got == model.data);
+    }
+
     return g_failed == 0 ? 0 : 1;
 }
