@@ -391,28 +391,112 @@ def output_format(path, format=None):
     return "plaid"
 
 
-def save(path, tensors, metadata=None, storage_options=None, format=None):
+def save(path, tensors, metadata=None, storage_options=None, format=None, encryption=None):
     """`write` in the format ``format`` or the name picks: plaid directly; safetensors and
     tensorizer by writing plaid beside the target, then converting (read back, verified and
-    compared; atomic)."""
+    compared; atomic). ``encryption`` (an `Encryption`) encrypts a plaid or tensorizer
+    output; the file staged for a tensorizer output is itself encrypted, under a random key
+    that lives only in this process."""
     fmt = output_format(path, format)
     if fmt == "plaid":
-        return write(path, tensors, metadata, storage_options)
+        return write(path, tensors, metadata, storage_options, encryption)
+    if encryption is not None and fmt == "safetensors":
+        raise _lib.InvalidArgumentError(
+            "safetensors files cannot be encrypted: write plaid or tensorizer with a key")
     if _source.is_url(os.fsdecode(path)) and storage_options:
         raise _lib.UnsupportedError(
             f"{os.fsdecode(path)}: writing {fmt} to a URL takes its configuration from the "
             "environment only; write plaid's format, or drop storage_options")
+    import secrets
     import tempfile
     folder = None if _source.is_url(os.fsdecode(path)) else \
         (os.path.dirname(os.path.abspath(os.fsdecode(path))) or ".")
     handle, staged = tempfile.mkstemp(prefix=".plaid-save.", suffix=".plaid", dir=folder)
     os.close(handle)
+    staging_key = Encryption(key=secrets.token_bytes(32)) if encryption is not None else None
     try:
-        write(staged, tensors, metadata)
-        check(lib.plaid_convert(os.fsencode(staged), os.fsencode(path), fmt.encode()))
+        write(staged, tensors, metadata, encryption=staging_key)
+        if encryption is None:
+            check(lib.plaid_convert(os.fsencode(staged), os.fsencode(path), fmt.encode()))
+        else:
+            with staging_key.read_options() as read, encryption.write_options() as out:
+                check(lib.plaid_convert_with(os.fsencode(staged), os.fsencode(path),
+                                             fmt.encode(), read, out))
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staged)
+
+
+class Encryption:
+    """Key material for writing (or reading) an encrypted file: a raw 32-byte ``key``, or a
+    ``passphrase`` (str, UTF-8, or bytes) with the Argon2id cost ``passes`` over ``memory``
+    bytes (by default 3 and 256 MiB, tensorizer's defaults). plaid copies the material into
+    option handles that it zeroes when they are freed; Python's own copies are Python's."""
+
+    __slots__ = ("key", "passphrase", "passes", "memory")
+
+    def __init__(self, key=None, passphrase=None, passes=None, memory=None):
+        if (key is None) == (passphrase is None):
+            raise _lib.InvalidArgumentError("encryption: give a key or a passphrase, one of them")
+        if key is not None:
+            key = bytes(key)
+            if len(key) != 32:
+                raise _lib.InvalidArgumentError(f"a key is 32 bytes, not {len(key)}")
+        if passphrase is not None and isinstance(passphrase, str):
+            passphrase = passphrase.encode("utf-8")
+        self.key = key
+        self.passphrase = None if passphrase is None else bytes(passphrase)
+        self.passes = passes
+        self.memory = memory
+
+    def apply(self, options):
+        """Set this material on a ``plaid_write_options`` handle."""
+        if self.key is not None:
+            check(lib.plaid_write_options_set_key(options, self.key, len(self.key)))
+        else:
+            check(lib.plaid_write_options_set_passphrase(options, self.passphrase,
+                                                         len(self.passphrase)))
+        if self.passes is not None or self.memory is not None:
+            check(lib.plaid_write_options_set_passphrase_limits(
+                options, int(self.passes if self.passes is not None else 3),
+                int(self.memory if self.memory is not None else 256 << 20)))
+
+    @contextlib.contextmanager
+    def write_options(self):
+        """A ``plaid_write_options`` handle carrying this material, freed on exit."""
+        options = ctypes.c_void_p()
+        check(lib.plaid_write_options_new(ctypes.byref(options)))
+        try:
+            self.apply(options)
+            yield options
+        finally:
+            lib.plaid_write_options_free(options)
+
+    @contextlib.contextmanager
+    def read_options(self):
+        """A ``plaid_read_options`` handle carrying this material, freed on exit."""
+        options = ctypes.c_void_p()
+        check(lib.plaid_read_options_new(ctypes.byref(options)))
+        try:
+            if self.key is not None:
+                check(lib.plaid_read_options_set_key(options, self.key, len(self.key)))
+            else:
+                check(lib.plaid_read_options_set_passphrase(options, self.passphrase,
+                                                            len(self.passphrase)))
+            yield options
+        finally:
+            lib.plaid_read_options_free(options)
+
+    def __repr__(self):
+        return "Encryption(<key>)" if self.key is not None else "Encryption(<passphrase>)"
+
+
+def encryption(key=None, passphrase=None):
+    """An `Encryption` from the ``key=``/``passphrase=`` arguments of the save functions, or
+    None when both are None."""
+    if key is None and passphrase is None:
+        return None
+    return Encryption(key=key, passphrase=passphrase)
 
 
 def set_storage(setter, options, storage_options):
@@ -425,19 +509,22 @@ def set_storage(setter, options, storage_options):
         check(setter(options, key.encode(), str(value).encode()))
 
 
-def write(path, tensors, metadata=None, storage_options=None):
+def write(path, tensors, metadata=None, storage_options=None, encryption=None):
     """Write a plaid file. ``tensors`` is a list of dicts with ``name``, ``dtype_id``,
     ``shape``, and either ``address`` (host) or ``cuda`` ((device, address)), ``nbytes``,
     optionally ``role``/``module_index``/``path`` and ``keep`` (an object that owns the
     memory until the file is written). Atomic: nothing appears at ``path`` on failure.
     ``path`` may be an object storage URL (``s3://``, ``gs://``, ``az://``), written with a
-    multipart upload that completes only on success (``storage_options`` configure it)."""
+    multipart upload that completes only on success (``storage_options`` configure it).
+    ``encryption`` (an `Encryption`) encrypts the tensor data."""
     options = ctypes.c_void_p()
     check(lib.plaid_write_options_new(ctypes.byref(options)))
     serializer = ctypes.c_void_p()
     try:
         check(lib.plaid_write_options_set_sync(options, 1))
         set_storage(lib.plaid_write_options_set_storage, options, storage_options)
+        if encryption is not None:
+            encryption.apply(options)
         check(lib.plaid_serializer_new(os.fsencode(path), options, ctypes.byref(serializer)))
     finally:
         lib.plaid_write_options_free(options)

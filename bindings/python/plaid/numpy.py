@@ -43,12 +43,15 @@ def array_from(buffer, meta, dtype=None):
     return np.frombuffer(buffer, dtype=np.uint8).view(dtype).reshape(meta.shape)
 
 
-def save_file(tensors, path, metadata=None, *, format=None, storage_options=None):
+def save_file(tensors, path, metadata=None, *, format=None, storage_options=None, key=None,
+              passphrase=None):
     """Write ``tensors`` (a dict of str to numpy arrays) and ``metadata`` (a dict of str to
     str) at ``path`` (or an ``s3://``/``gs://``/``az://`` URL, configured by the environment
     and ``storage_options``), atomically, with checksums, in the format ``format`` names
     (``"plaid"``, ``"safetensors"``, ``"tensorizer"``) or else the name does
-    (``.safetensors``, ``.tensors``, else plaid's)."""
+    (``.safetensors``, ``.tensors``, else plaid's). ``key`` (32 bytes) or ``passphrase``
+    encrypts the tensor data (plaid's AES-256-GCM, or tensorizer's encryption for a
+    ``.tensors`` file); names, shapes and metadata stay readable."""
     items = []
     for name, array in tensors.items():
         if not isinstance(array, np.ndarray):
@@ -59,7 +62,8 @@ def save_file(tensors, path, metadata=None, *, format=None, storage_options=None
         items.append({"name": name, "dtype_id": dtype_id(contiguous.dtype),
                       "shape": contiguous.shape, "address": contiguous.ctypes.data,
                       "nbytes": contiguous.nbytes, "keep": contiguous})
-    _core.save(path, items, metadata, storage_options, format)
+    _core.save(path, items, metadata, storage_options, format,
+               _core.encryption(key, passphrase))
 
 
 def load_file(path, *, storage_options=None, tensors=None, key=None, passphrase=None):

@@ -4,6 +4,7 @@ safetensors and tensorizer files alike. CUDA tensors are loaded straight into de
 and serialized straight from it."""
 
 import contextlib
+import enum
 import contextvars
 import threading
 from collections.abc import Mapping
@@ -276,16 +277,19 @@ def _items(tensors):
     return items
 
 
-def save_file(tensors, path, metadata=None, *, format=None, storage_options=None):
+def save_file(tensors, path, metadata=None, *, format=None, storage_options=None, key=None,
+              passphrase=None):
     """Write ``tensors`` (a dict of str to torch tensors, on the CPU or on CUDA devices) and
     ``metadata`` (str to str) at ``path``, atomically, with checksums: in the format
     ``format`` names (``"plaid"``, ``"safetensors"``, ``"tensorizer"``) or else the name
     does (``.safetensors``, ``.tensors``, else plaid's).
     CUDA tensors are copied out of device memory by plaid while it writes. ``path`` may be
     an ``s3://``/``gs://``/``az://`` URL (a multipart upload that completes only on
-    success), configured from the environment and ``storage_options``."""
+    success), configured from the environment and ``storage_options``. ``key`` (32 bytes)
+    or ``passphrase`` encrypts the tensor data (plaid's AES-256-GCM, or tensorizer's
+    encryption for a ``.tensors`` file)."""
     _core.save(path, _items((n, t, {}) for n, t in tensors.items()), metadata,
-               storage_options, format)
+               storage_options, format, _core.encryption(key, passphrase))
 
 
 # ---- the tensorizer-style API ------------------------------------------------------------
@@ -299,10 +303,7 @@ class TensorSerializer:
 
     def __init__(self, file_obj, compress_tensors=False, *, metadata=None,
                  storage_options=None, encryption=None, **_compatible):
-        if encryption is not None:
-            raise UnsupportedError(
-                "TensorSerializer(encryption=...): plaid cannot encrypt yet; refusing rather "
-                "than writing the weights in the clear")
+        self._encryption = _encryption_of(encryption)
         if not isinstance(file_obj, (str, bytes)) and not hasattr(file_obj, "__fspath__"):
             raise TypeError("TensorSerializer writes to a path")
         self._path = file_obj
@@ -375,7 +376,8 @@ class TensorSerializer:
         if self._closed:
             return
         self._closed = True
-        _core.write(self._path, _items(self._tensors), self._metadata, self._storage_options)
+        _core.write(self._path, _items(self._tensors), self._metadata, self._storage_options,
+                    self._encryption)
         self._tensors = []
 
     def __enter__(self):
@@ -387,8 +389,92 @@ class TensorSerializer:
         self._closed = True
 
 
+class EncryptionParams:
+    """How to encrypt (tensorizer's ``EncryptionParams``): ``EncryptionParams(key)`` with a
+    raw 32-byte key, ``EncryptionParams.random()`` (read the key back from ``.key`` and
+    keep it), or ``EncryptionParams.from_string(passphrase, opslimit, memlimit)``: a key
+    derived by Argon2id with a fresh salt for every file plaid writes (so ``.key`` is
+    None; decrypt with ``DecryptionParams.from_string``). Pass it as
+    ``TensorSerializer(encryption=...)``. plaid's files use AES-256-GCM per checksum block
+    (``docs/FORMAT.md`` section 13)."""
+
+    class OpsLimit(enum.IntEnum):
+        """Argon2id passes: libsodium's presets (tensorizer's)."""
+        MIN = 1
+        INTERACTIVE = 2
+        MODERATE = 3
+        SENSITIVE = 4
+
+    class MemLimit(enum.IntEnum):
+        """Argon2id memory in bytes: libsodium's presets (tensorizer's)."""
+        MIN = 8192
+        INTERACTIVE = 64 << 20
+        MODERATE = 256 << 20
+        SENSITIVE = 1 << 30
+
+    __slots__ = ("key", "passphrase", "opslimit", "memlimit")
+
+    def __init__(self, key):
+        if not isinstance(key, (bytes, bytearray, memoryview)):
+            raise TypeError("EncryptionParams(key): a key is 32 bytes; for a passphrase use "
+                            "EncryptionParams.from_string")
+        if len(key) != 32:
+            raise InvalidArgumentError(f"EncryptionParams: a key is 32 bytes, not {len(key)}")
+        self.key = bytes(key)
+        self.passphrase = None
+        self.opslimit = self.memlimit = None
+
+    @classmethod
+    def random(cls):
+        """A new random key from the operating system (``secrets``)."""
+        import secrets
+        return cls(secrets.token_bytes(32))
+
+    @classmethod
+    def from_string(cls, source, opslimit=None, memlimit=None, salt=None, *,
+                    encoding="utf-8"):
+        """Derive the key from the passphrase ``source`` (str or bytes) with Argon2id,
+        ``opslimit`` passes over ``memlimit`` bytes (default ``MODERATE``: 3 and 256 MiB).
+        plaid draws a fresh salt for every file, so ``salt`` is refused."""
+        if salt is not None:
+            raise InvalidArgumentError(
+                "EncryptionParams.from_string(salt=...): plaid draws a fresh salt for every "
+                "file it writes; leave salt out")
+        params = cls.__new__(cls)
+        params.key = None
+        params.passphrase = source.encode(encoding) if isinstance(source, str) else \
+            bytes(source)
+        params.opslimit = int(opslimit) if opslimit is not None else None
+        params.memlimit = int(memlimit) if memlimit is not None else None
+        return params
+
+    def __repr__(self):
+        return "EncryptionParams(<key>)" if self.key is not None else \
+            "EncryptionParams(<passphrase>)"
+
+
+def _encryption_of(encryption):
+    """The `_core.Encryption` of a ``TensorSerializer(encryption=...)`` argument: plaid's
+    `EncryptionParams`, or tensorizer's own made from a raw key (``EncryptionParams(key)``,
+    ``.random()``)."""
+    if encryption is None:
+        return None
+    if isinstance(encryption, EncryptionParams):
+        return _core.Encryption(key=encryption.key, passphrase=encryption.passphrase,
+                                passes=encryption.opslimit, memory=encryption.memlimit)
+    if type(encryption).__name__ == "EncryptionParams" and hasattr(encryption, "key"):
+        if getattr(encryption, "_algorithm", None) is not None:
+            raise InvalidArgumentError(
+                "tensorizer's EncryptionParams.from_string derives its key with its own "
+                "salt, which plaid's format does not take; use "
+                "plaid.torch.EncryptionParams.from_string (the same passphrase decrypts)")
+        return _core.Encryption(key=encryption.key)  # tensorizer's, from a raw key
+    raise TypeError("TensorSerializer(encryption=...) takes plaid.torch.EncryptionParams or "
+                    f"tensorizer's EncryptionParams, not {type(encryption).__name__}")
+
+
 class DecryptionParams:
-    """How to decrypt an encrypted tensorizer file (tensorizer's ``DecryptionParams``):
+    """How to decrypt an encrypted file, plaid's or tensorizer's (tensorizer's ``DecryptionParams``):
     ``from_key(key)`` with the raw 32-byte key, or ``from_string(passphrase)`` with the
     passphrase its ``EncryptionParams.from_string`` used (the key is derived with the salt
     and limits the file records). Pass it as ``TensorDeserializer(encryption=...)``."""

@@ -345,3 +345,34 @@ def test_reader_load_takes_slices_and_dtypes_in_the_destination(tmp_path):
         assert same(cols, w[:, 7:10].astype(np.float16))
         with pytest.raises(plaid.InvalidArgumentError, match="'w'"):
             r.load({index: (plaid._lib.DEST_HOST, 0, rows.ctypes.data, rows.nbytes, 0, 5, 2, 0)})
+
+
+def test_encrypted_files_round_trip_through_save_file_and_load_file(tmp_path):
+    """save_file(key=/passphrase=) encrypts (plaid's format, or tensorizer's for .tensors);
+    names, shapes and metadata read without the key, the data only with it."""
+    rng = np.random.default_rng(5)
+    tensors = {"w": rng.standard_normal((300, 40), dtype=np.float32),
+               "ids": np.arange(9, dtype=np.int64), "s": np.array(1.5, dtype=np.float64)}
+    key = bytes(range(32))
+    for name, kwargs, read in (("k.plaid", {"key": key}, {"key": key}),
+                               ("p.plaid", {"passphrase": "pw"}, {"passphrase": b"pw"}),
+                               ("k.tensors", {"key": key}, {"key": key})):
+        path = tmp_path / name
+        pn.save_file(tensors, path, metadata={"m": "1"} if name.endswith(".plaid") else None,
+                  **kwargs)
+        assert tensors["w"].tobytes()[:64] not in path.read_bytes()
+        with plaid.safe_open(path, framework="np") as f:
+            assert sorted(f.keys()) == sorted(tensors)
+            with pytest.raises(plaid.DecryptError, match="no key"):
+                f.get_tensor("w")
+        loaded = pn.load_file(path, **read)
+        for k, v in tensors.items():
+            np.testing.assert_array_equal(loaded[k], v)
+        wrong = {"key": bytes(32)} if "key" in read else {"passphrase": "nope"}
+        with pytest.raises(plaid.DecryptError):
+            pn.load_file(path, **wrong)
+    with pytest.raises(plaid.InvalidArgumentError):
+        pn.save_file(tensors, tmp_path / "short.plaid", key=b"short")
+    with pytest.raises(plaid.InvalidArgumentError):
+        pn.save_file(tensors, tmp_path / "x.safetensors", key=key)
+    assert not (tmp_path / "short.plaid").exists()

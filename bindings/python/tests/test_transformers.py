@@ -681,13 +681,6 @@ def test_safe_open_metadata_is_none_without_metadata(tmp_path):
         assert f.metadata() == theirs
 
 
-def _encryption_params():
-    try:
-        return tensorizer.EncryptionParams.random()
-    except Exception:  # noqa: BLE001 - no libsodium: any object stands for it
-        return object()
-
-
 def _decryption_params():
     try:
         return tensorizer.DecryptionParams.from_string("hunter2")
@@ -695,14 +688,98 @@ def _decryption_params():
         return object()
 
 
-def test_encryption_is_refused_by_the_serializer(tmp_path):
-    path = tmp_path / "secret.plaid"
-    model = torch.nn.Linear(4, 4)
-    with pytest.raises(plaid.PlaidError):
-        serializer = pt.TensorSerializer(str(path), encryption=_encryption_params())
-        serializer.write_module(model)
-        serializer.close()
-    assert not path.exists(), "an unencrypted file was written although encryption was asked"
+def test_the_serializer_encrypts_and_the_deserializer_decrypts(tmp_path):
+    """TensorSerializer(encryption=...) writes plaid's encrypted format (AES-256-GCM) with
+    plaid's EncryptionParams or tensorizer's own (from a raw key); it loads back with the
+    key or the passphrase, and not without it or with another."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.LayerNorm(48))
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+    weight = want["0.weight"].numpy().tobytes()
+
+    def write(path, params):
+        with pt.TensorSerializer(str(path), encryption=params) as s:
+            s.write_module(model)
+        assert weight[:64] not in path.read_bytes(), "the weights are stored in the clear"
+
+    def load(path, params):
+        twin = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.LayerNorm(48))
+        with pt.TensorDeserializer(str(path), device="cpu", encryption=params) as d:
+            d.load_into_module(twin)
+        for k, v in twin.state_dict().items():
+            assert torch.equal(v, want[k]), k
+
+    mine = pt.EncryptionParams.random()
+    path = tmp_path / "by_key.plaid"
+    write(path, mine)
+    load(path, pt.DecryptionParams.from_key(mine.key))
+    load(path, tensorizer.DecryptionParams.from_key(mine.key))
+    theirs = tensorizer.EncryptionParams.random()
+    path = tmp_path / "by_tensorizer_key.plaid"
+    write(path, theirs)
+    load(path, pt.DecryptionParams.from_key(theirs.key))
+
+    # A passphrase, with limits (the defaults are tensorizer's MODERATE); both the binding's
+    # and tensorizer's DecryptionParams.from_string take the same passphrase.
+    weak = pt.EncryptionParams.from_string("hunter2", opslimit=pt.EncryptionParams.OpsLimit.MIN,
+                                           memlimit=pt.EncryptionParams.MemLimit.MIN)
+    assert weak.key is None
+    path = tmp_path / "by_passphrase.plaid"
+    write(path, weak)
+    load(path, pt.DecryptionParams.from_string("hunter2"))
+    load(path, tensorizer.DecryptionParams.from_string("hunter2"))
+
+    # Without the key, or with another: the index opens, loading is a DecryptionError.
+    with pt.TensorDeserializer(str(path), device="cpu", lazy_load=True) as d:
+        assert set(d.keys()) == set(want)
+        with pytest.raises(plaid.DecryptError, match="no key"):
+            d["0.weight"]
+    with pytest.raises(plaid.DecryptError, match="wrong passphrase"):
+        load(path, pt.DecryptionParams.from_string("hunter3"))
+    with pytest.raises(plaid.DecryptError, match="wrong key"):
+        load(tmp_path / "by_key.plaid", pt.DecryptionParams.from_key(bytes(32)))
+
+    # tensorizer's from_string params carry a salt plaid's format does not take: refused,
+    # and nothing is written in the clear instead.
+    path = tmp_path / "refused.plaid"
+    with pytest.raises(plaid.InvalidArgumentError, match="from_string"):
+        pt.TensorSerializer(str(path), encryption=tensorizer.EncryptionParams.from_string(
+            "x", opslimit=1, memlimit=8192))
+    with pytest.raises(TypeError):
+        pt.TensorSerializer(str(path), encryption=object())
+    with pytest.raises(plaid.InvalidArgumentError, match="salt"):
+        pt.EncryptionParams.from_string("x", salt=b"0" * 16)
+    assert not path.exists()
+
+
+def test_encrypted_tensorizer_files_plaid_writes_load_in_tensorizer(tmp_path):
+    """save_file(..., "x.tensors", key=/passphrase=) writes tensorizer's own encryption, which
+    the real tensorizer decrypts (and verifies) with the same key or passphrase; the plaid
+    file staged for the conversion is encrypted too."""
+    torch.manual_seed(1)
+    tensors = {"w": torch.randn(700, 300), "b": torch.randn(7).to(torch.bfloat16),
+               "ids": torch.arange(11), "s": torch.tensor(2.5), "empty": torch.zeros(0, 3)}
+    key = os.urandom(32)
+    by_key = tmp_path / "key.tensors"
+    pt.save_file(tensors, by_key, key=key)
+    raw = by_key.read_bytes()
+    assert tensors["w"].numpy().tobytes()[:64] not in raw
+    by_pw = tmp_path / "pw.tensors"
+    pt.save_file(tensors, by_pw, passphrase="correct horse")  # tensorizer's default limits
+    for path, params in ((by_key, tensorizer.DecryptionParams.from_key(key)),
+                         (by_pw, tensorizer.DecryptionParams.from_string("correct horse"))):
+        d = tensorizer.TensorDeserializer(str(path), device="cpu", encryption=params,
+                                          verify_hash=True)
+        for name, t in tensors.items():
+            assert torch.equal(d[name], t), (path.name, name)
+        d.close()
+        # and plaid reads them back too
+        with plaid.safe_open(path, framework="pt", key=key if path == by_key else None,
+                             passphrase=None if path == by_key else "correct horse") as f:
+            assert torch.equal(f.get_tensor("w"), tensors["w"])
+    assert not list(tmp_path.glob(".plaid-*")), "a staged file was left behind"
+    with pytest.raises(plaid.InvalidArgumentError, match="safetensors"):
+        pt.save_file(tensors, tmp_path / "x.safetensors", key=key)
 
 
 def test_tensorizers_own_decryption_params_decrypt_its_files(tmp_path):
