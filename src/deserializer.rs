@@ -398,6 +398,9 @@ impl Deserializer {
     }
 
     /// Read and verify every block of every tensor, holding at most one chunk per worker.
+    /// An encrypted plaid file verifies without its key (its CRCs cover the stored bytes);
+    /// with the key, every block is authenticated too. tensorizer's hashes cover the
+    /// plaintext: its encrypted files need the key.
     pub fn verify(&self) -> Result<LoadStats> {
         pipeline::verify_all(
             self.source.as_ref(),

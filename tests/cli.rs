@@ -404,3 +404,92 @@ fn encrypted_files_with_keys_from_files_and_the_environment() {
     let i = d.find("one_chunk_plus_1").unwrap();
     assert_eq!(d.read_tensor(i).unwrap().len(), 4097);
 }
+
+/// plaid's own encryption from the command line: `convert` encrypts with a key or a
+/// passphrase from a file or the environment (never the command line), `inspect` and
+/// `verify` work without the key (the CRCs cover the stored bytes), `verify` with a wrong
+/// key fails, and `convert` decrypts with the key, to plaid or tensorizer's encryption.
+#[test]
+fn plaid_encryption_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain.plaid");
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let mut w = plaid::Serializer::create(&plain, plaid::WriteOptions::default().sync(false))
+        .unwrap();
+    w.add_tensor("w", plaid::DType::U8, &[100, 1000], &data).unwrap();
+    w.finish().unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_plaid"))
+            .args(args)
+            .env_remove("PLAID_KEY")
+            .env_remove("PLAID_PASSPHRASE")
+            .env_remove("PLAID_ENCRYPT_KEY")
+            .env_remove("PLAID_ENCRYPT_PASSPHRASE")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let key_hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, key_hex).unwrap();
+    let p = |path: &std::path::Path| path.to_str().unwrap().to_owned();
+    let enc = dir.path().join("enc.plaid");
+    let (ok, out) = run(
+        &["convert", &p(&plain), &p(&enc), "--encrypt-key-file", &p(&key_file)],
+        &[],
+    );
+    assert!(ok, "{out}");
+    assert!(!std::fs::read(&enc)
+        .unwrap()
+        .windows(64)
+        .any(|w| w == &data[1000..1064]));
+    let (ok, out) = run(&["inspect", &p(&enc)], &[]);
+    assert!(ok && out.contains('w'), "{out}");
+    let (ok, out) = run(&["verify", &p(&enc)], &[]);
+    assert!(ok, "without the key the stored bytes verify: {out}");
+    let (ok, out) = run(&["verify", &p(&enc)], &[("PLAID_KEY", key_hex)]);
+    assert!(ok, "{out}");
+    let (ok, out) = run(&["verify", &p(&enc)], &[("PLAID_KEY", &"11".repeat(32))]);
+    assert!(!ok && out.contains("wrong key"), "{out}");
+    // Decrypted back, by the key in the environment; without it, nothing is written.
+    let back = dir.path().join("back.plaid");
+    let (ok, out) = run(&["convert", &p(&enc), &p(&back)], &[]);
+    assert!(!ok && out.contains("no key") && !back.exists(), "{out}");
+    let (ok, out) = run(&["convert", &p(&enc), &p(&back)], &[("PLAID_KEY", key_hex)]);
+    assert!(ok, "{out}");
+    let d = Deserializer::open(&back, ReadOptions::default()).unwrap();
+    assert_eq!(d.read_tensor(0).unwrap(), data);
+    // Re-encrypted under a passphrase from the environment (cheap limits), and into
+    // tensorizer's encryption.
+    let pw = dir.path().join("pw.plaid");
+    let (ok, out) = run(
+        &["convert", &p(&enc), &p(&pw), "--kdf-passes", "1", "--kdf-memory", "65536"],
+        &[("PLAID_KEY", key_hex), ("PLAID_ENCRYPT_PASSPHRASE", "sesame")],
+    );
+    assert!(ok, "{out}");
+    let d = Deserializer::open(&pw, ReadOptions::default().passphrase(Some(b"sesame")).unwrap())
+        .unwrap();
+    assert_eq!(d.read_tensor(0).unwrap(), data);
+    let tz = dir.path().join("enc.tensors");
+    let (ok, out) = run(
+        &["convert", &p(&plain), &p(&tz)],
+        &[("PLAID_ENCRYPT_KEY", key_hex)],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = run(&["verify", &p(&tz)], &[("PLAID_KEY", key_hex)]);
+    assert!(ok, "{out}");
+    let (ok, out) = run(&["verify", &p(&tz)], &[]);
+    assert!(!ok && out.contains("no key"), "{out}");
+    // safetensors cannot be encrypted: refused, not written in the clear.
+    let st = dir.path().join("x.safetensors");
+    let (ok, out) = run(
+        &["convert", &p(&plain), &p(&st)],
+        &[("PLAID_ENCRYPT_KEY", key_hex)],
+    );
+    assert!(!ok && out.contains("cannot be encrypted") && !st.exists(), "{out}");
+}
