@@ -226,19 +226,16 @@
 #define PLAID_ABI_VERSION 2
 
 /**
- * Preamble flag: the tensor data is encrypted (`docs/FORMAT.md` section 13).
+ * Cipher 1 of encrypted plaid files: AES-256-GCM (for deployments that must use a NIST
+ * cipher).
  */
-#define FLAG_ENCRYPTED 1
+#define PLAID_CIPHER_AES_256_GCM 1
 
 /**
- * The one cipher defined: AES-256-GCM per checksum block.
+ * Cipher 2 of encrypted plaid files: AEGIS-256X4, the default (about four times as fast to
+ * decrypt as AES-256-GCM on the machines measured; `BENCHMARKS.md`).
  */
-#define CIPHER_AES_256_GCM 1
-
-/**
- * Bytes of a GCM tag.
- */
-#define TAG_LEN 16
+#define PLAID_CIPHER_AEGIS_256X4 2
 
 /**
  * Tensors loaded by `plaid_deserializer_load_cuda` into one device allocation made by
@@ -1491,8 +1488,8 @@ plaid_status plaid_write_options_set_storage(struct plaid_write_options *options
                                              const char *value);
 
 /**
- * Encrypt the tensor data with the raw 32-byte `key`: AES-256-GCM per checksum block
- * under a key of the file's own (`docs/FORMAT.md` section 13); names, shapes, dtypes and
+ * Encrypt the tensor data with the raw 32-byte `key`: AEGIS-256X4 (or AES-256-GCM, see
+ * `plaid_write_options_set_cipher`) per checksum block under a key of the file's own (`docs/FORMAT.md` section 13); names, shapes, dtypes and
  * metadata stay readable. `NULL, 0` clears the key material. A key of any other length,
  * or a key while a passphrase is set, is `PLAID_ERR_INVALID_ARGUMENT`. plaid keeps a
  * copy, zeroed when the options (and every serializer made with them) are freed; the
@@ -1535,6 +1532,16 @@ plaid_status plaid_write_options_set_passphrase(struct plaid_write_options *opti
 plaid_status plaid_write_options_set_passphrase_limits(struct plaid_write_options *options,
                                                        uint64_t passes,
                                                        uint64_t memory);
+
+/**
+ * The cipher that encrypts the data when a key or a passphrase is set:
+ * `PLAID_CIPHER_AEGIS_256X4` (the default) or `PLAID_CIPHER_AES_256_GCM`; any other value
+ * is `PLAID_ERR_INVALID_ARGUMENT`. Readers need not be told: the file records it.
+ *
+ * # Safety
+ * `options` is NULL (an error) or a live handle.
+ */
+plaid_status plaid_write_options_set_cipher(struct plaid_write_options *options, uint32_t cipher);
 
 #ifdef __cplusplus
 }  // extern "C"

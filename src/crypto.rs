@@ -38,8 +38,6 @@ pub(crate) const DEFAULT_KDF_PASSES: u64 = 3;
 pub(crate) const DEFAULT_KDF_MEMORY: u64 = 256 << 20;
 /// Bytes of a GCM tag.
 pub(crate) const TAG_LEN: usize = 16;
-/// HKDF's `info` for a plaid file key.
-const FILE_KEY_INFO: &[u8] = b"plaid v1 AES-256-GCM file key";
 /// The associated data of the key check.
 const KEY_CHECK_AAD: &[u8] = b"plaid key check";
 
@@ -61,7 +59,7 @@ pub(crate) struct Secret {
     derived: Arc<Mutex<Vec<(Kdf, Key)>>>,
     /// The AES-GCM keys of plaid files opened so far, by their salt (checked against the
     /// file's key check before they were kept).
-    files: Arc<Mutex<Vec<([u8; 32], Arc<GcmKey>)>>>,
+    files: Arc<Mutex<Vec<([u8; 32], Arc<FileKey>)>>>,
 }
 
 impl std::fmt::Debug for Secret {
@@ -135,23 +133,24 @@ impl Secret {
     /// A new file's encryption, for a writer: fresh salts and nonce base from the
     /// operating system, the key (derived from the passphrase with `passes` and `memory`
     /// where there is one), or `None` without key material.
-    pub(crate) fn sealer(&self, passes: u64, memory: u64) -> Result<Option<Sealer>> {
+    pub(crate) fn sealer(&self, cipher: u32, passes: u64, memory: u64) -> Result<Option<Sealer>> {
         let Some((master, kdf)) = self.master(passes, memory)? else {
             return Ok(None);
         };
         let mut salt = [0u8; 32];
-        let mut nonce_base = [0u8; 12];
+        let mut nonce_base = [0u8; 32];
+        let nonce_len = nonce_len(cipher);
         random(&mut salt)?;
-        random(&mut nonce_base)?;
-        let key = file_key(&master, &salt);
+        random(&mut nonce_base[..nonce_len])?;
+        let key = file_key(&master, &salt, cipher);
         let check = key_check(&key, &nonce_base);
         Ok(Some(Sealer {
             key: Arc::new(key),
             nonce_base,
             header: proto::Encryption {
-                cipher: crate::format::plaid::CIPHER_AES_256_GCM,
+                cipher,
                 salt: salt.to_vec(),
-                nonce_base: nonce_base.to_vec(),
+                nonce_base: nonce_base[..nonce_len].to_vec(),
                 passphrase: kdf.map(|kdf| proto::Passphrase {
                     passes: kdf.opslimit,
                     memory: kdf.memlimit,
@@ -189,7 +188,7 @@ impl Secret {
         file: &str,
         tensor: &TensorInfo,
         encryption: &PlaidEncryption,
-    ) -> Result<Arc<GcmKey>> {
+    ) -> Result<Arc<FileKey>> {
         if let Some((_, key)) = self
             .files
             .lock()
@@ -199,7 +198,7 @@ impl Secret {
             return Ok(key.clone());
         }
         let master = self.key_for(file, tensor, encryption.kdf.as_ref())?;
-        let key = file_key(&master, &encryption.salt);
+        let key = file_key(&master, &encryption.salt, encryption.cipher);
         if key_check(&key, &encryption.nonce_base) != encryption.key_check {
             let what = match self.material {
                 Some(Material::Passphrase(_)) => "passphrase",
@@ -352,19 +351,117 @@ impl Drop for GcmKey {
     }
 }
 
-/// A plaid file's key: HKDF-SHA256 of the master key with the file's salt (RustCrypto's
-/// `hkdf`, whose SHA-256 is the one that checks tensorizer's hashes).
-fn file_key(master: &[u8; KEY_LEN], salt: &[u8; 32]) -> GcmKey {
+/// Bytes of cipher `cipher`'s nonce.
+fn nonce_len(cipher: u32) -> usize {
+    match cipher {
+        crate::format::plaid::CIPHER_AES_256_GCM => 12,
+        _ => 32,
+    }
+}
+
+/// A plaid file's key, ready for its cipher.
+pub(crate) enum FileKey {
+    /// AES-256-GCM (ring's), its key schedule zeroed when dropped.
+    Gcm(GcmKey),
+    /// AEGIS-256X4 (libaegis), the key zeroed when dropped.
+    Aegis(Key),
+}
+
+impl FileKey {
+    /// Encrypt `bytes` in place with `nonce` (the cipher takes as many of its bytes as
+    /// it uses) and associated data `aad`; the tag.
+    fn seal(&self, nonce: &[u8; 32], aad: &[u8], bytes: &mut [u8]) -> [u8; TAG_LEN] {
+        match self {
+            FileKey::Gcm(key) => {
+                let mut gcm = [0u8; 12];
+                gcm.copy_from_slice(&nonce[..12]);
+                let tag = key
+                    .0
+                    .seal_in_place_separate_tag(
+                        GcmNonce::assume_unique_for_key(gcm),
+                        Aad::from(aad),
+                        bytes,
+                    )
+                    .unwrap_or_else(|_| unreachable!("a block under 64 GiB always seals"));
+                let mut out = [0u8; TAG_LEN];
+                out.copy_from_slice(tag.as_ref());
+                out
+            }
+            FileKey::Aegis(key) => aegis::aegis256x4::Aegis256X4::<TAG_LEN>::new(key, nonce)
+                .encrypt_in_place(bytes, aad),
+        }
+    }
+
+    /// Authenticate and decrypt `src` into `dst` (as long) in one pass where the cipher
+    /// can (AEGIS-256X4: libaegis's incremental decryptor, which keeps the plaintext out of
+    /// reach until the tag checks); false (and unspecified bytes in `dst`) when the tag
+    /// does not match.
+    fn open_from(
+        &self,
+        nonce: &[u8; 32],
+        aad: &[u8],
+        tag: &[u8; TAG_LEN],
+        src: &[u8],
+        dst: &mut [u8],
+    ) -> bool {
+        match self {
+            FileKey::Gcm(_) => {
+                dst.copy_from_slice(src);
+                self.open(nonce, aad, tag, dst)
+            }
+            FileKey::Aegis(key) => {
+                let cipher = aegis::aegis256x4::Aegis256X4::<TAG_LEN>::new(key, nonce);
+                let mut decryptor = cipher.decryptor(aad, dst);
+                decryptor.update(src).is_ok() && decryptor.finalize(tag).is_ok()
+            }
+        }
+    }
+
+    /// Authenticate and decrypt `bytes` in place; false (and unspecified bytes) when the
+    /// tag does not match.
+    fn open(&self, nonce: &[u8; 32], aad: &[u8], tag: &[u8; TAG_LEN], bytes: &mut [u8]) -> bool {
+        match self {
+            FileKey::Gcm(key) => {
+                let mut gcm = [0u8; 12];
+                gcm.copy_from_slice(&nonce[..12]);
+                key.0
+                    .open_in_place_separate_tag(
+                        GcmNonce::assume_unique_for_key(gcm),
+                        Aad::from(aad),
+                        ring::aead::Tag::from(*tag),
+                        bytes,
+                        0..,
+                    )
+                    .is_ok()
+            }
+            FileKey::Aegis(key) => aegis::aegis256x4::Aegis256X4::<TAG_LEN>::new(key, nonce)
+                .decrypt_in_place(bytes, tag, aad)
+                .is_ok(),
+        }
+    }
+}
+
+/// A plaid file's key: HKDF-SHA256 of the master key with the file's salt, the info
+/// naming the cipher (RustCrypto's `hkdf`, whose SHA-256 is the one that checks
+/// tensorizer's hashes).
+fn file_key(master: &[u8; KEY_LEN], salt: &[u8; 32], cipher: u32) -> FileKey {
+    let info: &[u8] = match cipher {
+        crate::format::plaid::CIPHER_AES_256_GCM => b"plaid v1 AES-256-GCM file key",
+        _ => b"plaid v1 AEGIS-256X4 file key",
+    };
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
     hkdf::Hkdf::<sha2::Sha256>::new(Some(salt), master)
-        .expand(FILE_KEY_INFO, &mut key[..])
+        .expand(info, &mut key[..])
         .unwrap_or_else(|_| unreachable!("32 bytes is a valid HKDF-SHA256 output"));
-    GcmKey::new(&key)
+    match cipher {
+        crate::format::plaid::CIPHER_AES_256_GCM => FileKey::Gcm(GcmKey::new(&key)),
+        _ => FileKey::Aegis(key),
+    }
 }
 
 /// Block `block` of tensor `index`'s nonce: the file's base with the tensor's index XORed
 /// into bytes 0..4 and the block's into bytes 4..12, little-endian.
-fn gcm_nonce(base: &[u8; 12], index: u32, block: u64) -> GcmNonce {
+fn block_nonce(base: &[u8; 32], index: u32, block: u64) -> [u8; 32] {
     let mut nonce = *base;
     for (n, b) in nonce
         .iter_mut()
@@ -372,22 +469,16 @@ fn gcm_nonce(base: &[u8; 12], index: u32, block: u64) -> GcmNonce {
     {
         *n ^= b;
     }
-    GcmNonce::assume_unique_for_key(nonce)
+    nonce
 }
 
 /// The tag of the empty message under `key` with the key check's nonce and associated data.
-fn key_check(key: &GcmKey, base: &[u8; 12]) -> [u8; TAG_LEN] {
-    let tag = key
-        .0
-        .seal_in_place_separate_tag(
-            gcm_nonce(base, u32::MAX, u64::MAX),
-            Aad::from(KEY_CHECK_AAD),
-            &mut [],
-        )
-        .unwrap_or_else(|_| unreachable!("an empty message always seals"));
-    let mut out = [0u8; TAG_LEN];
-    out.copy_from_slice(tag.as_ref());
-    out
+fn key_check(key: &FileKey, base: &[u8; 32]) -> [u8; TAG_LEN] {
+    key.seal(
+        &block_nonce(base, u32::MAX, u64::MAX),
+        KEY_CHECK_AAD,
+        &mut [],
+    )
 }
 
 /// The associated data of a tensor's blocks, with the block's offset at bytes 8..16 (set
@@ -415,8 +506,8 @@ pub(crate) fn tensor_aad(
 /// What a writer encrypts a plaid file with: its key and nonce base, and the header field
 /// that records them.
 pub(crate) struct Sealer {
-    key: Arc<GcmKey>,
-    nonce_base: [u8; 12],
+    key: Arc<FileKey>,
+    nonce_base: [u8; 32],
     /// The header's `encryption` field.
     pub(crate) header: proto::Encryption,
 }
@@ -442,16 +533,9 @@ impl Sealer {
         {
             let j = at / block_size + k as u64;
             aad[8..16].copy_from_slice(&(j * block_size).to_le_bytes());
-            let sealed = self
+            *tag = self
                 .key
-                .0
-                .seal_in_place_separate_tag(
-                    gcm_nonce(&self.nonce_base, index as u32, j),
-                    Aad::from(&aad[..]),
-                    block,
-                )
-                .unwrap_or_else(|_| unreachable!("a block under 64 GiB always seals"));
-            tag.copy_from_slice(sealed.as_ref());
+                .seal(&block_nonce(&self.nonce_base, index as u32, j), &aad, block);
         }
     }
 }
@@ -465,10 +549,10 @@ enum Cipher {
         nonce: [u8; 24],
         macs: Arc<[[u8; 16]]>,
     },
-    /// plaid's blocks: AES-256-GCM under the file's key.
-    Gcm {
-        key: Arc<GcmKey>,
-        nonce_base: [u8; 12],
+    /// plaid's blocks: AEGIS-256X4 or AES-256-GCM under the file's key.
+    Plaid {
+        key: Arc<FileKey>,
+        nonce_base: [u8; 32],
         index: u32,
         tags: Arc<[[u8; TAG_LEN]]>,
         aad: Vec<u8>,
@@ -518,7 +602,7 @@ impl Decrypt {
                 file: plaid,
             } => {
                 let key = secret.file_key_for(file, tensor, plaid)?;
-                let cipher = Cipher::Gcm {
+                let cipher = Cipher::Plaid {
                     key,
                     nonce_base: plaid.nonce_base,
                     index: tensor.index as u32,
@@ -567,67 +651,41 @@ impl Decrypt {
     }
 }
 
-impl Transform for Decrypt {
-    fn apply(&mut self, at: u64, bytes: &mut [u8]) -> Result<()> {
+impl Decrypt {
+    /// Authenticate and decrypt the whole chunks (the last one shorter) of the stored bytes
+    /// from offset `at` on: `open(chunk index, chunk's range in the piece)` decrypts one.
+    /// A chunk that fails is zeroed in `out` and reported, naming the tensor, the chunk and
+    /// its file offset.
+    fn chunks(
+        &mut self,
+        at: u64,
+        len: usize,
+        out: &mut [u8],
+        open: &mut dyn FnMut(&mut Cipher, u64, std::ops::Range<usize>, &mut [u8]) -> bool,
+    ) -> Result<()> {
         if !at.is_multiple_of(self.chunk_size) {
             return Err(Error::invalid(format!(
                 "{}: tensor '{}': decryption fed at offset {at}, inside a chunk (a bug in plaid)",
                 self.file, self.tensor
             )));
         }
-        for (k, chunk) in bytes.chunks_mut(self.chunk_size as usize).enumerate() {
+        let size = self.chunk_size as usize;
+        for k in 0..len.div_ceil(size) {
+            let range = k * size..((k + 1) * size).min(len);
             let i = at / self.chunk_size + k as u64;
-            let start = i * self.chunk_size;
-            let end = start + chunk.len() as u64;
-            let opened = match &mut self.cipher {
-                Cipher::Secretbox {
-                    cipher,
-                    nonce,
-                    macs,
-                } => match macs.get(i as usize) {
-                    Some(mac) => cipher
-                        .decrypt_in_place_detached(
-                            Nonce::from_slice(&Self::nonce(nonce, i)),
-                            b"",
-                            chunk,
-                            Tag::from_slice(mac),
-                        )
-                        .is_ok(),
-                    None => false,
-                },
-                Cipher::Gcm {
-                    key,
-                    nonce_base,
-                    index,
-                    tags,
-                    aad,
-                } => match tags.get(i as usize) {
-                    Some(tag) => {
-                        aad[8..16].copy_from_slice(&start.to_le_bytes());
-                        key.0
-                            .open_in_place_separate_tag(
-                                gcm_nonce(nonce_base, *index, i),
-                                Aad::from(&aad[..]),
-                                ring::aead::Tag::from(*tag),
-                                chunk,
-                                0..,
-                            )
-                            .is_ok()
-                    }
-                    None => false,
-                },
-            };
-            if opened {
+            if open(&mut self.cipher, i, range.clone(), &mut out[range.clone()]) {
                 continue;
             }
-            // Nothing of a block that failed is handed out.
-            chunk.fill(0);
+            // Nothing of a chunk that failed is handed out.
+            out[range.clone()].fill(0);
+            let start = i * self.chunk_size;
+            let end = start + range.len() as u64;
             let (what, why) = match self.cipher {
                 Cipher::Secretbox { .. } => (
                     "chunk",
                     "a wrong key or passphrase, or damaged ciphertext",
                 ),
-                Cipher::Gcm { .. } => (
+                Cipher::Plaid { .. } => (
                     "block",
                     "the key is right (the file's key check passes), so the block was damaged or moved from elsewhere",
                 ),
@@ -640,6 +698,75 @@ impl Transform for Decrypt {
             )));
         }
         Ok(())
+    }
+}
+
+impl Transform for Decrypt {
+    fn apply(&mut self, at: u64, bytes: &mut [u8]) -> Result<()> {
+        let size = self.chunk_size;
+        self.chunks(
+            at,
+            bytes.len(),
+            bytes,
+            &mut |cipher, i, _, chunk| match cipher {
+                Cipher::Secretbox {
+                    cipher,
+                    nonce,
+                    macs,
+                } => macs.get(i as usize).is_some_and(|mac| {
+                    cipher
+                        .decrypt_in_place_detached(
+                            Nonce::from_slice(&Decrypt::nonce(nonce, i)),
+                            b"",
+                            chunk,
+                            Tag::from_slice(mac),
+                        )
+                        .is_ok()
+                }),
+                Cipher::Plaid {
+                    key,
+                    nonce_base,
+                    index,
+                    tags,
+                    aad,
+                } => tags.get(i as usize).is_some_and(|tag| {
+                    aad[8..16].copy_from_slice(&(i * size).to_le_bytes());
+                    key.open(&block_nonce(nonce_base, *index, i), aad, tag, chunk)
+                }),
+            },
+        )
+    }
+
+    fn apply_from(&mut self, at: u64, src: &[u8], dst: &mut [u8]) -> Result<()> {
+        if matches!(self.cipher, Cipher::Secretbox { .. }) {
+            dst.copy_from_slice(src);
+            return self.apply(at, dst);
+        }
+        let size = self.chunk_size;
+        self.chunks(
+            at,
+            src.len(),
+            dst,
+            &mut |cipher, i, range, chunk| match cipher {
+                Cipher::Plaid {
+                    key,
+                    nonce_base,
+                    index,
+                    tags,
+                    aad,
+                } => tags.get(i as usize).is_some_and(|tag| {
+                    aad[8..16].copy_from_slice(&(i * size).to_le_bytes());
+                    key.open_from(
+                        &block_nonce(nonce_base, *index, i),
+                        aad,
+                        tag,
+                        &src[range],
+                        chunk,
+                    )
+                }),
+                Cipher::Secretbox { .. } => false,
+            },
+        )
     }
 
     fn boxed_clone(&self) -> Box<dyn Transform> {
@@ -667,21 +794,27 @@ mod tests {
     }
 
     #[test]
-    fn gcm_nonces_put_the_tensor_and_block_in_their_places() {
-        let base = [0x11u8; 12];
-        let n = gcm_nonce(&base, 0x0403_0201, 0x0c0b_0a09_0807_0605);
+    fn block_nonces_put_the_tensor_and_block_in_their_places() {
+        let base = [0x11u8; 32];
+        let n = block_nonce(&base, 0x0403_0201, 0x0c0b_0a09_0807_0605);
         let mut expected = base;
         for (e, x) in expected.iter_mut().zip(1u8..=12) {
             *e ^= x;
         }
-        assert_eq!(n.as_ref(), &expected);
+        assert_eq!(n, expected);
     }
 
     #[test]
     fn sealed_blocks_open_only_in_their_place() {
+        for cipher in [1, 2] {
+            sealed_blocks_open_only_in_their_place_with(cipher);
+        }
+    }
+
+    fn sealed_blocks_open_only_in_their_place_with(cipher: u32) {
         let mut secret = Secret::default();
         secret.set_key(Some(&[7u8; 32])).unwrap();
-        let sealer = secret.sealer(1, MIN_KDF_MEMORY).unwrap().unwrap();
+        let sealer = secret.sealer(cipher, 1, MIN_KDF_MEMORY).unwrap().unwrap();
         let aad = tensor_aad(3, 10_000, DType::U8, &[10_000], "w");
         let plain: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
         let mut sealed = plain.clone();
@@ -690,7 +823,7 @@ mod tests {
         assert_ne!(sealed, plain);
         let key = sealer.key.clone();
         let stage = |index: u32, tags: Vec<[u8; TAG_LEN]>| Decrypt {
-            cipher: Cipher::Gcm {
+            cipher: Cipher::Plaid {
                 key: key.clone(),
                 nonce_base: sealer.nonce_base,
                 index,

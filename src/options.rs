@@ -315,6 +315,8 @@ pub struct WriteOptions {
     pub(crate) kdf_passes: u64,
     /// Argon2id memory for a passphrase, in bytes.
     pub(crate) kdf_memory: u64,
+    /// The cipher of an encrypted file: `format::plaid::CIPHER_*`.
+    pub(crate) cipher: u32,
 }
 
 impl Default for WriteOptions {
@@ -328,6 +330,7 @@ impl Default for WriteOptions {
             secret: Default::default(),
             kdf_passes: crate::crypto::DEFAULT_KDF_PASSES,
             kdf_memory: crate::crypto::DEFAULT_KDF_MEMORY,
+            cipher: crate::format::plaid::CIPHER_AEGIS_256X4,
         }
     }
 }
@@ -372,8 +375,9 @@ impl WriteOptions {
         &self.storage
     }
 
-    /// Encrypt the tensor data with `key` (32 bytes), AES-256-GCM under a key of the file's
-    /// own (`docs/FORMAT.md` section 13); `None` clears the key material. A key of another
+    /// Encrypt the tensor data with `key` (32 bytes): AEGIS-256X4 or AES-256-GCM
+    /// ([`WriteOptions::cipher`]) under a key of the file's own (`docs/FORMAT.md` section
+    /// 13); `None` clears the key material. A key of another
     /// length, or a key while a passphrase is set, is `InvalidArgument`. The key is zeroed
     /// in memory when the options (and every copy of them) are dropped.
     pub fn key(mut self, key: Option<&[u8]>) -> Result<Self> {
@@ -408,6 +412,22 @@ impl WriteOptions {
         }
         self.kdf_passes = passes;
         self.kdf_memory = memory;
+        Ok(self)
+    }
+
+    /// The cipher that encrypts the data when a key or a passphrase is set:
+    /// [`CIPHER_AEGIS_256X4`](crate::format::plaid::CIPHER_AEGIS_256X4) (the default,
+    /// about four times as fast to decrypt here) or
+    /// [`CIPHER_AES_256_GCM`](crate::format::plaid::CIPHER_AES_256_GCM) (for deployments
+    /// that must use a NIST cipher); any other value is `InvalidArgument`.
+    pub fn cipher(mut self, cipher: u32) -> Result<Self> {
+        use crate::format::plaid::{CIPHER_AEGIS_256X4, CIPHER_AES_256_GCM};
+        if cipher != CIPHER_AES_256_GCM && cipher != CIPHER_AEGIS_256X4 {
+            return Err(Error::invalid(format!(
+                "cipher {cipher}: {CIPHER_AES_256_GCM} is AES-256-GCM, {CIPHER_AEGIS_256X4} AEGIS-256X4"
+            )));
+        }
+        self.cipher = cipher;
         Ok(self)
     }
 

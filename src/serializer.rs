@@ -347,10 +347,11 @@ impl<'a> Serializer<'a> {
         };
         let started = Instant::now();
         let block_size = self.options.checksum_block_size;
-        let sealer = self
-            .options
-            .secret
-            .sealer(self.options.kdf_passes, self.options.kdf_memory)?;
+        let sealer = self.options.secret.sealer(
+            self.options.cipher,
+            self.options.kdf_passes,
+            self.options.kdf_memory,
+        )?;
         let encryption = sealer.as_ref().map(|s| &s.header);
         let plan = |crcs: Vec<Vec<u32>>, tags: Vec<Vec<u8>>| planned(&self.tensors, crcs, tags);
         // The checksums (and tags) are fixed-width in the header, so the layout is known
@@ -639,7 +640,7 @@ fn finish_remote(
     let block = usize::try_from(block_size).unwrap_or(usize::MAX);
     let sealer = options
         .secret
-        .sealer(options.kdf_passes, options.kdf_memory)?;
+        .sealer(options.cipher, options.kdf_passes, options.kdf_memory)?;
     let threads = options.worker_threads();
     let mut tags = no_tags(tensors, block_size, false);
     let mut crcs = match sealer {

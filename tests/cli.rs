@@ -414,9 +414,10 @@ fn plaid_encryption_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let plain = dir.path().join("plain.plaid");
     let data: Vec<u8> = (0..100_000u32).map(|i| (i * 31 % 251) as u8).collect();
-    let mut w = plaid::Serializer::create(&plain, plaid::WriteOptions::default().sync(false))
+    let mut w =
+        plaid::Serializer::create(&plain, plaid::WriteOptions::default().sync(false)).unwrap();
+    w.add_tensor("w", plaid::DType::U8, &[100, 1000], &data)
         .unwrap();
-    w.add_tensor("w", plaid::DType::U8, &[100, 1000], &data).unwrap();
     w.finish().unwrap();
     let run = |args: &[&str], env: &[(&str, &str)]| {
         let out = Command::new(env!("CARGO_BIN_EXE_plaid"))
@@ -439,11 +440,27 @@ fn plaid_encryption_from_the_command_line() {
     std::fs::write(&key_file, key_hex).unwrap();
     let p = |path: &std::path::Path| path.to_str().unwrap().to_owned();
     let enc = dir.path().join("enc.plaid");
+    // AES-256-GCM on request, then the default (AEGIS-256X4) over it.
+    for cipher in ["aes-256-gcm", "aegis-256x4"] {
+        let (ok, out) = run(
+            &[
+                "convert",
+                &p(&plain),
+                &p(&enc),
+                "--encrypt-key-file",
+                &p(&key_file),
+                "--cipher",
+                cipher,
+            ],
+            &[],
+        );
+        assert!(ok, "{out}");
+    }
     let (ok, out) = run(
-        &["convert", &p(&plain), &p(&enc), "--encrypt-key-file", &p(&key_file)],
-        &[],
+        &["convert", &p(&plain), &p(&enc), "--cipher", "rot13"],
+        &[("PLAID_ENCRYPT_KEY", key_hex)],
     );
-    assert!(ok, "{out}");
+    assert!(!ok && out.contains("rot13"), "{out}");
     assert!(!std::fs::read(&enc)
         .unwrap()
         .windows(64)
@@ -468,12 +485,26 @@ fn plaid_encryption_from_the_command_line() {
     // tensorizer's encryption.
     let pw = dir.path().join("pw.plaid");
     let (ok, out) = run(
-        &["convert", &p(&enc), &p(&pw), "--kdf-passes", "1", "--kdf-memory", "65536"],
-        &[("PLAID_KEY", key_hex), ("PLAID_ENCRYPT_PASSPHRASE", "sesame")],
+        &[
+            "convert",
+            &p(&enc),
+            &p(&pw),
+            "--kdf-passes",
+            "1",
+            "--kdf-memory",
+            "65536",
+        ],
+        &[
+            ("PLAID_KEY", key_hex),
+            ("PLAID_ENCRYPT_PASSPHRASE", "sesame"),
+        ],
     );
     assert!(ok, "{out}");
-    let d = Deserializer::open(&pw, ReadOptions::default().passphrase(Some(b"sesame")).unwrap())
-        .unwrap();
+    let d = Deserializer::open(
+        &pw,
+        ReadOptions::default().passphrase(Some(b"sesame")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(d.read_tensor(0).unwrap(), data);
     let tz = dir.path().join("enc.tensors");
     let (ok, out) = run(
@@ -491,5 +522,8 @@ fn plaid_encryption_from_the_command_line() {
         &["convert", &p(&plain), &p(&st)],
         &[("PLAID_ENCRYPT_KEY", key_hex)],
     );
-    assert!(!ok && out.contains("cannot be encrypted") && !st.exists(), "{out}");
+    assert!(
+        !ok && out.contains("cannot be encrypted") && !st.exists(),
+        "{out}"
+    );
 }

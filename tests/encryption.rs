@@ -57,8 +57,28 @@ fn write(path: &Path, options: WriteOptions) -> Vec<(String, DType, Vec<u64>, Ve
     tensors
 }
 
+/// Both ciphers: AEGIS-256X4 (the default) and AES-256-GCM.
+const CIPHERS: [u32; 2] = [v1::CIPHER_AEGIS_256X4, v1::CIPHER_AES_256_GCM];
+
+thread_local! {
+    /// The cipher `keyed` writes with, set by `for_each_cipher`.
+    static CIPHER: std::cell::Cell<u32> = const { std::cell::Cell::new(v1::CIPHER_AEGIS_256X4) };
+}
+
+/// Run `test` once per cipher.
+fn for_each_cipher(test: impl Fn(u32)) {
+    for cipher in CIPHERS {
+        CIPHER.with(|c| c.set(cipher));
+        test(cipher);
+    }
+}
+
 fn keyed() -> WriteOptions {
-    WriteOptions::default().key(Some(&KEY)).unwrap()
+    WriteOptions::default()
+        .key(Some(&KEY))
+        .unwrap()
+        .cipher(CIPHER.with(|c| c.get()))
+        .unwrap()
 }
 
 fn read_key() -> ReadOptions {
@@ -97,6 +117,10 @@ fn open_bytes(bytes: Vec<u8>, options: ReadOptions) -> plaid::Result<Deserialize
 
 #[test]
 fn an_encrypted_file_round_trips_with_its_key_through_every_read_path() {
+    for_each_cipher(round_trip);
+}
+
+fn round_trip(cipher: u32) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.plaid");
     let tensors = write(&path, keyed());
@@ -115,7 +139,7 @@ fn an_encrypted_file_round_trips_with_its_key_through_every_read_path() {
             e.nonce_base.len(),
             e.key_check.len()
         ),
-        (1, 32, 12, 16)
+        (cipher, 32, if cipher == 1 { 12 } else { 32 }, 16)
     );
     assert!(e.passphrase.is_none());
     for (t, (_, _, _, data)) in h.tensors.iter().zip(&tensors) {
@@ -192,6 +216,10 @@ fn an_encrypted_file_round_trips_with_its_key_through_every_read_path() {
 
 #[test]
 fn no_key_a_wrong_key_and_a_passphrase_for_a_key_are_decrypt_errors_naming_the_tensor() {
+    for_each_cipher(|_| wrong_keys());
+}
+
+fn wrong_keys() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.plaid");
     write(&path, keyed());
@@ -292,6 +320,10 @@ fn a_passphrase_file_records_its_derivation_and_opens_only_with_the_passphrase()
 
 #[test]
 fn damaged_swapped_and_moved_blocks_fail_and_hand_out_nothing() {
+    for_each_cipher(|_| damaged_swapped_and_moved());
+}
+
+fn damaged_swapped_and_moved() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.plaid");
     let tensors = write(&path, keyed());
@@ -300,24 +332,30 @@ fn damaged_swapped_and_moved_blocks_fail_and_hand_out_nothing() {
     let w = &h.tensors[0];
     let at = w.offset as usize;
 
-    // A flipped ciphertext byte in block 1 of 'w': CHECKSUM when verifying (the CRC of
-    // the stored bytes), DECRYPT (authentication) when not, naming the tensor and block.
+    // A flipped ciphertext byte in block 1 of 'w': DECRYPT (authentication fails),
+    // verification on or off, naming the tensor, the block and its file offset. Without
+    // the key, verification finds it through the CRC of the stored bytes.
     let mut flipped = file.clone();
     flipped[at + 4096 + 17] ^= 0x20;
-    let d = open_bytes(flipped.clone(), read_key()).unwrap();
-    let e = common::load_all(&d).unwrap_err();
+    for verify in [true, false] {
+        let d = open_bytes(flipped.clone(), read_key().verify(verify)).unwrap();
+        let e = common::load_all(&d).unwrap_err();
+        assert!(matches!(e, Error::Decrypt(_)), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("'w'")
+                && msg.contains("block 1")
+                && msg.contains(&format!("file offset {}", at + 4096)),
+            "{msg}"
+        );
+        assert!(msg.contains("damaged or moved"), "{msg}");
+    }
+    let e = open_bytes(flipped, ReadOptions::default())
+        .unwrap()
+        .verify()
+        .unwrap_err();
     assert!(matches!(e, Error::Checksum { .. }), "{e}");
-    let d = open_bytes(flipped, read_key().verify(false)).unwrap();
-    let e = common::load_all(&d).unwrap_err();
-    assert!(matches!(e, Error::Decrypt(_)), "{e}");
-    let msg = e.to_string();
-    assert!(
-        msg.contains("'w'")
-            && msg.contains("block 1")
-            && msg.contains(&format!("file offset {}", at + 4096)),
-        "{msg}"
-    );
-    assert!(msg.contains("damaged or moved"), "{msg}");
+    assert!(e.to_string().contains("'w'"), "{e}");
 
     // Blocks 0 and 1 swapped, with their CRCs and tags: each is intact, neither is in its
     // place. Verification passes the CRCs; authentication does not.
@@ -395,6 +433,10 @@ fn unsafe_reborrow(out: &mut Vec<u8>) -> &'static mut [u8] {
 
 #[test]
 fn a_slice_of_an_encrypted_tensor_reads_and_decrypts_only_the_blocks_it_touches() {
+    for_each_cipher(|_| slices());
+}
+
+fn slices() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.plaid");
     // 64 rows of 4 KiB: one block per row.
@@ -544,7 +586,13 @@ fn hostile_encryption_fields_are_refused_at_open() {
     );
     refuse(&h, Some(3), true, "an unknown flag");
     refuse(
-        &edit(&|h| h.encryption.as_mut().unwrap().cipher = 2),
+        &edit(&|h| h.encryption.as_mut().unwrap().cipher = 1),
+        None,
+        false,
+        "AES-256-GCM with a 32-byte nonce base",
+    );
+    refuse(
+        &edit(&|h| h.encryption.as_mut().unwrap().cipher = 3),
         None,
         true,
         "another cipher",

@@ -314,6 +314,11 @@ public:
         check(plaid_write_options_set_passphrase(raw_, passphrase.data(), passphrase.size()));
         return *this;
     }
+    /// The cipher: `PLAID_CIPHER_AEGIS_256X4` (the default) or `PLAID_CIPHER_AES_256_GCM`.
+    WriteOptions &cipher(std::uint32_t cipher) {
+        check(plaid_write_options_set_cipher(raw_, cipher));
+        return *this;
+    }
     /// Argon2id cost for the passphrase (default 3 passes over 256 MiB).
     WriteOptions &passphrase_limits(std::uint64_t passes, std::uint64_t memory) {
         check(plaid_write_options_set_passphrase_limits(raw_, passes, memory));

@@ -105,6 +105,23 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The synthetic checkpoint written plain and encrypted (AES-256-GCM), each loaded
+    /// verified into the same buffers, alternately; prints the medians and the ratio of
+    /// their speeds, and fails unless both load the written bytes.
+    BenchEncryption {
+        /// Approximate size of the synthetic checkpoint in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        /// Timed rounds of each (after one warm-up of each).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Worker threads of each load.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Directory for the test files (default: the system's temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Write the synthetic model at FILE and upload it to URL (the setup of `bench
     /// --remote`).
     #[command(hide = true)]
@@ -158,6 +175,7 @@ enum Command {
 }
 
 mod bench;
+mod bench_encryption;
 #[cfg(feature = "remote")]
 mod bench_remote;
 mod bench_slices;
@@ -222,6 +240,12 @@ fn main() -> ExitCode {
             ranks,
             dir,
         } => bench_slices::bench_slices(size_mib, ranks, dir),
+        Command::BenchEncryption {
+            size_mib,
+            rounds,
+            threads,
+            dir,
+        } => bench_encryption::bench_encryption(size_mib, rounds, threads, dir),
         #[cfg(feature = "remote")]
         Command::BenchLoad {
             url,
@@ -731,6 +755,10 @@ struct EncryptKeys {
     /// trailing newline is dropped; else the environment's `PLAID_ENCRYPT_PASSPHRASE`).
     #[arg(long, value_name = "FILE")]
     encrypt_passphrase_file: Option<PathBuf>,
+    /// The cipher of an encrypted plaid output: aegis-256x4 (the default) or aes-256-gcm.
+    /// (A tensorizer output uses tensorizer's XSalsa20-Poly1305.)
+    #[arg(long, value_name = "CIPHER")]
+    cipher: Option<String>,
     /// Argon2id passes for the passphrase (default 3, as tensorizer's).
     #[arg(long, value_name = "N")]
     kdf_passes: Option<u64>,
@@ -755,6 +783,17 @@ impl EncryptKeys {
         }
         if let Some(passphrase) = passphrase {
             options = options.passphrase(Some(&passphrase))?;
+        }
+        if let Some(cipher) = &self.cipher {
+            options = options.cipher(match cipher.to_ascii_lowercase().as_str() {
+                "aegis-256x4" | "aegis256x4" => plaid::format::plaid::CIPHER_AEGIS_256X4,
+                "aes-256-gcm" | "aes256gcm" => plaid::format::plaid::CIPHER_AES_256_GCM,
+                other => {
+                    return Err(plaid::Error::InvalidArgument(format!(
+                        "cipher '{other}': aegis-256x4 or aes-256-gcm"
+                    )))
+                }
+            })?;
         }
         if self.kdf_passes.is_some() || self.kdf_memory.is_some() {
             options = options.passphrase_limits(

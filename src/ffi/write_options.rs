@@ -143,8 +143,8 @@ pub unsafe extern "C" fn plaid_write_options_set_storage(
     })
 }
 
-/// Encrypt the tensor data with the raw 32-byte `key`: AES-256-GCM per checksum block
-/// under a key of the file's own (`docs/FORMAT.md` section 13); names, shapes, dtypes and
+/// Encrypt the tensor data with the raw 32-byte `key`: AEGIS-256X4 (or AES-256-GCM, see
+/// `plaid_write_options_set_cipher`) per checksum block under a key of the file's own (`docs/FORMAT.md` section 13); names, shapes, dtypes and
 /// metadata stay readable. `NULL, 0` clears the key material. A key of any other length,
 /// or a key while a passphrase is set, is `PLAID_ERR_INVALID_ARGUMENT`. plaid keeps a
 /// copy, zeroed when the options (and every serializer made with them) are freed; the
@@ -216,6 +216,33 @@ pub unsafe extern "C" fn plaid_write_options_set_passphrase_limits(
         // call, as this function's `# Safety` requires.
         let o = unsafe { handle_mut(options, "options") }?;
         o.inner = o.inner.clone().passphrase_limits(passes, memory)?;
+        Ok(())
+    })
+}
+
+/// Cipher 1 of encrypted plaid files: AES-256-GCM (for deployments that must use a NIST
+/// cipher).
+pub const PLAID_CIPHER_AES_256_GCM: u32 = 1;
+/// Cipher 2 of encrypted plaid files: AEGIS-256X4, the default (about four times as fast to
+/// decrypt as AES-256-GCM on the machines measured; `BENCHMARKS.md`).
+pub const PLAID_CIPHER_AEGIS_256X4: u32 = 2;
+
+/// The cipher that encrypts the data when a key or a passphrase is set:
+/// `PLAID_CIPHER_AEGIS_256X4` (the default) or `PLAID_CIPHER_AES_256_GCM`; any other value
+/// is `PLAID_ERR_INVALID_ARGUMENT`. Readers need not be told: the file records it.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_write_options_set_cipher(
+    options: *mut plaid_write_options,
+    cipher: u32,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
+        let o = unsafe { handle_mut(options, "options") }?;
+        o.inner = o.inner.clone().cipher(cipher)?;
         Ok(())
     })
 }

@@ -72,8 +72,8 @@ pub enum Encryption {
         /// Where the key comes from a passphrase: how.
         kdf: Option<Kdf>,
     },
-    /// plaid's (`docs/FORMAT.md` section 13): each checksum block sealed by AES-256-GCM
-    /// under the file's key, with tag `tags[j]` for block `j`.
+    /// plaid's (`docs/FORMAT.md` section 13): each checksum block sealed by AEGIS-256X4 or
+    /// AES-256-GCM under the file's key, with tag `tags[j]` for block `j`.
     Plaid {
         /// Bytes per block (the file's checksum block size).
         block_size: u64,
@@ -87,10 +87,13 @@ pub enum Encryption {
 /// The file-wide part of a plaid file's encryption (its header's `encryption` field).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlaidEncryption {
+    /// The cipher: 1 AES-256-GCM, 2 AEGIS-256X4.
+    pub cipher: u32,
     /// The HKDF salt of the file key.
     pub salt: [u8; 32],
-    /// The base of every block's nonce.
-    pub nonce_base: [u8; 12],
+    /// The base of every block's nonce: 12 bytes for AES-256-GCM (then zeros), 32 for
+    /// AEGIS-256X4.
+    pub nonce_base: [u8; 32],
     /// Where the key comes from a passphrase: how.
     pub kdf: Option<Kdf>,
     /// The GCM tag of the empty message that tells a wrong key from damage.

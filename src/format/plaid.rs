@@ -42,8 +42,10 @@ pub const MIN_BLOCK_SIZE: u64 = 4096;
 pub const MAX_BLOCK_SIZE: u64 = 1 << 30;
 /// Preamble flag: the tensor data is encrypted (`docs/FORMAT.md` section 13).
 pub const FLAG_ENCRYPTED: u32 = 1;
-/// The one cipher defined: AES-256-GCM per checksum block.
+/// Cipher 1: AES-256-GCM per checksum block.
 pub const CIPHER_AES_256_GCM: u32 = 1;
+/// Cipher 2: AEGIS-256X4 per checksum block (the writer's default).
+pub const CIPHER_AEGIS_256X4: u32 = 2;
 /// Bytes of a GCM tag.
 pub const TAG_LEN: usize = 16;
 
@@ -393,24 +395,29 @@ fn validate_fields(
 /// Check the header's `encryption` field (checks 16b to 16d of `docs/FORMAT.md` 13.5).
 fn validate_encryption(e: proto::Encryption, file: &str) -> Result<PlaidEncryption> {
     let fail = |detail: String| Err(Error::format(file, PREAMBLE_LEN, detail));
-    if e.cipher != CIPHER_AES_256_GCM {
-        return Err(Error::Unsupported(format!(
-            "{file}: encrypted with cipher {}; this build knows only {CIPHER_AES_256_GCM} (AES-256-GCM)",
-            e.cipher
-        )));
-    }
-    let (Ok(salt), Ok(nonce_base), Ok(key_check)) = (
+    let nonce_len = match e.cipher {
+        CIPHER_AES_256_GCM => 12,
+        CIPHER_AEGIS_256X4 => 32,
+        other => {
+            return Err(Error::Unsupported(format!(
+                "{file}: encrypted with cipher {other}; this build knows {CIPHER_AES_256_GCM} (AES-256-GCM) and {CIPHER_AEGIS_256X4} (AEGIS-256X4)"
+            )))
+        }
+    };
+    let (Ok(salt), true, Ok(key_check)) = (
         <[u8; 32]>::try_from(e.salt.as_slice()),
-        <[u8; 12]>::try_from(e.nonce_base.as_slice()),
+        e.nonce_base.len() == nonce_len,
         <[u8; TAG_LEN]>::try_from(e.key_check.as_slice()),
     ) else {
         return fail(format!(
-            "encryption: a salt of {} bytes, a nonce base of {} and a key check of {} (32, 12 and 16 expected)",
+            "encryption: a salt of {} bytes, a nonce base of {} and a key check of {} (32, {nonce_len} and 16 expected)",
             e.salt.len(),
             e.nonce_base.len(),
             e.key_check.len()
         ));
     };
+    let mut nonce_base = [0u8; 32];
+    nonce_base[..nonce_len].copy_from_slice(&e.nonce_base);
     let kdf = match e.passphrase {
         None => None,
         Some(p) => {
@@ -442,6 +449,7 @@ fn validate_encryption(e: proto::Encryption, file: &str) -> Result<PlaidEncrypti
         }
     };
     Ok(PlaidEncryption {
+        cipher: e.cipher,
         salt,
         nonce_base,
         kdf,

@@ -84,17 +84,18 @@ impl<'r> Context<'r> {
     }
 
     fn chain<'t>(&'t self, tensor: &'t TensorInfo, start: u64, len: u64) -> Chain<'t> {
-        let chain = Chain::new(
-            self.source.name(),
-            tensor,
-            self.policy.verify,
-            start,
-            len,
-            &self.split,
-        );
+        let decrypt = self.decrypt.get(tensor.index).and_then(Option::as_ref);
+        let mut verify = self.policy.verify;
+        if decrypt.is_some_and(|d| !d.before_verification()) {
+            // plaid's CRCs cover the stored bytes, which the tag of each block
+            // authenticates: checking both would read every byte twice for nothing.
+            verify.on = false;
+        }
+        let chain = Chain::new(self.source.name(), tensor, verify, start, len, &self.split);
         // Decryption before verification where the file's checksums cover the plaintext
-        // (tensorizer's hashes), after it where they cover the stored bytes (plaid's CRCs).
-        match self.decrypt.get(tensor.index).and_then(Option::as_ref) {
+        // (tensorizer's hashes), after it where they cover the stored bytes (plaid's, whose
+        // tags make the CRCs redundant for a reader with the key).
+        match decrypt {
             Some(stage) if stage.before_verification() => chain.before(Box::new(stage.clone())),
             Some(stage) => chain.after(Box::new(stage.clone())),
             None => chain,

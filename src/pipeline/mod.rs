@@ -110,7 +110,9 @@ fn run(
     // a missing key fails the load here.
     // Verification only, without key material: plaid's CRCs cover the stored bytes, so
     // its encrypted tensors are checked as stored (tensorizer's hashes need the plaintext).
-    let stored_only = placed.iter().all(|(_, out, _)| matches!(out, Out::Scratch(_) | Out::Lent(_)))
+    let stored_only = placed
+        .iter()
+        .all(|(_, out, _)| matches!(out, Out::Scratch(_) | Out::Lent(_)))
         && !options.secret.is_set();
     let mut decrypt = Vec::new();
     if placed.iter().any(|(t, _, _)| t.encryption.is_some()) {

@@ -56,6 +56,12 @@ impl Verify {
 pub(crate) trait Transform: Send {
     /// Transform `bytes`, the stored bytes of the tensor from position `at` on.
     fn apply(&mut self, at: u64, bytes: &mut [u8]) -> Result<()>;
+    /// Transform `src` (lent, read-only) into `dst` (as long): [`Transform::apply`] on a
+    /// copy, unless the stage reads one and writes the other in a single pass.
+    fn apply_from(&mut self, at: u64, src: &[u8], dst: &mut [u8]) -> Result<()> {
+        dst.copy_from_slice(src);
+        self.apply(at, dst)
+    }
     /// A copy of this stage in its current state.
     fn boxed_clone(&self) -> Box<dyn Transform>;
     /// The bytes this stage must see whole (a cipher's chunk): it is fed pieces that start
@@ -163,11 +169,30 @@ impl<'t> Chain<'t> {
                 self.at += src.len() as u64;
                 return Ok(());
             }
+            if let [stage] = &mut self.after[..] {
+                // One stage after verification (decryption): each piece is checked where it
+                // lies, then transformed from there into the destination in one pass.
+                for (s, d) in src.chunks(piece).zip(dst.chunks_mut(piece)) {
+                    blocks.update(self.file, s)?;
+                    stage.apply_from(self.at, s, d)?;
+                    self.at += s.len() as u64;
+                }
+                return Ok(());
+            }
             for (s, d) in src.chunks(piece).zip(dst.chunks_mut(piece)) {
                 blocks.copy(self.file, s, d)?;
                 for stage in &mut self.after {
                     stage.apply(self.at, d)?;
                 }
+                self.at += s.len() as u64;
+            }
+            return Ok(());
+        }
+        if let (Check::Off, true, [stage]) =
+            (&self.check, self.before.is_empty(), &mut self.after[..])
+        {
+            for (s, d) in src.chunks(piece).zip(dst.chunks_mut(piece)) {
+                stage.apply_from(self.at, s, d)?;
                 self.at += s.len() as u64;
             }
             return Ok(());

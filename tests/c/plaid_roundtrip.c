@@ -1626,6 +1626,9 @@ static void test_encryption(void)
         goto out;
     }
     CHECK_OK(plaid_write_options_set_key(wo, NULL, 0));
+    /* The passphrase file with the other cipher: readers are not told, the file says. */
+    CHECK_STATUS(plaid_write_options_set_cipher(wo, 7), PLAID_ERR_INVALID_ARGUMENT);
+    CHECK_OK(plaid_write_options_set_cipher(wo, PLAID_CIPHER_AES_256_GCM));
     CHECK_OK(plaid_write_options_set_passphrase(wo, pw, sizeof pw - 1));
     CHECK_OK(plaid_write_options_set_passphrase_limits(wo, 1, 65536));
     if (!model_write(&m, by_pw.text, wo, NULL)) {

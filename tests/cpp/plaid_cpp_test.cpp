@@ -164,7 +164,7 @@ int main(int argc, char **argv) {
     {
         const std::string enc = std::string(argv[1]) + "/cpp_encrypted.plaid";
         plaid::WriteOptions wo;
-        wo.sync(false).passphrase(std::string("c++ secret\0with a NUL", 21)).passphrase_limits(1, 64 << 10);
+        wo.sync(false).cipher(PLAID_CIPHER_AES_256_GCM).passphrase(std::string("c++ secret\0with a NUL", 21)).passphrase_limits(1, 64 << 10);
         plaid::Serializer s = plaid::Serializer::create(enc, &wo);
         for (const auto &[name, bytes] : model.data) {
             s.add_tensor(name, dtype_of(name), model.shapes.at(name), bytes.data(), bytes.size());

@@ -430,12 +430,20 @@ def save(path, tensors, metadata=None, storage_options=None, format=None, encryp
 class Encryption:
     """Key material for writing (or reading) an encrypted file: a raw 32-byte ``key``, or a
     ``passphrase`` (str, UTF-8, or bytes) with the Argon2id cost ``passes`` over ``memory``
-    bytes (by default 3 and 256 MiB, tensorizer's defaults). plaid copies the material into
-    option handles that it zeroes when they are freed; Python's own copies are Python's."""
+    bytes (by default 3 and 256 MiB, tensorizer's defaults), and the ``cipher`` of a plaid
+    file: ``"aegis-256x4"`` (the default) or ``"aes-256-gcm"``. plaid copies the material
+    into option handles that it zeroes when they are freed; Python's own copies are
+    Python's."""
 
-    __slots__ = ("key", "passphrase", "passes", "memory")
+    __slots__ = ("key", "passphrase", "passes", "memory", "cipher")
 
-    def __init__(self, key=None, passphrase=None, passes=None, memory=None):
+    CIPHERS = {"aes-256-gcm": 1, "aegis-256x4": 2}
+
+    def __init__(self, key=None, passphrase=None, passes=None, memory=None, cipher=None):
+        if cipher is not None and cipher not in self.CIPHERS:
+            raise _lib.InvalidArgumentError(
+                f"cipher {cipher!r}: 'aegis-256x4' or 'aes-256-gcm'")
+        self.cipher = cipher
         if (key is None) == (passphrase is None):
             raise _lib.InvalidArgumentError("encryption: give a key or a passphrase, one of them")
         if key is not None:
@@ -450,7 +458,9 @@ class Encryption:
         self.memory = memory
 
     def apply(self, options):
-        """Set this material on a ``plaid_write_options`` handle."""
+        """Set this material (and cipher) on a ``plaid_write_options`` handle."""
+        if self.cipher is not None:
+            check(lib.plaid_write_options_set_cipher(options, self.CIPHERS[self.cipher]))
         if self.key is not None:
             check(lib.plaid_write_options_set_key(options, self.key, len(self.key)))
         else:
@@ -491,12 +501,14 @@ class Encryption:
         return "Encryption(<key>)" if self.key is not None else "Encryption(<passphrase>)"
 
 
-def encryption(key=None, passphrase=None):
-    """An `Encryption` from the ``key=``/``passphrase=`` arguments of the save functions, or
-    None when both are None."""
+def encryption(key=None, passphrase=None, cipher=None):
+    """An `Encryption` from the ``key=``/``passphrase=``/``cipher=`` arguments of the save
+    functions, or None when there is neither a key nor a passphrase."""
     if key is None and passphrase is None:
+        if cipher is not None:
+            raise _lib.InvalidArgumentError("cipher= without a key or a passphrase")
         return None
-    return Encryption(key=key, passphrase=passphrase)
+    return Encryption(key=key, passphrase=passphrase, cipher=cipher)
 
 
 def set_storage(setter, options, storage_options):

@@ -82,6 +82,7 @@ _SIGNATURES = [
     ("plaid_write_options_set_key", [_vp, ctypes.c_char_p, _size], _i32),
     ("plaid_write_options_set_passphrase", [_vp, ctypes.c_char_p, _size], _i32),
     ("plaid_write_options_set_passphrase_limits", [_vp, _u64, _u64], _i32),
+    ("plaid_write_options_set_cipher", [_vp, _u32], _i32),
     ("plaid_write_options_free", [_vp], None),
     ("plaid_serializer_new", [ctypes.c_char_p, _vp, ctypes.POINTER(_vp)], _i32),
     ("plaid_serializer_add_tensor",

@@ -44,14 +44,15 @@ def array_from(buffer, meta, dtype=None):
 
 
 def save_file(tensors, path, metadata=None, *, format=None, storage_options=None, key=None,
-              passphrase=None):
+              passphrase=None, cipher=None):
     """Write ``tensors`` (a dict of str to numpy arrays) and ``metadata`` (a dict of str to
     str) at ``path`` (or an ``s3://``/``gs://``/``az://`` URL, configured by the environment
     and ``storage_options``), atomically, with checksums, in the format ``format`` names
     (``"plaid"``, ``"safetensors"``, ``"tensorizer"``) or else the name does
     (``.safetensors``, ``.tensors``, else plaid's). ``key`` (32 bytes) or ``passphrase``
-    encrypts the tensor data (plaid's AES-256-GCM, or tensorizer's encryption for a
-    ``.tensors`` file); names, shapes and metadata stay readable."""
+    encrypts the tensor data (plaid's AEGIS-256X4, or AES-256-GCM with
+    ``cipher="aes-256-gcm"``; tensorizer's encryption for a ``.tensors`` file); names,
+    shapes and metadata stay readable."""
     items = []
     for name, array in tensors.items():
         if not isinstance(array, np.ndarray):
@@ -63,7 +64,7 @@ def save_file(tensors, path, metadata=None, *, format=None, storage_options=None
                       "shape": contiguous.shape, "address": contiguous.ctypes.data,
                       "nbytes": contiguous.nbytes, "keep": contiguous})
     _core.save(path, items, metadata, storage_options, format,
-               _core.encryption(key, passphrase))
+               _core.encryption(key, passphrase, cipher))
 
 
 def load_file(path, *, storage_options=None, tensors=None, key=None, passphrase=None):

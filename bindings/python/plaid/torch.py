@@ -278,7 +278,7 @@ def _items(tensors):
 
 
 def save_file(tensors, path, metadata=None, *, format=None, storage_options=None, key=None,
-              passphrase=None):
+              passphrase=None, cipher=None):
     """Write ``tensors`` (a dict of str to torch tensors, on the CPU or on CUDA devices) and
     ``metadata`` (str to str) at ``path``, atomically, with checksums: in the format
     ``format`` names (``"plaid"``, ``"safetensors"``, ``"tensorizer"``) or else the name
@@ -286,10 +286,10 @@ def save_file(tensors, path, metadata=None, *, format=None, storage_options=None
     CUDA tensors are copied out of device memory by plaid while it writes. ``path`` may be
     an ``s3://``/``gs://``/``az://`` URL (a multipart upload that completes only on
     success), configured from the environment and ``storage_options``. ``key`` (32 bytes)
-    or ``passphrase`` encrypts the tensor data (plaid's AES-256-GCM, or tensorizer's
-    encryption for a ``.tensors`` file)."""
+    or ``passphrase`` encrypts the tensor data (plaid's AEGIS-256X4, or AES-256-GCM with
+    ``cipher="aes-256-gcm"``; tensorizer's encryption for a ``.tensors`` file)."""
     _core.save(path, _items((n, t, {}) for n, t in tensors.items()), metadata,
-               storage_options, format, _core.encryption(key, passphrase))
+               storage_options, format, _core.encryption(key, passphrase, cipher))
 
 
 # ---- the tensorizer-style API ------------------------------------------------------------
@@ -395,7 +395,8 @@ class EncryptionParams:
     keep it), or ``EncryptionParams.from_string(passphrase, opslimit, memlimit)``: a key
     derived by Argon2id with a fresh salt for every file plaid writes (so ``.key`` is
     None; decrypt with ``DecryptionParams.from_string``). Pass it as
-    ``TensorSerializer(encryption=...)``. plaid's files use AES-256-GCM per checksum block
+    ``TensorSerializer(encryption=...)``. plaid's files use AEGIS-256X4 per checksum block,
+    or AES-256-GCM where ``cipher = "aes-256-gcm"`` is set on the params
     (``docs/FORMAT.md`` section 13)."""
 
     class OpsLimit(enum.IntEnum):
@@ -412,7 +413,7 @@ class EncryptionParams:
         MODERATE = 256 << 20
         SENSITIVE = 1 << 30
 
-    __slots__ = ("key", "passphrase", "opslimit", "memlimit")
+    __slots__ = ("key", "passphrase", "opslimit", "memlimit", "cipher")
 
     def __init__(self, key):
         if not isinstance(key, (bytes, bytearray, memoryview)):
@@ -422,7 +423,7 @@ class EncryptionParams:
             raise InvalidArgumentError(f"EncryptionParams: a key is 32 bytes, not {len(key)}")
         self.key = bytes(key)
         self.passphrase = None
-        self.opslimit = self.memlimit = None
+        self.opslimit = self.memlimit = self.cipher = None
 
     @classmethod
     def random(cls):
@@ -446,6 +447,7 @@ class EncryptionParams:
             bytes(source)
         params.opslimit = int(opslimit) if opslimit is not None else None
         params.memlimit = int(memlimit) if memlimit is not None else None
+        params.cipher = None
         return params
 
     def __repr__(self):
@@ -461,7 +463,8 @@ def _encryption_of(encryption):
         return None
     if isinstance(encryption, EncryptionParams):
         return _core.Encryption(key=encryption.key, passphrase=encryption.passphrase,
-                                passes=encryption.opslimit, memory=encryption.memlimit)
+                                passes=encryption.opslimit, memory=encryption.memlimit,
+                                cipher=encryption.cipher)
     if type(encryption).__name__ == "EncryptionParams" and hasattr(encryption, "key"):
         if getattr(encryption, "_algorithm", None) is not None:
             raise InvalidArgumentError(

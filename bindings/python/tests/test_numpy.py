@@ -355,6 +355,7 @@ def test_encrypted_files_round_trip_through_save_file_and_load_file(tmp_path):
                "ids": np.arange(9, dtype=np.int64), "s": np.array(1.5, dtype=np.float64)}
     key = bytes(range(32))
     for name, kwargs, read in (("k.plaid", {"key": key}, {"key": key}),
+                               ("g.plaid", {"key": key, "cipher": "aes-256-gcm"}, {"key": key}),
                                ("p.plaid", {"passphrase": "pw"}, {"passphrase": b"pw"}),
                                ("k.tensors", {"key": key}, {"key": key})):
         path = tmp_path / name
@@ -373,6 +374,8 @@ def test_encrypted_files_round_trip_through_save_file_and_load_file(tmp_path):
             pn.load_file(path, **wrong)
     with pytest.raises(plaid.InvalidArgumentError):
         pn.save_file(tensors, tmp_path / "short.plaid", key=b"short")
+    with pytest.raises(plaid.InvalidArgumentError):
+        pn.save_file(tensors, tmp_path / "short.plaid", key=key, cipher="rot13")
     with pytest.raises(plaid.InvalidArgumentError):
         pn.save_file(tensors, tmp_path / "x.safetensors", key=key)
     assert not (tmp_path / "short.plaid").exists()
