@@ -815,7 +815,7 @@ fn plaid_cases() -> Vec<Case> {
         b.bytes_with(|f| put_u16(f, 10, 2)),
         Refused(Kind::Format),
     );
-    for flags in [1u32, 0x8000_0000, u32::MAX] {
+    for flags in [2u32, 0x8000_0000, u32::MAX] {
         add(
             &format!("flags {flags:#x}"),
             b.bytes_with(|f| {
@@ -825,6 +825,15 @@ fn plaid_cases() -> Vec<Case> {
             Refused(Kind::Unsupported),
         );
     }
+    // The one flag defined (encrypted) without the header's encryption field: damage.
+    add(
+        "flags 0x1 (encrypted) without encryption in the header",
+        b.bytes_with(|f| {
+            put_u32(f, 24, 1);
+            fix_preamble_crc(f);
+        }),
+        Refused(Kind::Format),
+    );
     for (what, header_len) in [
         ("u64::MAX", u64::MAX),
         ("2^63", 1 << 63),

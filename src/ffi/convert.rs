@@ -30,9 +30,11 @@ pub unsafe extern "C" fn plaid_convert(
     output: *const c_char,
     format: *const c_char,
 ) -> plaid_status {
-    // SAFETY: the pointers are as `plaid_convert_with` requires, by this function's
-    // `# Safety`; NULL options are the defaults.
-    unsafe { plaid_convert_with(input, output, format, std::ptr::null(), std::ptr::null()) }
+    boundary::status(|| {
+        // SAFETY: the pointers are as `convert` requires, by this function's `# Safety`;
+        // NULL options are the defaults.
+        unsafe { convert(input, output, format, std::ptr::null(), std::ptr::null()) }
+    })
 }
 
 /// `plaid_convert` with options: `read` opens the input (NULL: the defaults), with the
@@ -54,31 +56,43 @@ pub unsafe extern "C" fn plaid_convert_with(
     read: *const plaid_read_options,
     write: *const plaid_write_options,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `input` and `output` are NULL (refused) or NUL-terminated strings, as this
-        // function's `# Safety` requires.
-        let (input, output) = unsafe { (c_str(input, "input")?, c_str(output, "output")?) };
-        let format = if format.is_null() {
-            None
-        } else {
-            // SAFETY: `format` is NULL (refused) or a NUL-terminated string, as this function's
-            // `# Safety` requires.
-            Some(unsafe { c_str(format, "format") }?)
-        };
-        // SAFETY: NULL or live handles, as this function's `# Safety` requires.
-        let read = unsafe { read.as_ref() }.map_or_else(ReadOptions::default, |o| o.inner.clone());
-        // SAFETY: as above.
-        let write =
-            unsafe { write.as_ref() }.map_or_else(WriteOptions::default, |o| o.inner.clone());
-        let format = format.unwrap_or(if output.ends_with(".safetensors") {
-            "safetensors"
-        } else if output.ends_with(".tensors") {
-            "tensorizer"
-        } else {
-            "plaid"
-        });
-        let source = Deserializer::open(input, read)?;
-        let out = std::path::Path::new(output);
-        crate::convert::to_format(&source, out, format, write, &mut |_, _| {})
-    })
+    // SAFETY: the pointers are as `convert` requires, by this function's `# Safety`.
+    boundary::status(|| unsafe { convert(input, output, format, read, write) })
+}
+
+/// Both conversions.
+///
+/// # Safety
+/// As `plaid_convert_with`.
+unsafe fn convert(
+    input: *const c_char,
+    output: *const c_char,
+    format: *const c_char,
+    read: *const plaid_read_options,
+    write: *const plaid_write_options,
+) -> crate::Result<()> {
+    // SAFETY: `input` and `output` are NULL (refused) or NUL-terminated strings, as this
+    // function's `# Safety` requires.
+    let (input, output) = unsafe { (c_str(input, "input")?, c_str(output, "output")?) };
+    let format = if format.is_null() {
+        None
+    } else {
+        // SAFETY: `format` is NULL (refused) or a NUL-terminated string, as this function's
+        // `# Safety` requires.
+        Some(unsafe { c_str(format, "format") }?)
+    };
+    // SAFETY: NULL or live handles, as this function's `# Safety` requires.
+    let read = unsafe { read.as_ref() }.map_or_else(ReadOptions::default, |o| o.inner.clone());
+    // SAFETY: as above.
+    let write = unsafe { write.as_ref() }.map_or_else(WriteOptions::default, |o| o.inner.clone());
+    let format = format.unwrap_or(if output.ends_with(".safetensors") {
+        "safetensors"
+    } else if output.ends_with(".tensors") {
+        "tensorizer"
+    } else {
+        "plaid"
+    });
+    let source = Deserializer::open(input, read)?;
+    let out = std::path::Path::new(output);
+    crate::convert::to_format(&source, out, format, write, &mut |_, _| {})
 }
