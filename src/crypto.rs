@@ -43,6 +43,13 @@ const KEY_CHECK_AAD: &[u8] = b"plaid key check";
 
 pub(crate) type Key = Zeroizing<[u8; KEY_LEN]>;
 
+/// A plaid file's key, by the file's salt.
+type FileKeyEntry = ([u8; 32], Arc<FileKey>);
+
+/// Decrypts one chunk: given the cipher, the chunk's index, its range in the piece and
+/// where its plaintext goes; false when it fails to authenticate.
+type OpenChunk<'a> = dyn FnMut(&mut Cipher, u64, std::ops::Range<usize>, &mut [u8]) -> bool + 'a;
+
 /// What decrypts: a raw key or a passphrase.
 #[derive(Clone)]
 enum Material {
@@ -59,7 +66,7 @@ pub(crate) struct Secret {
     derived: Arc<Mutex<Vec<(Kdf, Key)>>>,
     /// The AES-GCM keys of plaid files opened so far, by their salt (checked against the
     /// file's key check before they were kept).
-    files: Arc<Mutex<Vec<([u8; 32], Arc<FileKey>)>>>,
+    files: Arc<Mutex<Vec<FileKeyEntry>>>,
 }
 
 impl std::fmt::Debug for Secret {
@@ -361,8 +368,8 @@ fn nonce_len(cipher: u32) -> usize {
 
 /// A plaid file's key, ready for its cipher.
 pub(crate) enum FileKey {
-    /// AES-256-GCM (ring's), its key schedule zeroed when dropped.
-    Gcm(GcmKey),
+    /// AES-256-GCM (ring's), its key schedule zeroed when dropped (boxed: it is large).
+    Gcm(Box<GcmKey>),
     /// AEGIS-256X4 (libaegis), the key zeroed when dropped.
     Aegis(Key),
 }
@@ -454,7 +461,7 @@ fn file_key(master: &[u8; KEY_LEN], salt: &[u8; 32], cipher: u32) -> FileKey {
         .expand(info, &mut key[..])
         .unwrap_or_else(|_| unreachable!("32 bytes is a valid HKDF-SHA256 output"));
     match cipher {
-        crate::format::plaid::CIPHER_AES_256_GCM => FileKey::Gcm(GcmKey::new(&key)),
+        crate::format::plaid::CIPHER_AES_256_GCM => FileKey::Gcm(Box::new(GcmKey::new(&key))),
         _ => FileKey::Aegis(key),
     }
 }
@@ -661,7 +668,7 @@ impl Decrypt {
         at: u64,
         len: usize,
         out: &mut [u8],
-        open: &mut dyn FnMut(&mut Cipher, u64, std::ops::Range<usize>, &mut [u8]) -> bool,
+        open: &mut OpenChunk<'_>,
     ) -> Result<()> {
         if !at.is_multiple_of(self.chunk_size) {
             return Err(Error::invalid(format!(

@@ -294,6 +294,98 @@ fn child_device_paths() {
 }
 
 #[test]
+fn encrypted_files_into_device_memory_against_the_stand_in() {
+    run_child("child_encrypted_files", false, &[]);
+}
+
+/// Encrypted plaid files (both ciphers) into device memory: each block is decrypted and
+/// authenticated in the staging buffer before it is sent, mapped or read, verified or not;
+/// a damaged block fails the load naming its tensor; slices of encrypted tensors too.
+#[test]
+#[ignore = "run by encrypted_files_into_device_memory_against_the_stand_in with the stand-in driver"]
+fn child_encrypted_files() {
+    in_child();
+    let dir = tempfile::tempdir().unwrap();
+    let key = [9u8; 32];
+    for cipher in [
+        plaid::format::plaid::CIPHER_AEGIS_256X4,
+        plaid::format::plaid::CIPHER_AES_256_GCM,
+    ] {
+        let path = dir.path().join(format!("enc{cipher}.plaid"));
+        let data = random_bytes(3 << 20, cipher as u64);
+        let small = random_bytes(1000, 7);
+        let options = WriteOptions::default()
+            .sync(false)
+            .key(Some(&key))
+            .unwrap()
+            .cipher(cipher)
+            .unwrap()
+            .checksum_block_size(64 << 10)
+            .unwrap();
+        let mut s = Serializer::create(&path, options).unwrap();
+        s.add_tensor("w", DType::U8, &[48, 65536], &data).unwrap();
+        s.add_tensor("small", DType::U8, &[1000], &small).unwrap();
+        s.finish().unwrap();
+        for (mmap, verify) in [(true, true), (false, true), (true, false), (false, false)] {
+            let options = ReadOptions::default()
+                .key(Some(&key))
+                .unwrap()
+                .mmap(mmap)
+                .verify(verify)
+                .chunk_size(256 << 10)
+                .unwrap();
+            let d = Deserializer::open(&path, options).unwrap();
+            let loaded = load_to_device(&d, &|_| false).unwrap();
+            assert!(
+                loaded[0] == data && loaded[1] == small,
+                "cipher {cipher} mmap {mmap} verify {verify}"
+            );
+            let (_, _, _, misuse) = stats();
+            assert_eq!(misuse, 0);
+        }
+        // Rows 5..9 of "w" into device memory: only their blocks read and decrypted.
+        let d = Deserializer::open(&path, ReadOptions::default().key(Some(&key)).unwrap()).unwrap();
+        let mut out = vec![0u8; 4 * 65536];
+        let address = out.as_mut_ptr() as u64;
+        d.load(&mut |t: &TensorInfo| {
+            Ok(if t.name == "w" {
+                Destination::View(
+                    View::whole().slice(0, 5, 9),
+                    Box::new(Destination::Cuda {
+                        device: 0,
+                        address,
+                        capacity: 4 * 65536,
+                    }),
+                )
+            } else {
+                Destination::Skip
+            })
+        })
+        .unwrap();
+        assert!(out == data[5 * 65536..9 * 65536]);
+        // A damaged block: PLAID_ERR_DECRYPT naming the tensor, nothing of it sent.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let offset = d.tensors()[0].offset as usize;
+        bytes[offset + 200_000] ^= 1;
+        let damaged = dir.path().join(format!("damaged{cipher}.plaid"));
+        std::fs::write(&damaged, &bytes).unwrap();
+        let d = Deserializer::open(
+            &damaged,
+            ReadOptions::default()
+                .key(Some(&key))
+                .unwrap()
+                .verify(false),
+        )
+        .unwrap();
+        let e = load_to_device(&d, &|_| false).unwrap_err();
+        assert!(
+            matches!(e, Error::Decrypt(_)) && e.to_string().contains("'w'"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
 fn streamed_sources_into_device_memory_against_the_stand_in() {
     run_child("child_streamed_sources", false, &[]);
 }

@@ -925,14 +925,15 @@ pub fn encode_header(
     Ok(out)
 }
 
+/// A tensor's sealed chunks as its crypt info records them: the chunk size, the first
+/// nonce and one MAC per chunk.
+pub type SealedChunks<'a> = (u64, &'a [u8; 24], &'a [[u8; 16]]);
+
 /// A crypt-info block (§8.1 of the format notes) as tensorizer writes it: the key
 /// derivation chunk where the key comes from a passphrase, then the XSalsa20-Poly1305
 /// chunk (chunk size, first nonce, MACs) for a tensor with data; no chunks for one
 /// without.
-pub fn encode_crypt_info(
-    kdf: Option<&Kdf>,
-    cipher: Option<(u64, &[u8; 24], &[[u8; 16]])>,
-) -> Vec<u8> {
+pub fn encode_crypt_info(kdf: Option<&Kdf>, cipher: Option<SealedChunks<'_>>) -> Vec<u8> {
     let mut chunks: Vec<Vec<u8>> = Vec::new();
     if let (Some(kdf), Some(_)) = (kdf, cipher) {
         let mut c = Vec::with_capacity(42);
