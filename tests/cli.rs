@@ -466,7 +466,10 @@ fn plaid_encryption_from_the_command_line() {
         .windows(64)
         .any(|w| w == &data[1000..1064]));
     let (ok, out) = run(&["inspect", &p(&enc)], &[]);
-    assert!(ok && out.contains('w'), "{out}");
+    assert!(
+        ok && out.contains("encryption: AEGIS-256X4, raw key"),
+        "{out}"
+    );
     let (ok, out) = run(&["verify", &p(&enc)], &[]);
     assert!(ok, "without the key the stored bytes verify: {out}");
     let (ok, out) = run(&["verify", &p(&enc)], &[("PLAID_KEY", key_hex)]);
@@ -500,6 +503,11 @@ fn plaid_encryption_from_the_command_line() {
         ],
     );
     assert!(ok, "{out}");
+    let (ok, out) = run(&["inspect", &p(&pw)], &[]);
+    assert!(
+        ok && out.contains("key from a passphrase (Argon2id, 1 passes over 64.00 KiB)"),
+        "{out}"
+    );
     let d = Deserializer::open(
         &pw,
         ReadOptions::default().passphrase(Some(b"sesame")).unwrap(),

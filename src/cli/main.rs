@@ -289,6 +289,9 @@ fn inspect(file: &Path, patterns: &[String]) -> plaid::Result<()> {
         human(data)
     );
     println!("alignment:  {}", d.alignment());
+    if let Some(encryption) = d.tensors().iter().find_map(|t| t.encryption.as_deref()) {
+        println!("encryption: {}", describe_encryption(encryption));
+    }
     let shown = d
         .tensors()
         .iter()
@@ -661,6 +664,31 @@ fn human(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{value:.2} {}", UNITS[unit])
+    }
+}
+
+/// An encrypted file's cipher and where its key comes from, for `inspect`.
+fn describe_encryption(encryption: &plaid::format::Encryption) -> String {
+    use plaid::format::{plaid as v1, Encryption};
+    let (cipher, kdf) = match encryption {
+        Encryption::Tensorizer { kdf, .. } => ("XSalsa20-Poly1305 (tensorizer)", kdf.as_ref()),
+        Encryption::Plaid { file, .. } => (
+            if file.cipher == v1::CIPHER_AES_256_GCM {
+                "AES-256-GCM"
+            } else {
+                "AEGIS-256X4"
+            },
+            file.kdf.as_ref(),
+        ),
+        _ => ("unknown", None),
+    };
+    match kdf {
+        Some(kdf) => format!(
+            "{cipher}, key from a passphrase (Argon2id, {} passes over {})",
+            kdf.opslimit,
+            human(kdf.memlimit)
+        ),
+        None => format!("{cipher}, raw key"),
     }
 }
 
