@@ -2,8 +2,9 @@
 //! key or a passphrase, zeroed when dropped), keys derived from a passphrase as libsodium's
 //! `crypto_pwhash` derives them (cached per salt and limits), the decrypt stage of
 //! tensorizer's XSalsa20-Poly1305 chunks (`crypto_secretbox`, from RustCrypto's crates)
-//! and plaid's own AES-256-GCM blocks (`docs/FORMAT.md` section 13; ring's AES-GCM, about
-//! seven times as fast here as RustCrypto's `aes-gcm`, with RustCrypto's HKDF).
+//! and plaid's own blocks (`docs/FORMAT.md` section 13): AEGIS-256X4 (libaegis, the
+//! default) or AES-256-GCM (ring's, about seven times as fast here as RustCrypto's
+//! `aes-gcm`), under a per-file key from RustCrypto's HKDF.
 
 use std::sync::Arc;
 
@@ -43,8 +44,9 @@ const KEY_CHECK_AAD: &[u8] = b"plaid key check";
 
 pub(crate) type Key = Zeroizing<[u8; KEY_LEN]>;
 
-/// A plaid file's key, by the file's salt.
-type FileKeyEntry = ([u8; 32], Arc<FileKey>);
+/// A plaid file's key, by the file's encryption parameters (salt, cipher, nonce base and
+/// key check: a key found for one file never serves another cipher or skips a check).
+type FileKeyEntry = (PlaidEncryption, Arc<FileKey>);
 
 /// Decrypts one chunk: given the cipher, the chunk's index, its range in the piece and
 /// where its plaintext goes; false when it fails to authenticate.
@@ -200,13 +202,19 @@ impl Secret {
             .files
             .lock()
             .iter()
-            .find(|(salt, _)| *salt == encryption.salt)
+            .find(|(known, _)| known == encryption)
         {
             return Ok(key.clone());
         }
         let master = self.key_for(file, tensor, encryption.kdf.as_ref())?;
         let key = file_key(&master, &encryption.salt, encryption.cipher);
-        if key_check(&key, &encryption.nonce_base) != encryption.key_check {
+        let check = key_check(&key, &encryption.nonce_base);
+        // Compared without an early exit.
+        let differ = check
+            .iter()
+            .zip(&encryption.key_check)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if differ != 0 {
             let what = match self.material {
                 Some(Material::Passphrase(_)) => "passphrase",
                 _ => "key",
@@ -217,7 +225,7 @@ impl Secret {
             )));
         }
         let key = Arc::new(key);
-        self.files.lock().push((encryption.salt, key.clone()));
+        self.files.lock().push((encryption.clone(), key.clone()));
         Ok(key)
     }
 
@@ -605,6 +613,7 @@ impl Decrypt {
             }
             Encryption::Plaid {
                 block_size,
+                position,
                 tags,
                 file: plaid,
             } => {
@@ -612,10 +621,10 @@ impl Decrypt {
                 let cipher = Cipher::Plaid {
                     key,
                     nonce_base: plaid.nonce_base,
-                    index: tensor.index as u32,
+                    index: *position,
                     tags: tags.iter().copied().collect(),
                     aad: tensor_aad(
-                        tensor.index,
+                        *position as usize,
                         tensor.nbytes,
                         tensor.dtype,
                         &tensor.shape,

@@ -670,6 +670,11 @@ fn finish_remote(
         }
     }
     let checksum_time = started.elapsed();
+    // What the header records of each encrypted tensor, checked against what is sent.
+    let sealed: Vec<(Vec<u32>, Vec<u8>)> = match sealer {
+        Some(_) => crcs.iter().cloned().zip(tags.iter().cloned()).collect(),
+        None => Vec::new(),
+    };
     let layout = plaid::layout(
         &planned(tensors, crcs, tags),
         metadata,
@@ -705,7 +710,15 @@ fn finish_remote(
         };
         match sealer {
             Some(ref sealer) => {
-                seal_tensor(i, tensor, sealer, block_size, threads, &mut send)?;
+                let sent = seal_tensor(i, tensor, sealer, block_size, threads, &mut send)?;
+                if sent != sealed[i] {
+                    // The bytes changed between the two passes (device memory written
+                    // meanwhile, a source replaced): the header would not match them.
+                    return Err(Error::invalid(format!(
+                        "tensor '{}' changed while it was being written: the upload is abandoned",
+                        tensor.name
+                    )));
+                }
             }
             None => {
                 stream_out(&tensor.data, piece, &mut send).map_err(|e| e.in_tensor(&tensor.name))?

@@ -326,13 +326,22 @@ fn child_encrypted_files() {
         s.add_tensor("w", DType::U8, &[48, 65536], &data).unwrap();
         s.add_tensor("small", DType::U8, &[1000], &small).unwrap();
         s.finish().unwrap();
-        for (mmap, verify) in [(true, true), (false, true), (true, false), (false, false)] {
+        // Chunks of 256 KiB, and of 16 KiB: smaller than a block, which the staging
+        // lanes must still hold whole.
+        for (mmap, verify, chunk) in [
+            (true, true, 256 << 10),
+            (false, true, 256 << 10),
+            (true, false, 256 << 10),
+            (false, false, 256 << 10),
+            (true, true, 16 << 10),
+            (false, true, 16 << 10),
+        ] {
             let options = ReadOptions::default()
                 .key(Some(&key))
                 .unwrap()
                 .mmap(mmap)
                 .verify(verify)
-                .chunk_size(256 << 10)
+                .chunk_size(chunk)
                 .unwrap();
             let d = Deserializer::open(&path, options).unwrap();
             let loaded = load_to_device(&d, &|_| false).unwrap();

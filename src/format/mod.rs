@@ -77,7 +77,11 @@ pub enum Encryption {
     Plaid {
         /// Bytes per block (the file's checksum block size).
         block_size: u64,
-        /// One GCM tag per block.
+        /// The tensor's position in the file's header, which its nonces and associated
+        /// data bind (kept here: `TensorInfo::index` changes when a deserializer keeps only
+        /// some tensors).
+        position: u32,
+        /// One tag per block.
         tags: Box<[[u8; 16]]>,
         /// What every tensor of the file shares: salts, nonce base, key check.
         file: std::sync::Arc<PlaidEncryption>,

@@ -572,6 +572,7 @@ fn validate_tensor(
     let encryption = match &next.encryption {
         Some(file) if nbytes > 0 => Some(Box::new(Encryption::Plaid {
             block_size,
+            position: index as u32,
             tags: t
                 .block_tags
                 .chunks_exact(TAG_LEN)

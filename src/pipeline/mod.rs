@@ -251,7 +251,17 @@ pub(crate) fn load<'a>(
     // of one request (which holds a batch too).
     let _turn = (!staged.is_empty()).then(|| sinks.turn());
     if !staged.is_empty() {
-        let piece = policy(source, options).read_len();
+        // A request, or a whole cipher unit (an encrypted block is decrypted whole in the
+        // lane before it is sent) where that is larger.
+        let unit = placed
+            .iter()
+            .filter(|(_, out, _)| matches!(out, Out::Staged { .. }))
+            .filter_map(|(t, _, _)| t.encryption.as_deref().map(|e| e.unit()))
+            .max()
+            .unwrap_or(1);
+        let piece = policy(source, options)
+            .read_len()
+            .max(usize::try_from(unit).unwrap_or(usize::MAX));
         // One lane per request in flight by default: a lane is what a request reads into.
         let lanes = match options.staging_lanes {
             0 => depth(source, options).io_threads,
