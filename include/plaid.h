@@ -604,7 +604,7 @@ plaid_status plaid_convert(const char *input, const char *output, const char *fo
  * `plaid_convert` with options: `read` opens the input (NULL: the defaults), with the
  * key or passphrase of an encrypted input; `write` writes a plaid or tensorizer output
  * (NULL: the defaults), with the key or passphrase that encrypts it (plaid's
- * AES-256-GCM; tensorizer's XSalsa20-Poly1305, which tensorizer reads with the same key
+ * AEGIS-256X4 or AES-256-GCM; tensorizer's XSalsa20-Poly1305, which tensorizer reads with the same key
  * or passphrase). The written file is checked with that key. safetensors has no
  * encryption: asking for it with a key is `PLAID_ERR_INVALID_ARGUMENT`. An encrypted input
  * without its key is `PLAID_ERR_DECRYPT`, and nothing is written.
