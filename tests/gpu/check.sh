@@ -2,9 +2,10 @@
 # plaid's GPU check: on a machine with an NVIDIA GPU, its driver and PyTorch, and the
 # binaries built beforehand on another machine (`cargo build --release`; no Rust toolchain
 # is needed here), run the device tests on the real driver, then print the benchmark
-# table last. Finishes in well under 6 minutes.
+# table last (`--sweep` adds loads under several read settings; `--skip-tests` and
+# `--skip-bench` leave parts out). Finishes in well under 7 minutes.
 #
-#   bash tests/gpu/check.sh [--size-gib 6] [--rounds 3] [--skip-bench]
+#   bash tests/gpu/check.sh [--size-gib 6] [--rounds 3] [--skip-tests] [--skip-bench] [--sweep]
 #
 # PLAID_LIB overrides the library (default target/release/libplaid.so); PLAID_GPU_TMP the
 # directory for the test files (default: the system's temporary directory; it needs room
@@ -17,4 +18,4 @@ if [[ ! -f "$lib" ]]; then
   exit 2
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,pcie.link.gen.max,pcie.link.width.max --format=csv || true
-exec timeout 340 python3 tests/gpu/gpu_check.py "$@"
+exec timeout 420 python3 tests/gpu/gpu_check.py "$@"

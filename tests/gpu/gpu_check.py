@@ -7,12 +7,18 @@ Tests (every byte compared on the device with torch.equal):
     caller's stream (plaid_read_options_set_cuda_stream);
   - plaid_deserializer_load_cuda (plaid allocates), read back with cuMemcpyDtoH;
   - plaid_serializer_add_tensor_cuda: a model serialized straight from GPU memory;
-  - a damaged file gives PLAID_ERR_CHECKSUM, a wrong device PLAID_ERR_CUDA.
+  - a damaged file gives PLAID_ERR_CHECKSUM, a wrong device PLAID_ERR_CUDA;
+  - through the Python binding: every tensor-parallel rank's share (several dimensions,
+    with and without dtype conversion) of a plain and of an encrypted file, against torch's
+    own slicing and casts on the device; an encrypted file without its key or with a wrong
+    one; load_file(device="cuda", key=...); TensorDeserializer shares on the device.
 
 Benchmark (page-cached files, medians): the pinned host-to-device ceiling, plaid into
-cudaMalloc'ed (torch) destinations with 1 and N workers, plaid allocating, safetensors'
-load_file(device="cuda") and torch.load(map_location="cuda") on the same weights, and plaid
-serializing from GPU memory.
+cudaMalloc'ed (torch) destinations with 1 and N workers, an encrypted file, one rank's
+dimension-0 and dimension-1 shares, bf16 converted to f32 on the way, plaid allocating,
+safetensors' load_file(device="cuda") and torch.load(map_location="cuda") on the same
+weights, and plaid serializing from GPU memory (plain and encrypted). --sweep adds loads
+under several thread, request-size, requests-in-flight and staging settings.
 """
 
 import argparse
@@ -46,7 +52,9 @@ class Info(ctypes.Structure):
 
 class Dest(ctypes.Structure):
     _fields_ = [("kind", ctypes.c_uint32), ("device", ctypes.c_int32),
-                ("address", ctypes.c_uint64), ("capacity", ctypes.c_uint64)]
+                ("address", ctypes.c_uint64), ("capacity", ctypes.c_uint64),
+                ("slice_dim", ctypes.c_uint32), ("slice_start", ctypes.c_uint64),
+                ("slice_stop", ctypes.c_uint64), ("dtype", ctypes.c_uint32)]
 
 
 PLACE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.POINTER(Info),
@@ -59,6 +67,11 @@ for name, args, res in [
     ("plaid_read_options_set_threads", [vp, ctypes.c_uint32], ctypes.c_int),
     ("plaid_read_options_set_chunk_size", [vp, ctypes.c_uint64], ctypes.c_int),
     ("plaid_read_options_set_cuda_stream", [vp, vp], ctypes.c_int),
+    ("plaid_read_options_set_key", [vp, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int),
+    ("plaid_read_options_set_verify", [vp, ctypes.c_int32], ctypes.c_int),
+    ("plaid_read_options_set_mmap", [vp, ctypes.c_int32], ctypes.c_int),
+    ("plaid_read_options_set_requests_in_flight", [vp, ctypes.c_uint32], ctypes.c_int),
+    ("plaid_read_options_set_staging_lanes", [vp, ctypes.c_uint32], ctypes.c_int),
     ("plaid_deserializer_open", [ctypes.c_char_p, vp, ctypes.POINTER(vp)], ctypes.c_int),
     ("plaid_deserializer_tensor_count", [vp], ctypes.c_size_t),
     ("plaid_deserializer_tensor", [vp, ctypes.c_size_t], ctypes.POINTER(Info)),
@@ -125,9 +138,18 @@ def write_plaid(path, tensors, from_gpu=False):
     lib.plaid_serializer_free(s)
 
 
-def open_plaid(path, threads=0, chunk=0, stream=None):
+def open_plaid(path, threads=0, chunk=0, stream=None, key=None, verify=True, mmap=True,
+               requests=0, lanes=0):
     o, d = vp(), vp()
     ok(lib.plaid_read_options_new(ctypes.byref(o)), "read options")
+    ok(lib.plaid_read_options_set_verify(o, int(verify)), "verify")
+    ok(lib.plaid_read_options_set_mmap(o, int(mmap)), "mmap")
+    if requests:
+        ok(lib.plaid_read_options_set_requests_in_flight(o, requests), "requests")
+    if lanes:
+        ok(lib.plaid_read_options_set_staging_lanes(o, lanes), "lanes")
+    if key is not None:
+        ok(lib.plaid_read_options_set_key(o, key, len(key)), "key")
     if threads:
         ok(lib.plaid_read_options_set_threads(o, threads), "threads")
     if chunk:
@@ -148,6 +170,26 @@ def load_into(d, destinations, device=0):
         dest_p.contents.device = device
         dest_p.contents.address = t.data_ptr()
         dest_p.contents.capacity = t.numel() * t.element_size()
+        return 0
+    return lib.plaid_deserializer_load(d, place, None)
+
+
+def load_views(d, destinations, views, device=0):
+    """Load each tensor ``i`` of ``views`` (index -> (dim, start, stop, dtype id)) into
+    ``destinations[i]``, the others skipped."""
+    @PLACE
+    def place(_user, info_p, dest_p):
+        i = info_p.contents.index
+        if i not in views:
+            return 0
+        t = destinations[i]
+        dim, start, stop, dtype = views[i]
+        dest_p.contents.kind = PLAID_DEST_CUDA
+        dest_p.contents.device = device
+        dest_p.contents.address = t.data_ptr()
+        dest_p.contents.capacity = t.numel() * t.element_size()
+        dest_p.contents.slice_dim, dest_p.contents.slice_start = dim, start
+        dest_p.contents.slice_stop, dest_p.contents.dtype = stop, dtype
         return 0
     return lib.plaid_deserializer_load(d, place, None)
 
@@ -247,6 +289,130 @@ def run_tests(tmp):
     return failures
 
 
+def binding():
+    """The Python binding of this checkout (plaid, plaid.torch), on the library under test."""
+    sys.path.insert(0, str(ROOT / "bindings" / "python"))
+    os.environ.setdefault("PLAID_LIB", str(LIB))
+    import plaid
+    import plaid.torch
+    return plaid, plaid.torch
+
+
+def run_binding_tests(tmp):
+    """Tensor-parallel shares, dtype conversion and encrypted files into CUDA memory,
+    through the Python binding (plaid.load_into, plaid.torch), against torch's own slicing
+    and casts of the same tensors on the device."""
+    plaid, pt = binding()
+
+    failures = []
+
+    def check(cond, what):
+        print(("ok   " if cond else "FAIL ") + what, flush=True)
+        if not cond:
+            failures.append(what)
+
+    g = torch.Generator(device="cuda").manual_seed(5)
+    model = {
+        "w2": torch.randn(1000, 777, device="cuda", generator=g).to(torch.bfloat16),
+        "w3": torch.randn(24, 33, 17, device="cuda", generator=g),
+        "w4": torch.randn(6, 5, 9, 10, device="cuda", generator=g).to(torch.float16),
+        "ids": torch.randint(-99, 99, (40, 6), device="cuda", generator=g),
+    }
+    key = bytes(range(32))
+    plain, sealed = tmp / "tp.plaid", tmp / "tp-encrypted.plaid"
+    pt.save_file(model, plain)  # written straight from device memory
+    pt.save_file(model, sealed, key=key)
+    splits = [{"*": 0}, {"w2": 1, "w3": 1, "w4": 1, "ids": 1}, {"w3": 2, "w4": 3, "*": 0}]
+    for path, k in [(plain, None), (sealed, key)]:
+        for world in (3, 8):
+            for split in splits:
+                for dtype in (None, torch.float32, torch.float16):
+                    same = True
+                    for rank in range(world):
+                        targets, expect = {}, {}
+                        for name, t in model.items():
+                            d = split.get(name, split.get("*"))
+                            n = t.shape[d]
+                            a, b = n * rank // world, n * (rank + 1) // world
+                            e = t.narrow(d, a, b - a)
+                            if dtype is not None and t.is_floating_point():
+                                e = e.to(dtype)
+                            expect[name] = e
+                            targets[name] = torch.full_like(e, 7)
+                        plaid.load_into(path, targets, rank=rank, world_size=world,
+                                        split=split, dtype=dtype, key=k)
+                        torch.cuda.synchronize()
+                        same = same and all(torch.equal(targets[n], expect[n]) for n in model)
+                    check(same, f"{'encrypted' if k else 'plain'} file, {world} ranks, split "
+                                f"{split}, dtype {dtype}: every rank's share on the device exact")
+    for k, what in [(None, "no key"), (bytes(32), "a wrong key")]:
+        try:
+            plaid.load_into(sealed, {"w2": torch.empty(1000, 777, dtype=torch.bfloat16,
+                                                       device="cuda")}, key=k)
+            check(False, f"encrypted file with {what} into CUDA: DecryptError")
+        except plaid.DecryptError as e:
+            check("w2" in str(e), f"encrypted file with {what} into CUDA: DecryptError ({e})")
+    loaded = pt.load_file(sealed, device="cuda", key=key)
+    check(all(loaded[n].is_cuda and torch.equal(loaded[n], t) for n, t in model.items()),
+          "plaid.torch.load_file(encrypted, device='cuda', key=...)")
+    d = pt.TensorDeserializer(str(plain), device="cuda", rank=1, world_size=4,
+                              split={"ids": None, "*": 0})
+    check(torch.equal(d["w2"], model["w2"][250:500]) and torch.equal(d["ids"], model["ids"]),
+          "TensorDeserializer(device='cuda', rank=1, world_size=4) shares")
+    return failures
+
+
+# ---- tuning sweep --------------------------------------------------------------------------
+
+def run_sweep(tmp, size_gib, rounds):
+    """Loads into CUDA tensors under several read settings, against the pinned ceiling in
+    the same run: which threads, request sizes and requests in flight reach the card."""
+    hidden, total, model, g = 4096, 0, {}, torch.Generator(device="cuda").manual_seed(3)
+    while total < size_gib * (1 << 30):
+        t = torch.randn(4 * hidden, hidden, device="cuda", generator=g).to(torch.bfloat16)
+        model[f"w{len(model)}"] = t
+        total += t.numel() * 2
+    path = tmp / "sweep.plaid"
+    write_plaid(path, model, from_gpu=True)
+    warm(path)
+    pinned = torch.empty(1 << 30, dtype=torch.uint8).pin_memory()
+    target = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+
+    def ceiling():
+        done = 0
+        while done < total:
+            n = min(1 << 30, total - done)
+            target[:n].copy_(pinned[:n], non_blocking=True)
+            done += n
+    limit = total / median_time(ceiling, rounds)
+    del pinned, target
+    d = open_plaid(path)
+    dest = empty_like_file(d)
+    lib.plaid_deserializer_free(d)
+    del model
+    torch.cuda.empty_cache()
+    cores = os.cpu_count()
+    print(f"\nsweep: {total / (1 << 30):.2f} GiB, pinned ceiling {limit / 1e9:.2f} GB/s")
+    print(f"{'threads':>7} {'requests':>8} {'lanes':>5} {'chunk MiB':>9} {'verify':>6} "
+          f"{'mmap':>4} {'GB/s':>7} {'x ceiling':>9}")
+    configs = [(cores, 0, 0, 0, True, True), (cores, 0, 0, 0, False, True),
+               (cores, 0, 0, 0, True, False)]
+    for threads in (cores // 2, cores, 2 * cores):
+        for requests in (0, 2 * cores):
+            for chunk in (4, 16, 64):
+                configs.append((threads, requests, 0, chunk, True, True))
+    configs += [(cores, 2 * cores, 4 * cores, 16, True, True), (cores, 0, 8, 16, True, True)]
+    for threads, requests, lanes, chunk, verify, mmap in configs:
+        d = open_plaid(path, threads=threads, chunk=chunk << 20, verify=verify, mmap=mmap,
+                       requests=requests, lanes=lanes)
+        rate = total / median_time(lambda: ok(load_into(d, dest), "sweep load"), rounds)
+        lib.plaid_deserializer_free(d)
+        print(f"{threads:>7} {requests or 'auto':>8} {lanes or 'auto':>5} "
+              f"{chunk or 'auto':>9} {'yes' if verify else 'no':>6} "
+              f"{'yes' if mmap else 'no':>4} {rate / 1e9:>7.2f} {rate / limit:>9.2f}",
+              flush=True)
+
+
 # ---- benchmark -----------------------------------------------------------------------------
 
 def median_time(fn, rounds):
@@ -289,6 +455,14 @@ def run_bench(tmp, size_gib, rounds):
     t = median_time(lambda: write_plaid(plaid_path, model, from_gpu=True), 1)
     rows.append(("plaid: serialize from GPU memory (no fsync)", total, t))
     warm(plaid_path)
+    _, pt = binding()
+    key = bytes(range(32))
+    sealed_path = tmp / "bench-encrypted.plaid"
+    start = time.perf_counter()
+    pt.save_file(model, sealed_path, key=key)
+    rows.append(("plaid: serialize encrypted (AEGIS-256X4) from GPU (binding)", total,
+                 time.perf_counter() - start))
+    warm(sealed_path)
 
     pinned = torch.empty(1 << 30, dtype=torch.uint8).pin_memory()
     target = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
@@ -312,6 +486,47 @@ def run_bench(tmp, size_gib, rounds):
         rows.append((f"plaid: into torch CUDA tensors, {threads} thread(s), verified", total,
                      median_time(lambda: ok(load_into(d2, dest), "load"), rounds)))
         lib.plaid_deserializer_free(d2)
+    threads = os.cpu_count()
+    d2 = open_plaid(sealed_path, threads=threads, key=key)
+    rows.append((f"plaid: encrypted (AEGIS-256X4) into CUDA tensors, {threads} thr, verified",
+                 total, median_time(lambda: ok(load_into(d2, dest), "encrypted load"), rounds)))
+    lib.plaid_deserializer_free(d2)
+    sealed_path.unlink()
+
+    # Rank 0 of 8: a dimension-0 share (rows), then a dimension-1 share (columns), of every
+    # matrix; then every tensor converted to f32 on the way (bytes counted as read).
+    d2 = open_plaid(plaid_path, threads=threads)
+    shapes = {}
+    for i in range(lib.plaid_deserializer_tensor_count(d2)):
+        info = lib.plaid_deserializer_tensor(d2, i).contents
+        shapes[i] = [info.shape[k] for k in range(info.ndim)]
+    for dim in (0, 1):
+        views, outs, moved = {}, {}, 0
+        for i, shape in shapes.items():
+            if len(shape) == 2:
+                stop = shape[dim] // 8
+                views[i] = (dim, 0, stop, 0)
+                share = list(shape)
+                share[dim] = stop
+                outs[i] = torch.empty(share, dtype=torch.bfloat16, device="cuda")
+                moved += outs[i].numel() * 2
+        rows.append((f"plaid: rank 0 of 8, dimension-{dim} share of every matrix, verified",
+                     moved, median_time(lambda: ok(load_views(d2, outs, views), "slices"),
+                                        rounds)))
+        del outs
+    views = {i: (0, 0, 0, 12) for i in shapes}  # PLAID_DTYPE_F32, whole tensors
+    outs = {i: torch.empty(shape, dtype=torch.float32, device="cuda")
+            for i, shape in shapes.items()}
+    rows.append((f"plaid: bf16 -> f32 on the way, {threads} thr, verified (bf16 bytes)", total,
+                 median_time(lambda: ok(load_views(d2, outs, views), "convert"), rounds)))
+    probe = next(i for i, shape in shapes.items() if len(shape) == 2)
+    check_f32 = torch.equal(outs[probe], dest[probe].view(torch.bfloat16)
+                            .view(shapes[probe]).float())
+    print(("ok   " if check_f32 else "FAIL ") + "bf16 -> f32 on load equals torch's cast",
+          flush=True)
+    del outs
+    lib.plaid_deserializer_free(d2)
+    torch.cuda.empty_cache()
 
     def allocate():
         arena = vp()
@@ -369,14 +584,21 @@ def main():
     parser.add_argument("--size-gib", type=float, default=6.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-bench", action="store_true")
+    parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also load under several read settings (threads, requests, sizes)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("no CUDA device visible to PyTorch")
     print(f"device: {torch.cuda.get_device_name(0)}; library: {LIB}", flush=True)
     with tempfile.TemporaryDirectory(dir=os.environ.get("PLAID_GPU_TMP")) as tmp:
-        failures = run_tests(Path(tmp))
-        if failures:
-            sys.exit(f"{len(failures)} device test(s) failed")
+        if not args.skip_tests:
+            failures = run_tests(Path(tmp))
+            failures += run_binding_tests(Path(tmp))
+            if failures:
+                sys.exit(f"{len(failures)} device test(s) failed")
+        if args.sweep:
+            run_sweep(Path(tmp), args.size_gib, args.rounds)
         if not args.skip_bench:
             run_bench(Path(tmp), args.size_gib, args.rounds)
 
