@@ -359,6 +359,24 @@ def run_binding_tests(tmp):
                               split={"ids": None, "*": 0})
     check(torch.equal(d["w2"], model["w2"][250:500]) and torch.equal(d["ids"], model["ids"]),
           "TensorDeserializer(device='cuda', rank=1, world_size=4) shares")
+    # load_shared over NCCL: one GPU allows a group of one member only (NCCL refuses two
+    # ranks on one device), so this runs the NCCL calls (all_reduce, broadcast of the
+    # share buffers) on device tensors, not the sharing itself (tested on gloo in CI).
+    import socket
+    import torch.distributed as dist
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0,
+                            world_size=1, device_id=torch.device("cuda", 0))
+    try:
+        shared = pt.load_shared(str(plain), device="cuda")
+        torch.cuda.synchronize()
+        check(list(shared) == list(model) and
+              all(shared[n].is_cuda and torch.equal(shared[n], t) for n, t in model.items()),
+              "load_shared(device='cuda') over an NCCL group of one")
+    finally:
+        dist.destroy_process_group()
     return failures
 
 
