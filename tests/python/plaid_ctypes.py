@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+_TARGET = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
+_BUILT = [p for p in (_TARGET / "debug" / "libplaid.so", _TARGET / "release" / "libplaid.so")
+          if p.exists()]
+# PLAID_LIB, else the newer of the debug and release builds.
 LIB = Path(os.environ.get("PLAID_LIB") or
-           Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "debug" / "libplaid.so")
+           (max(_BUILT, key=lambda p: p.stat().st_mtime) if _BUILT
+            else _TARGET / "debug" / "libplaid.so"))
 CLI = LIB.parent / "plaid"
 
 PLAID_OK = 0
