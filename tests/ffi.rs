@@ -555,8 +555,9 @@ fn progress_callback_reports_and_cancels() {
     let data: Vec<Vec<u8>> = (0..4).map(|i| random_bytes(4 * 5000, i)).collect();
     let path = write_model(dir.path(), &data);
     // SAFETY: `options` and `d` are used only between their creation and their free here;
-    // `path` is a CString alive across the open; `seen` outlives every verify that reports
-    // to `report`, and the test touches it only between those calls.
+    // `path` is a CString alive across the open; `seen` comes from `Box::into_raw`, is freed
+    // after the deserializer, outlives every verify that reports to `report`, and the test
+    // reads and writes it through that pointer only between those calls.
     unsafe {
         let mut options = ptr::null_mut();
         assert_eq!(plaid_read_options_new(&mut options), PLAID_OK);
@@ -572,22 +573,23 @@ fn progress_callback_reports_and_cancels() {
         );
         plaid_read_options_free(options);
 
-        let mut seen = Seen {
+        // Only ever reached through this raw pointer (also by the test between verifies),
+        // so no reference to it outlives a call into plaid.
+        let seen: *mut Seen = Box::into_raw(Box::new(Seen {
             reports: 0,
             last: (0, 0, 0, 0),
             cancel: false,
-        };
-        let user = (&mut seen as *mut Seen).cast();
+        }));
         assert_eq!(
-            plaid_deserializer_set_progress(d, Some(report), user),
+            plaid_deserializer_set_progress(d, Some(report), seen.cast()),
             PLAID_OK
         );
         assert_eq!(plaid_deserializer_verify(d), PLAID_OK);
         let total = 4 * 4 * 5000 + 8;
-        assert_eq!(seen.last, (total, total, 5, 5));
-        assert!(seen.reports > 1);
+        assert_eq!((*seen).last, (total, total, 5, 5));
+        assert!((*seen).reports > 1);
 
-        seen.cancel = true;
+        (*seen).cancel = true;
         assert_eq!(plaid_deserializer_verify(d), PLAID_ERR_CANCELLED);
         assert!(last_error().contains("progress callback returned 1"));
 
@@ -595,13 +597,14 @@ fn progress_callback_reports_and_cancels() {
             plaid_deserializer_set_progress(d, None, ptr::null_mut()),
             PLAID_OK
         );
-        seen.reports = 0;
+        (*seen).reports = 0;
         assert_eq!(plaid_deserializer_verify(d), PLAID_OK);
-        assert_eq!(seen.reports, 0);
+        assert_eq!((*seen).reports, 0);
         assert_eq!(
             plaid_deserializer_set_progress(ptr::null_mut(), None, ptr::null_mut()),
             PLAID_ERR_INVALID_ARGUMENT
         );
         plaid_deserializer_free(d);
+        drop(Box::from_raw(seen));
     }
 }
