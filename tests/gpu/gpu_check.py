@@ -208,14 +208,17 @@ def as_bytes(t):
 
 # ---- tests ---------------------------------------------------------------------------------
 
+FAILURES = []
+
+
+def check(cond, what):
+    """Print one check's outcome; a failed one is kept, and fails the run at its end."""
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        FAILURES.append(what)
+
+
 def run_tests(tmp):
-    failures = []
-
-    def check(cond, what):
-        print(("ok   " if cond else "FAIL ") + what, flush=True)
-        if not cond:
-            failures.append(what)
-
     g = torch.Generator(device="cuda").manual_seed(1)
     model = {
         "embed": torch.randn(4096, 1024, device="cuda", generator=g).to(torch.bfloat16),
@@ -286,7 +289,6 @@ def run_tests(tmp):
     status = load_into(d, empty_like_file(d))
     check(status == PLAID_ERR_CHECKSUM, f"a flipped bit is PLAID_ERR_CHECKSUM ({message()})")
     lib.plaid_deserializer_free(d)
-    return failures
 
 
 def binding():
@@ -303,13 +305,6 @@ def run_binding_tests(tmp):
     through the Python binding (plaid.load_into, plaid.torch), against torch's own slicing
     and casts of the same tensors on the device."""
     plaid, pt = binding()
-
-    failures = []
-
-    def check(cond, what):
-        print(("ok   " if cond else "FAIL ") + what, flush=True)
-        if not cond:
-            failures.append(what)
 
     g = torch.Generator(device="cuda").manual_seed(5)
     model = {
@@ -377,7 +372,6 @@ def run_binding_tests(tmp):
               "load_shared(device='cuda') over an NCCL group of one")
     finally:
         dist.destroy_process_group()
-    return failures
 
 
 # ---- tuning sweep --------------------------------------------------------------------------
@@ -393,17 +387,7 @@ def run_sweep(tmp, size_gib, rounds):
     path = tmp / "sweep.plaid"
     write_plaid(path, model, from_gpu=True)
     warm(path)
-    pinned = torch.empty(1 << 30, dtype=torch.uint8).pin_memory()
-    target = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-
-    def ceiling():
-        done = 0
-        while done < total:
-            n = min(1 << 30, total - done)
-            target[:n].copy_(pinned[:n], non_blocking=True)
-            done += n
-    limit = total / median_time(ceiling, rounds)
-    del pinned, target
+    limit = total / pinned_copy_time(total, rounds)
     d = open_plaid(path)
     dest = empty_like_file(d)
     lib.plaid_deserializer_free(d)
@@ -445,6 +429,21 @@ def median_time(fn, rounds):
     return statistics.median(times)
 
 
+def pinned_copy_time(total, rounds):
+    """Median seconds to copy ``total`` bytes host to device from pinned memory, 1 GiB at a
+    time: the ceiling a loader into device memory is measured against."""
+    pinned = torch.empty(1 << 30, dtype=torch.uint8).pin_memory()
+    target = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+
+    def copy():
+        done = 0
+        while done < total:
+            n = min(1 << 30, total - done)
+            target[:n].copy_(pinned[:n], non_blocking=True)
+            done += n
+    return median_time(copy, rounds)
+
+
 def warm(path):
     with open(path, "rb") as f:
         while f.read(64 << 20):
@@ -482,18 +481,8 @@ def run_bench(tmp, size_gib, rounds):
                  time.perf_counter() - start))
     warm(sealed_path)
 
-    pinned = torch.empty(1 << 30, dtype=torch.uint8).pin_memory()
-    target = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-
-    def ceiling():
-        done = 0
-        while done < total:
-            n = min(1 << 30, total - done)
-            target[:n].copy_(pinned[:n], non_blocking=True)
-            done += n
     rows.append(("limit: pinned host-to-device copies (1 GiB buffer)", total,
-                 median_time(ceiling, rounds)))
-    del pinned, target
+                 pinned_copy_time(total, rounds)))
 
     d = open_plaid(plaid_path, threads=1)
     dest = empty_like_file(d)
@@ -538,10 +527,8 @@ def run_bench(tmp, size_gib, rounds):
     rows.append((f"plaid: bf16 -> f32 on the way, {threads} thr, verified (bf16 bytes)", total,
                  median_time(lambda: ok(load_views(d2, outs, views), "convert"), rounds)))
     probe = next(i for i, shape in shapes.items() if len(shape) == 2)
-    check_f32 = torch.equal(outs[probe], dest[probe].view(torch.bfloat16)
-                            .view(shapes[probe]).float())
-    print(("ok   " if check_f32 else "FAIL ") + "bf16 -> f32 on load equals torch's cast",
-          flush=True)
+    check(torch.equal(outs[probe], dest[probe].view(torch.bfloat16).view(shapes[probe]).float()),
+          "bf16 -> f32 on load equals torch's cast")
     del outs
     lib.plaid_deserializer_free(d2)
     torch.cuda.empty_cache()
@@ -611,14 +598,16 @@ def main():
     print(f"device: {torch.cuda.get_device_name(0)}; library: {LIB}", flush=True)
     with tempfile.TemporaryDirectory(dir=os.environ.get("PLAID_GPU_TMP")) as tmp:
         if not args.skip_tests:
-            failures = run_tests(Path(tmp))
-            failures += run_binding_tests(Path(tmp))
-            if failures:
-                sys.exit(f"{len(failures)} device test(s) failed")
+            run_tests(Path(tmp))
+            run_binding_tests(Path(tmp))
+            if FAILURES:
+                sys.exit(f"{len(FAILURES)} device test(s) failed")
         if args.sweep:
             run_sweep(Path(tmp), args.size_gib, args.rounds)
         if not args.skip_bench:
             run_bench(Path(tmp), args.size_gib, args.rounds)
+    if FAILURES:
+        sys.exit(f"{len(FAILURES)} check(s) failed: {FAILURES}")
 
 
 if __name__ == "__main__":
