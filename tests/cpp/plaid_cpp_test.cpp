@@ -4,6 +4,7 @@
 
 #include "plaid.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -109,6 +110,59 @@ int main(int argc, char **argv) {
         return plaid::Destination::host(buffer.data(), buffer.size());
     });
     CHECK(buffers == model.data);
+
+    // Tensor-parallel views through Destination::slice and ::dtype: rows 100..300 of the
+    // bf16 [1000, 256] embedding as stored, and its columns 10..74 converted to f32 (exact:
+    // a bf16 is the top half of an f32; the random bytes hold signaling NaNs, which come
+    // out quiet), against the same cuts made here.
+    {
+        const auto &embed = model.data.at("embed.weight");
+        std::vector<std::uint8_t> rows(200 * 256 * 2, 0xA5);
+        std::vector<float> cols(1000 * 64, -1.0f);
+        d.load([&](plaid::TensorView t) {
+            if (t.name() != "embed.weight") {
+                return plaid::Destination::skip();
+            }
+            return plaid::Destination::host(rows.data(), rows.size()).slice(0, 100, 300);
+        });
+        CHECK(std::equal(rows.begin(), rows.end(), embed.begin() + 100 * 256 * 2));
+        d.load([&](plaid::TensorView t) {
+            if (t.name() != "embed.weight") {
+                return plaid::Destination::skip();
+            }
+            return plaid::Destination::host(cols.data(), cols.size() * sizeof(float))
+                .slice(1, 10, 74)
+                .dtype(PLAID_DTYPE_F32);
+        });
+        bool same = true;
+        for (std::size_t r = 0; r < 1000; ++r) {
+            for (std::size_t c = 0; c < 64; ++c) {
+                const std::uint8_t *b = &embed[(r * 256 + 10 + c) * 2];
+                std::uint32_t bits = std::uint32_t(b[0]) << 16 | std::uint32_t(b[1]) << 24;
+                if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu) != 0) {
+                    bits |= 0x00400000u;  // a NaN comes out quiet, as IEEE 754 converts
+                }
+                float want;
+                std::memcpy(&want, &bits, sizeof want);
+                float got = cols[r * 64 + c];
+                same = same && std::memcmp(&got, &want, sizeof got) == 0;
+            }
+        }
+        CHECK(same);
+        // A slice past the dimension's end: PLAID_ERR_INVALID_ARGUMENT, named.
+        try {
+            d.load([&](plaid::TensorView t) {
+                if (t.name() != "embed.weight") {
+                    return plaid::Destination::skip();
+                }
+                return plaid::Destination::host(rows.data(), rows.size()).slice(0, 900, 1100);
+            });
+            CHECK(!"a slice past the end should have thrown");
+        } catch (const plaid::Error &e) {
+            CHECK(e.status() == PLAID_ERR_INVALID_ARGUMENT);
+            CHECK(std::strstr(e.what(), "embed.weight") != nullptr);
+        }
+    }
 
     // An exception inside the lambda stops the load before any byte is written and comes
     // back out of load() as itself.
