@@ -799,6 +799,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn keys_are_zeroed_where_they_lay_when_dropped() {
+        use std::mem::ManuallyDrop;
+        // A raw key in read options (the same `Key` holds derived and AEGIS file keys).
+        let mut secret = Secret::default();
+        secret.set_key(Some(&[0x5a; KEY_LEN])).unwrap();
+        let mut slot = ManuallyDrop::new(secret);
+        let Some(Material::Key(key)) = &slot.material else {
+            panic!("the key is set");
+        };
+        let at = key.as_ptr();
+        // SAFETY: `at` points at the key's 32 bytes inside `slot`, which stays allocated
+        // until the end of this test; dropping in place (once, never used after) leaves
+        // them written by the zeroing, so reading them back reads initialized bytes.
+        let after = unsafe {
+            ManuallyDrop::drop(&mut slot);
+            std::ptr::read(at.cast::<[u8; KEY_LEN]>())
+        };
+        assert_eq!(after, [0; KEY_LEN]);
+
+        // An AES-256-GCM key schedule (ring's), zeroed by plaid's own `Drop`.
+        let mut slot = ManuallyDrop::new(GcmKey::new(&[0x5a; KEY_LEN]));
+        let at = (&*slot.0 as *const LessSafeKey).cast::<u8>();
+        let size = std::mem::size_of::<LessSafeKey>();
+        // SAFETY: as above: the schedule's bytes lie inside `slot`, and `GcmKey`'s drop
+        // writes every one of them, so each is initialized when read back.
+        let after = unsafe {
+            ManuallyDrop::drop(&mut slot);
+            std::slice::from_raw_parts(at, size).to_vec()
+        };
+        assert!(after.iter().all(|&b| b == 0), "the key schedule is wiped");
+    }
+
+    #[test]
     fn nonces_count_up_as_little_endian_integers() {
         assert_eq!(Decrypt::nonce(&[0xff; 24], 1), [0; 24], "wraps around");
         let mut first = [0u8; 24];
