@@ -202,13 +202,16 @@ def test_tensorizer_fixtures_through_safe_open(fixture):
 def test_the_gil_is_released_during_a_load(tmp_path):
     """While one thread is inside the library loading a file, another runs Python. With a
     long switch interval a thread gives the GIL up only where it releases it itself, so the
-    other thread can run during the load only if the library call released it."""
+    other thread can run during the load only if the library call released it: a single
+    step of it inside the load's window shows that. (The file is large enough that the
+    load spans many of the other thread's half-millisecond steps on a fast machine; how
+    many land inside depends on the scheduler, so only one is required.)"""
     import sys
     import threading
     import time
 
     path = tmp_path / "big.plaid"
-    pn.save_file({"w": np.ones(48 << 20, dtype=np.uint8)}, path)
+    pn.save_file({"w": np.ones(256 << 20, dtype=np.uint8)}, path)
     inside = []
     ticks = []
     done = threading.Event()
@@ -216,7 +219,7 @@ def test_the_gil_is_released_during_a_load(tmp_path):
     def load():
         with plaid.Reader(path) as reader:
             start = time.perf_counter()
-            reader.load_host()  # one C call: read, verify, copy 48 MiB
+            reader.load_host()  # one C call: read, verify, copy 256 MiB
             inside.append((start, time.perf_counter()))
         done.set()
 
@@ -232,7 +235,7 @@ def test_the_gil_is_released_during_a_load(tmp_path):
         sys.setswitchinterval(interval)
     start, end = inside[0]
     during = [t for t in ticks if start < t < end]
-    assert len(during) >= 3, f"{len(during)} Python steps ran during the {end - start:.3f} s load"
+    assert during, f"no Python step ran during the {end - start:.3f} s load"
 
 
 # Sources that are not paths: file objects and bytes, read through plaid's callbacks.
