@@ -426,9 +426,10 @@ typedef struct plaid_destination {
   uint64_t slice_stop;
   /**
    * 0 = as stored; else a `PLAID_DTYPE_*` to convert to as the bytes pass (no second
-   * pass). Conversions among f16, bf16, f32 and f64, rounding to nearest, ties to even
-   * (a NaN stays a NaN and comes out quiet, as IEEE 754 converts; widening is otherwise
-   * exact); asking to convert any other dtype (an integer, bool, complex or 8-bit float tensor)
+   * pass). Conversions among f16, bf16, f32 and f64, rounding to nearest, ties to even,
+   * once (f64 goes straight to f16 and bf16, never through f32, which would round twice:
+   * 65519.99999 is 65504 in f16, not infinity; a NaN stays a NaN and comes out quiet, as
+   * IEEE 754 converts; widening is otherwise exact); asking to convert any other dtype (an integer, bool, complex or 8-bit float tensor)
    * is `PLAID_ERR_UNSUPPORTED` naming it. The stored dtype itself is no conversion.
    */
   uint32_t dtype;
@@ -955,7 +956,8 @@ uint64_t plaid_dtype_size(uint32_t dtype);
  * `*` and `?` match any characters (dots included), `[...]` a class, `{a,b}`
  * alternatives, `\` escapes; the whole name must match, case-sensitively. These are the
  * patterns of `plaid inspect --tensors` and of the bindings' filters; use it in a
- * `plaid_filter_fn` or `plaid_place_fn` to choose tensors. A malformed pattern is
+ * `plaid_filter_fn` or `plaid_place_fn` to choose tensors. A malformed pattern, or one
+ * longer than 1,024 bytes (which keeps matching linear in the name's length), is
  * `PLAID_ERR_INVALID_ARGUMENT`, and `*matched` is then untouched.
  *
  * # Safety
@@ -1171,9 +1173,17 @@ plaid_status plaid_read_options_set_shard_root(struct plaid_read_options *option
 /**
  * Decrypt encrypted tensors (tensorizer's and plaid's encrypted files) with the raw 32-byte `key`;
  * `NULL, 0` clears the key material. A key of any other length, or a key while a
- * passphrase is set, is `PLAID_ERR_INVALID_ARGUMENT`. A key given for a tensor stored in
- * the clear is ignored. plaid keeps a copy, zeroed when the options (and every
- * deserializer opened with them) are freed; the caller may wipe its own at once.
+ * passphrase is set, is `PLAID_ERR_INVALID_ARGUMENT`.
+ *
+ * A key means the file must be encrypted: loading, verifying, viewing or converting a
+ * tensor stored in the clear (one with stored bytes; empty and zero-filled tensors are
+ * exempt) is `PLAID_ERR_DECRYPT` ("expected an encrypted file; it is stored in the clear"),
+ * before anything is read, unless `plaid_read_options_set_allow_plaintext` allows it.
+ * Without this rule, whoever can replace the file could strip its encryption (the CRCs
+ * of the ciphertext still match) or put any plaintext model in its place, and a reader
+ * holding the key would load it as the weights. plaid keeps a copy of the key, zeroed
+ * when the options (and every deserializer opened with them) are freed; the caller may
+ * wipe its own at once.
  *
  * # Safety
  * `options` is NULL (an error) or a live handle; `key` is NULL or points to `len`
@@ -1188,8 +1198,12 @@ plaid_status plaid_read_options_set_key(struct plaid_read_options *options,
  * exactly, NUL bytes included) with the salt and limits each tensor records (tensorizer's
  * `EncryptionParams.from_string`: Argon2id); `NULL, 0` clears the key material. A
  * passphrase while a key is set is `PLAID_ERR_INVALID_ARGUMENT`. Derived keys are cached
- * per salt and limits; a file's limits above 4 GiB of memory or 64 passes are refused
- * (`PLAID_ERR_FORMAT`). The copy is zeroed when the options are freed.
+ * per salt and limits. A file whose derivation asks for more than this reader's limits
+ * (by default 1 GiB and 16 passes; `plaid_read_options_set_passphrase_limits`) is
+ * `PLAID_ERR_DECRYPT` before any memory is taken; memory the system refuses is
+ * `PLAID_ERR_IO`, never an abort. As with a key, a tensor stored in the clear is
+ * `PLAID_ERR_DECRYPT` unless `plaid_read_options_set_allow_plaintext` allows it. The copy
+ * is zeroed when the options are freed.
  *
  * # Safety
  * `options` is NULL (an error) or a live handle; `pw` is NULL or points to `len` readable
@@ -1198,6 +1212,35 @@ plaid_status plaid_read_options_set_key(struct plaid_read_options *options,
 plaid_status plaid_read_options_set_passphrase(struct plaid_read_options *options,
                                                const char *pw,
                                                size_t len);
+
+/**
+ * With a key or a passphrase set, read tensors stored in the clear too (`allow != 0`)
+ * instead of refusing them with `PLAID_ERR_DECRYPT` (`allow == 0`, the default): the
+ * explicit choice of a fleet that holds both encrypted files and files in the clear. A
+ * file read in the clear is protected by its CRCs against damage only, not against
+ * whoever can replace it. Without key material it changes nothing.
+ *
+ * # Safety
+ * `options` is NULL (an error) or a live handle.
+ */
+plaid_status plaid_read_options_set_allow_plaintext(struct plaid_read_options *options,
+                                                    int32_t allow);
+
+/**
+ * The most a file's passphrase key derivation (Argon2id) may cost this reader:
+ * `max_memory` bytes (8 KiB to 4 GiB) and `max_passes` passes (1 to 64); anything else
+ * is `PLAID_ERR_INVALID_ARGUMENT`. By default 1 GiB and 16 passes (tensorizer's
+ * strongest preset is 1 GiB and 4 passes): a file asking for more is `PLAID_ERR_DECRYPT`,
+ * naming the tensor and its limits, before any memory is taken, so that a hostile file
+ * cannot cost minutes of CPU per open. Raise them for trusted files written with
+ * stronger limits.
+ *
+ * # Safety
+ * `options` is NULL (an error) or a live handle.
+ */
+plaid_status plaid_read_options_set_passphrase_limits(struct plaid_read_options *options,
+                                                      uint64_t max_memory,
+                                                      uint64_t max_passes);
 
 /**
  * Start writing a file at `path` (UTF-8). Nothing appears at `path` until
@@ -1525,7 +1568,10 @@ plaid_status plaid_write_options_set_passphrase(struct plaid_write_options *opti
  * `memory` bytes (a multiple of 1024, 8 KiB to 4 GiB); anything else is
  * `PLAID_ERR_INVALID_ARGUMENT`. The defaults, 3 passes over 256 MiB (libsodium's
  * `MODERATE`, tensorizer's default), are the least a real passphrase should get; lower
- * limits are for tests.
+ * limits are for tests. Readers take at most 1 GiB and 16 passes unless they raise their
+ * limits (`plaid_read_options_set_passphrase_limits`), so creating a serializer (or
+ * converting) with more is `PLAID_ERR_INVALID_ARGUMENT` unless
+ * `plaid_write_options_set_kdf_above_read_limits` allows it.
  *
  * # Safety
  * `options` is NULL (an error) or a live handle.
@@ -1533,6 +1579,17 @@ plaid_status plaid_write_options_set_passphrase(struct plaid_write_options *opti
 plaid_status plaid_write_options_set_passphrase_limits(struct plaid_write_options *options,
                                                        uint64_t passes,
                                                        uint64_t memory);
+
+/**
+ * Allow passphrase limits above what readers take by default, 1 GiB and 16 passes
+ * (`allow != 0`): the files written can only be read with raised read limits
+ * (`plaid_read_options_set_passphrase_limits`). Off by default.
+ *
+ * # Safety
+ * `options` is NULL (an error) or a live handle.
+ */
+plaid_status plaid_write_options_set_kdf_above_read_limits(struct plaid_write_options *options,
+                                                           int32_t allow);
 
 /**
  * The cipher that encrypts the data when a key or a passphrase is set:

@@ -272,9 +272,8 @@ pub fn to_tensorizer_with(
     use crate::format::tensorizer as tz;
     let tensors = source.tensors();
     let raw_names: Vec<Vec<u8>> = tensors.iter().map(tz::raw_name).collect();
-    let master = options
-        .secret
-        .master(options.kdf_passes, options.kdf_memory)?;
+    let (passes, memory) = options.kdf()?;
+    let master = options.secret.master(passes, memory)?;
     let encrypted = master.is_some();
     let version = if encrypted {
         3
@@ -497,9 +496,12 @@ fn check(
     storage: &crate::options::StorageOptions,
     secret: &crate::crypto::Secret,
 ) -> Result<()> {
+    // The file was just written with these limits: whatever they are, it is read back.
+    let mut secret = secret.clone();
+    secret.set_kdf_limits(crate::crypto::MAX_KDF_MEMORY, crate::crypto::MAX_KDF_PASSES)?;
     let options = ReadOptions {
         storage: storage.clone(),
-        secret: secret.clone(),
+        secret,
         ..Default::default()
     };
     let written = Deserializer::open(out, options)?;

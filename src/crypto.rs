@@ -23,12 +23,18 @@ use crate::pipeline::Transform;
 
 /// Bytes of a key.
 pub(crate) const KEY_LEN: usize = 32;
-/// The most memory a key derivation named by a file may take (tensorizer's strongest preset,
-/// `SENSITIVE`, takes 1 GiB): a hostile file cannot make plaid allocate more.
+/// The most memory a key derivation named by a file may take at all (the format's limit,
+/// `docs/FORMAT.md` 13.1); a reader takes at most [`DEFAULT_READ_KDF_MEMORY`] unless raised.
 pub(crate) const MAX_KDF_MEMORY: u64 = 4 << 30;
-/// The most passes a key derivation named by a file may take (tensorizer's presets take 1
-/// to 4).
+/// The most passes a key derivation named by a file may take at all (the format's limit).
 pub(crate) const MAX_KDF_PASSES: u64 = 64;
+/// The most memory a reader spends on a file's key derivation unless told otherwise:
+/// tensorizer's strongest preset (`SENSITIVE`, libsodium's `MEMLIMIT_SENSITIVE`), 1 GiB.
+pub const DEFAULT_READ_KDF_MEMORY: u64 = 1 << 30;
+/// The most passes a reader runs for a file's key derivation unless told otherwise (four
+/// times tensorizer's strongest preset, 4): with the memory limit, about 16 s of one core
+/// here, where the format's own limits (64 passes over 4 GiB) would cost minutes.
+pub const DEFAULT_READ_KDF_PASSES: u64 = 16;
 /// The least memory a key derivation may take (Argon2's minimum, 8 KiB).
 pub(crate) const MIN_KDF_MEMORY: u64 = 8 << 10;
 /// The writer's default passes for a passphrase: libsodium's `OPSLIMIT_MODERATE`, which is
@@ -60,15 +66,40 @@ enum Material {
 }
 
 /// The key material of read options, and the keys derived from a passphrase so far (shared
-/// by clones of the options, so each salt and limits are derived once). Every copy of a key
-/// or passphrase is zeroed when dropped.
-#[derive(Clone, Default)]
+/// by clones of the options, so each salt and limits are derived once), with what a reader
+/// holding it demands of a file: that its tensors are encrypted (unless plaintext is
+/// allowed), and that deriving its key costs at most the limits. Every copy of a key or
+/// passphrase is zeroed when dropped.
+#[derive(Clone)]
 pub(crate) struct Secret {
     material: Option<Material>,
     derived: Arc<Mutex<Vec<(Kdf, Key)>>>,
     /// The AES-GCM keys of plaid files opened so far, by their salt (checked against the
     /// file's key check before they were kept).
     files: Arc<Mutex<Vec<FileKeyEntry>>>,
+    /// Whether tensors stored in the clear are read when key material is given (a mixed
+    /// fleet's explicit choice); otherwise they are refused.
+    allow_plaintext: bool,
+    /// Where the key material came from, for the refusal of a file in the clear (the CLI:
+    /// "the environment's PLAID_KEY").
+    origin: Option<Arc<str>>,
+    /// The most memory, in bytes, and passes a file's key derivation may take.
+    max_kdf_memory: u64,
+    max_kdf_passes: u64,
+}
+
+impl Default for Secret {
+    fn default() -> Self {
+        Secret {
+            material: None,
+            derived: Arc::default(),
+            files: Arc::default(),
+            allow_plaintext: false,
+            origin: None,
+            max_kdf_memory: DEFAULT_READ_KDF_MEMORY,
+            max_kdf_passes: DEFAULT_READ_KDF_PASSES,
+        }
+    }
 }
 
 impl std::fmt::Debug for Secret {
@@ -83,12 +114,17 @@ impl std::fmt::Debug for Secret {
 
 impl PartialEq for Secret {
     fn eq(&self, other: &Self) -> bool {
-        match (&self.material, &other.material) {
+        let same_material = match (&self.material, &other.material) {
             (None, None) => true,
             (Some(Material::Key(a)), Some(Material::Key(b))) => a[..] == b[..],
             (Some(Material::Passphrase(a)), Some(Material::Passphrase(b))) => a[..] == b[..],
             _ => false,
-        }
+        };
+        same_material
+            && self.allow_plaintext == other.allow_plaintext
+            && self.origin == other.origin
+            && self.max_kdf_memory == other.max_kdf_memory
+            && self.max_kdf_passes == other.max_kdf_passes
     }
 }
 
@@ -139,6 +175,82 @@ impl Secret {
         self.material.is_some()
     }
 
+    /// Whether the key material is a passphrase.
+    pub(crate) fn is_passphrase(&self) -> bool {
+        matches!(self.material, Some(Material::Passphrase(_)))
+    }
+
+    /// Read tensors stored in the clear even though key material is given (`true`), or
+    /// refuse them (`false`, the default).
+    pub(crate) fn set_allow_plaintext(&mut self, allow: bool) {
+        self.allow_plaintext = allow;
+    }
+
+    /// Whether tensors stored in the clear are read despite key material.
+    pub(crate) fn allows_plaintext(&self) -> bool {
+        self.allow_plaintext
+    }
+
+    /// Name where the key material came from, for messages (`None`: the caller gave it).
+    pub(crate) fn set_origin(&mut self, origin: Option<&str>) {
+        self.origin = origin.map(Arc::from);
+    }
+
+    /// Set the most memory (bytes) and passes a file's key derivation may take: at least
+    /// the least a derivation can take, at most the format's limits (4 GiB, 64 passes).
+    pub(crate) fn set_kdf_limits(&mut self, max_memory: u64, max_passes: u64) -> Result<()> {
+        if !(MIN_KDF_MEMORY..=MAX_KDF_MEMORY).contains(&max_memory)
+            || !(1..=MAX_KDF_PASSES).contains(&max_passes)
+        {
+            return Err(Error::invalid(format!(
+                "passphrase limits of {max_memory} bytes and {max_passes} passes: memory is \
+                 {MIN_KDF_MEMORY} to {MAX_KDF_MEMORY} bytes and passes 1 to {MAX_KDF_PASSES} \
+                 (the format's limits)"
+            )));
+        }
+        self.max_kdf_memory = max_memory;
+        self.max_kdf_passes = max_passes;
+        self.derived = Arc::default();
+        self.files = Arc::default();
+        Ok(())
+    }
+
+    /// The most memory (bytes) and passes a file's key derivation may take.
+    pub(crate) fn kdf_limits(&self) -> (u64, u64) {
+        (self.max_kdf_memory, self.max_kdf_passes)
+    }
+
+    /// Refuse `tensor` of `file`, stored in the clear, when key material was given and
+    /// plaintext is not allowed: a reader that holds a key expects the file it was given the
+    /// key for, and a file whose encryption was stripped (flag, field and tags removed,
+    /// CRCs of the ciphertext still matching) would otherwise load its ciphertext, or any
+    /// substituted plaintext, as the weights. Tensors with no stored bytes are exempt.
+    pub(crate) fn check_clear(&self, file: &str, tensor: &TensorInfo) -> Result<()> {
+        if self.material.is_none()
+            || self.allow_plaintext
+            || tensor.encryption.is_some()
+            || tensor.zero_fill
+            || tensor.nbytes == 0
+        {
+            return Ok(());
+        }
+        let what = match self.material {
+            Some(Material::Passphrase(_)) => "passphrase",
+            _ => "key",
+        };
+        let given = match &self.origin {
+            Some(origin) => format!("a {what} was given ({origin})"),
+            None => format!("a {what} was given"),
+        };
+        Err(Error::Decrypt(format!(
+            "{file}: tensor '{}': expected an encrypted file; it is stored in the clear, and {given}: \
+             a file whose encryption was removed would load whatever it holds as the weights. \
+             If this file is meant to be read in the clear, allow it explicitly \
+             (plaid_read_options_set_allow_plaintext, allow_plaintext=True, --allow-plaintext)",
+            tensor.name
+        )))
+    }
+
     /// A new file's encryption, for a writer: fresh salts and nonce base from the
     /// operating system, the key (derived from the passphrase with `passes` and `memory`
     /// where there is one), or `None` without key material.
@@ -185,7 +297,10 @@ impl Secret {
                     memlimit: memory,
                     salt,
                 };
-                let key = derive(passphrase, &kdf).map_err(Error::invalid)?;
+                let key = derive(passphrase, &kdf).map_err(|why| match why {
+                    Derivation::OutOfMemory(e) => Error::io("deriving the key of a passphrase", e),
+                    Derivation::Params(why) => Error::invalid(why),
+                })?;
                 Some((key, Some(kdf)))
             }
         })
@@ -247,12 +362,25 @@ impl Secret {
                 if let Some((_, key)) = derived.iter().find(|(k, _)| k == kdf) {
                     return Ok(key.clone());
                 }
-                let key = derive(passphrase, kdf).map_err(|why| {
-                    Error::format(
+                if kdf.memlimit > self.max_kdf_memory || kdf.opslimit > self.max_kdf_passes {
+                    return Err(Error::Decrypt(format!(
+                        "{file}: tensor '{name}': its key derivation asks for {} passes over {} \
+                         bytes, past this reader's limits ({} passes over {} bytes); if the file \
+                         is trusted, raise them (plaid_read_options_set_passphrase_limits, \
+                         passphrase_limits=, --kdf-max-memory/--kdf-max-passes)",
+                        kdf.opslimit, kdf.memlimit, self.max_kdf_passes, self.max_kdf_memory
+                    )));
+                }
+                let key = derive(passphrase, kdf).map_err(|why| match why {
+                    Derivation::OutOfMemory(e) => Error::io(
+                        format_args!("{file}: tensor '{name}': deriving its key"),
+                        e,
+                    ),
+                    Derivation::Params(why) => Error::format(
                         file,
                         tensor.offset,
                         format!("tensor '{name}': its key derivation cannot run: {why}"),
-                    )
+                    ),
                 })?;
                 derived.push((kdf.clone(), key.clone()));
                 Ok(key)
@@ -314,14 +442,24 @@ impl SecretboxSealer {
     }
 }
 
+/// Why a key derivation did not run.
+enum Derivation {
+    /// The parameters are outside the format's limits or Argon2's.
+    Params(String),
+    /// The system refused the memory.
+    OutOfMemory(std::io::Error),
+}
+
 /// libsodium's `crypto_pwhash(out, 32, passphrase, salt, opslimit, memlimit,
-/// crypto_pwhash_ALG_ARGON2ID13)`: Argon2id v1.3, one lane, `memlimit / 1024` KiB.
-fn derive(passphrase: &[u8], kdf: &Kdf) -> std::result::Result<Key, String> {
+/// crypto_pwhash_ALG_ARGON2ID13)`: Argon2id v1.3, one lane, `memlimit / 1024` KiB. The
+/// memory is allocated fallibly (a refusal is an error, never an abort) and zeroed before
+/// it is freed (it holds values derived from the passphrase).
+fn derive(passphrase: &[u8], kdf: &Kdf) -> std::result::Result<Key, Derivation> {
     if kdf.memlimit > MAX_KDF_MEMORY || kdf.opslimit > MAX_KDF_PASSES {
-        return Err(format!(
-            "{} passes over {} bytes, past plaid's limits ({MAX_KDF_PASSES} passes, {MAX_KDF_MEMORY} bytes)",
+        return Err(Derivation::Params(format!(
+            "{} passes over {} bytes, past the format's limits ({MAX_KDF_PASSES} passes, {MAX_KDF_MEMORY} bytes)",
             kdf.opslimit, kdf.memlimit
-        ));
+        )));
     }
     let params = argon2::Params::new(
         (kdf.memlimit / 1024) as u32,
@@ -329,12 +467,27 @@ fn derive(passphrase: &[u8], kdf: &Kdf) -> std::result::Result<Key, String> {
         1,
         Some(KEY_LEN),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| Derivation::Params(e.to_string()))?;
+    let mut blocks: Vec<argon2::Block> = Vec::new();
+    blocks
+        .try_reserve_exact(params.block_count())
+        .map_err(|_| {
+            Derivation::OutOfMemory(std::io::Error::new(
+                std::io::ErrorKind::OutOfMemory,
+                format!(
+                    "out of memory: the system refused the {} bytes of the key derivation's memory",
+                    kdf.memlimit
+                ),
+            ))
+        })?;
+    blocks.resize(params.block_count(), argon2::Block::default());
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
-    argon
-        .hash_password_into(passphrase, &kdf.salt, &mut key[..])
-        .map_err(|e| e.to_string())?;
+    let hashed = argon
+        .hash_password_into_with_memory(passphrase, &kdf.salt, &mut key[..], &mut blocks[..])
+        .map_err(|e| Derivation::Params(e.to_string()));
+    blocks.iter_mut().for_each(zeroize::Zeroize::zeroize);
+    hashed?;
     Ok(key)
 }
 
@@ -588,8 +741,10 @@ pub(crate) struct Decrypt {
 }
 
 impl Decrypt {
-    /// The stage for `tensor` of `file`, or `None` for a tensor stored in the clear.
+    /// The stage for `tensor` of `file`, or `None` for a tensor stored in the clear (which
+    /// key material refuses unless plaintext is allowed: [`Secret::check_clear`]).
     pub(crate) fn of(file: &str, tensor: &TensorInfo, secret: &Secret) -> Result<Option<Decrypt>> {
+        secret.check_clear(file, tensor)?;
         let Some(encryption) = tensor.encryption.as_deref() else {
             return Ok(None);
         };

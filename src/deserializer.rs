@@ -636,6 +636,7 @@ impl Deserializer {
         if self.source.mappable().is_some() && tensor.encryption.is_none() {
             return f(self.view(index)?);
         }
+        self.source.begin();
         let total = tensor.nbytes;
         let mut buffer = vec![0u8; (total.min(piece.max(1) as u64)) as usize];
         let mut at = 0u64;
@@ -698,6 +699,7 @@ impl Deserializer {
         if tensor.zero_fill {
             return Ok(&self.zero_pages()?[..tensor.nbytes as usize]);
         }
+        self.options.secret.check_clear(self.name(), tensor)?;
         if tensor.encryption.is_some() {
             return Err(Error::Unsupported(format!(
                 "{}: tensor '{}' is encrypted: a view would show its ciphertext; load it instead",

@@ -107,8 +107,9 @@ impl ReadOptions {
 
     /// Decrypt encrypted tensors with `key` (32 bytes); `None` clears the key material.
     /// A key of another length, or a key while a passphrase is set, is `InvalidArgument`.
-    /// A key given for a file stored in the clear is ignored. The key is zeroed in memory
-    /// when the options (and every copy of them) are dropped.
+    /// With a key, every tensor loaded must be encrypted: one stored in the clear (with
+    /// stored bytes) is [`Error::Decrypt`], unless [`ReadOptions::allow_plaintext`]. The key
+    /// is zeroed in memory when the options (and every copy of them) are dropped.
     pub fn key(mut self, key: Option<&[u8]>) -> Result<Self> {
         self.secret.set_key(key)?;
         Ok(self)
@@ -117,10 +118,51 @@ impl ReadOptions {
     /// Decrypt encrypted tensors with a key derived from `passphrase` (its bytes, as given)
     /// with the salt and limits each tensor records (tensorizer's `from_string`: Argon2id);
     /// `None` clears the key material. A passphrase while a key is set is
-    /// `InvalidArgument`. Derived keys are cached per salt and limits.
+    /// `InvalidArgument`. Derived keys are cached per salt and limits. As with a key, a
+    /// tensor stored in the clear is refused unless [`ReadOptions::allow_plaintext`]; a
+    /// derivation past [`ReadOptions::passphrase_limits`] is refused before it runs.
     pub fn passphrase(mut self, passphrase: Option<&[u8]>) -> Result<Self> {
         self.secret.set_passphrase(passphrase)?;
         Ok(self)
+    }
+
+    /// With a key or a passphrase given, read tensors stored in the clear too (`true`)
+    /// instead of refusing them (`false`, the default). A mixed fleet's explicit choice:
+    /// a file in the clear is then protected by its CRCs only, against damage, not against
+    /// whoever can replace it (`docs/THREAT-MODEL.md`).
+    pub fn allow_plaintext(mut self, allow: bool) -> Self {
+        self.secret.set_allow_plaintext(allow);
+        self
+    }
+
+    /// Whether tensors stored in the clear are read despite a key or passphrase.
+    pub fn allows_plaintext(&self) -> bool {
+        self.secret.allows_plaintext()
+    }
+
+    /// Say where the key or passphrase came from (the CLI: "the environment's PLAID_KEY"),
+    /// so that the refusal of a file in the clear names it; `None` for the caller.
+    pub fn key_origin(mut self, origin: Option<&str>) -> Self {
+        self.secret.set_origin(origin);
+        self
+    }
+
+    /// The most a file's passphrase key derivation may cost this reader: `max_memory`
+    /// bytes (8 KiB to 4 GiB) and `max_passes` passes (1 to 64); anything else is
+    /// `InvalidArgument`. By default 1 GiB and 16 passes
+    /// ([`DEFAULT_READ_KDF_MEMORY`](crate::crypto::DEFAULT_READ_KDF_MEMORY),
+    /// [`DEFAULT_READ_KDF_PASSES`](crate::crypto::DEFAULT_READ_KDF_PASSES)): a file asking
+    /// for more is [`Error::Decrypt`] before any memory is taken, so that a hostile file
+    /// cannot cost minutes of CPU or gigabytes per open. Raise them for trusted files
+    /// written with stronger limits.
+    pub fn passphrase_limits(mut self, max_memory: u64, max_passes: u64) -> Result<Self> {
+        self.secret.set_kdf_limits(max_memory, max_passes)?;
+        Ok(self)
+    }
+
+    /// The most memory (bytes) and passes a file's key derivation may take.
+    pub fn passphrase_limit_values(&self) -> (u64, u64) {
+        self.secret.kdf_limits()
     }
 
     /// Turn verification on or off.
@@ -317,6 +359,8 @@ pub struct WriteOptions {
     pub(crate) kdf_memory: u64,
     /// The cipher of an encrypted file: `format::plaid::CIPHER_*`.
     pub(crate) cipher: u32,
+    /// Whether passphrase limits above what readers take by default are allowed.
+    pub(crate) kdf_above_read_limits: bool,
 }
 
 impl Default for WriteOptions {
@@ -331,6 +375,7 @@ impl Default for WriteOptions {
             kdf_passes: crate::crypto::DEFAULT_KDF_PASSES,
             kdf_memory: crate::crypto::DEFAULT_KDF_MEMORY,
             cipher: crate::format::plaid::CIPHER_AEGIS_256X4,
+            kdf_above_read_limits: false,
         }
     }
 }
@@ -398,6 +443,9 @@ impl WriteOptions {
     /// Set the cost of deriving a key from a passphrase: Argon2id `passes` (1 to 64) over
     /// `memory` bytes (a multiple of 1024, 8 KiB to 4 GiB). Below the defaults only for
     /// tests: the cost is what stands between a stolen file and a guessed passphrase.
+    /// Above what readers take by default (1 GiB, 16 passes) a file cannot be read until
+    /// its readers raise their limits, so a writer refuses such limits when it writes
+    /// unless [`WriteOptions::kdf_above_read_limits`] says so.
     pub fn passphrase_limits(mut self, passes: u64, memory: u64) -> Result<Self> {
         if !(1..=crate::crypto::MAX_KDF_PASSES).contains(&passes)
             || !memory.is_multiple_of(1024)
@@ -413,6 +461,33 @@ impl WriteOptions {
         self.kdf_passes = passes;
         self.kdf_memory = memory;
         Ok(self)
+    }
+
+    /// Allow passphrase limits above what readers take by default (1 GiB, 16 passes):
+    /// files that every reader must open with raised limits
+    /// ([`ReadOptions::passphrase_limits`]).
+    pub fn kdf_above_read_limits(mut self, allow: bool) -> Self {
+        self.kdf_above_read_limits = allow;
+        self
+    }
+
+    /// The passes and memory of a passphrase's key derivation, checked against what
+    /// readers take by default unless allowed above it.
+    pub(crate) fn kdf(&self) -> Result<(u64, u64)> {
+        use crate::crypto::{DEFAULT_READ_KDF_MEMORY, DEFAULT_READ_KDF_PASSES};
+        let above =
+            self.kdf_passes > DEFAULT_READ_KDF_PASSES || self.kdf_memory > DEFAULT_READ_KDF_MEMORY;
+        if above && !self.kdf_above_read_limits && self.secret.is_passphrase() {
+            return Err(Error::invalid(format!(
+                "passphrase limits of {} passes over {} bytes are above what readers take by \
+                 default ({DEFAULT_READ_KDF_PASSES} passes over {DEFAULT_READ_KDF_MEMORY} \
+                 bytes): every reader would have to raise its limits to open the file; allow \
+                 it explicitly (WriteOptions::kdf_above_read_limits, \
+                 plaid_write_options_set_kdf_above_read_limits, --kdf-above-read-limits)",
+                self.kdf_passes, self.kdf_memory
+            )));
+        }
+        Ok((self.kdf_passes, self.kdf_memory))
     }
 
     /// The cipher that encrypts the data when a key or a passphrase is set:

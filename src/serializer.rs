@@ -93,9 +93,9 @@ pub struct Serializer<'a> {
 enum Out {
     /// A temporary file beside the target, renamed over it at the end.
     File(Temporary),
-    /// An object store upload, completed at the end.
+    /// An object store upload, completed at the end (boxed: it is large).
     #[cfg(feature = "remote")]
-    Remote(crate::remote::Upload),
+    Remote(Box<crate::remote::Upload>),
 }
 
 impl std::fmt::Debug for Serializer<'_> {
@@ -122,10 +122,15 @@ impl<'a> Serializer<'a> {
         if shown.is_empty() {
             return Err(Error::invalid("the path is empty"));
         }
+        // Passphrase limits readers refuse are refused now, not after the tensors came.
+        options.kdf()?;
         if crate::deserializer::is_url(&shown) {
             #[cfg(feature = "remote")]
             return Ok(Serializer {
-                out: Out::Remote(crate::remote::Upload::create(&shown, &options.storage)?),
+                out: Out::Remote(Box::new(crate::remote::Upload::create(
+                    &shown,
+                    &options.storage,
+                )?)),
                 target,
                 options,
                 tensors: Vec::new(),
@@ -340,18 +345,18 @@ impl<'a> Serializer<'a> {
                     &self.tensors,
                     &self.metadata,
                     &self.options,
-                    upload,
+                    *upload,
                     progress,
                 )
             }
         };
         let started = Instant::now();
         let block_size = self.options.checksum_block_size;
-        let sealer = self.options.secret.sealer(
-            self.options.cipher,
-            self.options.kdf_passes,
-            self.options.kdf_memory,
-        )?;
+        let (passes, memory) = self.options.kdf()?;
+        let sealer = self
+            .options
+            .secret
+            .sealer(self.options.cipher, passes, memory)?;
         let encryption = sealer.as_ref().map(|s| &s.header);
         let plan = |crcs: Vec<Vec<u32>>, tags: Vec<Vec<u8>>| planned(&self.tensors, crcs, tags);
         // The checksums (and tags) are fixed-width in the header, so the layout is known
@@ -638,9 +643,8 @@ fn finish_remote(
     let block_size = options.checksum_block_size;
     let chunk = usize::try_from(block_size.max(16 << 20)).unwrap_or(16 << 20);
     let block = usize::try_from(block_size).unwrap_or(usize::MAX);
-    let sealer = options
-        .secret
-        .sealer(options.cipher, options.kdf_passes, options.kdf_memory)?;
+    let (passes, memory) = options.kdf()?;
+    let sealer = options.secret.sealer(options.cipher, passes, memory)?;
     let threads = options.worker_threads();
     let mut tags = no_tags(tensors, block_size, false);
     let mut crcs = match sealer {

@@ -535,3 +535,88 @@ fn plaid_encryption_from_the_command_line() {
         "{out}"
     );
 }
+
+/// A key from the environment expects an encrypted file: `verify` and `convert` refuse a
+/// file in the clear (naming where the key came from) unless `--allow-plaintext`.
+#[test]
+fn a_key_from_the_environment_refuses_a_file_in_the_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain.plaid");
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut w = Serializer::create(&plain, WriteOptions::default().sync(false)).unwrap();
+    w.add_tensor("w", DType::U8, &[50_000], &data).unwrap();
+    w.finish().unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_plaid"))
+            .args(args)
+            .env_remove("PLAID_KEY")
+            .env_remove("PLAID_PASSPHRASE")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let p = plain.to_str().unwrap();
+    let key = [("PLAID_KEY", "00".repeat(32))];
+    let key: Vec<(&str, &str)> = key.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (ok, out) = run(&["verify", p], &key);
+    assert!(!ok, "{out}");
+    assert!(out.contains("stored in the clear"), "{out}");
+    assert!(out.contains("from the environment's PLAID_KEY"), "{out}");
+    assert!(out.contains("--allow-plaintext"), "{out}");
+    let copy = dir.path().join("copy.plaid");
+    let (ok, out) = run(&["convert", p, copy.to_str().unwrap()], &key);
+    assert!(
+        !ok && out.contains("stored in the clear") && !copy.exists(),
+        "{out}"
+    );
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, "11".repeat(32)).unwrap();
+    let (ok, out) = run(
+        &["verify", p, "--key-file", key_file.to_str().unwrap()],
+        &[],
+    );
+    assert!(!ok && out.contains("stored in the clear"), "{out}");
+    assert!(!out.contains("environment"), "{out}");
+    // Chosen explicitly: read in the clear.
+    let (ok, out) = run(&["verify", p, "--allow-plaintext"], &key);
+    assert!(ok, "{out}");
+    let (ok, out) = run(
+        &["convert", p, copy.to_str().unwrap(), "--allow-plaintext"],
+        &key,
+    );
+    assert!(ok, "{out}");
+    // Without a key, nothing changes.
+    let (ok, out) = run(&["verify", p], &[]);
+    assert!(ok, "{out}");
+}
+
+/// A malformed endpoint from the environment is an error naming the variable, never a
+/// panic (exit status 101).
+#[test]
+fn a_malformed_endpoint_in_the_environment_is_an_error_naming_it() {
+    for (var, value) in [
+        ("AWS_ENDPOINT_URL", "ht!tp://bad url"),
+        ("AWS_ENDPOINT_URL", "http://bad url"),
+        ("AWS_ENDPOINT", "http://"),
+        ("AWS_REGION", "eu west 1"),
+        ("AWS_SESSION_TOKEN", "a\nb"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_plaid"))
+            .args(["verify", "s3://bucket/model.plaid"])
+            .env(var, value)
+            .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{var}={value:?}: {err}");
+        assert!(err.contains(var), "{var}={value:?}: {err}");
+        assert!(!err.contains("panicked"), "{var}={value:?}: {err}");
+    }
+}

@@ -236,10 +236,12 @@ fn wrong_keys() {
     assert!(wrong.contains("wrong key"), "{wrong}");
     let e = fails(ReadOptions::default().passphrase(Some(b"pw")).unwrap());
     assert!(e.contains("raw key"), "{e}");
-    // A key for a file stored in the clear is ignored.
+    // A key for a file stored in the clear refuses it, unless plaintext is allowed.
     let plain = dir.path().join("plain.plaid");
     let tensors = write(&plain, WriteOptions::default());
     let d = Deserializer::open(&plain, read_key()).unwrap();
+    assert!(matches!(common::load_all(&d), Err(Error::Decrypt(_))));
+    let d = Deserializer::open(&plain, read_key().allow_plaintext(true)).unwrap();
     let loaded = common::load_all(&d).unwrap();
     assert_eq!(loaded[0], tensors[0].3);
     assert!(d.tensors().iter().all(|t| t.encryption.is_none()));
@@ -676,4 +678,225 @@ fn hostile_encryption_fields_are_refused_at_open() {
         false,
         "a short passphrase salt",
     );
+}
+
+/// `file` with `header` and `flags` in place of its own (its length may change, within the
+/// room before the data), both CRCs made right and the padding zeroed.
+fn relaid(file: &[u8], header: &proto::Header, flags: u32) -> Vec<u8> {
+    let bytes = header.encode_to_vec();
+    let preamble = v1::Preamble {
+        version: v1::VERSION,
+        header_crc32c: checksum::crc32c(&bytes),
+        header_len: bytes.len() as u64,
+        flags,
+    };
+    let data_offset = header.data_offset as usize;
+    let mut out = preamble.encode().to_vec();
+    out.extend_from_slice(&bytes);
+    assert!(out.len() <= data_offset, "the header fits before the data");
+    out.resize(data_offset, 0);
+    out.extend_from_slice(&file[data_offset..]);
+    out
+}
+
+/// The encrypted file at `path` with its encryption stripped the way whoever can replace
+/// the file would: no `encryption`, no block tags, the flag cleared, the header's CRCs made
+/// right. The data CRCs are those of the ciphertext, so they still match.
+fn stripped(path: &Path) -> Vec<u8> {
+    let file = std::fs::read(path).unwrap();
+    let mut h = header(&file);
+    h.encryption = None;
+    for t in &mut h.tensors {
+        t.block_tags.clear();
+    }
+    relaid(&file, &h, 0)
+}
+
+#[test]
+fn a_key_refuses_a_file_whose_encryption_was_stripped_or_that_was_never_encrypted() {
+    for_each_cipher(|_| downgrade());
+}
+
+fn downgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    let tensors = write(&path, keyed());
+    let bad = dir.path().join("stripped.plaid");
+    std::fs::write(&bad, stripped(&path)).unwrap();
+    // Without a key, the stripped file is an ordinary file whose CRCs hold: nothing tells
+    // it from a plain one (what a reader without a key is promised is integrity only).
+    let d = Deserializer::open(&bad, ReadOptions::default()).unwrap();
+    d.verify().unwrap();
+    // With the key, every way of reading refuses it, before anything is read.
+    let passphrase = ReadOptions::default().passphrase(Some(b"p")).unwrap();
+    for options in [read_key(), read_key().verify(false), passphrase] {
+        let d = Deserializer::open(&bad, options).unwrap();
+        let e = common::load_all(&d).unwrap_err();
+        assert!(matches!(e, Error::Decrypt(_)), "{e}");
+        let message = e.to_string();
+        assert!(
+            message.contains("expected an encrypted file; it is stored in the clear"),
+            "{message}"
+        );
+        assert!(
+            message.contains("stripped.plaid") && message.contains("'w'"),
+            "{message}"
+        );
+        assert!(matches!(d.verify(), Err(Error::Decrypt(_))));
+        assert!(matches!(d.read_tensor(0), Err(Error::Decrypt(_))));
+        assert!(matches!(d.view(0), Err(Error::Decrypt(_))));
+        assert!(matches!(d.map(), Err(Error::Decrypt(_))));
+        let out = dir.path().join("out.plaid");
+        let e = plaid::convert::to_plaid(&d, &out, WriteOptions::default(), &mut |_, _| {})
+            .unwrap_err();
+        assert!(matches!(e, Error::Decrypt(_)), "{e}");
+        assert!(!out.exists(), "a refused conversion writes nothing");
+    }
+    // A slice through the views API, streamed, in short reads: refused the same way.
+    let streamed = ShortReads::new(FileSource::open(&bad).unwrap(), 3);
+    let d = Deserializer::from_source(Box::new(streamed), read_key()).unwrap();
+    let mut out = vec![0u8; 100 * 4];
+    let mut slot = Some(&mut out[..]);
+    let e = d
+        .load(&mut |t: &plaid::TensorInfo| {
+            Ok(match (t.name.as_str(), slot.take()) {
+                ("w", Some(out)) => Destination::View(
+                    View::whole().slice(0, 0, 1),
+                    Box::new(Destination::Host(out)),
+                ),
+                (_, other) => {
+                    slot = other;
+                    Destination::Skip
+                }
+            })
+        })
+        .unwrap_err();
+    assert!(matches!(e, Error::Decrypt(_)), "{e}");
+    // Allowed explicitly (a mixed fleet): it loads what it holds, the ciphertext here.
+    let d = Deserializer::open(&bad, read_key().allow_plaintext(true)).unwrap();
+    let loaded = common::load_all(&d).unwrap();
+    assert_ne!(loaded[0], tensors[0].3, "the ciphertext, not the weights");
+    // A file never encrypted is refused the same way; its empty tensors are not.
+    let plain = dir.path().join("plain.plaid");
+    write(&plain, WriteOptions::default());
+    let d = Deserializer::open(&plain, read_key()).unwrap();
+    assert!(matches!(common::load_all(&d), Err(Error::Decrypt(_))));
+    let e_index = d.find("e").unwrap();
+    assert_eq!(d.read_tensor(e_index).unwrap(), Vec::<u8>::new());
+    let d = Deserializer::open(&plain, read_key().allow_plaintext(true)).unwrap();
+    let loaded = common::load_all(&d).unwrap();
+    for (got, (name, _, _, data)) in loaded.iter().zip(&tensors) {
+        assert_eq!(got, data, "{name}");
+    }
+    // The origin of the key is named in the refusal where it is known.
+    let d = Deserializer::open(
+        &plain,
+        read_key().key_origin(Some("from the environment's PLAID_KEY")),
+    )
+    .unwrap();
+    let message = common::load_all(&d).unwrap_err().to_string();
+    assert!(message.contains("PLAID_KEY"), "{message}");
+}
+
+#[test]
+fn a_files_key_derivation_is_bounded_by_the_readers_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    let cheap = WriteOptions::default()
+        .passphrase(Some(b"correct horse"))
+        .unwrap()
+        .passphrase_limits(2, 64 << 10)
+        .unwrap();
+    let tensors = write(&path, cheap);
+    let read = |max_memory: u64, max_passes: u64| {
+        ReadOptions::default()
+            .passphrase(Some(b"correct horse"))
+            .unwrap()
+            .passphrase_limits(max_memory, max_passes)
+            .unwrap()
+    };
+    // Within the limits: read.
+    let d = Deserializer::open(&path, read(64 << 10, 2)).unwrap();
+    assert_eq!(common::load_all(&d).unwrap()[0], tensors[0].3);
+    // Past them (memory, then passes): refused before the derivation runs.
+    for (memory, passes) in [(32 << 10, 16), (1 << 30, 1)] {
+        let d = Deserializer::open(&path, read(memory, passes)).unwrap();
+        let e = common::load_all(&d).unwrap_err();
+        assert!(matches!(e, Error::Decrypt(_)), "{e}");
+        let message = e.to_string();
+        assert!(message.contains("past this reader's limits"), "{message}");
+        assert!(message.contains("passphrase_limits"), "{message}");
+    }
+    // Limits outside the format's are refused as arguments.
+    for (memory, passes) in [(0, 1), (1 << 20, 0), (8 << 30, 1), (1 << 20, 65)] {
+        assert!(matches!(
+            ReadOptions::default().passphrase_limits(memory, passes),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+    assert_eq!(
+        ReadOptions::default().passphrase_limit_values(),
+        (1 << 30, 16),
+        "the defaults: 1 GiB and 16 passes"
+    );
+
+    // A file that declares 4 GiB (the format's limit) and 64 passes: refused at once by
+    // default, where it used to cost an abort or minutes of CPU.
+    let file = std::fs::read(&path).unwrap();
+    let mut h = header(&file);
+    let p = h.encryption.as_mut().unwrap().passphrase.as_mut().unwrap();
+    p.memory = 4 << 30;
+    p.passes = 64;
+    let costly = dir.path().join("costly.plaid");
+    std::fs::write(&costly, relaid(&file, &h, v1::FLAG_ENCRYPTED)).unwrap();
+    let started = std::time::Instant::now();
+    let d = Deserializer::open(
+        &costly,
+        ReadOptions::default().passphrase(Some(b"x")).unwrap(),
+    )
+    .unwrap();
+    let e = common::load_all(&d).unwrap_err();
+    assert!(matches!(e, Error::Decrypt(_)), "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    // With the limits raised, memory the system refuses is an error, not an abort.
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "x").unwrap();
+    let (code, stderr) = common::plaid_with_address_space(
+        &[
+            "verify",
+            costly.to_str().unwrap(),
+            "--passphrase-file",
+            pw.to_str().unwrap(),
+            "--kdf-max-memory",
+            "4294967296",
+            "--kdf-max-passes",
+            "64",
+        ],
+        1 << 30,
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("out of memory"), "{stderr}");
+    assert!(stderr.contains("costly.plaid"), "{stderr}");
+
+    // A writer refuses limits its readers would refuse, unless told.
+    let strong = WriteOptions::default()
+        .passphrase(Some(b"p"))
+        .unwrap()
+        .passphrase_limits(3, 2 << 30)
+        .unwrap();
+    let e = Serializer::create(dir.path().join("w.plaid"), strong.clone()).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    assert!(e.to_string().contains("kdf_above_read_limits"), "{e}");
+    Serializer::create(
+        dir.path().join("w.plaid"),
+        strong.kdf_above_read_limits(true),
+    )
+    .unwrap();
+    // With a raw key the limits do not apply.
+    let keyed_strong = WriteOptions::default()
+        .key(Some(&KEY))
+        .unwrap()
+        .passphrase_limits(3, 2 << 30)
+        .unwrap();
+    Serializer::create(dir.path().join("k.plaid"), keyed_strong).unwrap();
 }

@@ -404,32 +404,6 @@ fn an_unfinished_write_has_no_name_where_the_file_system_allows() {
     assert_eq!(listing(), vec!["model.plaid".to_string()]);
 }
 
-/// Exit code (None when killed by a signal) and stderr of `plaid ARGS` run with at most
-/// `limit` bytes of address space.
-fn plaid_with_address_space(args: &[&str], limit: u64) -> (Option<i32>, String) {
-    use std::os::unix::process::CommandExt;
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_plaid"));
-    command.args(args).stdout(std::process::Stdio::null());
-    // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        command.pre_exec(move || {
-            let rlimit = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: limit,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &rlimit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    };
-    let out = command.output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn memory_the_system_refuses_is_an_error_not_an_abort() {
     let dir = tempfile::tempdir().unwrap();
@@ -458,7 +432,7 @@ fn memory_the_system_refuses_is_an_error_not_an_abort() {
     const MIB: u64 = 1 << 20;
     for path in [&safetensors, &plaid] {
         let (code, stderr) =
-            plaid_with_address_space(&["inspect", path.to_str().unwrap()], 64 * MIB);
+            common::plaid_with_address_space(&["inspect", path.to_str().unwrap()], 64 * MIB);
         assert_eq!(code, Some(1), "{path:?} under 64 MiB: {stderr}");
         assert!(stderr.contains("out of memory"), "{stderr}");
         assert!(
@@ -469,6 +443,6 @@ fn memory_the_system_refuses_is_an_error_not_an_abort() {
     // Room for the header once (not twice, as a read-ahead copy of it needed before): the
     // safetensors file opens.
     let (code, stderr) =
-        plaid_with_address_space(&["inspect", safetensors.to_str().unwrap()], 160 * MIB);
+        common::plaid_with_address_space(&["inspect", safetensors.to_str().unwrap()], 160 * MIB);
     assert_eq!(code, Some(0), "{stderr}");
 }

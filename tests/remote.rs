@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{load_all, random_bytes};
-use fault_server::{Fault, FaultServer};
+use fault_server::{Fault, FaultServer, Redirect};
 use plaid::{DType, Deserializer, Destination, Error, ReadOptions, Serializer, WriteOptions};
 
 fn fixtures() -> PathBuf {
@@ -388,6 +388,220 @@ fn storage_options_are_checked() {
         Deserializer::open(server.url_of("m.plaid"), bad),
         Err(Error::InvalidArgument(_))
     ));
+}
+
+#[test]
+fn a_verify_against_a_server_dripping_its_data_ends_within_one_retry_budget() {
+    // Every data range arrives at 5 bytes a second, so no request ever completes. Each
+    // request gives up after `timeout` and is retried within `retry_timeout`; the verify
+    // reads the tensors batched, then each alone to name the one that failed: the budget
+    // of the whole operation must not restart between those (it did: 2x, and more with
+    // each further phase).
+    let server = FaultServer::start();
+    let (plaid, _) = plaid_model();
+    server.put("m.plaid", plaid);
+    let (retry_timeout, timeout) = (Duration::from_secs(3), Duration::from_secs(1));
+    let options = ReadOptions::default()
+        .threads(2)
+        .unwrap()
+        .storage("timeout", "1s")
+        .unwrap()
+        .storage("retry_timeout", "3s")
+        .unwrap()
+        .storage("max_retries", "1000")
+        .unwrap();
+    let d = Deserializer::open(server.url_of("m.plaid"), options).unwrap();
+    // A later operation gets a budget of its own, however long the handle sat idle.
+    std::thread::sleep(Duration::from_millis(200));
+    server.set_fault(Fault::Drip { interval_ms: 200 });
+    let started = Instant::now();
+    let e = d.verify().unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        took < retry_timeout + timeout + Duration::from_millis(1500),
+        "the verify took {took:?}, past retry_timeout + timeout"
+    );
+    assert!(
+        took >= retry_timeout,
+        "it gave up early, after {took:?}: {e}"
+    );
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+    let message = e.to_string();
+    assert!(message.contains(&server.url_of("m.plaid")), "{message}");
+    assert!(message.contains("bytes "), "{message}");
+    // The same handle serves again once the server does.
+    server.set_fault(Fault::None);
+    d.verify().unwrap();
+}
+
+/// Read options for an S3 bucket at the fault server `endpoint`, with temporary
+/// credentials (a session token).
+fn s3_at(endpoint: &FaultServer) -> ReadOptions {
+    options()
+        .storage("aws_endpoint", &endpoint.url)
+        .unwrap()
+        .storage("aws_access_key_id", "AKIDEXAMPLE")
+        .unwrap()
+        .storage("aws_secret_access_key", "wJalrXUtnFEMI/K7MDENG")
+        .unwrap()
+        .storage("aws_session_token", "SESSION-TOKEN-of-the-test")
+        .unwrap()
+        .storage("aws_region", "us-east-1")
+        .unwrap()
+        .storage("max_retries", "1")
+        .unwrap()
+}
+
+#[test]
+fn s3_follows_no_redirect_and_its_session_token_never_reaches_another_origin() {
+    let endpoint = FaultServer::start();
+    let elsewhere = FaultServer::start(); // another origin: another port
+    let (plaid, tensors) = plaid_model();
+    endpoint.put("bucket/m.plaid", plaid.clone());
+    elsewhere.put("bucket/m.plaid", plaid);
+    let url = "s3://bucket/m.plaid";
+    // The endpoint serves: the token is sent there (so the test would see it elsewhere).
+    assert_eq!(load_url(url, s3_at(&endpoint)).unwrap(), tensors);
+    assert!(endpoint
+        .header_values("x-amz-security-token")
+        .iter()
+        .any(|t| t == "SESSION-TOKEN-of-the-test"));
+    // A redirect of the opening request, of every kind.
+    for status in [301, 302, 303, 307, 308] {
+        endpoint.set_redirect(Some(Redirect {
+            status,
+            to: elsewhere.url.clone(),
+            region: None,
+        }));
+        let e = Deserializer::open(url, s3_at(&endpoint)).unwrap_err();
+        let message = e.to_string();
+        assert!(matches!(e, Error::Io { .. }), "{status}: {e:?}");
+        assert!(message.contains("redirect"), "{status}: {message}");
+        assert!(message.contains(&elsewhere.url), "{status}: {message}");
+    }
+    // A redirect of the data's ranged GETs, once the object is open.
+    endpoint.set_redirect(None);
+    let d = Deserializer::open(url, s3_at(&endpoint)).unwrap();
+    endpoint.set_redirect(Some(Redirect {
+        status: 307,
+        to: elsewhere.url.clone(),
+        region: None,
+    }));
+    let message = io_message(load_all(&d));
+    assert!(message.contains("redirect"), "{message}");
+    assert!(
+        elsewhere.received().is_empty(),
+        "requests reached the other origin: {:?}",
+        elsewhere.received()
+    );
+    assert!(elsewhere.header_values("x-amz-security-token").is_empty());
+    // S3's answer for a bucket in another region names it.
+    endpoint.set_redirect(Some(Redirect {
+        status: 301,
+        to: elsewhere.url.clone(),
+        region: Some("eu-west-3".into()),
+    }));
+    let message = Deserializer::open(url, s3_at(&endpoint))
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("region eu-west-3"), "{message}");
+    assert!(message.contains("aws_region"), "{message}");
+    assert!(!message.contains("SESSION-TOKEN"), "{message}");
+}
+
+#[test]
+fn gcs_and_azure_follow_no_redirect_either() {
+    let endpoint = FaultServer::start();
+    let elsewhere = FaultServer::start();
+    endpoint.set_redirect(Some(Redirect {
+        status: 307,
+        to: elsewhere.url.clone(),
+        region: None,
+    }));
+    let stores = [
+        (
+            "gs://bucket/m.plaid",
+            vec![
+                ("google_base_url", endpoint.url.clone()),
+                ("google_bearer_token", "TOKEN-of-the-test".to_owned()),
+                ("allow_http", "true".to_owned()),
+            ],
+        ),
+        (
+            "az://container/m.plaid",
+            vec![
+                ("azure_storage_account_name", "account".to_owned()),
+                ("azure_storage_endpoint", endpoint.url.clone()),
+                ("azure_storage_token", "TOKEN-of-the-test".to_owned()),
+                ("allow_http", "true".to_owned()),
+            ],
+        ),
+    ];
+    for (url, pairs) in stores {
+        let mut o = options();
+        for (k, v) in pairs {
+            o = o.storage(k, &v).unwrap();
+        }
+        let e = Deserializer::open(url, o).unwrap_err();
+        assert!(matches!(e, Error::Io { .. }), "{url}: {e:?}");
+        assert!(e.to_string().contains("redirect"), "{url}: {e}");
+    }
+    assert!(endpoint.requests() >= 2, "each store asked the endpoint");
+    assert!(
+        elsewhere.received().is_empty(),
+        "{:?}",
+        elsewhere.received()
+    );
+}
+
+#[test]
+fn plain_http_follows_redirects_unless_the_url_carries_a_password() {
+    let front = FaultServer::start();
+    let back = FaultServer::start();
+    let (plaid, tensors) = plaid_model();
+    back.put("m.plaid", plaid.clone());
+    front.set_redirect(Some(Redirect {
+        status: 307,
+        to: back.url.clone(),
+        region: None,
+    }));
+    // No credential: followed to the other origin, which serves (with its ETag pinned).
+    assert_eq!(
+        load_url(&front.url_of("m.plaid"), options()).unwrap(),
+        tensors
+    );
+    assert!(back.requests() > 0);
+    // A user and password: sent as basic authentication to the URL's origin only, and a
+    // redirect is an error that never shows the password.
+    let with_password = front.url.replace("http://", "http://reader:s3cr%40t@") + "/m.plaid";
+    let seen_by_back = back.requests();
+    let e = Deserializer::open(&with_password, options()).unwrap_err();
+    let message = e.to_string();
+    assert!(message.contains("redirect"), "{message}");
+    assert!(!message.contains("s3cr"), "{message}");
+    assert!(message.contains("reader:***@"), "{message}");
+    assert_eq!(
+        back.requests(),
+        seen_by_back,
+        "nothing more reached the other origin"
+    );
+    assert!(back.header_values("authorization").is_empty());
+    // `reader:s3cr@t` in base 64.
+    let basic = "Basic cmVhZGVyOnMzY3JAdA==";
+    assert!(front
+        .header_values("authorization")
+        .iter()
+        .any(|a| a == basic));
+    // Served where it is asked, with the credentials.
+    front.set_redirect(None);
+    front.put("m.plaid", plaid);
+    let d = Deserializer::open(&with_password, options()).unwrap();
+    assert!(!d.name().contains("s3cr"), "{}", d.name());
+    assert_eq!(load_all(&d).unwrap(), tensors);
+    // Other stores take no credentials in their URLs.
+    let e = Deserializer::open("s3://key:secret@bucket/m.plaid", options()).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    assert!(!e.to_string().contains("secret@"), "{e}");
 }
 
 // ---- Against the servers the test command starts (scripts/servers) ----
@@ -867,6 +1081,268 @@ mod c_api {
                 PLAID_ERR_UNSUPPORTED
             );
             plaid_write_options_free(w);
+        }
+    }
+
+    /// Every storage option plaid or `object_store` knows (canonical names and a few
+    /// aliases).
+    const EVERY_KEY: &[&str] = &[
+        // plaid's own
+        "max_retries",
+        "retry_timeout",
+        "aws_profile",
+        "aws_ca_bundle",
+        "ca_bundle",
+        "upload_part_size",
+        "upload_parts_in_flight",
+        "profile",
+        // S3
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_region",
+        "aws_bucket",
+        "aws_endpoint",
+        "aws_endpoint_url_s3",
+        "aws_session_token",
+        "aws_imdsv1_fallback",
+        "aws_virtual_hosted_style_request",
+        "aws_s3_express",
+        "aws_default_region",
+        "aws_metadata_endpoint",
+        "aws_unsigned_payload",
+        "aws_checksum_algorithm",
+        "aws_container_credentials_relative_uri",
+        "aws_container_credentials_full_uri",
+        "aws_container_authorization_token_file",
+        "aws_web_identity_token_file",
+        "aws_role_arn",
+        "aws_role_session_name",
+        "aws_endpoint_url_sts",
+        "aws_skip_signature",
+        "aws_copy_if_not_exists",
+        "aws_conditional_put",
+        "aws_disable_tagging",
+        "aws_disable_bulk_delete",
+        "aws_request_payer",
+        "endpoint",
+        "region",
+        "endpoint_url",
+        // GCS
+        "google_service_account",
+        "google_service_account_key",
+        "google_bucket",
+        "google_base_url",
+        "google_application_credentials",
+        "google_bearer_token",
+        "google_skip_signature",
+        // Azure
+        "azure_storage_account_name",
+        "azure_storage_account_key",
+        "azure_storage_client_id",
+        "azure_storage_client_secret",
+        "azure_storage_tenant_id",
+        "azure_storage_authority_host",
+        "azure_storage_sas_key",
+        "azure_storage_token",
+        "azure_storage_use_emulator",
+        "azure_use_fabric_endpoint",
+        "azure_storage_endpoint",
+        "azure_msi_endpoint",
+        "azure_object_id",
+        "azure_msi_resource_id",
+        "azure_federated_token_file",
+        "azure_use_azure_cli",
+        "azure_skip_signature",
+        "azure_container_name",
+        "azure_disable_tagging",
+        "azure_fabric_token_service_url",
+        "azure_fabric_workload_host",
+        "azure_fabric_session_token",
+        "azure_fabric_cluster_identifier",
+        "azure_credential_type",
+        "azure_storage_encryption_key",
+        // the HTTP client's
+        "allow_http",
+        "allow_invalid_certificates",
+        "disable_system_certificates",
+        "connect_timeout",
+        "default_content_type",
+        "http1_only",
+        "http2_only",
+        "http2_keep_alive_interval",
+        "http2_keep_alive_timeout",
+        "http2_keep_alive_while_idle",
+        "http2_max_frame_size",
+        "pool_idle_timeout",
+        "pool_max_idle_per_host",
+        "proxy_url",
+        "proxy_ca_certificate",
+        "proxy_excludes",
+        "randomize_addresses",
+        "read_timeout",
+        "timeout",
+        "user_agent",
+    ];
+
+    #[test]
+    fn every_storage_option_with_hostile_values_is_an_error_never_a_panic() {
+        let server = FaultServer::start();
+        let (plaid, _) = plaid_model();
+        for name in ["m.plaid", "bucket/m.plaid", "container/m.plaid"] {
+            server.put(name, plaid.clone());
+        }
+        let long = "x".repeat(10_000);
+        let hostile = [
+            "ht!tp://bad url",
+            "http://bad url",
+            "http://",
+            " ",
+            "",
+            "a\nb\r\nX-Injected: 1",
+            "-1",
+            "18446744073709551616",
+            "\u{165}\u{eb}\u{161}\u{165} \u{2603}",
+            long.as_str(),
+        ];
+        // Each store pointed at the local server, so that a value that passes reaches it.
+        let common = [
+            ("max_retries", "0"),
+            ("retry_timeout", "1s"),
+            ("timeout", "2s"),
+            ("connect_timeout", "1s"),
+        ];
+        let stores: [(&str, Vec<(&str, String)>); 4] = [
+            (
+                "s3://bucket/m.plaid",
+                vec![
+                    ("aws_endpoint", server.url.clone()),
+                    ("aws_access_key_id", "AKIDEXAMPLE".into()),
+                    ("aws_secret_access_key", "secret".into()),
+                    ("aws_region", "us-east-1".into()),
+                ],
+            ),
+            (
+                "gs://bucket/m.plaid",
+                vec![
+                    ("google_base_url", server.url.clone()),
+                    ("google_skip_signature", "true".into()),
+                ],
+            ),
+            (
+                "az://container/m.plaid",
+                vec![
+                    ("azure_storage_account_name", "account".into()),
+                    ("azure_storage_endpoint", server.url.clone()),
+                    ("azure_skip_signature", "true".into()),
+                ],
+            ),
+            (&server.url_of("m.plaid"), vec![]),
+        ];
+        let mut statuses = std::collections::BTreeMap::new();
+        for (k, (url, base)) in stores.iter().enumerate() {
+            let url = c(url);
+            // Each store's own keys, and the keys of the client and of plaid's with the
+            // stores that differ in how they build the client (S3 and plain HTTP).
+            let mine = |key: &str| match key.split('_').next() {
+                Some("aws") | Some("endpoint") | Some("region") => k == 0,
+                Some("google") => k == 1,
+                Some("azure") => k == 2,
+                _ => k == 0 || k == 3,
+            };
+            for key in EVERY_KEY.iter().filter(|key| mine(key)) {
+                for value in hostile {
+                    // SAFETY: `o` and `d` are used only between their creation and their
+                    // free here; the CStrings outlive the calls they are passed to.
+                    unsafe {
+                        let mut o = ptr::null_mut();
+                        assert_eq!(plaid_read_options_new(&mut o), PLAID_OK);
+                        for (k, v) in common
+                            .iter()
+                            .map(|(k, v)| (*k, v.to_string()))
+                            .chain(base.iter().map(|(k, v)| (*k, v.clone())))
+                        {
+                            assert_eq!(
+                                plaid_read_options_set_storage(o, c(k).as_ptr(), c(&v).as_ptr()),
+                                PLAID_OK
+                            );
+                        }
+                        let set =
+                            plaid_read_options_set_storage(o, c(key).as_ptr(), c(value).as_ptr());
+                        assert_ne!(set, PLAID_ERR_PANIC, "{key}={value:?}: {}", last_error());
+                        let mut d = ptr::null_mut();
+                        let opened = plaid_deserializer_open(url.as_ptr(), o, &mut d);
+                        assert_ne!(
+                            opened,
+                            PLAID_ERR_PANIC,
+                            "{url:?} {key}={value:?}: {}",
+                            last_error()
+                        );
+                        if opened == PLAID_ERR_INVALID_ARGUMENT {
+                            let message = last_error();
+                            assert!(
+                                message.contains(key) || set == PLAID_OK,
+                                "{key}={value:?}: {message}"
+                            );
+                        }
+                        *statuses.entry(opened).or_insert(0usize) += 1;
+                        plaid_deserializer_free(d);
+                        plaid_read_options_free(o);
+                    }
+                }
+            }
+        }
+        eprintln!("statuses of the opens: {statuses:?}");
+        // The values that must be refused as such, naming their key, when the store is
+        // built.
+        for (url, base, key, value) in [
+            (
+                &stores[0].0,
+                &stores[0].1,
+                "aws_endpoint",
+                "ht!tp://bad url",
+            ),
+            (&stores[0].0, &stores[0].1, "aws_endpoint", "http://bad url"),
+            (&stores[0].0, &stores[0].1, "endpoint", "http://"),
+            (&stores[0].0, &stores[0].1, "aws_region", "eu west 1"),
+            (&stores[0].0, &stores[0].1, "aws_session_token", "a\nb"),
+            (
+                &stores[1].0,
+                &stores[1].1,
+                "google_base_url",
+                "ht!tp://bad url",
+            ),
+            (
+                &stores[2].0,
+                &stores[2].1,
+                "azure_storage_endpoint",
+                "http://bad url",
+            ),
+            (&stores[3].0, &stores[3].1, "timeout", "soon"),
+            (&stores[3].0, &stores[3].1, "proxy_url", "ht!tp://bad url"),
+            (&stores[3].0, &stores[3].1, "allow_http", "maybe"),
+        ] {
+            // SAFETY: as above.
+            unsafe {
+                let mut o = ptr::null_mut();
+                assert_eq!(plaid_read_options_new(&mut o), PLAID_OK);
+                for (k, v) in base {
+                    plaid_read_options_set_storage(o, c(k).as_ptr(), c(v).as_ptr());
+                }
+                assert_eq!(
+                    plaid_read_options_set_storage(o, c(key).as_ptr(), c(value).as_ptr()),
+                    PLAID_OK
+                );
+                let mut d = ptr::null_mut();
+                let opened = plaid_deserializer_open(c(url).as_ptr(), o, &mut d);
+                let message = last_error();
+                assert_eq!(
+                    opened, PLAID_ERR_INVALID_ARGUMENT,
+                    "{key}={value:?}: {message}"
+                );
+                assert!(message.contains(key), "{key}={value:?}: {message}");
+                assert!(d.is_null());
+                plaid_read_options_free(o);
+            }
         }
     }
 

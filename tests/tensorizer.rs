@@ -928,21 +928,18 @@ fn keys_through_the_c_api() {
 
 /// A key given for a file stored in the clear is ignored: it loads as without one.
 #[test]
-fn a_key_for_a_plain_file_is_ignored() {
+fn a_key_refuses_a_plain_file_unless_plaintext_is_allowed() {
     let fixture = "v4_by_tensorizer_2_8_1_meta";
     let plain = load(fixture, ReadOptions::default()).unwrap();
-    let with_key = load(
-        fixture,
-        ReadOptions::default().key(Some(&[7u8; 32])).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(with_key, plain);
-    let with_passphrase = load(
-        fixture,
-        ReadOptions::default()
-            .passphrase(Some(b"anything"))
-            .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(with_passphrase, plain);
+    let key = ReadOptions::default().key(Some(&[7u8; 32])).unwrap();
+    let passphrase = ReadOptions::default()
+        .passphrase(Some(b"anything"))
+        .unwrap();
+    for options in [key, passphrase] {
+        let e = load(fixture, options.clone()).unwrap_err();
+        assert!(matches!(e, Error::Decrypt(_)), "{e}");
+        assert!(e.to_string().contains("stored in the clear"), "{e}");
+        let allowed = load(fixture, options.allow_plaintext(true)).unwrap();
+        assert_eq!(allowed, plain);
+    }
 }

@@ -171,7 +171,8 @@ public:
         return *this;
     }
     /// Decrypt with a raw 32-byte key (plaid's and tensorizer's encrypted files); plaid
-    /// keeps a copy, zeroed when the options are freed.
+    /// keeps a copy, zeroed when the options are freed. With a key, a tensor stored in the
+    /// clear is `PLAID_ERR_DECRYPT` unless `allow_plaintext(true)`.
     ReadOptions &key(const void *bytes, std::size_t len) {
         check(plaid_read_options_set_key(raw_, static_cast<const std::uint8_t *>(bytes), len));
         return *this;
@@ -179,6 +180,17 @@ public:
     /// Decrypt with a key derived from `passphrase` (its bytes, as given).
     ReadOptions &passphrase(const std::string &passphrase) {
         check(plaid_read_options_set_passphrase(raw_, passphrase.data(), passphrase.size()));
+        return *this;
+    }
+    /// With a key or passphrase, read tensors stored in the clear too instead of refusing them.
+    ReadOptions &allow_plaintext(bool on) {
+        check(plaid_read_options_set_allow_plaintext(raw_, on));
+        return *this;
+    }
+    /// The most a file's passphrase key derivation may cost: bytes and passes (by default
+    /// 1 GiB and 16).
+    ReadOptions &passphrase_limits(std::uint64_t max_memory, std::uint64_t max_passes) {
+        check(plaid_read_options_set_passphrase_limits(raw_, max_memory, max_passes));
         return *this;
     }
     const plaid_read_options *get() const noexcept { return raw_; }
@@ -322,6 +334,11 @@ public:
     /// Argon2id cost for the passphrase (default 3 passes over 256 MiB).
     WriteOptions &passphrase_limits(std::uint64_t passes, std::uint64_t memory) {
         check(plaid_write_options_set_passphrase_limits(raw_, passes, memory));
+        return *this;
+    }
+    /// Allow passphrase limits above what readers take by default (1 GiB, 16 passes).
+    WriteOptions &kdf_above_read_limits(bool on) {
+        check(plaid_write_options_set_kdf_above_read_limits(raw_, on));
         return *this;
     }
     const plaid_write_options *get() const noexcept { return raw_; }

@@ -704,6 +704,17 @@ struct Keys {
     /// environment's `PLAID_PASSPHRASE`).
     #[arg(long, value_name = "FILE")]
     passphrase_file: Option<PathBuf>,
+    /// With a key or passphrase given (from a file or the environment), read tensors
+    /// stored in the clear too instead of refusing them.
+    #[arg(long)]
+    allow_plaintext: bool,
+    /// The most memory, in bytes, a file's passphrase key derivation may take (default
+    /// 1073741824, 1 GiB).
+    #[arg(long, value_name = "BYTES")]
+    kdf_max_memory: Option<u64>,
+    /// The most passes a file's passphrase key derivation may take (default 16).
+    #[arg(long, value_name = "N")]
+    kdf_max_passes: Option<u64>,
 }
 
 /// A key (checked: 32 bytes) and a passphrase (one trailing newline dropped), each from
@@ -711,6 +722,7 @@ struct Keys {
 type Material = (
     Option<zeroize::Zeroizing<Vec<u8>>>,
     Option<zeroize::Zeroizing<Vec<u8>>>,
+    Option<String>,
 );
 
 fn material(
@@ -728,16 +740,23 @@ fn material(
                 source: e,
             })
     };
+    let mut origin = None;
     let key = match (key_file, std::env::var(key_env).ok()) {
         (Some(path), _) => Some(read(path)?),
-        (None, Some(hex)) => Some(Zeroizing::new(hex.into_bytes())),
+        (None, Some(hex)) => {
+            origin = Some(format!("from the environment's {key_env}"));
+            Some(Zeroizing::new(hex.into_bytes()))
+        }
         (None, None) => None,
     };
     let passphrase = match (passphrase_file, std::env::var_os(passphrase_env)) {
         (Some(path), _) => Some(read(path)?),
-        (None, Some(text)) => Some(Zeroizing::new(
-            std::os::unix::ffi::OsStrExt::as_bytes(text.as_os_str()).to_vec(),
-        )),
+        (None, Some(text)) => {
+            origin = Some(format!("from the environment's {passphrase_env}"));
+            Some(Zeroizing::new(
+                std::os::unix::ffi::OsStrExt::as_bytes(text.as_os_str()).to_vec(),
+            ))
+        }
         (None, None) => None,
     };
     let key = key.map(key_bytes).transpose()?;
@@ -747,24 +766,33 @@ fn material(
         }
         p
     });
-    Ok((key, passphrase))
+    Ok((key, passphrase, origin))
 }
 
 impl Keys {
     /// Read options carrying the key or passphrase given, if any.
     fn options(&self) -> plaid::Result<ReadOptions> {
-        let (key, passphrase) = material(
+        let (key, passphrase, origin) = material(
             self.key_file.as_deref(),
             "PLAID_KEY",
             self.passphrase_file.as_deref(),
             "PLAID_PASSPHRASE",
         )?;
-        let mut options = ReadOptions::default();
+        let mut options = ReadOptions::default()
+            .allow_plaintext(self.allow_plaintext)
+            .key_origin(origin.as_deref());
         if let Some(key) = key {
             options = options.key(Some(&key))?;
         }
         if let Some(passphrase) = passphrase {
             options = options.passphrase(Some(&passphrase))?;
+        }
+        if self.kdf_max_memory.is_some() || self.kdf_max_passes.is_some() {
+            let (memory, passes) = options.passphrase_limit_values();
+            options = options.passphrase_limits(
+                self.kdf_max_memory.unwrap_or(memory),
+                self.kdf_max_passes.unwrap_or(passes),
+            )?;
         }
         Ok(options)
     }
@@ -794,18 +822,22 @@ struct EncryptKeys {
     /// tensorizer's).
     #[arg(long, value_name = "BYTES")]
     kdf_memory: Option<u64>,
+    /// Allow passphrase limits above what readers take by default (1 GiB, 16 passes):
+    /// readers must then raise theirs (--kdf-max-memory, --kdf-max-passes).
+    #[arg(long)]
+    kdf_above_read_limits: bool,
 }
 
 impl EncryptKeys {
     /// Write options carrying the key or passphrase given, if any.
     fn options(&self) -> plaid::Result<WriteOptions> {
-        let (key, passphrase) = material(
+        let (key, passphrase, _) = material(
             self.encrypt_key_file.as_deref(),
             "PLAID_ENCRYPT_KEY",
             self.encrypt_passphrase_file.as_deref(),
             "PLAID_ENCRYPT_PASSPHRASE",
         )?;
-        let mut options = WriteOptions::default();
+        let mut options = WriteOptions::default().kdf_above_read_limits(self.kdf_above_read_limits);
         if let Some(key) = key {
             options = options.key(Some(&key))?;
         }

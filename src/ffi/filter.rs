@@ -10,7 +10,8 @@ use crate::filter::NameFilter;
 /// `*` and `?` match any characters (dots included), `[...]` a class, `{a,b}`
 /// alternatives, `\` escapes; the whole name must match, case-sensitively. These are the
 /// patterns of `plaid inspect --tensors` and of the bindings' filters; use it in a
-/// `plaid_filter_fn` or `plaid_place_fn` to choose tensors. A malformed pattern is
+/// `plaid_filter_fn` or `plaid_place_fn` to choose tensors. A malformed pattern, or one
+/// longer than 1,024 bytes (which keeps matching linear in the name's length), is
 /// `PLAID_ERR_INVALID_ARGUMENT`, and `*matched` is then untouched.
 ///
 /// # Safety

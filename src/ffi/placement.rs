@@ -104,9 +104,10 @@ pub struct plaid_destination {
     /// slice.
     pub slice_stop: u64,
     /// 0 = as stored; else a `PLAID_DTYPE_*` to convert to as the bytes pass (no second
-    /// pass). Conversions among f16, bf16, f32 and f64, rounding to nearest, ties to even
-    /// (a NaN stays a NaN and comes out quiet, as IEEE 754 converts; widening is otherwise
-    /// exact); asking to convert any other dtype (an integer, bool, complex or 8-bit float tensor)
+    /// pass). Conversions among f16, bf16, f32 and f64, rounding to nearest, ties to even,
+    /// once (f64 goes straight to f16 and bf16, never through f32, which would round twice:
+    /// 65519.99999 is 65504 in f16, not infinity; a NaN stays a NaN and comes out quiet, as
+    /// IEEE 754 converts; widening is otherwise exact); asking to convert any other dtype (an integer, bool, complex or 8-bit float tensor)
     /// is `PLAID_ERR_UNSUPPORTED` naming it. The stored dtype itself is no conversion.
     pub dtype: u32,
 }

@@ -370,9 +370,17 @@ pub(crate) unsafe fn secret_bytes<'a>(
 
 /// Decrypt encrypted tensors (tensorizer's and plaid's encrypted files) with the raw 32-byte `key`;
 /// `NULL, 0` clears the key material. A key of any other length, or a key while a
-/// passphrase is set, is `PLAID_ERR_INVALID_ARGUMENT`. A key given for a tensor stored in
-/// the clear is ignored. plaid keeps a copy, zeroed when the options (and every
-/// deserializer opened with them) are freed; the caller may wipe its own at once.
+/// passphrase is set, is `PLAID_ERR_INVALID_ARGUMENT`.
+///
+/// A key means the file must be encrypted: loading, verifying, viewing or converting a
+/// tensor stored in the clear (one with stored bytes; empty and zero-filled tensors are
+/// exempt) is `PLAID_ERR_DECRYPT` ("expected an encrypted file; it is stored in the clear"),
+/// before anything is read, unless `plaid_read_options_set_allow_plaintext` allows it.
+/// Without this rule, whoever can replace the file could strip its encryption (the CRCs
+/// of the ciphertext still match) or put any plaintext model in its place, and a reader
+/// holding the key would load it as the weights. plaid keeps a copy of the key, zeroed
+/// when the options (and every deserializer opened with them) are freed; the caller may
+/// wipe its own at once.
 ///
 /// # Safety
 /// `options` is NULL (an error) or a live handle; `key` is NULL or points to `len`
@@ -398,8 +406,12 @@ pub unsafe extern "C" fn plaid_read_options_set_key(
 /// exactly, NUL bytes included) with the salt and limits each tensor records (tensorizer's
 /// `EncryptionParams.from_string`: Argon2id); `NULL, 0` clears the key material. A
 /// passphrase while a key is set is `PLAID_ERR_INVALID_ARGUMENT`. Derived keys are cached
-/// per salt and limits; a file's limits above 4 GiB of memory or 64 passes are refused
-/// (`PLAID_ERR_FORMAT`). The copy is zeroed when the options are freed.
+/// per salt and limits. A file whose derivation asks for more than this reader's limits
+/// (by default 1 GiB and 16 passes; `plaid_read_options_set_passphrase_limits`) is
+/// `PLAID_ERR_DECRYPT` before any memory is taken; memory the system refuses is
+/// `PLAID_ERR_IO`, never an abort. As with a key, a tensor stored in the clear is
+/// `PLAID_ERR_DECRYPT` unless `plaid_read_options_set_allow_plaintext` allows it. The copy
+/// is zeroed when the options are freed.
 ///
 /// # Safety
 /// `options` is NULL (an error) or a live handle; `pw` is NULL or points to `len` readable
@@ -417,6 +429,53 @@ pub unsafe extern "C" fn plaid_read_options_set_passphrase(
         // SAFETY: NULL or `len` readable bytes, as this function's `# Safety` requires.
         let pw = unsafe { secret_bytes(pw.cast(), len, "pw") }?;
         o.inner = o.inner.clone().passphrase(pw)?;
+        Ok(())
+    })
+}
+
+/// With a key or a passphrase set, read tensors stored in the clear too (`allow != 0`)
+/// instead of refusing them with `PLAID_ERR_DECRYPT` (`allow == 0`, the default): the
+/// explicit choice of a fleet that holds both encrypted files and files in the clear. A
+/// file read in the clear is protected by its CRCs against damage only, not against
+/// whoever can replace it. Without key material it changes nothing.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_read_options_set_allow_plaintext(
+    options: *mut plaid_read_options,
+    allow: i32,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
+        let o = unsafe { handle_mut(options, "options") }?;
+        o.inner = o.inner.clone().allow_plaintext(allow != 0);
+        Ok(())
+    })
+}
+
+/// The most a file's passphrase key derivation (Argon2id) may cost this reader:
+/// `max_memory` bytes (8 KiB to 4 GiB) and `max_passes` passes (1 to 64); anything else
+/// is `PLAID_ERR_INVALID_ARGUMENT`. By default 1 GiB and 16 passes (tensorizer's
+/// strongest preset is 1 GiB and 4 passes): a file asking for more is `PLAID_ERR_DECRYPT`,
+/// naming the tensor and its limits, before any memory is taken, so that a hostile file
+/// cannot cost minutes of CPU per open. Raise them for trusted files written with
+/// stronger limits.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_read_options_set_passphrase_limits(
+    options: *mut plaid_read_options,
+    max_memory: u64,
+    max_passes: u64,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
+        let o = unsafe { handle_mut(options, "options") }?;
+        o.inner = o.inner.clone().passphrase_limits(max_memory, max_passes)?;
         Ok(())
     })
 }

@@ -201,7 +201,10 @@ pub unsafe extern "C" fn plaid_write_options_set_passphrase(
 /// `memory` bytes (a multiple of 1024, 8 KiB to 4 GiB); anything else is
 /// `PLAID_ERR_INVALID_ARGUMENT`. The defaults, 3 passes over 256 MiB (libsodium's
 /// `MODERATE`, tensorizer's default), are the least a real passphrase should get; lower
-/// limits are for tests.
+/// limits are for tests. Readers take at most 1 GiB and 16 passes unless they raise their
+/// limits (`plaid_read_options_set_passphrase_limits`), so creating a serializer (or
+/// converting) with more is `PLAID_ERR_INVALID_ARGUMENT` unless
+/// `plaid_write_options_set_kdf_above_read_limits` allows it.
 ///
 /// # Safety
 /// `options` is NULL (an error) or a live handle.
@@ -216,6 +219,26 @@ pub unsafe extern "C" fn plaid_write_options_set_passphrase_limits(
         // call, as this function's `# Safety` requires.
         let o = unsafe { handle_mut(options, "options") }?;
         o.inner = o.inner.clone().passphrase_limits(passes, memory)?;
+        Ok(())
+    })
+}
+
+/// Allow passphrase limits above what readers take by default, 1 GiB and 16 passes
+/// (`allow != 0`): the files written can only be read with raised read limits
+/// (`plaid_read_options_set_passphrase_limits`). Off by default.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_write_options_set_kdf_above_read_limits(
+    options: *mut plaid_write_options,
+    allow: i32,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
+        let o = unsafe { handle_mut(options, "options") }?;
+        o.inner = o.inner.clone().kdf_above_read_limits(allow != 0);
         Ok(())
     })
 }

@@ -104,6 +104,8 @@ fn run(
             .sum(),
         scratch_peak: 0,
     };
+    // One operation: one retry budget for all its remote requests.
+    source.begin();
     let policy = policy(source, options);
     let depth = depth(source, options);
     // The key of every encrypted tensor loaded, found (or derived) before anything is read:
@@ -114,6 +116,11 @@ fn run(
         .iter()
         .all(|(_, out, _)| matches!(out, Out::Scratch(_) | Out::Lent(_)))
         && !options.secret.is_set();
+    // Key material expects encrypted tensors: one stored in the clear fails the load here,
+    // before anything is read (unless plaintext is allowed).
+    for (t, _, _) in &placed {
+        options.secret.check_clear(source.name(), t)?;
+    }
     let mut decrypt = Vec::new();
     if placed.iter().any(|(t, _, _)| t.encryption.is_some()) {
         decrypt.resize_with(index.tensors.len(), || None);

@@ -226,12 +226,67 @@ pub(crate) fn convert(cast: Option<(DType, DType)>, src: &[u8], dst: &mut [u8]) 
         (F16, BF16) => map!(2, 2, |b| bf16::from_f32(h(b).to_f32()).to_le_bytes()),
         (BF16, F16) => map!(2, 2, |b| f16::from_f32(g(b).to_f32()).to_le_bytes()),
         (F64, F32) => map!(8, 4, |b| (f64::from_le_bytes(b) as f32).to_le_bytes()),
-        (F64, F16) => map!(8, 2, |b| f16::from_f64(f64::from_le_bytes(b)).to_le_bytes()),
-        (F64, BF16) => map!(8, 2, |b| bf16::from_f64(f64::from_le_bytes(b))
+        // Straight from f64, rounded once (through f32 would round twice).
+        (F64, F16) => map!(8, 2, |b| narrow_f64(f64::from_le_bytes(b), 5, 10)
+            .to_le_bytes()),
+        (F64, BF16) => map!(8, 2, |b| narrow_f64(f64::from_le_bytes(b), 8, 7)
             .to_le_bytes()),
         // `resolve` admits only the pairs above.
         _ => unreachable!("no conversion from {from} to {to}"),
     }
+}
+
+/// `x` rounded once, to nearest with ties to even, to the 16-bit binary format of
+/// `exp_bits` exponent bits and `man_bits` fraction bits (f16: 5 and 10, bf16: 8 and 7), as
+/// its bits: subnormals where the format has them, infinity past its largest finite value
+/// (that is, from the midpoint between the largest finite value and the next power of
+/// two up), a quiet NaN (sign kept) for any NaN.
+pub(crate) fn narrow_f64(x: f64, exp_bits: u32, man_bits: u32) -> u16 {
+    let bits = x.to_bits();
+    let sign = ((bits >> 63) as u16) << 15;
+    let exp_all = ((1u16 << exp_bits) - 1) << man_bits;
+    if x.is_nan() {
+        return sign | exp_all | (1 << (man_bits - 1));
+    }
+    if x.is_infinite() {
+        return sign | exp_all;
+    }
+    let biased = ((bits >> 52) & 0x7ff) as i64;
+    if biased == 0 {
+        // Zero or an f64 subnormal (below 2^-1022): far under half the least subnormal
+        // of either target format, so a zero of the same sign.
+        return sign;
+    }
+    let significand = (bits & ((1u64 << 52) - 1)) | (1u64 << 52); // 53 bits, value 1.x
+    let exponent = biased - 1023;
+    let bias = (1i64 << (exp_bits - 1)) - 1;
+    let min_exponent = 1 - bias;
+    // How many low bits of the significand go: more for a result below the normal range.
+    let shift = 52 - i64::from(man_bits) + (min_exponent - exponent).max(0);
+    if shift > 60 {
+        // Below half the least subnormal (the significand is under 2^53 < 2^(shift-1)).
+        return sign;
+    }
+    let shift = shift as u32;
+    let mut kept = significand >> shift;
+    let rest = significand & ((1u64 << shift) - 1);
+    let half = 1u64 << (shift - 1);
+    if rest > half || (rest == half && kept & 1 == 1) {
+        kept += 1;
+    }
+    // `kept` holds the fraction and the leading 1 of a normal result: a subnormal has no
+    // leading 1 (its exponent field is 0), and a carry out of either reaches the next
+    // exponent by the addition itself.
+    let field = if exponent < min_exponent {
+        0
+    } else {
+        (exponent + bias - 1) as u64
+    };
+    let value = (field << man_bits) + kept;
+    if value >= u64::from(exp_all) {
+        return sign | exp_all; // past the largest finite value
+    }
+    sign | value as u16
 }
 
 #[cfg(test)]
@@ -309,6 +364,103 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// `x` converted from f64 by `convert` (the path every load takes), as bits.
+    fn from_f64(x: f64, to: DType) -> u16 {
+        let mut out = [0u8; 2];
+        convert(Some((DType::F64, to)), &x.to_le_bytes(), &mut out);
+        u16::from_le_bytes(out)
+    }
+
+    #[test]
+    fn f64_narrows_to_f16_and_bf16_with_one_rounding() {
+        // Two roundings (through f32) get these wrong.
+        assert_eq!(
+            from_f64(65519.99999, DType::F16),
+            0x7bff,
+            "65504, not infinity"
+        );
+        assert_eq!(
+            from_f64(65520.0, DType::F16),
+            0x7c00,
+            "the midpoint to 2^16 is infinity"
+        );
+        let x = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
+        assert_eq!(
+            from_f64(x, DType::F16),
+            0x3c01,
+            "just above the tie rounds up"
+        );
+        assert_eq!(
+            from_f64(1.0 + 2f64.powi(-11), DType::F16),
+            0x3c00,
+            "a tie goes to even"
+        );
+        let y = 1.0 + 2f64.powi(-8) + 2f64.powi(-40);
+        assert_eq!(
+            from_f64(y, DType::BF16),
+            0x3f81,
+            "bf16: just above the tie rounds up"
+        );
+        // Every finite value of both formats: itself, and the midpoints to its neighbour
+        // above (exact in f64) round to even, a hair either side of them to the nearer.
+        for (to, widen) in [
+            (
+                DType::F16,
+                (|b: u16| f16::from_bits(b).to_f64()) as fn(u16) -> f64,
+            ),
+            (DType::BF16, |b: u16| bf16::from_bits(b).to_f64()),
+        ] {
+            for bits in 0..0x7fffu16 {
+                let v = widen(bits);
+                if !v.is_finite() {
+                    continue;
+                }
+                for sign in [0u16, 0x8000] {
+                    let s = if sign == 0 { 1.0 } else { -1.0 };
+                    assert_eq!(from_f64(s * v, to), sign | bits, "{to} {v}");
+                    let up = widen(bits + 1);
+                    let mid = if up.is_finite() {
+                        (v + up) / 2.0
+                    } else {
+                        // Past the largest finite value: the midpoint to the next power of
+                        // two, which a format with more exponent would hold.
+                        v + (v - widen(bits - 1)) / 2.0
+                    };
+                    let even = if bits & 1 == 0 { bits } else { bits + 1 };
+                    assert_eq!(from_f64(s * mid, to), sign | even, "{to} tie at {mid}");
+                    let below = f64::from_bits(mid.to_bits() - 1);
+                    let above = f64::from_bits(mid.to_bits() + 1);
+                    assert_eq!(from_f64(s * below, to), sign | bits, "{to} under {mid}");
+                    assert_eq!(
+                        from_f64(s * above, to),
+                        sign | (bits + 1),
+                        "{to} over {mid}"
+                    );
+                }
+            }
+        }
+        for to in [DType::F16, DType::BF16] {
+            assert_eq!(
+                from_f64(f64::MIN_POSITIVE / 2.0, to),
+                0,
+                "an f64 subnormal is 0"
+            );
+            assert_eq!(from_f64(-1e-300, to), 0x8000, "the sign of a zero is kept");
+            assert_eq!(
+                from_f64(f64::INFINITY, to) & 0x7fff,
+                from_f64(1e300, to) & 0x7fff
+            );
+            assert_eq!(from_f64(f64::NEG_INFINITY, to), from_f64(-1e300, to));
+            let nan = from_f64(-f64::NAN, to);
+            assert!(nan & 0x8000 != 0, "a NaN keeps its sign");
+            let quiet = match to {
+                DType::F16 => f16::from_bits(nan).is_nan(),
+                _ => bf16::from_bits(nan).is_nan(),
+            };
+            assert!(quiet, "a NaN stays NaN");
         }
     }
 

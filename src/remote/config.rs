@@ -12,10 +12,9 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::http::HttpBuilder;
-use object_store::{
-    BackoffConfig, Certificate, ClientConfigKey, ClientOptions, ObjectStore, RetryConfig,
-};
+use object_store::{BackoffConfig, ClientConfigKey, ClientOptions, ObjectStore, RetryConfig};
 
+use super::http::{check_client_option, is_region, Connector, Redirects};
 use super::{Location, Scheme, REMOTE_IN_FLIGHT, REMOTE_MERGE_GAP, REMOTE_REQUEST_BYTES};
 use crate::error::{Error, Result};
 use crate::options::StorageOptions;
@@ -64,6 +63,112 @@ pub(crate) struct Settings {
     pub(crate) part_size: u64,
     /// Parts uploaded at once.
     pub(crate) parts_in_flight: usize,
+    /// The time one operation's requests may spend retrying: `retry_timeout`.
+    pub(crate) retry_timeout: Duration,
+    /// The longest one request may take: the client's `timeout`.
+    pub(crate) request_timeout: Duration,
+}
+
+/// The client's request timeout unless set (`object_store`'s default).
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a configuration value came from, for messages: a storage option or an
+/// environment variable.
+fn origin_of(key: &str, from_env: Option<&str>) -> String {
+    match from_env {
+        Some(var) => format!("{var} (from the environment)"),
+        None => format!("storage option {key}"),
+    }
+}
+
+/// Check one value of a store's configuration, whatever the store: no control characters
+/// anywhere (they end up in headers and URLs), a URL where one is meant, a region name
+/// where a region is. `name` is the key's canonical name (`aws_endpoint`), `from_env` the
+/// environment variable it came from.
+fn check_value(key: &str, value: &str, from_env: Option<&str>) -> Result<()> {
+    let bad = |what: &str| {
+        Err(Error::invalid(format!(
+            "{}: {what}",
+            origin_of(key, from_env)
+        )))
+    };
+    let name = canonical(key);
+    let name = name.as_str();
+    if value.chars().any(char::is_control) {
+        return bad("the value holds a control character");
+    }
+    let is_url = name.ends_with("endpoint")
+        || name.ends_with("_url")
+        || name.ends_with("_full_uri")
+        || name.starts_with("aws_endpoint_url")
+        || name.ends_with("authority_host");
+    let is_region_key = name == "aws_region" || name == "aws_default_region";
+    if (is_url || is_region_key) && value.trim().is_empty() {
+        return bad("the value is empty (leave the option out instead)");
+    }
+    if is_url {
+        match url::Url::parse(value) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some_and(|h| !h.is_empty()) => {}
+            Ok(u) => {
+                return bad(&format!(
+                    "'{value}' is not an http:// or https:// URL with a host (scheme '{}')",
+                    u.scheme()
+                ))
+            }
+            Err(e) => return bad(&format!("'{value}' is not a valid URL ({e})")),
+        }
+    }
+    if is_region_key && !is_region(value) {
+        return bad(&format!(
+            "'{value}' is not a region name (letters, digits, '-', '_' and '.')"
+        ));
+    }
+    Ok(())
+}
+
+/// The canonical name of a configuration key (`aws_endpoint` for `endpoint`), where a
+/// store knows it.
+fn canonical(key: &str) -> String {
+    AmazonS3ConfigKey::from_str(key)
+        .map(|k| k.as_ref().to_owned())
+        .or_else(|_| GoogleConfigKey::from_str(key).map(|k| k.as_ref().to_owned()))
+        .or_else(|_| AzureConfigKey::from_str(key).map(|k| k.as_ref().to_owned()))
+        .unwrap_or_else(|_| key.to_owned())
+}
+
+/// Check the values the environment gives a store that reads it itself (GCS, Azure): each
+/// variable `PREFIX*` that names one of its keys `K`.
+fn check_env<K: FromStr>(prefix: &str) -> Result<()> {
+    for (var, value) in std::env::vars_os() {
+        let (Some(var), Some(value)) = (var.to_str(), value.to_str()) else {
+            continue;
+        };
+        if !var.starts_with(prefix) || value.is_empty() {
+            continue;
+        }
+        if K::from_str(&var.to_ascii_lowercase()).is_ok() {
+            check_value(&var.to_ascii_lowercase(), value, Some(var))?;
+        }
+    }
+    Ok(())
+}
+
+/// Run a store builder's `build`, a panic inside it (a value `object_store` failed to
+/// anticipate) being an error too.
+fn guarded(
+    root: &str,
+    build: impl FnOnce() -> object_store::Result<Arc<dyn ObjectStore>>,
+) -> Result<Arc<dyn ObjectStore>> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(build)) {
+        Ok(Ok(store)) => Ok(store),
+        Ok(Err(e)) => Err(Error::invalid(format!("{root}: {e}"))),
+        Err(_) => Err(Error::invalid(format!(
+            "{root}: the storage configuration was refused by the store's client (it panicked \
+             on a value it could not use): check the endpoint, region and other options"
+        ))),
+    }
 }
 
 /// A builder of the store for `location`, with the settings it implies: checked now, so a
@@ -134,11 +239,29 @@ pub(crate) fn builder(location: &Location, storage: &StorageOptions) -> Result<(
             _ => {}
         }
     }
+    let request_timeout = match storage.get("timeout") {
+        Some(value) => super::http::duration(value).ok_or_else(|| {
+            Error::invalid(format!(
+                "storage option timeout: '{value}' is not a duration (like 30s, 500ms, 2m)"
+            ))
+        })?,
+        None => DEFAULT_REQUEST_TIMEOUT,
+    };
     let settings = Settings {
         hints: SourceHints::new(REMOTE_REQUEST_BYTES, REMOTE_MERGE_GAP, REMOTE_IN_FLIGHT),
         part_size,
         parts_in_flight,
+        retry_timeout: retry.retry_timeout,
+        request_timeout,
     };
+    // Every value, of any key, is checked now: a bad one is an error naming its key when
+    // the URL is opened, never a failure (or a panic) deep inside a request.
+    for (key, value) in storage.pairs() {
+        check_value(key, value, None)?;
+        if let Ok(k) = ClientConfigKey::from_str(key) {
+            check_client_option(k, value).map_err(Error::invalid)?;
+        }
+    }
     let build: Build = match location.scheme {
         Scheme::Http => http(location, storage, retry)?,
         Scheme::S3 => s3(location, storage, retry)?,
@@ -154,33 +277,33 @@ fn store_pairs(storage: &StorageOptions) -> impl Iterator<Item = (&str, &str)> {
     storage.pairs().filter(|(k, _)| !PLAID_KEYS.contains(k))
 }
 
-/// Client options from `pairs` (client keys only), with the CA bundle's certificates.
+/// Client options from `pairs` (client keys only, checked), and the CA bundle's
+/// certificates (which plaid's client trusts: [`Connector`]).
 fn client_options(
     url: &str,
     pairs: &[(ClientConfigKey, String)],
     ca_bundle: Option<&str>,
     allow_http: bool,
-) -> Result<ClientOptions> {
+) -> Result<(ClientOptions, Vec<reqwest::Certificate>)> {
     let mut client = ClientOptions::new();
     if allow_http {
         client = client.with_allow_http(true);
     }
     for (key, value) in pairs {
+        check_client_option(*key, value).map_err(Error::invalid)?;
         client = client.with_config(*key, value.clone());
     }
+    let mut certificates = Vec::new();
     if let Some(path) = ca_bundle.filter(|p| !p.is_empty()) {
         let pem = std::fs::read(path)
             .map_err(|e| Error::io(format!("{url}: reading the CA bundle {path}"), e))?;
-        let certificates = Certificate::from_pem_bundle(&pem).map_err(|e| {
+        certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
             Error::invalid(format!(
                 "{url}: the CA bundle {path} is not PEM certificates ({e})"
             ))
         })?;
-        for certificate in certificates {
-            client = client.with_root_certificate(certificate);
-        }
     }
-    Ok(client)
+    Ok((client, certificates))
 }
 
 fn http(location: &Location, storage: &StorageOptions, retry: RetryConfig) -> Result<Build> {
@@ -191,21 +314,26 @@ fn http(location: &Location, storage: &StorageOptions, retry: RetryConfig) -> Re
         }
     }
     let ca = storage.get("ca_bundle").map(str::to_owned);
-    let client = client_options(
+    let (client, certificates) = client_options(
         &location.url,
         &pairs,
         ca.as_deref(),
         location.root.starts_with("http://"),
     )?;
+    let basic_auth = location.basic_auth()?;
+    let redirects = Redirects::for_http(basic_auth.is_some());
     let root = location.root.clone();
     Ok(Box::new(move || {
-        let store = HttpBuilder::new()
-            .with_url(root.clone())
-            .with_client_options(client.clone())
-            .with_retry(retry.clone())
-            .build()
-            .map_err(|e| Error::invalid(format!("{root}: {e}")))?;
-        Ok(Arc::new(store) as Arc<dyn ObjectStore>)
+        let connector = Connector::new(certificates.clone(), redirects, basic_auth.clone());
+        guarded(&root, || {
+            let store = HttpBuilder::new()
+                .with_url(root.clone())
+                .with_client_options(client.clone())
+                .with_retry(retry.clone())
+                .with_http_connector(connector)
+                .build()?;
+            Ok(Arc::new(store) as Arc<dyn ObjectStore>)
+        })
     }))
 }
 
@@ -221,15 +349,27 @@ fn s3(location: &Location, storage: &StorageOptions, retry: RetryConfig) -> Resu
     }
     let mut env_profile = None;
     let mut env_ca = None;
-    for (name, value) in std::env::vars() {
+    for (name, value) in std::env::vars_os() {
+        let (Some(name), Some(value)) = (name.to_str(), value.into_string().ok()) else {
+            continue;
+        };
         let Some(rest) = name.strip_prefix("AWS_") else {
             continue;
         };
+        if value.is_empty() {
+            continue; // an empty variable is an unset one, as the AWS tools read them
+        }
         match rest {
             "PROFILE" => env_profile = Some(value),
             "CA_BUNDLE" => env_ca = Some(value),
             _ => {
                 if let Ok(key) = AmazonS3ConfigKey::from_str(&name.to_ascii_lowercase()) {
+                    check_value(&name.to_ascii_lowercase(), &value, Some(name))?;
+                    if let AmazonS3ConfigKey::Client(k) = key {
+                        check_client_option(k, &value).map_err(|why| {
+                            Error::invalid(format!("{name} (from the environment): {why}"))
+                        })?;
+                    }
                     set(&mut pairs, key, value);
                 }
             }
@@ -266,6 +406,11 @@ fn s3(location: &Location, storage: &StorageOptions, retry: RetryConfig) -> Resu
             && !has(&pairs, &AmazonS3ConfigKey::S3Endpoint)
         {
             if let Some(endpoint) = profile.endpoint_url {
+                check_value(
+                    "aws_endpoint",
+                    &endpoint,
+                    Some("endpoint_url of the AWS profile"),
+                )?;
                 set(&mut pairs, AmazonS3ConfigKey::Endpoint, endpoint);
             }
         }
@@ -299,23 +444,28 @@ fn s3(location: &Location, storage: &StorageOptions, retry: RetryConfig) -> Resu
             other => store_keys.push((other, value)),
         }
     }
-    let client = client_options(url, &client_pairs, ca_bundle.as_deref(), allow_http)?;
+    let (client, certificates) =
+        client_options(url, &client_pairs, ca_bundle.as_deref(), allow_http)?;
     let bucket_url = location.root.clone();
     Ok(Box::new(move || {
         let mut builder = AmazonS3Builder::new()
             .with_url(bucket_url.clone())
             .with_client_options(client.clone())
-            .with_retry(retry.clone());
+            .with_retry(retry.clone())
+            .with_http_connector(Connector::new(
+                certificates.clone(),
+                Redirects::Refuse("S3"),
+                None,
+            ));
         for (key, value) in &store_keys {
             builder = builder.with_config(*key, value.clone());
         }
         if let Some(provider) = &credentials {
             builder = builder.with_credentials(provider.clone());
         }
-        let store = builder
-            .build()
-            .map_err(|e| Error::invalid(format!("{bucket_url}: {e}")))?;
-        Ok(Arc::new(store) as Arc<dyn ObjectStore>)
+        guarded(&bucket_url, || {
+            Ok(Arc::new(builder.build()?) as Arc<dyn ObjectStore>)
+        })
     }))
 }
 
@@ -352,12 +502,14 @@ fn keys_of<K: FromStr>(
 
 /// A builder of GCS or Azure stores: `make` starts from the environment, the client
 /// options (with the CA bundle) and the retries, then the keys are applied.
+#[allow(clippy::too_many_arguments)]
 fn cloud<K, B>(
     location: &Location,
     storage: &StorageOptions,
     retry: RetryConfig,
     kind: &'static str,
-    make: fn(String, ClientOptions, RetryConfig) -> B,
+    env_prefix: &str,
+    make: fn(String, ClientOptions, RetryConfig, Connector) -> B,
     apply: fn(B, K, String) -> B,
     build: fn(B) -> object_store::Result<Arc<dyn ObjectStore>>,
 ) -> Result<Build>
@@ -365,16 +517,18 @@ where
     K: FromStr + Copy + Send + Sync + 'static,
     B: 'static,
 {
+    check_env::<K>(env_prefix)?;
     let pairs = keys_of::<K>(location, storage, kind)?;
     let ca = storage.get("ca_bundle").map(str::to_owned);
-    let client = client_options(&location.url, &[], ca.as_deref(), false)?;
+    let (client, certificates) = client_options(&location.url, &[], ca.as_deref(), false)?;
     let root = location.root.clone();
     Ok(Box::new(move || {
-        let mut builder = make(root.clone(), client.clone(), retry.clone());
+        let connector = Connector::new(certificates.clone(), Redirects::Refuse(kind), None);
+        let mut builder = make(root.clone(), client.clone(), retry.clone(), connector);
         for (key, value) in &pairs {
             builder = apply(builder, *key, value.clone());
         }
-        build(builder).map_err(|e| Error::invalid(format!("{root}: {e}")))
+        guarded(&root, || build(builder))
     }))
 }
 
@@ -384,11 +538,13 @@ fn gcs(location: &Location, storage: &StorageOptions, retry: RetryConfig) -> Res
         storage,
         retry,
         "Google Cloud Storage",
-        |root, client, retry| {
+        "GOOGLE_",
+        |root, client, retry, connector| {
             GoogleCloudStorageBuilder::from_env()
                 .with_url(root)
                 .with_client_options(client)
                 .with_retry(retry)
+                .with_http_connector(connector)
         },
         GoogleCloudStorageBuilder::with_config,
         |b| Ok(Arc::new(b.build()?) as Arc<dyn ObjectStore>),
@@ -401,11 +557,13 @@ fn azure(location: &Location, storage: &StorageOptions, retry: RetryConfig) -> R
         storage,
         retry,
         "Azure",
-        |root, client, retry| {
+        "AZURE_",
+        |root, client, retry, connector| {
             MicrosoftAzureBuilder::from_env()
                 .with_url(root)
                 .with_client_options(client)
                 .with_retry(retry)
+                .with_http_connector(connector)
         },
         MicrosoftAzureBuilder::with_config,
         |b| Ok(Arc::new(b.build()?) as Arc<dyn ObjectStore>),

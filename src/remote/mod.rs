@@ -12,6 +12,7 @@
 
 mod config;
 mod errors;
+mod http;
 mod profile;
 mod runtime;
 mod upload;
@@ -59,23 +60,55 @@ pub(crate) enum Scheme {
 }
 
 /// A parsed URL: the store it lives in and the object's path there.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct Location {
-    /// The URL as given, for messages.
+    /// The URL as given, for messages, with a password in it replaced by `***`.
     pub(crate) url: String,
     pub(crate) scheme: Scheme,
-    /// `scheme://authority` (the bucket, the container or the host): objects with the same
-    /// root share a client.
+    /// `scheme://authority` (the bucket, the container or the host, without a user or
+    /// password): objects with the same root share a client.
     pub(crate) root: String,
     /// The object's path in its store.
     pub(crate) path: ObjectPath,
+    /// The URL as given, password included: only to resolve siblings.
+    given: zeroize::Zeroizing<String>,
+    /// The user and password of an HTTP URL (percent-decoded), sent as basic
+    /// authentication; redirects are then not followed.
+    credentials: Option<(String, zeroize::Zeroizing<String>)>,
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Location")
+            .field("url", &self.url)
+            .field("scheme", &self.scheme)
+            .field("root", &self.root)
+            .field("path", &self.path)
+            .field("credentials", &self.credentials.as_ref().map(|_| "(set)"))
+            .finish()
+    }
 }
 
 impl Location {
     /// Parse `url` (one of [`is_url`]'s schemes).
     pub(crate) fn parse(url: &str) -> Result<Location> {
-        let parsed = url::Url::parse(url)
-            .map_err(|e| Error::invalid(format!("{url}: not a valid URL ({e})")))?;
+        let given = url;
+        let parsed = url::Url::parse(given).map_err(|e| {
+            // The parser's message never quotes the URL, which may hold a password.
+            Error::invalid(format!(
+                "{}: not a valid URL ({e})",
+                given.split('@').next_back().unwrap_or("")
+            ))
+        })?;
+        let has_credentials = !parsed.username().is_empty() || parsed.password().is_some();
+        let shown = if parsed.password().is_some() {
+            let mut redacted = parsed.clone();
+            let _ = redacted.set_password(Some("***"));
+            redacted.to_string()
+        } else {
+            given.to_owned()
+        };
+        let url = shown.as_str();
         let scheme = match parsed.scheme() {
             "http" | "https" => Scheme::Http,
             "s3" | "s3a" => Scheme::S3,
@@ -87,6 +120,13 @@ impl Location {
                 )))
             }
         };
+        if has_credentials && scheme != Scheme::Http {
+            return Err(Error::invalid(format!(
+                "{url}: a user or password in a {}:// URL is not supported: give credentials \
+                 through the storage options or the environment",
+                parsed.scheme()
+            )));
+        }
         if parsed.query().is_some() || parsed.fragment().is_some() {
             return Err(Error::Unsupported(format!(
                 "{url}: URLs with a query or fragment (presigned URLs among them) are not supported; \
@@ -114,23 +154,66 @@ impl Location {
         if path.as_ref().is_empty() {
             return Err(Error::invalid(format!("{url}: names no object")));
         }
+        let decode = |text: &str| {
+            percent_decode(text).ok_or_else(|| {
+                Error::invalid(format!(
+                    "{url}: the user or password is not UTF-8 once decoded"
+                ))
+            })
+        };
+        let credentials = match has_credentials {
+            true => Some((
+                decode(parsed.username())?,
+                zeroize::Zeroizing::new(decode(parsed.password().unwrap_or(""))?),
+            )),
+            false => None,
+        };
         Ok(Location {
             url: url.to_owned(),
             scheme,
             root,
             path,
+            given: zeroize::Zeroizing::new(given.to_owned()),
+            credentials,
         })
     }
 
     /// The location of `name` resolved against this one's folder (a shard beside its
     /// index).
     pub(crate) fn sibling(&self, name: &str) -> Result<Location> {
-        let base = match self.url.rfind('/') {
-            Some(at) => &self.url[..=at],
-            None => &self.url,
+        let base = match self.given.rfind('/') {
+            Some(at) => &self.given[..=at],
+            None => &self.given,
         };
         Location::parse(&format!("{base}{name}"))
     }
+
+    /// `Authorization: Basic ...` for the user and password of an HTTP URL, if it has them.
+    pub(crate) fn basic_auth(&self) -> Result<Option<reqwest::header::HeaderValue>> {
+        use base64::Engine as _;
+        let Some((user, password)) = &self.credentials else {
+            return Ok(None);
+        };
+        let pair = zeroize::Zeroizing::new(format!("{user}:{}", password.as_str()));
+        let encoded = zeroize::Zeroizing::new(
+            base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()),
+        );
+        let mut value =
+            reqwest::header::HeaderValue::from_str(&format!("Basic {}", encoded.as_str()))
+                .map_err(|_| {
+                    Error::invalid(format!("{}: the user or password cannot be sent", self.url))
+                })?;
+        value.set_sensitive(true);
+        Ok(Some(value))
+    }
+}
+
+/// `text` with its `%XX` escapes decoded, or `None` where the result is not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .ok()
+        .map(|decoded| decoded.into_owned())
 }
 
 /// A connection to one store (one bucket, container or host), with its own runtime.
@@ -160,13 +243,24 @@ impl Client {
     }
 
     /// Open the object at `location` for reading: its length and ETag are read now (a HEAD
-    /// request) and the ETag pinned for every later read.
+    /// request) and the ETag pinned for every later read. Opening is an operation of its
+    /// own: the HEAD and the header's reads share one retry budget.
     pub(crate) fn open(self: &Arc<Client>, location: &Location) -> Result<RemoteSource> {
         let path = location.path.clone();
-        let meta = self
-            .owned
-            .run(|store| async move { Ok(store.head(&path).await) })?
-            .map_err(|e| errors::describe(e, &location.url, None, "opening"))?;
+        let budget = Arc::new(Budget::new(&self.settings));
+        let url = location.url.clone();
+        let meta = {
+            let budget = budget.clone();
+            self.owned.run(|store| async move {
+                let head = async {
+                    store
+                        .head(&path)
+                        .await
+                        .map_err(|e| errors::describe(e, &url, None, "opening"))
+                };
+                budget.within(&url, None, head).await
+            })?
+        };
         // A weak ETag never matches `If-Match` (which compares strongly): compare it
         // with the answers instead.
         let (if_match, etag) = match meta.e_tag {
@@ -176,6 +270,7 @@ impl Client {
         };
         Ok(RemoteSource {
             client: self.clone(),
+            budget,
             object: Arc::new(Object {
                 location: location.clone(),
                 len: meta.size,
@@ -201,6 +296,115 @@ impl Client {
 pub struct RemoteSource {
     client: Arc<Client>,
     object: Arc<Object>,
+    /// The retry budget of the operation reading it now.
+    budget: Arc<Budget>,
+}
+
+/// The retry budget of one operation (an open, a load, a verification): the time its
+/// requests may spend without progress. `object_store` retries each request within
+/// `retry_timeout` of the request's start; this bounds them all together, so that neither
+/// a new request nor a range read again to name the tensor it failed in restarts the
+/// clock. The clock starts when the operation starts, restarts whenever one of its
+/// requests completes, and (while nothing fails) when a request starts after the source
+/// sat idle; once it has run `retry_timeout` plus one request's `timeout`, every request
+/// of the operation still going fails, and so does every later one.
+struct Budget {
+    retry_timeout: std::time::Duration,
+    request_timeout: std::time::Duration,
+    state: parking_lot::Mutex<BudgetState>,
+}
+
+struct BudgetState {
+    /// When the time without progress started.
+    since: std::time::Instant,
+    /// Requests going on now.
+    outstanding: usize,
+    /// Whether a request failed since the last that completed.
+    failing: bool,
+}
+
+impl Budget {
+    fn new(settings: &config::Settings) -> Budget {
+        Budget {
+            retry_timeout: settings.retry_timeout,
+            request_timeout: settings.request_timeout,
+            state: parking_lot::Mutex::new(BudgetState {
+                since: std::time::Instant::now(),
+                outstanding: 0,
+                failing: false,
+            }),
+        }
+    }
+
+    /// A new operation starts: a full budget.
+    fn begin(&self) {
+        let mut state = self.state.lock();
+        state.since = std::time::Instant::now();
+        state.failing = false;
+    }
+
+    /// When the operation's requests stop.
+    fn deadline(&self) -> std::time::Instant {
+        self.state.lock().since + self.retry_timeout + self.request_timeout
+    }
+
+    /// Run one request of the operation (`what` names it in the error), within the
+    /// budget.
+    async fn within<R>(
+        &self,
+        url: &str,
+        range: Option<&Range<u64>>,
+        request: impl std::future::Future<Output = Result<R>>,
+    ) -> Result<R> {
+        {
+            let mut state = self.state.lock();
+            if state.outstanding == 0 && !state.failing {
+                state.since = std::time::Instant::now();
+            }
+            state.outstanding += 1;
+        }
+        let mut request = std::pin::pin!(request);
+        let result = loop {
+            let deadline = self.deadline();
+            match tokio::time::timeout_at(deadline.into(), request.as_mut()).await {
+                Ok(result) => break result,
+                // Another request's progress moved the deadline: go on waiting.
+                Err(_) if self.deadline() > std::time::Instant::now() => continue,
+                Err(_) => break Err(self.spent(url, range)),
+            }
+        };
+        let mut state = self.state.lock();
+        state.outstanding -= 1;
+        match result.is_ok() {
+            true => {
+                state.since = std::time::Instant::now();
+                state.failing = false;
+            }
+            false => state.failing = true,
+        }
+        result
+    }
+
+    /// The error of a request cut short because the budget is spent.
+    fn spent(&self, url: &str, range: Option<&Range<u64>>) -> Error {
+        let context = match range {
+            Some(range) => format!("reading bytes {} of {url}", errors::span(range)),
+            None => format!("opening {url}"),
+        };
+        Error::io(
+            context,
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no request of this operation completed in {:?} (retry_timeout {:?} plus \
+                     timeout {:?}): its retry budget is spent",
+                    self.retry_timeout + self.request_timeout,
+                    self.retry_timeout,
+                    self.request_timeout
+                ),
+            ),
+        )
+    }
 }
 
 /// What every read of one object needs (shared with the tasks that read it).
@@ -342,18 +546,30 @@ impl Source for RemoteSource {
         };
         let range = offset..offset + want;
         let object = self.object.clone();
+        let budget = self.budget.clone();
         self.client.owned.run_task(move |store| async move {
             let lent = lent;
             // SAFETY: `buf` outlives the task: `run_task` returns only once the task has
             // ended (completed, failed or panicked), and this thread blocks in it until then;
             // the task is the only user of these bytes meanwhile.
             let buf = unsafe { std::slice::from_raw_parts_mut(lent.at, lent.len) };
-            object.fetch((*store).clone(), range, buf).await
+            let url = object.location.url.clone();
+            budget
+                .within(
+                    &url,
+                    Some(&range),
+                    object.fetch((*store).clone(), range.clone(), buf),
+                )
+                .await
         })
     }
 
     fn hints(&self) -> SourceHints {
         self.client.settings.hints
+    }
+
+    fn begin(&self) {
+        self.budget.begin();
     }
 }
 

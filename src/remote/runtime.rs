@@ -98,16 +98,25 @@ impl<T: Send + Sync + 'static> Owned<T> {
         Fut: Future<Output = Result<R>> + Send,
     {
         let (runtime, value) = self.current()?;
+        // A panic inside the store's client (a value it could not handle) is an error of
+        // this call, not one that unwinds through the caller.
+        let guarded = async move {
+            use futures_util::FutureExt;
+            std::panic::AssertUnwindSafe(f(value))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| Err(panicked(&*panic)))
+        };
         if tokio::runtime::Handle::try_current().is_err() {
-            return runtime.block_on(f(value));
+            return runtime.block_on(guarded);
         }
         std::thread::scope(|scope| {
             std::thread::Builder::new()
                 .name("plaid-net-call".into())
-                .spawn_scoped(scope, || runtime.block_on(f(value)))
+                .spawn_scoped(scope, || runtime.block_on(guarded))
                 .map_err(|e| Error::io("starting a thread for a network call", e))?
                 .join()
-                .unwrap_or_else(|_| Err(Error::invalid("a network call panicked")))
+                .unwrap_or_else(|panic| Err(panicked(&*panic)))
         })
     }
 }
@@ -134,11 +143,34 @@ impl<T: Send + Sync + 'static> Owned<T> {
                     .spawn_scoped(scope, || runtime.block_on(task))
                     .map_err(|e| Error::io("starting a thread for a network call", e))?
                     .join()
-                    .map_err(|_| Error::invalid("a network call panicked"))
+                    .map_err(|panic| panicked(&*panic))
             })?
         };
-        joined.unwrap_or_else(|e| Err(Error::invalid(format!("a network task failed: {e}"))))
+        joined.unwrap_or_else(|e| match e.try_into_panic() {
+            Ok(panic) => Err(panicked(&*panic)),
+            Err(e) => Err(Error::io(
+                "a network task",
+                std::io::Error::other(format!("it did not finish: {e}")),
+            )),
+        })
     }
+}
+
+/// The error for a panic inside the storage client: its message, as an I/O error (it is
+/// the client's failure to do the request, whatever the cause).
+fn panicked(panic: &(dyn std::any::Any + Send)) -> Error {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    Error::io(
+        "a request to the store",
+        std::io::Error::other(format!(
+            "the storage client failed inside ({message}): check the endpoint, region and \
+             other storage options"
+        )),
+    )
 }
 
 impl<T> Drop for Owned<T> {

@@ -32,6 +32,10 @@ impl<S: Source> Source for FailingSource<S> {
         self.inner.hints()
     }
 
+    fn begin(&self) {
+        self.inner.begin()
+    }
+
     /// Bytes before `fail_from` arrive (a short read where the range reaches it); a read
     /// starting at or past it fails.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {

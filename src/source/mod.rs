@@ -99,6 +99,10 @@ pub trait Source: Send + Sync {
     fn mappable(&self) -> Option<&dyn Mappable> {
         None
     }
+    /// An operation (a load, a verification, a conversion) starts reading: a source that
+    /// keeps state per operation starts it afresh (a remote source's retry budget: one per
+    /// operation, shared by all its requests). Decorators pass it on.
+    fn begin(&self) {}
 }
 
 /// The optional capability of a source whose bytes lie in memory (a mapped file, bytes
@@ -146,6 +150,9 @@ macro_rules! forward_source {
             }
             fn mappable(&self) -> Option<&dyn Mappable> {
                 (**self).mappable()
+            }
+            fn begin(&self) {
+                (**self).begin()
             }
         }
     )*};

@@ -86,6 +86,12 @@ impl Source for MultiSource {
             .all(|(_, p)| p.mappable().is_some())
             .then_some(self as &dyn Mappable)
     }
+
+    fn begin(&self) {
+        for (_, part) in &self.parts {
+            part.begin();
+        }
+    }
 }
 
 impl Mappable for MultiSource {

@@ -93,6 +93,10 @@ impl<S: Source> Source for ReadAhead<S> {
         self.inner.hints()
     }
 
+    fn begin(&self) {
+        self.inner.begin()
+    }
+
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         if buf.is_empty() || offset >= self.inner.len() {
             return Ok(0);

@@ -68,6 +68,10 @@ impl<S: Source> Source for CountingSource<S> {
         self.inner.hints()
     }
 
+    fn begin(&self) {
+        self.inner.begin()
+    }
+
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let now = self.counts.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.counts.most_in_flight.fetch_max(now, Ordering::SeqCst);
@@ -145,6 +149,10 @@ impl<S: Source> Source for ShortReads<S> {
 
     fn hints(&self) -> SourceHints {
         self.hints
+    }
+
+    fn begin(&self) {
+        self.inner.begin()
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {

@@ -1691,6 +1691,55 @@ static void test_encryption(void)
     check_round_trip(converted.text, &m, ro);
     CHECK_STATUS(plaid_convert_with(plain.text, converted.text, "safetensors", NULL, wo),
                  PLAID_ERR_INVALID_ARGUMENT);
+    /* A key expects an encrypted file: one in the clear is PLAID_ERR_DECRYPT, before
+       anything is read, unless plaintext is allowed. */
+    if (CHECK_OK(plaid_deserializer_open(plain.text, ro, &d))) {
+        if (CHECK(plan_init(&p, d))) {
+            CHECK_STATUS(plaid_deserializer_load(d, place, &p), PLAID_ERR_DECRYPT);
+            CHECK_MESSAGE("stored in the clear");
+            plan_free(&p);
+        }
+        CHECK_STATUS(plaid_deserializer_verify(d), PLAID_ERR_DECRYPT);
+        plaid_deserializer_free(d);
+        d = NULL;
+    }
+    CHECK_STATUS(plaid_read_options_set_allow_plaintext(NULL, 1), PLAID_ERR_INVALID_ARGUMENT);
+    CHECK_OK(plaid_read_options_set_allow_plaintext(ro, 1));
+    check_round_trip(plain.text, &m, ro);
+    CHECK_OK(plaid_read_options_set_allow_plaintext(ro, 0));
+    /* The reader's limits on a passphrase's key derivation: the file's 64 KiB is past a
+       limit of 32 KiB; limits outside the format's are refused. */
+    CHECK_STATUS(plaid_read_options_set_passphrase_limits(ro, 0, 1), PLAID_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(plaid_read_options_set_passphrase_limits(ro, 65536, 65),
+                 PLAID_ERR_INVALID_ARGUMENT);
+    CHECK_OK(plaid_read_options_set_key(ro, NULL, 0));
+    CHECK_OK(plaid_read_options_set_passphrase(ro, pw, sizeof pw - 1));
+    CHECK_OK(plaid_read_options_set_passphrase_limits(ro, 32768, 16));
+    if (CHECK_OK(plaid_deserializer_open(by_pw.text, ro, &d))) {
+        if (CHECK(plan_init(&p, d))) {
+            CHECK_STATUS(plaid_deserializer_load(d, place, &p), PLAID_ERR_DECRYPT);
+            CHECK_MESSAGE("limits");
+            plan_free(&p);
+        }
+        plaid_deserializer_free(d);
+        d = NULL;
+    }
+    CHECK_OK(plaid_read_options_set_passphrase_limits(ro, 65536, 1));
+    check_round_trip(by_pw.text, &m, ro);
+    /* A writer refuses what readers refuse by default, unless told. */
+    CHECK_OK(plaid_write_options_set_key(wo, NULL, 0));
+    CHECK_OK(plaid_write_options_set_passphrase(wo, pw, sizeof pw - 1));
+    CHECK_OK(plaid_write_options_set_passphrase_limits(wo, 3, (uint64_t)2 << 30));
+    {
+        plaid_serializer *s = NULL;
+        CHECK_STATUS(plaid_serializer_new(converted.text, wo, &s), PLAID_ERR_INVALID_ARGUMENT);
+        CHECK_MESSAGE("above what readers take");
+        CHECK(s == NULL);
+        CHECK_OK(plaid_write_options_set_kdf_above_read_limits(wo, 1));
+        if (CHECK_OK(plaid_serializer_new(converted.text, wo, &s))) {
+            plaid_serializer_free(s);
+        }
+    }
 out:
     plaid_write_options_free(wo);
     plaid_read_options_free(ro);

@@ -91,3 +91,29 @@ pub fn load_all(d: &plaid::Deserializer) -> plaid::Result<Vec<Vec<u8>>> {
     })?;
     Ok(buffers)
 }
+
+/// Exit code (None when killed by a signal) and stderr of `plaid ARGS` run with at most
+/// `limit` bytes of address space.
+pub fn plaid_with_address_space(args: &[&str], limit: u64) -> (Option<i32>, String) {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_plaid"));
+    command.args(args).stdout(std::process::Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(move || {
+            let rlimit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &rlimit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let out = command.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

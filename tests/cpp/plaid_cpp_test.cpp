@@ -248,6 +248,23 @@ int main(int argc, char **argv) {
             return plaid::Destination::host(buffer.data(), buffer.size());
         });
         CHECK(got == model.data);
+        // A passphrase expects an encrypted file: the plain one is refused, unless allowed.
+        plaid::Deserializer plain = plaid::Deserializer::open(path, &ro);
+        try {
+            plain.verify();
+            CHECK(false);
+        } catch (const plaid::Error &e) {
+            CHECK(e.status() == PLAID_ERR_DECRYPT);
+            CHECK(std::strstr(e.what(), "stored in the clear") != nullptr);
+        }
+        ro.allow_plaintext(true).passphrase_limits(64 << 10, 1);
+        plaid::Deserializer::open(path, &ro).verify();
+        try {
+            ro.passphrase_limits(0, 1);
+            CHECK(false);
+        } catch (const plaid::Error &e) {
+            CHECK(e.status() == PLAID_ERR_INVALID_ARGUMENT);
+        }
     }
 
     return g_failed == 0 ? 0 : 1;

@@ -1,7 +1,10 @@
 #![allow(dead_code)] // each test binary uses a part of it
 //! A small HTTP/1.1 server on 127.0.0.1 for the remote tests: it serves objects held in
 //! memory with HEAD and ranged GET (206, `Content-Range`, a strong ETag, `If-Match` ->
-//! 412) and injects one fault at a time into ranged GETs, deterministically.
+//! 412) and injects one fault at a time into ranged GETs, deterministically. It can also
+//! answer every request with a redirect to another origin (with S3's region header), and
+//! it keeps the headers of every request it received (to check which credentials reached
+//! it).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -31,6 +34,19 @@ pub enum Fault {
     IgnoreRange,
     /// After `after` ranged GETs, the object's bytes and ETag change.
     ReplaceAfter { after: usize },
+    /// Every ranged GET sends its headers, then its body one byte per `interval_ms`.
+    Drip { interval_ms: u64 },
+}
+
+/// A redirect answered to every request.
+#[derive(Clone, Debug)]
+pub struct Redirect {
+    /// 301, 302, 307 or 308.
+    pub status: u16,
+    /// The origin redirected to (`http://127.0.0.1:PORT`); the request's path is kept.
+    pub to: String,
+    /// An `x-amz-bucket-region` header, as S3 sends with a 301.
+    pub region: Option<String>,
 }
 
 struct Object {
@@ -48,7 +64,13 @@ struct State {
     ranged_bytes: AtomicUsize,
     stop: AtomicBool,
     versions: AtomicUsize,
+    redirect: Mutex<Option<Redirect>>,
+    /// Every request received.
+    seen: Mutex<Vec<Seen>>,
 }
+
+/// A request's method, target and headers (names lowercased).
+type Seen = (String, String, HashMap<String, String>);
 
 /// The server; stops when dropped.
 pub struct FaultServer {
@@ -125,6 +147,33 @@ impl FaultServer {
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::SeqCst)
     }
+
+    /// Answer every request with `redirect` from now on (`None`: serve again).
+    pub fn set_redirect(&self, redirect: Option<Redirect>) {
+        *self.state.redirect.lock().unwrap() = redirect;
+    }
+
+    /// The values of header `name` (lowercase) in the requests received so far.
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.state
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(_, _, headers)| headers.get(name).cloned())
+            .collect()
+    }
+
+    /// Requests received so far (method and target).
+    pub fn received(&self) -> Vec<(String, String)> {
+        self.state
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(method, target, _)| (method.clone(), target.clone()))
+            .collect()
+    }
 }
 
 impl Drop for FaultServer {
@@ -143,6 +192,7 @@ enum Plan {
     Status(u16),
     Reset,
     Stall(u64),
+    Drip(u64),
     Short,
     WrongRange,
     Whole,
@@ -177,6 +227,7 @@ fn next_plan(state: &State, name: &str) -> Plan {
                 Plan::Stall(*secs)
             }
         }
+        Some(Fault::Drip { interval_ms }) => Plan::Drip(*interval_ms),
         Some(Fault::ShortBody) => Plan::Short,
         Some(Fault::WrongContentRange) => Plan::WrongRange,
         Some(Fault::IgnoreRange) => Plan::Whole,
@@ -246,6 +297,23 @@ fn serve(stream: TcpStream, state: &State) -> std::io::Result<()> {
             reader.read_exact(&mut sink)?;
         }
         state.requests.fetch_add(1, Ordering::SeqCst);
+        state
+            .seen
+            .lock()
+            .unwrap()
+            .push((method.clone(), target.clone(), headers.clone()));
+        let redirect = state.redirect.lock().unwrap().clone();
+        if let Some(r) = redirect {
+            let mut h = vec![
+                ("Location".to_owned(), format!("{}{target}", r.to)),
+                ("Content-Length".to_owned(), "0".to_owned()),
+            ];
+            if let Some(region) = r.region {
+                h.push(("x-amz-bucket-region".to_owned(), region));
+            }
+            respond(&mut stream, &format!("{} Redirect", r.status), &h, &[])?;
+            continue;
+        }
         let name = target.trim_start_matches('/').to_owned();
         let found = state
             .objects
@@ -365,6 +433,22 @@ fn serve(stream: TcpStream, state: &State) -> std::io::Result<()> {
                 std::thread::sleep(Duration::from_secs(secs));
                 let _ = stream.shutdown(Shutdown::Both);
                 return Ok(());
+            }
+            Plan::Drip(interval_ms) => {
+                h.push((
+                    "Content-Range".into(),
+                    format!("bytes {first}-{last}/{len}"),
+                ));
+                h.push(("Content-Length".into(), body.len().to_string()));
+                respond(&mut stream, "206 Partial Content", &h, &[])?;
+                for byte in body {
+                    stream.write_all(std::slice::from_ref(byte))?;
+                    stream.flush()?;
+                    if state.stop.load(Ordering::SeqCst) {
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_millis(interval_ms));
+                }
             }
             Plan::Short => {
                 let end = first + half as u64;

@@ -36,13 +36,14 @@ class safe_open:
     or bytes-like data. Use as a context manager or call ``close()``."""
 
     def __init__(self, path, framework="np", device="cpu", *, storage_options=None, key=None,
-                 passphrase=None):
+                 passphrase=None, allow_plaintext=False, passphrase_limits=None):
         if framework not in ("np", "numpy", "pt", "torch"):
             raise InvalidArgumentError(f"framework {framework!r}: use 'np' or 'pt'")
         self._torch = framework in ("pt", "torch")
         self._device = device
         self._reader = _core.Reader(path, storage_options=storage_options, key=key,
-                                    passphrase=passphrase)
+                                    passphrase=passphrase, allow_plaintext=allow_plaintext,
+                                    passphrase_limits=passphrase_limits)
 
     def keys(self):
         """Tensor names, in file order."""
@@ -168,7 +169,8 @@ _SAFETENSORS_DTYPES = {
 
 
 def load_into(path, targets, *, verify=True, storage_options=None, rank=None, world_size=None,
-              split=None, dtype=None, key=None, passphrase=None):
+              split=None, dtype=None, key=None, passphrase=None, allow_plaintext=False,
+              passphrase_limits=None):
     """Fill ``targets`` (a dict of tensor names to numpy arrays or torch tensors, CPU or
     CUDA, allocated by you) from the file at ``path`` (or a URL, configured by the
     environment and ``storage_options``; or a seekable binary file object, or bytes-like
@@ -185,10 +187,13 @@ def load_into(path, targets, *, verify=True, storage_options=None, rank=None, wo
     the share's shape. ``dtype`` (``"f16"``, ``"bf16"``, ``"f32"``, ``"f64"``, or a numpy or
     torch dtype) converts floating-point tensors as they load (round to nearest even);
     integer, bool and complex tensors keep theirs. ``key`` (32 bytes) or ``passphrase``
-    decrypt an encrypted file (tensorizer's encryption)."""
+    decrypt an encrypted file; with either, a file stored in the clear is refused
+    (`DecryptError`) unless ``allow_plaintext=True``; ``passphrase_limits=(max_memory,
+    max_passes)`` bounds a file's key derivation (default 1 GiB, 16 passes)."""
     dtype_id = _core.dtype_id_of(dtype)
     with _core.Reader(path, verify=verify, storage_options=storage_options, key=key,
-                      passphrase=passphrase) as reader:
+                      passphrase=passphrase, allow_plaintext=allow_plaintext,
+                      passphrase_limits=passphrase_limits) as reader:
         destinations = {}
         for name, target in targets.items():
             meta = _core.rank_view(reader.find(name), rank=rank, world_size=world_size,

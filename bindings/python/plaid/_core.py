@@ -4,6 +4,7 @@
 import contextlib
 import ctypes
 import json
+import operator
 import os
 import weakref
 
@@ -167,6 +168,20 @@ def _free_reader(handle):
     lib.plaid_deserializer_free(handle)
 
 
+def _limits(passphrase_limits):
+    """``(max_memory, max_passes)``, checked to be two non-negative integers."""
+    try:
+        memory, passes = passphrase_limits
+        memory, passes = operator.index(memory), operator.index(passes)
+    except (TypeError, ValueError):
+        raise _lib.InvalidArgumentError(
+            "passphrase_limits is (max_memory, max_passes): two integers, bytes and passes, "
+            f"not {passphrase_limits!r}") from None
+    if memory < 0 or passes < 0 or memory >= 1 << 64 or passes >= 1 << 64:
+        raise _lib.InvalidArgumentError(f"passphrase_limits {passphrase_limits!r}: out of range")
+    return memory, passes
+
+
 class Reader:
     """An open model file (plaid, safetensors or tensorizer, detected from its bytes):
     ``path`` is a path (str or os.PathLike), a URL (``http(s)://``, ``s3://bucket/key``,
@@ -174,12 +189,17 @@ class Reader:
     of object_store-style keys such as ``aws_endpoint`` or ``aws_region``), a seekable
     binary file object, or bytes-like data (see `_source`). ``close()`` frees it (twice is harmless); it is also a context
     manager, and a finalizer frees it if neither was used. ``key`` (32 bytes) or
-    ``passphrase`` (str or bytes) decrypt encrypted tensors (tensorizer's encrypted files);
-    a file opens without them (names, dtypes and shapes are in the clear), and loading an
-    encrypted tensor without them raises `DecryptError`."""
+    ``passphrase`` (str or bytes) decrypt encrypted tensors (tensorizer's and plaid's
+    encrypted files); a file opens without them (names, dtypes and shapes are in the
+    clear), and loading an encrypted tensor without them raises `DecryptError`. With a key
+    or passphrase, loading a tensor stored in the clear raises `DecryptError` too (a file
+    whose encryption was stripped would otherwise load as the weights) unless
+    ``allow_plaintext=True``. ``passphrase_limits=(max_memory, max_passes)`` raises (or
+    lowers) the most a file's key derivation may cost, by default 1 GiB and 16 passes."""
 
     def __init__(self, path, *, verify=True, verify_sha256=True, threads=0, cuda_stream=None,
-                 requests_in_flight=0, storage_options=None, key=None, passphrase=None):
+                 requests_in_flight=0, storage_options=None, key=None, passphrase=None,
+                 allow_plaintext=False, passphrase_limits=None):
         # A path, or the bytes themselves: a seekable binary file object or bytes-like data.
         source = None if _source.is_path(path) else _source.Source(path)
         self._check = check if source is None else source.check
@@ -200,6 +220,10 @@ class Reader:
             if passphrase is not None:
                 pw = passphrase.encode("utf-8") if isinstance(passphrase, str) else bytes(passphrase)
                 check(lib.plaid_read_options_set_passphrase(options, pw, len(pw)))
+            check(lib.plaid_read_options_set_allow_plaintext(options, int(bool(allow_plaintext))))
+            if passphrase_limits is not None:
+                memory, passes = _limits(passphrase_limits)
+                check(lib.plaid_read_options_set_passphrase_limits(options, memory, passes))
             handle = ctypes.c_void_p()
             if source is None:
                 check(lib.plaid_deserializer_open(os.fsencode(path), options,
@@ -431,15 +455,17 @@ class Encryption:
     """Key material for writing (or reading) an encrypted file: a raw 32-byte ``key``, or a
     ``passphrase`` (str, UTF-8, or bytes) with the Argon2id cost ``passes`` over ``memory``
     bytes (by default 3 and 256 MiB, tensorizer's defaults), and the ``cipher`` of a plaid
-    file: ``"aegis-256x4"`` (the default) or ``"aes-256-gcm"``. plaid copies the material
-    into option handles that it zeroes when they are freed; Python's own copies are
-    Python's."""
+    file: ``"aegis-256x4"`` (the default) or ``"aes-256-gcm"``. A cost above what readers
+    take by default (1 GiB, 16 passes) is refused unless ``above_read_limits=True`` (its
+    readers must then raise their ``passphrase_limits``). plaid copies the material into
+    option handles that it zeroes when they are freed; Python's own copies are Python's."""
 
-    __slots__ = ("key", "passphrase", "passes", "memory", "cipher")
+    __slots__ = ("key", "passphrase", "passes", "memory", "cipher", "above_read_limits")
 
     CIPHERS = {"aes-256-gcm": 1, "aegis-256x4": 2}
 
-    def __init__(self, key=None, passphrase=None, passes=None, memory=None, cipher=None):
+    def __init__(self, key=None, passphrase=None, passes=None, memory=None, cipher=None,
+                 above_read_limits=False):
         if cipher is not None and cipher not in self.CIPHERS:
             raise _lib.InvalidArgumentError(
                 f"cipher {cipher!r}: 'aegis-256x4' or 'aes-256-gcm'")
@@ -456,6 +482,7 @@ class Encryption:
         self.passphrase = None if passphrase is None else bytes(passphrase)
         self.passes = passes
         self.memory = memory
+        self.above_read_limits = bool(above_read_limits)
 
     def apply(self, options):
         """Set this material (and cipher) on a ``plaid_write_options`` handle."""
@@ -466,6 +493,8 @@ class Encryption:
         else:
             check(lib.plaid_write_options_set_passphrase(options, self.passphrase,
                                                          len(self.passphrase)))
+        if self.above_read_limits:
+            check(lib.plaid_write_options_set_kdf_above_read_limits(options, 1))
         if self.passes is not None or self.memory is not None:
             check(lib.plaid_write_options_set_passphrase_limits(
                 options, int(self.passes if self.passes is not None else 3),
@@ -493,6 +522,9 @@ class Encryption:
             else:
                 check(lib.plaid_read_options_set_passphrase(options, self.passphrase,
                                                             len(self.passphrase)))
+            if self.above_read_limits:
+                check(lib.plaid_read_options_set_passphrase_limits(
+                    options, max(int(self.memory or 0), 1 << 30), max(int(self.passes or 0), 16)))
             yield options
         finally:
             lib.plaid_read_options_free(options)

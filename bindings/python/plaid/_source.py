@@ -5,14 +5,16 @@ with ``os.preadv`` on its descriptor where it has one (no lock, no copy) and wit
 
 The library calls ``read`` from its own I/O threads, several at once; each call takes the
 GIL only around Python code (``os.preadv`` releases it while the kernel reads). An exception
-inside a callback becomes a failed read (`PlaidIOError` naming the source and offset), and
-the original exception is chained to it. The callbacks stay alive until the library calls
+inside a callback, or a ``readinto``/``read`` whose count is not an integer in ``0..len``,
+becomes a failed read (`PlaidIOError` naming the source and offset); the first exception is
+chained to it, once, and later reads of the same call fail at once. The callbacks stay alive until the library calls
 ``release``, which it does exactly once, when the last deserializer using the source is
 gone."""
 
 import contextlib
 import ctypes
 import io
+import operator
 import os
 import threading
 
@@ -132,12 +134,21 @@ def _name_of(obj):
 
 @_lib.READ_FN
 def _read(user_data, offset, buf, length):
+    # Everything, the conversion of the count included, happens inside the ``try``: an
+    # exception escaping a ctypes callback is printed and its return value is undefined,
+    # which the library would take as a byte count.
     with _live_lock:
         reader = _live.get(user_data)
     if reader is None:
         return -1
     try:
-        return reader.read(offset, buf, length)
+        if reader.errors:
+            return -1  # this call already failed: its first exception is its error
+        n = operator.index(reader.read(offset, buf, length))
+        if not 0 <= n <= length:
+            raise ValueError(f"{reader.name}: a read of {length} bytes at offset {offset} "
+                             f"returned {n}, outside 0..{length}")
+        return n
     except BaseException as e:  # raised again, chained, after the library call
         reader.errors.append(e)
         return -1

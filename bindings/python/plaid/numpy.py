@@ -67,7 +67,8 @@ def save_file(tensors, path, metadata=None, *, format=None, storage_options=None
                _core.encryption(key, passphrase, cipher))
 
 
-def load_file(path, *, storage_options=None, tensors=None, key=None, passphrase=None):
+def load_file(path, *, storage_options=None, tensors=None, key=None, passphrase=None,
+              allow_plaintext=False, passphrase_limits=None):
     """Every tensor of the file at ``path`` (or at a URL: http(s), s3, gs, az; or of a
     seekable binary file object, or of bytes-like data) as numpy arrays (in one allocation
     the arrays keep alive), verified. ``tensors`` (a glob pattern, a list of them, or a
@@ -75,7 +76,8 @@ def load_file(path, *, storage_options=None, tensors=None, key=None, passphrase=
     ``key`` (32 bytes) or ``passphrase`` decrypt an encrypted file."""
     chosen = _core.name_filter(tensors)
     with _core.Reader(path, storage_options=storage_options, key=key,
-                      passphrase=passphrase) as reader:
+                      passphrase=passphrase, allow_plaintext=allow_plaintext,
+                      passphrase_limits=passphrase_limits) as reader:
         metas = [m for m in reader.tensors if chosen is None or chosen(m.name)]
         for meta in metas:
             numpy_dtype(meta)  # refuse before reading anything

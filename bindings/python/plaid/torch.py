@@ -102,7 +102,8 @@ def _load_all(reader, device, wanted=None):
 
 
 def load_file(path, device="cpu", *, mmap=True, verify=True, storage_options=None,
-              tensors=None, key=None, passphrase=None):
+              tensors=None, key=None, passphrase=None, allow_plaintext=False,
+              passphrase_limits=None):
     """Every tensor of the file at ``path`` as torch tensors on ``device`` (``"cpu"``,
     ``"cuda"`` or ``"cuda:N"``), verified (unless ``verify=False``). ``path`` may also be a
     seekable binary file object or bytes-like data: read through, never mapped.
@@ -122,11 +123,14 @@ def load_file(path, device="cpu", *, mmap=True, verify=True, storage_options=Non
     ``tensors`` (a glob pattern, a list of them, or a callable taking the name) loads only
     the tensors it chooses; the others are not read (and the file is not mapped). ``key``
     (32 bytes) or ``passphrase`` decrypt an encrypted file (never mapped: decrypted as
-    it loads)."""
+    it loads); with either, a file stored in the clear raises `DecryptError` unless
+    ``allow_plaintext=True``. ``passphrase_limits=(max_memory, max_passes)`` bounds what a
+    file's key derivation may cost (default 1 GiB, 16 passes)."""
     chosen = _core.name_filter(tensors)
     if chosen is not None or key is not None or passphrase is not None:
         with _core.Reader(path, verify=verify, storage_options=storage_options, key=key,
-                          passphrase=passphrase) as reader:
+                          passphrase=passphrase, allow_plaintext=allow_plaintext,
+                          passphrase_limits=passphrase_limits) as reader:
             return _load_all(reader, device, None if chosen is None else
                              (lambda m: chosen(m.name)))
     if _device(device).type == "cpu" and mmap and _source.is_path(path) \
@@ -139,7 +143,8 @@ def load_file(path, device="cpu", *, mmap=True, verify=True, storage_options=Non
 
 
 def load_shared(path, device="cpu", *, group=None, verify=True, storage_options=None,
-                tensors=None):
+                tensors=None, key=None, passphrase=None, allow_plaintext=False,
+                passphrase_limits=None):
     """Every tensor of the file at ``path`` (as `load_file` gives them) on every member of
     the ``torch.distributed`` process group ``group`` (default: the world; any group, a
     subgroup of the world too, and only its members call this), reading the file once per
@@ -148,7 +153,8 @@ def load_shared(path, device="cpu", *, group=None, verify=True, storage_options=
     broadcast from its member to the others over the group's backend (gloo for CPU
     tensors, NCCL for CUDA ones): as many collective calls as members. Every member must
     call it with the same file, ``tensors`` and ``device`` type. Returns ``{name: tensor}``,
-    the tensors of each share being views of its buffer."""
+    the tensors of each share being views of its buffer. ``key``, ``passphrase``,
+    ``allow_plaintext`` and ``passphrase_limits`` are `load_file`'s."""
     import torch.distributed as dist
     if group is None:
         group = dist.group.WORLD
@@ -159,8 +165,10 @@ def load_shared(path, device="cpu", *, group=None, verify=True, storage_options=
     device = _device(device)
     failure = None
     try:
+        secret = dict(key=key, passphrase=passphrase, allow_plaintext=allow_plaintext,
+                      passphrase_limits=passphrase_limits)
         buffers, out = _read_share(path, device, me, len(members), verify, storage_options,
-                                   tensors)
+                                   tensors, secret)
     except BaseException as e:  # told to every member below, then raised here
         failure = e
     # Every member learns whether any failed before anyone waits in a broadcast.
@@ -178,12 +186,13 @@ def load_shared(path, device="cpu", *, group=None, verify=True, storage_options=
     return out
 
 
-def _read_share(path, device, me, size, verify, storage_options, tensors):
+def _read_share(path, device, me, size, verify, storage_options, tensors, secret):
     """`load_shared`'s buffers (one per member) and tensors (views of them), with this
     member's share read."""
     members = range(size)
     chosen = _core.name_filter(tensors)
-    with _core.Reader(path, verify=verify, storage_options=storage_options) as reader:
+    with _core.Reader(path, verify=verify, storage_options=storage_options,
+                      **secret) as reader:
         metas = [m for m in reader.tensors if chosen is None or chosen(m.name)]
         for meta in metas:
             torch_dtype(meta)  # refuse before reading anything
@@ -522,7 +531,9 @@ class TensorDeserializer(Mapping):
     them) selects tensors; ``dtype``
     casts floating-point tensors read through the mapping. ``encryption`` (a
     `DecryptionParams`) decrypts encrypted tensorizer files; without it, loading an
-    encrypted tensor raises `DecryptError`. ``plaid_mode``, ``lazy_load`` and ``num_readers``
+    encrypted tensor raises `DecryptError`; with it, so does a tensor stored in the clear
+    unless ``allow_plaintext=True`` (``passphrase_limits=(max_memory, max_passes)`` bounds a
+    file's key derivation, by default 1 GiB and 16 passes). ``plaid_mode``, ``lazy_load`` and ``num_readers``
     are accepted for compatibility (``num_readers`` sets the worker threads).
 
     Tensor parallelism: with ``rank`` and ``world_size``, every tensor that ``split`` assigns a
@@ -535,7 +546,8 @@ class TensorDeserializer(Mapping):
     def __init__(self, file_obj, device=None, filter_func=None, dtype=None, *,
                  lazy_load=False, plaid_mode=None, plaid_mode_buffers=None, num_readers=None,
                  verify_hash=None, encryption=None, storage_options=None, mmap=True,
-                 rank=None, world_size=None, split=None):
+                 rank=None, world_size=None, split=None, allow_plaintext=False,
+                 passphrase_limits=None):
         key = passphrase = None
         if encryption is not None:
             if isinstance(encryption, DecryptionParams):
@@ -558,7 +570,8 @@ class TensorDeserializer(Mapping):
         self._verify = True if verify_hash is None else bool(verify_hash)
         self._reader = _core.Reader(file_obj, verify=self._verify, threads=num_readers or 0,
                                     storage_options=storage_options, key=key,
-                                    passphrase=passphrase)
+                                    passphrase=passphrase, allow_plaintext=allow_plaintext,
+                                    passphrase_limits=passphrase_limits)
         filter_func = _core.name_filter(filter_func)
         self._metas = {m.name: m for m in self._reader.tensors
                        if filter_func is None or filter_func(m.name)}

@@ -64,6 +64,10 @@ WORKER = textwrap.dedent('''
     dist.destroy_process_group()
     with open(out, "w") as fh:
         json.dump(report, fh)
+    # torch 2.15's teardown at interpreter exit aborts ("terminate called without an active
+    # exception") in about one run in ten, only in the member whose load_shared raised, and
+    # as often before plaid's changes as after; the report is written: leave without it.
+    os._exit(0)
 ''')
 
 

@@ -382,3 +382,94 @@ def test_encrypted_files_round_trip_through_save_file_and_load_file(tmp_path):
     with pytest.raises(plaid.InvalidArgumentError):
         pn.save_file(tensors, tmp_path / "x.safetensors", key=key)
     assert not (tmp_path / "short.plaid").exists()
+
+
+def test_a_key_refuses_a_file_in_the_clear_unless_plaintext_is_allowed(tmp_path):
+    """A key or passphrase means the file must be encrypted: a file in the clear (or one
+    whose encryption was stripped) is DecryptError through every loading function, unless
+    ``allow_plaintext=True``; tensors with no stored bytes are exempt."""
+    tensors = {"w": np.arange(1000, dtype=np.float32), "e": np.zeros((0, 4), np.float32)}
+    path = tmp_path / "plain.plaid"
+    pn.save_file(tensors, path)
+    key = bytes(range(32))
+
+    def safe_open_get(**kwargs):
+        with plaid.safe_open(path, **kwargs) as f:
+            return f.get_tensor("w")
+
+    loaders = (lambda **kw: pn.load_file(path, **kw),
+               lambda **kw: plaid.load_into(path, {"w": np.empty(1000, np.float32)}, **kw),
+               safe_open_get,
+               lambda **kw: pn.load_file(path.read_bytes(), **kw))
+    for load in loaders:
+        for secret in ({"key": key}, {"passphrase": "pw"}):
+            with pytest.raises(plaid.DecryptError, match="stored in the clear"):
+                load(**secret)
+            load(**secret, allow_plaintext=True)
+    got = pn.load_file(path, key=key, allow_plaintext=True)
+    np.testing.assert_array_equal(got["w"], tensors["w"])
+    assert pn.load_file(path, key=key, tensors="e")["e"].shape == (0, 4)
+
+
+def test_passphrase_limits_bound_what_a_files_key_derivation_may_cost(tmp_path):
+    from plaid import _core
+    path = tmp_path / "p.plaid"
+    w = np.arange(5000, dtype=np.float32)
+    items = [{"name": "w", "dtype_id": pn.dtype_id(w.dtype), "shape": w.shape,
+              "address": w.ctypes.data, "nbytes": w.nbytes, "keep": w}]
+    _core.save(path, items, encryption=_core.Encryption(passphrase="pw", passes=2,
+                                                        memory=64 << 10))
+    np.testing.assert_array_equal(pn.load_file(path, passphrase="pw")["w"], w)
+    np.testing.assert_array_equal(
+        pn.load_file(path, passphrase="pw", passphrase_limits=(64 << 10, 2))["w"], w)
+    for limits in ((32 << 10, 16), (1 << 30, 1)):
+        with pytest.raises(plaid.DecryptError, match="past this reader's limits"):
+            pn.load_file(path, passphrase="pw", passphrase_limits=limits)
+    for bad in ((0, 1), (1 << 20, 65), (1, 2, 3), "big", (-1, 1)):
+        with pytest.raises(plaid.InvalidArgumentError):
+            pn.load_file(path, passphrase="pw", passphrase_limits=bad)
+    # A writer refuses limits readers would refuse, unless told.
+    with pytest.raises(plaid.InvalidArgumentError, match="above what readers take"):
+        _core.save(tmp_path / "strong.plaid", items,
+                   encryption=_core.Encryption(passphrase="pw", passes=17, memory=64 << 10))
+    _core.save(tmp_path / "strong.plaid", items,
+               encryption=_core.Encryption(passphrase="pw", passes=17, memory=64 << 10,
+                                           above_read_limits=True))
+    with pytest.raises(plaid.DecryptError, match="limits"):
+        pn.load_file(tmp_path / "strong.plaid", passphrase="pw")
+    np.testing.assert_array_equal(
+        pn.load_file(tmp_path / "strong.plaid", passphrase="pw",
+                     passphrase_limits=(1 << 30, 17))["w"], w)
+
+
+@pytest.mark.parametrize("answer", [3.5, "12", None.__class__, -5, 10 ** 30, 1 << 64])
+def test_read_callbacks_whose_count_is_not_a_valid_integer_fail_the_load_once(tmp_path, capfd,
+                                                                              answer):
+    """A ``readinto`` returning a float, a str, a type, a negative count or one past the
+    buffer: the load fails with PlaidIOError naming the offset, the exception chained, and
+    nothing printed (an exception escaping a ctypes callback is printed and its return
+    value undefined)."""
+    import io
+    path = tmp_path / "m.plaid"
+    pn.save_file({"w": np.arange(300_000, dtype=np.float32)}, path)
+    raw = path.read_bytes()
+    calls = []
+
+    class Lying(io.BytesIO):
+        def fileno(self):
+            raise io.UnsupportedOperation("no descriptor")
+
+        def readinto(self, b):
+            n = super().readinto(b)
+            if self.tell() > 8192:
+                calls.append(n)
+                return answer
+            return n
+
+    with pytest.raises(plaid.PlaidIOError) as caught:
+        pn.load_file(Lying(raw))
+    assert "offset" in str(caught.value)
+    assert isinstance(caught.value.__cause__, (TypeError, ValueError)), caught.value.__cause__
+    out, err = capfd.readouterr()
+    assert "Exception ignored" not in err and "Traceback" not in err, err
+    assert len(calls) <= 64, "the load stopped at the first bad answer"

@@ -298,3 +298,24 @@ def test_file_objects_and_bytes_through_the_torch_api(tmp_path):
         d = TensorDeserializer(f, device="cpu", verify_hash=True)
     assert list(d) == list(by_path)
     assert all(torch.equal(d[k], by_path[k]) for k in d)
+
+
+def test_decryption_params_refuse_a_file_in_the_clear_unless_plaintext_is_allowed(tmp_path):
+    """tensorizer's drop-in with ``encryption=``: a file stored in the clear (or stripped of
+    its encryption) raises DecryptError on every path, unless ``allow_plaintext=True``."""
+    path = tmp_path / "plain.plaid"
+    w = torch.arange(4096, dtype=torch.float32)
+    pt.save_file({"w": w}, path)
+    params = pt.DecryptionParams.from_key(bytes(range(32)))
+    d = TensorDeserializer(str(path), device="cpu", encryption=params)
+    with pytest.raises(plaid.DecryptError, match="stored in the clear"):
+        d["w"]
+    module = torch.nn.Module()
+    module.register_buffer("w", torch.empty(4096))
+    with pytest.raises(plaid.DecryptError, match="stored in the clear"):
+        TensorDeserializer(str(path), device="cpu", encryption=params).load_into_module(module)
+    d = TensorDeserializer(str(path), device="cpu", encryption=params, allow_plaintext=True)
+    assert torch.equal(d["w"], w)
+    with pytest.raises(plaid.DecryptError, match="stored in the clear"):
+        pt.load_file(path, key=bytes(range(32)))
+    assert torch.equal(pt.load_file(path, key=bytes(range(32)), allow_plaintext=True)["w"], w)

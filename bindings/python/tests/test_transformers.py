@@ -784,7 +784,8 @@ def test_encrypted_tensorizer_files_plaid_writes_load_in_tensorizer(tmp_path):
 
 def test_tensorizers_own_decryption_params_decrypt_its_files(tmp_path):
     """tensorizer's DecryptionParams work unchanged (the import-line-only switch); a key
-    for a plain file is ignored; anything else is refused, never ignored."""
+    for a plain file refuses it unless plaintext is allowed; anything else is refused,
+    never ignored."""
     fixtures = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "tensorizer"
     truth = json.loads((fixtures / "encrypted_passphrase_4k_chunks_v3.json").read_text())
     path = str(fixtures / "encrypted_passphrase_4k_chunks_v3.tensors")
@@ -798,6 +799,10 @@ def test_tensorizers_own_decryption_params_decrypt_its_files(tmp_path):
     plain = tmp_path / "plain.plaid"
     pt.save_file({"w": torch.ones(4)}, plain)
     d = pt.TensorDeserializer(str(plain), device="cpu", encryption=_decryption_params())
+    with pytest.raises(plaid.DecryptError, match="stored in the clear"):
+        d["w"]
+    d = pt.TensorDeserializer(str(plain), device="cpu", encryption=_decryption_params(),
+                              allow_plaintext=True)
     assert torch.equal(d["w"], torch.ones(4))
     with pytest.raises(plaid.InvalidArgumentError):
         pt.TensorDeserializer(str(plain), device="cpu", encryption=object())
