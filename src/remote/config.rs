@@ -94,7 +94,11 @@ fn check_value(key: &str, value: &str, from_env: Option<&str>) -> Result<()> {
     };
     let name = canonical(key);
     let name = name.as_str();
-    if value.chars().any(char::is_control) {
+    // Documents (a PEM certificate, a service account's JSON) span lines; nothing else may
+    // hold a control character (values end up in headers and URLs).
+    let document = matches!(name, "proxy_ca_certificate" | "google_service_account_key");
+    let allowed = |c: char| document && matches!(c, '\n' | '\r' | '\t');
+    if value.chars().any(|c| c.is_control() && !allowed(c)) {
         return bad("the value holds a control character");
     }
     let is_url = name.ends_with("endpoint")
@@ -573,6 +577,39 @@ fn azure(location: &Location, storage: &StorageOptions, retry: RetryConfig) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_are_checked_naming_their_key() {
+        let message = |key: &str, value: &str, env: Option<&str>| {
+            check_value(key, value, env).unwrap_err().to_string()
+        };
+        let m = message("endpoint", "ht!tp://bad url", None);
+        assert!(
+            m.contains("storage option endpoint") && m.contains("not a valid URL"),
+            "{m}"
+        );
+        let m = message("aws_endpoint_url", "http://", Some("AWS_ENDPOINT_URL"));
+        assert!(m.contains("AWS_ENDPOINT_URL (from the environment)"), "{m}");
+        assert!(message("region", "eu west", None).contains("region name"));
+        assert!(message("aws_endpoint", "", None).contains("empty"));
+        assert!(message("aws_session_token", "a\nb", None).contains("control character"));
+        assert!(message("google_base_url", "file:///etc", None).contains("http://"));
+        for (key, value) in [
+            ("aws_endpoint", "http://127.0.0.1:9000"),
+            ("aws_region", "eu-west-1"),
+            ("aws_session_token", "FwoGZXIvYXdzE//+abc="),
+            (
+                "proxy_ca_certificate",
+                "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+            ),
+            (
+                "google_service_account_key",
+                "{\n  \"type\": \"service_account\"\n}",
+            ),
+        ] {
+            assert!(check_value(key, value, None).is_ok(), "{key}={value:?}");
+        }
+    }
 
     #[test]
     fn keys_are_checked() {
