@@ -175,6 +175,14 @@ impl Secret {
         self.material.is_some()
     }
 
+    /// "passphrase" or "key", for messages.
+    fn material_name(&self) -> &'static str {
+        match self.material {
+            Some(Material::Passphrase(_)) => "passphrase",
+            _ => "key",
+        }
+    }
+
     /// Whether the key material is a passphrase.
     pub(crate) fn is_passphrase(&self) -> bool {
         matches!(self.material, Some(Material::Passphrase(_)))
@@ -234,10 +242,7 @@ impl Secret {
         {
             return Ok(());
         }
-        let what = match self.material {
-            Some(Material::Passphrase(_)) => "passphrase",
-            _ => "key",
-        };
+        let what = self.material_name();
         let given = match &self.origin {
             Some(origin) => format!("a {what} was given ({origin})"),
             None => format!("a {what} was given"),
@@ -330,10 +335,7 @@ impl Secret {
             .zip(&encryption.key_check)
             .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if differ != 0 {
-            let what = match self.material {
-                Some(Material::Passphrase(_)) => "passphrase",
-                _ => "key",
-            };
+            let what = self.material_name();
             return Err(Error::Decrypt(format!(
                 "{file}: tensor '{}': wrong {what}: the file's key check fails (no data was decrypted)",
                 tensor.name

@@ -96,6 +96,15 @@ pub enum Error {
     Decrypt(String),
 }
 
+/// What a panic's payload says (its message, where it is a string).
+pub(crate) fn panic_detail(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown payload".to_owned())
+}
+
 /// `len` zero bytes, or an I/O error of kind `OutOfMemory` naming `what` when the system
 /// refuses the memory: an allocation sized by input is a status, never an abort.
 pub(crate) fn zeroed(len: u64, what: impl fmt::Display) -> Result<Vec<u8>> {

@@ -19,6 +19,24 @@ fn plaid(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `plaid ARGS` with the key material of the environment replaced by `env` (success, and
+/// stdout then stderr).
+fn plaid_with_keys(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_plaid"))
+        .args(args)
+        .env_remove("PLAID_KEY")
+        .env_remove("PLAID_PASSPHRASE")
+        .env_remove("PLAID_ENCRYPT_KEY")
+        .env_remove("PLAID_ENCRYPT_PASSPHRASE")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
 #[test]
 fn inspect_and_verify_and_a_flipped_bit() {
     let dir = tempfile::tempdir().unwrap();
@@ -339,20 +357,7 @@ fn encrypted_files_with_keys_from_files_and_the_environment() {
     let key_hex = truth["encryption"]["key_hex"].as_str().unwrap();
     let passphrase = truth["encryption"]["passphrase"].as_str().unwrap();
     let f = file.to_str().unwrap();
-    let run = |args: &[&str], env: &[(&str, &str)]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_plaid"))
-            .args(args)
-            .env_remove("PLAID_KEY")
-            .env_remove("PLAID_PASSPHRASE")
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let run = plaid_with_keys;
     let (ok, out) = run(&["inspect", f], &[]);
     assert!(ok && out.contains("one_chunk_plus_1"), "{out}");
     let (ok, out) = run(&["verify", f], &[]);
@@ -419,22 +424,7 @@ fn plaid_encryption_from_the_command_line() {
     w.add_tensor("w", plaid::DType::U8, &[100, 1000], &data)
         .unwrap();
     w.finish().unwrap();
-    let run = |args: &[&str], env: &[(&str, &str)]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_plaid"))
-            .args(args)
-            .env_remove("PLAID_KEY")
-            .env_remove("PLAID_PASSPHRASE")
-            .env_remove("PLAID_ENCRYPT_KEY")
-            .env_remove("PLAID_ENCRYPT_PASSPHRASE")
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let run = plaid_with_keys;
     let key_hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
     let key_file = dir.path().join("key");
     std::fs::write(&key_file, key_hex).unwrap();
@@ -546,20 +536,7 @@ fn a_key_from_the_environment_refuses_a_file_in_the_clear() {
     let mut w = Serializer::create(&plain, WriteOptions::default().sync(false)).unwrap();
     w.add_tensor("w", DType::U8, &[50_000], &data).unwrap();
     w.finish().unwrap();
-    let run = |args: &[&str], env: &[(&str, &str)]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_plaid"))
-            .args(args)
-            .env_remove("PLAID_KEY")
-            .env_remove("PLAID_PASSPHRASE")
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let run = plaid_with_keys;
     let p = plain.to_str().unwrap();
     let key = [("PLAID_KEY", "00".repeat(32))];
     let key: Vec<(&str, &str)> = key.iter().map(|(k, v)| (*k, v.as_str())).collect();

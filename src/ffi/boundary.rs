@@ -39,12 +39,10 @@ pub(crate) fn value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
 }
 
 fn panic_message(panic: Box<dyn Any + Send>) -> String {
-    let detail = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown payload".to_owned());
-    format!("internal error (panic): {detail}")
+    format!(
+        "internal error (panic): {}",
+        crate::error::panic_detail(&*panic)
+    )
 }
 
 // `try_with`: a C program may call in from a thread-exit destructor, after the

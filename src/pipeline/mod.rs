@@ -116,19 +116,18 @@ fn run(
         .iter()
         .all(|(_, out, _)| matches!(out, Out::Scratch(_) | Out::Lent(_)))
         && !options.secret.is_set();
-    // Key material expects encrypted tensors: one stored in the clear fails the load here,
-    // before anything is read (unless plaintext is allowed).
-    for (t, _, _) in &placed {
-        options.secret.check_clear(source.name(), t)?;
-    }
+    // Key material also expects encrypted tensors: `Decrypt::of` refuses one stored in the
+    // clear here, before anything is read (unless plaintext is allowed).
     let mut decrypt = Vec::new();
-    if placed.iter().any(|(t, _, _)| t.encryption.is_some()) {
-        decrypt.resize_with(index.tensors.len(), || None);
-        for (t, _, _) in &placed {
-            if stored_only && matches!(t.encryption.as_deref(), Some(Encryption::Plaid { .. })) {
-                continue;
+    for (t, _, _) in &placed {
+        if stored_only && matches!(t.encryption.as_deref(), Some(Encryption::Plaid { .. })) {
+            continue;
+        }
+        if let Some(stage) = crate::crypto::Decrypt::of(source.name(), t, &options.secret)? {
+            if decrypt.is_empty() {
+                decrypt.resize_with(index.tensors.len(), || None);
             }
-            decrypt[t.index] = crate::crypto::Decrypt::of(source.name(), t, &options.secret)?;
+            decrypt[t.index] = Some(stage);
         }
     }
     let jobs = plan(placed, &policy);

@@ -243,21 +243,6 @@ pub(crate) fn builder(location: &Location, storage: &StorageOptions) -> Result<(
             _ => {}
         }
     }
-    let request_timeout = match storage.get("timeout") {
-        Some(value) => super::http::duration(value).ok_or_else(|| {
-            Error::invalid(format!(
-                "storage option timeout: '{value}' is not a duration (like 30s, 500ms, 2m)"
-            ))
-        })?,
-        None => DEFAULT_REQUEST_TIMEOUT,
-    };
-    let settings = Settings {
-        hints: SourceHints::new(REMOTE_REQUEST_BYTES, REMOTE_MERGE_GAP, REMOTE_IN_FLIGHT),
-        part_size,
-        parts_in_flight,
-        retry_timeout: retry.retry_timeout,
-        request_timeout,
-    };
     // Every value, of any key, is checked now: a bad one is an error naming its key when
     // the URL is opened, never a failure (or a panic) deep inside a request.
     for (key, value) in storage.pairs() {
@@ -266,6 +251,17 @@ pub(crate) fn builder(location: &Location, storage: &StorageOptions) -> Result<(
             check_client_option(k, value).map_err(Error::invalid)?;
         }
     }
+    let settings = Settings {
+        hints: SourceHints::new(REMOTE_REQUEST_BYTES, REMOTE_MERGE_GAP, REMOTE_IN_FLIGHT),
+        part_size,
+        parts_in_flight,
+        retry_timeout: retry.retry_timeout,
+        // Checked above.
+        request_timeout: storage
+            .get("timeout")
+            .and_then(super::http::duration)
+            .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+    };
     let build: Build = match location.scheme {
         Scheme::Http => http(location, storage, retry)?,
         Scheme::S3 => s3(location, storage, retry)?,
@@ -281,8 +277,9 @@ fn store_pairs(storage: &StorageOptions) -> impl Iterator<Item = (&str, &str)> {
     storage.pairs().filter(|(k, _)| !PLAID_KEYS.contains(k))
 }
 
-/// Client options from `pairs` (client keys only, checked), and the CA bundle's
-/// certificates (which plaid's client trusts: [`Connector`]).
+/// Client options from `pairs` (client keys only, checked already: [`builder`] checks the
+/// options, [`s3`] the environment), and the CA bundle's certificates (which plaid's client
+/// trusts: [`Connector`]).
 fn client_options(
     url: &str,
     pairs: &[(ClientConfigKey, String)],
@@ -294,7 +291,6 @@ fn client_options(
         client = client.with_allow_http(true);
     }
     for (key, value) in pairs {
-        check_client_option(*key, value).map_err(Error::invalid)?;
         client = client.with_config(*key, value.clone());
     }
     let mut certificates = Vec::new();

@@ -109,6 +109,14 @@ fn summary(error: &object_store::Error) -> (String, Option<String>) {
     (parts.join(", "), code)
 }
 
+/// What was being done: "`doing` bytes `first-last` of `url`", or "`doing` `url`".
+pub(crate) fn context(url: &str, range: Option<&Range<u64>>, doing: &str) -> String {
+    match range {
+        Some(range) => format!("{doing} bytes {} of {url}", span(range)),
+        None => format!("{doing} {url}"),
+    }
+}
+
 /// The plaid error for `error`, met while `doing` ("opening", "reading", "writing") `url`
 /// (at `range`, where one was asked for).
 pub(crate) fn describe(
@@ -117,10 +125,7 @@ pub(crate) fn describe(
     range: Option<&Range<u64>>,
     doing: &str,
 ) -> Error {
-    let context = match range {
-        Some(range) => format!("{doing} bytes {} of {url}", span(range)),
-        None => format!("{doing} {url}"),
-    };
+    let context = context(url, range, doing);
     let (text, code) = summary(&error);
     match error {
         object_store::Error::NotFound { .. } => Error::NotFound(format!(

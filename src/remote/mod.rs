@@ -70,11 +70,9 @@ pub(crate) struct Location {
     pub(crate) root: String,
     /// The object's path in its store.
     pub(crate) path: ObjectPath,
-    /// The URL as given, password included: only to resolve siblings.
+    /// The URL as given, password included: to resolve siblings, and for the basic
+    /// authentication of an HTTP URL's user and password ([`Location::basic_auth`]).
     given: zeroize::Zeroizing<String>,
-    /// The user and password of an HTTP URL (percent-decoded), sent as basic
-    /// authentication; redirects are then not followed.
-    credentials: Option<(String, zeroize::Zeroizing<String>)>,
 }
 
 impl std::fmt::Debug for Location {
@@ -84,7 +82,6 @@ impl std::fmt::Debug for Location {
             .field("scheme", &self.scheme)
             .field("root", &self.root)
             .field("path", &self.path)
-            .field("credentials", &self.credentials.as_ref().map(|_| "(set)"))
             .finish()
     }
 }
@@ -154,27 +151,12 @@ impl Location {
         if path.as_ref().is_empty() {
             return Err(Error::invalid(format!("{url}: names no object")));
         }
-        let decode = |text: &str| {
-            percent_decode(text).ok_or_else(|| {
-                Error::invalid(format!(
-                    "{url}: the user or password is not UTF-8 once decoded"
-                ))
-            })
-        };
-        let credentials = match has_credentials {
-            true => Some((
-                decode(parsed.username())?,
-                zeroize::Zeroizing::new(decode(parsed.password().unwrap_or(""))?),
-            )),
-            false => None,
-        };
         Ok(Location {
             url: url.to_owned(),
             scheme,
             root,
             path,
             given: zeroize::Zeroizing::new(given.to_owned()),
-            credentials,
         })
     }
 
@@ -188,12 +170,26 @@ impl Location {
         Location::parse(&format!("{base}{name}"))
     }
 
-    /// `Authorization: Basic ...` for the user and password of an HTTP URL, if it has them.
+    /// `Authorization: Basic ...` for the user and password of an HTTP URL (percent-decoded),
+    /// if it has them; redirects are then not followed.
     pub(crate) fn basic_auth(&self) -> Result<Option<reqwest::header::HeaderValue>> {
         use base64::Engine as _;
-        let Some((user, password)) = &self.credentials else {
-            return Ok(None);
+        let Ok(parsed) = url::Url::parse(&self.given) else {
+            return Ok(None); // parsed when the location was made
         };
+        if parsed.username().is_empty() && parsed.password().is_none() {
+            return Ok(None);
+        }
+        let decode = |text: &str| {
+            percent_decode(text).ok_or_else(|| {
+                Error::invalid(format!(
+                    "{}: the user or password is not UTF-8 once decoded",
+                    self.url
+                ))
+            })
+        };
+        let user = decode(parsed.username())?;
+        let password = zeroize::Zeroizing::new(decode(parsed.password().unwrap_or(""))?);
         let pair = zeroize::Zeroizing::new(format!("{user}:{}", password.as_str()));
         let encoded = zeroize::Zeroizing::new(
             base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()),
@@ -348,7 +344,7 @@ impl Budget {
         self.state.lock().since + self.retry_timeout + self.request_timeout
     }
 
-    /// Run one request of the operation (`what` names it in the error), within the
+    /// Run one request of the operation (reading `range` of `url`, or opening it), within the
     /// budget.
     async fn within<R>(
         &self,
@@ -387,12 +383,13 @@ impl Budget {
 
     /// The error of a request cut short because the budget is spent.
     fn spent(&self, url: &str, range: Option<&Range<u64>>) -> Error {
-        let context = match range {
-            Some(range) => format!("reading bytes {} of {url}", errors::span(range)),
-            None => format!("opening {url}"),
+        let doing = if range.is_some() {
+            "reading"
+        } else {
+            "opening"
         };
         Error::io(
-            context,
+            errors::context(url, range, doing),
             std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!(

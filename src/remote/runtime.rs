@@ -159,11 +159,7 @@ impl<T: Send + Sync + 'static> Owned<T> {
 /// The error for a panic inside the storage client: its message, as an I/O error (it is
 /// the client's failure to do the request, whatever the cause).
 fn panicked(panic: &(dyn std::any::Any + Send)) -> Error {
-    let message = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".into());
+    let message = crate::error::panic_detail(panic);
     Error::io(
         "a request to the store",
         std::io::Error::other(format!(
