@@ -692,6 +692,18 @@ plaid_status plaid_deserializer_open(const char *source,
 uint32_t plaid_deserializer_format(const struct plaid_deserializer *d);
 
 /**
+ * The bytes loads, verifications and reads of `d` have read from its file, object or
+ * shards since it was opened (its header excepted): what storage delivered, with checksum
+ * block rounding and the gaps read through between wanted ranges, against the bytes a load
+ * delivers (zero-copy views are not reads); 0 for a NULL handle. Other threads may be
+ * loading meanwhile: the count is then a snapshot.
+ *
+ * # Safety
+ * `d` is NULL or a live handle.
+ */
+uint64_t plaid_deserializer_bytes_read(const struct plaid_deserializer *d);
+
+/**
  * Number of tensors in the file; 0 for a NULL handle.
  *
  * # Safety

@@ -2,15 +2,15 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crate::error::{Error, Result};
 use crate::format::{self, Format, Index, TensorInfo};
 use crate::options::ReadOptions;
 use crate::pipeline::{self, LoadStats, ProgressFn};
 use crate::sink::{Destination, HostArena, Placement, Sinks, View};
-use crate::source::{read_exact, FileSource, Mappable, MultiSource, ReadAhead, Source};
+use crate::source::{read_exact, FileSource, Mappable, Metered, MultiSource, ReadAhead, Source};
 
 /// The folder a sharded checkpoint's shards must resolve inside (symlinks followed): the
 /// index's own folder, or for a Hugging Face cache snapshot (`models--NAME/snapshots/REV/`,
@@ -87,6 +87,8 @@ pub struct Deserializer {
     /// Destinations reached through staging buffers (device memory), with their pinned
     /// buffers, kept between loads.
     sinks: Sinks,
+    /// Bytes read from the source since it was opened (its header excepted).
+    bytes_read: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Deserializer {
@@ -282,8 +284,10 @@ impl Deserializer {
             .iter()
             .map(|_| AtomicBool::new(false))
             .collect();
+        let bytes_read = Arc::new(AtomicU64::new(0));
         Ok(Deserializer {
-            source,
+            source: Box::new(Metered::new(source, Arc::clone(&bytes_read))),
+            bytes_read,
             index,
             by_name,
             options,
@@ -306,6 +310,14 @@ impl Deserializer {
             .sort_unstable_by(|&a, &b| tensors[a as usize].name.cmp(&tensors[b as usize].name));
         self.view_verified = tensors.iter().map(|_| AtomicBool::new(false)).collect();
         self
+    }
+
+    /// The bytes read from the file (or object, or shards) by loads, verifications and
+    /// reads since it was opened, its header excepted: what the storage delivered, block
+    /// rounding and the gaps read through included (bytes copied from a mapping in place
+    /// count; zero-copy views do not).
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
     }
 
     /// The file's name, as used in messages.

@@ -253,6 +253,9 @@ fn a_slice_reads_only_its_bytes_and_whole_checksum_blocks() {
             .unwrap();
         let before = counts.bytes();
         let got = load_view(&d, "w", view, len).unwrap();
+        // The deserializer's own count (`plaid_deserializer_bytes_read`) is what the source
+        // delivered to the load.
+        assert_eq!(d.bytes_read(), counts.bytes() - before);
         (got, counts.bytes() - before)
     };
     // Rows 10..20 are blocks 10..20: exactly those 40 KiB, verified.
@@ -288,6 +291,48 @@ fn a_slice_reads_only_its_bytes_and_whole_checksum_blocks() {
         assert_eq!(got, data[7 * 4096..9 * 4096]);
         assert_eq!(counts.bytes() - before, 2 * 4096);
     }
+}
+
+#[test]
+fn bytes_read_counts_what_loads_took_from_a_mapped_file_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.plaid");
+    let data = random_bytes(256 * 4096, 5);
+    write(
+        &path,
+        &[("w".into(), DType::F32, vec![256, 1024], data.clone())],
+    );
+    let d = Deserializer::open(&path, ReadOptions::default()).unwrap();
+    assert_eq!(d.bytes_read(), 0, "the header is not counted");
+    let got = load_view(&d, "w", View::whole().slice(0, 10, 20), 10 * 4096).unwrap();
+    assert_eq!(got, data[10 * 4096..20 * 4096]);
+    assert_eq!(d.bytes_read(), 10 * 4096);
+    load_view(&d, "w", View::whole(), 256 * 4096).unwrap();
+    assert_eq!(d.bytes_read(), 266 * 4096, "counts add up over loads");
+    // Through the C API, and 0 for NULL.
+    let c_path = CString::new(path.to_str().unwrap()).unwrap();
+    let mut handle = std::ptr::null_mut();
+    // SAFETY: a NUL-terminated path, NULL options (the defaults) and a writable out-pointer.
+    let status = unsafe { plaid_deserializer_open(c_path.as_ptr(), std::ptr::null(), &mut handle) };
+    assert_eq!(status, PLAID_OK);
+    let mut buf = vec![0u8; 4 * 4096];
+    let dest = plaid_destination {
+        kind: PLAID_DEST_HOST,
+        address: buf.as_mut_ptr() as u64,
+        capacity: buf.len() as u64,
+        slice_dim: 0,
+        slice_start: 0,
+        slice_stop: 4,
+        ..Default::default()
+    };
+    assert_eq!(c_load(handle, vec![(0, dest)]), PLAID_OK);
+    // SAFETY: a live handle, then NULL.
+    unsafe {
+        assert_eq!(plaid_deserializer_bytes_read(handle), 4 * 4096);
+        assert_eq!(plaid_deserializer_bytes_read(std::ptr::null()), 0);
+        plaid_deserializer_free(handle);
+    }
+    assert_eq!(buf, data[..4 * 4096]);
 }
 
 #[test]

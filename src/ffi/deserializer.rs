@@ -200,6 +200,23 @@ pub unsafe extern "C" fn plaid_deserializer_format(d: *const plaid_deserializer)
     })
 }
 
+/// The bytes loads, verifications and reads of `d` have read from its file, object or
+/// shards since it was opened (its header excepted): what storage delivered, with checksum
+/// block rounding and the gaps read through between wanted ranges, against the bytes a load
+/// delivers (zero-copy views are not reads); 0 for a NULL handle. Other threads may be
+/// loading meanwhile: the count is then a snapshot.
+///
+/// # Safety
+/// `d` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_deserializer_bytes_read(d: *const plaid_deserializer) -> u64 {
+    boundary::value(0, || {
+        // SAFETY: `d` is NULL (giving the default) or a live handle, as this function's
+        // `# Safety` requires; it is only read.
+        unsafe { d.as_ref() }.map_or(0, |d| d.inner.bytes_read())
+    })
+}
+
 /// Number of tensors in the file; 0 for a NULL handle.
 ///
 /// # Safety

@@ -281,6 +281,12 @@ class Reader:
             out[key.value.decode()] = value.value.decode()
         return out
 
+    def bytes_read(self):
+        """The bytes loads and verifications of this file have read from storage since it
+        was opened (its header excepted): checksum blocks and the gaps read through between
+        wanted ranges included, so at least what they delivered from it."""
+        return lib.plaid_deserializer_bytes_read(self.handle)
+
     def verify(self):
         """Read and check every checksum of the file (in place, in parallel, with memory
         bounded by one chunk per worker); `ChecksumError` names a damaged tensor."""

@@ -35,6 +35,7 @@ FILTER_FN = ctypes.CFUNCTYPE(_i32, _vp, ctypes.POINTER(TensorInfo))
 READ_FN = ctypes.CFUNCTYPE(ctypes.c_int64, _vp, _u64, _vp, _u64)
 RELEASE_FN = ctypes.CFUNCTYPE(None, _vp)
 
+
 DEST_SKIP, DEST_HOST, DEST_CUDA = 0, 1, 2
 FORMATS = {1: "plaid", 2: "safetensors", 3: "tensorizer"}
 ROLES = {0: None, 1: "param", 2: "buffer", 3: "state_dict"}
@@ -66,6 +67,7 @@ _SIGNATURES = [
     ("plaid_deserializer_tensor_count", [_vp], _size),
     ("plaid_deserializer_tensors", [_vp], ctypes.POINTER(TensorInfo)),
     ("plaid_deserializer_load", [_vp, PLACE_FN, _vp], _i32),
+    ("plaid_deserializer_bytes_read", [_vp], _u64),
     ("plaid_deserializer_load_host", [_vp, FILTER_FN, _vp, ctypes.POINTER(_vp)], _i32),
     ("plaid_deserializer_load_host_views", [_vp, PLACE_FN, _vp, ctypes.POINTER(_vp)], _i32),
     ("plaid_deserializer_metadata_count", [_vp], _size),
@@ -211,6 +213,14 @@ def last_message():
     buf = ctypes.create_string_buffer(size + 1)
     lib.plaid_last_error_message(buf, len(buf))
     return buf.value.decode("utf-8", "replace")
+
+
+def renamed(error, old, new):
+    """``error`` (a `PlaidError`) with every ``old`` in its message replaced by ``new``:
+    the same class and status."""
+    message = error.message.replace(old, new)
+    out = type(error)(message, error.status)
+    return out
 
 
 def check(status):

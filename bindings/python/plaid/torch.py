@@ -233,15 +233,20 @@ def _load_mapped(path, verify):
     with open(path, "rb") as f:
         if f.read(1) == b"{":
             return None  # an index.json: the tensors live in other files
-        # plaid reads the very file that is mapped (not whatever the path names later).
-        with _core.Reader(f"/proc/self/fd/{f.fileno()}", verify=verify) as reader:
-            metas = reader.tensors
-            if any(meta.encrypted for meta in metas):
-                return None  # a mapping would show ciphertext: decrypted by a load instead
-            for meta in metas:
-                torch_dtype(meta)
-            if verify:
-                reader.verify()
+        # plaid reads the very file that is mapped (not whatever the path names later);
+        # its errors name the path the caller gave.
+        opened = f"/proc/self/fd/{f.fileno()}"
+        try:
+            with _core.Reader(opened, verify=verify) as reader:
+                metas = reader.tensors
+                if any(meta.encrypted for meta in metas):
+                    return None  # a mapping would show ciphertext: decrypted by a load
+                for meta in metas:
+                    torch_dtype(meta)
+                if verify:
+                    reader.verify()
+        except PlaidError as e:
+            raise _lib.renamed(e, opened, os.fsdecode(path)) from None
         size = os.fstat(f.fileno()).st_size
         mapping = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_COPY) if size else None
     out = {}
