@@ -142,8 +142,12 @@ class Session:
         self.owned = set()
         if model is not None:
             for t in list(model.parameters()) + list(model.buffers()):
-                if t.numel():
-                    self.owned.add(t.untyped_storage().data_ptr())
+                # Parameters without memory yet (online quantization builds them on the meta
+                # device, or uninitialized) are no destination to gather copies into.
+                if isinstance(t, torch.nn.parameter.UninitializedTensorMixin) \
+                        or t.device.type == "meta" or not t.numel():
+                    continue
+                self.owned.add(t.untyped_storage().data_ptr())
         # Per reader: rounds of {tensor index: destination}, each tensor and each
         # destination address at most once per round; the tensors they keep alive.
         self._pending = {}

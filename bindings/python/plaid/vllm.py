@@ -232,5 +232,10 @@ def register():
         from vllm.model_executor.model_loader import register_model_loader  # noqa: F401
     except ImportError:
         return None
-    from . import _vllm
+    try:
+        from . import _vllm
+    except Exception as e:  # a vLLM whose loader API moved: warn, never break vLLM itself
+        import warnings
+        warnings.warn(f"plaid: the load format plaid is not available in this vLLM: {e}")
+        return None
     return _vllm.register()
