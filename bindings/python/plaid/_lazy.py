@@ -13,7 +13,7 @@ import torch
 from torch.utils import _pytree
 
 from . import _lib
-from .torch import _device, torch_dtype
+from .torch import _destination, _device, _tensor_from, dtype_id, torch_dtype
 
 # Operations that only look at a tensor's description: answered without reading it.
 _DESCRIBE = {
@@ -181,7 +181,6 @@ class Session:
         kind = _lib.DEST_CUDA if dest.device.type == "cuda" else _lib.DEST_HOST
         device = dest.device.index or 0 if kind == _lib.DEST_CUDA else 0
         dim, start, stop = view if view is not None else (0, 0, 0)
-        from .torch import dtype_id
         converted = 0 if dtype == torch_dtype(meta) else dtype_id(dtype)
         return (kind, device, dest.data_ptr(), nbytes, dim, start, stop, converted)
 
@@ -194,7 +193,7 @@ class Session:
             shape[view[0]] = view[2] - view[1]
         out = torch.empty(shape, dtype=torch_dtype(meta))
         if out.numel():
-            self.checkpoint.load(reader, {meta.index: self._target(out, meta, view,
+            reader.load({meta.index: self._target(out, meta, view,
                                                                    out.dtype)})
             self.stats.delivering(out.numel() * out.element_size(), view)
         self.stats.tensors += 1
@@ -222,7 +221,7 @@ class Session:
         target = self._target(dest, meta, view, dest.dtype)
         self.stats.delivering(target[3], view)
         if dest.untyped_storage().data_ptr() not in self.owned:
-            self.checkpoint.load(reader, {meta.index: target})
+            reader.load({meta.index: target})
             return
         rounds = self._pending.setdefault(id(reader), (reader, []))[1]
         if not rounds or meta.index in rounds[-1][0] or target[2] in rounds[-1][1]:
@@ -237,18 +236,17 @@ class Session:
         try:
             for reader, rounds in pending.values():
                 for destinations, _addresses in rounds:
-                    self.checkpoint.load(reader, destinations)
+                    reader.load(destinations)
         finally:
             self._keep = []
 
 
-def full_tensors(checkpoint, device="cpu", window=1 << 30, skip=None):
-    """``(name, tensor)`` for every tensor of the checkpoint, read whole in windows of at
-    most ``window`` bytes (a larger tensor is a window of its own), each window freed once
-    the consumer has taken it: the tensors of a window are views of one host allocation
-    that plaid fills in parallel."""
-    del device  # the consumer's weight loaders copy onto the device
-    from .torch import _tensor_from
+def full_tensors(checkpoint, window=1 << 30, skip=None):
+    """``(name, tensor)`` for every tensor of the checkpoint, read whole into host memory in
+    windows of at most ``window`` bytes (a larger tensor is a window of its own; the
+    consumer's weight loaders copy onto the device), each window freed once the consumer has
+    taken it: the tensors of a window are views of one host allocation that plaid fills in
+    parallel."""
     items = [(r, m) for r, m in checkpoint.tensors() if skip is None or not skip(m.name)]
     start = 0
     while start < len(items):
@@ -261,7 +259,7 @@ def full_tensors(checkpoint, device="cpu", window=1 << 30, skip=None):
         chosen = {m.index for _r, m in items[start:stop]}
         for _r, m in items[start:stop]:
             torch_dtype(m)
-        arena = checkpoint.load_views(reader, lambda m: m if m.index in chosen else None)
+        arena = reader.load_host(views=lambda m: m if m.index in chosen else None)
         for _r, meta in items[start:stop]:
             if meta.nbytes:
                 tensor = _tensor_from(arena.buffer(meta.index), meta)
@@ -317,14 +315,13 @@ def shared_tensors(checkpoint, group, device, window=1 << 30, skip=None):
                            else torch.zeros(meta.shape, dtype=torch_dtype(meta), device=where))
         failure = None
         try:
-            from .torch import _destination
             by_reader = {}
             for k, (reader, meta) in enumerate(window_items):
                 if owner[k] == me and meta.nbytes:
                     by_reader.setdefault(id(reader), (reader, {}))[1][meta.index] = \
                         _destination(tensors[k], meta)
             for reader, destinations in by_reader.values():
-                checkpoint.load(reader, destinations)
+                reader.load(destinations)
         except BaseException as e:  # told to every member below, then raised here
             failure = e
         flag = torch.tensor([0 if failure is None else 1], dtype=torch.int64)

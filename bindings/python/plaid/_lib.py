@@ -218,9 +218,7 @@ def last_message():
 def renamed(error, old, new):
     """``error`` (a `PlaidError`) with every ``old`` in its message replaced by ``new``:
     the same class and status."""
-    message = error.message.replace(old, new)
-    out = type(error)(message, error.status)
-    return out
+    return type(error)(error.message.replace(old, new), error.status)
 
 
 def check(status):

@@ -75,7 +75,7 @@ class PlaidModelLoader(BaseModelLoader):
                 session = _lazy.Session(checkpoint, model)
                 weights = session.weights(skip)
             else:
-                weights = _lazy.full_tensors(checkpoint, device, skip=skip)
+                weights = _lazy.full_tensors(checkpoint, skip=skip)
             loaded = model.load_weights(weights)
             if session is not None:
                 session.finish()  # in case load_weights stopped before the end

@@ -154,7 +154,6 @@ class Stats:
 
     def __init__(self):
         self.tensors = 0
-        self.delivered = 0
         self.read = 0
         # Bytes delivered by how the tensor was cut: "dim0" (column-parallel and
         # vocabulary-parallel shares), "dim1" (row-parallel shares), "whole" (replicated).
@@ -164,9 +163,13 @@ class Stats:
     def delivering(self, nbytes, view):
         """Count ``nbytes`` delivered of a tensor cut as ``view`` (``(dim, start, stop)``,
         or None for the whole tensor)."""
-        self.delivered += nbytes
         key = "whole" if view is None else ("dim0" if view[0] == 0 else "dim1")
         self.cuts[key] += nbytes
+
+    @property
+    def delivered(self):
+        """Bytes handed to the model's weight loaders."""
+        return sum(self.cuts.values())
 
     def line(self, rank):
         seconds = time.perf_counter() - self.started
@@ -204,14 +207,6 @@ class Checkpoint:
     def tensors(self):
         """Every ``(reader, meta)`` in file order."""
         return [(r, m) for r in self.readers for m in r.tensors]
-
-    def load(self, reader, destinations):
-        """`Reader.load`."""
-        reader.load(destinations)
-
-    def load_views(self, reader, views):
-        """`Reader.load_host` of views."""
-        return reader.load_host(views=views)
 
     def count(self):
         """Add what every file read from storage (`Reader.bytes_read`) to the stats."""
