@@ -1576,6 +1576,20 @@ plaid_status plaid_write_options_set_passphrase(struct plaid_write_options *opti
                                                 size_t len);
 
 /**
+ * Derive the passphrase's key with `salt` (`len` = 16 bytes) instead of a fresh salt per
+ * file, as tensorizer's `EncryptionParams.from_string(salt=...)` does. A plaid file still
+ * draws its own per-file key salt; a tensorizer file records this one. `NULL, 0` goes
+ * back to fresh salts; another length is `PLAID_ERR_INVALID_ARGUMENT`.
+ *
+ * # Safety
+ * `options` is NULL (an error) or a live handle; `salt` is NULL or points to `len`
+ * readable bytes.
+ */
+plaid_status plaid_write_options_set_passphrase_salt(struct plaid_write_options *options,
+                                                     const uint8_t *salt,
+                                                     size_t len);
+
+/**
  * The cost of deriving a key from a passphrase: Argon2id `passes` (1 to 64) over
  * `memory` bytes (a multiple of 1024, 8 KiB to 4 GiB); anything else is
  * `PLAID_ERR_INVALID_ARGUMENT`. The defaults, 3 passes over 256 MiB (libsodium's

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 use crate::deserializer::Deserializer;
 use crate::dtype::DType;
@@ -14,28 +14,31 @@ use crate::error::{Error, Result};
 use crate::options::{ReadOptions, WriteOptions};
 use crate::serializer::{parent_dir, sync_parent, Serializer};
 
-/// The safetensors name of `dtype`, and how many stored values one plaid element holds
-/// (2 for packed 4-bit floats).
-fn safetensors_dtype(dtype: DType) -> Option<(&'static str, u64)> {
+/// The safetensors name of `dtype`, how many stored values one plaid element holds (2 for
+/// packed 4-bit floats), and its rank in safetensors' dtype order (a file's tensors are
+/// laid out by rank, highest first, then by name, as safetensors lays them out).
+fn safetensors_dtype(dtype: DType) -> Option<(&'static str, u64, u8)> {
     Some(match dtype {
-        DType::Bool => ("BOOL", 1),
-        DType::U8 => ("U8", 1),
-        DType::I8 => ("I8", 1),
-        DType::I16 => ("I16", 1),
-        DType::U16 => ("U16", 1),
-        DType::I32 => ("I32", 1),
-        DType::U32 => ("U32", 1),
-        DType::I64 => ("I64", 1),
-        DType::U64 => ("U64", 1),
-        DType::F16 => ("F16", 1),
-        DType::BF16 => ("BF16", 1),
-        DType::F32 => ("F32", 1),
-        DType::F64 => ("F64", 1),
-        DType::C64 => ("C64", 1),
-        DType::F8E4M3FN => ("F8_E4M3", 1),
-        DType::F8E5M2 => ("F8_E5M2", 1),
-        DType::F8E8M0FNU => ("F8_E8M0", 1),
-        DType::F4E2M1FNx2 => ("F4", 2),
+        DType::Bool => ("BOOL", 1, 0),
+        DType::F4E2M1FNx2 => ("F4", 2, 1),
+        DType::U8 => ("U8", 1, 4),
+        DType::I8 => ("I8", 1, 5),
+        DType::F8E5M2 => ("F8_E5M2", 1, 6),
+        DType::F8E4M3FN => ("F8_E4M3", 1, 7),
+        DType::F8E8M0FNU => ("F8_E8M0", 1, 8),
+        DType::F8E4M3FNUZ => ("F8_E4M3FNUZ", 1, 9),
+        DType::F8E5M2FNUZ => ("F8_E5M2FNUZ", 1, 10),
+        DType::I16 => ("I16", 1, 11),
+        DType::U16 => ("U16", 1, 12),
+        DType::F16 => ("F16", 1, 13),
+        DType::BF16 => ("BF16", 1, 14),
+        DType::I32 => ("I32", 1, 15),
+        DType::U32 => ("U32", 1, 16),
+        DType::F32 => ("F32", 1, 17),
+        DType::C64 => ("C64", 1, 18),
+        DType::F64 => ("F64", 1, 19),
+        DType::I64 => ("I64", 1, 20),
+        DType::U64 => ("U64", 1, 21),
         _ => return None,
     })
 }
@@ -156,25 +159,38 @@ fn publish(staged: tempfile::NamedTempFile, out: &Path) -> Result<()> {
 }
 
 /// Write every tensor and the metadata of `source` as a safetensors file at `out`
-/// (`__metadata__` holding the metadata), atomically, then check the result. Tensors
-/// of dtypes safetensors cannot hold are refused before anything is written.
+/// (`__metadata__` holding the metadata), atomically, then check the result. The bytes
+/// are those safetensors writes for the same tensors: tensors laid out by dtype (widest
+/// first, in safetensors' dtype order) then by name, the header's entries in that order
+/// with their fields as safetensors orders them (`dtype`, `shape`, `data_offsets`), the
+/// metadata first (its keys sorted), and the header padded with spaces to a multiple of
+/// 8 bytes. Tensors of dtypes safetensors cannot hold are refused before anything is
+/// written.
 pub fn to_safetensors(
     source: &Deserializer,
     out: &Path,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
-    let mut header = Map::new();
+    // A JSON string as serde_json (which safetensors uses) writes it.
+    let json = |v: &str| Value::String(v.to_owned()).to_string();
+    let mut text = String::from("{");
     if !source.metadata().is_empty() {
-        let metadata: Map<String, Value> = source
-            .metadata()
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
-        header.insert("__metadata__".into(), Value::Object(metadata));
+        let mut entries: Vec<(&String, &String)> = source.metadata().iter().collect();
+        entries.sort();
+        text.push_str("\"__metadata__\":{");
+        for (k, (key, value)) in entries.into_iter().enumerate() {
+            if k > 0 {
+                text.push(',');
+            }
+            text.push_str(&json(key));
+            text.push(':');
+            text.push_str(&json(value));
+        }
+        text.push('}');
     }
-    let mut at = 0u64;
-    for t in source.tensors() {
-        let (name, per_unit) = safetensors_dtype(t.dtype).ok_or_else(|| {
+    let mut order = Vec::with_capacity(source.tensors().len());
+    for (i, t) in source.tensors().iter().enumerate() {
+        let (dtype, per_unit, rank) = safetensors_dtype(t.dtype).ok_or_else(|| {
             Error::Unsupported(format!(
                 "{}: tensor '{}' has dtype {}, which safetensors cannot hold",
                 source.name(),
@@ -182,6 +198,26 @@ pub fn to_safetensors(
                 t.dtype
             ))
         })?;
+        if t.name == "__metadata__" {
+            return Err(Error::Unsupported(format!(
+                "{}: a tensor named '__metadata__' cannot be stored in safetensors",
+                source.name()
+            )));
+        }
+        order.push((rank, i, dtype, per_unit));
+    }
+    let tensors = source.tensors();
+    order.sort_by(|a, b| {
+        b.0.cmp(&a.0).then_with(|| {
+            tensors[a.1]
+                .name
+                .as_bytes()
+                .cmp(tensors[b.1].name.as_bytes())
+        })
+    });
+    let mut at = 0u64;
+    for &(_, i, dtype, per_unit) in &order {
+        let t = &tensors[i];
         let mut shape = t.shape.to_vec();
         if per_unit > 1 {
             let widened = shape.last().and_then(|last| last.checked_mul(per_unit));
@@ -198,19 +234,20 @@ pub fn to_safetensors(
                 }
             }
         }
-        if t.name == "__metadata__" {
-            return Err(Error::Unsupported(format!(
-                "{}: a tensor named '__metadata__' cannot be stored in safetensors",
-                source.name()
-            )));
+        if text.len() > 1 {
+            text.push(',');
         }
-        header.insert(
-            t.name.to_string(),
-            json!({"dtype": name, "shape": shape, "data_offsets": [at, at + t.nbytes]}),
-        );
+        let shape: Vec<String> = shape.iter().map(u64::to_string).collect();
+        text.push_str(&format!(
+            "{}:{{\"dtype\":\"{dtype}\",\"shape\":[{}],\"data_offsets\":[{at},{}]}}",
+            json(&t.name),
+            shape.join(","),
+            at + t.nbytes
+        ));
         at += t.nbytes;
     }
-    let mut text = serde_json::to_vec(&Value::Object(header)).map_err(Error::invalid)?;
+    text.push('}');
+    let mut text = text.into_bytes();
     while text.len() % 8 != 0 {
         text.push(b' ');
     }
@@ -219,7 +256,8 @@ pub fn to_safetensors(
             .and_then(|()| w.write_all(&text))
             .map_err(|e| fail("header", e))?;
         let mut done = 0;
-        for (i, t) in source.tensors().iter().enumerate() {
+        for &(_, i, _, _) in &order {
+            let t = &tensors[i];
             source.for_each_piece(i, PIECE, &mut |piece| {
                 w.write_all(piece)
                     .map_err(|e| fail(&format!("tensor '{}'", t.name), e))

@@ -86,6 +86,8 @@ pub(crate) struct Secret {
     /// The most memory, in bytes, and passes a file's key derivation may take.
     max_kdf_memory: u64,
     max_kdf_passes: u64,
+    /// The salt a writer derives a passphrase's key with; `None`: a fresh one per file.
+    salt: Option<[u8; 16]>,
 }
 
 impl Default for Secret {
@@ -98,6 +100,7 @@ impl Default for Secret {
             origin: None,
             max_kdf_memory: DEFAULT_READ_KDF_MEMORY,
             max_kdf_passes: DEFAULT_READ_KDF_PASSES,
+            salt: None,
         }
     }
 }
@@ -125,12 +128,26 @@ impl PartialEq for Secret {
             && self.origin == other.origin
             && self.max_kdf_memory == other.max_kdf_memory
             && self.max_kdf_passes == other.max_kdf_passes
+            && self.salt == other.salt
     }
 }
 
 impl Eq for Secret {}
 
 impl Secret {
+    /// Derive a writer's passphrase key with `salt` (16 bytes, as tensorizer's
+    /// `EncryptionParams.from_string(salt=...)`) instead of a fresh salt per file; `None`
+    /// goes back to fresh salts. Another length is `InvalidArgument`.
+    pub(crate) fn set_salt(&mut self, salt: Option<&[u8]>) -> Result<()> {
+        self.salt = match salt {
+            None => None,
+            Some(salt) => Some(salt.try_into().map_err(|_| {
+                Error::invalid(format!("a passphrase salt is 16 bytes, not {}", salt.len()))
+            })?),
+        };
+        Ok(())
+    }
+
     /// Use `key` (32 bytes); `None` clears the key material.
     pub(crate) fn set_key(&mut self, key: Option<&[u8]>) -> Result<()> {
         // Keys derived so far belong to the old material (and to the deserializers that
@@ -295,8 +312,14 @@ impl Secret {
             None => None,
             Some(Material::Key(key)) => Some((key.clone(), None)),
             Some(Material::Passphrase(passphrase)) => {
-                let mut salt = [0u8; 16];
-                random(&mut salt)?;
+                let salt = match self.salt {
+                    Some(salt) => salt,
+                    None => {
+                        let mut salt = [0u8; 16];
+                        random(&mut salt)?;
+                        salt
+                    }
+                };
                 let kdf = Kdf {
                     opslimit: passes,
                     memlimit: memory,

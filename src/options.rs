@@ -440,6 +440,16 @@ impl WriteOptions {
         Ok(self)
     }
 
+    /// Derive the passphrase's key with `salt` (16 bytes) for every file written, instead
+    /// of a fresh salt per file: what tensorizer's `EncryptionParams.from_string(salt=...)`
+    /// does, so the key can be derived once and reused. A plaid file still draws its own
+    /// per-file key salt (the file key differs per file); a tensorizer file records this
+    /// salt. `None` goes back to fresh salts; another length is `InvalidArgument`.
+    pub fn passphrase_salt(mut self, salt: Option<&[u8]>) -> Result<Self> {
+        self.secret.set_salt(salt)?;
+        Ok(self)
+    }
+
     /// Set the cost of deriving a key from a passphrase: Argon2id `passes` (1 to 64) over
     /// `memory` bytes (a multiple of 1024, 8 KiB to 4 GiB). Below the defaults only for
     /// tests: the cost is what stands between a stolen file and a guessed passphrase.

@@ -550,7 +550,8 @@ fn conversion_encrypts_decrypts_and_reencrypts() {
     let st = dir.path().join("m.safetensors");
     plaid::convert::to_safetensors(&enc_source, &st, &mut |_, _| {}).unwrap();
     let d = Deserializer::open(&st, ReadOptions::default()).unwrap();
-    assert_eq!(d.read_tensor(0).unwrap(), tensors[0].3);
+    let first = d.find(&tensors[0].0).unwrap();
+    assert_eq!(d.read_tensor(first).unwrap(), tensors[0].3);
     // Without the source's key, conversion fails with DECRYPT and leaves nothing.
     let keyless = Deserializer::open(&enc, ReadOptions::default()).unwrap();
     let out = dir.path().join("never.plaid");
@@ -899,4 +900,60 @@ fn a_files_key_derivation_is_bounded_by_the_readers_limits() {
         .passphrase_limits(3, 2 << 30)
         .unwrap();
     Serializer::create(dir.path().join("k.plaid"), keyed_strong).unwrap();
+}
+
+#[test]
+fn a_fixed_passphrase_salt_is_the_salt_a_tensorizer_file_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain.plaid");
+    let tensors = write(&plain, WriteOptions::default());
+    let source = Deserializer::open(&plain, ReadOptions::default()).unwrap();
+    let salt = *b"0123456789abcdef";
+    let options = WriteOptions::default()
+        .passphrase(Some(b"pw"))
+        .unwrap()
+        .passphrase_limits(1, 8 << 10)
+        .unwrap()
+        .passphrase_salt(Some(&salt))
+        .unwrap()
+        .sync(false);
+    let recorded = |path: &Path| -> Vec<[u8; 16]> {
+        let d = Deserializer::open(path, ReadOptions::default()).unwrap();
+        d.tensors()
+            .iter()
+            .filter_map(|t| match t.encryption.as_deref() {
+                Some(plaid::format::Encryption::Tensorizer { kdf: Some(kdf), .. }) => {
+                    Some(kdf.salt)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    for name in ["a.tensors", "b.tensors"] {
+        let out = dir.path().join(name);
+        plaid::convert::to_tensorizer_with(&source, &out, &options, &mut |_, _| {}).unwrap();
+        let salts = recorded(&out);
+        assert!(
+            !salts.is_empty() && salts.iter().all(|s| *s == salt),
+            "{name}"
+        );
+        let d = Deserializer::open(
+            &out,
+            ReadOptions::default().passphrase(Some(b"pw")).unwrap(),
+        )
+        .unwrap();
+        let loaded = common::load_all(&d).unwrap();
+        for (got, (_, _, _, data)) in loaded.iter().zip(&tensors) {
+            assert_eq!(got, data);
+        }
+    }
+    // Without a fixed salt, each file draws its own; a salt of another length is refused.
+    let fresh = options.clone().passphrase_salt(None).unwrap();
+    let out = dir.path().join("c.tensors");
+    plaid::convert::to_tensorizer_with(&source, &out, &fresh, &mut |_, _| {}).unwrap();
+    assert!(recorded(&out).iter().all(|s| *s != salt));
+    assert!(matches!(
+        WriteOptions::default().passphrase_salt(Some(b"short")),
+        Err(Error::InvalidArgument(_))
+    ));
 }

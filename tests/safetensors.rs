@@ -403,7 +403,16 @@ fn a_sharded_checkpoint_opens_as_one_model_through_its_index() {
         }
         let one = Deserializer::open(&out, ReadOptions::default()).unwrap();
         assert_eq!(one.metadata(), d.metadata());
-        assert_eq!(load_all(&one), expected);
+        // By name: a safetensors file lays tensors out by dtype, then name.
+        let loaded = load_all(&one);
+        for (i, t) in d.tensors().iter().enumerate() {
+            assert_eq!(
+                loaded[one.find(&t.name).unwrap()],
+                expected[i],
+                "{}",
+                t.name
+            );
+        }
     }
 }
 
@@ -463,4 +472,41 @@ fn a_sharded_checkpoint_that_disagrees_with_its_index_is_refused() {
     std::fs::write(&index, b"{\"no\": 1}").unwrap();
     let err = Deserializer::open(&index, ReadOptions::default()).unwrap_err();
     assert!(err.to_string().contains("weight_map"), "{err}");
+}
+
+#[test]
+fn written_safetensors_files_are_laid_out_as_safetensors_writes_them() {
+    // Tensors given in another order, with metadata: the output orders tensors by dtype
+    // (safetensors' order, widest first) then by name, fields as safetensors writes them,
+    // the metadata first with its keys sorted, the header padded with spaces to 8 bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let mid = dir.path().join("in.plaid");
+    let zeros16 = vec![0u8; 16];
+    let f16 = vec![0u8; 8];
+    let fnuz = vec![0x40u8];
+    let mut s = plaid::Serializer::create(&mid, plaid::WriteOptions::default()).unwrap();
+    s.add_tensor("test2", DType::F16, &[2, 2], &f16).unwrap();
+    s.add_tensor("e4", DType::F8E4M3FNUZ, &[1], &fnuz).unwrap();
+    s.add_tensor("test1", DType::I32, &[2, 2], &zeros16)
+        .unwrap();
+    s.set_metadata("zeta", "2").unwrap();
+    s.set_metadata("alpha", "\"1\"").unwrap();
+    s.finish().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let source = Deserializer::open(&mid, ReadOptions::default()).unwrap();
+    plaid::convert::to_safetensors(&source, &out, &mut |_, _| {}).unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    let header = br#"{"__metadata__":{"alpha":"\"1\"","zeta":"2"},"test1":{"dtype":"I32","shape":[2,2],"data_offsets":[0,16]},"test2":{"dtype":"F16","shape":[2,2],"data_offsets":[16,24]},"e4":{"dtype":"F8_E4M3FNUZ","shape":[1],"data_offsets":[24,25]}}"#;
+    let padded = header.len().next_multiple_of(8);
+    assert_eq!(&bytes[..8], &(padded as u64).to_le_bytes());
+    assert_eq!(&bytes[8..8 + header.len()], &header[..]);
+    assert!(bytes[8 + header.len()..8 + padded]
+        .iter()
+        .all(|&b| b == b' '));
+    assert_eq!(bytes.len(), 8 + padded + 25);
+    // Read back: the fnuz float8 is a dtype of its own.
+    let back = Deserializer::open(&out, ReadOptions::default()).unwrap();
+    let e4 = back.find("e4").unwrap();
+    assert_eq!(back.tensors()[e4].dtype, DType::F8E4M3FNUZ);
+    assert_eq!(back.view(e4).unwrap(), &fnuz[..]);
 }

@@ -336,6 +336,11 @@ public:
         check(plaid_write_options_set_passphrase_limits(raw_, passes, memory));
         return *this;
     }
+    /// Derive the passphrase's key with this 16-byte salt instead of a fresh one per file.
+    WriteOptions &passphrase_salt(const std::uint8_t *salt, std::size_t len) {
+        check(plaid_write_options_set_passphrase_salt(raw_, salt, len));
+        return *this;
+    }
     /// Allow passphrase limits above what readers take by default (1 GiB, 16 passes).
     WriteOptions &kdf_above_read_limits(bool on) {
         check(plaid_write_options_set_kdf_above_read_limits(raw_, on));

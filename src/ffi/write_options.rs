@@ -197,6 +197,31 @@ pub unsafe extern "C" fn plaid_write_options_set_passphrase(
     })
 }
 
+/// Derive the passphrase's key with `salt` (`len` = 16 bytes) instead of a fresh salt per
+/// file, as tensorizer's `EncryptionParams.from_string(salt=...)` does. A plaid file still
+/// draws its own per-file key salt; a tensorizer file records this one. `NULL, 0` goes
+/// back to fresh salts; another length is `PLAID_ERR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `options` is NULL (an error) or a live handle; `salt` is NULL or points to `len`
+/// readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_write_options_set_passphrase_salt(
+    options: *mut plaid_write_options,
+    salt: *const u8,
+    len: usize,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
+        // call, as this function's `# Safety` requires.
+        let o = unsafe { handle_mut(options, "options") }?;
+        // SAFETY: NULL or `len` readable bytes, as this function's `# Safety` requires.
+        let salt = unsafe { super::read_options::secret_bytes(salt, len, "salt") }?;
+        o.inner = o.inner.clone().passphrase_salt(salt)?;
+        Ok(())
+    })
+}
+
 /// The cost of deriving a key from a passphrase: Argon2id `passes` (1 to 64) over
 /// `memory` bytes (a multiple of 1024, 8 KiB to 4 GiB); anything else is
 /// `PLAID_ERR_INVALID_ARGUMENT`. The defaults, 3 passes over 256 MiB (libsodium's

@@ -46,6 +46,8 @@ fn dtype(name: &str) -> Option<(DType, u64)> {
         "F8_E4M3" => (DType::F8E4M3FN, 1),
         "F8_E5M2" => (DType::F8E5M2, 1),
         "F8_E8M0" => (DType::F8E8M0FNU, 1),
+        "F8_E4M3FNUZ" => (DType::F8E4M3FNUZ, 1),
+        "F8_E5M2FNUZ" => (DType::F8E5M2FNUZ, 1),
         "F4" => (DType::F4E2M1FNx2, 2),
         _ => return None,
     })

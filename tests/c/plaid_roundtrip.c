@@ -1631,9 +1631,22 @@ static void test_encryption(void)
     CHECK_OK(plaid_write_options_set_cipher(wo, PLAID_CIPHER_AES_256_GCM));
     CHECK_OK(plaid_write_options_set_passphrase(wo, pw, sizeof pw - 1));
     CHECK_OK(plaid_write_options_set_passphrase_limits(wo, 1, 65536));
+    /* A fixed passphrase salt (tensorizer's from_string(salt=)): 16 bytes or nothing. */
+    {
+        static const uint8_t salt[16] = "0123456789abcde";
+        CHECK_STATUS(plaid_write_options_set_passphrase_salt(wo, salt, 15),
+                     PLAID_ERR_INVALID_ARGUMENT);
+        CHECK_MESSAGE("16 bytes");
+        CHECK_STATUS(plaid_write_options_set_passphrase_salt(NULL, salt, 16),
+                     PLAID_ERR_INVALID_ARGUMENT);
+        CHECK_STATUS(plaid_write_options_set_passphrase_salt(wo, NULL, 16),
+                     PLAID_ERR_INVALID_ARGUMENT);
+        CHECK_OK(plaid_write_options_set_passphrase_salt(wo, salt, 16));
+    }
     if (!model_write(&m, by_pw.text, wo, NULL)) {
         goto out;
     }
+    CHECK_OK(plaid_write_options_set_passphrase_salt(wo, NULL, 0));
 
     /* Without a key: the index opens (names, shapes, dtypes), loading is PLAID_ERR_DECRYPT. */
     if (CHECK_OK(plaid_deserializer_open(by_key.text, NULL, &d))) {

@@ -219,6 +219,14 @@ int main(int argc, char **argv) {
         const std::string enc = std::string(argv[1]) + "/cpp_encrypted.plaid";
         plaid::WriteOptions wo;
         wo.sync(false).cipher(PLAID_CIPHER_AES_256_GCM).passphrase(std::string("c++ secret\0with a NUL", 21)).passphrase_limits(1, 64 << 10);
+        const std::uint8_t salt[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+        try {
+            wo.passphrase_salt(salt, 8);
+            CHECK(false);
+        } catch (const plaid::Error &e) {
+            CHECK(e.status() == PLAID_ERR_INVALID_ARGUMENT);
+        }
+        wo.passphrase_salt(salt, sizeof salt);  // the key is derived once with it
         plaid::Serializer s = plaid::Serializer::create(enc, &wo);
         for (const auto &[name, bytes] : model.data) {
             s.add_tensor(name, dtype_of(name), model.shapes.at(name), bytes.data(), bytes.size());

@@ -445,13 +445,17 @@ def save(path, tensors, metadata=None, storage_options=None, format=None, encryp
     os.close(handle)
     staging_key = Encryption(key=secrets.token_bytes(32)) if encryption is not None else None
     try:
-        write(staged, tensors, metadata, encryption=staging_key)
+        # The staged file is read once and deleted: no fsync for it (the output gets one).
+        write(staged, tensors, metadata, encryption=staging_key, sync=False)
         if encryption is None:
             check(lib.plaid_convert(os.fsencode(staged), os.fsencode(path), fmt.encode()))
         else:
             with staging_key.read_options() as read, encryption.write_options() as out:
                 check(lib.plaid_convert_with(os.fsencode(staged), os.fsencode(path),
                                              fmt.encode(), read, out))
+    except _lib.PlaidError as e:
+        # The staged file is plaid's business: the error names the target.
+        raise _lib.renamed(e, staged, os.fsdecode(path)) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staged)
@@ -460,18 +464,20 @@ def save(path, tensors, metadata=None, storage_options=None, format=None, encryp
 class Encryption:
     """Key material for writing (or reading) an encrypted file: a raw 32-byte ``key``, or a
     ``passphrase`` (str, UTF-8, or bytes) with the Argon2id cost ``passes`` over ``memory``
-    bytes (by default 3 and 256 MiB, tensorizer's defaults), and the ``cipher`` of a plaid
+    bytes (by default 3 and 256 MiB, tensorizer's defaults) and an optional fixed ``salt``
+    (16 bytes; by default each file gets a fresh one), and the ``cipher`` of a plaid
     file: ``"aegis-256x4"`` (the default) or ``"aes-256-gcm"``. A cost above what readers
     take by default (1 GiB, 16 passes) is refused unless ``above_read_limits=True`` (its
     readers must then raise their ``passphrase_limits``). plaid copies the material into
     option handles that it zeroes when they are freed; Python's own copies are Python's."""
 
-    __slots__ = ("key", "passphrase", "passes", "memory", "cipher", "above_read_limits")
+    __slots__ = ("key", "passphrase", "passes", "memory", "cipher", "above_read_limits",
+                 "salt")
 
     CIPHERS = {"aes-256-gcm": 1, "aegis-256x4": 2}
 
     def __init__(self, key=None, passphrase=None, passes=None, memory=None, cipher=None,
-                 above_read_limits=False):
+                 above_read_limits=False, salt=None):
         if cipher is not None and cipher not in self.CIPHERS:
             raise _lib.InvalidArgumentError(
                 f"cipher {cipher!r}: 'aegis-256x4' or 'aes-256-gcm'")
@@ -489,6 +495,7 @@ class Encryption:
         self.passes = passes
         self.memory = memory
         self.above_read_limits = bool(above_read_limits)
+        self.salt = None if salt is None else bytes(salt)
 
     def apply(self, options):
         """Set this material (and cipher) on a ``plaid_write_options`` handle."""
@@ -499,6 +506,9 @@ class Encryption:
         else:
             check(lib.plaid_write_options_set_passphrase(options, self.passphrase,
                                                          len(self.passphrase)))
+            if self.salt is not None:
+                check(lib.plaid_write_options_set_passphrase_salt(options, self.salt,
+                                                                  len(self.salt)))
         if self.above_read_limits:
             check(lib.plaid_write_options_set_kdf_above_read_limits(options, 1))
         if self.passes is not None or self.memory is not None:
@@ -559,19 +569,20 @@ def set_storage(setter, options, storage_options):
         check(setter(options, key.encode(), str(value).encode()))
 
 
-def write(path, tensors, metadata=None, storage_options=None, encryption=None):
+def write(path, tensors, metadata=None, storage_options=None, encryption=None, sync=True):
     """Write a plaid file. ``tensors`` is a list of dicts with ``name``, ``dtype_id``,
     ``shape``, and either ``address`` (host) or ``cuda`` ((device, address)), ``nbytes``,
     optionally ``role``/``module_index``/``path`` and ``keep`` (an object that owns the
     memory until the file is written). Atomic: nothing appears at ``path`` on failure.
     ``path`` may be an object storage URL (``s3://``, ``gs://``, ``az://``), written with a
     multipart upload that completes only on success (``storage_options`` configure it).
-    ``encryption`` (an `Encryption`) encrypts the tensor data."""
+    ``encryption`` (an `Encryption`) encrypts the tensor data. ``sync=False`` skips the
+    fsync (for a file read once and deleted)."""
     options = ctypes.c_void_p()
     check(lib.plaid_write_options_new(ctypes.byref(options)))
     serializer = ctypes.c_void_p()
     try:
-        check(lib.plaid_write_options_set_sync(options, 1))
+        check(lib.plaid_write_options_set_sync(options, 1 if sync else 0))
         set_storage(lib.plaid_write_options_set_storage, options, storage_options)
         if encryption is not None:
             encryption.apply(options)

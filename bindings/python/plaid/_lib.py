@@ -86,6 +86,7 @@ _SIGNATURES = [
     ("plaid_write_options_set_key", [_vp, ctypes.c_char_p, _size], _i32),
     ("plaid_write_options_set_passphrase", [_vp, ctypes.c_char_p, _size], _i32),
     ("plaid_write_options_set_passphrase_limits", [_vp, _u64, _u64], _i32),
+    ("plaid_write_options_set_passphrase_salt", [_vp, ctypes.c_char_p, _size], _i32),
     ("plaid_write_options_set_kdf_above_read_limits", [_vp, _i32], _i32),
     ("plaid_write_options_set_cipher", [_vp, _u32], _i32),
     ("plaid_write_options_free", [_vp], None),
@@ -117,6 +118,12 @@ class PlaidError(Exception):
 
 class InvalidArgumentError(PlaidError, ValueError):
     """A bad argument: a wrong dtype, shape or buffer, a NULL, an option out of range."""
+    status = 1
+
+
+class RefusedError(InvalidArgumentError, RuntimeError):
+    """Something refused where safetensors raises ``RuntimeError``: a tensor without data
+    (on the meta device), tensors sharing memory, a state dict that does not fit."""
     status = 1
 
 

@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is not installed: the torch tests are skipped")
 
 import plaid  # noqa: E402
+import plaid.tensorizer  # noqa: E402
 import plaid.torch as pt  # noqa: E402
 from plaid.torch import TensorDeserializer, TensorSerializer, no_init_or_tensor  # noqa: E402
 
@@ -160,10 +161,19 @@ def test_nested_state_dict_keeps_paths(tmp_path):
     s.write_state_dict(state)
     s.close()
     d = TensorDeserializer(str(path), device="cpu")
-    assert sorted(d) == ["model.layers.0.w", "model.layers.1.w", "top"]
+    # tensorizer's structure: the first level as keys, lists as int keys, tree() as written.
+    assert list(d) == ["model", "top"]
     assert d.meta("model.layers.1.w").path == ["model", "layers", 1, "w"]
     assert d.meta("top").path is None
-    assert torch.equal(d["model.layers.1.w"], state["model"]["layers"][1]["w"])
+    assert list(d["model"]["layers"]) == [0, 1]
+    assert torch.equal(d["model"]["layers"][1]["w"], state["model"]["layers"][1]["w"])
+    tree = d.tree()
+    assert isinstance(tree["model"]["layers"], list)
+    assert torch.equal(tree["model"]["layers"][0]["w"], state["model"]["layers"][0]["w"])
+    assert torch.equal(d.tree(("model", "layers", 1, "w")), state["model"]["layers"][1]["w"])
+    assert d.tree(("nothing",), default=7) == 7
+    assert [name for _, _, name, _ in d.read_tensors()] == \
+        ["model.layers.0.w", "model.layers.1.w", "top"]
 
 
 @pytest.mark.parametrize("fixture", ["module_tiny_lm_f32", "dtypes_opaque_v2",
@@ -173,10 +183,10 @@ def test_tensorizer_files_through_tensor_deserializer(fixture):
     truth = json.loads((FIXTURES / f"{fixture}.json").read_text())
     d = TensorDeserializer(str(FIXTURES / f"{fixture}.tensors"), device="cpu", verify_hash=True)
     for t in truth["tensors"]:
-        name = t["name"] if not t["name"].startswith("\x1e") else \
-            ".".join(str(c) for c in t["path"])
-        assert str(d[name].dtype) == t["torch_dtype"], name
-        assert hashlib.sha256(raw(d[name])).hexdigest() == t["sha256"], name
+        # Structured names come back in their structure, as tensorizer gives them.
+        tensor = d.tree(t["path"]) if t.get("path") else d[t["name"]]
+        assert str(tensor.dtype) == t["torch_dtype"], t["name"]
+        assert hashlib.sha256(raw(tensor)).hexdigest() == t["sha256"], t["name"]
 
 
 def test_a_module_written_by_tensorizer_loads_into_its_empty_twin():
@@ -266,18 +276,25 @@ def test_every_tensorizer_fixture_through_tensor_deserializer(fixture):
         return
     bad = expect.get("corrupted_tensor") or (truth.get("expected_hash_mismatch") or [None])[0]
     if bad:
-        # Opening reads the header only; the damage shows when the tensor is read.
-        checked = TensorDeserializer(path, device="cpu", verify_hash=True)
-        with pytest.raises(plaid.ChecksumError, match=f"'{bad}'"):
+        # verify_hash=True without lazy_load checks the whole file up front, as tensorizer
+        # does; lazily, the damage shows when the tensor is read. Either way the error is
+        # tensorizer's HashMismatchError and plaid's ChecksumError.
+        with pytest.raises(plaid.ChecksumError, match=f"'{bad}'") as raised:
+            TensorDeserializer(path, device="cpu", verify_hash=True)
+        assert isinstance(raised.value, plaid.tensorizer.HashMismatchError)
+        checked = TensorDeserializer(path, device="cpu", verify_hash=True, lazy_load=True)
+        with pytest.raises(plaid.tensorizer.HashMismatchError, match=f"'{bad}'"):
             [checked[name] for name in checked]
     d = TensorDeserializer(path, device="cpu", verify_hash=not bad)
-    assert len(d) == len(truth["tensors"])
+    by_name = {m: d.meta(m) for m in d._metas}
+    assert len(by_name) == len(truth["tensors"])
     for t in truth["tensors"]:
         name = t["name"] if not t["name"].startswith("\x1e") else \
             ".".join(str(c) for c in t["path"])
-        assert str(d[name].dtype) == t["torch_dtype"], name
-        assert list(d[name].shape) == t["shape"], name
-        intact = hashlib.sha256(raw(d[name])).hexdigest() == t["sha256"]
+        tensor = d.tree(t["path"]) if t.get("path") else d[name]
+        assert str(tensor.dtype) == t["torch_dtype"], name
+        assert list(tensor.shape) == t["shape"], name
+        intact = hashlib.sha256(raw(tensor)).hexdigest() == t["sha256"]
         assert intact or name == bad, name
 
 
@@ -309,13 +326,12 @@ def test_decryption_params_refuse_a_file_in_the_clear_unless_plaintext_is_allowe
     w = torch.arange(4096, dtype=torch.float32)
     pt.save_file({"w": w}, path)
     params = pt.DecryptionParams.from_key(bytes(range(32)))
-    d = TensorDeserializer(str(path), device="cpu", encryption=params)
+    # Refused when opened, as tensorizer refuses it: tensorizer's CryptographyError too.
+    with pytest.raises(plaid.DecryptError, match="stored in the clear") as raised:
+        TensorDeserializer(str(path), device="cpu", encryption=params)
+    assert isinstance(raised.value, plaid.tensorizer.CryptographyError)
     with pytest.raises(plaid.DecryptError, match="stored in the clear"):
-        d["w"]
-    module = torch.nn.Module()
-    module.register_buffer("w", torch.empty(4096))
-    with pytest.raises(plaid.DecryptError, match="stored in the clear"):
-        TensorDeserializer(str(path), device="cpu", encryption=params).load_into_module(module)
+        plaid.load_into(path, {"w": torch.empty(4096)}, key=bytes(range(32)))
     d = TensorDeserializer(str(path), device="cpu", encryption=params, allow_plaintext=True)
     assert torch.equal(d["w"], w)
     with pytest.raises(plaid.DecryptError, match="stored in the clear"):
