@@ -90,7 +90,16 @@ fn every_format_loads_bit_exact_and_verified_through_short_reads() {
                 Deserializer::from_source(stream(name, bytes.clone(), seed, remote()), options())
                     .unwrap();
             assert_eq!(d.tensors().len(), data.len());
+            // By name: safetensors lays tensors out by dtype, then name.
             let loaded = load_all(&d).unwrap();
+            let mut by_name: Vec<(String, Vec<u8>)> = d
+                .tensors()
+                .iter()
+                .map(|t| t.name.to_string())
+                .zip(loaded)
+                .collect();
+            by_name.sort_by_key(|(n, _)| n[1..].parse::<usize>().unwrap());
+            let loaded: Vec<Vec<u8>> = by_name.into_iter().map(|(_, b)| b).collect();
             assert!(loaded == data, "{name}, seed {seed}: the tensors differ");
             let stats = d.verify().unwrap();
             assert_eq!(stats.tensors, data.len());
