@@ -22,8 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// A program linked with `-L target/release -lplaid` records the SONAME `libplaid.so.1`,
-/// which cargo never creates: without this link it links but cannot start. Cargo gives a
+/// A program linked with `-L target/release -lplaid` records the SONAME
+/// `libplaid.so.<ABI version>` (`libplaid.so.2`), which cargo never creates: without this link it links but cannot start. Cargo gives a
 /// build script no path for its final artifacts, so the profile folder (`target/release`,
 /// or `target/<triple>/release`) is found as `OUT_DIR`'s third ancestor
 /// (`<profile>/build/plaid-<hash>/out`). The link is relative, made before the library

@@ -136,7 +136,7 @@ fn settle(
 /// A temporary path beside `out` (removed when dropped, unless published); `out` itself
 /// for a URL.
 fn staging(out: &Path) -> Result<Staged> {
-    if crate::deserializer::is_url(&out.to_string_lossy()) {
+    if crate::url::is_url(&out.to_string_lossy()) {
         return Ok(Staged::Remote(out.to_path_buf()));
     }
     crate::serializer::check_target(out)?;

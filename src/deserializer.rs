@@ -59,16 +59,6 @@ fn inside(file: &Path, root: &Path) -> Result<()> {
     ))
 }
 
-/// Whether `text` names remote storage rather than a local path.
-pub(crate) fn is_url(text: &str) -> bool {
-    #[cfg(feature = "remote")]
-    return crate::remote::is_url(text);
-    #[cfg(not(feature = "remote"))]
-    return ["http://", "https://", "s3://", "gs://", "az://"]
-        .iter()
-        .any(|s| text.to_ascii_lowercase().starts_with(s));
-}
-
 /// An open model file: its tensor list is known, its data is read on [`Deserializer::load`].
 ///
 /// A deserializer is `Send + Sync`; `load` may be called any number of times, from any
@@ -109,7 +99,7 @@ impl Deserializer {
     pub fn open(path: impl AsRef<Path>, options: ReadOptions) -> Result<Deserializer> {
         let path = path.as_ref();
         let text = path.to_string_lossy();
-        if is_url(&text) {
+        if crate::url::is_url(&text) {
             return Deserializer::open_url(&text, options);
         }
         let source = FileSource::open_with(path, options.direct_io)?.copy_from_map(options.mmap);

@@ -51,6 +51,7 @@ pub mod remote;
 pub mod serializer;
 pub mod sink;
 pub mod source;
+pub mod url;
 
 pub use cuda::CudaArena;
 pub use deserializer::Deserializer;

@@ -124,7 +124,7 @@ impl<'a> Serializer<'a> {
         }
         // Passphrase limits readers refuse are refused now, not after the tensors came.
         options.kdf()?;
-        if crate::deserializer::is_url(&shown) {
+        if crate::url::is_url(&shown) {
             #[cfg(feature = "remote")]
             return Ok(Serializer {
                 out: Out::Remote(Box::new(crate::remote::Upload::create(

@@ -684,7 +684,7 @@ fn plaid_laid_out(
             })
             .collect(),
         metadata,
-        writer: "hostile_inputs".into(),
+        writer: "hostile_bytes".into(),
         encryption: None,
     };
     loop {

@@ -333,8 +333,6 @@ impl Format {
 /// header into an [`Index`]. Everything after that (the pipeline, placement, verification)
 /// is shared by every format.
 pub trait FormatReader: Sync {
-    /// The format this reader reads.
-    fn format(&self) -> Format;
     /// Whether `prefix` (the first bytes of the file, up to 64) starts a file of this
     /// format; `file_len` is the whole file's length.
     fn sniff(&self, prefix: &[u8], file_len: u64) -> bool;
@@ -345,9 +343,6 @@ pub trait FormatReader: Sync {
 struct PlaidReader;
 
 impl FormatReader for PlaidReader {
-    fn format(&self) -> Format {
-        Format::Plaid
-    }
     fn sniff(&self, prefix: &[u8], _file_len: u64) -> bool {
         prefix.starts_with(&plaid::MAGIC)
     }
@@ -359,9 +354,6 @@ impl FormatReader for PlaidReader {
 struct SafetensorsReader;
 
 impl FormatReader for SafetensorsReader {
-    fn format(&self) -> Format {
-        Format::Safetensors
-    }
     fn sniff(&self, prefix: &[u8], file_len: u64) -> bool {
         safetensors::sniff(prefix, file_len)
     }
@@ -373,9 +365,6 @@ impl FormatReader for SafetensorsReader {
 struct TensorizerReader;
 
 impl FormatReader for TensorizerReader {
-    fn format(&self) -> Format {
-        Format::Tensorizer
-    }
     fn sniff(&self, prefix: &[u8], _file_len: u64) -> bool {
         prefix.starts_with(tensorizer::MAGIC)
     }

@@ -39,25 +39,8 @@ pub const REMOTE_MERGE_GAP: u64 = 1 << 20;
 /// Default ranged GETs in flight.
 pub const REMOTE_IN_FLIGHT: u32 = 32;
 
-/// The URL schemes plaid reads and writes.
-const SCHEMES: [&str; 7] = [
-    "http://", "https://", "s3://", "s3a://", "gs://", "az://", "azure://",
-];
-
-/// Whether `text` is a URL of remote storage rather than a local path.
-pub fn is_url(text: &str) -> bool {
-    let lower = text.get(..8).unwrap_or(text).to_ascii_lowercase();
-    SCHEMES.iter().any(|s| lower.starts_with(s))
-}
-
-/// The kind of store a URL names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Scheme {
-    Http,
-    S3,
-    Gcs,
-    Azure,
-}
+pub use crate::url::is_url;
+pub(crate) use crate::url::Scheme;
 
 /// A parsed URL: the store it lives in and the object's path there.
 #[derive(Clone)]
@@ -106,16 +89,11 @@ impl Location {
             given.to_owned()
         };
         let url = shown.as_str();
-        let scheme = match parsed.scheme() {
-            "http" | "https" => Scheme::Http,
-            "s3" | "s3a" => Scheme::S3,
-            "gs" => Scheme::Gcs,
-            "az" | "azure" => Scheme::Azure,
-            other => {
-                return Err(Error::invalid(format!(
-                    "{url}: the scheme '{other}' is not one plaid reads (http, https, s3, gs, az)"
-                )))
-            }
+        let Some(scheme) = crate::url::scheme(parsed.scheme()) else {
+            return Err(Error::invalid(format!(
+                "{url}: the scheme '{}' is not one plaid reads (http, https, s3, gs, az)",
+                parsed.scheme()
+            )));
         };
         if has_credentials && scheme != Scheme::Http {
             return Err(Error::invalid(format!(

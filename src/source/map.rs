@@ -13,7 +13,7 @@
 //! default action), so plaid changes nothing for them.
 //!
 //! The guard cannot help if another handler for `SIGBUS` is installed after plaid's without
-//! chaining to it; see `docs/FORMAT.md`'s notes on zero-copy views.
+//! chaining to it; see `docs/LOADING.md`, "A file that shrinks under its mapping".
 
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

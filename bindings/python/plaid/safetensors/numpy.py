@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from .. import _core, _lib
+from .. import _lib, _source
 from .. import numpy as plaid_numpy
 from .._lib import PlaidError
 from . import to_bytes, translated, write
@@ -44,7 +44,8 @@ def save(tensors, metadata=None):
 def load_file(filename):
     """Every tensor of ``filename`` as numpy arrays, verified."""
     from . import FileMissingError
-    if isinstance(filename, (str, os.PathLike)) and not os.path.exists(filename):
+    if _source.is_path(filename) and not _source.is_url(filename) and \
+            not os.path.exists(filename):
         raise FileMissingError(f"No such file or directory: {os.fsdecode(filename)}",
                                _lib.PlaidIOError.status)
     try:
@@ -59,6 +60,3 @@ def load(data):
         return plaid_numpy.load_file(bytes(data))
     except PlaidError as e:
         raise translated(e) from None
-
-
-del _core

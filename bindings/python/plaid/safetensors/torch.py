@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from .. import _core, _lib
+from .. import _core, _lib, _source
 from .. import torch as plaid_torch
 from .._lib import InvalidArgumentError, PlaidError
 from . import to_bytes, translated, write
@@ -161,8 +161,8 @@ def load_file(filename, device="cpu", *, backend="mmap", **kwargs):
     if backend not in ("mmap", "pread"):
         raise translated(InvalidArgumentError(f"backend {backend!r}: use 'mmap' or 'pread'"))
     from . import FileMissingError
-    if isinstance(filename, (str, os.PathLike)) and not os.fspath(filename).startswith(
-            ("http://", "https://", "s3://", "gs://", "az://")) and not os.path.exists(filename):
+    if _source.is_path(filename) and not _source.is_url(filename) and \
+            not os.path.exists(filename):
         raise FileMissingError(f"No such file or directory: {os.fsdecode(filename)}",
                                _lib.PlaidIOError.status)
     try:
