@@ -492,6 +492,15 @@ typedef struct plaid_progress {
 typedef int32_t (*plaid_progress_fn)(void *user_data, const struct plaid_progress *progress);
 
 /**
+ * A finalizer for `user_data`, called exactly once when plaid no longer uses it, on
+ * whichever thread lets go last. For `plaid_source_new`: when the source handle and every
+ * deserializer using it are gone (`plaid_source_free` or `plaid_deserializer_free`); never
+ * when `plaid_source_new` fails. For `plaid_deserializer_set_progress_with_release`: see
+ * there.
+ */
+typedef void (*plaid_release_fn)(void *user_data);
+
+/**
  * Read up to `len` bytes at `offset` into `buf`. Return the count read: 1..`len` (fewer
  * than `len` is a short read; plaid asks again for the rest), 0 only when `offset` >= the
  * source's length, or a negative value for an error, which fails the load with
@@ -503,13 +512,6 @@ typedef int32_t (*plaid_progress_fn)(void *user_data, const struct plaid_progres
  * leave it).
  */
 typedef int64_t (*plaid_read_fn)(void *user_data, uint64_t offset, void *buf, uint64_t len);
-
-/**
- * Called exactly once, when the source handle and every deserializer using it are gone,
- * on whichever thread drops the last reference (`plaid_source_free` or
- * `plaid_deserializer_free`); never when `plaid_source_new` fails.
- */
-typedef void (*plaid_release_fn)(void *user_data);
 
 /**
  * Success.
@@ -910,6 +912,24 @@ plaid_status plaid_deserializer_tensor_data(const struct plaid_deserializer *d,
 plaid_status plaid_deserializer_set_progress(struct plaid_deserializer *d,
                                              plaid_progress_fn progress,
                                              void *user_data);
+
+/**
+ * `plaid_deserializer_set_progress` with a finalizer: `release(user_data)` (when not NULL)
+ * is called exactly once, when plaid no longer uses `user_data`: after the callback is
+ * replaced (by either function) or the deserializer is freed, and after every load or
+ * verification that started with it has returned; on whichever thread lets go last. With
+ * `progress` NULL, `release` is called before this returns. Never called when this
+ * function fails (a NULL `d`).
+ *
+ * # Safety
+ * `d` is NULL (an error) or a live handle (other threads may use it meanwhile);
+ * `progress` is NULL or honours `plaid_progress_fn`'s contract; `release` is NULL or
+ * callable from any thread.
+ */
+plaid_status plaid_deserializer_set_progress_with_release(struct plaid_deserializer *d,
+                                                          plaid_progress_fn progress,
+                                                          void *user_data,
+                                                          plaid_release_fn release);
 
 /**
  * Number of metadata entries; 0 for a NULL handle.

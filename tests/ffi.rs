@@ -608,3 +608,113 @@ fn progress_callback_reports_and_cancels() {
         drop(Box::from_raw(seen));
     }
 }
+
+/// How many times `release_progress` ran, and the user data it was last given.
+static PROGRESS_RELEASED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PROGRESS_RELEASED_DATA: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+/// The deserializer the replacing callback below works on, and what it saw.
+static PROGRESS_HANDLE: std::sync::atomic::AtomicPtr<plaid_deserializer> =
+    std::sync::atomic::AtomicPtr::new(ptr::null_mut());
+static PROGRESS_SEEN_INSIDE: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(usize::MAX);
+
+#[test]
+fn a_progress_finalizer_runs_once_when_nothing_reports_any_more() {
+    use std::sync::atomic::Ordering::SeqCst;
+    unsafe extern "C" fn release_progress(user: *mut c_void) {
+        PROGRESS_RELEASED_DATA.store(user as usize, SeqCst);
+        PROGRESS_RELEASED.fetch_add(1, SeqCst);
+    }
+    unsafe extern "C" fn quiet(_: *mut c_void, _: *const plaid_progress::plaid_progress) -> i32 {
+        0
+    }
+    // Replaces itself during the verification that reports to it: its finalizer must wait
+    // for that verification to return.
+    unsafe extern "C" fn replacing(
+        _: *mut c_void,
+        _: *const plaid_progress::plaid_progress,
+    ) -> i32 {
+        let d = PROGRESS_HANDLE.load(SeqCst);
+        if !d.is_null() && PROGRESS_SEEN_INSIDE.load(SeqCst) == usize::MAX {
+            // SAFETY: `d` is the live handle the test set; other threads may use it.
+            let status = unsafe { plaid_deserializer_set_progress(d, None, ptr::null_mut()) };
+            assert_eq!(status, PLAID_OK);
+            PROGRESS_SEEN_INSIDE.store(PROGRESS_RELEASED.load(SeqCst), SeqCst);
+        }
+        0
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<Vec<u8>> = (0..4).map(|i| random_bytes(4 * 5000, i)).collect();
+    let path = write_model(dir.path(), &data);
+    let released = || PROGRESS_RELEASED.load(SeqCst);
+    let token = |k: usize| (0x1000 + k) as *mut c_void;
+    // SAFETY: `d` is used only between its open and its free here; `path` is a CString
+    // alive across the open; the user data are tokens never dereferenced.
+    unsafe {
+        let mut d = ptr::null_mut();
+        assert_eq!(
+            plaid_deserializer_open(path.as_ptr(), ptr::null(), &mut d),
+            PLAID_OK
+        );
+        assert_eq!(
+            plaid_deserializer_set_progress_with_release(
+                d,
+                Some(quiet),
+                token(1),
+                Some(release_progress)
+            ),
+            PLAID_OK
+        );
+        assert_eq!(plaid_deserializer_verify(d), PLAID_OK);
+        assert_eq!(released(), 0);
+        // Replaced: released, with its own user data.
+        assert_eq!(
+            plaid_deserializer_set_progress_with_release(
+                d,
+                Some(replacing),
+                token(2),
+                Some(release_progress)
+            ),
+            PLAID_OK
+        );
+        assert_eq!(released(), 1);
+        assert_eq!(PROGRESS_RELEASED_DATA.load(SeqCst), 0x1001);
+        // Replaced from inside a verification that holds it: released after it returns.
+        PROGRESS_HANDLE.store(d, SeqCst);
+        assert_eq!(plaid_deserializer_verify(d), PLAID_OK);
+        PROGRESS_HANDLE.store(ptr::null_mut(), SeqCst);
+        assert_eq!(PROGRESS_SEEN_INSIDE.load(SeqCst), 1);
+        assert_eq!(released(), 2);
+        assert_eq!(PROGRESS_RELEASED_DATA.load(SeqCst), 0x1002);
+        // No callback: released at once. A NULL handle: an error, and no release.
+        assert_eq!(
+            plaid_deserializer_set_progress_with_release(d, None, token(3), Some(release_progress)),
+            PLAID_OK
+        );
+        assert_eq!(released(), 3);
+        assert_eq!(
+            plaid_deserializer_set_progress_with_release(
+                ptr::null_mut(),
+                Some(quiet),
+                token(4),
+                Some(release_progress)
+            ),
+            PLAID_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(released(), 3);
+        // Still in place when the deserializer is freed: released then.
+        assert_eq!(
+            plaid_deserializer_set_progress_with_release(
+                d,
+                Some(quiet),
+                token(5),
+                Some(release_progress)
+            ),
+            PLAID_OK
+        );
+        plaid_deserializer_free(d);
+        assert_eq!(released(), 4);
+        assert_eq!(PROGRESS_RELEASED_DATA.load(SeqCst), 0x1005);
+    }
+}

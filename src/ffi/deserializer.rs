@@ -30,8 +30,9 @@ pub struct plaid_deserializer {
     /// Every tensor's NUL-terminated name and path, end to end.
     _strings: Vec<u8>,
     metadata: Vec<(CString, CString)>,
-    /// Set by `plaid_deserializer_set_progress`; each operation copies it when it starts.
-    progress: parking_lot::Mutex<Option<CallbackProgress>>,
+    /// Set by `plaid_deserializer_set_progress`; each operation holds it from its start to
+    /// its end, so a finalizer runs only once nothing reports to it any more.
+    progress: parking_lot::Mutex<Option<std::sync::Arc<CallbackProgress>>>,
 }
 
 // SAFETY: the raw pointers in `infos` point into data owned by this same struct, which
@@ -42,8 +43,8 @@ unsafe impl Sync for plaid_deserializer {}
 
 impl plaid_deserializer {
     /// The progress callback in place now.
-    fn progress(&self) -> Option<CallbackProgress> {
-        *self.progress.lock()
+    fn progress(&self) -> Option<std::sync::Arc<CallbackProgress>> {
+        self.progress.lock().clone()
     }
 
     pub(crate) fn new(inner: Deserializer) -> Result<plaid_deserializer> {
@@ -656,7 +657,61 @@ pub unsafe extern "C" fn plaid_deserializer_set_progress(
         // loads running on other threads read
         // the handle meanwhile, and the progress slot is behind a lock.
         let d = unsafe { handle(d, "deserializer") }?;
-        *d.progress.lock() = progress.map(|report| CallbackProgress { report, user_data });
+        set_progress(d, progress, user_data, None);
+        Ok(())
+    })
+}
+
+/// Put `progress` in `d`'s slot; what it replaces is dropped outside the lock (its
+/// finalizer may run there, unless an operation still holds it).
+fn set_progress(
+    d: &plaid_deserializer,
+    progress: plaid_progress_fn,
+    user_data: *mut c_void,
+    release: super::source::plaid_release_fn,
+) {
+    let new = match progress {
+        Some(report) => Some(std::sync::Arc::new(CallbackProgress {
+            report,
+            user_data,
+            release,
+        })),
+        None => {
+            if let Some(release) = release {
+                // SAFETY: the caller's finalizer, called once: nothing will use `user_data`.
+                unsafe { release(user_data) };
+            }
+            None
+        }
+    };
+    let old = std::mem::replace(&mut *d.progress.lock(), new);
+    drop(old);
+}
+
+/// `plaid_deserializer_set_progress` with a finalizer: `release(user_data)` (when not NULL)
+/// is called exactly once, when plaid no longer uses `user_data`: after the callback is
+/// replaced (by either function) or the deserializer is freed, and after every load or
+/// verification that started with it has returned; on whichever thread lets go last. With
+/// `progress` NULL, `release` is called before this returns. Never called when this
+/// function fails (a NULL `d`).
+///
+/// # Safety
+/// `d` is NULL (an error) or a live handle (other threads may use it meanwhile);
+/// `progress` is NULL or honours `plaid_progress_fn`'s contract; `release` is NULL or
+/// callable from any thread.
+#[no_mangle]
+pub unsafe extern "C" fn plaid_deserializer_set_progress_with_release(
+    d: *mut plaid_deserializer,
+    progress: plaid_progress_fn,
+    user_data: *mut c_void,
+    release: super::source::plaid_release_fn,
+) -> plaid_status {
+    boundary::status(|| {
+        // SAFETY: `d` is NULL (refused) or a live handle, as `# Safety` requires. Shared access:
+        // loads running on other threads read the handle meanwhile, and the progress slot is
+        // behind a lock.
+        let d = unsafe { handle(d, "deserializer") }?;
+        set_progress(d, progress, user_data, release);
         Ok(())
     })
 }

@@ -31,11 +31,22 @@ pub struct plaid_progress {
 pub type plaid_progress_fn =
     Option<unsafe extern "C" fn(user_data: *mut c_void, progress: *const plaid_progress) -> i32>;
 
-/// A C progress callback and its user data.
-#[derive(Clone, Copy, Debug)]
+/// A C progress callback, its user data and the user data's finalizer, which runs when the
+/// last holder (the deserializer's slot, or an operation that started with it) lets go.
+#[derive(Debug)]
 pub(crate) struct CallbackProgress {
     pub(crate) report: unsafe extern "C" fn(*mut c_void, *const plaid_progress) -> i32,
     pub(crate) user_data: *mut c_void,
+    pub(crate) release: Option<unsafe extern "C" fn(*mut c_void)>,
+}
+
+impl Drop for CallbackProgress {
+    fn drop(&mut self) {
+        if let Some(release) = self.release {
+            // SAFETY: the caller's finalizer, called once: this is the last holder.
+            unsafe { release(self.user_data) };
+        }
+    }
 }
 
 // SAFETY: the C contract above makes `user_data` usable from any thread; the callback is

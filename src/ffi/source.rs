@@ -30,9 +30,11 @@ pub type plaid_read_fn = Option<
     unsafe extern "C" fn(user_data: *mut c_void, offset: u64, buf: *mut c_void, len: u64) -> i64,
 >;
 
-/// Called exactly once, when the source handle and every deserializer using it are gone,
-/// on whichever thread drops the last reference (`plaid_source_free` or
-/// `plaid_deserializer_free`); never when `plaid_source_new` fails.
+/// A finalizer for `user_data`, called exactly once when plaid no longer uses it, on
+/// whichever thread lets go last. For `plaid_source_new`: when the source handle and every
+/// deserializer using it are gone (`plaid_source_free` or `plaid_deserializer_free`); never
+/// when `plaid_source_new` fails. For `plaid_deserializer_set_progress_with_release`: see
+/// there.
 pub type plaid_release_fn = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
 
 /// Default request size of a callback source: 8 MiB.
