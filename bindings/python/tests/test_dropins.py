@@ -478,3 +478,14 @@ def test_a_tensorizer_program_runs_with_plaid_in_its_place(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "ok"
     assert (tmp_path / "m.tensors").read_bytes()[:5] == b"|TZR|"
+
+
+def test_a_refused_write_names_its_target_and_leaves_nothing(tmp_path):
+    target = tmp_path / "m.safetensors"
+    with pytest.raises(plaid.PlaidError) as e:  # safetensors holds no complex128
+        import plaid.torch as pt
+        pt.save_file({"c": torch.zeros(2, dtype=torch.complex128)}, target)
+    assert str(target) in str(e.value) and ".plaid-save" not in str(e.value)
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(FileNotFoundError, match="No such file or directory"):
+        pstn.load_file(tmp_path / "absent.safetensors")

@@ -45,6 +45,15 @@ class FileMissingError(_lib.PlaidIOError, FileNotFoundError):
     """A file that does not exist (safetensors' ``FileNotFoundError``)."""
 
 
+def refuse_missing(filename):
+    """`FileMissingError` with safetensors' message where ``filename`` is a local path
+    that does not exist (URLs, file objects and bytes pass)."""
+    if _source.is_path(filename) and not _source.is_url(filename) and \
+            not os.path.exists(filename):
+        raise FileMissingError(f"No such file or directory: {os.fsdecode(filename)}",
+                               _lib.PlaidIOError.status)
+
+
 class _Closed(InvalidArgumentError, SafetensorError):
     """A `safe_open` used after it was closed."""
 
@@ -78,10 +87,7 @@ class safe_open:
         self._device = device if not isinstance(device, int) else f"cuda:{device}"
         if isinstance(filename, io.TextIOWrapper):
             filename = filename.buffer  # the bytes under a text-mode file
-        local = _source.is_path(filename) and not _source.is_url(filename)
-        if local and not os.path.exists(filename):
-            raise FileMissingError(f"No such file or directory: {os.fsdecode(filename)}",
-                                   _lib.PlaidIOError.status)
+        refuse_missing(filename)
         try:
             self._reader = _core.Reader(filename, storage_options=storage_options, key=key,
                                         passphrase=passphrase,

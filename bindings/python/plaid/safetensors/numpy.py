@@ -1,14 +1,11 @@
 """safetensors' ``safetensors.numpy`` on plaid: ``save_file``, ``load_file``, ``save``,
 ``load``, written byte for byte as safetensors writes them and read through plaid."""
 
-import os
-
 import numpy as np
 
-from .. import _lib, _source
 from .. import numpy as plaid_numpy
 from .._lib import PlaidError
-from . import to_bytes, translated, write
+from . import refuse_missing, to_bytes, translated, write
 
 __all__ = ["load", "load_file", "save", "save_file"]
 
@@ -43,11 +40,7 @@ def save(tensors, metadata=None):
 
 def load_file(filename):
     """Every tensor of ``filename`` as numpy arrays, verified."""
-    from . import FileMissingError
-    if _source.is_path(filename) and not _source.is_url(filename) and \
-            not os.path.exists(filename):
-        raise FileMissingError(f"No such file or directory: {os.fsdecode(filename)}",
-                               _lib.PlaidIOError.status)
+    refuse_missing(filename)
     try:
         return plaid_numpy.load_file(filename)
     except PlaidError as e:

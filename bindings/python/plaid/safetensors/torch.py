@@ -5,14 +5,13 @@ through `save_model`) and its exceptions. Files are written byte for byte as saf
 writes them; loads are plaid's (verified, CUDA destinations filled directly)."""
 
 import collections
-import os
 
 import torch
 
-from .. import _core, _lib, _source
+from .. import _core, _lib
 from .. import torch as plaid_torch
 from .._lib import InvalidArgumentError, PlaidError
-from . import to_bytes, translated, write
+from . import refuse_missing, to_bytes, translated, write
 
 # safetensors' helpers for shared tensors are listed too: code written for safetensors
 # imports them (``from safetensors.torch import _find_shared_tensors``).
@@ -160,11 +159,7 @@ def load_file(filename, device="cpu", *, backend="mmap", **kwargs):
     keywords are `plaid.torch.load_file`'s."""
     if backend not in ("mmap", "pread"):
         raise translated(InvalidArgumentError(f"backend {backend!r}: use 'mmap' or 'pread'"))
-    from . import FileMissingError
-    if _source.is_path(filename) and not _source.is_url(filename) and \
-            not os.path.exists(filename):
-        raise FileMissingError(f"No such file or directory: {os.fsdecode(filename)}",
-                               _lib.PlaidIOError.status)
+    refuse_missing(filename)
     try:
         return plaid_torch.load_file(filename, _device(device), **kwargs)
     except PlaidError as e:

@@ -492,7 +492,7 @@ class TensorDeserializer(Mapping):
                 f"{self._reader.path}: decryption was requested, but the file is stored in "
                 "the clear (pass allow_plaintext=True to read it anyway)",
                 CryptographyError.status)
-        chosen = _core.name_filter(filter_func) if not callable(filter_func) else filter_func
+        chosen = _core.name_filter(filter_func)
         self._metas = {}
         for m in self._reader.tensors:
             if chosen is None or chosen(_filter_name(m)):
@@ -617,7 +617,7 @@ class TensorDeserializer(Mapping):
         return tensor
 
     def _chosen(self, filter_func, num_tensors):
-        chosen = _core.name_filter(filter_func) if not callable(filter_func) else filter_func
+        chosen = _core.name_filter(filter_func)
         metas = [m for m in self._metas.values()
                  if chosen is None or chosen(_filter_name(m))]
         return metas if num_tensors is None or num_tensors < 0 else metas[:num_tensors]
