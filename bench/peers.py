@@ -48,12 +48,14 @@ import importlib.metadata
 import os
 import platform
 import resource
+import runpy
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import types
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +69,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Minimal ctypes declarations of include/plaid.h.
 
 PLAID_OK = 0
-PLAID_ABI_VERSION = 1
 PLAID_DEST_HOST = 1
 PLAID_DTYPE_F16 = 10
 
@@ -102,33 +103,12 @@ NUMPY_PLAID_DTYPES = {np.dtype(np.float16): PLAID_DTYPE_F16}
 ARENA_ALIGNMENT = 64
 
 
-class PlaidTensorInfo(ctypes.Structure):
-    _fields_ = [
-        ("name", ctypes.c_void_p),
-        ("name_len", ctypes.c_size_t),
-        ("dtype", ctypes.c_uint32),
-        ("ndim", ctypes.c_uint32),
-        ("shape", ctypes.POINTER(ctypes.c_uint64)),
-        ("nbytes", ctypes.c_uint64),
-        ("index", ctypes.c_size_t),
-    ]
-
-
-class PlaidDestination(ctypes.Structure):
-    _fields_ = [
-        ("kind", ctypes.c_uint32),
-        ("device", ctypes.c_int32),
-        ("address", ctypes.c_uint64),
-        ("capacity", ctypes.c_uint64),
-    ]
-
-
-PLAID_PLACE_FN = ctypes.CFUNCTYPE(
-    ctypes.c_int32,
-    ctypes.c_void_p,
-    ctypes.POINTER(PlaidTensorInfo),
-    ctypes.POINTER(PlaidDestination),
-)
+# plaid._abi, the one ctypes declaration of plaid.h, loaded by path: the library benchmarked
+# is a build, not an installed package.
+ABI = types.SimpleNamespace(**runpy.run_path(
+    str(Path(__file__).resolve().parents[1] / "bindings" / "python" / "plaid" / "_abi.py")))
+PLAID_ABI_VERSION = ABI.ABI_VERSION
+PLAID_PLACE_FN = ABI.PLACE_FN
 
 
 class PlaidError(Exception):
@@ -139,39 +119,9 @@ class Plaid:
     """The few entry points of libplaid.so this benchmark uses."""
 
     def __init__(self, path: Path):
-        lib = ctypes.CDLL(str(path))
-        p, vp = ctypes.POINTER, ctypes.c_void_p
-        status = ctypes.c_int32
-        sigs = {
-            "plaid_abi_version": (ctypes.c_uint32, []),
-            "plaid_version": (ctypes.c_char_p, []),
-            "plaid_status_name": (ctypes.c_char_p, [status]),
-            "plaid_last_error_message": (ctypes.c_size_t, [ctypes.c_char_p, ctypes.c_size_t]),
-            "plaid_serializer_new": (status, [ctypes.c_char_p, vp, p(vp)]),
-            "plaid_serializer_add_tensor": (
-                status,
-                [vp, ctypes.c_char_p, ctypes.c_uint32, p(ctypes.c_uint64), ctypes.c_size_t,
-                 vp, ctypes.c_uint64],
-            ),
-            "plaid_serializer_finish": (status, [vp]),
-            "plaid_serializer_free": (None, [vp]),
-            "plaid_read_options_new": (status, [p(vp)]),
-            "plaid_read_options_set_verify": (status, [vp, ctypes.c_int32]),
-            "plaid_read_options_set_huge_pages": (status, [vp, ctypes.c_int32]),
-            "plaid_read_options_free": (None, [vp]),
-            "plaid_deserializer_open": (status, [ctypes.c_char_p, vp, p(vp)]),
-            "plaid_deserializer_tensor_count": (ctypes.c_size_t, [vp]),
-            "plaid_deserializer_tensor": (p(PlaidTensorInfo), [vp, ctypes.c_size_t]),
-            "plaid_deserializer_load": (status, [vp, PLAID_PLACE_FN, vp]),
-            "plaid_deserializer_load_host": (status, [vp, vp, vp, p(vp)]),
-            "plaid_host_arena_tensor": (status, [vp, ctypes.c_size_t, p(vp), p(ctypes.c_uint64)]),
-            "plaid_host_arena_free": (None, [vp]),
-            "plaid_deserializer_free": (None, [vp]),
-        }
-        for name, (restype, argtypes) in sigs.items():
-            fn = getattr(lib, name)
-            fn.restype, fn.argtypes = restype, argtypes
-            setattr(self, name[len("plaid_"):], fn)
+        lib = ABI.bind(ctypes.CDLL(str(path)))
+        for name, _, _ in ABI.SIGNATURES:
+            setattr(self, name[len("plaid_"):], getattr(lib, name))
         if self.abi_version() != PLAID_ABI_VERSION:
             raise PlaidError(
                 f"{path}: ABI version {self.abi_version()}, expected {PLAID_ABI_VERSION}"
@@ -256,7 +206,7 @@ def plaid_load_file(plaid: Plaid, path: Path, verify: bool = True,
     d = _open(plaid, path, verify, huge_pages)
     try:
         handle = ctypes.c_void_p()
-        plaid.check(plaid.deserializer_load_host(d, None, None, ctypes.byref(handle)),
+        plaid.check(plaid.deserializer_load_host(d, ABI.FILTER_FN(), None, ctypes.byref(handle)),
                     f"load_host {path}")
         owner = _HostArena(plaid, handle)
         out = OrderedDict()

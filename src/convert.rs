@@ -11,8 +11,9 @@ use serde_json::Value;
 use crate::deserializer::Deserializer;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::fs::{parent_dir, sync_parent};
 use crate::options::{ReadOptions, WriteOptions};
-use crate::serializer::{parent_dir, sync_parent, Serializer};
+use crate::serializer::Serializer;
 
 /// The safetensors name of `dtype`, how many stored values one plaid element holds (2 for
 /// packed 4-bit floats), and its rank in safetensors' dtype order (a file's tensors are
@@ -139,18 +140,18 @@ fn staging(out: &Path) -> Result<Staged> {
     if crate::url::is_url(&out.to_string_lossy()) {
         return Ok(Staged::Remote(out.to_path_buf()));
     }
-    crate::serializer::check_target(out)?;
+    crate::fs::check_target(out)?;
     let dir = parent_dir(out);
     // What killed conversions left: their staged files, and the serializer's temporaries
     // beside those (named after them).
-    crate::serializer::remove_stale_temporaries(dir, ".plaid-convert.");
-    crate::serializer::remove_stale_temporaries(dir, "..plaid-convert.");
-    crate::serializer::locked_temporary(dir, ".plaid-convert.").map(Staged::Local)
+    crate::fs::remove_stale_temporaries(dir, ".plaid-convert.");
+    crate::fs::remove_stale_temporaries(dir, "..plaid-convert.");
+    crate::fs::locked_temporary(dir, ".plaid-convert.").map(Staged::Local)
 }
 
 /// Rename a checked file into place and make the rename durable.
 fn publish(staged: tempfile::NamedTempFile, out: &Path) -> Result<()> {
-    crate::serializer::check_target(out)?;
+    crate::fs::check_target(out)?;
     let target = out.display().to_string();
     staged
         .persist(out)
@@ -536,7 +537,10 @@ fn check(
 ) -> Result<()> {
     // The file was just written with these limits: whatever they are, it is read back.
     let mut secret = secret.clone();
-    secret.set_kdf_limits(crate::crypto::MAX_KDF_MEMORY, crate::crypto::MAX_KDF_PASSES)?;
+    secret.set_kdf_limits(
+        crate::format::plaid::MAX_KDF_MEMORY,
+        crate::format::plaid::MAX_KDF_PASSES,
+    )?;
     let options = ReadOptions {
         storage: storage.clone(),
         secret,

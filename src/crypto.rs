@@ -18,16 +18,12 @@ use ring::rand::SecureRandom;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::format::plaid::{MAX_KDF_MEMORY, MAX_KDF_PASSES, MIN_KDF_MEMORY};
+use crate::format::verify::Transform;
 use crate::format::{proto, Encryption, Kdf, PlaidEncryption, TensorInfo};
-use crate::pipeline::Transform;
 
 /// Bytes of a key.
 pub(crate) const KEY_LEN: usize = 32;
-/// The most memory a key derivation named by a file may take at all (the format's limit,
-/// `docs/FORMAT.md` 13.1); a reader takes at most [`DEFAULT_READ_KDF_MEMORY`] unless raised.
-pub(crate) const MAX_KDF_MEMORY: u64 = 4 << 30;
-/// The most passes a key derivation named by a file may take at all (the format's limit).
-pub(crate) const MAX_KDF_PASSES: u64 = 64;
 /// The most memory a reader spends on a file's key derivation unless told otherwise:
 /// tensorizer's strongest preset (`SENSITIVE`, libsodium's `MEMLIMIT_SENSITIVE`), 1 GiB.
 pub const DEFAULT_READ_KDF_MEMORY: u64 = 1 << 30;
@@ -35,8 +31,6 @@ pub const DEFAULT_READ_KDF_MEMORY: u64 = 1 << 30;
 /// times tensorizer's strongest preset, 4): with the memory limit, about 16 s of one core
 /// here, where the format's own limits (64 passes over 4 GiB) would cost minutes.
 pub const DEFAULT_READ_KDF_PASSES: u64 = 16;
-/// The least memory a key derivation may take (Argon2's minimum, 8 KiB).
-pub(crate) const MIN_KDF_MEMORY: u64 = 8 << 10;
 /// The writer's default passes for a passphrase: libsodium's `OPSLIMIT_MODERATE`, which is
 /// tensorizer's default too.
 pub(crate) const DEFAULT_KDF_PASSES: u64 = 3;
@@ -821,6 +815,59 @@ impl Decrypt {
             file: file.into(),
             tensor: tensor.name.as_str().into(),
         }))
+    }
+
+    /// The stages of a load, by tensor index (empty where nothing is encrypted): each
+    /// encrypted tensor's key found (or derived) before anything is read, so that a missing
+    /// key fails the load here; key material refuses a tensor stored in the clear here too
+    /// (unless plaintext is allowed). With `stored_only` (verification without key
+    /// material), plaid's encrypted tensors are checked as stored: their CRCs cover the
+    /// stored bytes (tensorizer's hashes need the plaintext).
+    pub(crate) fn for_load<'t>(
+        file: &str,
+        tensors: impl IntoIterator<Item = &'t TensorInfo>,
+        count: usize,
+        secret: &Secret,
+        stored_only: bool,
+    ) -> Result<Vec<Option<Decrypt>>> {
+        let mut stages = Vec::new();
+        for t in tensors {
+            if stored_only && matches!(t.encryption.as_deref(), Some(Encryption::Plaid { .. })) {
+                continue;
+            }
+            if let Some(stage) = Decrypt::of(file, t, secret)? {
+                if stages.is_empty() {
+                    stages.resize_with(count, || None);
+                }
+                stages[t.index] = Some(stage);
+            }
+        }
+        Ok(stages)
+    }
+
+    /// The `buf.len()` plaintext bytes of `tensor` from `offset` on, read from `source`:
+    /// the whole chunks around them authenticated and decrypted.
+    pub(crate) fn read(
+        &mut self,
+        source: &dyn crate::source::Source,
+        tensor: &TensorInfo,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let unit = self.unit();
+        let start = offset / unit * unit;
+        let end = (offset + buf.len() as u64)
+            .div_ceil(unit)
+            .saturating_mul(unit)
+            .min(tensor.nbytes);
+        let mut chunks =
+            crate::error::zeroed(end - start, format_args!("tensor '{}'", tensor.name))?;
+        crate::source::read_exact(source, tensor.offset + start, &mut chunks)
+            .map_err(|e| e.in_tensor(&tensor.name))?;
+        self.apply(start, &mut chunks)?;
+        let from = (offset - start) as usize;
+        buf.copy_from_slice(&chunks[from..from + buf.len()]);
+        Ok(())
     }
 
     /// Whether the file's checksums cover the plaintext (tensorizer's hashes), so that

@@ -59,6 +59,9 @@ fn inside(file: &Path, root: &Path) -> Result<()> {
     ))
 }
 
+/// Opens a sharded checkpoint's shard by the name its index gives.
+type ShardOpener<'o> = dyn Fn(&str) -> Result<Box<dyn Source>> + Sync + 'o;
+
 /// An open model file: its tensor list is known, its data is read on [`Deserializer::load`].
 ///
 /// A deserializer is `Send + Sync`; `load` may be called any number of times, from any
@@ -103,23 +106,55 @@ impl Deserializer {
             return Deserializer::open_url(&text, options);
         }
         let source = FileSource::open_with(path, options.direct_io)?.copy_from_map(options.mmap);
-        let mut prefix = vec![0u8; source.len().min(64) as usize];
-        read_exact(&source, 0, &mut prefix)?;
-        if format::safetensors::sniff_sharded(&prefix, source.len()) {
-            let dir = crate::serializer::parent_dir(path).to_path_buf();
-            let root = shard_root(&dir, options.shard_root.as_deref())?;
-            let direct_io = options.direct_io;
-            let mmap = options.mmap;
-            let open_shard = move |shard: &str| -> Result<Box<dyn Source>> {
-                let file = dir.join(shard);
-                inside(&file, &root)?;
-                Ok(Box::new(
-                    FileSource::open_with(&file, direct_io)?.copy_from_map(mmap),
-                ))
+        // A sharded checkpoint's shards open beside its index, inside the shard root.
+        let dir = crate::fs::parent_dir(path).to_path_buf();
+        let given_root = options.shard_root.clone();
+        // Resolved on the first shard: a file that is not an index never pays for it.
+        let root = std::sync::OnceLock::new();
+        let (direct_io, mmap) = (options.direct_io, options.mmap);
+        let open_shard = move |shard: &str| -> Result<Box<dyn Source>> {
+            let file = dir.join(shard);
+            let root = match root.get() {
+                Some(root) => root,
+                None => {
+                    let resolved = shard_root(&dir, given_root.as_deref())?;
+                    root.get_or_init(|| resolved)
+                }
             };
-            return Deserializer::open_sharded(&source, &open_shard, options);
-        }
-        Deserializer::from_file(Box::new(source), options)
+            inside(&file, root)?;
+            Ok(Box::new(
+                FileSource::open_with(&file, direct_io)?.copy_from_map(mmap),
+            ))
+        };
+        Deserializer::open_source(Box::new(source), Some(&open_shard), options)
+    }
+
+    /// The one way every source is opened: its first bytes, read through a read-ahead
+    /// window that then serves the header, tell a sharded checkpoint's index (its shards
+    /// opened by `open_shard`, where the kind of source has a way to) from a file in any
+    /// format plaid reads.
+    fn open_source(
+        source: Box<dyn Source>,
+        open_shard: Option<&ShardOpener<'_>>,
+        options: ReadOptions,
+    ) -> Result<Deserializer> {
+        let index = {
+            let ahead = ReadAhead::for_source(source.as_ref());
+            let mut prefix = vec![0u8; source.len().min(64) as usize];
+            read_exact(&ahead, 0, &mut prefix)?;
+            if format::safetensors::sniff_sharded(&prefix, source.len()) {
+                let Some(open_shard) = open_shard else {
+                    return Err(Error::Unsupported(format!(
+                        "{}: a sharded checkpoint's index names other files; open it by path, not as a source",
+                        source.name()
+                    )));
+                };
+                drop(ahead);
+                return Deserializer::open_sharded(source.as_ref(), open_shard, options);
+            }
+            format::read_index(&ahead)?
+        };
+        Deserializer::with_index(source, index, options)
     }
 
     #[cfg(feature = "remote")]
@@ -128,21 +163,11 @@ impl Deserializer {
         let location = Location::parse(url)?;
         let client = Client::new(&location, &options.storage)?;
         let source = client.open(&location)?;
-        let index = {
-            let ahead = ReadAhead::for_source(&source);
-            let mut prefix = vec![0u8; source.len().min(64) as usize];
-            read_exact(&ahead, 0, &mut prefix)?;
-            if format::safetensors::sniff_sharded(&prefix, source.len()) {
-                // The shards are resolved beside the index and read through its client.
-                let open_shard = |shard: &str| -> Result<Box<dyn Source>> {
-                    Ok(Box::new(client.open(&location.sibling(shard)?)?))
-                };
-                drop(ahead);
-                return Deserializer::open_sharded(&source, &open_shard, options);
-            }
-            format::read_index(&ahead)?
+        // The shards are resolved beside the index and read through its client.
+        let open_shard = |shard: &str| -> Result<Box<dyn Source>> {
+            Ok(Box::new(client.open(&location.sibling(shard)?)?))
         };
-        Deserializer::with_index(Box::new(source), index, options)
+        Deserializer::open_source(Box::new(source), Some(&open_shard), options)
     }
 
     #[cfg(not(feature = "remote"))]
@@ -158,7 +183,7 @@ impl Deserializer {
     /// tensors joined into one index.
     fn open_sharded(
         index_file: &dyn Source,
-        open_shard: &(dyn Fn(&str) -> Result<Box<dyn Source>> + Sync),
+        open_shard: &ShardOpener<'_>,
         options: ReadOptions,
     ) -> Result<Deserializer> {
         let mut bytes = crate::error::zeroed(index_file.len(), index_file.name())?;
@@ -204,25 +229,7 @@ impl Deserializer {
     /// A sharded checkpoint's index cannot be opened this way (a source is one file):
     /// [`Error::Unsupported`]. The file-only options (`mmap`, `direct_io`) do not apply.
     pub fn from_source(source: Box<dyn Source>, options: ReadOptions) -> Result<Deserializer> {
-        let mut prefix = vec![0u8; source.len().min(64) as usize];
-        let ahead = ReadAhead::for_source(source.as_ref());
-        read_exact(&ahead, 0, &mut prefix)?;
-        if format::safetensors::sniff_sharded(&prefix, source.len()) {
-            return Err(Error::Unsupported(format!(
-                "{}: a sharded checkpoint's index names other files; open it by path, not as a source",
-                source.name()
-            )));
-        }
-        let index = format::read_index(&ahead)?;
-        drop(ahead);
-        Deserializer::with_index(source, index, options)
-    }
-
-    /// A file `open` made a source of (not a sharded index): its header through the
-    /// read-ahead window, as [`Deserializer::from_source`] reads it.
-    fn from_file(source: Box<dyn Source>, options: ReadOptions) -> Result<Deserializer> {
-        let index = format::read_index(&ReadAhead::for_source(source.as_ref()))?;
-        Deserializer::with_index(source, index, options)
+        Deserializer::open_source(source, None, options)
     }
 
     fn with_index(
@@ -283,7 +290,7 @@ impl Deserializer {
             options,
             view_verified,
             zeros: OnceLock::new(),
-            sinks: Sinks::default(),
+            sinks: Sinks::new(crate::cuda::staging_sink),
         })
     }
 
@@ -392,7 +399,7 @@ impl Deserializer {
         pipeline::load(
             self.source.as_ref(),
             &self.index,
-            &self.options,
+            &self.options.load_settings(),
             &self.sinks,
             placement,
             progress,
@@ -404,24 +411,12 @@ impl Deserializer {
     /// with the key, every block is authenticated too. tensorizer's hashes cover the
     /// plaintext: its encrypted files need the key.
     pub fn verify(&self) -> Result<LoadStats> {
-        pipeline::verify_all(
-            self.source.as_ref(),
-            &self.index,
-            &self.options,
-            &|_| true,
-            None,
-        )
+        self.verify_tensors(&|_| true, None)
     }
 
     /// [`Deserializer::verify`], reporting progress as [`Deserializer::load_with_progress`].
     pub fn verify_with_progress(&self, progress: &ProgressFn<'_>) -> Result<LoadStats> {
-        pipeline::verify_all(
-            self.source.as_ref(),
-            &self.index,
-            &self.options,
-            &|_| true,
-            Some(progress),
-        )
+        self.verify_tensors(&|_| true, Some(progress))
     }
 
     /// [`Deserializer::verify_with_progress`] of the tensors `wanted` chooses only: the
@@ -434,7 +429,7 @@ impl Deserializer {
         pipeline::verify_all(
             self.source.as_ref(),
             &self.index,
-            &self.options,
+            &self.options.load_settings(),
             wanted,
             progress,
         )
@@ -551,9 +546,7 @@ impl Deserializer {
         for t in &self.index.tensors {
             let view = views(t)?;
             let size = match &view {
-                Some(view) => {
-                    Some(pipeline::Selection::resolve(t, view)?.map_or(t.nbytes, |s| s.dest_len()))
-                }
+                Some(view) => Some(pipeline::received(t, view)?.1),
                 None => None,
             };
             chosen.push(view);
@@ -585,8 +578,13 @@ impl Deserializer {
                 .filter(|(t, _)| !self.view_verified[t.index].load(Ordering::Acquire))
                 .map(|(t, bytes)| (t, &bytes[..t.stored_len() as usize]))
                 .collect();
-            pipeline::verify_lent(self.source.as_ref(), &self.index, &pending, &self.options)
-                .map_err(|e| self.mapped_error(e))?;
+            pipeline::verify_lent(
+                self.source.as_ref(),
+                &self.index,
+                &pending,
+                &self.options.load_settings(),
+            )
+            .map_err(|e| self.mapped_error(e))?;
             self.check_mapped()?;
             for (t, _) in pending {
                 self.view_verified[t.index].store(true, Ordering::Release);
@@ -613,7 +611,7 @@ impl Deserializer {
                 self.source.as_ref(),
                 &self.index,
                 &[(tensor, stored)],
-                &self.options,
+                &self.options.load_settings(),
             )
             .map_err(|e| self.mapped_error(e))?;
             self.view_verified[index].store(true, Ordering::Release);
@@ -672,22 +670,7 @@ impl Deserializer {
         if let Some(mut decrypt) =
             crate::crypto::Decrypt::of(self.name(), tensor, &self.options.secret)?
         {
-            // Whole chunks around the bytes wanted, authenticated and decrypted.
-            use crate::pipeline::Transform;
-            let unit = decrypt.unit();
-            let start = offset / unit * unit;
-            let end = (offset + buf.len() as u64)
-                .div_ceil(unit)
-                .saturating_mul(unit)
-                .min(tensor.nbytes);
-            let mut chunks =
-                crate::error::zeroed(end - start, format_args!("tensor '{}'", tensor.name))?;
-            read_exact(self.source.as_ref(), tensor.offset + start, &mut chunks)
-                .map_err(|e| e.in_tensor(&tensor.name))?;
-            decrypt.apply(start, &mut chunks)?;
-            let from = (offset - start) as usize;
-            buf.copy_from_slice(&chunks[from..from + buf.len()]);
-            return Ok(());
+            return decrypt.read(self.source.as_ref(), tensor, offset, buf);
         }
         read_exact(self.source.as_ref(), tensor.offset + offset, buf)
             .map_err(|e| e.in_tensor(&tensor.name))

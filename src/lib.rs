@@ -30,6 +30,34 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Floors
+//!
+//! The modules stand on floors: each imports only from the floors below its own, and
+//! modules sharing a floor import each other without a cycle (`tests/layers.rs` keeps this).
+//! From the top:
+//!
+//! ```text
+//! ffi
+//! convert
+//! serializer deserializer
+//! options
+//! remote cuda
+//! pipeline
+//! sink
+//! crypto
+//! format
+//! source
+//! dtype pool filter fs url
+//! error
+//! ```
+//!
+//! `remote` and `cuda` provide a source and a sink that nothing below them names: the
+//! deserializer hands the pipeline its sources and its device sinks. `options` stands
+//! above them (it holds their settings: `remote`'s [`StorageOptions`](options::StorageOptions),
+//! the `CUstream`) and above the pipeline, which takes only the settings the options give
+//! it. The serializer copies from a deserializer, so it stands beside it and takes it, never
+//! the other way round.
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -43,15 +71,15 @@ pub mod error;
 pub mod ffi;
 pub mod filter;
 pub mod format;
+mod fs;
 pub mod options;
-pub mod pipeline;
+mod pipeline;
 mod pool;
-#[cfg(feature = "remote")]
 pub mod remote;
 pub mod serializer;
 pub mod sink;
 pub mod source;
-pub mod url;
+mod url;
 
 pub use cuda::CudaArena;
 pub use deserializer::Deserializer;

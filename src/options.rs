@@ -7,10 +7,48 @@ use crate::error::{Error, Result};
 use crate::format::plaid::{
     DEFAULT_BLOCK_SIZE, MAX_ALIGNMENT, MAX_BLOCK_SIZE, MIN_ALIGNMENT, MIN_BLOCK_SIZE,
 };
+pub use crate::remote::StorageOptions;
 
 /// Default size of one read request of a local file (sources give their own in their
 /// hints, which the chunk size option overrides).
 pub const DEFAULT_CHUNK_SIZE: u64 = crate::source::LOCAL_REQUEST_BYTES;
+
+/// The public builder setters (`options.threads(8)?.verify(false)`), each over the in-place
+/// setter that does the work (`set_threads`), which the C API calls on its handle's options:
+/// one field set, nothing cloned. `fallible fn name / set_name(args);` makes
+/// `name(self, args) -> Result<Self>`; `fn name / set_name(args);` makes `name(self, args) ->
+/// Self`; `fn name / set_name(arg) => field;` makes both, the in-place one setting `field`.
+macro_rules! builders {
+    () => {};
+    ($(#[$doc:meta])* fn $name:ident / $set:ident ($arg:ident: $ty:ty) => $field:ident; $($rest:tt)*) => {
+        $(#[$doc])*
+        pub fn $name(mut self, $arg: $ty) -> Self {
+            self.$set($arg);
+            self
+        }
+        pub(crate) fn $set(&mut self, $arg: $ty) {
+            self.$field = $arg;
+        }
+        builders! { $($rest)* }
+    };
+    ($(#[$doc:meta])* fallible fn $name:ident / $set:ident ($($arg:ident: $ty:ty),*); $($rest:tt)*) => {
+        $(#[$doc])*
+        pub fn $name(mut self, $($arg: $ty),*) -> Result<Self> {
+            self.$set($($arg),*)?;
+            Ok(self)
+        }
+        builders! { $($rest)* }
+    };
+    ($(#[$doc:meta])* fn $name:ident / $set:ident ($($arg:ident: $ty:ty),*); $($rest:tt)*) => {
+        $(#[$doc])*
+        pub fn $name(mut self, $($arg: $ty),*) -> Self {
+            self.$set($($arg),*);
+            self
+        }
+        builders! { $($rest)* }
+    };
+}
+
 /// Smallest chunk size accepted.
 pub const MIN_CHUNK_SIZE: u64 = 4096;
 /// Largest chunk size accepted.
@@ -34,7 +72,7 @@ pub struct ReadOptions {
     /// CPU workers (threads verifying or copying at once); 0 picks one per core.
     pub(crate) threads: usize,
     /// Bytes per read request, rounded to whole checksum blocks; 0: the source's hint.
-    pub(crate) chunk_size: u64,
+    pub(crate) request_bytes: u64,
     /// Read requests kept in flight (I/O threads); 0: the source's hint.
     pub(crate) requests_in_flight: u32,
     /// Staging lanes (two pinned buffers each) per device; 0: one per request in flight.
@@ -68,7 +106,7 @@ impl Default for ReadOptions {
         ReadOptions {
             verify: true,
             threads: 0,
-            chunk_size: 0,
+            request_bytes: 0,
             requests_in_flight: 0,
             staging_lanes: 0,
             progress_interval: DEFAULT_PROGRESS_INTERVAL,
@@ -86,10 +124,95 @@ impl Default for ReadOptions {
 }
 
 impl ReadOptions {
-    /// Set a remote storage option ([`StorageOptions::set`]).
-    pub fn storage(mut self, key: &str, value: &str) -> Result<Self> {
+    builders! {
+        /// Set a remote storage option ([`StorageOptions::set`]).
+        fallible fn storage / set_storage(key: &str, value: &str);
+        /// Let the shards of a sharded checkpoint resolve (symlinks followed) anywhere inside
+        /// `root`, instead of only inside the index's folder (or, for a Hugging Face cache
+        /// snapshot, that model's cache folder).
+        fn shard_root / set_shard_root(root: impl Into<std::path::PathBuf>);
+        /// Decrypt encrypted tensors with `key` (32 bytes); `None` clears the key material.
+        /// A key of another length, or a key while a passphrase is set, is `InvalidArgument`.
+        /// With a key, every tensor loaded must be encrypted: one stored in the clear (with
+        /// stored bytes) is [`Error::Decrypt`], unless [`ReadOptions::allow_plaintext`]. The key
+        /// is zeroed in memory when the options (and every copy of them) are dropped.
+        fallible fn key / set_key(key: Option<&[u8]>);
+        /// Decrypt encrypted tensors with a key derived from `passphrase` (its bytes, as given)
+        /// with the salt and limits each tensor records (tensorizer's `from_string`: Argon2id);
+        /// `None` clears the key material. A passphrase while a key is set is
+        /// `InvalidArgument`. Derived keys are cached per salt and limits. As with a key, a
+        /// tensor stored in the clear is refused unless [`ReadOptions::allow_plaintext`]; a
+        /// derivation past [`ReadOptions::passphrase_limits`] is refused before it runs.
+        fallible fn passphrase / set_passphrase(passphrase: Option<&[u8]>);
+        /// With a key or a passphrase given, read tensors stored in the clear too (`true`)
+        /// instead of refusing them (`false`, the default). A mixed fleet's explicit choice:
+        /// a file in the clear is then protected by its CRCs only, against damage, not against
+        /// whoever can replace it (`docs/THREAT-MODEL.md`).
+        fn allow_plaintext / set_allow_plaintext(allow: bool);
+        /// Say where the key or passphrase came from (the CLI: "the environment's PLAID_KEY"),
+        /// so that the refusal of a file in the clear names it; `None` for the caller.
+        fn key_origin / set_key_origin(origin: Option<&str>);
+        /// The most a file's passphrase key derivation may cost this reader: `max_memory`
+        /// bytes (8 KiB to 4 GiB) and `max_passes` passes (1 to 64); anything else is
+        /// `InvalidArgument`. By default 1 GiB and 16 passes
+        /// ([`DEFAULT_READ_KDF_MEMORY`](crate::crypto::DEFAULT_READ_KDF_MEMORY),
+        /// [`DEFAULT_READ_KDF_PASSES`](crate::crypto::DEFAULT_READ_KDF_PASSES)): a file asking
+        /// for more is [`Error::Decrypt`] before any memory is taken, so that a hostile file
+        /// cannot cost minutes of CPU or gigabytes per open. Raise them for trusted files
+        /// written with stronger limits.
+        fallible fn passphrase_limits / set_passphrase_limits(max_memory: u64, max_passes: u64);
+        /// Turn verification on or off.
+        fn verify / set_verify(verify: bool) => verify;
+        /// With verification on, whether to check SHA-256 hashes where a file stores them
+        /// (tensorizer files store a CRC32 and a SHA-256 per tensor), not only its CRCs
+        /// (default on). SHA-256 runs at about 1.4 GB/s per core against 6 GB/s or more for a
+        /// CRC; either detects damage to the data, only SHA-256 a damaged stored SHA-256.
+        fn verify_sha256 / set_verify_sha256(on: bool) => verify_sha256;
+        /// Put the copies to device memory on the caller's `CUstream` (given as its address;
+        /// 0, the default, uses streams of plaid's own), so that the weights are ordered with
+        /// the caller's work on that stream. The stream must belong to the primary context of
+        /// the destinations' device and outlive the deserializer's loads.
+        fn cuda_stream / set_cuda_stream(stream: usize) => cuda_stream;
+        /// Set the number of CPU workers: how many threads verify or copy at once (0 = one
+        /// per core). Requests in flight are set apart ([`ReadOptions::requests_in_flight`]).
+        fallible fn threads / set_threads(threads: usize);
+        /// Set the request size: bytes per read (rounded to whole checksum blocks). By
+        /// default each source says (16 MiB for local files).
+        fallible fn chunk_size / set_chunk_size(bytes: u64);
+        /// Set how many read requests are kept in flight (each on an I/O thread of its own),
+        /// apart from the CPU workers; 0 (the default) takes the source's hint (one per core
+        /// for local files). Host memory read through is bounded by this times the request
+        /// size.
+        fallible fn requests_in_flight / set_requests_in_flight(requests: u32);
+        /// Set how many staging lanes (two pinned buffers of one request each) each device
+        /// gets; 0 (the default) gives one per request in flight.
+        fallible fn staging_lanes / set_staging_lanes(lanes: usize);
+        /// Set the least time between two progress reports (zero: after every chunk).
+        fn progress_interval / set_progress_interval(interval: Duration) => progress_interval;
+        /// Read local files with `O_DIRECT` (through per-thread aligned 8 MiB bounce buffers
+        /// where a destination is not page-aligned), falling back to buffered reads where the
+        /// file system refuses it. Off by default.
+        fn direct_io / set_direct_io(direct: bool) => direct_io;
+        /// Copy local files out of a memory map of the file (on by default) instead of
+        /// reading them with `pread`. The map is guarded: a file truncated while it is read
+        /// gives a [`crate::Error::Format`] error, never a `SIGBUS`. `O_DIRECT` reads, when
+        /// on, take precedence.
+        fn mmap / set_mmap(on: bool) => mmap;
+        /// With verification on, verify every tensor when the file is mapped for zero-copy
+        /// views ([`crate::Deserializer::map`]) rather than each tensor on its first view
+        /// (the default, which makes mapping take milliseconds whatever the file's size).
+        fn verify_views_up_front / set_verify_views_up_front(on: bool) => verify_views_up_front;
+        /// Ask for transparent huge pages (`MADV_HUGEPAGE`) for host memory that plaid
+        /// allocates ([`crate::Deserializer::load_to_host`]), as numpy does for its large
+        /// arrays. On by default: it made loads into fresh memory 1.4-3x faster (fewer page
+        /// faults). Where memory is fragmented the kernel may stall to compact it for each
+        /// huge page, which can cost more than it saves (see `BENCHMARKS.md`).
+        fn huge_pages / set_huge_pages(on: bool) => huge_pages;
+    }
+
+    pub(crate) fn set_storage(&mut self, key: &str, value: &str) -> Result<()> {
         self.storage.set(key, value)?;
-        Ok(self)
+        Ok(())
     }
 
     /// The remote storage options.
@@ -97,42 +220,22 @@ impl ReadOptions {
         &self.storage
     }
 
-    /// Let the shards of a sharded checkpoint resolve (symlinks followed) anywhere inside
-    /// `root`, instead of only inside the index's folder (or, for a Hugging Face cache
-    /// snapshot, that model's cache folder).
-    pub fn shard_root(mut self, root: impl Into<std::path::PathBuf>) -> Self {
+    pub(crate) fn set_shard_root(&mut self, root: impl Into<std::path::PathBuf>) {
         self.shard_root = Some(root.into());
-        self
     }
 
-    /// Decrypt encrypted tensors with `key` (32 bytes); `None` clears the key material.
-    /// A key of another length, or a key while a passphrase is set, is `InvalidArgument`.
-    /// With a key, every tensor loaded must be encrypted: one stored in the clear (with
-    /// stored bytes) is [`Error::Decrypt`], unless [`ReadOptions::allow_plaintext`]. The key
-    /// is zeroed in memory when the options (and every copy of them) are dropped.
-    pub fn key(mut self, key: Option<&[u8]>) -> Result<Self> {
+    pub(crate) fn set_key(&mut self, key: Option<&[u8]>) -> Result<()> {
         self.secret.set_key(key)?;
-        Ok(self)
+        Ok(())
     }
 
-    /// Decrypt encrypted tensors with a key derived from `passphrase` (its bytes, as given)
-    /// with the salt and limits each tensor records (tensorizer's `from_string`: Argon2id);
-    /// `None` clears the key material. A passphrase while a key is set is
-    /// `InvalidArgument`. Derived keys are cached per salt and limits. As with a key, a
-    /// tensor stored in the clear is refused unless [`ReadOptions::allow_plaintext`]; a
-    /// derivation past [`ReadOptions::passphrase_limits`] is refused before it runs.
-    pub fn passphrase(mut self, passphrase: Option<&[u8]>) -> Result<Self> {
+    pub(crate) fn set_passphrase(&mut self, passphrase: Option<&[u8]>) -> Result<()> {
         self.secret.set_passphrase(passphrase)?;
-        Ok(self)
+        Ok(())
     }
 
-    /// With a key or a passphrase given, read tensors stored in the clear too (`true`)
-    /// instead of refusing them (`false`, the default). A mixed fleet's explicit choice:
-    /// a file in the clear is then protected by its CRCs only, against damage, not against
-    /// whoever can replace it (`docs/THREAT-MODEL.md`).
-    pub fn allow_plaintext(mut self, allow: bool) -> Self {
+    pub(crate) fn set_allow_plaintext(&mut self, allow: bool) {
         self.secret.set_allow_plaintext(allow);
-        self
     }
 
     /// Whether tensors stored in the clear are read despite a key or passphrase.
@@ -140,24 +243,13 @@ impl ReadOptions {
         self.secret.allows_plaintext()
     }
 
-    /// Say where the key or passphrase came from (the CLI: "the environment's PLAID_KEY"),
-    /// so that the refusal of a file in the clear names it; `None` for the caller.
-    pub fn key_origin(mut self, origin: Option<&str>) -> Self {
+    pub(crate) fn set_key_origin(&mut self, origin: Option<&str>) {
         self.secret.set_origin(origin);
-        self
     }
 
-    /// The most a file's passphrase key derivation may cost this reader: `max_memory`
-    /// bytes (8 KiB to 4 GiB) and `max_passes` passes (1 to 64); anything else is
-    /// `InvalidArgument`. By default 1 GiB and 16 passes
-    /// ([`DEFAULT_READ_KDF_MEMORY`](crate::crypto::DEFAULT_READ_KDF_MEMORY),
-    /// [`DEFAULT_READ_KDF_PASSES`](crate::crypto::DEFAULT_READ_KDF_PASSES)): a file asking
-    /// for more is [`Error::Decrypt`] before any memory is taken, so that a hostile file
-    /// cannot cost minutes of CPU or gigabytes per open. Raise them for trusted files
-    /// written with stronger limits.
-    pub fn passphrase_limits(mut self, max_memory: u64, max_passes: u64) -> Result<Self> {
+    pub(crate) fn set_passphrase_limits(&mut self, max_memory: u64, max_passes: u64) -> Result<()> {
         self.secret.set_kdf_limits(max_memory, max_passes)?;
-        Ok(self)
+        Ok(())
     }
 
     /// The most memory (bytes) and passes a file's key derivation may take.
@@ -165,78 +257,39 @@ impl ReadOptions {
         self.secret.kdf_limits()
     }
 
-    /// Turn verification on or off.
-    pub fn verify(mut self, verify: bool) -> Self {
-        self.verify = verify;
-        self
-    }
-
-    /// With verification on, whether to check SHA-256 hashes where a file stores them
-    /// (tensorizer files store a CRC32 and a SHA-256 per tensor), not only its CRCs
-    /// (default on). SHA-256 runs at about 1.4 GB/s per core against 6 GB/s or more for a
-    /// CRC; either detects damage to the data, only SHA-256 a damaged stored SHA-256.
-    pub fn verify_sha256(mut self, on: bool) -> Self {
-        self.verify_sha256 = on;
-        self
-    }
-
-    /// Put the copies to device memory on the caller's `CUstream` (given as its address;
-    /// 0, the default, uses streams of plaid's own), so that the weights are ordered with
-    /// the caller's work on that stream. The stream must belong to the primary context of
-    /// the destinations' device and outlive the deserializer's loads.
-    pub fn cuda_stream(mut self, stream: usize) -> Self {
-        self.cuda_stream = stream;
-        self
-    }
-
-    /// Whether SHA-256 hashes are checked (with verification on).
-    pub fn verifies_sha256(&self) -> bool {
-        self.verify_sha256
-    }
-
-    /// Set the number of CPU workers: how many threads verify or copy at once (0 = one
-    /// per core). Requests in flight are set apart ([`ReadOptions::requests_in_flight`]).
-    pub fn threads(mut self, threads: usize) -> Result<Self> {
+    pub(crate) fn set_threads(&mut self, threads: usize) -> Result<()> {
         self.threads = check_threads(threads)?;
-        Ok(self)
+        Ok(())
     }
 
-    /// Set the request size: bytes per read (rounded to whole checksum blocks). By
-    /// default each source says (16 MiB for local files).
-    pub fn chunk_size(mut self, bytes: u64) -> Result<Self> {
+    pub(crate) fn set_chunk_size(&mut self, bytes: u64) -> Result<()> {
         if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&bytes) {
             return Err(Error::invalid(format!(
                 "chunk size {bytes} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}"
             )));
         }
-        self.chunk_size = bytes;
-        Ok(self)
+        self.request_bytes = bytes;
+        Ok(())
     }
 
-    /// Set how many read requests are kept in flight (each on an I/O thread of its own),
-    /// apart from the CPU workers; 0 (the default) takes the source's hint (one per core
-    /// for local files). Host memory read through is bounded by this times the request
-    /// size.
-    pub fn requests_in_flight(mut self, requests: u32) -> Result<Self> {
+    pub(crate) fn set_requests_in_flight(&mut self, requests: u32) -> Result<()> {
         if requests > MAX_IN_FLIGHT {
             return Err(Error::invalid(format!(
                 "{requests} requests in flight exceed the limit of {MAX_IN_FLIGHT}"
             )));
         }
         self.requests_in_flight = requests;
-        Ok(self)
+        Ok(())
     }
 
-    /// Set how many staging lanes (two pinned buffers of one request each) each device
-    /// gets; 0 (the default) gives one per request in flight.
-    pub fn staging_lanes(mut self, lanes: usize) -> Result<Self> {
+    pub(crate) fn set_staging_lanes(&mut self, lanes: usize) -> Result<()> {
         if lanes > MAX_STAGING_LANES {
             return Err(Error::invalid(format!(
                 "{lanes} staging lanes exceed the limit of {MAX_STAGING_LANES}"
             )));
         }
         self.staging_lanes = lanes;
-        Ok(self)
+        Ok(())
     }
 
     /// Requests kept in flight (0: the source's hint).
@@ -249,55 +302,9 @@ impl ReadOptions {
         self.staging_lanes
     }
 
-    /// Set the least time between two progress reports (zero: after every chunk).
-    pub fn progress_interval(mut self, interval: Duration) -> Self {
-        self.progress_interval = interval;
-        self
-    }
-
-    /// The least time between two progress reports.
-    pub fn progress_every(&self) -> Duration {
-        self.progress_interval
-    }
-
-    /// Read local files with `O_DIRECT` (through per-thread aligned 8 MiB bounce buffers
-    /// where a destination is not page-aligned), falling back to buffered reads where the
-    /// file system refuses it. Off by default.
-    pub fn direct_io(mut self, direct: bool) -> Self {
-        self.direct_io = direct;
-        self
-    }
-
-    /// Copy local files out of a memory map of the file (on by default) instead of
-    /// reading them with `pread`. The map is guarded: a file truncated while it is read
-    /// gives a [`crate::Error::Format`] error, never a `SIGBUS`. `O_DIRECT` reads, when
-    /// on, take precedence.
-    pub fn mmap(mut self, on: bool) -> Self {
-        self.mmap = on;
-        self
-    }
-
     /// Whether local files are copied out of a memory map.
     pub fn uses_mmap(&self) -> bool {
         self.mmap
-    }
-
-    /// With verification on, verify every tensor when the file is mapped for zero-copy
-    /// views ([`crate::Deserializer::map`]) rather than each tensor on its first view
-    /// (the default, which makes mapping take milliseconds whatever the file's size).
-    pub fn verify_views_up_front(mut self, on: bool) -> Self {
-        self.verify_views_up_front = on;
-        self
-    }
-
-    /// Ask for transparent huge pages (`MADV_HUGEPAGE`) for host memory that plaid
-    /// allocates ([`crate::Deserializer::load_to_host`]), as numpy does for its large
-    /// arrays. On by default: it made loads into fresh memory 1.4-3x faster (fewer page
-    /// faults). Where memory is fragmented the kernel may stall to compact it for each
-    /// huge page, which can cost more than it saves (see `BENCHMARKS.md`).
-    pub fn huge_pages(mut self, on: bool) -> Self {
-        self.huge_pages = on;
-        self
     }
 
     /// Whether host memory plaid allocates asks for huge pages.
@@ -327,12 +334,29 @@ impl ReadOptions {
 
     /// Bytes per read request (0: each source's own request size).
     pub fn chunk_bytes(&self) -> u64 {
-        self.chunk_size
+        self.request_bytes
     }
 
     /// The number of workers to run.
     pub(crate) fn worker_threads(&self) -> usize {
         resolve_threads(self.threads)
+    }
+
+    /// What the load pipeline takes from these options.
+    pub(crate) fn load_settings(&self) -> crate::pipeline::Settings<'_> {
+        crate::pipeline::Settings {
+            verify: crate::pipeline::Verify {
+                on: self.verify,
+                sha256: self.verify_sha256,
+            },
+            cpu_workers: self.worker_threads(),
+            request_bytes: self.request_bytes,
+            requests_in_flight: self.requests_in_flight,
+            staging_lanes: self.staging_lanes,
+            progress_interval: self.progress_interval,
+            cuda_stream: self.cuda_stream,
+            secret: &self.secret,
+        }
     }
 }
 
@@ -381,38 +405,82 @@ impl Default for WriteOptions {
 }
 
 impl WriteOptions {
-    /// Set the data alignment.
-    pub fn alignment(mut self, bytes: u64) -> Result<Self> {
+    builders! {
+        /// Set the data alignment.
+        fallible fn alignment / set_alignment(bytes: u64);
+        /// Set the checksum block size.
+        fallible fn checksum_block_size / set_checksum_block_size(bytes: u64);
+        /// Set the checksum thread count (0 = one per core).
+        fallible fn threads / set_threads(threads: usize);
+        /// Set a remote storage option ([`StorageOptions::set`]).
+        fallible fn storage / set_storage(key: &str, value: &str);
+        /// Encrypt the tensor data with `key` (32 bytes): AEGIS-256X4 or AES-256-GCM
+        /// ([`WriteOptions::cipher`]) under a key of the file's own (`docs/FORMAT.md` section
+        /// 13); `None` clears the key material. A key of another
+        /// length, or a key while a passphrase is set, is `InvalidArgument`. The key is zeroed
+        /// in memory when the options (and every copy of them) are dropped.
+        fallible fn key / set_key(key: Option<&[u8]>);
+        /// Encrypt the tensor data with a key derived from `passphrase` (its bytes, as given)
+        /// by Argon2id with a fresh salt and the limits of [`WriteOptions::passphrase_limits`]
+        /// (by default 3 passes over 256 MiB, libsodium's and tensorizer's `MODERATE`);
+        /// `None` clears the key material. A passphrase while a key is set is
+        /// `InvalidArgument`.
+        fallible fn passphrase / set_passphrase(passphrase: Option<&[u8]>);
+        /// Derive the passphrase's key with `salt` (16 bytes) for every file written, instead
+        /// of a fresh salt per file: what tensorizer's `EncryptionParams.from_string(salt=...)`
+        /// does, so the key can be derived once and reused. A plaid file still draws its own
+        /// per-file key salt (the file key differs per file); a tensorizer file records this
+        /// salt. `None` goes back to fresh salts; another length is `InvalidArgument`.
+        fallible fn passphrase_salt / set_passphrase_salt(salt: Option<&[u8]>);
+        /// Set the cost of deriving a key from a passphrase: Argon2id `passes` (1 to 64) over
+        /// `memory` bytes (a multiple of 1024, 8 KiB to 4 GiB). Below the defaults only for
+        /// tests: the cost is what stands between a stolen file and a guessed passphrase.
+        /// Above what readers take by default (1 GiB, 16 passes) a file cannot be read until
+        /// its readers raise their limits, so a writer refuses such limits when it writes
+        /// unless [`WriteOptions::kdf_above_read_limits`] says so.
+        fallible fn passphrase_limits / set_passphrase_limits(passes: u64, memory: u64);
+        /// Allow passphrase limits above what readers take by default (1 GiB, 16 passes):
+        /// files that every reader must open with raised limits
+        /// ([`ReadOptions::passphrase_limits`]).
+        fn kdf_above_read_limits / set_kdf_above_read_limits(allow: bool) => kdf_above_read_limits;
+        /// The cipher that encrypts the data when a key or a passphrase is set:
+        /// [`CIPHER_AEGIS_256X4`](crate::format::plaid::CIPHER_AEGIS_256X4) (the default,
+        /// about four times as fast to decrypt here) or
+        /// [`CIPHER_AES_256_GCM`](crate::format::plaid::CIPHER_AES_256_GCM) (for deployments
+        /// that must use a NIST cipher); any other value is `InvalidArgument`.
+        fallible fn cipher / set_cipher(cipher: u32);
+        /// Turn `fsync` on or off.
+        fn sync / set_sync(sync: bool) => sync;
+    }
+
+    pub(crate) fn set_alignment(&mut self, bytes: u64) -> Result<()> {
         if !bytes.is_power_of_two() || !(MIN_ALIGNMENT..=MAX_ALIGNMENT).contains(&bytes) {
             return Err(Error::invalid(format!(
                 "alignment {bytes} is not a power of two between {MIN_ALIGNMENT} and {MAX_ALIGNMENT}"
             )));
         }
         self.alignment = bytes;
-        Ok(self)
+        Ok(())
     }
 
-    /// Set the checksum block size.
-    pub fn checksum_block_size(mut self, bytes: u64) -> Result<Self> {
+    pub(crate) fn set_checksum_block_size(&mut self, bytes: u64) -> Result<()> {
         if !bytes.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bytes) {
             return Err(Error::invalid(format!(
                 "checksum block size {bytes} is not a power of two between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}"
             )));
         }
         self.checksum_block_size = bytes;
-        Ok(self)
+        Ok(())
     }
 
-    /// Set the checksum thread count (0 = one per core).
-    pub fn threads(mut self, threads: usize) -> Result<Self> {
+    pub(crate) fn set_threads(&mut self, threads: usize) -> Result<()> {
         self.threads = check_threads(threads)?;
-        Ok(self)
+        Ok(())
     }
 
-    /// Set a remote storage option ([`StorageOptions::set`]).
-    pub fn storage(mut self, key: &str, value: &str) -> Result<Self> {
+    pub(crate) fn set_storage(&mut self, key: &str, value: &str) -> Result<()> {
         self.storage.set(key, value)?;
-        Ok(self)
+        Ok(())
     }
 
     /// The remote storage options.
@@ -420,65 +488,37 @@ impl WriteOptions {
         &self.storage
     }
 
-    /// Encrypt the tensor data with `key` (32 bytes): AEGIS-256X4 or AES-256-GCM
-    /// ([`WriteOptions::cipher`]) under a key of the file's own (`docs/FORMAT.md` section
-    /// 13); `None` clears the key material. A key of another
-    /// length, or a key while a passphrase is set, is `InvalidArgument`. The key is zeroed
-    /// in memory when the options (and every copy of them) are dropped.
-    pub fn key(mut self, key: Option<&[u8]>) -> Result<Self> {
+    pub(crate) fn set_key(&mut self, key: Option<&[u8]>) -> Result<()> {
         self.secret.set_key(key)?;
-        Ok(self)
+        Ok(())
     }
 
-    /// Encrypt the tensor data with a key derived from `passphrase` (its bytes, as given)
-    /// by Argon2id with a fresh salt and the limits of [`WriteOptions::passphrase_limits`]
-    /// (by default 3 passes over 256 MiB, libsodium's and tensorizer's `MODERATE`);
-    /// `None` clears the key material. A passphrase while a key is set is
-    /// `InvalidArgument`.
-    pub fn passphrase(mut self, passphrase: Option<&[u8]>) -> Result<Self> {
+    pub(crate) fn set_passphrase(&mut self, passphrase: Option<&[u8]>) -> Result<()> {
         self.secret.set_passphrase(passphrase)?;
-        Ok(self)
+        Ok(())
     }
 
-    /// Derive the passphrase's key with `salt` (16 bytes) for every file written, instead
-    /// of a fresh salt per file: what tensorizer's `EncryptionParams.from_string(salt=...)`
-    /// does, so the key can be derived once and reused. A plaid file still draws its own
-    /// per-file key salt (the file key differs per file); a tensorizer file records this
-    /// salt. `None` goes back to fresh salts; another length is `InvalidArgument`.
-    pub fn passphrase_salt(mut self, salt: Option<&[u8]>) -> Result<Self> {
+    pub(crate) fn set_passphrase_salt(&mut self, salt: Option<&[u8]>) -> Result<()> {
         self.secret.set_salt(salt)?;
-        Ok(self)
+        Ok(())
     }
 
-    /// Set the cost of deriving a key from a passphrase: Argon2id `passes` (1 to 64) over
-    /// `memory` bytes (a multiple of 1024, 8 KiB to 4 GiB). Below the defaults only for
-    /// tests: the cost is what stands between a stolen file and a guessed passphrase.
-    /// Above what readers take by default (1 GiB, 16 passes) a file cannot be read until
-    /// its readers raise their limits, so a writer refuses such limits when it writes
-    /// unless [`WriteOptions::kdf_above_read_limits`] says so.
-    pub fn passphrase_limits(mut self, passes: u64, memory: u64) -> Result<Self> {
-        if !(1..=crate::crypto::MAX_KDF_PASSES).contains(&passes)
+    pub(crate) fn set_passphrase_limits(&mut self, passes: u64, memory: u64) -> Result<()> {
+        if !(1..=crate::format::plaid::MAX_KDF_PASSES).contains(&passes)
             || !memory.is_multiple_of(1024)
-            || !(crate::crypto::MIN_KDF_MEMORY..=crate::crypto::MAX_KDF_MEMORY).contains(&memory)
+            || !(crate::format::plaid::MIN_KDF_MEMORY..=crate::format::plaid::MAX_KDF_MEMORY)
+                .contains(&memory)
         {
             return Err(Error::invalid(format!(
                 "{passes} passes over {memory} bytes: passes are 1 to {}, memory a multiple of 1024 from {} to {} bytes",
-                crate::crypto::MAX_KDF_PASSES,
-                crate::crypto::MIN_KDF_MEMORY,
-                crate::crypto::MAX_KDF_MEMORY
+                crate::format::plaid::MAX_KDF_PASSES,
+                crate::format::plaid::MIN_KDF_MEMORY,
+                crate::format::plaid::MAX_KDF_MEMORY
             )));
         }
         self.kdf_passes = passes;
         self.kdf_memory = memory;
-        Ok(self)
-    }
-
-    /// Allow passphrase limits above what readers take by default (1 GiB, 16 passes):
-    /// files that every reader must open with raised limits
-    /// ([`ReadOptions::passphrase_limits`]).
-    pub fn kdf_above_read_limits(mut self, allow: bool) -> Self {
-        self.kdf_above_read_limits = allow;
-        self
+        Ok(())
     }
 
     /// The passes and memory of a passphrase's key derivation, checked against what
@@ -500,12 +540,7 @@ impl WriteOptions {
         Ok((self.kdf_passes, self.kdf_memory))
     }
 
-    /// The cipher that encrypts the data when a key or a passphrase is set:
-    /// [`CIPHER_AEGIS_256X4`](crate::format::plaid::CIPHER_AEGIS_256X4) (the default,
-    /// about four times as fast to decrypt here) or
-    /// [`CIPHER_AES_256_GCM`](crate::format::plaid::CIPHER_AES_256_GCM) (for deployments
-    /// that must use a NIST cipher); any other value is `InvalidArgument`.
-    pub fn cipher(mut self, cipher: u32) -> Result<Self> {
+    pub(crate) fn set_cipher(&mut self, cipher: u32) -> Result<()> {
         use crate::format::plaid::{CIPHER_AEGIS_256X4, CIPHER_AES_256_GCM};
         if cipher != CIPHER_AES_256_GCM && cipher != CIPHER_AEGIS_256X4 {
             return Err(Error::invalid(format!(
@@ -513,18 +548,12 @@ impl WriteOptions {
             )));
         }
         self.cipher = cipher;
-        Ok(self)
+        Ok(())
     }
 
     /// Whether the data will be encrypted (a key or a passphrase is set).
     pub fn encrypts(&self) -> bool {
         self.secret.is_set()
-    }
-
-    /// Turn `fsync` on or off.
-    pub fn sync(mut self, sync: bool) -> Self {
-        self.sync = sync;
-        self
     }
 
     /// The data alignment.
@@ -558,63 +587,4 @@ fn check_threads(threads: usize) -> Result<usize> {
 
 fn resolve_threads(threads: usize) -> usize {
     crate::pool::threads_or_cores(threads)
-}
-
-/// Configuration of remote storage (`s3://`, `gs://`, `az://`, `http(s)://`), as
-/// `object_store`-style key/value pairs (`aws_region`, `aws_endpoint`, `timeout`,
-/// `google_service_account`, `azure_storage_account_name`, ...) and a few of plaid's own
-/// (`max_retries`, `retry_timeout`, `aws_profile`, `aws_ca_bundle`, `upload_part_size`,
-/// `upload_parts_in_flight`). Values set here take precedence over the environment. Keys are
-/// checked when set; values when a URL is opened. `Debug` never shows a value.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct StorageOptions {
-    pairs: Vec<(String, String)>,
-}
-
-impl std::fmt::Debug for StorageOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.pairs.iter().map(|(k, _)| k))
-            .finish()
-    }
-}
-
-impl StorageOptions {
-    /// Set `key` to `value`, replacing an earlier value of the same key. An unknown key is
-    /// [`Error::InvalidArgument`] naming it; in a build without remote storage every key is
-    /// [`Error::Unsupported`].
-    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        let key = key.trim().to_ascii_lowercase();
-        check_storage_key(&key)?;
-        match self.pairs.iter_mut().find(|(k, _)| *k == key) {
-            Some(pair) => pair.1 = value.to_owned(),
-            None => self.pairs.push((key, value.to_owned())),
-        }
-        Ok(())
-    }
-
-    /// The value of `key`, if set.
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Every key and value, in the order first set.
-    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-}
-
-#[cfg(feature = "remote")]
-fn check_storage_key(key: &str) -> Result<()> {
-    crate::remote::check_key(key)
-}
-
-#[cfg(not(feature = "remote"))]
-fn check_storage_key(key: &str) -> Result<()> {
-    Err(Error::Unsupported(format!(
-        "storage option '{key}': this build of plaid has no remote storage (the `remote` feature is off)"
-    )))
 }

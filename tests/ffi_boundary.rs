@@ -1,5 +1,5 @@
-//! Every exported function must run its body inside the boundary helper, so that no
-//! panic unwinds into C and every error sets the thread's message.
+//! Every exported function's body must be one `ffi_boundary!` (src/ffi/boundary.rs), so
+//! that no panic unwinds into C and every error sets the thread's message.
 
 use std::path::Path;
 
@@ -34,6 +34,27 @@ fn exported_bodies(source: &str) -> Vec<(String, String)> {
     found
 }
 
+/// The macros that are a whole export body, each made of one `ffi_boundary!`.
+const BODY_MACROS: [&str; 2] = ["set_option", "free_handle"];
+
+/// The text after the group that `text` starts with (`{ ... }` or `( ... )`, balanced).
+fn after_group(text: &str, open: char, close: char) -> &str {
+    let mut depth = 0;
+    for (i, c) in text.char_indices() {
+        match c {
+            c if c == open => depth += 1,
+            c if c == close => {
+                depth -= 1;
+                if depth == 0 {
+                    return &text[i + 1..];
+                }
+            }
+            _ => {}
+        }
+    }
+    panic!("unbalanced {open}{close}: {text}");
+}
+
 #[test]
 fn every_export_goes_through_the_boundary() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/ffi");
@@ -45,23 +66,51 @@ fn every_export_goes_through_the_boundary() {
             if name.is_empty() {
                 continue; // a function-pointer type such as `plaid_place_fn`
             }
-            // The first statement, after any comment (a SAFETY comment may come first).
-            let first = body
+            // The whole body is one `ffi_boundary!` (after any comment): nothing runs
+            // before it, nothing after it.
+            let code = body
                 .lines()
                 .map(str::trim_start)
-                .find(|l| !l.starts_with("//"))
-                .unwrap_or("");
-            let guarded =
-                first.starts_with("boundary::status(") || first.starts_with("boundary::value(");
+                .skip_while(|l| l.starts_with("//"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            // `set_option!` and `free_handle!` (src/ffi/mod.rs) are `ffi_boundary!`s.
+            let after = if let Some(rest) = BODY_MACROS
+                .iter()
+                .find_map(|m| code.strip_prefix(&format!("{m}!")))
+            {
+                after_group(rest, '(', ')')
+            } else {
+                assert!(
+                    code.starts_with("ffi_boundary! {"),
+                    "{}: `{name}` does not start with ffi_boundary!",
+                    path.display()
+                );
+                after_group(&code["ffi_boundary! ".len()..], '{', '}')
+            };
             assert!(
-                guarded,
-                "{}: `{name}` does not start with the boundary helper",
-                path.display()
+                after.trim_start().starts_with('}'),
+                "{}: `{name}` does something after its ffi_boundary!: {}",
+                path.display(),
+                &after[..after.len().min(80)]
             );
             exported.push(name);
         }
     }
-    // Every function in the header is one of them, and vice versa.
+    // `set_option!` and `free_handle!` are each one `ffi_boundary!`.
+    let ffi = std::fs::read_to_string(dir.join("mod.rs")).unwrap();
+    for m in BODY_MACROS {
+        let definition = ffi
+            .split_once(&format!("macro_rules! {m} {{"))
+            .unwrap_or_else(|| panic!("{m}! is not defined in src/ffi/mod.rs"))
+            .1;
+        let arm = definition.split_once("=>").unwrap().1.trim_start();
+        assert!(
+            arm.starts_with("{\n        ffi_boundary! {"),
+            "{m}! must expand to one ffi_boundary!"
+        );
+    }
+    // Every function in the header is one of them, and vice versa.    // Every function in the header is one of them, and vice versa.
     let header =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("include/plaid.h"))
             .unwrap();

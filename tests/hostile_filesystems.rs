@@ -294,6 +294,24 @@ fn contents(path: &Path) -> Option<Vec<Vec<u8>>> {
     common::load_all(&d).ok()
 }
 
+/// The writer of `writers_killed_at_random_points_leave_the_old_file_or_the_new_one`, run
+/// in a child process: convert one file to plaid's format over another.
+#[test]
+#[ignore = "run as a child process by writers_killed_at_random_points_leave_the_old_file_or_the_new_one"]
+fn convert_in_a_child() {
+    let from = std::env::var_os("PLAID_CHILD_CONVERT_FROM").expect("run by its parent test");
+    let to = std::env::var_os("PLAID_CHILD_CONVERT_TO").unwrap();
+    let source = Deserializer::open(&from, ReadOptions::default()).unwrap();
+    plaid::convert::to_format(
+        &source,
+        Path::new(&to),
+        "plaid",
+        WriteOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+}
+
 #[test]
 fn writers_killed_at_random_points_leave_the_old_file_or_the_new_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -314,11 +332,17 @@ fn writers_killed_at_random_points_leave_the_old_file_or_the_new_one() {
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
     let target = out.join("model.plaid");
+    // Each writer is a child process: this test binary running `convert_in_a_child`.
     let convert = |k: usize| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_plaid"))
-            .arg("convert")
-            .arg(&sources[k].0)
-            .arg(&target)
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "convert_in_a_child",
+                "--test-threads=1",
+            ])
+            .env("PLAID_CHILD_CONVERT_FROM", &sources[k].0)
+            .env("PLAID_CHILD_CONVERT_TO", &target)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -376,6 +376,12 @@ impl Drop for Lane {
     }
 }
 
+/// The sink of CUDA device `ordinal`, copying on `stream` (0: streams of its own): what a
+/// deserializer's [`crate::sink::Sinks`] makes on a load's first tensor for that device.
+pub(crate) fn staging_sink(ordinal: i32, stream: usize) -> Result<Arc<dyn crate::sink::Sink>> {
+    Ok(Arc::new(StagingPool::new(ordinal, stream)?))
+}
+
 /// The sink of one device ([`crate::sink::Sink`]): staging lanes of two pinned buffers
 /// each, taken by an I/O thread for one job (as its writer) and given back, kept between
 /// loads.

@@ -1,6 +1,25 @@
 //! The one boundary every exported function goes through: no panic crosses into C, and
 //! every error becomes a status code plus a thread-local message.
 
+/// The body of every exported function: no panic crosses into C, and every error becomes a
+/// status code plus the thread's message. In the style of rustls-ffi's in-body
+/// `ffi_panic_boundary!`: the signature stays plain Rust, for cbindgen, and the body goes
+/// inside.
+///
+/// `ffi_boundary! { statements }`: the statements end in a `Result<()>`; `Ok` is
+/// `PLAID_OK`, an error its status (and message), a panic `PLAID_ERR_PANIC`.
+///
+/// `ffi_boundary! { on_panic = fallback; statements }`: the statements end in the
+/// function's value; a panic returns `fallback` (and sets the message).
+macro_rules! ffi_boundary {
+    (on_panic = $fallback:expr; $($body:tt)*) => {
+        $crate::ffi::boundary::value($fallback, || { $($body)* })
+    };
+    ($($body:tt)*) => {
+        $crate::ffi::boundary::status(|| { $($body)* })
+    };
+}
+
 use std::any::Any;
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -5,9 +5,7 @@ use std::ffi::c_char;
 use super::read_options::plaid_read_options;
 use super::status::plaid_status;
 use super::write_options::plaid_write_options;
-use super::{boundary, c_str};
 use crate::deserializer::Deserializer;
-use crate::options::{ReadOptions, WriteOptions};
 
 /// Convert the file at `input` (plaid, safetensors, a sharded checkpoint's index, or
 /// tensorizer, detected from its bytes; a path or a URL) to `format` at `output`:
@@ -30,11 +28,11 @@ pub unsafe extern "C" fn plaid_convert(
     output: *const c_char,
     format: *const c_char,
 ) -> plaid_status {
-    boundary::status(|| {
+    ffi_boundary! {
         // SAFETY: the pointers are as `convert` requires, by this function's `# Safety`;
         // NULL options are the defaults.
         unsafe { convert(input, output, format, std::ptr::null(), std::ptr::null()) }
-    })
+    }
 }
 
 /// `plaid_convert` with options: `read` opens the input (NULL: the defaults), with the
@@ -56,8 +54,10 @@ pub unsafe extern "C" fn plaid_convert_with(
     read: *const plaid_read_options,
     write: *const plaid_write_options,
 ) -> plaid_status {
-    // SAFETY: the pointers are as `convert` requires, by this function's `# Safety`.
-    boundary::status(|| unsafe { convert(input, output, format, read, write) })
+    ffi_boundary! {
+        // SAFETY: the pointers are as `convert` requires, by this function's `# Safety`.
+        unsafe { convert(input, output, format, read, write) }
+    }
 }
 
 /// Both conversions.
@@ -71,20 +71,14 @@ unsafe fn convert(
     read: *const plaid_read_options,
     write: *const plaid_write_options,
 ) -> crate::Result<()> {
-    // SAFETY: `input` and `output` are NULL (refused) or NUL-terminated strings, as this
-    // function's `# Safety` requires.
-    let (input, output) = unsafe { (c_str(input, "input")?, c_str(output, "output")?) };
+    let (input, output) = (c_str!(input, "input")?, c_str!(output, "output")?);
     let format = if format.is_null() {
         None
     } else {
-        // SAFETY: `format` is NULL (refused) or a NUL-terminated string, as this function's
-        // `# Safety` requires.
-        Some(unsafe { c_str(format, "format") }?)
+        Some(c_str!(format, "format")?)
     };
-    // SAFETY: NULL or live handles, as this function's `# Safety` requires.
-    let read = unsafe { read.as_ref() }.map_or_else(ReadOptions::default, |o| o.inner.clone());
-    // SAFETY: as above.
-    let write = unsafe { write.as_ref() }.map_or_else(WriteOptions::default, |o| o.inner.clone());
+    let read = options_or_default!(read);
+    let write = options_or_default!(write);
     let format = format.unwrap_or(if output.ends_with(".safetensors") {
         "safetensors"
     } else if output.ends_with(".tensors") {

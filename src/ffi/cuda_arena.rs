@@ -1,7 +1,6 @@
 //! `plaid_cuda_arena`: tensors loaded into device memory that plaid allocated.
 
 use super::status::plaid_status;
-use super::{boundary, handle, out_ptr, release};
 use crate::cuda::CudaArena;
 use crate::error::Error;
 
@@ -26,23 +25,18 @@ pub unsafe extern "C" fn plaid_cuda_arena_tensor(
     address: *mut u64,
     nbytes: *mut u64,
 ) -> plaid_status {
-    boundary::status(|| {
-        out_ptr(address, "address")?;
-        out_ptr(nbytes, "nbytes")?;
-        // SAFETY: `arena` is NULL (refused) or a live handle, as this function's `# Safety`
-        // requires; it is only read.
-        let arena = unsafe { handle(arena, "arena") }?;
+    ffi_boundary! {
+        let address = out_arg!(address, "address")?;
+        let nbytes = out_arg!(nbytes, "nbytes")?;
+        let arena = handle!(arena, "arena")?;
         let (at, len) = arena
             .inner
             .tensor(index)
             .ok_or_else(|| Error::NotFound(format!("tensor #{index} is not in this arena")))?;
-        // SAFETY: both checked non-NULL above, and writable as `# Safety` requires.
-        unsafe {
-            *address = at;
-            *nbytes = len;
-        }
+        *address = at;
+        *nbytes = len;
         Ok(())
-    })
+    }
 }
 
 /// The CUDA device ordinal of `arena`'s memory; -1 for NULL.
@@ -51,11 +45,10 @@ pub unsafe extern "C" fn plaid_cuda_arena_tensor(
 /// `arena` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_cuda_arena_device(arena: *const plaid_cuda_arena) -> i32 {
-    boundary::value(-1, || {
-        // SAFETY: `arena` is NULL (giving the default) or a live handle, as this function's
-        // `# Safety` requires; it is only read.
-        unsafe { arena.as_ref() }.map_or(-1, |a| a.inner.device())
-    })
+    ffi_boundary! {
+        on_panic = -1;
+        handle_opt!(arena).map_or(-1, |a| a.inner.device())
+    }
 }
 
 /// Free an arena's device memory. NULL is a no-op; call at most once per handle, and only
@@ -65,7 +58,5 @@ pub unsafe extern "C" fn plaid_cuda_arena_device(arena: *const plaid_cuda_arena)
 /// `arena` is NULL or a live handle from `plaid_deserializer_load_cuda`.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_cuda_arena_free(arena: *mut plaid_cuda_arena) {
-    // SAFETY: `arena` is NULL (a no-op) or a live handle made by this library and freed
-    // once, as this function's `# Safety` requires.
-    boundary::value((), || unsafe { release(arena) })
+    free_handle!(arena)
 }

@@ -6,12 +6,11 @@ use super::cuda_arena::plaid_cuda_arena;
 use super::host_arena::plaid_host_arena;
 use super::placement::{plaid_destination, plaid_place_fn, plaid_tensor_info, CallbackPlacement};
 use super::progress::{plaid_progress_fn, CallbackProgress};
+use super::publish;
 use super::read_options::plaid_read_options;
 use super::status::plaid_status;
-use super::{boundary, c_str, handle, out_ptr, publish, release};
 use crate::deserializer::Deserializer;
 use crate::error::{Error, Result};
-use crate::options::ReadOptions;
 
 /// An open model file. Opaque; made by `plaid_deserializer_open`, destroyed by
 /// `plaid_deserializer_free`.
@@ -164,20 +163,14 @@ pub unsafe extern "C" fn plaid_deserializer_open(
     options: *const plaid_read_options,
     out: *mut *mut plaid_deserializer,
 ) -> plaid_status {
-    boundary::status(|| {
-        out_ptr(out, "out")?;
-        // SAFETY: `source` is NULL (refused) or a NUL-terminated string, as this function's
-        // `# Safety` requires.
-        let source = unsafe { c_str(source, "source") }?;
-        // SAFETY: `options` is NULL (giving the default) or a live handle, as this function's
-        // `# Safety` requires; it is only read.
-        let options =
-            unsafe { options.as_ref() }.map_or_else(ReadOptions::default, |o| o.inner.clone());
+    ffi_boundary! {
+        let out = out_arg!(out, "out")?;
+        let source = c_str!(source, "source")?;
+        let options = options_or_default!(options);
         let handle = plaid_deserializer::new(Deserializer::open(source, options)?)?;
-        // SAFETY: checked non-NULL above.
-        unsafe { publish(out, handle) };
+        publish(out, handle);
         Ok(())
-    })
+    }
 }
 
 /// File format: plaid's own.
@@ -194,11 +187,10 @@ pub const PLAID_FORMAT_TENSORIZER: u32 = 3;
 /// `d` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_deserializer_format(d: *const plaid_deserializer) -> u32 {
-    boundary::value(0, || {
-        // SAFETY: `d` is NULL (giving the default) or a live handle, as this function's
-        // `# Safety` requires; it is only read.
-        unsafe { d.as_ref() }.map_or(0, |d| d.inner.format().id())
-    })
+    ffi_boundary! {
+        on_panic = 0;
+        handle_opt!(d).map_or(0, |d| d.inner.format().id())
+    }
 }
 
 /// The bytes loads, verifications and reads of `d` have read from its file, object or
@@ -211,11 +203,10 @@ pub unsafe extern "C" fn plaid_deserializer_format(d: *const plaid_deserializer)
 /// `d` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_deserializer_bytes_read(d: *const plaid_deserializer) -> u64 {
-    boundary::value(0, || {
-        // SAFETY: `d` is NULL (giving the default) or a live handle, as this function's
-        // `# Safety` requires; it is only read.
-        unsafe { d.as_ref() }.map_or(0, |d| d.inner.bytes_read())
-    })
+    ffi_boundary! {
+        on_panic = 0;
+        handle_opt!(d).map_or(0, |d| d.inner.bytes_read())
+    }
 }
 
 /// Number of tensors in the file; 0 for a NULL handle.
@@ -224,9 +215,10 @@ pub unsafe extern "C" fn plaid_deserializer_bytes_read(d: *const plaid_deseriali
 /// `d` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_deserializer_tensor_count(d: *const plaid_deserializer) -> usize {
-    // SAFETY: `d` is NULL (giving the default) or a live handle, as this function's
-    // `# Safety` requires; it is only read.
-    boundary::value(0, || unsafe { d.as_ref() }.map_or(0, |d| d.infos.len()))
+    ffi_boundary! {
+        on_panic = 0;
+        handle_opt!(d).map_or(0, |d| d.infos.len())
+    }
 }
 
 /// The tensor at `index` (file order), or NULL when `d` is NULL or `index` is out of
@@ -240,13 +232,12 @@ pub unsafe extern "C" fn plaid_deserializer_tensor(
     d: *const plaid_deserializer,
     index: usize,
 ) -> *const plaid_tensor_info {
-    boundary::value(std::ptr::null(), || {
-        // SAFETY: `d` is NULL (giving the default) or a live handle, as this function's
-        // `# Safety` requires; it is only read.
-        unsafe { d.as_ref() }
+    ffi_boundary! {
+        on_panic = std::ptr::null();
+        handle_opt!(d)
             .and_then(|d| d.infos.get(index))
             .map_or(std::ptr::null(), |info| info as *const plaid_tensor_info)
-    })
+    }
 }
 
 /// Every tensor's description at once: an array of `plaid_deserializer_tensor_count(d)` structs in
@@ -260,13 +251,12 @@ pub unsafe extern "C" fn plaid_deserializer_tensor(
 pub unsafe extern "C" fn plaid_deserializer_tensors(
     d: *const plaid_deserializer,
 ) -> *const plaid_tensor_info {
-    boundary::value(std::ptr::null(), || {
-        // SAFETY: `d` is NULL (giving the default) or a live handle, as this function's
-        // `# Safety` requires; it is only read.
-        unsafe { d.as_ref() }
+    ffi_boundary! {
+        on_panic = std::ptr::null();
+        handle_opt!(d)
             .filter(|d| !d.infos.is_empty())
             .map_or(std::ptr::null(), |d| d.infos.as_ptr())
-    })
+    }
 }
 
 /// Store the index of the tensor called `name` in `*index_out`. Returns
@@ -281,16 +271,13 @@ pub unsafe extern "C" fn plaid_deserializer_find(
     name: *const c_char,
     index_out: *mut usize,
 ) -> plaid_status {
-    boundary::status(|| {
-        out_ptr(index_out, "index_out")?;
-        // SAFETY: `d` is NULL (refused) or a live handle and `name` NULL (refused) or
-        // NUL-terminated, as this function's `# Safety` requires; `d` is only read.
-        let (d, name) = unsafe { (handle(d, "deserializer")?, c_str(name, "name")?) };
+    ffi_boundary! {
+        let index_out = out_arg!(index_out, "index_out")?;
+        let (d, name) = (handle!(d, "deserializer")?, c_str!(name, "name")?);
         let index = d.inner.find(name)?;
-        // SAFETY: checked non-NULL above.
-        unsafe { *index_out = index };
+        *index_out = index;
         Ok(())
-    })
+    }
 }
 
 /// Load tensors. `place` is called once per tensor, in file order, on this thread, before
@@ -318,11 +305,11 @@ pub unsafe extern "C" fn plaid_deserializer_load(
     place: plaid_place_fn,
     user_data: *mut c_void,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `d` is NULL (refused) or a live handle, as this function's `# Safety`
+    ffi_boundary! {
+        // `d` is NULL (refused) or a live handle, as this function's `# Safety`
         // requires; it is only read.
         // Shared access only, so that the callback may call the const functions on `d`.
-        let d = unsafe { handle(d, "deserializer") }?;
+        let d = handle!(d, "deserializer")?;
         let place = place.ok_or_else(|| Error::invalid("place callback is NULL"))?;
         let mut placement = CallbackPlacement {
             place,
@@ -337,7 +324,7 @@ pub unsafe extern "C" fn plaid_deserializer_load(
             None => d.inner.load(&mut placement),
         }
         .map(drop)
-    })
+    }
 }
 
 /// Chooses whether `plaid_deserializer_load_host` (or `_load_cuda`) loads a tensor: a
@@ -401,21 +388,18 @@ pub unsafe extern "C" fn plaid_deserializer_load_cuda(
     user_data: *mut c_void,
     out: *mut *mut plaid_cuda_arena,
 ) -> plaid_status {
-    boundary::status(|| {
-        out_ptr(out, "out")?;
-        // SAFETY: `d` is NULL (refused) or a live handle, as this function's `# Safety`
-        // requires; it is only read.
-        let d = unsafe { handle(d, "deserializer") }?;
+    ffi_boundary! {
+        let out = out_arg!(out, "out")?;
+        let d = handle!(d, "deserializer")?;
         // SAFETY: the infos live as long as `d`; the callback honours its contract.
         let selected = unsafe { select(d, filter, user_data) }?;
         let mut wanted = |t: &crate::format::TensorInfo| selected[t.index];
         let progress = d.progress().map(|p| move |x: &crate::Progress| p.call(x));
         let progress = progress.as_ref().map(|p| p as &crate::ProgressFn<'_>);
         let inner = d.inner.load_to_cuda(device, &mut wanted, progress)?;
-        // SAFETY: checked non-NULL above.
-        unsafe { publish(out, plaid_cuda_arena { inner }) };
+        publish(out, plaid_cuda_arena { inner });
         Ok(())
-    })
+    }
 }
 
 /// Load tensors into host memory that plaid allocates, the way a `load_file` call returns
@@ -440,21 +424,18 @@ pub unsafe extern "C" fn plaid_deserializer_load_host(
     user_data: *mut c_void,
     out: *mut *mut plaid_host_arena,
 ) -> plaid_status {
-    boundary::status(|| {
-        out_ptr(out, "out")?;
-        // SAFETY: `d` is NULL (refused) or a live handle, as this function's `# Safety`
-        // requires; it is only read.
-        let d = unsafe { handle(d, "deserializer") }?;
+    ffi_boundary! {
+        let out = out_arg!(out, "out")?;
+        let d = handle!(d, "deserializer")?;
         // SAFETY: the infos live as long as `d`; the callback honours its contract.
         let selected = unsafe { select(d, filter, user_data) }?;
         let mut wanted = |t: &crate::format::TensorInfo| selected[t.index];
         let progress = d.progress().map(|p| move |x: &crate::Progress| p.call(x));
         let progress = progress.as_ref().map(|p| p as &crate::ProgressFn<'_>);
         let inner = d.inner.load_to_host(&mut wanted, progress)?;
-        // SAFETY: checked non-NULL above.
-        unsafe { publish(out, plaid_host_arena { inner }) };
+        publish(out, plaid_host_arena { inner });
         Ok(())
-    })
+    }
 }
 
 /// Ask `place` for the view of every tensor of `d` (as `plaid_deserializer_load` asks):
@@ -507,11 +488,9 @@ pub unsafe extern "C" fn plaid_deserializer_load_host_views(
     user_data: *mut c_void,
     out: *mut *mut plaid_host_arena,
 ) -> plaid_status {
-    boundary::status(|| {
-        out_ptr(out, "out")?;
-        // SAFETY: `d` is NULL (refused) or a live handle, as this function's `# Safety`
-        // requires; it is only read.
-        let d = unsafe { handle(d, "deserializer") }?;
+    ffi_boundary! {
+        let out = out_arg!(out, "out")?;
+        let d = handle!(d, "deserializer")?;
         // SAFETY: the infos live as long as `d`; the callback honours its contract.
         let views = unsafe { views_of(d, place, user_data) }?;
         let progress = d.progress().map(|p| move |x: &crate::Progress| p.call(x));
@@ -519,10 +498,9 @@ pub unsafe extern "C" fn plaid_deserializer_load_host_views(
         let inner = d
             .inner
             .load_views_to_host(&mut |t| Ok(views[t.index]), progress)?;
-        // SAFETY: checked non-NULL above.
-        unsafe { publish(out, plaid_host_arena { inner }) };
+        publish(out, plaid_host_arena { inner });
         Ok(())
-    })
+    }
 }
 
 /// `plaid_deserializer_load_cuda` for slices and dtypes, as
@@ -540,11 +518,9 @@ pub unsafe extern "C" fn plaid_deserializer_load_cuda_views(
     user_data: *mut c_void,
     out: *mut *mut plaid_cuda_arena,
 ) -> plaid_status {
-    boundary::status(|| {
-        out_ptr(out, "out")?;
-        // SAFETY: `d` is NULL (refused) or a live handle, as this function's `# Safety`
-        // requires; it is only read.
-        let d = unsafe { handle(d, "deserializer") }?;
+    ffi_boundary! {
+        let out = out_arg!(out, "out")?;
+        let d = handle!(d, "deserializer")?;
         // SAFETY: the infos live as long as `d`; the callback honours its contract.
         let views = unsafe { views_of(d, place, user_data) }?;
         let progress = d.progress().map(|p| move |x: &crate::Progress| p.call(x));
@@ -552,10 +528,9 @@ pub unsafe extern "C" fn plaid_deserializer_load_cuda_views(
         let inner = d
             .inner
             .load_views_to_cuda(device, &mut |t| Ok(views[t.index]), progress)?;
-        // SAFETY: checked non-NULL above.
-        unsafe { publish(out, plaid_cuda_arena { inner }) };
+        publish(out, plaid_cuda_arena { inner });
         Ok(())
-    })
+    }
 }
 
 /// Read every block of every tensor and check it against its checksum, holding only one
@@ -567,16 +542,14 @@ pub unsafe extern "C" fn plaid_deserializer_load_cuda_views(
 /// `d` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_deserializer_verify(d: *const plaid_deserializer) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `d` is NULL (refused) or a live handle, as this function's `# Safety`
-        // requires; it is only read.
-        let d = unsafe { handle(d, "deserializer") }?;
+    ffi_boundary! {
+        let d = handle!(d, "deserializer")?;
         match d.progress() {
             Some(progress) => d.inner.verify_with_progress(&|p| progress.call(p)),
             None => d.inner.verify(),
         }
         .map(drop)
-    })
+    }
 }
 
 /// Map the file read-only for zero-copy views (`plaid_deserializer_tensor_data`). With
@@ -598,12 +571,10 @@ pub unsafe extern "C" fn plaid_deserializer_verify(d: *const plaid_deserializer)
 /// `d` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_deserializer_map(d: *const plaid_deserializer) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `d` is NULL (refused) or a live handle, as this function's `# Safety`
-        // requires; it is only read.
-        let d = unsafe { handle(d, "deserializer") }?;
+    ffi_boundary! {
+        let d = handle!(d, "deserializer")?;
         d.inner.map()
-    })
+    }
 }
 
 /// Store in `*data` a read-only pointer to tensor `index`'s bytes inside a memory map of
@@ -623,20 +594,15 @@ pub unsafe extern "C" fn plaid_deserializer_tensor_data(
     data: *mut *const c_void,
     nbytes: *mut u64,
 ) -> plaid_status {
-    boundary::status(|| {
-        out_ptr(data, "data")?;
-        out_ptr(nbytes, "nbytes")?;
-        // SAFETY: `d` is NULL (refused) or a live handle, as this function's `# Safety`
-        // requires; it is only read.
-        let d = unsafe { handle(d, "deserializer") }?;
+    ffi_boundary! {
+        let data = out_arg!(data, "data")?;
+        let nbytes = out_arg!(nbytes, "nbytes")?;
+        let d = handle!(d, "deserializer")?;
         let view = d.inner.view(index)?;
-        // SAFETY: both checked non-NULL above, and writable as `# Safety` requires.
-        unsafe {
-            *data = view.as_ptr().cast();
-            *nbytes = view.len() as u64;
-        }
+        *data = view.as_ptr().cast();
+        *nbytes = view.len() as u64;
         Ok(())
-    })
+    }
 }
 
 /// Report progress of later `plaid_deserializer_load` and `plaid_deserializer_verify`
@@ -652,14 +618,14 @@ pub unsafe extern "C" fn plaid_deserializer_set_progress(
     progress: plaid_progress_fn,
     user_data: *mut c_void,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `d` is NULL (refused) or a live handle, as `# Safety` requires. Shared access:
+    ffi_boundary! {
+        // `d` is NULL (refused) or a live handle, as `# Safety` requires. Shared access:
         // loads running on other threads read
         // the handle meanwhile, and the progress slot is behind a lock.
-        let d = unsafe { handle(d, "deserializer") }?;
+        let d = handle!(d, "deserializer")?;
         set_progress(d, progress, user_data, None);
         Ok(())
-    })
+    }
 }
 
 /// Put `progress` in `d`'s slot; what it replaces is dropped outside the lock (its
@@ -706,14 +672,14 @@ pub unsafe extern "C" fn plaid_deserializer_set_progress_with_release(
     user_data: *mut c_void,
     release: super::source::plaid_release_fn,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `d` is NULL (refused) or a live handle, as `# Safety` requires. Shared access:
+    ffi_boundary! {
+        // `d` is NULL (refused) or a live handle, as `# Safety` requires. Shared access:
         // loads running on other threads read the handle meanwhile, and the progress slot is
         // behind a lock.
-        let d = unsafe { handle(d, "deserializer") }?;
+        let d = handle!(d, "deserializer")?;
         set_progress(d, progress, user_data, release);
         Ok(())
-    })
+    }
 }
 
 /// Number of metadata entries; 0 for a NULL handle.
@@ -722,9 +688,10 @@ pub unsafe extern "C" fn plaid_deserializer_set_progress_with_release(
 /// `d` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_deserializer_metadata_count(d: *const plaid_deserializer) -> usize {
-    // SAFETY: `d` is NULL (giving the default) or a live handle, as this function's
-    // `# Safety` requires; it is only read.
-    boundary::value(0, || unsafe { d.as_ref() }.map_or(0, |d| d.metadata.len()))
+    ffi_boundary! {
+        on_panic = 0;
+        handle_opt!(d).map_or(0, |d| d.metadata.len())
+    }
 }
 
 /// The metadata entry at `index` (sorted by key): stores lent NUL-terminated UTF-8
@@ -740,20 +707,17 @@ pub unsafe extern "C" fn plaid_deserializer_metadata_entry(
     key_out: *mut *const c_char,
     value_out: *mut *const c_char,
 ) -> plaid_status {
-    boundary::status(|| {
-        out_ptr(key_out, "key_out")?;
-        out_ptr(value_out, "value_out")?;
-        // SAFETY: `d` is NULL (refused) or a live handle, as this function's `# Safety`
-        // requires; it is only read.
-        let d = unsafe { handle(d, "deserializer") }?;
+    ffi_boundary! {
+        let key_out = out_arg!(key_out, "key_out")?;
+        let value_out = out_arg!(value_out, "value_out")?;
+        let d = handle!(d, "deserializer")?;
         let (k, v) = d
             .metadata
             .get(index)
             .ok_or_else(|| Error::NotFound(format!("no metadata entry #{index}")))?;
-        // SAFETY: both checked non-NULL above.
-        unsafe { (*key_out, *value_out) = (k.as_ptr(), v.as_ptr()) };
+        (*key_out, *value_out) = (k.as_ptr(), v.as_ptr());
         Ok(())
-    })
+    }
 }
 
 /// Store in `*value_out` the metadata value of `key`, a lent NUL-terminated UTF-8 string
@@ -768,19 +732,16 @@ pub unsafe extern "C" fn plaid_deserializer_metadata_get(
     key: *const c_char,
     value_out: *mut *const c_char,
 ) -> plaid_status {
-    boundary::status(|| {
-        out_ptr(value_out, "value_out")?;
-        // SAFETY: `d` is NULL (refused) or a live handle and `key` NULL (refused) or
-        // NUL-terminated, as this function's `# Safety` requires; `d` is only read.
-        let (d, key) = unsafe { (handle(d, "deserializer")?, c_str(key, "key")?) };
+    ffi_boundary! {
+        let value_out = out_arg!(value_out, "value_out")?;
+        let (d, key) = (handle!(d, "deserializer")?, c_str!(key, "key")?);
         let index = d.inner.metadata().keys().position(|k| k == key);
         let (_, v) = index.map(|i| &d.metadata[i]).ok_or_else(|| {
             Error::NotFound(format!("{}: no metadata key '{key}'", d.inner.name()))
         })?;
-        // SAFETY: checked non-NULL above.
-        unsafe { *value_out = v.as_ptr() };
+        *value_out = v.as_ptr();
         Ok(())
-    })
+    }
 }
 
 /// Free a deserializer and everything it lent. NULL is a no-op; call at most once per
@@ -790,7 +751,5 @@ pub unsafe extern "C" fn plaid_deserializer_metadata_get(
 /// `d` is NULL or a live handle from `plaid_deserializer_open`.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_deserializer_free(d: *mut plaid_deserializer) {
-    // SAFETY: `d` is NULL (a no-op) or a live handle made by this library and freed
-    // once, as this function's `# Safety` requires.
-    boundary::value((), || unsafe { release(d) })
+    free_handle!(d)
 }

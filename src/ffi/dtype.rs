@@ -2,7 +2,6 @@
 
 use std::ffi::c_char;
 
-use super::boundary;
 use crate::dtype::DType;
 
 /// Boolean, one byte.
@@ -53,16 +52,22 @@ pub const PLAID_DTYPE_F4_E2M1FN_X2: u32 = 22;
 /// The short name of a dtype (`"bf16"`), or NULL for an unknown id. Static; never freed.
 #[no_mangle]
 pub extern "C" fn plaid_dtype_name(dtype: u32) -> *const c_char {
-    boundary::value(std::ptr::null(), || match DType::from_id(dtype) {
-        Ok(d) => DTYPE_NAMES[d.id() as usize - 1].as_ptr(),
-        Err(_) => std::ptr::null(),
-    })
+    ffi_boundary! {
+        on_panic = std::ptr::null();
+        match DType::from_id(dtype) {
+            Ok(d) => DTYPE_NAMES[d.id() as usize - 1].as_ptr(),
+            Err(_) => std::ptr::null(),
+        }
+    }
 }
 
 /// Bytes per element of a dtype, or 0 for an unknown id.
 #[no_mangle]
 pub extern "C" fn plaid_dtype_size(dtype: u32) -> u64 {
-    boundary::value(0, || DType::from_id(dtype).map_or(0, |d| d.size()))
+    ffi_boundary! {
+        on_panic = 0;
+        DType::from_id(dtype).map_or(0, |d| d.size())
+    }
 }
 
 /// NUL-terminated names in id order; a test checks them against `DType::name`.

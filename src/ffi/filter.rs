@@ -3,7 +3,6 @@
 use std::ffi::c_char;
 
 use super::status::plaid_status;
-use super::{boundary, c_str, out_ptr};
 use crate::filter::NameFilter;
 
 /// Store in `*matched` 1 if the tensor name `name` matches the glob `pattern`, else 0:
@@ -23,14 +22,11 @@ pub unsafe extern "C" fn plaid_glob_match(
     name: *const c_char,
     matched: *mut i32,
 ) -> plaid_status {
-    boundary::status(|| {
-        out_ptr(matched, "matched")?;
-        // SAFETY: both NULL (refused) or NUL-terminated, as this function's `# Safety`
-        // requires.
-        let (pattern, name) = unsafe { (c_str(pattern, "pattern")?, c_str(name, "name")?) };
+    ffi_boundary! {
+        let matched = out_arg!(matched, "matched")?;
+        let (pattern, name) = (c_str!(pattern, "pattern")?, c_str!(name, "name")?);
         let filter = NameFilter::new(&[pattern])?;
-        // SAFETY: checked non-NULL above, writable as `# Safety` requires.
-        unsafe { *matched = i32::from(filter.matches(name)) };
+        *matched = i32::from(filter.matches(name));
         Ok(())
-    })
+    }
 }

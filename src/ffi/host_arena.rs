@@ -3,7 +3,6 @@
 use std::ffi::c_void;
 
 use super::status::plaid_status;
-use super::{boundary, handle, out_ptr, release};
 use crate::error::Error;
 use crate::sink::HostArena;
 
@@ -28,23 +27,18 @@ pub unsafe extern "C" fn plaid_host_arena_tensor(
     data: *mut *mut c_void,
     nbytes: *mut u64,
 ) -> plaid_status {
-    boundary::status(|| {
-        out_ptr(data, "data")?;
-        out_ptr(nbytes, "nbytes")?;
-        // SAFETY: `arena` is NULL (refused) or a live handle, as this function's `# Safety`
-        // requires; it is only read.
-        let arena = unsafe { handle(arena, "arena") }?;
+    ffi_boundary! {
+        let data = out_arg!(data, "data")?;
+        let nbytes = out_arg!(nbytes, "nbytes")?;
+        let arena = handle!(arena, "arena")?;
         let (ptr, len) = arena
             .inner
             .tensor_ptr(index)
             .ok_or_else(|| Error::NotFound(format!("tensor #{index} is not in this arena")))?;
-        // SAFETY: both checked non-NULL above, and writable as `# Safety` requires.
-        unsafe {
-            *data = ptr.cast();
-            *nbytes = len as u64;
-        }
+        *data = ptr.cast();
+        *nbytes = len as u64;
         Ok(())
-    })
+    }
 }
 
 /// Free an arena and every tensor in it. NULL is a no-op; call at most once per handle.
@@ -53,7 +47,5 @@ pub unsafe extern "C" fn plaid_host_arena_tensor(
 /// `arena` is NULL or a live handle from `plaid_deserializer_load_host`.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_host_arena_free(arena: *mut plaid_host_arena) {
-    // SAFETY: `arena` is NULL (a no-op) or a live handle made by this library and freed
-    // once, as this function's `# Safety` requires.
-    boundary::value((), || unsafe { release(arena) })
+    free_handle!(arena)
 }

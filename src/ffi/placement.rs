@@ -1,12 +1,11 @@
 //! The placement callback: C's `plaid_place_fn` adapted into the core's [`Placement`].
 
-use std::collections::BTreeMap;
 use std::ffi::{c_char, c_void};
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::format::TensorInfo;
-use crate::pipeline::Selection;
+use crate::pipeline::{host_memory, received, Claims};
 use crate::sink::{Destination, Placement, View};
 
 /// Destination kind: do not load this tensor.
@@ -126,45 +125,18 @@ pub type plaid_place_fn = Option<
     ) -> i32,
 >;
 
-/// A C placement callback seen as a [`Placement`].
+/// A C placement callback seen as a [`Placement`]: it translates each
+/// `plaid_destination` and leaves every check to the placement room
+/// ([`crate::pipeline::host_memory`], which turns a host address into memory only once it
+/// is checked, and the pipeline's, which checks the rest).
 pub(crate) struct CallbackPlacement<'h> {
     pub(crate) place:
         unsafe extern "C" fn(*mut c_void, *const plaid_tensor_info, *mut plaid_destination) -> i32,
     pub(crate) user_data: *mut c_void,
     pub(crate) infos: &'h [plaid_tensor_info],
-    /// Host ranges handed out so far (start -> (end, tensor)): C could name one buffer
-    /// twice, which would have two workers writing the same bytes.
-    pub(crate) claimed: BTreeMap<u64, (u64, usize)>,
-}
-
-impl CallbackPlacement<'_> {
-    /// Record `[start, start + len)` for `tensor`, refusing overlap with an earlier range.
-    fn claim(&mut self, tensor: &TensorInfo, start: u64, len: u64) -> Result<()> {
-        let end = start.checked_add(len).ok_or_else(|| {
-            Error::invalid(format!(
-                "tensor '{}': destination wraps around the address space",
-                tensor.name
-            ))
-        })?;
-        let before = self.claimed.range(..end).next_back();
-        if let Some((&other_start, &(other_end, other))) = before {
-            if other_end > start {
-                return Err(Error::invalid(format!(
-                    "tensor '{}': host destination [{start:#x}, {end:#x}) overlaps that of tensor '{}' [{other_start:#x}, {other_end:#x})",
-                    tensor.name, self.infos_name(other)
-                )));
-            }
-        }
-        self.claimed.insert(start, (end, tensor.index));
-        Ok(())
-    }
-
-    fn infos_name(&self, index: usize) -> String {
-        // SAFETY: names are lent by the deserializer, NUL-terminated and alive.
-        unsafe { std::ffi::CStr::from_ptr(self.infos[index].name) }
-            .to_string_lossy()
-            .into_owned()
-    }
+    /// Host ranges handed out so far: C could name one buffer twice, which would have two
+    /// workers writing the same bytes.
+    pub(crate) claimed: Claims,
 }
 
 impl<'a> Placement<'a> for CallbackPlacement<'_> {
@@ -182,16 +154,34 @@ impl<'a> Placement<'a> for CallbackPlacement<'_> {
             return Ok(Destination::Skip);
         }
         let view = view(tensor, &dest)?;
-        // Bytes the destination receives.
-        let needed = match Selection::resolve(tensor, &view)? {
-            Some(selection) => selection.dest_len(),
-            None => tensor.nbytes,
+        let to = match dest.kind {
+            PLAID_DEST_CUDA => Destination::Cuda {
+                device: dest.device,
+                address: dest.address,
+                capacity: dest.capacity,
+            },
+            PLAID_DEST_HOST => {
+                let (_, needed) = received(tensor, &view)?;
+                // SAFETY: the callback promised `capacity` writable bytes at `address`,
+                // valid and used by nothing else until the load returns
+                // (`plaid_place_fn`); `host_memory` checks the rest before making a slice.
+                Destination::Host(unsafe {
+                    host_memory(
+                        &mut self.claimed,
+                        tensor,
+                        dest.address,
+                        dest.capacity,
+                        needed,
+                    )
+                }?)
+            }
+            other => {
+                return Err(Error::invalid(format!(
+                    "tensor '{}': unknown destination kind {other}",
+                    tensor.name
+                )))
+            }
         };
-        if dest.kind == PLAID_DEST_HOST && needed > 0 && dest.address != 0 {
-            // Checked before any slice over the range exists.
-            self.claim(tensor, dest.address, needed)?;
-        }
-        let to = destination(tensor, &dest, needed)?;
         Ok(if view.is_whole() {
             to
         } else {
@@ -221,51 +211,4 @@ pub(crate) fn view(tensor: &TensorInfo, dest: &plaid_destination) -> Result<View
         view = view.dtype(dtype);
     }
     Ok(view)
-}
-
-/// The core destination described by `dest`, which receives `needed` bytes.
-fn destination<'a>(
-    tensor: &TensorInfo,
-    dest: &plaid_destination,
-    needed: u64,
-) -> Result<Destination<'a>> {
-    match dest.kind {
-        PLAID_DEST_SKIP => Ok(Destination::Skip),
-        PLAID_DEST_HOST => {
-            if dest.capacity < needed {
-                return Err(Error::Capacity {
-                    tensor: tensor.name.to_string(),
-                    needed,
-                    capacity: dest.capacity,
-                });
-            }
-            if needed == 0 {
-                return Ok(Destination::Host(&mut []));
-            }
-            if dest.address == 0 {
-                return Err(Error::invalid(format!(
-                    "tensor '{}': host destination address is NULL",
-                    tensor.name
-                )));
-            }
-            let len = isize::try_from(needed)
-                .map(|n| n as usize)
-                .map_err(|_| Error::invalid("tensor exceeds the address space"))?;
-            // SAFETY: the callback promised `capacity >= needed` writable bytes at
-            // `address` (checked above), not overlapping other destinations (the claim
-            // above), valid until the load returns.
-            Ok(Destination::Host(unsafe {
-                std::slice::from_raw_parts_mut(dest.address as *mut u8, len)
-            }))
-        }
-        PLAID_DEST_CUDA => Ok(Destination::Cuda {
-            device: dest.device,
-            address: dest.address,
-            capacity: dest.capacity,
-        }),
-        other => Err(Error::invalid(format!(
-            "tensor '{}': unknown destination kind {other}",
-            tensor.name
-        ))),
-    }
 }

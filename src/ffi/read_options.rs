@@ -3,8 +3,8 @@
 
 use std::ffi::c_char;
 
+use super::publish;
 use super::status::plaid_status;
-use super::{boundary, c_str, handle_mut, out_ptr, publish, release};
 use crate::options::ReadOptions;
 
 /// Options for `plaid_deserializer_open`. Opaque; made by `plaid_read_options_new`,
@@ -21,15 +21,14 @@ pub struct plaid_read_options {
 /// `out` is NULL (an error) or writable.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_read_options_new(out: *mut *mut plaid_read_options) -> plaid_status {
-    boundary::status(|| {
-        out_ptr(out, "out")?;
+    ffi_boundary! {
+        let out = out_arg!(out, "out")?;
         let options = plaid_read_options {
             inner: ReadOptions::default(),
         };
-        // SAFETY: checked non-NULL above.
-        unsafe { publish(out, options) };
+        publish(out, options);
         Ok(())
-    })
+    }
 }
 
 /// Free read options. NULL is a no-op; call at most once per handle. A deserializer
@@ -39,9 +38,7 @@ pub unsafe extern "C" fn plaid_read_options_new(out: *mut *mut plaid_read_option
 /// `options` is NULL or a live handle from `plaid_read_options_new`.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_read_options_free(options: *mut plaid_read_options) {
-    // SAFETY: `options` is NULL (a no-op) or a live handle made by this library and freed
-    // once, as this function's `# Safety` requires.
-    boundary::value((), || unsafe { release(options) })
+    free_handle!(options)
 }
 
 /// Verify every byte against the file's checksums (`verify != 0`, the default) or not.
@@ -53,13 +50,7 @@ pub unsafe extern "C" fn plaid_read_options_set_verify(
     options: *mut plaid_read_options,
     verify: i32,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
-        o.inner = o.inner.clone().verify(verify != 0);
-        Ok(())
-    })
+    set_option!(options, set_verify(verify != 0))
 }
 
 /// Number of CPU workers: how many threads verify or copy at once; 0 (the default) picks
@@ -73,13 +64,7 @@ pub unsafe extern "C" fn plaid_read_options_set_threads(
     options: *mut plaid_read_options,
     threads: u32,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
-        o.inner = o.inner.clone().threads(threads as usize)?;
-        Ok(())
-    })
+    set_option!(options, set_threads(threads as usize))
 }
 
 /// Least time between two progress reports, in milliseconds (default 100; 0 reports
@@ -92,14 +77,12 @@ pub unsafe extern "C" fn plaid_read_options_set_progress_interval_ms(
     options: *mut plaid_read_options,
     milliseconds: u32,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
+    ffi_boundary! {
+        let o = handle_mut!(options, "options")?;
         let interval = std::time::Duration::from_millis(u64::from(milliseconds));
-        o.inner = o.inner.clone().progress_interval(interval);
+        o.inner.set_progress_interval(interval);
         Ok(())
-    })
+    }
 }
 
 /// Read local files with `O_DIRECT`, bypassing the page cache (`direct != 0`), or not
@@ -112,13 +95,7 @@ pub unsafe extern "C" fn plaid_read_options_set_direct_io(
     options: *mut plaid_read_options,
     direct: i32,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
-        o.inner = o.inner.clone().direct_io(direct != 0);
-        Ok(())
-    })
+    set_option!(options, set_direct_io(direct != 0))
 }
 
 /// Copy local files out of a memory map of the file (`on != 0`, the default) or read them
@@ -132,13 +109,7 @@ pub unsafe extern "C" fn plaid_read_options_set_mmap(
     options: *mut plaid_read_options,
     on: i32,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
-        o.inner = o.inner.clone().mmap(on != 0);
-        Ok(())
-    })
+    set_option!(options, set_mmap(on != 0))
 }
 
 /// With verification on, verify every tensor in `plaid_deserializer_map` (`on != 0`)
@@ -152,13 +123,7 @@ pub unsafe extern "C" fn plaid_read_options_set_verify_views_up_front(
     options: *mut plaid_read_options,
     on: i32,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
-        o.inner = o.inner.clone().verify_views_up_front(on != 0);
-        Ok(())
-    })
+    set_option!(options, set_verify_views_up_front(on != 0))
 }
 
 /// Ask for transparent huge pages (`MADV_HUGEPAGE`) for the host memory that
@@ -173,13 +138,7 @@ pub unsafe extern "C" fn plaid_read_options_set_huge_pages(
     options: *mut plaid_read_options,
     on: i32,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
-        o.inner = o.inner.clone().huge_pages(on != 0);
-        Ok(())
-    })
+    set_option!(options, set_huge_pages(on != 0))
 }
 
 /// With verification on, check SHA-256 hashes where a file stores them (`on != 0`, the
@@ -194,13 +153,7 @@ pub unsafe extern "C" fn plaid_read_options_set_verify_sha256(
     options: *mut plaid_read_options,
     on: i32,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
-        o.inner = o.inner.clone().verify_sha256(on != 0);
-        Ok(())
-    })
+    set_option!(options, set_verify_sha256(on != 0))
 }
 
 /// Put the copies to CUDA destinations on the caller's stream `stream` (a `CUstream`),
@@ -216,13 +169,7 @@ pub unsafe extern "C" fn plaid_read_options_set_cuda_stream(
     options: *mut plaid_read_options,
     stream: *mut std::ffi::c_void,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
-        o.inner = o.inner.clone().cuda_stream(stream as usize);
-        Ok(())
-    })
+    set_option!(options, set_cuda_stream(stream as usize))
 }
 
 /// Bytes per read request, 4 KiB to 1 GiB, rounded to whole checksum blocks. By default
@@ -235,13 +182,7 @@ pub unsafe extern "C" fn plaid_read_options_set_chunk_size(
     options: *mut plaid_read_options,
     bytes: u64,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
-        o.inner = o.inner.clone().chunk_size(bytes)?;
-        Ok(())
-    })
+    set_option!(options, set_chunk_size(bytes))
 }
 
 /// Read requests kept in flight, each on an I/O thread of plaid's, apart from the CPU
@@ -257,13 +198,7 @@ pub unsafe extern "C" fn plaid_read_options_set_requests_in_flight(
     options: *mut plaid_read_options,
     requests: u32,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
-        o.inner = o.inner.clone().requests_in_flight(requests)?;
-        Ok(())
-    })
+    set_option!(options, set_requests_in_flight(requests))
 }
 
 /// Staging lanes per CUDA device: each holds two pinned buffers of one request, and an
@@ -278,13 +213,7 @@ pub unsafe extern "C" fn plaid_read_options_set_staging_lanes(
     options: *mut plaid_read_options,
     lanes: u32,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
-        o.inner = o.inner.clone().staging_lanes(lanes as usize)?;
-        Ok(())
-    })
+    set_option!(options, set_staging_lanes(lanes as usize))
 }
 
 /// Set one option of remote storage, used when `plaid_deserializer_open` is given a URL:
@@ -310,15 +239,11 @@ pub unsafe extern "C" fn plaid_read_options_set_storage(
     key: *const std::ffi::c_char,
     value: *const std::ffi::c_char,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `key` and `value` are NULL (refused) or NUL-terminated strings, as this
-        // function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
-        // SAFETY: `key` and `value` are NULL (refused) or NUL-terminated strings, as this
-        // function's `# Safety` requires.
-        let (key, value) = unsafe { (c_str(key, "key")?, c_str(value, "value")?) };
+    ffi_boundary! {
+        let o = handle_mut!(options, "options")?;
+        let (key, value) = (c_str!(key, "key")?, c_str!(value, "value")?);
         o.inner.storage.set(key, value)
-    })
+    }
 }
 
 /// Let the shards of a sharded safetensors checkpoint resolve (symlinks followed) anywhere
@@ -335,16 +260,12 @@ pub unsafe extern "C" fn plaid_read_options_set_shard_root(
     options: *mut plaid_read_options,
     root: *const std::ffi::c_char,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
-        // SAFETY: `root` is NULL (refused) or a NUL-terminated string, as this function's
-        // `# Safety` requires.
-        let root = unsafe { c_str(root, "root") }?;
-        o.inner = o.inner.clone().shard_root(root);
+    ffi_boundary! {
+        let o = handle_mut!(options, "options")?;
+        let root = c_str!(root, "root")?;
+        o.inner.set_shard_root(root);
         Ok(())
-    })
+    }
 }
 
 /// The `len` bytes at `bytes`, or `None` for `NULL, 0`; `NULL` with a length is an error.
@@ -391,15 +312,13 @@ pub unsafe extern "C" fn plaid_read_options_set_key(
     key: *const u8,
     len: usize,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
+    ffi_boundary! {
+        let o = handle_mut!(options, "options")?;
         // SAFETY: NULL or `len` readable bytes, as this function's `# Safety` requires.
         let key = unsafe { secret_bytes(key, len, "key") }?;
-        o.inner = o.inner.clone().key(key)?;
+        o.inner.set_key(key)?;
         Ok(())
-    })
+    }
 }
 
 /// Decrypt encrypted tensors with a key derived from the passphrase `pw` (its `len` bytes
@@ -422,15 +341,13 @@ pub unsafe extern "C" fn plaid_read_options_set_passphrase(
     pw: *const c_char,
     len: usize,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
+    ffi_boundary! {
+        let o = handle_mut!(options, "options")?;
         // SAFETY: NULL or `len` readable bytes, as this function's `# Safety` requires.
         let pw = unsafe { secret_bytes(pw.cast(), len, "pw") }?;
-        o.inner = o.inner.clone().passphrase(pw)?;
+        o.inner.set_passphrase(pw)?;
         Ok(())
-    })
+    }
 }
 
 /// With a key or a passphrase set, read tensors stored in the clear too (`allow != 0`)
@@ -446,13 +363,7 @@ pub unsafe extern "C" fn plaid_read_options_set_allow_plaintext(
     options: *mut plaid_read_options,
     allow: i32,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
-        o.inner = o.inner.clone().allow_plaintext(allow != 0);
-        Ok(())
-    })
+    set_option!(options, set_allow_plaintext(allow != 0))
 }
 
 /// The most a file's passphrase key derivation (Argon2id) may cost this reader:
@@ -471,11 +382,5 @@ pub unsafe extern "C" fn plaid_read_options_set_passphrase_limits(
     max_memory: u64,
     max_passes: u64,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
-        o.inner = o.inner.clone().passphrase_limits(max_memory, max_passes)?;
-        Ok(())
-    })
+    set_option!(options, set_passphrase_limits(max_memory, max_passes))
 }

@@ -2,13 +2,12 @@
 
 use std::ffi::{c_char, c_void};
 
+use super::publish;
 use super::status::plaid_status;
 use super::write_options::plaid_write_options;
-use super::{boundary, c_str, handle, out_ptr, publish, release};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::format::plaid::MAX_RANK;
-use crate::options::WriteOptions;
 use crate::serializer::Serializer;
 
 /// A file being written. Opaque; made by `plaid_serializer_new`, destroyed by
@@ -59,27 +58,19 @@ pub unsafe extern "C" fn plaid_serializer_new(
     options: *const plaid_write_options,
     out: *mut *mut plaid_serializer,
 ) -> plaid_status {
-    boundary::status(|| {
-        out_ptr(out, "out")?;
-        // SAFETY: `path` is NULL (refused) or a NUL-terminated string, as this function's
-        // `# Safety` requires.
-        let path = unsafe { c_str(path, "path") }?;
-        // SAFETY: `options` is NULL (giving the default) or a live handle, as this function's
-        // `# Safety` requires; it is only read.
-        let options =
-            unsafe { options.as_ref() }.map_or_else(WriteOptions::default, |o| o.inner.clone());
+    ffi_boundary! {
+        let out = out_arg!(out, "out")?;
+        let path = c_str!(path, "path")?;
+        let options = options_or_default!(options);
         let inner = Serializer::create(path, options)?;
-        // SAFETY: checked non-NULL above.
-        unsafe {
-            publish(
-                out,
-                plaid_serializer {
-                    inner: parking_lot::Mutex::new(Some(inner)),
-                },
-            )
-        };
+        publish(
+            out,
+            plaid_serializer {
+                inner: parking_lot::Mutex::new(Some(inner)),
+            },
+        );
         Ok(())
-    })
+    }
 }
 
 /// The name, dtype and shape arguments of the add-tensor calls, checked.
@@ -93,9 +84,7 @@ unsafe fn tensor_args<'a>(
     shape: *const u64,
     ndim: usize,
 ) -> crate::Result<(&'a str, DType, &'a [u64])> {
-    // SAFETY: `name` is NULL (refused) or a NUL-terminated string, as this function's
-    // `# Safety` requires.
-    let name = unsafe { c_str(name, "name") }?;
+    let name = c_str!(name, "name")?;
     let dtype = DType::from_id(dtype)
         .map_err(|_| Error::invalid(format!("tensor '{name}': unknown dtype {dtype}")))?;
     if ndim > MAX_RANK {
@@ -132,21 +121,19 @@ pub unsafe extern "C" fn plaid_serializer_add_tensor(
     data: *const c_void,
     nbytes: u64,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `s` is NULL (refused) or a live handle, as this function's `# Safety`
-        // requires; it is only read.
-        let s = unsafe { handle(s, "serializer") }?;
+    ffi_boundary! {
+        let s = handle!(s, "serializer")?;
         // SAFETY: `name` is NULL (refused) or NUL-terminated and `shape` NULL (with `ndim` 0) or
         // `ndim` readable values, as this function's `# Safety` requires.
         let (name, dtype, shape) = unsafe { tensor_args(name, dtype, shape, ndim) }?;
         let nbytes = isize::try_from(nbytes)
-            .map(|n| n as usize)
-            .map_err(|_| Error::invalid("nbytes exceeds the address space"))?;
+        .map(|n| n as usize)
+        .map_err(|_| Error::invalid("nbytes exceeds the address space"))?;
         // SAFETY: `data` is NULL (refused unless empty) or `nbytes` readable bytes that stay
         // valid until finish returns, as `# Safety` requires.
         let data = unsafe { borrowed(data.cast::<u8>(), nbytes, "data") }?;
         s.with(|s| s.add_tensor(name, dtype, shape, data))
-    })
+    }
 }
 
 /// Add a tensor that lives in device memory: `nbytes` = product(shape) * element size
@@ -170,10 +157,8 @@ pub unsafe extern "C" fn plaid_serializer_add_tensor_cuda(
     address: u64,
     nbytes: u64,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `s` is NULL (refused) or a live handle, as this function's `# Safety`
-        // requires; it is only read.
-        let s = unsafe { handle(s, "serializer") }?;
+    ffi_boundary! {
+        let s = handle!(s, "serializer")?;
         // SAFETY: `name` is NULL (refused) or NUL-terminated and `shape` NULL (with `ndim` 0) or
         // `ndim` readable values, as this function's `# Safety` requires.
         let (name, dtype, shape) = unsafe { tensor_args(name, dtype, shape, ndim) }?;
@@ -185,7 +170,7 @@ pub unsafe extern "C" fn plaid_serializer_add_tensor_cuda(
             )));
         }
         s.with(|s| s.add_tensor_cuda(name, dtype, shape, device, address))
-    })
+    }
 }
 
 /// Record where the tensor called `name` (already added) came from, as tensorizer files
@@ -205,21 +190,15 @@ pub unsafe extern "C" fn plaid_serializer_set_tensor_origin(
     module_index: u32,
     path: *const c_char,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `s` is NULL (refused) or a live handle, as this function's `# Safety`
-        // requires; it is only read.
-        let s = unsafe { handle(s, "serializer") }?;
-        // SAFETY: `name` is NULL (refused) or a NUL-terminated string, as this function's
-        // `# Safety` requires.
-        let name = unsafe { c_str(name, "name") }?;
+    ffi_boundary! {
+        let s = handle!(s, "serializer")?;
+        let name = c_str!(name, "name")?;
         let role = crate::format::TensorRole::from_id(role)
             .ok_or_else(|| Error::invalid(format!("tensor '{name}': unknown role {role}")))?;
         let path = if path.is_null() {
             None
         } else {
-            // SAFETY: `path` is NULL (refused) or a NUL-terminated string, as this function's
-            // `# Safety` requires.
-            Some(unsafe { c_str(path, "path") }?.to_owned())
+            Some(c_str!(path, "path")?.to_owned())
         };
         s.with(|s| {
             s.set_origin(
@@ -227,7 +206,7 @@ pub unsafe extern "C" fn plaid_serializer_set_tensor_origin(
                 crate::format::TensorOrigin::new(role, module_index, path),
             )
         })
-    })
+    }
 }
 
 /// Set a metadata entry (`key` non-empty; both UTF-8), replacing an earlier value.
@@ -241,15 +220,11 @@ pub unsafe extern "C" fn plaid_serializer_set_metadata(
     key: *const c_char,
     value: *const c_char,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `key` and `value` are NULL (refused) or NUL-terminated strings, as this
-        // function's `# Safety` requires.
-        let s = unsafe { handle(s, "serializer") }?;
-        // SAFETY: `key` and `value` are NULL (refused) or NUL-terminated strings, as this
-        // function's `# Safety` requires.
-        let (key, value) = unsafe { (c_str(key, "key")?, c_str(value, "value")?) };
+    ffi_boundary! {
+        let s = handle!(s, "serializer")?;
+        let (key, value) = (c_str!(key, "key")?, c_str!(value, "value")?);
         s.with(|s| s.set_metadata(key, value))
-    })
+    }
 }
 
 /// Checksum and write every tensor, sync, and rename the file into place. After this
@@ -262,10 +237,8 @@ pub unsafe extern "C" fn plaid_serializer_set_metadata(
 /// `s` is NULL or a live handle, and the data of every added tensor is still valid.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_serializer_finish(s: *mut plaid_serializer) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `s` is NULL (refused) or a live handle, as this function's `# Safety`
-        // requires; it is only read.
-        let s = unsafe { handle(s, "serializer") }?;
+    ffi_boundary! {
+        let s = handle!(s, "serializer")?;
         // Taken out under the lock, written without it: calls racing with this one fail
         // as "already finished" instead of waiting for the whole write.
         let inner = s
@@ -274,7 +247,7 @@ pub unsafe extern "C" fn plaid_serializer_finish(s: *mut plaid_serializer) -> pl
             .take()
             .ok_or_else(|| Error::invalid("the serializer has already finished"))?;
         inner.finish().map(drop)
-    })
+    }
 }
 
 /// Free a serializer. Unfinished, it writes nothing and removes its temporary file. NULL
@@ -284,9 +257,7 @@ pub unsafe extern "C" fn plaid_serializer_finish(s: *mut plaid_serializer) -> pl
 /// `s` is NULL or a live handle from `plaid_serializer_new`.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_serializer_free(s: *mut plaid_serializer) {
-    // SAFETY: `s` is NULL (a no-op) or a live handle made by this library and freed
-    // once, as this function's `# Safety` requires.
-    boundary::value((), || unsafe { release(s) })
+    free_handle!(s)
 }
 
 /// A slice from a C array, allowing NULL only when it is empty.

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::deserializer::plaid_deserializer;
+use super::publish;
 use super::read_options::plaid_read_options;
 use super::status::plaid_status;
-use super::{boundary, c_str, handle, handle_mut, out_ptr, publish, release};
 use crate::deserializer::Deserializer;
 use crate::error::{Error, Result};
-use crate::options::{ReadOptions, MAX_CHUNK_SIZE, MAX_IN_FLIGHT, MIN_CHUNK_SIZE};
+use crate::options::{MAX_CHUNK_SIZE, MAX_IN_FLIGHT, MIN_CHUNK_SIZE};
 use crate::source::{Source, SourceHints};
 
 /// Read up to `len` bytes at `offset` into `buf`. Return the count read: 1..`len` (fewer
@@ -137,11 +137,9 @@ pub unsafe extern "C" fn plaid_source_new(
     release: plaid_release_fn,
     out: *mut *mut plaid_source,
 ) -> plaid_status {
-    boundary::status(|| {
-        out_ptr(out, "out")?;
-        // SAFETY: `name` is NULL (refused) or a NUL-terminated string, as this function's
-        // `# Safety` requires.
-        let name = unsafe { c_str(name, "name") }?;
+    ffi_boundary! {
+        let out = out_arg!(out, "out")?;
+        let name = c_str!(name, "name")?;
         let read = read.ok_or_else(|| Error::invalid("read is NULL"))?;
         let source = plaid_source {
             inner: Arc::new(CallbackSource {
@@ -157,10 +155,9 @@ pub unsafe extern "C" fn plaid_source_new(
                 )),
             }),
         };
-        // SAFETY: checked non-NULL above.
-        unsafe { publish(out, source) };
+        publish(out, source);
         Ok(())
-    })
+    }
 }
 
 /// Set how plaid reads the source: `request_bytes` per read (4 KiB to 1 GiB), reading
@@ -181,10 +178,8 @@ pub unsafe extern "C" fn plaid_source_set_hints(
     merge_gap: u64,
     max_in_flight: u32,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `source` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let source = unsafe { handle_mut(source, "source") }?;
+    ffi_boundary! {
+        let source = handle_mut!(source, "source")?;
         if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&request_bytes) {
             return Err(Error::invalid(format!(
                 "request size {request_bytes} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}"
@@ -202,7 +197,7 @@ pub unsafe extern "C" fn plaid_source_set_hints(
         }
         *source.inner.hints.lock() = SourceHints::new(request_bytes, merge_gap, max_in_flight);
         Ok(())
-    })
+    }
 }
 
 /// Give up the caller's reference to a source. NULL is a no-op; call at most once per
@@ -213,9 +208,7 @@ pub unsafe extern "C" fn plaid_source_set_hints(
 /// `source` is NULL or a live handle from `plaid_source_new`.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_source_free(source: *mut plaid_source) {
-    // SAFETY: `source` is NULL (a no-op) or a live handle made by this library and freed
-    // once, as this function's `# Safety` requires.
-    boundary::value((), || unsafe { release(source) })
+    free_handle!(source)
 }
 
 /// Open a source like a file: detect its format (plaid, safetensors or tensorizer) from
@@ -241,19 +234,13 @@ pub unsafe extern "C" fn plaid_deserializer_open_source(
     options: *const plaid_read_options,
     out: *mut *mut plaid_deserializer,
 ) -> plaid_status {
-    boundary::status(|| {
-        out_ptr(out, "out")?;
-        // SAFETY: `source` is NULL (refused) or a live handle, as this function's `# Safety`
-        // requires; it is only read.
-        let source = unsafe { handle(source, "source") }?;
-        // SAFETY: `options` is NULL (giving the default) or a live handle, as this function's
-        // `# Safety` requires; it is only read.
-        let options =
-            unsafe { options.as_ref() }.map_or_else(ReadOptions::default, |o| o.inner.clone());
+    ffi_boundary! {
+        let out = out_arg!(out, "out")?;
+        let source = handle!(source, "source")?;
+        let options = options_or_default!(options);
         let inner = Arc::clone(&source.inner) as Arc<dyn Source>;
         let handle = plaid_deserializer::new(Deserializer::from_source(Box::new(inner), options)?)?;
-        // SAFETY: checked non-NULL above.
-        unsafe { publish(out, handle) };
+        publish(out, handle);
         Ok(())
-    })
+    }
 }

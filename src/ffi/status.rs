@@ -2,7 +2,6 @@
 
 use std::ffi::c_char;
 
-use super::boundary;
 use crate::error::Error;
 
 /// The result of every fallible call. `PLAID_OK` (0) is success; every other value is
@@ -59,7 +58,8 @@ pub(crate) fn status_of(error: &Error) -> plaid_status {
 /// `"PLAID_ERR_UNKNOWN"` for a number that is not a status. Never NULL; never free it.
 #[no_mangle]
 pub extern "C" fn plaid_status_name(status: plaid_status) -> *const c_char {
-    boundary::value(c"PLAID_ERR_UNKNOWN".as_ptr(), || {
+    ffi_boundary! {
+        on_panic = c"PLAID_ERR_UNKNOWN".as_ptr();
         let name = match status {
             PLAID_OK => c"PLAID_OK",
             PLAID_ERR_INVALID_ARGUMENT => c"PLAID_ERR_INVALID_ARGUMENT",
@@ -77,7 +77,7 @@ pub extern "C" fn plaid_status_name(status: plaid_status) -> *const c_char {
             _ => c"PLAID_ERR_UNKNOWN",
         };
         name.as_ptr()
-    })
+    }
 }
 
 /// Copy the message of the last failed call on this thread into `buf`, with `snprintf`
@@ -92,8 +92,9 @@ pub extern "C" fn plaid_status_name(status: plaid_status) -> *const c_char {
 /// `buf` is NULL or points to at least `len` writable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_last_error_message(buf: *mut c_char, len: usize) -> usize {
-    boundary::value(0, || {
-        boundary::with_message(|message| {
+    ffi_boundary! {
+        on_panic = 0;
+        super::boundary::with_message(|message| {
             if !buf.is_null() && len > 0 {
                 let n = message.len().min(len - 1);
                 // SAFETY: buf holds len >= n + 1 writable bytes, as `# Safety` requires.
@@ -104,5 +105,5 @@ pub unsafe extern "C" fn plaid_last_error_message(buf: *mut c_char, len: usize) 
             }
             message.len()
         })
-    })
+    }
 }

@@ -2,8 +2,6 @@
 
 use std::ffi::c_char;
 
-use super::boundary;
-
 /// Major release version.
 pub const PLAID_VERSION_MAJOR: u32 = 0;
 /// Minor release version.
@@ -17,14 +15,18 @@ pub const PLAID_ABI_VERSION: u32 = 2;
 /// The library's release version, e.g. `"0.1.0"`: a static string, never freed.
 #[no_mangle]
 pub extern "C" fn plaid_version() -> *const c_char {
-    boundary::value(c"".as_ptr(), || {
+    ffi_boundary! {
+        on_panic = c"".as_ptr();
         concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
-    })
+    }
 }
 
 /// The library's ABI version. Compare it with `PLAID_ABI_VERSION` at start-up and refuse
 /// to run on a mismatch.
 #[no_mangle]
 pub extern "C" fn plaid_abi_version() -> u32 {
-    boundary::value(PLAID_ABI_VERSION, || crate::ABI_VERSION)
+    ffi_boundary! {
+        on_panic = PLAID_ABI_VERSION;
+        crate::ABI_VERSION
+    }
 }

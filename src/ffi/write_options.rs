@@ -1,7 +1,7 @@
 //! `plaid_write_options`: how a file is written. Pass NULL for the defaults.
 
+use super::publish;
 use super::status::plaid_status;
-use super::{boundary, c_str, handle_mut, out_ptr, publish, release};
 use crate::options::WriteOptions;
 
 /// Options for `plaid_serializer_new`. Opaque; made by `plaid_write_options_new`,
@@ -19,15 +19,14 @@ pub struct plaid_write_options {
 pub unsafe extern "C" fn plaid_write_options_new(
     out: *mut *mut plaid_write_options,
 ) -> plaid_status {
-    boundary::status(|| {
-        out_ptr(out, "out")?;
+    ffi_boundary! {
+        let out = out_arg!(out, "out")?;
         let options = plaid_write_options {
             inner: WriteOptions::default(),
         };
-        // SAFETY: checked non-NULL above.
-        unsafe { publish(out, options) };
+        publish(out, options);
         Ok(())
-    })
+    }
 }
 
 /// Free write options. NULL is a no-op; call at most once per handle. A serializer keeps
@@ -37,9 +36,7 @@ pub unsafe extern "C" fn plaid_write_options_new(
 /// `options` is NULL or a live handle from `plaid_write_options_new`.
 #[no_mangle]
 pub unsafe extern "C" fn plaid_write_options_free(options: *mut plaid_write_options) {
-    // SAFETY: `options` is NULL (a no-op) or a live handle made by this library and freed
-    // once, as this function's `# Safety` requires.
-    boundary::value((), || unsafe { release(options) })
+    free_handle!(options)
 }
 
 /// Alignment of tensor data in the file: a power of two from 4096 to 1 GiB.
@@ -51,13 +48,7 @@ pub unsafe extern "C" fn plaid_write_options_set_alignment(
     options: *mut plaid_write_options,
     bytes: u64,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
-        o.inner = o.inner.clone().alignment(bytes)?;
-        Ok(())
-    })
+    set_option!(options, set_alignment(bytes))
 }
 
 /// Size of a checksum block: a power of two from 4 KiB to 1 GiB (default 4 MiB).
@@ -69,13 +60,7 @@ pub unsafe extern "C" fn plaid_write_options_set_checksum_block_size(
     options: *mut plaid_write_options,
     bytes: u64,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
-        o.inner = o.inner.clone().checksum_block_size(bytes)?;
-        Ok(())
-    })
+    set_option!(options, set_checksum_block_size(bytes))
 }
 
 /// Threads computing checksums; 0 (the default) picks one per core. At most 1024.
@@ -87,13 +72,7 @@ pub unsafe extern "C" fn plaid_write_options_set_threads(
     options: *mut plaid_write_options,
     threads: u32,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
-        o.inner = o.inner.clone().threads(threads as usize)?;
-        Ok(())
-    })
+    set_option!(options, set_threads(threads as usize))
 }
 
 /// `fsync` the file and its directory before `plaid_serializer_finish` returns
@@ -106,13 +85,7 @@ pub unsafe extern "C" fn plaid_write_options_set_sync(
     options: *mut plaid_write_options,
     sync: i32,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
-        o.inner = o.inner.clone().sync(sync != 0);
-        Ok(())
-    })
+    set_option!(options, set_sync(sync != 0))
 }
 
 /// Set one option of remote storage, used when `plaid_serializer_new` is given a URL
@@ -132,15 +105,11 @@ pub unsafe extern "C" fn plaid_write_options_set_storage(
     key: *const std::ffi::c_char,
     value: *const std::ffi::c_char,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `key` and `value` are NULL (refused) or NUL-terminated strings, as this
-        // function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
-        // SAFETY: `key` and `value` are NULL (refused) or NUL-terminated strings, as this
-        // function's `# Safety` requires.
-        let (key, value) = unsafe { (c_str(key, "key")?, c_str(value, "value")?) };
+    ffi_boundary! {
+        let o = handle_mut!(options, "options")?;
+        let (key, value) = (c_str!(key, "key")?, c_str!(value, "value")?);
         o.inner.storage.set(key, value)
-    })
+    }
 }
 
 /// Encrypt the tensor data with the raw 32-byte `key`: AEGIS-256X4 (or AES-256-GCM, see
@@ -159,15 +128,13 @@ pub unsafe extern "C" fn plaid_write_options_set_key(
     key: *const u8,
     len: usize,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
+    ffi_boundary! {
+        let o = handle_mut!(options, "options")?;
         // SAFETY: NULL or `len` readable bytes, as this function's `# Safety` requires.
         let key = unsafe { super::read_options::secret_bytes(key, len, "key") }?;
-        o.inner = o.inner.clone().key(key)?;
+        o.inner.set_key(key)?;
         Ok(())
-    })
+    }
 }
 
 /// Encrypt the tensor data with a key derived from the passphrase `pw` (its `len` bytes
@@ -186,15 +153,13 @@ pub unsafe extern "C" fn plaid_write_options_set_passphrase(
     pw: *const std::ffi::c_char,
     len: usize,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
+    ffi_boundary! {
+        let o = handle_mut!(options, "options")?;
         // SAFETY: NULL or `len` readable bytes, as this function's `# Safety` requires.
         let pw = unsafe { super::read_options::secret_bytes(pw.cast(), len, "pw") }?;
-        o.inner = o.inner.clone().passphrase(pw)?;
+        o.inner.set_passphrase(pw)?;
         Ok(())
-    })
+    }
 }
 
 /// Derive the passphrase's key with `salt` (`len` = 16 bytes) instead of a fresh salt per
@@ -211,15 +176,13 @@ pub unsafe extern "C" fn plaid_write_options_set_passphrase_salt(
     salt: *const u8,
     len: usize,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
+    ffi_boundary! {
+        let o = handle_mut!(options, "options")?;
         // SAFETY: NULL or `len` readable bytes, as this function's `# Safety` requires.
         let salt = unsafe { super::read_options::secret_bytes(salt, len, "salt") }?;
-        o.inner = o.inner.clone().passphrase_salt(salt)?;
+        o.inner.set_passphrase_salt(salt)?;
         Ok(())
-    })
+    }
 }
 
 /// The cost of deriving a key from a passphrase: Argon2id `passes` (1 to 64) over
@@ -239,13 +202,7 @@ pub unsafe extern "C" fn plaid_write_options_set_passphrase_limits(
     passes: u64,
     memory: u64,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
-        o.inner = o.inner.clone().passphrase_limits(passes, memory)?;
-        Ok(())
-    })
+    set_option!(options, set_passphrase_limits(passes, memory))
 }
 
 /// Allow passphrase limits above what readers take by default, 1 GiB and 16 passes
@@ -259,13 +216,7 @@ pub unsafe extern "C" fn plaid_write_options_set_kdf_above_read_limits(
     options: *mut plaid_write_options,
     allow: i32,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
-        o.inner = o.inner.clone().kdf_above_read_limits(allow != 0);
-        Ok(())
-    })
+    set_option!(options, set_kdf_above_read_limits(allow != 0))
 }
 
 /// Cipher 1 of encrypted plaid files: AES-256-GCM (for deployments that must use a NIST
@@ -286,11 +237,5 @@ pub unsafe extern "C" fn plaid_write_options_set_cipher(
     options: *mut plaid_write_options,
     cipher: u32,
 ) -> plaid_status {
-    boundary::status(|| {
-        // SAFETY: `options` is NULL (refused) or a live handle no other thread uses during the
-        // call, as this function's `# Safety` requires.
-        let o = unsafe { handle_mut(options, "options") }?;
-        o.inner = o.inner.clone().cipher(cipher)?;
-        Ok(())
-    })
+    set_option!(options, set_cipher(cipher))
 }

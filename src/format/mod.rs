@@ -7,6 +7,7 @@ pub mod crc_copy;
 pub mod plaid;
 pub mod safetensors;
 pub mod tensorizer;
+pub(crate) mod verify;
 
 /// Types generated from `proto/plaid.proto`.
 #[allow(missing_docs, clippy::all)]

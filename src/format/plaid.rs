@@ -34,6 +34,13 @@ pub const MAX_NAME_LEN: usize = 65_535;
 pub const MIN_ALIGNMENT: u64 = 4096;
 /// Largest data alignment accepted.
 pub const MAX_ALIGNMENT: u64 = 1 << 30;
+/// The most memory a key derivation named by a file may take at all (`docs/FORMAT.md`
+/// 13.1); a reader takes at most its own default unless raised.
+pub(crate) const MAX_KDF_MEMORY: u64 = 4 << 30;
+/// The most passes a key derivation named by a file may take at all.
+pub(crate) const MAX_KDF_PASSES: u64 = 64;
+/// The least memory a key derivation may take (Argon2's minimum, 8 KiB).
+pub(crate) const MIN_KDF_MEMORY: u64 = 8 << 10;
 /// Default size of a checksum block.
 pub const DEFAULT_BLOCK_SIZE: u64 = 4 << 20;
 /// Smallest checksum block.
@@ -422,9 +429,8 @@ fn validate_encryption(e: proto::Encryption, file: &str) -> Result<PlaidEncrypti
         None => None,
         Some(p) => {
             let memory_ok = p.memory.is_multiple_of(1024)
-                && (crate::crypto::MIN_KDF_MEMORY..=crate::crypto::MAX_KDF_MEMORY)
-                    .contains(&p.memory);
-            let passes_ok = (1..=crate::crypto::MAX_KDF_PASSES).contains(&p.passes);
+                && (MIN_KDF_MEMORY..=MAX_KDF_MEMORY).contains(&p.memory);
+            let passes_ok = (1..=MAX_KDF_PASSES).contains(&p.passes);
             let Ok(salt) = <[u8; 16]>::try_from(p.salt.as_slice()) else {
                 return fail(format!(
                     "encryption: a passphrase salt of {} bytes (16 expected)",
@@ -436,9 +442,9 @@ fn validate_encryption(e: proto::Encryption, file: &str) -> Result<PlaidEncrypti
                     "encryption: a key derivation of {} passes over {} bytes, outside 1 to {} passes and {} to {} bytes in KiB",
                     p.passes,
                     p.memory,
-                    crate::crypto::MAX_KDF_PASSES,
-                    crate::crypto::MIN_KDF_MEMORY,
-                    crate::crypto::MAX_KDF_MEMORY
+                    MAX_KDF_PASSES,
+                    MIN_KDF_MEMORY,
+                    MAX_KDF_MEMORY
                 ));
             }
             Some(super::Kdf {

@@ -601,7 +601,7 @@ impl Ranges {
 /// many threads as the source wants in flight.
 fn read_ranges(source: &dyn Source, wanted: &[(u64, u64)]) -> Result<Ranges> {
     let hints = source.hints();
-    let merged = crate::pipeline::coalesce(wanted, hints.merge_gap, hints.request_bytes);
+    let merged = crate::source::coalesce(wanted, hints.merge_gap, hints.request_bytes);
     let slots: Vec<parking_lot::Mutex<Vec<u8>>> = merged
         .iter()
         .map(|_| parking_lot::Mutex::new(Vec::new()))

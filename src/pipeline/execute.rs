@@ -18,9 +18,10 @@ use std::sync::Arc;
 use super::plan::{Job, Out, Policy, Target};
 use super::progress::Tracker;
 use super::select::Selection;
-use super::stages::{Chain, SplitCrcs};
+use super::stages::Chain;
 use crate::crypto::Decrypt;
 use crate::error::{Error, Result};
+use crate::format::verify::SplitCrcs;
 use crate::format::{Index, TensorInfo};
 use crate::pool::Permits;
 use crate::sink::{HostSink, Place, Sink, Writer};
@@ -176,7 +177,7 @@ fn run_job(worker: &mut Worker<'_>, job: Job<'_>) -> Result<()> {
     let context = worker.context;
     let tensor = &context.index.tensors[job.tensor];
     let unit = context.unit(tensor);
-    let step = (context.policy.read_len() / unit).max(1) * unit;
+    let step = (context.policy.buffer_len() / unit).max(1) * unit;
     match job.target {
         Target::Batch {
             offset,
@@ -230,7 +231,7 @@ fn write(
 ) -> Result<()> {
     let in_tensor = |e: Error| e.in_tensor(&tensor.name);
     let mut writer = context.writer(out).map_err(in_tensor)?;
-    let step = (context.policy.read_len().min(writer.capacity()) / unit * unit).max(unit);
+    let step = (context.policy.buffer_len().min(writer.capacity()) / unit * unit).max(unit);
     let mut at = 0;
     while at < out.len() {
         let n = step.min(out.len() - at);
@@ -259,7 +260,7 @@ fn run_select(
     let in_tensor = |e: Error| e.in_tensor(&tensor.name);
     let mut chain = context.chain(tensor, start, len);
     let size = selection.src_size().max(1);
-    let piece = (context.policy.read_len() as u64 / size * size).max(size);
+    let piece = (context.policy.buffer_len() as u64 / size * size).max(size);
     let whole = chain.unit() as u64;
     let piece = (piece / whole).max(1) * whole;
     let unit = selection.dest_unit();

@@ -1,4 +1,5 @@
-//! The load pipeline: ask the placement for every tensor, plan the reads (`plan.rs`), then
+//! The load pipeline: ask the placement for every tensor and check each answer in the
+//! placement room (`room.rs`), plan the reads (`plan.rs`), then
 //! let I/O threads read each job's bytes straight into its destination, passing every
 //! piece through the job's stages (`stages.rs`: verification, and the places of
 //! decryption and conversion) as soon as it arrives (`execute.rs`). Host destinations
@@ -13,27 +14,27 @@
 mod execute;
 mod plan;
 mod progress;
+mod room;
 mod select;
 mod stages;
 
 pub use progress::{Progress, ProgressFn};
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
-use crate::format::{Encryption, Index, TensorInfo};
-use crate::options::ReadOptions;
-use crate::sink::{Destination, Placement, Sink, Sinks};
+use crate::crypto::Secret;
+use crate::error::Result;
+use crate::format::{Index, TensorInfo};
+use crate::sink::{Placement, Sink, Sinks};
 use crate::source::Source;
 use execute::{execute, Context};
 use plan::{plan, Out, Placed, Policy};
 
 use progress::Tracker;
-pub(crate) use select::Selection;
+use room::Room;
+pub(crate) use room::{host_memory, received, Claims};
 
-pub(crate) use plan::coalesce;
-pub(crate) use stages::{Transform, Verify};
+pub(crate) use crate::format::verify::{Transform, Verify};
 
 /// What a load did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -52,14 +53,49 @@ pub struct LoadStats {
     pub scratch_peak: usize,
 }
 
+/// What a load runs with: the read options' load settings, made by the layer above
+/// ([`crate::options::ReadOptions::load_settings`]) so that the pipeline names no option.
+#[derive(Clone, Copy)]
+pub(crate) struct Settings<'s> {
+    /// What to verify.
+    pub(crate) verify: Verify,
+    /// CPU workers (threads verifying or copying at once), resolved.
+    pub(crate) cpu_workers: usize,
+    /// Bytes per read request; 0: the source's hint.
+    pub(crate) request_bytes: u64,
+    /// Read requests kept in flight (I/O threads); 0: the source's hint.
+    pub(crate) requests_in_flight: u32,
+    /// Staging lanes per device; 0: one per request in flight.
+    pub(crate) staging_lanes: usize,
+    /// Least time between two progress reports.
+    pub(crate) progress_interval: std::time::Duration,
+    /// The caller's `CUstream` for copies to device memory (0: the sink's own streams).
+    pub(crate) cuda_stream: usize,
+    /// The key or passphrase that decrypts encrypted tensors.
+    pub(crate) secret: &'s Secret,
+}
+
+impl Settings<'_> {
+    /// The same settings with every byte verified.
+    fn verifying(self) -> Self {
+        Settings {
+            verify: Verify {
+                on: true,
+                ..self.verify
+            },
+            ..self
+        }
+    }
+}
+
 /// How many of what a load runs with.
 struct Depth {
     io_threads: usize,
     cpu_workers: usize,
 }
 
-fn depth(source: &dyn Source, options: &ReadOptions) -> Depth {
-    let cpu_workers = options.worker_threads();
+fn depth(source: &dyn Source, options: &Settings<'_>) -> Depth {
+    let cpu_workers = options.cpu_workers;
     let io_threads = match options.requests_in_flight {
         0 => source.hints().in_flight(cpu_workers),
         n => n as usize,
@@ -70,15 +106,15 @@ fn depth(source: &dyn Source, options: &ReadOptions) -> Depth {
     }
 }
 
-fn policy(source: &dyn Source, options: &ReadOptions) -> Policy {
+fn policy(source: &dyn Source, options: &Settings<'_>) -> Policy {
     let hints = source.hints();
     Policy {
-        request: match options.chunk_size {
+        request_bytes: match options.request_bytes {
             0 => hints.request_bytes,
             n => n,
         },
         merge_gap: hints.merge_gap,
-        verify: Verify::from(options),
+        verify: options.verify,
     }
 }
 
@@ -87,7 +123,7 @@ fn policy(source: &dyn Source, options: &ReadOptions) -> Policy {
 fn run(
     source: &dyn Source,
     index: &Index,
-    options: &ReadOptions,
+    options: &Settings<'_>,
     placed: Vec<Placed<'_, '_>>,
     sinks: &[Arc<dyn Sink>],
     io_threads: Option<usize>,
@@ -108,28 +144,19 @@ fn run(
     source.begin();
     let policy = policy(source, options);
     let depth = depth(source, options);
-    // The key of every encrypted tensor loaded, found (or derived) before anything is read:
-    // a missing key fails the load here.
-    // Verification only, without key material: plaid's CRCs cover the stored bytes, so
-    // its encrypted tensors are checked as stored (tensorizer's hashes need the plaintext).
+    // Verification only, without key material: encrypted tensors checked as stored where
+    // the format allows (crypto::Decrypt::for_load).
     let stored_only = placed
         .iter()
         .all(|(_, out, _)| matches!(out, Out::Scratch(_) | Out::Lent(_)))
         && !options.secret.is_set();
-    // Key material also expects encrypted tensors: `Decrypt::of` refuses one stored in the
-    // clear here, before anything is read (unless plaintext is allowed).
-    let mut decrypt = Vec::new();
-    for (t, _, _) in &placed {
-        if stored_only && matches!(t.encryption.as_deref(), Some(Encryption::Plaid { .. })) {
-            continue;
-        }
-        if let Some(stage) = crate::crypto::Decrypt::of(source.name(), t, &options.secret)? {
-            if decrypt.is_empty() {
-                decrypt.resize_with(index.tensors.len(), || None);
-            }
-            decrypt[t.index] = Some(stage);
-        }
-    }
+    let decrypt = crate::crypto::Decrypt::for_load(
+        source.name(),
+        placed.iter().map(|(t, _, _)| *t),
+        index.tensors.len(),
+        options.secret,
+        stored_only,
+    )?;
     let jobs = plan(placed, &policy);
     let tracker = Tracker::new(
         progress,
@@ -154,105 +181,18 @@ fn run(
 pub(crate) fn load<'a>(
     source: &dyn Source,
     index: &Index,
-    options: &ReadOptions,
+    options: &Settings<'_>,
     sinks: &Sinks,
     placement: &mut dyn Placement<'a>,
     progress: Option<&ProgressFn<'_>>,
 ) -> Result<LoadStats> {
     // Every destination is known and checked before the first byte is read.
+    let mut room = Room::new(sinks, options.cuda_stream);
     let mut placed: Vec<Placed<'_, 'a>> = Vec::new();
-    let mut staged: Vec<Arc<dyn Sink>> = Vec::new();
-    let mut cuda_sinks: HashMap<i32, usize> = HashMap::new();
-    let mut device_ranges: BTreeMap<(i32, u64), (u64, &str)> = BTreeMap::new();
     for tensor in &index.tensors {
-        let (dest, selection) = match placement.place(tensor)? {
-            // A view of nothing is nothing: not checked.
-            Destination::View(_, to) if matches!(*to, Destination::Skip) => {
-                (Destination::Skip, None)
-            }
-            Destination::View(view, to) => {
-                if matches!(*to, Destination::View(..)) {
-                    return Err(Error::invalid(format!(
-                        "tensor '{}': a view of a view",
-                        tensor.name
-                    )));
-                }
-                let selection = Selection::resolve(tensor, &view)?;
-                (*to, selection)
-            }
-            dest => (dest, None),
-        };
-        // Bytes the destination receives: the tensor's, or its view's.
-        let needed = selection
-            .as_ref()
-            .map_or(tensor.nbytes, Selection::dest_len);
-        let capacity_error = |capacity: u64| Error::Capacity {
-            tensor: tensor.name.to_string(),
-            needed,
-            capacity,
-        };
-        match dest {
-            Destination::Skip => {}
-            Destination::View(..) => unreachable!("refused above"),
-            Destination::Host(buffer) => {
-                let capacity = buffer.len() as u64;
-                if capacity < needed {
-                    return Err(capacity_error(capacity));
-                }
-                placed.push((tensor, Out::Host(&mut buffer[..needed as usize]), selection));
-            }
-            Destination::Cuda {
-                device,
-                address,
-                capacity,
-            } => {
-                if capacity < needed {
-                    return Err(capacity_error(capacity));
-                }
-                if address == 0 && needed > 0 {
-                    return Err(Error::invalid(format!(
-                        "tensor '{}': CUDA destination address is NULL",
-                        tensor.name
-                    )));
-                }
-                let sink = match cuda_sinks.get(&device) {
-                    Some(&k) => k,
-                    None => {
-                        let sink = sinks
-                            .cuda(device, options.cuda_stream)
-                            .map_err(|e| e.in_tensor(&tensor.name))?;
-                        staged.push(sink);
-                        cuda_sinks.insert(device, staged.len() - 1);
-                        staged.len() - 1
-                    }
-                };
-                let len = usize::try_from(needed).map_err(Error::invalid)?;
-                if len > 0 {
-                    if let Some((_, other)) =
-                        device_ranges.insert((device, address), (needed, &tensor.name))
-                    {
-                        return Err(Error::invalid(format!(
-                            "the CUDA destinations of tensors '{other}' and '{}' overlap on device {device}",
-                            tensor.name
-                        )));
-                    }
-                }
-                placed.push((tensor, Out::Staged { sink, address, len }, selection));
-            }
-        }
+        placed.extend(room.admit(tensor, placement.place(tensor)?)?);
     }
-    // Device destinations must not overlap either (host ones cannot: they are borrowed).
-    let mut previous: Option<(i32, u64, &str)> = None;
-    for (&(device, address), &(len, name)) in &device_ranges {
-        if let Some((d, end, other)) = previous {
-            if d == device && address < end {
-                return Err(Error::invalid(format!(
-                    "the CUDA destinations of tensors '{other}' and '{name}' overlap on device {device}"
-                )));
-            }
-        }
-        previous = Some((device, address.saturating_add(len), name));
-    }
+    let staged = room.staged;
     // Loads that stage take turns with the sinks; each gets its lanes ready, with buffers
     // of one request (which holds a batch too).
     let _turn = (!staged.is_empty()).then(|| sinks.turn());
@@ -266,7 +206,7 @@ pub(crate) fn load<'a>(
             .max()
             .unwrap_or(1);
         let piece = policy(source, options)
-            .read_len()
+            .buffer_len()
             .max(usize::try_from(unit).unwrap_or(usize::MAX));
         // One lane per request in flight by default: a lane is what a request reads into.
         let lanes = match options.staging_lanes {
@@ -285,11 +225,11 @@ pub(crate) fn load<'a>(
 pub(crate) fn verify_all(
     source: &dyn Source,
     index: &Index,
-    options: &ReadOptions,
+    options: &Settings<'_>,
     wanted: &dyn Fn(&TensorInfo) -> bool,
     progress: Option<&ProgressFn<'_>>,
 ) -> Result<LoadStats> {
-    let options = options.clone().verify(true);
+    let options = options.verifying();
     let placed = index
         .tensors
         .iter()
@@ -305,13 +245,13 @@ pub(crate) fn verify_lent(
     source: &dyn Source,
     index: &Index,
     tensors: &[(&TensorInfo, &[u8])],
-    options: &ReadOptions,
+    options: &Settings<'_>,
 ) -> Result<()> {
-    let options = options.clone().verify(true);
+    let options = options.verifying();
     let placed = tensors
         .iter()
         .map(|&(t, bytes)| (t, Out::Lent(bytes), None))
         .collect();
-    let threads = options.worker_threads();
+    let threads = options.cpu_workers;
     run(source, index, &options, placed, &[], Some(threads), None).map(drop)
 }

@@ -9,7 +9,7 @@ use crate::format::{Checksum, TensorInfo};
 use crate::sink::Place;
 
 use super::select::Selection;
-use super::stages::Verify;
+use crate::format::verify::Verify;
 
 /// A tensor, its whole destination, and the view of it the destination wants (`None`: its
 /// stored bytes).
@@ -179,8 +179,8 @@ impl Job<'_> {
 /// How jobs are cut, from the source's hints and the read options.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Policy {
-    /// Bytes per request.
-    pub(crate) request: u64,
+    /// Bytes per read request.
+    pub(crate) request_bytes: u64,
     /// Bytes between two small tensors worth reading through.
     pub(crate) merge_gap: u64,
     /// What is verified.
@@ -190,15 +190,17 @@ pub(crate) struct Policy {
 impl Policy {
     /// The longest batched read.
     pub(crate) fn batch_max(&self) -> u64 {
-        self.request
+        self.request_bytes
             .min(MAX_BATCH.max(self.merge_gap.saturating_mul(8)))
     }
 
     /// Bytes per read, and so per scratch or staging buffer: one request. A job of more
     /// (a whole checksum block larger than a request, a tensor whose hash must see every
     /// byte in order) is read request by request; the stages carry partial blocks across.
-    pub(crate) fn read_len(&self) -> usize {
-        usize::try_from(self.request).unwrap_or(usize::MAX).max(1)
+    pub(crate) fn buffer_len(&self) -> usize {
+        usize::try_from(self.request_bytes)
+            .unwrap_or(usize::MAX)
+            .max(1)
     }
 
     /// Bytes per job of `tensor`: the request size rounded to whole checksum blocks, so
@@ -209,8 +211,8 @@ impl Policy {
             return usize::MAX;
         }
         let job = match tensor.checksum.block_size() {
-            Some(block) => (self.request / block).max(1) * block,
-            None => self.request,
+            Some(block) => (self.request_bytes / block).max(1) * block,
+            None => self.request_bytes,
         };
         // Whole cipher chunks (a multiple of 64 bytes; checksum blocks are powers of two).
         let job = match tensor.encryption.as_deref().map(|e| e.unit()) {
@@ -387,24 +389,6 @@ fn flush<'a>(batch: &mut Vec<(&'a TensorInfo, Out<'a>)>, jobs: &mut Vec<Job<'a>>
     }
 }
 
-/// The byte ranges `(offset, len)` that cover `wanted` (sorted by offset, not
-/// overlapping), merging two neighbours where the gap between them is at most `merge_gap`
-/// and the merged range is at most `max_len` long (a longer single range stays whole).
-pub(crate) fn coalesce(wanted: &[(u64, u64)], merge_gap: u64, max_len: u64) -> Vec<(u64, u64)> {
-    let mut ranges: Vec<(u64, u64)> = Vec::new();
-    for &(offset, len) in wanted {
-        if let Some(last) = ranges.last_mut() {
-            let end = last.0 + last.1;
-            if offset >= end && offset - end <= merge_gap && offset + len - last.0 <= max_len {
-                last.1 = offset + len - last.0;
-                continue;
-            }
-        }
-        ranges.push((offset, len));
-    }
-    ranges
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,7 +413,7 @@ mod tests {
     }
 
     const POLICY: Policy = Policy {
-        request: 10 << 20,
+        request_bytes: 10 << 20,
         merge_gap: 64 << 10,
         verify: Verify {
             on: true,
@@ -476,16 +460,5 @@ mod tests {
             ]
         );
         assert!(matches!(jobs[3].target, Target::Batch { len: 5096, .. }));
-    }
-
-    #[test]
-    fn ranges_merge_within_the_gap_and_the_length() {
-        let wanted = [(0, 10), (15, 10), (100, 10), (111, 1000), (2000, 5)];
-        assert_eq!(
-            coalesce(&wanted, 5, 100),
-            vec![(0, 25), (100, 10), (111, 1000), (2000, 5)]
-        );
-        assert_eq!(coalesce(&wanted, 10_000, 1 << 20), vec![(0, 2005)]);
-        assert!(coalesce(&[], 1, 1).is_empty());
     }
 }

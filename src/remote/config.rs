@@ -15,9 +15,9 @@ use object_store::http::HttpBuilder;
 use object_store::{BackoffConfig, ClientConfigKey, ClientOptions, ObjectStore, RetryConfig};
 
 use super::http::{check_client_option, is_region, Connector, Redirects};
+use super::StorageOptions;
 use super::{Location, Scheme, REMOTE_IN_FLIGHT, REMOTE_MERGE_GAP, REMOTE_REQUEST_BYTES};
 use crate::error::{Error, Result};
-use crate::options::StorageOptions;
 use crate::source::SourceHints;
 
 /// plaid's own keys (the rest are `object_store`'s).

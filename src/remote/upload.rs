@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use object_store::{ObjectStoreExt, WriteMultipart};
 
+use super::StorageOptions;
 use super::{errors, Client, Location};
 use crate::error::{Error, Result};
-use crate::options::StorageOptions;
 
 /// An object being written.
 pub struct Upload {

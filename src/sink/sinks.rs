@@ -97,22 +97,36 @@ impl Writer for HostSink {
     }
 }
 
+/// Makes the sink of a device: `(device, stream)` to the sink copying to that device on that
+/// stream (0: streams of the sink's own). The layer that provides device memory (CUDA)
+/// gives it; this layer names no device API.
+pub(crate) type DeviceSinkFn = fn(i32, usize) -> Result<Arc<dyn Sink>>;
+
 /// The device sinks a deserializer has used, kept between its loads (pinned memory is slow
 /// to allocate), made on first use. Loads into device memory take turns.
-#[derive(Default)]
 pub(crate) struct Sinks {
+    make: DeviceSinkFn,
     cuda: Mutex<HashMap<i32, Arc<dyn Sink>>>,
     turn: Mutex<()>,
 }
 
 impl Sinks {
+    /// No sink yet; device sinks made by `make` when first needed.
+    pub(crate) fn new(make: DeviceSinkFn) -> Sinks {
+        Sinks {
+            make,
+            cuda: Mutex::default(),
+            turn: Mutex::default(),
+        }
+    }
+
     /// The sink of CUDA device `device`, copying on `stream` (0: streams of plaid's own).
     pub(crate) fn cuda(&self, device: i32, stream: usize) -> Result<Arc<dyn Sink>> {
         let mut cuda = self.cuda.lock();
         if let Some(sink) = cuda.get(&device) {
             return Ok(Arc::clone(sink));
         }
-        let sink: Arc<dyn Sink> = Arc::new(crate::cuda::StagingPool::new(device, stream)?);
+        let sink = (self.make)(device, stream)?;
         cuda.insert(device, Arc::clone(&sink));
         Ok(sink)
     }

@@ -1,6 +1,6 @@
 use std::io;
 
-use super::{Source, SourceHints};
+use super::Source;
 use crate::error::{Error, Result};
 
 /// A decorator whose reads fail once they reach `fail_from`, the way a
@@ -20,21 +20,7 @@ impl<S: Source> FailingSource<S> {
 }
 
 impl<S: Source> Source for FailingSource<S> {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-
-    fn hints(&self) -> SourceHints {
-        self.inner.hints()
-    }
-
-    fn begin(&self) {
-        self.inner.begin()
-    }
+    pass_on!(inner: name, len, hints, begin);
 
     /// Bytes before `fail_from` arrive (a short read where the range reaches it); a read
     /// starting at or past it fails.

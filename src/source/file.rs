@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use super::map::Mapping;
-use super::{past_end, slice_range, Mappable, Source, SourceHints};
+use super::{past_end, slice_range, BytesFn, Mappable, Source, SourceHints};
 use crate::error::{Error, Result};
 
 /// Offsets, lengths and addresses of `O_DIRECT` reads are multiples of this.
@@ -261,12 +261,7 @@ impl Source for FileSource {
 }
 
 impl Mappable for FileSource {
-    fn with_bytes(
-        &self,
-        offset: u64,
-        len: usize,
-        f: &mut dyn FnMut(&[u8]) -> Result<()>,
-    ) -> Option<Result<()>> {
+    fn with_bytes(&self, offset: u64, len: usize, f: &mut BytesFn<'_>) -> Option<Result<()>> {
         if self.direct.is_some() || !self.copy_from_map || len < MAP_COPY_MIN {
             return None;
         }

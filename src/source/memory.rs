@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use super::{past_end, slice_range, Mappable, Source};
+use super::{past_end, slice_range, BytesFn, Mappable, Source};
 use crate::error::Result;
 
 /// Bytes held in memory: for tests, fuzzing and small embedded models.
@@ -47,12 +47,7 @@ impl Source for MemorySource {
 }
 
 impl Mappable for MemorySource {
-    fn with_bytes(
-        &self,
-        offset: u64,
-        len: usize,
-        f: &mut dyn FnMut(&[u8]) -> Result<()>,
-    ) -> Option<Result<()>> {
+    fn with_bytes(&self, offset: u64, len: usize, f: &mut BytesFn<'_>) -> Option<Result<()>> {
         Some(self.range(offset, len as u64).and_then(f))
     }
 

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{Mappable, Source, SourceHints};
+use super::{BytesFn, Mappable, Source};
 use crate::error::Result;
 
 /// A decorator that adds every byte read from `inner` (through [`Source::read_at`], or in
@@ -23,13 +23,7 @@ impl<S: Source> Metered<S> {
 }
 
 impl<S: Source> Source for Metered<S> {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
+    pass_on!(inner: name, len, hints, begin);
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let n = self.inner.read_at(offset, buf)?;
@@ -37,26 +31,13 @@ impl<S: Source> Source for Metered<S> {
         Ok(n)
     }
 
-    fn hints(&self) -> SourceHints {
-        self.inner.hints()
-    }
-
     fn mappable(&self) -> Option<&dyn Mappable> {
         self.inner.mappable().map(|_| self as &dyn Mappable)
-    }
-
-    fn begin(&self) {
-        self.inner.begin()
     }
 }
 
 impl<S: Source> Mappable for Metered<S> {
-    fn with_bytes(
-        &self,
-        offset: u64,
-        len: usize,
-        f: &mut dyn FnMut(&[u8]) -> Result<()>,
-    ) -> Option<Result<()>> {
+    fn with_bytes(&self, offset: u64, len: usize, f: &mut BytesFn<'_>) -> Option<Result<()>> {
         let done = self.inner.mappable()?.with_bytes(offset, len, f);
         if matches!(done, Some(Ok(()))) {
             self.bytes.fetch_add(len as u64, Ordering::Relaxed);

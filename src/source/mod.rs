@@ -5,6 +5,32 @@
 //! capability ([`Mappable`]): decorators forward only the core, so a wrapped source always
 //! takes the read path, never silently another one.
 
+/// In a decorator's `impl Source`: pass the methods named (of `name`, `len`, `hints`,
+/// `begin`) on to the source it wraps, `self.$inner`; the decorator writes the rest.
+macro_rules! pass_on {
+    ($inner:ident: $($method:ident),*) => { $(pass_on!(@ $inner $method);)* };
+    (@ $inner:ident name) => {
+        fn name(&self) -> &str {
+            self.$inner.name()
+        }
+    };
+    (@ $inner:ident len) => {
+        fn len(&self) -> u64 {
+            self.$inner.len()
+        }
+    };
+    (@ $inner:ident hints) => {
+        fn hints(&self) -> $crate::source::SourceHints {
+            self.$inner.hints()
+        }
+    };
+    (@ $inner:ident begin) => {
+        fn begin(&self) {
+            self.$inner.begin()
+        }
+    };
+}
+
 mod fault;
 mod file;
 mod map;
@@ -107,6 +133,9 @@ pub trait Source: Send + Sync {
     fn begin(&self) {}
 }
 
+/// What [`Mappable::with_bytes`] runs over the bytes it lends.
+pub type BytesFn<'f> = dyn FnMut(&[u8]) -> Result<()> + 'f;
+
 /// The optional capability of a source whose bytes lie in memory (a mapped file, bytes
 /// held in memory): copies without a read, and zero-copy views.
 pub trait Mappable: Send + Sync {
@@ -115,12 +144,7 @@ pub trait Mappable: Send + Sync {
     /// (not in the page cache, copying from the mapping turned off), or turned out after
     /// `f` ran to have changed under it (the file shrank under its mapping); the caller
     /// reads them with [`Source::read_at`] instead, which reports what the file holds now.
-    fn with_bytes(
-        &self,
-        offset: u64,
-        len: usize,
-        f: &mut dyn FnMut(&[u8]) -> Result<()>,
-    ) -> Option<Result<()>>;
+    fn with_bytes(&self, offset: u64, len: usize, f: &mut BytesFn<'_>) -> Option<Result<()>>;
 
     /// The `len` bytes at `offset` in place, inside a mapping that lives as long as the
     /// source (mapped on first use), for zero-copy views. A range past the end is an
@@ -217,4 +241,38 @@ pub(crate) fn slice_range(bytes: &[u8], offset: u64, len: u64) -> Option<&[u8]> 
     let start = usize::try_from(offset).ok()?;
     let end = start.checked_add(usize::try_from(len).ok()?)?;
     bytes.get(start..end)
+}
+
+/// The byte ranges `(offset, len)` that cover `wanted` (sorted by offset, not
+/// overlapping), merging two neighbours where the gap between them is at most `merge_gap`
+/// and the merged range is at most `max_len` long (a longer single range stays whole).
+pub(crate) fn coalesce(wanted: &[(u64, u64)], merge_gap: u64, max_len: u64) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for &(offset, len) in wanted {
+        if let Some(last) = ranges.last_mut() {
+            let end = last.0 + last.1;
+            if offset >= end && offset - end <= merge_gap && offset + len - last.0 <= max_len {
+                last.1 = offset + len - last.0;
+                continue;
+            }
+        }
+        ranges.push((offset, len));
+    }
+    ranges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge_within_the_gap_and_the_length() {
+        let wanted = [(0, 10), (15, 10), (100, 10), (111, 1000), (2000, 5)];
+        assert_eq!(
+            coalesce(&wanted, 5, 100),
+            vec![(0, 25), (100, 10), (111, 1000), (2000, 5)]
+        );
+        assert_eq!(coalesce(&wanted, 10_000, 1 << 20), vec![(0, 2005)]);
+        assert!(coalesce(&[], 1, 1).is_empty());
+    }
 }

@@ -1,6 +1,6 @@
 //! Several sources seen as one: the shards of a sharded checkpoint, laid end to end.
 
-use super::{past_end, Mappable, Source, SourceHints};
+use super::{past_end, BytesFn, Mappable, Source, SourceHints};
 use crate::error::Result;
 
 /// Sources laid end to end in one address space: part `k` starts where part `k - 1` ends.
@@ -95,12 +95,7 @@ impl Source for MultiSource {
 }
 
 impl Mappable for MultiSource {
-    fn with_bytes(
-        &self,
-        offset: u64,
-        len: usize,
-        f: &mut dyn FnMut(&[u8]) -> Result<()>,
-    ) -> Option<Result<()>> {
+    fn with_bytes(&self, offset: u64, len: usize, f: &mut BytesFn<'_>) -> Option<Result<()>> {
         let (k, inner) = self.locate(offset)?;
         let part = &self.parts[k].1;
         if inner + len as u64 > part.len() {

@@ -4,7 +4,7 @@
 
 use parking_lot::Mutex;
 
-use super::{read_some, Source, SourceHints};
+use super::{read_some, Source};
 use crate::error::Result;
 
 /// The most bytes fetched by the first read of a [`ReadAhead`] made for a source: enough
@@ -81,21 +81,7 @@ impl<S: Source> ReadAhead<S> {
 }
 
 impl<S: Source> Source for ReadAhead<S> {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-
-    fn hints(&self) -> SourceHints {
-        self.inner.hints()
-    }
-
-    fn begin(&self) {
-        self.inner.begin()
-    }
+    pass_on!(inner: name, len, hints, begin);
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         if buf.is_empty() || offset >= self.inner.len() {

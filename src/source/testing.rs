@@ -56,21 +56,7 @@ impl<S: Source> CountingSource<S> {
 }
 
 impl<S: Source> Source for CountingSource<S> {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-
-    fn hints(&self) -> SourceHints {
-        self.inner.hints()
-    }
-
-    fn begin(&self) {
-        self.inner.begin()
-    }
+    pass_on!(inner: name, len, hints, begin);
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let now = self.counts.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -139,20 +125,10 @@ fn mix(mut z: u64) -> u64 {
 }
 
 impl<S: Source> Source for ShortReads<S> {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
+    pass_on!(inner: name, len, begin);
 
     fn hints(&self) -> SourceHints {
         self.hints
-    }
-
-    fn begin(&self) {
-        self.inner.begin()
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {

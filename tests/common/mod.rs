@@ -92,11 +92,29 @@ pub fn load_all(d: &plaid::Deserializer) -> plaid::Result<Vec<Vec<u8>>> {
     Ok(buffers)
 }
 
+/// The command-line tool (the workspace's `plaid-cli`), built beside this test binary: a
+/// `cargo test` of the workspace builds it before any test runs.
+pub fn plaid_cli() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/plaid
+    let cli = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("plaid");
+    assert!(
+        cli.exists(),
+        "{} is not built: run the tests of the whole workspace (cargo test), or cargo build -p plaid-cli first",
+        cli.display()
+    );
+    cli
+}
+
 /// Exit code (None when killed by a signal) and stderr of `plaid ARGS` run with at most
 /// `limit` bytes of address space.
 pub fn plaid_with_address_space(args: &[&str], limit: u64) -> (Option<i32>, String) {
     use std::os::unix::process::CommandExt;
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_plaid"));
+    let mut command = std::process::Command::new(plaid_cli());
     command.args(args).stdout(std::process::Stdio::null());
     // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
     unsafe {

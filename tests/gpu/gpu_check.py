@@ -24,10 +24,12 @@ under several thread, request-size, requests-in-flight and staging settings.
 import argparse
 import ctypes
 import os
+import runpy
 import statistics
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -35,70 +37,21 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 LIB = Path(os.environ.get("PLAID_LIB") or ROOT / "target" / "release" / "libplaid.so")
 
-PLAID_OK, PLAID_ERR_CHECKSUM, PLAID_ERR_CUDA = 0, 5, 10
-PLAID_DEST_CUDA = 2
+
+# plaid._abi, the one ctypes declaration of plaid.h, loaded by path (the package need not
+# be installed).
+abi = types.SimpleNamespace(**runpy.run_path(
+    str(ROOT / "bindings" / "python" / "plaid" / "_abi.py")))
+PLAID_OK = abi.STATUS["PLAID_OK"]
+PLAID_ERR_CHECKSUM = abi.STATUS["PLAID_ERR_CHECKSUM"]
+PLAID_ERR_CUDA = abi.STATUS["PLAID_ERR_CUDA"]
+PLAID_DEST_CUDA = abi.DEST_CUDA
 DTYPE_IDS = {torch.bfloat16: 11, torch.float32: 12, torch.float16: 10, torch.int64: 8,
              torch.uint8: 2}
-
-
-class Info(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_char_p), ("name_len", ctypes.c_size_t),
-                ("dtype", ctypes.c_uint32), ("ndim", ctypes.c_uint32),
-                ("shape", ctypes.POINTER(ctypes.c_uint64)), ("nbytes", ctypes.c_uint64),
-                ("index", ctypes.c_size_t), ("role", ctypes.c_uint32),
-                ("module_index", ctypes.c_uint32), ("path", ctypes.c_char_p),
-                ("path_len", ctypes.c_size_t), ("zero_fill", ctypes.c_uint32), ("offset", ctypes.c_uint64)]
-
-
-class Dest(ctypes.Structure):
-    _fields_ = [("kind", ctypes.c_uint32), ("device", ctypes.c_int32),
-                ("address", ctypes.c_uint64), ("capacity", ctypes.c_uint64),
-                ("slice_dim", ctypes.c_uint32), ("slice_start", ctypes.c_uint64),
-                ("slice_stop", ctypes.c_uint64), ("dtype", ctypes.c_uint32)]
-
-
-PLACE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.POINTER(Info),
-                         ctypes.POINTER(Dest))
+PLACE = abi.PLACE_FN
+NO_FILTER = abi.FILTER_FN()
 vp = ctypes.c_void_p
-lib = ctypes.CDLL(str(LIB))
-for name, args, res in [
-    ("plaid_read_options_new", [ctypes.POINTER(vp)], ctypes.c_int),
-    ("plaid_read_options_free", [vp], None),
-    ("plaid_read_options_set_threads", [vp, ctypes.c_uint32], ctypes.c_int),
-    ("plaid_read_options_set_chunk_size", [vp, ctypes.c_uint64], ctypes.c_int),
-    ("plaid_read_options_set_cuda_stream", [vp, vp], ctypes.c_int),
-    ("plaid_read_options_set_key", [vp, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int),
-    ("plaid_read_options_set_verify", [vp, ctypes.c_int32], ctypes.c_int),
-    ("plaid_read_options_set_mmap", [vp, ctypes.c_int32], ctypes.c_int),
-    ("plaid_read_options_set_requests_in_flight", [vp, ctypes.c_uint32], ctypes.c_int),
-    ("plaid_read_options_set_staging_lanes", [vp, ctypes.c_uint32], ctypes.c_int),
-    ("plaid_deserializer_open", [ctypes.c_char_p, vp, ctypes.POINTER(vp)], ctypes.c_int),
-    ("plaid_deserializer_tensor_count", [vp], ctypes.c_size_t),
-    ("plaid_deserializer_tensor", [vp, ctypes.c_size_t], ctypes.POINTER(Info)),
-    ("plaid_deserializer_load", [vp, PLACE, vp], ctypes.c_int),
-    ("plaid_deserializer_load_cuda", [vp, ctypes.c_int32, vp, vp, ctypes.POINTER(vp)],
-     ctypes.c_int),
-    ("plaid_deserializer_free", [vp], None),
-    ("plaid_cuda_arena_tensor", [vp, ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint64),
-                                 ctypes.POINTER(ctypes.c_uint64)], ctypes.c_int),
-    ("plaid_cuda_arena_free", [vp], None),
-    ("plaid_write_options_new", [ctypes.POINTER(vp)], ctypes.c_int),
-    ("plaid_write_options_set_sync", [vp, ctypes.c_int], ctypes.c_int),
-    ("plaid_write_options_free", [vp], None),
-    ("plaid_serializer_new", [ctypes.c_char_p, vp, ctypes.POINTER(vp)], ctypes.c_int),
-    ("plaid_serializer_add_tensor", [vp, ctypes.c_char_p, ctypes.c_uint32,
-                                     ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t, vp,
-                                     ctypes.c_uint64], ctypes.c_int),
-    ("plaid_serializer_add_tensor_cuda", [vp, ctypes.c_char_p, ctypes.c_uint32,
-                                          ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t,
-                                          ctypes.c_int32, ctypes.c_uint64, ctypes.c_uint64],
-     ctypes.c_int),
-    ("plaid_serializer_finish", [vp], ctypes.c_int),
-    ("plaid_serializer_free", [vp], None),
-    ("plaid_last_error_message", [ctypes.c_char_p, ctypes.c_size_t], ctypes.c_size_t),
-]:
-    f = getattr(lib, name)
-    f.argtypes, f.restype = args, res
+lib = abi.bind(ctypes.CDLL(str(LIB)))
 
 
 def message():
@@ -248,7 +201,7 @@ def run_tests(tmp):
 
     d = open_plaid(path)
     arena = vp()
-    status = lib.plaid_deserializer_load_cuda(d, 0, None, None, ctypes.byref(arena))
+    status = lib.plaid_deserializer_load_cuda(d, 0, NO_FILTER, None, ctypes.byref(arena))
     same = status == PLAID_OK
     if same:
         for i, n in enumerate(names):
@@ -266,7 +219,7 @@ def run_tests(tmp):
         lib.plaid_cuda_arena_free(arena)
     check(same, "plaid_deserializer_load_cuda: plaid allocates, every tensor right")
     bad = vp()
-    status = lib.plaid_deserializer_load_cuda(d, 999, None, None, ctypes.byref(bad))
+    status = lib.plaid_deserializer_load_cuda(d, 999, NO_FILTER, None, ctypes.byref(bad))
     check(status == PLAID_ERR_CUDA and "CUDA" in message(), "a device that does not exist")
     lib.plaid_deserializer_free(d)
 
@@ -535,7 +488,7 @@ def run_bench(tmp, size_gib, rounds):
 
     def allocate():
         arena = vp()
-        ok(lib.plaid_deserializer_load_cuda(d, 0, None, None, ctypes.byref(arena)), "load_cuda")
+        ok(lib.plaid_deserializer_load_cuda(d, 0, NO_FILTER, None, ctypes.byref(arena)), "load_cuda")
         lib.plaid_cuda_arena_free(arena)
     lib.plaid_deserializer_free(d)
     d = open_plaid(plaid_path)

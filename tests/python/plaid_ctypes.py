@@ -3,6 +3,8 @@ calls it."""
 
 import ctypes
 import os
+import runpy
+import types
 from pathlib import Path
 
 import numpy as np
@@ -18,56 +20,26 @@ LIB = Path(os.environ.get("PLAID_LIB") or
             else _TARGET / "debug" / "libplaid.so"))
 CLI = LIB.parent / "plaid"
 
-PLAID_OK = 0
-PLAID_ERR_UNSUPPORTED = 4
-PLAID_ERR_CHECKSUM = 5
-PLAID_ERR_DECRYPT = 12
-PLAID_DEST_HOST = 1
-PLAID_FORMAT_PLAID = 1
-PLAID_FORMAT_SAFETENSORS = 2
-PLAID_FORMAT_TENSORIZER = 3
 
-
-class Info(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_char_p), ("name_len", ctypes.c_size_t),
-                ("dtype", ctypes.c_uint32), ("ndim", ctypes.c_uint32),
-                ("shape", ctypes.POINTER(ctypes.c_uint64)), ("nbytes", ctypes.c_uint64),
-                ("index", ctypes.c_size_t), ("role", ctypes.c_uint32),
-                ("module_index", ctypes.c_uint32), ("path", ctypes.c_char_p),
-                ("path_len", ctypes.c_size_t), ("zero_fill", ctypes.c_uint32),
-                ("encrypted", ctypes.c_uint32), ("offset", ctypes.c_uint64)]
-
-
-class Dest(ctypes.Structure):
-    _fields_ = [("kind", ctypes.c_uint32), ("device", ctypes.c_int32),
-                ("address", ctypes.c_uint64), ("capacity", ctypes.c_uint64),
-                ("slice_dim", ctypes.c_uint32), ("slice_start", ctypes.c_uint64),
-                ("slice_stop", ctypes.c_uint64), ("dtype", ctypes.c_uint32)]
-
-
-PLACE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.POINTER(Info),
-                         ctypes.POINTER(Dest))
+# plaid._abi, the one ctypes declaration of plaid.h, loaded by path (the package need not
+# be installed).
+abi = types.SimpleNamespace(**runpy.run_path(
+    str(ROOT / "bindings" / "python" / "plaid" / "_abi.py")))
+PLAID_OK = abi.STATUS["PLAID_OK"]
+PLAID_ERR_UNSUPPORTED = abi.STATUS["PLAID_ERR_UNSUPPORTED"]
+PLAID_ERR_CHECKSUM = abi.STATUS["PLAID_ERR_CHECKSUM"]
+PLAID_ERR_DECRYPT = abi.STATUS["PLAID_ERR_DECRYPT"]
+PLAID_DEST_HOST = abi.DEST_HOST
+PLAID_FORMAT_PLAID, PLAID_FORMAT_SAFETENSORS, PLAID_FORMAT_TENSORIZER = 1, 2, 3
+assert abi.FORMATS == {PLAID_FORMAT_PLAID: "plaid", PLAID_FORMAT_SAFETENSORS: "safetensors",
+                       PLAID_FORMAT_TENSORIZER: "tensorizer"}
+Info, Dest, PLACE = abi.TensorInfo, abi.Destination, abi.PLACE_FN
 
 
 def open_library():
     if not LIB.exists():
         pytest.skip(f"{LIB} not built (cargo build)")
-    lib = ctypes.CDLL(str(LIB))
-    vp = ctypes.c_void_p
-    lib.plaid_deserializer_open.argtypes = [ctypes.c_char_p, vp, ctypes.POINTER(vp)]
-    lib.plaid_deserializer_format.argtypes = [vp]
-    lib.plaid_deserializer_format.restype = ctypes.c_uint32
-    lib.plaid_deserializer_tensor_count.argtypes = [vp]
-    lib.plaid_deserializer_tensor_count.restype = ctypes.c_size_t
-    lib.plaid_deserializer_tensor.argtypes = [vp, ctypes.c_size_t]
-    lib.plaid_deserializer_tensor.restype = ctypes.POINTER(Info)
-    lib.plaid_deserializer_load.argtypes = [vp, PLACE, vp]
-    lib.plaid_deserializer_metadata_get.argtypes = [vp, ctypes.c_char_p,
-                                                    ctypes.POINTER(ctypes.c_char_p)]
-    lib.plaid_deserializer_free.argtypes = [vp]
-    lib.plaid_last_error_message.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-    lib.plaid_last_error_message.restype = ctypes.c_size_t
-    return lib
+    return abi.bind(ctypes.CDLL(str(LIB)))
 
 
 def message(lib):

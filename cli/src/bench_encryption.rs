@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use plaid::{DType, Deserializer, Destination, ReadOptions, Serializer, TensorInfo, WriteOptions};
+use plaid::{DType, Deserializer, ReadOptions, Serializer, WriteOptions};
 
 /// A benchmark key: the point is the cipher's cost, not the key's secrecy.
 const KEY: [u8; 32] = [0x5a; 32];
@@ -68,13 +68,7 @@ pub(crate) fn bench_encryption(
         let mut buffers: Vec<Vec<u8>> = data.iter().map(|d| vec![0u8; d.len()]).collect();
         let load = |reader: &Deserializer, buffers: &mut [Vec<u8>]| -> plaid::Result<Duration> {
             let started = Instant::now();
-            let mut slots: Vec<Option<&mut [u8]>> =
-                buffers.iter_mut().map(|b| Some(b.as_mut_slice())).collect();
-            reader.load(&mut |t: &TensorInfo| {
-                Ok(slots[t.index]
-                    .take()
-                    .map_or(Destination::Skip, Destination::Host))
-            })?;
+            crate::bench::load(reader, buffers)?;
             Ok(started.elapsed())
         };
         // Warm-up (page cache, code, threads), then rounds alternating plain and encrypted.

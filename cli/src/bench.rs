@@ -71,7 +71,7 @@ fn write_model(
     ))
 }
 
-fn load(reader: &Deserializer, buffers: &mut [Vec<u8>]) -> plaid::Result<()> {
+pub(crate) fn load(reader: &Deserializer, buffers: &mut [Vec<u8>]) -> plaid::Result<()> {
     let mut slots: Vec<Option<&mut [u8]>> =
         buffers.iter_mut().map(|b| Some(b.as_mut_slice())).collect();
     reader.load(&mut |t: &TensorInfo| {
@@ -161,51 +161,51 @@ fn io(e: std::io::Error) -> plaid::Error {
     plaid::Error::InvalidArgument(format!("benchmark I/O: {e}"))
 }
 
-pub(crate) fn bench(
-    size_mib: u64,
-    dir: Option<PathBuf>,
+/// A verification from a source without a mapping: requests in flight, the request size,
+/// the peak RSS it added, its scratch peak and its seconds.
+type Streamed = (u32, u64, u64, usize, f64);
+/// A load's peak RSS above its destinations: through the mapping or not, the peak, and the
+/// bytes of requests in flight.
+type Peak = (bool, u64, u64);
+
+/// What every scenario shares: the model written once, its bytes, pre-faulted destination
+/// buffers of its tensors' sizes, and the rows measured so far.
+struct Bench {
     rounds: usize,
-    small: usize,
-) -> plaid::Result<()> {
-    let rounds = rounds.max(1);
-    let dir = dir.unwrap_or_else(std::env::temp_dir);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let id = std::process::id();
-    let big_path = dir.join(format!("plaid-bench-{id}-model.plaid"));
-    let small_path = dir.join(format!("plaid-bench-{id}-small.plaid"));
-    let one_path = dir.join(format!("plaid-bench-{id}-one.plaid"));
-    let st_path = dir.join(format!("plaid-bench-{id}-model.safetensors"));
-    let tz_path = dir.join(format!("plaid-bench-{id}-model.tensors"));
-    let result = (|| {
-        println!("plaid bench: writing the test files to {}", dir.display());
-        let (model, source) = write_model(&big_path, &synthetic_model(size_mib << 20))?;
-        // 10,000+ small tensors of 8 KiB, and the same bytes as one tensor.
-        let small_tensors: Vec<(String, Vec<u64>)> = (0..small)
-            .map(|i| (format!("small.{i}"), vec![4096]))
-            .collect();
-        let (small_model, _) = write_model(&small_path, &small_tensors)?;
-        let (one_model, _) = write_model(&one_path, &[("one".into(), vec![4096 * small as u64])])?;
+    cores: usize,
+    model: Prepared,
+    source: Vec<Vec<u8>>,
+    buffers: Vec<Vec<u8>>,
+    rows: Rows,
+}
 
-        let mut buffers: Vec<Vec<u8>> = model.sizes.iter().map(|&n| vec![0xA5u8; n]).collect();
-        let mut rows: Vec<Row> = Vec::new();
-        let mut cuda_pinned = 0usize;
-        let mut row =
-            |name: String, bytes: u64, times: Vec<Duration>| rows.push(Row { name, bytes, times });
+/// The rows of the table, in the order measured.
+struct Rows(Vec<Row>);
 
-        // The limits.
-        let times = time(rounds, || {
-            for (dst, src) in buffers.iter_mut().zip(&source) {
+impl Rows {
+    fn add(&mut self, name: String, bytes: u64, times: Vec<Duration>) {
+        self.0.push(Row { name, bytes, times });
+    }
+}
+
+impl Bench {
+    /// The limits.
+    fn limits(&mut self) -> plaid::Result<()> {
+        let cores = self.cores;
+        let times = time(self.rounds, || {
+            for (dst, src) in self.buffers.iter_mut().zip(&self.source) {
                 dst.copy_from_slice(src);
             }
             Ok(())
         })?;
-        row(
+        self.rows.add(
             "limit: memcpy into pre-faulted buffers, 1 thread".into(),
-            model.total,
+            self.model.total,
             times,
         );
-        let times = time(rounds, || {
-            let pairs: Vec<(&mut Vec<u8>, &Vec<u8>)> = buffers.iter_mut().zip(&source).collect();
+        let times = time(self.rounds, || {
+            let pairs: Vec<(&mut Vec<u8>, &Vec<u8>)> =
+                self.buffers.iter_mut().zip(&self.source).collect();
             let per = pairs.len().div_ceil(cores);
             std::thread::scope(|s| {
                 let mut pairs = pairs;
@@ -217,81 +217,89 @@ pub(crate) fn bench(
             });
             Ok(())
         })?;
-        row(
+        self.rows.add(
             format!("limit: memcpy, {cores} threads"),
-            model.total,
+            self.model.total,
             times,
         );
         let mut staging = vec![0u8; 16 << 20];
-        let times = time(rounds, || {
-            let mut file = File::open(&model.path).map_err(io)?;
+        let times = time(self.rounds, || {
+            let mut file = File::open(&self.model.path).map_err(io)?;
             while file.read(&mut staging).map_err(io)? > 0 {}
             Ok(())
         })?;
-        let file_len = std::fs::metadata(&model.path).map_err(io)?.len();
-        row(
+        let file_len = std::fs::metadata(&self.model.path).map_err(io)?.len();
+        self.rows.add(
             "limit: read() of the file, 1 thread, 16 MiB buffer".into(),
             file_len,
             times,
         );
+        Ok(())
+    }
 
-        // The copy-and-CRC kernel alone, on 64 MiB buffers (pre-faulted, so that no row pays
-        // page faults): against memcpy and against copying, then checksumming the copy.
-        {
-            use plaid::format::crc_copy;
-            let len = 64usize << 20;
-            let src: Vec<u8> = (0..len)
-                .map(|i| (i as u32).wrapping_mul(2_654_435_761) as u8)
-                .collect();
-            let mut dst = vec![0xA5u8; len];
-            let times = time(rounds * 4, || {
-                dst.copy_from_slice(&src);
-                std::hint::black_box(&dst);
+    /// The copy-and-CRC kernel alone, on 64 MiB buffers (pre-faulted, so that no row pays
+    /// page faults): against memcpy and against copying, then checksumming the copy.
+    fn kernels(&mut self) -> plaid::Result<()> {
+        use plaid::format::crc_copy;
+        let len = 64usize << 20;
+        let src: Vec<u8> = (0..len)
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761) as u8)
+            .collect();
+        let mut dst = vec![0xA5u8; len];
+        let times = time(self.rounds * 4, || {
+            dst.copy_from_slice(&src);
+            std::hint::black_box(&dst);
+            Ok(())
+        })?;
+        self.rows
+            .add("kernel: memcpy, 64 MiB".into(), len as u64, times);
+        let times = time(self.rounds * 4, || {
+            dst.copy_from_slice(&src);
+            std::hint::black_box(plaid::format::checksum::crc32c(&dst));
+            Ok(())
+        })?;
+        self.rows.add(
+            "kernel: memcpy, then crc-fast over the copy, 64 MiB".into(),
+            len as u64,
+            times,
+        );
+        for kernel in crc_copy::kernels() {
+            let times = time(self.rounds * 4, || {
+                std::hint::black_box((kernel.run)(&mut dst, &src, 0));
                 Ok(())
             })?;
-            row("kernel: memcpy, 64 MiB".into(), len as u64, times);
-            let times = time(rounds * 4, || {
-                dst.copy_from_slice(&src);
-                std::hint::black_box(plaid::format::checksum::crc32c(&dst));
-                Ok(())
-            })?;
-            row(
-                "kernel: memcpy, then crc-fast over the copy, 64 MiB".into(),
+            self.rows.add(
+                format!("kernel: copy_crc32c, {}, 64 MiB", kernel.name),
                 len as u64,
                 times,
             );
-            for kernel in crc_copy::kernels() {
-                let times = time(rounds * 4, || {
-                    std::hint::black_box((kernel.run)(&mut dst, &src, 0));
-                    Ok(())
-                })?;
-                row(
-                    format!("kernel: copy_crc32c, {}, 64 MiB", kernel.name),
-                    len as u64,
-                    times,
-                );
-            }
         }
+        Ok(())
+    }
 
-        // A naive loader: one pread per tensor straight into its destination.
-        let reader = Deserializer::open(&model.path, ReadOptions::default())?;
+    /// A naive loader: one pread per tensor straight into its destination.
+    fn naive(&mut self) -> plaid::Result<()> {
+        let reader = Deserializer::open(&self.model.path, ReadOptions::default())?;
         let offsets: Vec<u64> = reader.tensors().iter().map(|t| t.offset).collect();
-        let times = time(rounds, || {
-            let file = File::open(&model.path).map_err(io)?;
-            for (buffer, &offset) in buffers.iter_mut().zip(&offsets) {
+        let times = time(self.rounds, || {
+            let file = File::open(&self.model.path).map_err(io)?;
+            for (buffer, &offset) in self.buffers.iter_mut().zip(&offsets) {
                 file.read_exact_at(buffer, offset).map_err(io)?;
             }
             Ok(())
         })?;
-        row(
+        self.rows.add(
             "naive: pread per tensor into its destination".into(),
-            model.total,
+            self.model.total,
             times,
         );
+        Ok(())
+    }
 
-        // plaid: copying out of the guarded mapping (the default) and with pread. Verified
-        // copies out of the mapping also with the portable kernel (copy, then checksum the
-        // copy: how plaid verified before the fused kernel), for before and after.
+    /// plaid: copying out of the guarded mapping (the default) and with pread. Verified
+    /// copies out of the mapping also with the portable kernel (copy, then checksum the
+    /// copy: how plaid verified before the fused kernel), for before and after.
+    fn host_loads(&mut self) -> plaid::Result<()> {
         let fused = plaid::format::crc_copy::kernel_name();
         let portable = plaid::format::crc_copy::PORTABLE;
         let mut cases = vec![(true, true, fused)];
@@ -299,51 +307,57 @@ pub(crate) fn bench(
             cases.push((true, true, portable));
         }
         cases.extend([(true, false, fused), (false, true, fused)]);
-        for threads in [1, cores] {
+        for threads in [1, self.cores] {
             for &(mmap, verify, kernel) in &cases {
                 plaid::format::crc_copy::use_kernel(kernel);
                 let options = ReadOptions::default()
                     .threads(threads)?
                     .verify(verify)
                     .mmap(mmap);
-                let reader = Deserializer::open(&model.path, options)?;
-                let times = time(rounds, || load(&reader, &mut buffers))?;
+                let reader = Deserializer::open(&self.model.path, options)?;
+                let times = time(self.rounds, || load(&reader, &mut self.buffers))?;
                 let check = match (verify, mmap) {
                     (false, _) => "unverified",
                     (true, true) if kernel != fused => "verified, copy then crc-fast",
                     (true, _) => "verified",
                 };
                 let how = if mmap { "mmap copy" } else { "pread" };
-                row(
+                self.rows.add(
                     format!("plaid: host buffers, {how}, {threads} thread(s), {check}"),
-                    model.total,
+                    self.model.total,
                     times,
                 );
             }
         }
         plaid::format::crc_copy::use_kernel(fused);
+        Ok(())
+    }
 
-        // Peak memory of a load beyond the destinations (which are resident already).
+    /// Peak memory of a load beyond the destinations (which are resident already).
+    fn peak_memory(&mut self) -> plaid::Result<Vec<Peak>> {
         let mut peaks = Vec::new();
         for mmap in [true, false] {
-            let options = ReadOptions::default().threads(cores)?.mmap(mmap);
+            let options = ReadOptions::default().threads(self.cores)?.mmap(mmap);
             let request = match options.chunk_bytes() {
                 0 => plaid::options::DEFAULT_CHUNK_SIZE,
                 n => n,
             };
-            let staging = request * cores as u64;
-            let reader = Deserializer::open(&model.path, options)?;
+            let staging = request * self.cores as u64;
+            let reader = Deserializer::open(&self.model.path, options)?;
             if let Some((before, _)) = rss().filter(|_| reset_peak_rss()) {
-                load(&reader, &mut buffers)?;
+                load(&reader, &mut self.buffers)?;
                 if let Some((_, peak)) = rss() {
                     peaks.push((mmap, peak.saturating_sub(before), staging));
                 }
             }
         }
+        Ok(peaks)
+    }
 
-        // Memory read through from a source that cannot be mapped (the file through a
-        // decorator, which forwards only reads): verification keeps nothing, so what it
-        // allocates is its scratch, bounded by requests in flight x request size.
+    /// Memory read through from a source that cannot be mapped (the file through a
+    /// decorator, which forwards only reads): verification keeps nothing, so what it
+    /// allocates is its scratch, bounded by requests in flight x request size.
+    fn unmappable(&mut self) -> plaid::Result<Vec<Streamed>> {
         let mut streamed = Vec::new();
         for (in_flight, request) in [
             (2u32, 1u64 << 20),
@@ -351,10 +365,11 @@ pub(crate) fn bench(
             (32, 4 << 20),
             (8, 16 << 20),
         ] {
-            let source =
-                plaid::source::CountingSource::new(plaid::source::FileSource::open(&model.path)?);
+            let source = plaid::source::CountingSource::new(plaid::source::FileSource::open(
+                &self.model.path,
+            )?);
             let options = ReadOptions::default()
-                .threads(cores)?
+                .threads(self.cores)?
                 .requests_in_flight(in_flight)?
                 .chunk_size(request)?;
             let reader = Deserializer::from_source(Box::new(source), options)?;
@@ -373,157 +388,184 @@ pub(crate) fn bench(
                 }
             }
         }
+        Ok(streamed)
+    }
 
-        // Zero-copy: open and map, then every view (no verification: what opening costs);
-        // and with every view verified up front.
-        let times = time(rounds, || {
-            let reader = Deserializer::open(&model.path, ReadOptions::default().verify(false))?;
+    /// Zero-copy: open and map, then every view (no verification: what opening costs);
+    /// and with every view verified up front.
+    fn zero_copy(&mut self) -> plaid::Result<()> {
+        let cores = self.cores;
+        let times = time(self.rounds, || {
+            let reader =
+                Deserializer::open(&self.model.path, ReadOptions::default().verify(false))?;
             reader.map()?;
             for i in 0..reader.tensors().len() {
                 std::hint::black_box(reader.view(i)?.as_ptr());
             }
             Ok(())
         })?;
-        row(
+        self.rows.add(
             "plaid: zero-copy open + map + every view, unverified".into(),
-            model.total,
+            self.model.total,
             times,
         );
-        let times = time(rounds, || {
+        let times = time(self.rounds, || {
             let options = ReadOptions::default()
                 .threads(cores)?
                 .verify_views_up_front(true);
-            let reader = Deserializer::open(&model.path, options)?;
+            let reader = Deserializer::open(&self.model.path, options)?;
             reader.map()
         })?;
-        row(
+        self.rows.add(
             format!("plaid: zero-copy open + map, verified up front, {cores} thread(s)"),
-            model.total,
+            self.model.total,
             times,
         );
+        Ok(())
+    }
 
-        // Fresh allocations: what a load_file-style call sees, page faults included.
-        let sizes: Vec<Option<u64>> = model.sizes.iter().map(|&n| Some(n as u64)).collect();
+    /// Fresh allocations: what a load_file-style call sees, page faults included.
+    fn fresh_allocations(&mut self) -> plaid::Result<()> {
+        let cores = self.cores;
+        let sizes: Vec<Option<u64>> = self.model.sizes.iter().map(|&n| Some(n as u64)).collect();
         for huge in [false, true] {
             let pages = if huge { "huge pages" } else { "4 KiB pages" };
-            let times = time(rounds, || {
+            let times = time(self.rounds, || {
                 let mut arena = HostArena::allocate(&sizes, huge)?;
-                for (i, src) in source.iter().enumerate() {
+                for (i, src) in self.source.iter().enumerate() {
                     if let Some(dst) = arena.tensor_mut(i) {
                         dst.copy_from_slice(src);
                     }
                 }
                 Ok(())
             })?;
-            row(
+            self.rows.add(
                 format!("limit: memcpy into one fresh allocation, {pages}, 1 thread"),
-                model.total,
+                self.model.total,
                 times,
             );
-            let reader = Deserializer::open(&model.path, ReadOptions::default().huge_pages(huge))?;
-            let times = time(rounds, || {
+            let reader =
+                Deserializer::open(&self.model.path, ReadOptions::default().huge_pages(huge))?;
+            let times = time(self.rounds, || {
                 reader.load_to_host(&mut |_| true, None).map(drop)
             })?;
-            row(
+            self.rows.add(
                 format!("plaid: load_to_host (fresh), {pages}, {cores} thread(s), verified"),
-                model.total,
+                self.model.total,
                 times,
             );
         }
+        Ok(())
+    }
 
-        // Cold file: dropped from the page cache before every round, buffered against
-        // O_DIRECT. (No warm-up: it would warm the cache.)
-        File::open(&model.path)
+    /// Cold file: dropped from the page cache before every round, buffered against
+    /// O_DIRECT. (No warm-up: it would warm the cache.)
+    fn cold_file(&mut self) -> plaid::Result<()> {
+        let cores = self.cores;
+        File::open(&self.model.path)
             .and_then(|f| f.sync_all())
             .map_err(io)?;
         for direct in [false, true] {
             let options = ReadOptions::default().threads(cores)?.direct_io(direct);
-            let reader = Deserializer::open(&model.path, options)?;
+            let reader = Deserializer::open(&self.model.path, options)?;
             let mut times = Vec::new();
-            for _ in 0..rounds {
-                drop_from_cache(&model.path)?;
+            for _ in 0..self.rounds {
+                drop_from_cache(&self.model.path)?;
                 let started = Instant::now();
-                load(&reader, &mut buffers)?;
+                load(&reader, &mut self.buffers)?;
                 times.push(started.elapsed());
             }
             let how = if direct { "O_DIRECT" } else { "buffered" };
-            row(
+            self.rows.add(
                 format!("plaid: cold file, {how}, {cores} thread(s), verified"),
-                model.total,
+                self.model.total,
                 times,
             );
         }
-        if buffers.iter().zip(&source).any(|(b, s)| b != s) {
+        if self.buffers.iter().zip(&self.source).any(|(b, s)| b != s) {
             return Err(plaid::Error::InvalidArgument(
                 "a loaded tensor differs from its source".into(),
             ));
         }
+        Ok(())
+    }
 
-        // The same weights as a safetensors file, through the same pipeline. safetensors
-        // carries no checksums, so its like-for-like plaid row is the unverified one.
-        write_safetensors(&st_path, reader.tensors(), &source)?;
-        for threads in [1, cores] {
+    /// The same weights as a safetensors file, through the same pipeline. safetensors
+    /// carries no checksums, so its like-for-like plaid row is the unverified one.
+    fn safetensors(&mut self, st_path: &Path) -> plaid::Result<()> {
+        let reader = Deserializer::open(&self.model.path, ReadOptions::default())?;
+        write_safetensors(st_path, reader.tensors(), &self.source)?;
+        for threads in [1, self.cores] {
             let options = ReadOptions::default().threads(threads)?;
-            let st = Deserializer::open(&st_path, options)?;
-            let times = time(rounds, || load(&st, &mut buffers))?;
-            row(
+            let st = Deserializer::open(st_path, options)?;
+            let times = time(self.rounds, || load(&st, &mut self.buffers))?;
+            self.rows.add(
                 format!("plaid: safetensors file, host buffers, {threads} thread(s)"),
-                model.total,
+                self.model.total,
                 times,
             );
         }
-        if buffers.iter().zip(&source).any(|(b, s)| b != s) {
+        if self.buffers.iter().zip(&self.source).any(|(b, s)| b != s) {
             return Err(plaid::Error::InvalidArgument(
                 "a tensor loaded from safetensors differs from its source".into(),
             ));
         }
+        Ok(())
+    }
 
-        // The same weights as a tensorizer file (written by plaid's tensorizer writer,
-        // which matches tensorizer's byte for byte), through the same pipeline: unverified,
-        // and verified against its own per-tensor CRC32 and SHA-256.
-        plaid::convert::to_tensorizer(&reader, &tz_path, &mut |_, _| {})?;
+    /// The same weights as a tensorizer file (written by plaid's tensorizer writer,
+    /// which matches tensorizer's byte for byte), through the same pipeline: unverified,
+    /// and verified against its own per-tensor CRC32 and SHA-256.
+    fn tensorizer(&mut self, tz_path: &Path) -> plaid::Result<()> {
+        let reader = Deserializer::open(&self.model.path, ReadOptions::default())?;
+        plaid::convert::to_tensorizer(&reader, tz_path, &mut |_, _| {})?;
         for (verify, sha256, how) in [
             (false, false, "unverified"),
             (true, false, "verified, CRC32"),
             (true, true, "verified, CRC32+SHA-256"),
         ] {
-            for threads in [1, cores] {
+            for threads in [1, self.cores] {
                 let options = ReadOptions::default()
                     .threads(threads)?
                     .verify(verify)
                     .verify_sha256(sha256);
-                let tz = Deserializer::open(&tz_path, options)?;
-                let times = time(rounds, || load(&tz, &mut buffers))?;
-                row(
+                let tz = Deserializer::open(tz_path, options)?;
+                let times = time(self.rounds, || load(&tz, &mut self.buffers))?;
+                self.rows.add(
                     format!("plaid: tensorizer file, host buffers, {threads} thread(s), {how}"),
-                    model.total,
+                    self.model.total,
                     times,
                 );
             }
         }
-        if buffers.iter().zip(&source).any(|(b, s)| b != s) {
+        if self.buffers.iter().zip(&self.source).any(|(b, s)| b != s) {
             return Err(plaid::Error::InvalidArgument(
                 "a tensor loaded from tensorizer differs from its source".into(),
             ));
         }
+        Ok(())
+    }
 
-        // Device memory, where a CUDA driver is present (a real one, or the stand-in of
-        // tests/cuda with LD_LIBRARY_PATH): the pinned copy ceiling, then plaid loading
-        // into caller-allocated device memory and into memory it allocates.
+    /// Device memory, where a CUDA driver is present (a real one, or the stand-in of
+    /// tests/cuda with LD_LIBRARY_PATH): the pinned copy ceiling, then plaid loading
+    /// into caller-allocated device memory and into memory it allocates.
+    fn device(&mut self) -> plaid::Result<usize> {
+        let mut cuda_pinned = 0usize;
         match plaid::cuda::device_count() {
             Ok(n) if n > 0 => {
-                let times = plaid::cuda::pinned_htod_times(0, model.total, 64 << 20, rounds + 1)?;
-                row(
+                let times =
+                    plaid::cuda::pinned_htod_times(0, self.model.total, 64 << 20, self.rounds + 1)?;
+                self.rows.add(
                     "limit: pinned host-to-device copies, 64 MiB, 1 stream".into(),
-                    model.total,
+                    self.model.total,
                     times[1..].to_vec(),
                 );
-                for threads in [1, cores] {
+                for threads in [1, self.cores] {
                     let options = ReadOptions::default().threads(threads)?;
-                    let d = Deserializer::open(&model.path, options)?;
+                    let d = Deserializer::open(&self.model.path, options)?;
                     // Caller-allocated: one allocation made once, tensors placed in it.
                     let arena = d.load_to_cuda(0, &mut |_| true, None)?;
-                    let times = time(rounds, || {
+                    let times = time(self.rounds, || {
                         d.load(&mut |t: &TensorInfo| {
                             let (address, capacity) = arena.tensor(t.index).expect("placed");
                             Ok(plaid::Destination::Cuda {
@@ -534,15 +576,17 @@ pub(crate) fn bench(
                         })
                         .map(drop)
                     })?;
-                    row(
+                    self.rows.add(
                         format!("plaid: device memory, {threads} thread(s), verified"),
-                        model.total,
+                        self.model.total,
                         times,
                     );
-                    let times = time(rounds, || d.load_to_cuda(0, &mut |_| true, None).map(drop))?;
-                    row(
+                    let times = time(self.rounds, || {
+                        d.load_to_cuda(0, &mut |_| true, None).map(drop)
+                    })?;
+                    self.rows.add(
                         format!("plaid: load_to_cuda (allocates), {threads} thread(s), verified"),
-                        model.total,
+                        self.model.total,
                         times,
                     );
                     cuda_pinned = d.pinned_staging_bytes();
@@ -551,8 +595,16 @@ pub(crate) fn bench(
             Ok(_) => println!("plaid bench: no CUDA device; device rows skipped"),
             Err(e) => println!("plaid bench: {e}; device rows skipped"),
         }
+        Ok(cuda_pinned)
+    }
 
-        // Many small tensors against the same bytes as one tensor.
+    /// Many small tensors against the same bytes as one tensor.
+    fn small_tensors(
+        &mut self,
+        small: usize,
+        small_model: &Prepared,
+        one_model: &Prepared,
+    ) -> plaid::Result<()> {
         for (label, prepared) in [
             (
                 format!("plaid: {small} tensors of 8 KiB, verified"),
@@ -566,40 +618,49 @@ pub(crate) fn bench(
             let reader = Deserializer::open(&prepared.path, ReadOptions::default())?;
             let mut buffers: Vec<Vec<u8>> =
                 prepared.sizes.iter().map(|&n| vec![0xA5u8; n]).collect();
-            let times = time(rounds, || load(&reader, &mut buffers))?;
-            row(label, prepared.total, times);
+            let times = time(self.rounds, || load(&reader, &mut buffers))?;
+            self.rows.add(label, prepared.total, times);
         }
+        Ok(())
+    }
 
-        // Writing: plaid's serializer against a plain write() of the same bytes.
-        let out = dir.join(format!("plaid-bench-{id}-write.plaid"));
-        let times = time(rounds, || {
-            let mut file = File::create(&out).map_err(io)?;
-            for src in &source {
+    /// Writing: plaid's serializer against a plain write() of the same bytes.
+    fn writing(&mut self, out: &Path) -> plaid::Result<()> {
+        let cores = self.cores;
+        let reader = Deserializer::open(&self.model.path, ReadOptions::default())?;
+        let times = time(self.rounds, || {
+            let mut file = File::create(out).map_err(io)?;
+            for src in &self.source {
                 std::io::Write::write_all(&mut file, src).map_err(io)?;
             }
             drop(file);
-            std::fs::remove_file(&out).map_err(io)
+            std::fs::remove_file(out).map_err(io)
         })?;
-        row(
+        self.rows.add(
             "limit: write() of the same bytes to a new file, 1 thread".into(),
-            model.total,
+            self.model.total,
             times,
         );
         let names = reader.tensors().to_vec();
-        let times = time(rounds, || {
-            let mut writer = Serializer::create(&out, WriteOptions::default().sync(false))?;
-            for (t, src) in names.iter().zip(&source) {
+        let times = time(self.rounds, || {
+            let mut writer = Serializer::create(out, WriteOptions::default().sync(false))?;
+            for (t, src) in names.iter().zip(&self.source) {
                 writer.add_tensor(&t.name, t.dtype, &t.shape, src)?;
             }
             writer.finish()?;
-            std::fs::remove_file(&out).map_err(io)
+            std::fs::remove_file(out).map_err(io)
         })?;
-        row(
+        self.rows.add(
             format!("plaid: serialize (CRC-32C on {cores} thread(s)), no fsync"),
-            model.total,
+            self.model.total,
             times,
         );
-
+        Ok(())
+    }
+    /// The table of medians, then the ratios that matter under it.
+    fn report(&self, small: usize, cuda_pinned: usize, streamed: Vec<Streamed>, peaks: Vec<Peak>) {
+        let (rows, model, rounds, cores) = (&self.rows.0, &self.model, self.rounds, self.cores);
+        let fused = plaid::format::crc_copy::kernel_name();
         println!();
         println!(
             "{} of bf16 weights in {} tensors; {} rounds after a warm-up, medians; file in the page cache; {} cores",
@@ -614,7 +675,7 @@ pub(crate) fn bench(
             "loader", "bytes", "seconds", "GB/s"
         );
         println!("{}", "-".repeat(90));
-        for r in &rows {
+        for r in rows {
             let t = r.median();
             println!(
                 "{:<56}  {:>10}  {:>9.4}  {:>8.2}",
@@ -740,9 +801,60 @@ pub(crate) fn bench(
                 human(staging)
             );
         }
+    }
+}
+
+pub(crate) fn bench(
+    size_mib: u64,
+    dir: Option<PathBuf>,
+    rounds: usize,
+    small: usize,
+) -> plaid::Result<()> {
+    let rounds = rounds.max(1);
+    let dir = dir.unwrap_or_else(std::env::temp_dir);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let id = std::process::id();
+    let big_path = dir.join(format!("plaid-bench-{id}-model.plaid"));
+    let small_path = dir.join(format!("plaid-bench-{id}-small.plaid"));
+    let one_path = dir.join(format!("plaid-bench-{id}-one.plaid"));
+    let st_path = dir.join(format!("plaid-bench-{id}-model.safetensors"));
+    let tz_path = dir.join(format!("plaid-bench-{id}-model.tensors"));
+    let write_path = dir.join(format!("plaid-bench-{id}-write.plaid"));
+    let result = (|| {
+        println!("plaid bench: writing the test files to {}", dir.display());
+        let (model, source) = write_model(&big_path, &synthetic_model(size_mib << 20))?;
+        // 10,000+ small tensors of 8 KiB, and the same bytes as one tensor.
+        let small_tensors: Vec<(String, Vec<u64>)> = (0..small)
+            .map(|i| (format!("small.{i}"), vec![4096]))
+            .collect();
+        let (small_model, _) = write_model(&small_path, &small_tensors)?;
+        let (one_model, _) = write_model(&one_path, &[("one".into(), vec![4096 * small as u64])])?;
+        let buffers = model.sizes.iter().map(|&n| vec![0xA5u8; n]).collect();
+        let mut bench = Bench {
+            rounds,
+            cores,
+            model,
+            source,
+            buffers,
+            rows: Rows(Vec::new()),
+        };
+        bench.limits()?;
+        bench.kernels()?;
+        bench.naive()?;
+        bench.host_loads()?;
+        let peaks = bench.peak_memory()?;
+        let streamed = bench.unmappable()?;
+        bench.zero_copy()?;
+        bench.fresh_allocations()?;
+        bench.cold_file()?;
+        bench.safetensors(&st_path)?;
+        bench.tensorizer(&tz_path)?;
+        let cuda_pinned = bench.device()?;
+        bench.small_tensors(small, &small_model, &one_model)?;
+        bench.writing(&write_path)?;
+        bench.report(small, cuda_pinned, streamed, peaks);
         Ok(())
     })();
-    let write_path = dir.join(format!("plaid-bench-{id}-write.plaid"));
     for p in [
         &big_path,
         &small_path,

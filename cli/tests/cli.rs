@@ -1,11 +1,44 @@
 //! The `plaid` command line: inspect, verify (exit status and the bad tensor's name), demo.
 
-mod common;
-
 use std::process::Command;
 
-use common::random_bytes;
 use plaid::{DType, Deserializer, ReadOptions, Serializer, WriteOptions};
+
+/// Deterministic pseudo-random bytes.
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// Every tensor of `d`, loaded into buffers of its own.
+fn load_all(d: &Deserializer) -> plaid::Result<Vec<Vec<u8>>> {
+    let mut buffers: Vec<Vec<u8>> = d
+        .tensors()
+        .iter()
+        .map(|t| vec![0xA5; t.nbytes as usize])
+        .collect();
+    let mut slots: Vec<Option<&mut [u8]>> =
+        buffers.iter_mut().map(|b| Some(b.as_mut_slice())).collect();
+    d.load(&mut |t: &plaid::TensorInfo| {
+        Ok(plaid::Destination::Host(slots[t.index].take().unwrap()))
+    })?;
+    Ok(buffers)
+}
+
+/// The workspace's root, where the fixtures the library's tests share are.
+fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
 
 fn plaid(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_plaid"))
@@ -179,8 +212,7 @@ fn bench_prints_its_table() {
 fn convert_between_all_formats() {
     let dir = tempfile::tempdir().unwrap();
     let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
-    let fixtures =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tensorizer");
+    let fixtures = workspace().join("tests/fixtures/tensorizer");
     let source = fixtures.join("module_tiny_lm_f32.tensors");
     let source = source.to_str().unwrap();
     let steps = [
@@ -218,7 +250,7 @@ fn convert_between_all_formats() {
     // By name: safetensors lays tensors out by dtype, then name, as safetensors does.
     let by_name = |d: &Deserializer| -> std::collections::BTreeMap<String, Vec<u8>> {
         let names = d.tensors().iter().map(|t| t.name.to_string());
-        names.zip(common::load_all(d).unwrap()).collect()
+        names.zip(load_all(d).unwrap()).collect()
     };
     let expected = by_name(&Deserializer::open(source, ReadOptions::default()).unwrap());
     for file in [
@@ -351,8 +383,7 @@ fn urls_wherever_the_cli_takes_a_file() {
 /// tensorizer file verifies with either, and converts to a plain file.
 #[test]
 fn encrypted_files_with_keys_from_files_and_the_environment() {
-    let fixtures =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tensorizer");
+    let fixtures = workspace().join("tests/fixtures/tensorizer");
     let file = fixtures.join("encrypted_passphrase_4k_chunks_v3.tensors");
     let truth: serde_json::Value = serde_json::from_slice(
         &std::fs::read(fixtures.join("encrypted_passphrase_4k_chunks_v3.json")).unwrap(),
