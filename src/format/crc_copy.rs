@@ -2,13 +2,14 @@
 //!
 //! A verified load copies every byte once (out of a mapping, into a staging buffer) and
 //! checksums it. Copying, then checksumming the copy, reads the bytes twice. Here each
-//! 16-byte load is stored to the destination and folded into the CRC in the same loop
+//! 32-byte load is stored to the destination and folded into the CRC in the same loop
 //! iteration, so the bytes are read once.
 //!
 //! The folding is the carry-less multiplication scheme of Intel's "Fast CRC Computation
 //! for Generic Polynomials Using PCLMULQDQ" (the one crc-fast and ISA-L use), written for
-//! this loop: four 128-bit accumulators, each moved 512 bits further along the message per
-//! iteration by multiplying its halves by `x^(512+63) mod P` and `x^(512-1) mod P` (the
+//! this loop: four 256-bit accumulators (eight 128-bit lanes), each lane moved 1024 bits
+//! further along the message per iteration by multiplying its halves by
+//! `x^(1024+63) mod P` and `x^(1024-1) mod P` (the
 //! `-1` absorbs the one-bit offset of a carry-less product of bit-reflected operands), then
 //! folded into one, and reduced to 32 bits by the CPU's own CRC-32C instruction (a 128-bit
 //! remainder has the same CRC as the message it stands for). The constants are computed by
@@ -18,8 +19,8 @@
 //! - x86_64 with VPCLMULQDQ and AVX2: 256-bit folding, with non-temporal stores for
 //!   destinations of 256 KiB and more (the destination goes to memory without first being
 //!   read into the cache, which measured 2x plain stores on 64 MiB);
-//! - x86_64 with PCLMULQDQ and SSE4.2: the same in 128 bits;
-//! - anything else: copy, then crc-fast on the copy while it is in cache (an aarch64
+//! - anything else (a 128-bit PCLMULQDQ kernel measured below copy-then-crc-fast, whose
+//!   own CRC-32C interleaves the CRC instruction with carry-less multiplication): copy, then crc-fast on the copy while it is in cache (an aarch64
 //!   kernel with PMULL would slot in beside the x86 ones).
 
 /// The CRC-32C polynomial, `x^32 + ...` (0x1EDC6F41 with its top bit).
@@ -72,6 +73,7 @@ pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
 }
 
 /// The kernel [`copy_crc32c`] uses on this machine, by name.
+#[cfg(any(test, feature = "testing"))]
 pub fn kernel_name() -> &'static str {
     kernel().name
 }
@@ -81,24 +83,18 @@ pub fn kernel_name() -> &'static str {
 #[derive(Clone, Copy, Debug)]
 pub struct Kernel {
     /// What it uses.
+    #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
     pub name: &'static str,
     /// The function.
     pub run: fn(&mut [u8], &[u8], u32) -> u32,
 }
 
 /// Every kernel this machine can run; the first is the default.
-///
-/// The 128-bit PCLMULQDQ kernel comes after the portable one: on the machine the
-/// benchmarks ran on (AMD EPYC, Zen 4, with VPCLMULQDQ) it measured below copy-then-crc-fast,
-/// whose own CRC-32C interleaves the CRC instruction with carry-less multiplication. It stays
-/// available ([`use_kernel`]) and tested for CPUs where that differs.
 pub fn kernels() -> Vec<Kernel> {
     let mut out = Vec::new();
     #[cfg(target_arch = "x86_64")]
-    let pclmul =
-        std::is_x86_feature_detected!("pclmulqdq") && std::is_x86_feature_detected!("sse4.2");
-    #[cfg(target_arch = "x86_64")]
-    if pclmul
+    if std::is_x86_feature_detected!("pclmulqdq")
+        && std::is_x86_feature_detected!("sse4.2")
         && std::is_x86_feature_detected!("vpclmulqdq")
         && std::is_x86_feature_detected!("avx2")
     {
@@ -119,13 +115,6 @@ pub fn kernels() -> Vec<Kernel> {
         name: PORTABLE,
         run: portable,
     });
-    #[cfg(target_arch = "x86_64")]
-    if pclmul {
-        out.push(Kernel {
-            name: "pclmulqdq+sse4.2, non-temporal from 256 KiB",
-            run: x86::run_pclmul,
-        });
-    }
     out
 }
 
@@ -150,6 +139,7 @@ fn available() -> &'static [Kernel] {
 /// Make [`copy_crc32c`] use the kernel called `name` from now on, process-wide (for
 /// benchmarks that compare them in one run). Returns false, changing nothing, when this
 /// machine has no such kernel.
+#[cfg(feature = "testing")]
 pub fn use_kernel(name: &str) -> bool {
     match available().iter().position(|k| k.name == name) {
         Some(i) => {
@@ -178,31 +168,10 @@ mod x86 {
 
     use super::reflected;
 
-    /// Folding one 128-bit accumulator 512 bits on: (low half, high half).
-    const FOLD_512: (u64, u64) = (reflected(512 + 63), reflected(512 - 1));
     /// Folding one 128-bit lane 1024 bits on (the 256-bit kernel's stride).
     const FOLD_1024: (u64, u64) = (reflected(1024 + 63), reflected(1024 - 1));
     /// Folding 128 bits on.
     const FOLD_128: (u64, u64) = (reflected(128 + 63), reflected(128 - 1));
-
-    /// Non-temporal stores for large destinations, plain ones for small (128-bit).
-    pub(super) fn run_pclmul(dst: &mut [u8], src: &[u8], crc: u32) -> u32 {
-        let stream = dst.len() >= STREAM_FROM;
-        after_head(dst, src, crc, 16, |d, s, crc| {
-            // SAFETY: chosen only where the CPU reports PCLMULQDQ and SSE4.2; the halves
-            // are of equal length and `d` starts 16-byte aligned.
-            unsafe {
-                if stream {
-                    let crc = pclmul::<true>(d, s, crc);
-                    // Streaming stores are weakly ordered: fence before anyone reads.
-                    _mm_sfence();
-                    crc
-                } else {
-                    pclmul::<false>(d, s, crc)
-                }
-            }
-        })
-    }
 
     /// The bytes up to the destination's next `align`-byte boundary through the CRC
     /// instruction (stores that straddle cache lines cost more than those few bytes, and
@@ -328,103 +297,23 @@ mod x86 {
         state as u32
     }
 
-    /// [`move16`] with a non-temporal store.
+    /// Load 32 bytes at `src + at`, store them at `dst + at` (non-temporally with
+    /// `STREAM`), return them.
     ///
     /// # Safety
-    /// As [`move16`], and `dst + at` is 16-byte aligned.
-    #[inline]
-    #[target_feature(enable = "sse4.2")]
-    unsafe fn stream16(dst: *mut u8, src: *const u8, at: usize) -> __m128i {
-        // SAFETY: in bounds and aligned per the contract.
-        unsafe {
-            let v = _mm_loadu_si128(src.add(at).cast());
-            _mm_stream_si128(dst.add(at).cast(), v);
-            v
-        }
-    }
-
-    /// # Safety
-    /// The CPU has PCLMULQDQ and SSE4.2; `dst.len() == src.len()`; with `STREAM`, `dst`
-    /// is 16-byte aligned (its stores in the main loop are non-temporal; the caller
-    /// fences).
-    #[target_feature(enable = "pclmulqdq,sse4.2")]
-    unsafe fn pclmul<const STREAM: bool>(dst: &mut [u8], src: &[u8], crc: u32) -> u32 {
-        let len = src.len();
-        let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
-        let mut state = !crc;
-        let mut at = 0;
-        if len >= 128 {
-            // SAFETY: `at + 16 <= len` at each move16 call below.
-            let mut x = unsafe {
-                [
-                    move16(d, s, 0),
-                    move16(d, s, 16),
-                    move16(d, s, 32),
-                    move16(d, s, 48),
-                ]
-            };
-            // The running state enters as the first 32 bits of the message.
-            x[0] = _mm_xor_si128(x[0], _mm_cvtsi32_si128(state as i32));
-            at = 64;
-            let k512 = constant(FOLD_512);
-            while at + 64 <= len {
-                for (i, acc) in x.iter_mut().enumerate() {
-                    // SAFETY: `at + 64 <= len`; with STREAM, `d` is aligned and so is
-                    // every multiple of 16 past it.
-                    let v = unsafe {
-                        if STREAM {
-                            stream16(d, s, at + 16 * i)
-                        } else {
-                            move16(d, s, at + 16 * i)
-                        }
-                    };
-                    *acc = _mm_xor_si128(fold(*acc, k512), v);
-                }
-                at += 64;
-            }
-            let k128 = constant(FOLD_128);
-            let mut acc = x[0];
-            for next in &x[1..] {
-                acc = _mm_xor_si128(fold(acc, k128), *next);
-            }
-            while at + 16 <= len {
-                // SAFETY: `at + 16 <= len`.
-                let v = unsafe { move16(d, s, at) };
-                acc = _mm_xor_si128(fold(acc, k128), v);
-                at += 16;
-            }
-            state = reduce(acc);
-        }
-        // SAFETY: `len` bytes at both.
-        !unsafe { tail(d, s, at, len, state) }
-    }
-
-    /// Load 32 bytes at `src + at`, store them at `dst + at`, return them.
-    ///
-    /// # Safety
-    /// `at + 32` bytes are readable at `src` and writable at `dst`.
+    /// `at + 32` bytes are readable at `src` and writable at `dst`; with `STREAM`,
+    /// `dst + at` is 32-byte aligned.
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn move32(dst: *mut u8, src: *const u8, at: usize) -> __m256i {
-        // SAFETY: in bounds per the contract; unaligned loads and stores.
+    unsafe fn move32<const STREAM: bool>(dst: *mut u8, src: *const u8, at: usize) -> __m256i {
+        // SAFETY: in bounds (and aligned where streaming) per the contract.
         unsafe {
             let v = _mm256_loadu_si256(src.add(at).cast());
-            _mm256_storeu_si256(dst.add(at).cast(), v);
-            v
-        }
-    }
-
-    /// [`move32`] with a non-temporal store.
-    ///
-    /// # Safety
-    /// As [`move32`], and `dst + at` is 32-byte aligned.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn stream32(dst: *mut u8, src: *const u8, at: usize) -> __m256i {
-        // SAFETY: in bounds and aligned per the contract.
-        unsafe {
-            let v = _mm256_loadu_si256(src.add(at).cast());
-            _mm256_stream_si256(dst.add(at).cast(), v);
+            if STREAM {
+                _mm256_stream_si256(dst.add(at).cast(), v);
+            } else {
+                _mm256_storeu_si256(dst.add(at).cast(), v);
+            }
             v
         }
     }
@@ -456,10 +345,10 @@ mod x86 {
             // SAFETY: `at + 32 <= len` at each move32 call below.
             let mut x = unsafe {
                 [
-                    move32(d, s, 0),
-                    move32(d, s, 32),
-                    move32(d, s, 64),
-                    move32(d, s, 96),
+                    move32::<false>(d, s, 0),
+                    move32::<false>(d, s, 32),
+                    move32::<false>(d, s, 64),
+                    move32::<false>(d, s, 96),
                 ]
             };
             // The running state enters as the first 32 bits of the message.
@@ -475,13 +364,7 @@ mod x86 {
                 for (i, acc) in x.iter_mut().enumerate() {
                     // SAFETY: `at + 128 <= len`; with STREAM, `d` is aligned and so is
                     // every multiple of 32 past it.
-                    let v = unsafe {
-                        if STREAM {
-                            stream32(d, s, at + 32 * i)
-                        } else {
-                            move32(d, s, at + 32 * i)
-                        }
-                    };
+                    let v = unsafe { move32::<STREAM>(d, s, at + 32 * i) };
                     *acc = _mm256_xor_si256(fold256(*acc, k1024), v);
                 }
                 at += 128;

@@ -3,7 +3,12 @@
 //! on the index, so it is shared by every format.
 
 pub mod checksum;
+// The copy-and-CRC kernels: the library picks one; choosing another (benchmarks, fuzzing)
+// takes the feature `testing`.
+#[cfg(feature = "testing")]
 pub mod crc_copy;
+#[cfg(not(feature = "testing"))]
+pub(crate) mod crc_copy;
 pub mod plaid;
 pub mod safetensors;
 pub mod tensorizer;

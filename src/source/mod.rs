@@ -31,6 +31,7 @@ macro_rules! pass_on {
     };
 }
 
+#[cfg(any(test, feature = "testing"))]
 mod fault;
 mod file;
 mod map;
@@ -38,14 +39,19 @@ mod memory;
 mod metered;
 mod multi;
 mod read_ahead;
+#[cfg(any(test, feature = "testing"))]
 mod testing;
 
+#[cfg(any(test, feature = "testing"))]
 pub use fault::FailingSource;
 pub use file::FileSource;
 pub use memory::MemorySource;
 pub use metered::Metered;
 pub use multi::MultiSource;
 pub use read_ahead::{ReadAhead, READ_AHEAD};
+// Test doubles: for this crate's tests, its integration tests and benchmarks (feature
+// `testing`), not part of the API.
+#[cfg(any(test, feature = "testing"))]
 pub use testing::{CountingSource, ReadCounts, ShortReads};
 
 use std::sync::Arc;
