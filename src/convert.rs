@@ -58,7 +58,7 @@ pub fn to_plaid(
     // Written beside the target under a temporary name, checked, then renamed into place:
     // a conversion that fails its check leaves the target as it was. An object store
     // target is uploaded whole, then checked, and deleted if the check fails.
-    let storage = options.storage_options().clone();
+    let storage = options.get_storage().clone();
     // The written file is checked with the key it was encrypted with, if any.
     let secret = options.secret.clone();
     let staged = staging(out)?;

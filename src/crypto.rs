@@ -144,41 +144,38 @@ impl Secret {
 
     /// Use `key` (32 bytes); `None` clears the key material.
     pub(crate) fn set_key(&mut self, key: Option<&[u8]>) -> Result<()> {
-        // Keys derived so far belong to the old material (and to the deserializers that
-        // share them): start afresh.
-        self.derived = Arc::default();
-        self.files = Arc::default();
-        let Some(key) = key else {
-            self.material = None;
-            return Ok(());
+        let key = match key {
+            None => None,
+            Some(key) => Some(Material::Key(Zeroizing::new(key.try_into().map_err(
+                |_| Error::invalid(format!("a key is {KEY_LEN} bytes, not {}", key.len())),
+            )?))),
         };
-        if let Some(Material::Passphrase(_)) = self.material {
-            return Err(Error::invalid(
-                "a key and a passphrase: give one (clear the passphrase first)",
-            ));
-        }
-        let key: [u8; KEY_LEN] = key
-            .try_into()
-            .map_err(|_| Error::invalid(format!("a key is {KEY_LEN} bytes, not {}", key.len())))?;
-        self.material = Some(Material::Key(Zeroizing::new(key)));
-        Ok(())
+        self.set_material(key)
     }
 
     /// Use `passphrase` (any bytes); `None` clears the key material.
     pub(crate) fn set_passphrase(&mut self, passphrase: Option<&[u8]>) -> Result<()> {
+        self.set_material(passphrase.map(|p| Material::Passphrase(Zeroizing::new(p.to_vec()))))
+    }
+
+    /// Replace the key material (`None` clears it); a key while a passphrase is set, or
+    /// the reverse, is refused.
+    fn set_material(&mut self, material: Option<Material>) -> Result<()> {
+        // Keys derived so far belong to the old material (and to the deserializers that
+        // share them): start afresh.
         self.derived = Arc::default();
         self.files = Arc::default();
-        let Some(passphrase) = passphrase else {
-            self.material = None;
-            return Ok(());
+        let clear_first = match (&material, &self.material) {
+            (Some(Material::Key(_)), Some(Material::Passphrase(_))) => "passphrase",
+            (Some(Material::Passphrase(_)), Some(Material::Key(_))) => "key",
+            _ => {
+                self.material = material;
+                return Ok(());
+            }
         };
-        if let Some(Material::Key(_)) = self.material {
-            return Err(Error::invalid(
-                "a key and a passphrase: give one (clear the key first)",
-            ));
-        }
-        self.material = Some(Material::Passphrase(Zeroizing::new(passphrase.to_vec())));
-        Ok(())
+        Err(Error::invalid(format!(
+            "a key and a passphrase: give one (clear the {clear_first} first)"
+        )))
     }
 
     /// Whether there is a key or a passphrase.
@@ -746,6 +743,43 @@ enum Cipher {
     },
 }
 
+impl Cipher {
+    /// Authenticate and decrypt chunk `i` (of `size` bytes each) into `chunk`: from `src`
+    /// (plaid's blocks only), or in place without it. False when it fails authentication.
+    fn open(&mut self, i: u64, size: u64, src: Option<&[u8]>, chunk: &mut [u8]) -> bool {
+        match self {
+            Cipher::Secretbox {
+                cipher,
+                nonce,
+                macs,
+            } => {
+                src.is_none()
+                    && macs.get(i as usize).is_some_and(|mac| {
+                        let nonce = Decrypt::nonce(nonce, i);
+                        let (nonce, tag) = (Nonce::from_slice(&nonce), Tag::from_slice(mac));
+                        cipher
+                            .decrypt_in_place_detached(nonce, b"", chunk, tag)
+                            .is_ok()
+                    })
+            }
+            Cipher::Plaid {
+                key,
+                nonce_base,
+                index,
+                tags,
+                aad,
+            } => tags.get(i as usize).is_some_and(|tag| {
+                aad[8..16].copy_from_slice(&(i * size).to_le_bytes());
+                let nonce = block_nonce(nonce_base, *index, i);
+                match src {
+                    Some(src) => key.open_from(&nonce, aad, tag, src, chunk),
+                    None => key.open(&nonce, aad, tag, chunk),
+                }
+            }),
+        }
+    }
+}
+
 /// The decrypt stage of one tensor's job: each whole chunk (tensorizer's) or block
 /// (plaid's) authenticated and decrypted in place as it passes (the pipeline feeds it
 /// whole chunks, the last one shorter).
@@ -947,37 +981,9 @@ impl Decrypt {
 impl Transform for Decrypt {
     fn apply(&mut self, at: u64, bytes: &mut [u8]) -> Result<()> {
         let size = self.chunk_size;
-        self.chunks(
-            at,
-            bytes.len(),
-            bytes,
-            &mut |cipher, i, _, chunk| match cipher {
-                Cipher::Secretbox {
-                    cipher,
-                    nonce,
-                    macs,
-                } => macs.get(i as usize).is_some_and(|mac| {
-                    cipher
-                        .decrypt_in_place_detached(
-                            Nonce::from_slice(&Decrypt::nonce(nonce, i)),
-                            b"",
-                            chunk,
-                            Tag::from_slice(mac),
-                        )
-                        .is_ok()
-                }),
-                Cipher::Plaid {
-                    key,
-                    nonce_base,
-                    index,
-                    tags,
-                    aad,
-                } => tags.get(i as usize).is_some_and(|tag| {
-                    aad[8..16].copy_from_slice(&(i * size).to_le_bytes());
-                    key.open(&block_nonce(nonce_base, *index, i), aad, tag, chunk)
-                }),
-            },
-        )
+        self.chunks(at, bytes.len(), bytes, &mut |cipher, i, _, chunk| {
+            cipher.open(i, size, None, chunk)
+        })
     }
 
     fn apply_from(&mut self, at: u64, src: &[u8], dst: &mut [u8]) -> Result<()> {
@@ -986,30 +992,9 @@ impl Transform for Decrypt {
             return self.apply(at, dst);
         }
         let size = self.chunk_size;
-        self.chunks(
-            at,
-            src.len(),
-            dst,
-            &mut |cipher, i, range, chunk| match cipher {
-                Cipher::Plaid {
-                    key,
-                    nonce_base,
-                    index,
-                    tags,
-                    aad,
-                } => tags.get(i as usize).is_some_and(|tag| {
-                    aad[8..16].copy_from_slice(&(i * size).to_le_bytes());
-                    key.open_from(
-                        &block_nonce(nonce_base, *index, i),
-                        aad,
-                        tag,
-                        &src[range],
-                        chunk,
-                    )
-                }),
-                Cipher::Secretbox { .. } => false,
-            },
-        )
+        self.chunks(at, src.len(), dst, &mut |cipher, i, range, chunk| {
+            cipher.open(i, size, Some(&src[range]), chunk)
+        })
     }
 
     fn boxed_clone(&self) -> Box<dyn Transform> {

@@ -390,20 +390,22 @@ impl Deserializer {
         self.run_load(placement, Some(progress))
     }
 
+    /// What the pipeline reads: this file's source and index, and the options' settings.
+    fn input(&self) -> pipeline::Input<'_> {
+        pipeline::Input {
+            source: self.source.as_ref(),
+            index: &self.index,
+            settings: self.options.load_settings(),
+        }
+    }
+
     /// The one way into the pipeline for every kind of load.
     fn run_load<'a>(
         &self,
         placement: &mut dyn Placement<'a>,
         progress: Option<&ProgressFn<'_>>,
     ) -> Result<LoadStats> {
-        pipeline::load(
-            self.source.as_ref(),
-            &self.index,
-            &self.options.load_settings(),
-            &self.sinks,
-            placement,
-            progress,
-        )
+        pipeline::load(&self.input(), &self.sinks, placement, progress)
     }
 
     /// Read and verify every block of every tensor, holding at most one chunk per worker.
@@ -426,13 +428,7 @@ impl Deserializer {
         wanted: &dyn Fn(&TensorInfo) -> bool,
         progress: Option<&ProgressFn<'_>>,
     ) -> Result<LoadStats> {
-        pipeline::verify_all(
-            self.source.as_ref(),
-            &self.index,
-            &self.options.load_settings(),
-            wanted,
-            progress,
-        )
+        pipeline::verify_all(&self.input(), wanted, progress)
     }
 
     /// Read one tensor into a new vector (verified as per the options).
@@ -578,13 +574,7 @@ impl Deserializer {
                 .filter(|(t, _)| !self.view_verified[t.index].load(Ordering::Acquire))
                 .map(|(t, bytes)| (t, &bytes[..t.stored_len() as usize]))
                 .collect();
-            pipeline::verify_lent(
-                self.source.as_ref(),
-                &self.index,
-                &pending,
-                &self.options.load_settings(),
-            )
-            .map_err(|e| self.mapped_error(e))?;
+            pipeline::verify_lent(&self.input(), &pending).map_err(|e| self.mapped_error(e))?;
             self.check_mapped()?;
             for (t, _) in pending {
                 self.view_verified[t.index].store(true, Ordering::Release);
@@ -607,13 +597,8 @@ impl Deserializer {
         let tensor = &self.index.tensors[index];
         if self.options.verify && !self.view_verified[index].load(Ordering::Acquire) {
             let stored = &bytes[..tensor.stored_len() as usize];
-            pipeline::verify_lent(
-                self.source.as_ref(),
-                &self.index,
-                &[(tensor, stored)],
-                &self.options.load_settings(),
-            )
-            .map_err(|e| self.mapped_error(e))?;
+            pipeline::verify_lent(&self.input(), &[(tensor, stored)])
+                .map_err(|e| self.mapped_error(e))?;
             self.view_verified[index].store(true, Ordering::Release);
         }
         self.check_mapped()?;

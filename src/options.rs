@@ -216,7 +216,7 @@ impl ReadOptions {
     }
 
     /// The remote storage options.
-    pub fn storage_options(&self) -> &StorageOptions {
+    pub fn get_storage(&self) -> &StorageOptions {
         &self.storage
     }
 
@@ -239,7 +239,7 @@ impl ReadOptions {
     }
 
     /// Whether tensors stored in the clear are read despite a key or passphrase.
-    pub fn allows_plaintext(&self) -> bool {
+    pub fn get_allow_plaintext(&self) -> bool {
         self.secret.allows_plaintext()
     }
 
@@ -253,7 +253,7 @@ impl ReadOptions {
     }
 
     /// The most memory (bytes) and passes a file's key derivation may take.
-    pub fn passphrase_limit_values(&self) -> (u64, u64) {
+    pub fn get_passphrase_limits(&self) -> (u64, u64) {
         self.secret.kdf_limits()
     }
 
@@ -263,77 +263,62 @@ impl ReadOptions {
     }
 
     pub(crate) fn set_chunk_size(&mut self, bytes: u64) -> Result<()> {
-        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&bytes) {
-            return Err(Error::invalid(format!(
-                "chunk size {bytes} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}"
-            )));
-        }
-        self.request_bytes = bytes;
+        self.request_bytes = within(bytes, MIN_CHUNK_SIZE, MAX_CHUNK_SIZE, "chunk size")?;
         Ok(())
     }
 
     pub(crate) fn set_requests_in_flight(&mut self, requests: u32) -> Result<()> {
-        if requests > MAX_IN_FLIGHT {
-            return Err(Error::invalid(format!(
-                "{requests} requests in flight exceed the limit of {MAX_IN_FLIGHT}"
-            )));
-        }
-        self.requests_in_flight = requests;
+        self.requests_in_flight = within(requests, 0, MAX_IN_FLIGHT, "requests in flight")?;
         Ok(())
     }
 
     pub(crate) fn set_staging_lanes(&mut self, lanes: usize) -> Result<()> {
-        if lanes > MAX_STAGING_LANES {
-            return Err(Error::invalid(format!(
-                "{lanes} staging lanes exceed the limit of {MAX_STAGING_LANES}"
-            )));
-        }
-        self.staging_lanes = lanes;
+        self.staging_lanes = within(lanes, 0, MAX_STAGING_LANES, "staging lanes")?;
         Ok(())
     }
 
     /// Requests kept in flight (0: the source's hint).
-    pub fn in_flight(&self) -> u32 {
+    pub fn get_requests_in_flight(&self) -> u32 {
         self.requests_in_flight
     }
 
     /// Staging lanes per device (0: one per request in flight).
-    pub fn lanes(&self) -> usize {
+    pub fn get_staging_lanes(&self) -> usize {
         self.staging_lanes
     }
 
     /// Whether local files are copied out of a memory map.
-    pub fn uses_mmap(&self) -> bool {
+    pub fn get_mmap(&self) -> bool {
         self.mmap
     }
 
     /// Whether host memory plaid allocates asks for huge pages.
-    pub fn uses_huge_pages(&self) -> bool {
+    pub fn get_huge_pages(&self) -> bool {
         self.huge_pages
     }
 
     /// Whether views are verified when the file is mapped.
-    pub fn verifies_views_up_front(&self) -> bool {
+    pub fn get_verify_views_up_front(&self) -> bool {
         self.verify_views_up_front
     }
 
     /// Whether local files are read with `O_DIRECT`.
-    pub fn uses_direct_io(&self) -> bool {
+    pub fn get_direct_io(&self) -> bool {
         self.direct_io
     }
 
     /// Whether data is verified.
-    pub fn verifies(&self) -> bool {
+    pub fn get_verify(&self) -> bool {
         self.verify
     }
 
     /// The configured worker threads (0 = one per core).
-    pub fn thread_count(&self) -> usize {
+    pub fn get_threads(&self) -> usize {
         self.threads
     }
 
     /// Bytes per read request (0: each source's own request size).
-    pub fn chunk_bytes(&self) -> u64 {
+    pub fn get_chunk_size(&self) -> u64 {
         self.request_bytes
     }
 
@@ -454,22 +439,13 @@ impl WriteOptions {
     }
 
     pub(crate) fn set_alignment(&mut self, bytes: u64) -> Result<()> {
-        if !bytes.is_power_of_two() || !(MIN_ALIGNMENT..=MAX_ALIGNMENT).contains(&bytes) {
-            return Err(Error::invalid(format!(
-                "alignment {bytes} is not a power of two between {MIN_ALIGNMENT} and {MAX_ALIGNMENT}"
-            )));
-        }
-        self.alignment = bytes;
+        self.alignment = power_of_two_within(bytes, MIN_ALIGNMENT, MAX_ALIGNMENT, "alignment")?;
         Ok(())
     }
 
     pub(crate) fn set_checksum_block_size(&mut self, bytes: u64) -> Result<()> {
-        if !bytes.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bytes) {
-            return Err(Error::invalid(format!(
-                "checksum block size {bytes} is not a power of two between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}"
-            )));
-        }
-        self.checksum_block_size = bytes;
+        self.checksum_block_size =
+            power_of_two_within(bytes, MIN_BLOCK_SIZE, MAX_BLOCK_SIZE, "checksum block size")?;
         Ok(())
     }
 
@@ -484,7 +460,7 @@ impl WriteOptions {
     }
 
     /// The remote storage options.
-    pub fn storage_options(&self) -> &StorageOptions {
+    pub fn get_storage(&self) -> &StorageOptions {
         &self.storage
     }
 
@@ -557,17 +533,17 @@ impl WriteOptions {
     }
 
     /// The data alignment.
-    pub fn alignment_bytes(&self) -> u64 {
+    pub fn get_alignment(&self) -> u64 {
         self.alignment
     }
 
     /// The checksum block size.
-    pub fn block_bytes(&self) -> u64 {
+    pub fn get_checksum_block_size(&self) -> u64 {
         self.checksum_block_size
     }
 
     /// Whether the file and its directory are synced.
-    pub fn syncs(&self) -> bool {
+    pub fn get_sync(&self) -> bool {
         self.sync
     }
 
@@ -576,13 +552,35 @@ impl WriteOptions {
     }
 }
 
-fn check_threads(threads: usize) -> Result<usize> {
-    if threads > MAX_THREADS {
-        return Err(Error::invalid(format!(
-            "{threads} threads exceed the limit of {MAX_THREADS}"
-        )));
+/// `value` when it lies in `min..=max`, else an `InvalidArgument` naming the setting.
+fn within<T: PartialOrd + Copy + std::fmt::Display>(
+    value: T,
+    min: T,
+    max: T,
+    what: &str,
+) -> Result<T> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(Error::invalid(format!(
+            "{what} {value} is outside {min}..={max}"
+        )))
     }
-    Ok(threads)
+}
+
+fn check_threads(threads: usize) -> Result<usize> {
+    within(threads, 0, MAX_THREADS, "threads")
+}
+
+/// `bytes` when it is a power of two in `min..=max`, else an `InvalidArgument`.
+fn power_of_two_within(bytes: u64, min: u64, max: u64, what: &str) -> Result<u64> {
+    if bytes.is_power_of_two() && (min..=max).contains(&bytes) {
+        Ok(bytes)
+    } else {
+        Err(Error::invalid(format!(
+            "{what} {bytes} is not a power of two between {min} and {max}"
+        )))
+    }
 }
 
 fn resolve_threads(threads: usize) -> usize {

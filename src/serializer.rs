@@ -385,14 +385,10 @@ impl<'a> Serializer<'a> {
             let mut crcs = Vec::with_capacity(self.tensors.len());
             let mut tags = Vec::with_capacity(self.tensors.len());
             for (i, (tensor, &offset)) in self.tensors.iter().zip(&draft.offsets).enumerate() {
+                let mut out = DataWriter::new(file, draft.file_length, &mut *progress, &fail);
                 let (c, t) =
                     seal_tensor(i, tensor, sealer, block_size, threads, &mut |at, bytes| {
-                        let to = offset + at;
-                        file.write_all_at(bytes, to).map_err(|e| {
-                            fail(&format!("tensor '{}' at offset {to}", tensor.name), e)
-                        })?;
-                        progress(to + bytes.len() as u64, draft.file_length);
-                        Ok(())
+                        out.write(&tensor.name, bytes, offset + at)
                     })?;
                 crcs.push(c);
                 tags.push(t);
@@ -405,7 +401,8 @@ impl<'a> Serializer<'a> {
                     let crcs = block_checksums(&self.tensors, block_size, checksum_threads);
                     (crcs, started.elapsed())
                 });
-                let written = write_data(file, &self.tensors, &draft, block_size, progress, &fail);
+                let out = DataWriter::new(file, draft.file_length, progress, &fail);
+                let written = write_data(out, &self.tensors, &draft, block_size);
                 let (mut crcs, time) = checksums
                     .join()
                     .map_err(|_| Error::invalid("computing checksums failed"))?;
@@ -460,12 +457,10 @@ impl<'a> Serializer<'a> {
 /// progress every 64 MiB. Tensors in device memory are copied out through pinned buffers
 /// and checksummed on the way; their block CRCs are returned, by tensor position.
 fn write_data(
-    file: &File,
+    mut out: DataWriter<'_>,
     tensors: &[PendingTensor<'_>],
     layout: &plaid::Layout,
     block_size: u64,
-    progress: &mut dyn FnMut(u64, u64),
-    fail: &dyn Fn(&str, std::io::Error) -> Error,
 ) -> Result<Vec<(usize, Vec<u32>)>> {
     const PIECE: usize = 64 << 20;
     let mut device_crcs = Vec::new();
@@ -474,11 +469,8 @@ fn write_data(
             Data::Host(bytes) => {
                 let mut at = offset;
                 for piece in bytes.chunks(PIECE) {
-                    file.write_all_at(piece, at).map_err(|e| {
-                        fail(&format!("tensor '{}' at offset {at}", tensor.name), e)
-                    })?;
+                    out.write(&tensor.name, piece, at)?;
                     at += piece.len() as u64;
-                    progress(at, layout.file_length);
                 }
             }
             Data::Cuda { .. } | Data::Read { .. } => {
@@ -489,12 +481,7 @@ fn write_data(
                 let mut crcs = Vec::with_capacity(block_count(len, block_size) as usize);
                 stream_out(&tensor.data, chunk, &mut |at, bytes| {
                     crcs.extend(bytes.chunks(block).map(crc32c));
-                    let to = offset + at;
-                    file.write_all_at(bytes, to).map_err(|e| {
-                        fail(&format!("tensor '{}' at offset {to}", tensor.name), e)
-                    })?;
-                    progress(to + bytes.len() as u64, layout.file_length);
-                    Ok(())
+                    out.write(&tensor.name, bytes, offset + at)
                 })
                 .map_err(|e| e.in_tensor(&tensor.name))?;
                 device_crcs.push((i, crcs));
@@ -502,6 +489,40 @@ fn write_data(
         }
     }
     Ok(device_crcs)
+}
+
+/// Writes tensor data at its offsets in the file being written, naming the tensor and the
+/// offset of a failed write, and reports progress after each piece.
+struct DataWriter<'a> {
+    file: &'a File,
+    file_length: u64,
+    progress: &'a mut dyn FnMut(u64, u64),
+    fail: &'a dyn Fn(&str, std::io::Error) -> Error,
+}
+
+impl<'a> DataWriter<'a> {
+    fn new(
+        file: &'a File,
+        file_length: u64,
+        progress: &'a mut dyn FnMut(u64, u64),
+        fail: &'a dyn Fn(&str, std::io::Error) -> Error,
+    ) -> Self {
+        DataWriter {
+            file,
+            file_length,
+            progress,
+            fail,
+        }
+    }
+
+    /// `bytes` of the tensor `name` at `to` in the file.
+    fn write(&mut self, name: &str, bytes: &[u8], to: u64) -> Result<()> {
+        self.file
+            .write_all_at(bytes, to)
+            .map_err(|e| (self.fail)(&format!("tensor '{name}' at offset {to}"), e))?;
+        (self.progress)(to + bytes.len() as u64, self.file_length);
+        Ok(())
+    }
 }
 
 /// Hand the bytes of a tensor not in host memory (device memory, another file) to `f` in

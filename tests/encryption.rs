@@ -836,7 +836,7 @@ fn a_files_key_derivation_is_bounded_by_the_readers_limits() {
         ));
     }
     assert_eq!(
-        ReadOptions::default().passphrase_limit_values(),
+        ReadOptions::default().get_passphrase_limits(),
         (1 << 30, 16),
         "the defaults: 1 GiB and 16 passes"
     );

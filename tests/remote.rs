@@ -689,7 +689,7 @@ impl S3 {
     /// Upload `bytes` as the object `key`.
     fn put(&self, key: &str, bytes: &[u8]) {
         let mut upload =
-            plaid::remote::Upload::create(&self.url(key), self.write().storage_options()).unwrap();
+            plaid::remote::Upload::create(&self.url(key), self.write().get_storage()).unwrap();
         for piece in bytes.chunks(3 << 20) {
             upload.write(piece).unwrap();
         }
@@ -762,7 +762,7 @@ fn s3_abandoned_and_failed_uploads_leave_no_object() {
     // Dropped unfinished after parts went out.
     let url = s3.url(&format!("{prefix}/dropped.plaid"));
     {
-        let mut upload = plaid::remote::Upload::create(&url, s3.write().storage_options()).unwrap();
+        let mut upload = plaid::remote::Upload::create(&url, s3.write().get_storage()).unwrap();
         upload.write(&model[0].2).unwrap();
         upload.write(&model[1].2).unwrap();
         upload.write(&model[2].2).unwrap();

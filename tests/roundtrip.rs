@@ -634,13 +634,13 @@ fn long_target_names_and_special_files() {
     );
 
     let options = ReadOptions::default().verify(false).threads(3).unwrap();
-    assert_eq!((options.verifies(), options.thread_count()), (false, 3));
+    assert_eq!((options.get_verify(), options.get_threads()), (false, 3));
     let options = WriteOptions::default().alignment(8192).unwrap();
     assert_eq!(
         (
-            options.alignment_bytes(),
-            options.block_bytes(),
-            options.syncs()
+            options.get_alignment(),
+            options.get_checksum_block_size(),
+            options.get_sync()
         ),
         (8192, 4 << 20, true)
     );
@@ -714,7 +714,7 @@ fn direct_io_reads_the_same_bytes_into_aligned_and_unaligned_destinations() {
             .unwrap()
             .chunk_size(1 << 20)
             .unwrap();
-        assert!(options.uses_direct_io());
+        assert!(options.get_direct_io());
         let d = Deserializer::open(&path, options).unwrap();
         let loaded = load_all(&d).unwrap();
         for (t, bytes) in tensors.iter().zip(&loaded) {
@@ -780,7 +780,7 @@ fn mapped_and_pread_copies_read_the_same_bytes() {
                     .unwrap()
                     .chunk_size(chunk)
                     .unwrap();
-                assert_eq!(options.uses_mmap(), mmap);
+                assert_eq!(options.get_mmap(), mmap);
                 let d = Deserializer::open(&path, options).unwrap();
                 let loaded = load_all(&d).unwrap();
                 for (t, bytes) in tensors.iter().zip(&loaded) {
@@ -835,7 +835,7 @@ fn zero_copy_views_are_the_file_bytes_verified_on_first_view_or_up_front() {
     }
     // Up front: mapping fails, naming the tensor.
     let options = ReadOptions::default().verify_views_up_front(true);
-    assert!(options.verifies_views_up_front());
+    assert!(options.get_verify_views_up_front());
     let d = Deserializer::open(&path, options).unwrap();
     let err = d.map().unwrap_err();
     assert!(
@@ -1044,7 +1044,7 @@ fn load_to_host_allocates_aligned_fresh_tensors() {
     assert!(arena.allocated() <= selected + 3 * plaid::sink::ARENA_ALIGN);
     // 4 KiB pages give the same bytes.
     let small_pages = ReadOptions::default().huge_pages(false);
-    assert!(!small_pages.uses_huge_pages() && ReadOptions::default().uses_huge_pages());
+    assert!(!small_pages.get_huge_pages() && ReadOptions::default().get_huge_pages());
     let plain = Deserializer::open(&path, small_pages).unwrap();
     let arena = plain.load_to_host(&mut |_| true, None).unwrap();
     assert!(arena.tensor(b).unwrap() == &tensors[b].data[..]);

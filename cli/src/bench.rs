@@ -338,7 +338,7 @@ impl Bench {
         let mut peaks = Vec::new();
         for mmap in [true, false] {
             let options = ReadOptions::default().threads(self.cores)?.mmap(mmap);
-            let request = match options.chunk_bytes() {
+            let request = match options.get_chunk_size() {
                 0 => plaid::options::DEFAULT_CHUNK_SIZE,
                 n => n,
             };

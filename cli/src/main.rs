@@ -718,7 +718,8 @@ struct Keys {
 }
 
 /// A key (checked: 32 bytes) and a passphrase (one trailing newline dropped), each from
-/// its file or, without one, from the environment variable named.
+/// its file (`files`: the key's, the passphrase's) or, without one, from the environment's
+/// `{env}KEY` and `{env}PASSPHRASE`; with where an environment's came from.
 type Material = (
     Option<zeroize::Zeroizing<Vec<u8>>>,
     Option<zeroize::Zeroizing<Vec<u8>>>,
@@ -726,11 +727,10 @@ type Material = (
 );
 
 fn material(
-    key_file: Option<&Path>,
-    key_env: &str,
-    passphrase_file: Option<&Path>,
-    passphrase_env: &str,
+    (key_file, passphrase_file): (Option<&Path>, Option<&Path>),
+    env: &str,
 ) -> plaid::Result<Material> {
+    let (key_env, passphrase_env) = (format!("{env}KEY"), format!("{env}PASSPHRASE"));
     use zeroize::Zeroizing;
     let read = |path: &Path| {
         std::fs::read(path)
@@ -741,7 +741,7 @@ fn material(
             })
     };
     let mut origin = None;
-    let key = match (key_file, std::env::var(key_env).ok()) {
+    let key = match (key_file, std::env::var(&key_env).ok()) {
         (Some(path), _) => Some(read(path)?),
         (None, Some(hex)) => {
             origin = Some(format!("from the environment's {key_env}"));
@@ -749,7 +749,7 @@ fn material(
         }
         (None, None) => None,
     };
-    let passphrase = match (passphrase_file, std::env::var_os(passphrase_env)) {
+    let passphrase = match (passphrase_file, std::env::var_os(&passphrase_env)) {
         (Some(path), _) => Some(read(path)?),
         (None, Some(text)) => {
             origin = Some(format!("from the environment's {passphrase_env}"));
@@ -772,23 +772,20 @@ fn material(
 impl Keys {
     /// Read options carrying the key or passphrase given, if any.
     fn options(&self) -> plaid::Result<ReadOptions> {
-        let (key, passphrase, origin) = material(
-            self.key_file.as_deref(),
-            "PLAID_KEY",
-            self.passphrase_file.as_deref(),
-            "PLAID_PASSPHRASE",
-        )?;
-        let mut options = ReadOptions::default()
+        let files = (self.key_file.as_deref(), self.passphrase_file.as_deref());
+        let (key, passphrase, origin) = material(files, "PLAID_")?;
+        let options = ReadOptions::default()
             .allow_plaintext(self.allow_plaintext)
             .key_origin(origin.as_deref());
-        if let Some(key) = key {
-            options = options.key(Some(&key))?;
-        }
-        if let Some(passphrase) = passphrase {
-            options = options.passphrase(Some(&passphrase))?;
-        }
+        let mut options = with_material(
+            options,
+            key,
+            passphrase,
+            ReadOptions::key,
+            ReadOptions::passphrase,
+        )?;
         if self.kdf_max_memory.is_some() || self.kdf_max_passes.is_some() {
-            let (memory, passes) = options.passphrase_limit_values();
+            let (memory, passes) = options.get_passphrase_limits();
             options = options.passphrase_limits(
                 self.kdf_max_memory.unwrap_or(memory),
                 self.kdf_max_passes.unwrap_or(passes),
@@ -831,19 +828,19 @@ struct EncryptKeys {
 impl EncryptKeys {
     /// Write options carrying the key or passphrase given, if any.
     fn options(&self) -> plaid::Result<WriteOptions> {
-        let (key, passphrase, _) = material(
+        let files = (
             self.encrypt_key_file.as_deref(),
-            "PLAID_ENCRYPT_KEY",
             self.encrypt_passphrase_file.as_deref(),
-            "PLAID_ENCRYPT_PASSPHRASE",
+        );
+        let (key, passphrase, _) = material(files, "PLAID_ENCRYPT_")?;
+        let options = WriteOptions::default().kdf_above_read_limits(self.kdf_above_read_limits);
+        let mut options = with_material(
+            options,
+            key,
+            passphrase,
+            WriteOptions::key,
+            WriteOptions::passphrase,
         )?;
-        let mut options = WriteOptions::default().kdf_above_read_limits(self.kdf_above_read_limits);
-        if let Some(key) = key {
-            options = options.key(Some(&key))?;
-        }
-        if let Some(passphrase) = passphrase {
-            options = options.passphrase(Some(&passphrase))?;
-        }
         if let Some(cipher) = &self.cipher {
             options = options.cipher(match cipher.to_ascii_lowercase().as_str() {
                 "aegis-256x4" | "aegis256x4" => plaid::format::plaid::CIPHER_AEGIS_256X4,
@@ -863,6 +860,26 @@ impl EncryptKeys {
         }
         Ok(options)
     }
+}
+
+/// A builder setter of key material: `ReadOptions::key`, `WriteOptions::passphrase`, ...
+type SetMaterial<O> = fn(O, Option<&[u8]>) -> plaid::Result<O>;
+
+/// `options` carrying the key and the passphrase found (both is the options' error).
+fn with_material<O>(
+    mut options: O,
+    key: Option<zeroize::Zeroizing<Vec<u8>>>,
+    passphrase: Option<zeroize::Zeroizing<Vec<u8>>>,
+    set_key: SetMaterial<O>,
+    set_passphrase: SetMaterial<O>,
+) -> plaid::Result<O> {
+    if let Some(key) = key {
+        options = set_key(options, Some(&key))?;
+    }
+    if let Some(passphrase) = passphrase {
+        options = set_passphrase(options, Some(&passphrase))?;
+    }
+    Ok(options)
 }
 
 /// A key given as 32 raw bytes, or as 64 hexadecimal digits (whitespace around them

@@ -201,18 +201,13 @@ impl Drop for Stream {
 impl Stream {
     /// A non-blocking stream on `device`, whose context must be current.
     fn new(device: &Arc<Device>) -> Result<Stream> {
-        let mut raw: sys::CUstream = std::ptr::null_mut();
-        check(
-            // SAFETY: `raw` is writable; the caller made a context current.
-            unsafe {
-                sys::cuStreamCreate(&mut raw, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32)
-            },
-            || "creating a CUDA stream".into(),
-        )?;
-        Ok(Stream {
-            device: Arc::clone(device),
-            raw,
-        })
+        let flags = sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32;
+        // SAFETY: `raw` is writable; the caller made a context current.
+        let raw = created("a CUDA stream", |raw| unsafe {
+            sys::cuStreamCreate(raw, flags)
+        })?;
+        let device = Arc::clone(device);
+        Ok(Stream { device, raw })
     }
 }
 
@@ -220,6 +215,27 @@ impl Stream {
 struct Event {
     device: Arc<Device>,
     raw: sys::CUevent,
+}
+
+impl Event {
+    /// An event without timing on `device`, whose context must be current.
+    fn new(device: &Arc<Device>) -> Result<Event> {
+        let flags = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
+        Ok(Event {
+            device: Arc::clone(device),
+            // SAFETY: `raw` is writable; the caller made a context current.
+            raw: created("a CUDA event", |raw| unsafe {
+                sys::cuEventCreate(raw, flags)
+            })?,
+        })
+    }
+}
+
+/// A driver object `make` creates (writing its handle), or an error naming `what`.
+fn created<P>(what: &str, make: impl FnOnce(&mut *mut P) -> sys::CUresult) -> Result<*mut P> {
+    let mut raw = std::ptr::null_mut();
+    check(make(&mut raw), || format!("creating {what}"))?;
+    Ok(raw)
 }
 
 impl Drop for Event {
@@ -254,21 +270,7 @@ impl Lane {
     pub(crate) fn new(device: &Arc<Device>, chunk: usize, stream: usize) -> Result<Lane> {
         let buffers = [Pinned::new(device, chunk)?, Pinned::new(device, chunk)?];
         let _bound = device.bind()?;
-        let event = || -> Result<Event> {
-            let mut raw: sys::CUevent = std::ptr::null_mut();
-            check(
-                // SAFETY: `raw` is writable; a context is current.
-                unsafe {
-                    sys::cuEventCreate(&mut raw, sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32)
-                },
-                || "creating a CUDA event".into(),
-            )?;
-            Ok(Event {
-                device: Arc::clone(device),
-                raw,
-            })
-        };
-        let events = [event()?, event()?];
+        let events = [Event::new(device)?, Event::new(device)?];
         let (raw, own) = if stream != 0 {
             (stream as sys::CUstream, None)
         } else {

@@ -1,8 +1,8 @@
 //! `plaid_cuda_arena`: tensors loaded into device memory that plaid allocated.
 
+use super::not_in_arena;
 use super::status::plaid_status;
 use crate::cuda::CudaArena;
-use crate::error::Error;
 
 /// Tensors loaded by `plaid_deserializer_load_cuda` into one device allocation made by
 /// plaid. Opaque; freed (with all its tensors) by `plaid_cuda_arena_free`. Independent of
@@ -26,15 +26,9 @@ pub unsafe extern "C" fn plaid_cuda_arena_tensor(
     nbytes: *mut u64,
 ) -> plaid_status {
     ffi_boundary! {
-        let address = out_arg!(address, "address")?;
-        let nbytes = out_arg!(nbytes, "nbytes")?;
+        let (address, nbytes) = (out_arg!(address, "address")?, out_arg!(nbytes, "nbytes")?);
         let arena = handle!(arena, "arena")?;
-        let (at, len) = arena
-            .inner
-            .tensor(index)
-            .ok_or_else(|| Error::NotFound(format!("tensor #{index} is not in this arena")))?;
-        *address = at;
-        *nbytes = len;
+        (*address, *nbytes) = arena.inner.tensor(index).ok_or_else(|| not_in_arena(index))?;
         Ok(())
     }
 }

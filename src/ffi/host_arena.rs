@@ -2,8 +2,8 @@
 
 use std::ffi::c_void;
 
+use super::not_in_arena;
 use super::status::plaid_status;
-use crate::error::Error;
 use crate::sink::HostArena;
 
 /// Tensors loaded by `plaid_deserializer_load_host` into one allocation made by plaid.
@@ -28,15 +28,10 @@ pub unsafe extern "C" fn plaid_host_arena_tensor(
     nbytes: *mut u64,
 ) -> plaid_status {
     ffi_boundary! {
-        let data = out_arg!(data, "data")?;
-        let nbytes = out_arg!(nbytes, "nbytes")?;
+        let (data, nbytes) = (out_arg!(data, "data")?, out_arg!(nbytes, "nbytes")?);
         let arena = handle!(arena, "arena")?;
-        let (ptr, len) = arena
-            .inner
-            .tensor_ptr(index)
-            .ok_or_else(|| Error::NotFound(format!("tensor #{index} is not in this arena")))?;
-        *data = ptr.cast();
-        *nbytes = len as u64;
+        let (ptr, len) = arena.inner.tensor_ptr(index).ok_or_else(|| not_in_arena(index))?;
+        (*data, *nbytes) = (ptr.cast(), len as u64);
         Ok(())
     }
 }

@@ -195,3 +195,8 @@ pub(crate) unsafe fn release<T>(ptr: *mut T) {
         drop(unsafe { Box::from_raw(ptr) });
     }
 }
+
+/// The error for a tensor an arena does not hold.
+fn not_in_arena(index: usize) -> crate::error::Error {
+    crate::error::Error::NotFound(format!("tensor #{index} is not in this arena"))
+}

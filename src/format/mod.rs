@@ -23,7 +23,7 @@ pub mod proto {
 use std::collections::BTreeMap;
 
 use crate::dtype::DType;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::source::{read_exact, Source};
 
 /// One tensor as a reader found it.
@@ -411,4 +411,20 @@ pub struct Index {
     pub alignment: u64,
     /// Length of the whole file.
     pub file_length: u64,
+}
+
+/// The first `N` bytes of `source`, its fixed-size `head` ("the 32-byte preamble"); a
+/// shorter file is a format error naming it: "truncated: 10 bytes, inside the ...".
+pub(crate) fn read_head<const N: usize>(source: &dyn Source, head: &str) -> Result<[u8; N]> {
+    let file_len = source.len();
+    if file_len < N as u64 {
+        return Err(Error::format(
+            source.name(),
+            file_len,
+            format!("truncated: {file_len} bytes, inside {head}"),
+        ));
+    }
+    let mut head = [0u8; N];
+    read_exact(source, 0, &mut head)?;
+    Ok(head)
 }

@@ -147,17 +147,9 @@ fn bad_magic_detail(bytes: &[u8]) -> String {
 
 /// Read and validate the preamble and header of a plaid file.
 pub fn read_index(source: &dyn Source) -> Result<Index> {
-    let file = source.name();
-    let file_len = source.len();
-    if file_len < PREAMBLE_LEN {
-        return Err(Error::format(
-            file,
-            file_len,
-            format!("file is {file_len} bytes, shorter than the {PREAMBLE_LEN}-byte preamble"),
-        ));
-    }
-    let mut preamble_bytes = [0u8; PREAMBLE_LEN as usize];
-    read_exact(source, 0, &mut preamble_bytes)?;
+    let preamble_bytes: [u8; PREAMBLE_LEN as usize] =
+        super::read_head(source, &format!("the {PREAMBLE_LEN}-byte preamble"))?;
+    let (file, file_len) = (source.name(), source.len());
     let preamble = Preamble::decode(&preamble_bytes, file)?;
     if preamble.header_len > MAX_HEADER_LEN {
         return Err(Error::format(

@@ -634,16 +634,11 @@ fn read_ranges(source: &dyn Source, wanted: &[(u64, u64)]) -> Result<Ranges> {
 /// Read and validate a tensorizer file's header, metadata and every tensor header.
 pub fn read_index(source: &dyn Source) -> Result<Index> {
     let file = source.name();
+    let head: [u8; FILE_HEADER_LEN as usize] = super::read_head(
+        source,
+        &format!("tensorizer's {FILE_HEADER_LEN}-byte file header"),
+    )?;
     let file_len = source.len();
-    if file_len < FILE_HEADER_LEN {
-        return Err(Error::format(
-            file,
-            file_len,
-            format!("truncated: {file_len} bytes, inside tensorizer's {FILE_HEADER_LEN}-byte file header"),
-        ));
-    }
-    let mut head = [0u8; FILE_HEADER_LEN as usize];
-    read_exact(source, 0, &mut head)?;
     if !sniff(&head) {
         return Err(Error::format(
             file,

@@ -177,15 +177,26 @@ fn run(
     Ok(stats)
 }
 
-/// Load the tensors of `index` into the destinations chosen by `placement`.
+/// What a load or a verification reads: a file's (or a checkpoint's) source and index,
+/// with the settings of the read options.
+pub(crate) struct Input<'i> {
+    pub(crate) source: &'i dyn Source,
+    pub(crate) index: &'i Index,
+    pub(crate) settings: Settings<'i>,
+}
+
+/// Load the tensors of the input into the destinations chosen by `placement`.
 pub(crate) fn load<'a>(
-    source: &dyn Source,
-    index: &Index,
-    options: &Settings<'_>,
+    input: &Input<'_>,
     sinks: &Sinks,
     placement: &mut dyn Placement<'a>,
     progress: Option<&ProgressFn<'_>>,
 ) -> Result<LoadStats> {
+    let Input {
+        source,
+        index,
+        settings: ref options,
+    } = *input;
     // Every destination is known and checked before the first byte is read.
     let mut room = Room::new(sinks, options.cuda_stream);
     let mut placed: Vec<Placed<'_, 'a>> = Vec::new();
@@ -223,13 +234,11 @@ pub(crate) fn load<'a>(
 /// Read and verify every byte of every tensor, keeping none of them (scratch buffers of at
 /// most one request per I/O thread).
 pub(crate) fn verify_all(
-    source: &dyn Source,
-    index: &Index,
-    options: &Settings<'_>,
+    input: &Input<'_>,
     wanted: &dyn Fn(&TensorInfo) -> bool,
     progress: Option<&ProgressFn<'_>>,
 ) -> Result<LoadStats> {
-    let options = options.verifying();
+    let (source, index, options) = (input.source, input.index, input.settings.verifying());
     let placed = index
         .tensors
         .iter()
@@ -241,13 +250,8 @@ pub(crate) fn verify_all(
 
 /// Verify `tensors`, each given with its stored bytes in place (a mapping), in parallel
 /// pieces on the CPU workers.
-pub(crate) fn verify_lent(
-    source: &dyn Source,
-    index: &Index,
-    tensors: &[(&TensorInfo, &[u8])],
-    options: &Settings<'_>,
-) -> Result<()> {
-    let options = options.verifying();
+pub(crate) fn verify_lent(input: &Input<'_>, tensors: &[(&TensorInfo, &[u8])]) -> Result<()> {
+    let (source, index, options) = (input.source, input.index, input.settings.verifying());
     let placed = tensors
         .iter()
         .map(|&(t, bytes)| (t, Out::Lent(bytes), None))

@@ -377,33 +377,27 @@ mod tests {
     #[test]
     fn f64_narrows_to_f16_and_bf16_with_one_rounding() {
         // Two roundings (through f32) get these wrong.
-        assert_eq!(
-            from_f64(65519.99999, DType::F16),
-            0x7bff,
-            "65504, not infinity"
-        );
-        assert_eq!(
-            from_f64(65520.0, DType::F16),
-            0x7c00,
-            "the midpoint to 2^16 is infinity"
-        );
         let x = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
-        assert_eq!(
-            from_f64(x, DType::F16),
-            0x3c01,
-            "just above the tie rounds up"
-        );
-        assert_eq!(
-            from_f64(1.0 + 2f64.powi(-11), DType::F16),
-            0x3c00,
-            "a tie goes to even"
-        );
         let y = 1.0 + 2f64.powi(-8) + 2f64.powi(-40);
-        assert_eq!(
-            from_f64(y, DType::BF16),
-            0x3f81,
-            "bf16: just above the tie rounds up"
-        );
+        for (value, to, bits, why) in [
+            (65519.99999, DType::F16, 0x7bff, "65504, not infinity"),
+            (
+                65520.0,
+                DType::F16,
+                0x7c00,
+                "the midpoint to 2^16 is infinity",
+            ),
+            (x, DType::F16, 0x3c01, "just above the tie rounds up"),
+            (
+                1.0 + 2f64.powi(-11),
+                DType::F16,
+                0x3c00,
+                "a tie goes to even",
+            ),
+            (y, DType::BF16, 0x3f81, "bf16: just above the tie rounds up"),
+        ] {
+            assert_eq!(from_f64(value, to), bits, "{why}");
+        }
         // Every finite value of both formats: itself, and the midpoints to its neighbour
         // above (exact in f64) round to even, a hair either side of them to the nearer.
         for (to, widen) in [

@@ -265,8 +265,8 @@ pub(crate) fn builder(location: &Location, storage: &StorageOptions) -> Result<(
     let build: Build = match location.scheme {
         Scheme::Http => http(location, storage, retry)?,
         Scheme::S3 => s3(location, storage, retry)?,
-        Scheme::Gcs => gcs(location, storage, retry)?,
-        Scheme::Azure => azure(location, storage, retry)?,
+        Scheme::Gcs => cloud::<GoogleCloudStorageBuilder>(location, storage, retry)?,
+        Scheme::Azure => cloud::<MicrosoftAzureBuilder>(location, storage, retry)?,
     };
     Ok((settings, build))
 }
@@ -500,74 +500,77 @@ fn keys_of<K: FromStr>(
     Ok(pairs)
 }
 
-/// A builder of GCS or Azure stores: `make` starts from the environment, the client
-/// options (with the CA bundle) and the retries, then the keys are applied.
-#[allow(clippy::too_many_arguments)]
-fn cloud<K, B>(
+/// The builder of a GCS or an Azure store: both are made alike, but for their types.
+trait CloudBuilder: Sized + 'static {
+    /// The store's configuration keys.
+    type Key: FromStr + Copy + Send + Sync + 'static;
+    /// The store's name in messages.
+    const KIND: &'static str;
+    /// The prefix of the environment variables the builder reads.
+    const ENV_PREFIX: &'static str;
+    /// A builder from the environment for `root`, with the client options (the CA
+    /// bundle's), the retries and plaid's connector.
+    fn make(root: String, client: ClientOptions, retry: RetryConfig, connector: Connector) -> Self;
+    fn apply(self, key: Self::Key, value: String) -> Self;
+    fn build_store(self) -> object_store::Result<Arc<dyn ObjectStore>>;
+}
+
+macro_rules! cloud_builder {
+    ($builder:ty, $key:ty, $kind:literal, $env_prefix:literal) => {
+        impl CloudBuilder for $builder {
+            type Key = $key;
+            const KIND: &'static str = $kind;
+            const ENV_PREFIX: &'static str = $env_prefix;
+            fn make(
+                root: String,
+                client: ClientOptions,
+                retry: RetryConfig,
+                connector: Connector,
+            ) -> Self {
+                <$builder>::from_env()
+                    .with_url(root)
+                    .with_client_options(client)
+                    .with_retry(retry)
+                    .with_http_connector(connector)
+            }
+            fn apply(self, key: $key, value: String) -> Self {
+                self.with_config(key, value)
+            }
+            fn build_store(self) -> object_store::Result<Arc<dyn ObjectStore>> {
+                Ok(Arc::new(self.build()?))
+            }
+        }
+    };
+}
+
+cloud_builder!(
+    GoogleCloudStorageBuilder,
+    GoogleConfigKey,
+    "Google Cloud Storage",
+    "GOOGLE_"
+);
+cloud_builder!(MicrosoftAzureBuilder, AzureConfigKey, "Azure", "AZURE_");
+
+/// A builder of GCS or Azure stores (`B`): from the environment, the client options (with
+/// the CA bundle) and the retries, then the keys applied.
+fn cloud<B: CloudBuilder>(
     location: &Location,
     storage: &StorageOptions,
     retry: RetryConfig,
-    kind: &'static str,
-    env_prefix: &str,
-    make: fn(String, ClientOptions, RetryConfig, Connector) -> B,
-    apply: fn(B, K, String) -> B,
-    build: fn(B) -> object_store::Result<Arc<dyn ObjectStore>>,
-) -> Result<Build>
-where
-    K: FromStr + Copy + Send + Sync + 'static,
-    B: 'static,
-{
-    check_env::<K>(env_prefix)?;
-    let pairs = keys_of::<K>(location, storage, kind)?;
+) -> Result<Build> {
+    check_env::<B::Key>(B::ENV_PREFIX)?;
+    let pairs = keys_of::<B::Key>(location, storage, B::KIND)?;
     let ca = storage.get("ca_bundle").map(str::to_owned);
     let (client, certificates) = client_options(&location.url, &[], ca.as_deref(), false)?;
     let root = location.root.clone();
     Ok(Box::new(move || {
-        let connector = Connector::new(certificates.clone(), Redirects::Refuse(kind), None);
-        let mut builder = make(root.clone(), client.clone(), retry.clone(), connector);
+        let connector = Connector::new(certificates.clone(), Redirects::Refuse(B::KIND), None);
+        let mut builder = B::make(root.clone(), client.clone(), retry.clone(), connector);
         for (key, value) in &pairs {
-            builder = apply(builder, *key, value.clone());
+            builder = builder.apply(*key, value.clone());
         }
-        guarded(&root, || build(builder))
+        guarded(&root, || builder.build_store())
     }))
-}
-
-fn gcs(location: &Location, storage: &StorageOptions, retry: RetryConfig) -> Result<Build> {
-    cloud::<GoogleConfigKey, _>(
-        location,
-        storage,
-        retry,
-        "Google Cloud Storage",
-        "GOOGLE_",
-        |root, client, retry, connector| {
-            GoogleCloudStorageBuilder::from_env()
-                .with_url(root)
-                .with_client_options(client)
-                .with_retry(retry)
-                .with_http_connector(connector)
-        },
-        GoogleCloudStorageBuilder::with_config,
-        |b| Ok(Arc::new(b.build()?) as Arc<dyn ObjectStore>),
-    )
-}
-
-fn azure(location: &Location, storage: &StorageOptions, retry: RetryConfig) -> Result<Build> {
-    cloud::<AzureConfigKey, _>(
-        location,
-        storage,
-        retry,
-        "Azure",
-        "AZURE_",
-        |root, client, retry, connector| {
-            MicrosoftAzureBuilder::from_env()
-                .with_url(root)
-                .with_client_options(client)
-                .with_retry(retry)
-                .with_http_connector(connector)
-        },
-        MicrosoftAzureBuilder::with_config,
-        |b| Ok(Arc::new(b.build()?) as Arc<dyn ObjectStore>),
-    )
 }
 
 #[cfg(test)]

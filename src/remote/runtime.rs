@@ -107,17 +107,7 @@ impl<T: Send + Sync + 'static> Owned<T> {
                 .await
                 .unwrap_or_else(|panic| Err(panicked(&*panic)))
         };
-        if tokio::runtime::Handle::try_current().is_err() {
-            return runtime.block_on(guarded);
-        }
-        std::thread::scope(|scope| {
-            std::thread::Builder::new()
-                .name("plaid-net-call".into())
-                .spawn_scoped(scope, || runtime.block_on(guarded))
-                .map_err(|e| Error::io("starting a thread for a network call", e))?
-                .join()
-                .unwrap_or_else(|panic| Err(panicked(&*panic)))
-        })
+        block_on(&runtime, guarded)?
     }
 }
 
@@ -134,19 +124,7 @@ impl<T: Send + Sync + 'static> Owned<T> {
     {
         let (runtime, value) = self.current()?;
         let task = runtime.spawn(f(value));
-        let joined = if tokio::runtime::Handle::try_current().is_err() {
-            runtime.block_on(task)
-        } else {
-            std::thread::scope(|scope| {
-                std::thread::Builder::new()
-                    .name("plaid-net-call".into())
-                    .spawn_scoped(scope, || runtime.block_on(task))
-                    .map_err(|e| Error::io("starting a thread for a network call", e))?
-                    .join()
-                    .map_err(|panic| panicked(&*panic))
-            })?
-        };
-        joined.unwrap_or_else(|e| match e.try_into_panic() {
+        block_on(&runtime, task)?.unwrap_or_else(|e| match e.try_into_panic() {
             Ok(panic) => Err(panicked(&*panic)),
             Err(e) => Err(Error::io(
                 "a network task",
@@ -154,6 +132,25 @@ impl<T: Send + Sync + 'static> Owned<T> {
             )),
         })
     }
+}
+
+/// Wait for `future` on `runtime` from any thread: a plain thread blocks on it directly, a
+/// thread inside another runtime (where blocking is not allowed) through a helper thread.
+fn block_on<F: Future + Send>(runtime: &tokio::runtime::Runtime, future: F) -> Result<F::Output>
+where
+    F::Output: Send,
+{
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Ok(runtime.block_on(future));
+    }
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("plaid-net-call".into())
+            .spawn_scoped(scope, || runtime.block_on(future))
+            .map_err(|e| Error::io("starting a thread for a network call", e))?
+            .join()
+            .map_err(|panic| panicked(&*panic))
+    })
 }
 
 /// The error for a panic inside the storage client: its message, as an I/O error (it is
