@@ -19,6 +19,7 @@ use super::plan::{Job, Out, Policy, Target};
 use super::progress::Tracker;
 use super::select::Selection;
 use super::stages::Chain;
+use super::whole_units;
 use crate::crypto::Decrypt;
 use crate::error::{Error, Result};
 use crate::format::verify::SplitCrcs;
@@ -177,7 +178,7 @@ fn run_job(worker: &mut Worker<'_>, job: Job<'_>) -> Result<()> {
     let context = worker.context;
     let tensor = &context.index.tensors[job.tensor];
     let unit = context.unit(tensor);
-    let step = (context.policy.buffer_len() / unit).max(1) * unit;
+    let step = whole_units(context.policy.buffer_len(), unit);
     match job.target {
         Target::Batch {
             offset,
@@ -231,7 +232,7 @@ fn write(
 ) -> Result<()> {
     let in_tensor = |e: Error| e.in_tensor(&tensor.name);
     let mut writer = context.writer(out).map_err(in_tensor)?;
-    let step = (context.policy.buffer_len().min(writer.capacity()) / unit * unit).max(unit);
+    let step = whole_units(context.policy.buffer_len().min(writer.capacity()), unit);
     let mut at = 0;
     while at < out.len() {
         let n = step.min(out.len() - at);
@@ -260,9 +261,8 @@ fn run_select(
     let in_tensor = |e: Error| e.in_tensor(&tensor.name);
     let mut chain = context.chain(tensor, start, len);
     let size = selection.src_size().max(1);
-    let piece = (context.policy.buffer_len() as u64 / size * size).max(size);
-    let whole = chain.unit() as u64;
-    let piece = (piece / whole).max(1) * whole;
+    let piece = whole_units(context.policy.buffer_len() as u64, size);
+    let piece = whole_units(piece, chain.unit() as u64);
     let unit = selection.dest_unit();
     let scratch = worker.scratch(piece.min(len) as usize);
     let mut at = start;
@@ -294,6 +294,38 @@ fn run_select(
     chain.finish()
 }
 
+/// Run `f` on the `len` bytes at `offset` where the source lends them (a mapping), holding
+/// a CPU permit. `None` where it does not, or where they changed under `f` (the file
+/// shrank): the caller reads instead, which reports what the file holds now.
+fn lent(
+    context: &Context<'_>,
+    offset: u64,
+    len: usize,
+    f: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Option<Result<()>> {
+    let map = context.source.mappable()?;
+    let _cpu = context.cpu.acquire();
+    map.with_bytes(offset, len, f)
+}
+
+/// [`lent`] for bytes that pass through `chain`: where `None` comes back, the chain is as
+/// it was before, for the caller's read.
+fn through_lent(
+    context: &Context<'_>,
+    chain: &mut Chain<'_>,
+    offset: u64,
+    len: usize,
+    f: &mut dyn FnMut(&mut Chain<'_>, &[u8]) -> Result<()>,
+) -> Option<Result<()>> {
+    context.source.mappable()?;
+    let before = chain.clone();
+    let done = lent(context, offset, len, &mut |src| f(chain, src));
+    if done.is_none() {
+        *chain = before;
+    }
+    done
+}
+
 /// Put the stored bytes of `tensor` from `start` on into `dst`, through `chain`: copied
 /// where the source lends them, else read (in as many pieces as the source returns), each
 /// piece passed through the chain as soon as it is in.
@@ -306,15 +338,9 @@ fn fill(
 ) -> Result<()> {
     let source = context.source;
     let offset = tensor.offset + start;
-    if let Some(map) = source.mappable() {
-        let before = chain.clone();
-        let _cpu = context.cpu.acquire();
-        match map.with_bytes(offset, dst.len(), &mut |src| chain.copy(src, dst)) {
-            Some(done) => return done.map_err(|e| e.in_tensor(&tensor.name)),
-            // Not lent, or changed under the copy (the file shrank): read instead, which
-            // reports what the file holds now.
-            None => *chain = before,
-        }
+    let len = dst.len();
+    if let Some(done) = through_lent(context, chain, offset, len, &mut |c, src| c.copy(src, dst)) {
+        return done.map_err(|e| e.in_tensor(&tensor.name));
     }
     // Pieces go through the chain in whole units of its stages (a cipher's chunks): a
     // short read's tail waits, in place, for the rest of its unit.
@@ -352,16 +378,11 @@ fn inspect(
     let context = worker.context;
     let source = context.source;
     let offset = tensor.offset + start;
-    if let Some(map) = source.mappable() {
-        let before = chain.clone();
-        let _cpu = context.cpu.acquire();
-        match map.with_bytes(offset, len, &mut |src| chain.inspect(src)) {
-            Some(done) => return done.map_err(|e| e.in_tensor(&tensor.name)),
-            None => *chain = before,
-        }
+    if let Some(done) = through_lent(context, chain, offset, len, &mut |c, src| c.inspect(src)) {
+        return done.map_err(|e| e.in_tensor(&tensor.name));
     }
     let unit = chain.unit();
-    let step = (step / unit).max(1) * unit;
+    let step = whole_units(step, unit);
     let scratch = worker.scratch(len.min(step).max(1));
     let mut done = 0;
     while done < len {
@@ -415,11 +436,7 @@ fn run_batch(
             }
             Ok(())
         };
-        let lent = source.mappable().and_then(|map| {
-            let _cpu = context.cpu.acquire();
-            map.with_bytes(offset, len, &mut spread)
-        });
-        match lent {
+        match lent(context, offset, len, &mut spread) {
             Some(done) => done?,
             None if read_exact(source, offset, staging).is_ok() => {
                 let _cpu = context.cpu.acquire();
@@ -458,11 +475,7 @@ fn run_batch(
         }
         Ok(())
     };
-    let lent = source.mappable().and_then(|map| {
-        let _cpu = context.cpu.acquire();
-        map.with_bytes(offset, len, &mut spread)
-    });
-    if let Some(done) = lent {
+    if let Some(done) = lent(context, offset, len, &mut spread) {
         return done;
     }
     let scratch = worker.scratch(len);

@@ -177,6 +177,15 @@ fn run(
     Ok(stats)
 }
 
+/// `len` rounded down to whole `unit`s (checksum blocks, cipher chunks, elements), never
+/// below one unit: the size of every request, job and piece that stages see whole.
+pub(crate) fn whole_units<T>(len: T, unit: T) -> T
+where
+    T: Copy + Ord + From<u8> + std::ops::Div<Output = T> + std::ops::Mul<Output = T>,
+{
+    (len / unit).max(T::from(1)) * unit
+}
+
 /// What a load or a verification reads: a file's (or a checkpoint's) source and index,
 /// with the settings of the read options.
 pub(crate) struct Input<'i> {

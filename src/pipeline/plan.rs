@@ -9,6 +9,7 @@ use crate::format::{Checksum, TensorInfo};
 use crate::sink::Place;
 
 use super::select::Selection;
+use super::whole_units;
 use crate::format::verify::Verify;
 
 /// A tensor, its whole destination, and the view of it the destination wants (`None`: its
@@ -211,12 +212,12 @@ impl Policy {
             return usize::MAX;
         }
         let job = match tensor.checksum.block_size() {
-            Some(block) => (self.request_bytes / block).max(1) * block,
+            Some(block) => whole_units(self.request_bytes, block),
             None => self.request_bytes,
         };
         // Whole cipher chunks (a multiple of 64 bytes; checksum blocks are powers of two).
         let job = match tensor.encryption.as_deref().map(|e| e.unit()) {
-            Some(unit) => (job / unit).max(1) * unit,
+            Some(unit) => whole_units(job, unit),
             None => job,
         };
         usize::try_from(job).unwrap_or(usize::MAX)
@@ -298,11 +299,11 @@ fn plan_view<'a>(
     if spans.is_empty() {
         return;
     }
-    let mut step = (policy.job_len(tensor) as u64 / size * size).max(size);
+    let mut step = whole_units(policy.job_len(tensor) as u64, size);
     // Encrypted: whole cipher chunks are read (and authenticated, always).
     if let Some(unit) = tensor.encryption.as_deref().map(|e| e.unit()) {
         spans = round_out(spans, unit, stored);
-        step = (policy.job_len(tensor) as u64 / unit).max(1) * unit;
+        step = whole_units(policy.job_len(tensor) as u64, unit);
     }
     if policy.verify.on {
         let block = tensor.checksum.block_size();

@@ -68,7 +68,7 @@ impl<'t> Chain<'t> {
     /// Pieces of about `FUSED_PIECE` bytes, whole units of the stages.
     fn piece(&self) -> usize {
         let unit = self.unit();
-        (FUSED_PIECE / unit).max(1) * unit
+        super::whole_units(FUSED_PIECE, unit)
     }
 
     /// Add a transform that runs after verification (plaid's decryption).
