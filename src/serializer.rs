@@ -79,15 +79,15 @@ impl Data<'_> {
 /// removes its temporary file; the target path is untouched.
 pub struct Serializer<'a> {
     target: PathBuf,
-    out: Out,
+    output: Output,
     options: WriteOptions,
     tensors: Vec<PendingTensor<'a>>,
     names: HashSet<String>,
     metadata: BTreeMap<String, String>,
 }
 
-/// Where the bytes go.
-enum Out {
+/// The file being written: where the bytes go until `finish` puts it in place.
+enum Output {
     /// A temporary file beside the target, renamed over it at the end.
     File(Temporary),
     /// An object store upload, completed at the end (boxed: it is large).
@@ -124,7 +124,7 @@ impl<'a> Serializer<'a> {
         if crate::url::is_url(&shown) {
             #[cfg(feature = "remote")]
             return Ok(Serializer {
-                out: Out::Remote(Box::new(crate::remote::Upload::create(
+                output: Output::Remote(Box::new(crate::remote::Upload::create(
                     &shown,
                     &options.storage,
                 )?)),
@@ -160,7 +160,7 @@ impl<'a> Serializer<'a> {
         let temp = Temporary::new(&dir, &prefix)?;
         Ok(Serializer {
             target,
-            out: Out::File(temp),
+            output: Output::File(temp),
             options,
             tensors: Vec::new(),
             names: HashSet::new(),
@@ -334,10 +334,10 @@ impl<'a> Serializer<'a> {
     /// tensor is written.
     #[cfg_attr(not(feature = "remote"), allow(clippy::infallible_destructuring_match))]
     pub fn finish_with_progress(self, progress: &mut dyn FnMut(u64, u64)) -> Result<WriteStats> {
-        let temp = match self.out {
-            Out::File(temp) => temp,
+        let temp = match self.output {
+            Output::File(temp) => temp,
             #[cfg(feature = "remote")]
-            Out::Remote(upload) => {
+            Output::Remote(upload) => {
                 return finish_remote(
                     &self.tensors,
                     &self.metadata,

@@ -212,31 +212,14 @@ pub(crate) fn load<'a>(
     for tensor in &index.tensors {
         placed.extend(room.admit(tensor, placement.place(tensor)?)?);
     }
-    let staged = room.staged;
-    // Loads that stage take turns with the sinks; each gets its lanes ready, with buffers
-    // of one request (which holds a batch too).
-    let _turn = (!staged.is_empty()).then(|| sinks.turn());
-    if !staged.is_empty() {
-        // A request, or a whole cipher unit (an encrypted block is decrypted whole in the
-        // lane before it is sent) where that is larger.
-        let unit = placed
-            .iter()
-            .filter(|(_, out, _)| matches!(out, Out::Staged { .. }))
-            .filter_map(|(t, _, _)| t.encryption.as_deref().map(|e| e.unit()))
-            .max()
-            .unwrap_or(1);
-        let piece = policy(source, options)
-            .buffer_len()
-            .max(usize::try_from(unit).unwrap_or(usize::MAX));
-        // One lane per request in flight by default: a lane is what a request reads into.
-        let lanes = match options.staging_lanes {
-            0 => depth(source, options).io_threads,
-            n => n,
-        };
-        for sink in &staged {
-            sink.prepare(lanes, piece)?;
-        }
-    }
+    // Loads that stage take turns with the sinks.
+    let _turn = (!room.staged.is_empty()).then(|| sinks.turn());
+    // One lane per request in flight by default: a lane is what a request reads into.
+    let lanes = match options.staging_lanes {
+        0 => depth(source, options).io_threads,
+        n => n,
+    };
+    let staged = room.prepare_staging(&placed, lanes, policy(source, options).buffer_len())?;
     run(source, index, options, placed, &staged, None, progress)
 }
 

@@ -198,6 +198,32 @@ impl<'s> Room<'s> {
         Ok(Some((tensor, out, selection)))
     }
 
+    /// Once every tensor is admitted: get the lanes of the device sinks this load stages
+    /// through ready, `lanes` each with buffers of `request` bytes (which hold a batch
+    /// too), or of a whole cipher unit where that is larger (an encrypted block is
+    /// decrypted whole in the lane before it is sent). Returns the sinks, by position.
+    pub(super) fn prepare_staging(
+        self,
+        placed: &[Placed<'_, '_>],
+        lanes: usize,
+        request: usize,
+    ) -> Result<Vec<Arc<dyn Sink>>> {
+        if self.staged.is_empty() {
+            return Ok(self.staged);
+        }
+        let unit = placed
+            .iter()
+            .filter(|(_, out, _)| matches!(out, Out::Staged { .. }))
+            .filter_map(|(t, _, _)| t.encryption.as_deref().map(|e| e.unit()))
+            .max()
+            .unwrap_or(1);
+        let buffer = request.max(usize::try_from(unit).unwrap_or(usize::MAX));
+        for sink in &self.staged {
+            sink.prepare(lanes, buffer)?;
+        }
+        Ok(self.staged)
+    }
+
     /// The position in `staged` of the sink of `device`, made on its first tensor.
     fn device_sink(&mut self, device: i32) -> Result<usize> {
         if let Some(&k) = self.by_device.get(&device) {
