@@ -241,9 +241,10 @@ struct Outcome {
     reads: Vec<(String, Result<(), Error>)>,
 }
 
-/// Open `path`, and if it opens, verify it and read each small tensor.
+/// Open `path`, and if it opens, verify it and read each small tensor, checking every hash
+/// the file stores (a tensorizer file's SHA-256s too, which loads skip by default).
 fn exercise(path: &Path) -> Outcome {
-    let d = match Deserializer::open(path, ReadOptions::default()) {
+    let d = match Deserializer::open(path, ReadOptions::default().verify_sha256(true)) {
         Ok(d) => d,
         Err(e) => {
             return Outcome {

@@ -185,10 +185,11 @@ fn check_intact(fixture: &str) {
         .collect();
     check_bytes(&views, "views");
 
-    // With verification, the file's own CRC32 and SHA-256 are checked: every tensor passes
-    // except those whose stored hashes tensorizer itself got wrong.
+    // With verification and the SHA-256s, the file's own CRC32 and SHA-256 are checked:
+    // every tensor passes except those whose stored hashes tensorizer itself got wrong.
     for chunk in [4096, 16 << 20] {
         let options = ReadOptions::default()
+            .verify_sha256(true)
             .threads(2)
             .unwrap()
             .chunk_size(chunk)
@@ -481,9 +482,10 @@ fn damaged_truncated_in_tensor_data() {
 
 #[test]
 fn damaged_bitflip_in_stored_sha256() {
-    // Verified: an error naming 'f32'. Unverified: every tensor loads with correct data.
+    // Verified with the SHA-256s: an error naming 'f32'. Unverified: every tensor loads with
+    // correct data.
     let fixture = "damaged_bitflip_in_stored_sha256";
-    let err = load(fixture, ReadOptions::default()).unwrap_err();
+    let err = load(fixture, ReadOptions::default().verify_sha256(true)).unwrap_err();
     assert!(
         matches!(&err, Error::HashMismatch { tensor, .. } if tensor == "f32"),
         "{err}"
@@ -493,10 +495,14 @@ fn damaged_bitflip_in_stored_sha256() {
     for (bytes, t) in loaded.iter().zip(&tensors) {
         assert_eq!(sha(bytes), t["sha256"].as_str().unwrap());
     }
-    // Checking only the CRCs, the intact data loads (the CRC does not cover the stored
-    // SHA-256), through the Rust API and the C API.
-    let crc_only = load(fixture, ReadOptions::default().verify_sha256(false)).unwrap();
+    // Checking only the CRCs, the default, the intact data loads (the CRC does not cover the
+    // stored SHA-256), through the Rust API and the C API.
+    let crc_only = load(fixture, ReadOptions::default()).unwrap();
     assert_eq!(crc_only, loaded);
+    assert_eq!(
+        load(fixture, ReadOptions::default().verify_sha256(false)).unwrap(),
+        loaded
+    );
     let c_path = CString::new(path(fixture).to_str().unwrap()).unwrap();
     for (sha256, expected) in [(1, PLAID_ERR_CHECKSUM), (0, PLAID_OK)] {
         let mut options = ptr::null_mut();
@@ -612,7 +618,12 @@ fn damage_anywhere_never_panics() {
     let open = |bytes: Vec<u8>, verify: bool| {
         Deserializer::from_source(
             Box::new(MemorySource::new("damaged.tensors", bytes)),
-            ReadOptions::default().verify(verify).threads(1).unwrap(),
+            // Verifying checks every stored hash (the SHA-256s too).
+            ReadOptions::default()
+                .verify(verify)
+                .verify_sha256(verify)
+                .threads(1)
+                .unwrap(),
         )
     };
     let structure: Vec<usize> = (0..73)

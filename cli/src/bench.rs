@@ -333,6 +333,32 @@ impl Bench {
         Ok(())
     }
 
+    /// A first load on a freshly opened handle against the second load on the same handle
+    /// (each round opens a new one; the loads alone are timed).
+    fn first_loads(&mut self) -> plaid::Result<()> {
+        let cores = self.cores;
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        for _ in 0..self.rounds {
+            let reader = Deserializer::open(&self.model.path, ReadOptions::default())?;
+            for times in [&mut first, &mut second] {
+                let started = Instant::now();
+                load(&reader, &mut self.buffers)?;
+                times.push(started.elapsed());
+            }
+        }
+        self.rows.add(
+            format!("plaid: first load on a fresh handle, {cores} thread(s), verified"),
+            self.model.total,
+            first,
+        );
+        self.rows.add(
+            format!("plaid: second load on that handle, {cores} thread(s), verified"),
+            self.model.total,
+            second,
+        );
+        Ok(())
+    }
+
     /// Peak memory of a load beyond the destinations (which are resident already).
     fn peak_memory(&mut self) -> plaid::Result<Vec<Peak>> {
         let mut peaks = Vec::new();
@@ -842,6 +868,7 @@ pub(crate) fn bench(
         bench.kernels()?;
         bench.naive()?;
         bench.host_loads()?;
+        bench.first_loads()?;
         let peaks = bench.peak_memory()?;
         let streamed = bench.unmappable()?;
         bench.zero_copy()?;

@@ -51,7 +51,9 @@ enum Command {
         #[command(flatten)]
         encrypt: EncryptKeys,
     },
-    /// Check every checksum block of a file; exits non-zero naming the first bad tensor.
+    /// Check every checksum block of a file, and every hash it stores (a tensorizer file's
+    /// SHA-256s too, which loads skip by default); exits non-zero naming the first bad
+    /// tensor.
     Verify {
         /// The file.
         file: PathBuf,
@@ -401,7 +403,7 @@ fn verify(
     options: ReadOptions,
 ) -> plaid::Result<()> {
     let filter = plaid::NameFilter::new(patterns)?;
-    let d = Deserializer::open(file, options.threads(threads)?)?;
+    let d = Deserializer::open(file, options.threads(threads)?.verify_sha256(true))?;
     let wanted = |t: &TensorInfo| filter.matches(&t.name);
     let total: u64 = d
         .tensors()

@@ -64,6 +64,29 @@ pub fn copy_crc32c(dst: &mut [u8], src: &[u8], crc: u32) -> u32 {
     (kernel().run)(dst, src, crc)
 }
 
+/// Copy `src` into `dst` (an unverified load's copy): with non-temporal stores for
+/// destinations from 256 KiB on where the CPU has AVX2 (the destination goes to memory
+/// without first being read into the cache, as the verified kernel's stores do, so that an
+/// unverified copy is not the slower one), plain `copy_from_slice` otherwise.
+///
+/// # Panics
+/// When `dst` and `src` differ in length.
+pub fn stream_copy(dst: &mut [u8], src: &[u8]) {
+    assert_eq!(dst.len(), src.len(), "stream_copy: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if dst.len() >= x86::STREAM_FROM && *HAS_AVX2 {
+        // SAFETY: the CPU reports AVX2 (checked once); the lengths are equal.
+        unsafe { x86::stream_copy(dst, src) };
+        return;
+    }
+    dst.copy_from_slice(src);
+}
+
+/// Whether the CPU has AVX2, detected once.
+#[cfg(target_arch = "x86_64")]
+static HAS_AVX2: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::is_x86_feature_detected!("avx2"));
+
 /// The CRC-32C of the bytes before `data` (`crc`, 0 for none) and `data`, without copying.
 pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
     let mut digest =
@@ -190,6 +213,32 @@ mod x86 {
         // caller checked the lengths equal, so `head` bytes are in bounds at both.
         let crc = unsafe { !tail(d0.as_mut_ptr(), s0.as_ptr(), 0, head, !crc) };
         body(d1, s1, crc)
+    }
+
+    /// [`super::stream_copy`]'s kernel: plain copies up to the destination's next 32-byte
+    /// boundary and after the last whole 32 bytes, non-temporal 32-byte stores between.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `dst.len() == src.len()`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn stream_copy(dst: &mut [u8], src: &[u8]) {
+        let head = dst.as_ptr().align_offset(32).min(dst.len());
+        dst[..head].copy_from_slice(&src[..head]);
+        let body = (dst.len() - head) / 32 * 32;
+        let (d, s) = (dst[head..].as_mut_ptr(), src[head..].as_ptr());
+        let mut at = 0;
+        while at < body {
+            // SAFETY: `at + 32 <= body` bytes lie at both from `head` on; `d + at` is
+            // 32-byte aligned (`d` is, and `at` is a multiple of 32).
+            unsafe {
+                let v = _mm256_loadu_si256(s.add(at).cast());
+                _mm256_stream_si256(d.add(at).cast(), v);
+            }
+            at += 32;
+        }
+        // Streaming stores are weakly ordered: fence before anyone reads.
+        _mm_sfence();
+        dst[head + body..].copy_from_slice(&src[head + body..]);
     }
 
     /// Destinations from this size on get non-temporal stores by default.
@@ -500,5 +549,20 @@ mod tests {
             copy_crc32c(&mut short, &src, 0)
         });
         assert!(caught.is_err());
+    }
+
+    #[test]
+    fn stream_copy_copies_every_length_and_misalignment() {
+        let src = bytes((3 << 20) + 128, 9);
+        for len in [0, 1, 31, 32, 33, 4095, 256 << 10, (256 << 10) + 45, 3 << 20] {
+            for shift in [0, 1, 7, 31] {
+                // Destination and source misaligned by different amounts.
+                let mut dst = vec![0u8; len + shift];
+                let s = &src[3 * shift..3 * shift + len];
+                stream_copy(&mut dst[shift..], s);
+                assert_eq!(&dst[shift..], s, "len {len}, shift {shift}");
+                assert!(dst[..shift].iter().all(|&b| b == 0));
+            }
+        }
     }
 }

@@ -56,11 +56,19 @@ class Loaded:
         self.format, self.infos, self.data, self.meta = fmt, infos, data, meta
 
 
-def load(lib, path, meta_key=b"origin"):
-    """Open ``path`` with plaid and load every tensor into fresh buffers, poisoned first.
-    Returns a ``Loaded``, or ``(status, message)`` when opening or loading fails."""
+def load(lib, path, meta_key=b"origin", sha256=False):
+    """Open ``path`` with plaid (the default options; with ``sha256``, checking stored
+    SHA-256s too) and load every tensor into fresh buffers, poisoned first. Returns a
+    ``Loaded``, or ``(status, message)`` when opening or loading fails."""
     d = ctypes.c_void_p()
-    status = lib.plaid_deserializer_open(str(path).encode(), None, ctypes.byref(d))
+    options = None
+    if sha256:
+        options = ctypes.c_void_p()
+        assert lib.plaid_read_options_new(ctypes.byref(options)) == PLAID_OK
+        assert lib.plaid_read_options_set_verify_sha256(options, 1) == PLAID_OK
+    status = lib.plaid_deserializer_open(str(path).encode(), options, ctypes.byref(d))
+    if options is not None:
+        lib.plaid_read_options_free(options)
     if status != PLAID_OK:
         return status, message(lib)
     try:

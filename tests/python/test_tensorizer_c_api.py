@@ -49,9 +49,16 @@ def test_fixture_through_the_c_api(lib, fixture):
         assert fixture in got[1], got[1]
         return
     # With verification (the default), a damaged tensor, or one whose stored hashes
-    # tensorizer itself got wrong, fails the load, named.
+    # tensorizer itself got wrong, fails the load, named. Damage to a stored SHA-256 alone
+    # fails only where the SHA-256s are checked (not by default: the CRC-32 covers the data,
+    # which is intact).
     bad = truth.get("expect", {}).get("corrupted_tensor") or \
         (truth.get("expected_hash_mismatch") or [None])[0]
+    if bad and "stored_sha256" in fixture:
+        checked = load(lib, FIXTURES / f"{fixture}.tensors", sha256=True)
+        assert not isinstance(checked, Loaded) and checked[0] == PLAID_ERR_CHECKSUM
+        assert f"'{bad}'" in checked[1] and "sha256" in checked[1], checked[1]
+        bad = None
     if bad:
         assert not isinstance(got, Loaded) and got[0] == PLAID_ERR_CHECKSUM
         assert f"'{bad}'" in got[1] and fixture in got[1], got[1]

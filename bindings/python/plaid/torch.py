@@ -229,9 +229,10 @@ def _read_share(path, device, me, size, verify, storage_options, tensors, secret
     return buffers, out
 
 
-def _load_mapped(path, verify):
+def _load_mapped(path, verify, verify_sha256=False):
     """Tensors over a private mapping of the file, or None for a file that is not one
-    mapping (a sharded checkpoint's index)."""
+    mapping (a sharded checkpoint's index). With ``verify``, the whole file is verified
+    first (its stored SHA-256s too with ``verify_sha256``)."""
     import mmap as _mmap
     import os
     with open(path, "rb") as f:
@@ -241,7 +242,7 @@ def _load_mapped(path, verify):
         # its errors name the path the caller gave.
         opened = f"/proc/self/fd/{f.fileno()}"
         try:
-            with _core.Reader(opened, verify=verify) as reader:
+            with _core.Reader(opened, verify=verify, verify_sha256=verify_sha256) as reader:
                 metas = reader.tensors
                 if any(meta.encrypted for meta in metas):
                     return None  # a mapping would show ciphertext: decrypted by a load

@@ -559,6 +559,44 @@ def test_load_into_module_filter_func(tmp_path):
     assert torch.equal(model.model.embed_tokens.weight, original.model.embed_tokens.weight)
 
 
+def test_an_empty_model_on_the_cpu_is_a_view_of_the_private_mapping(tmp_path):
+    # tensorizer's example flow: an empty model, a local plaid file, load_into_module. Every
+    # tensor the file holds in the model's dtype is a view of one mapping of the file (so
+    # each lies as far from the others in memory as in the file), not a copy in an arena;
+    # the mapping is private (writing a weight leaves the file alone); a conversion
+    # (float32 stored, bfloat16 in the model) still lands, in memory of its own.
+    original = build("llama", seed=0)
+    path = tmp_path / "model.plaid"
+    serializer = pt.TensorSerializer(str(path))
+    serializer.write_module(original)
+    serializer.close()
+    with plaid.Reader(str(path)) as reader:
+        offsets = {m.name: m.offset for m in reader.tensors}
+    model = build_empty("llama")
+    # What no_init_or_tensor left without storage (torch.empty's tensors; RMSNorm's
+    # torch.ones weights have storage and are loaded in place).
+    empty = {n for n, p in model.named_parameters() if p.device.type == "meta"}
+    pt.TensorDeserializer(str(path), device="cpu", plaid_mode=True).load_into_module(model)
+    assert_no_meta(model)
+    assert torch.equal(logits(model), logits(original))
+    loaded = {n: p for n, p in model.named_parameters() if n in empty}
+    assert len(loaded) > 5 and set(loaded) <= set(offsets)
+    first = min(loaded, key=offsets.get)
+    for name, p in loaded.items():
+        assert p.data_ptr() - loaded[first].data_ptr() == offsets[name] - offsets[first], name
+    before = path.read_bytes()
+    with torch.no_grad():
+        loaded[first].add_(1.0)
+    assert path.read_bytes() == before
+
+    with pt.no_init_or_tensor():
+        converted = LlamaForCausalLM(llama_config()).to(torch.bfloat16)
+    pt.TensorDeserializer(str(path), device="cpu").load_into_module(converted)
+    for name, p in converted.named_parameters():
+        assert p.dtype == torch.bfloat16, name
+        assert torch.equal(p, original.state_dict()[name].to(torch.bfloat16)), name
+
+
 def test_opening_reads_only_the_header(tmp_path):
     good = torch.arange(4096, dtype=torch.float32)
     bad = torch.full((4096,), 3.0)

@@ -435,9 +435,10 @@ class TensorDeserializer(Mapping):
     Making it opens the file and reads its header only. Tensors are read on first access
     (``d[key]``, onto ``device``: default the current CUDA device if there is one, else the
     CPU), by `read_tensors` and `read_numpy_arrays`, or by `load_into_module`, which streams
-    them straight into the module's own storage; every read is verified unless
-    ``verify_hash=False``, and ``verify_hash=True`` without ``lazy_load`` also checks the
-    whole file up front, as tensorizer does. ``filter_func(name)`` (or a glob pattern, or a
+    them straight into the module's own storage; every read is verified against the file's
+    CRCs unless ``verify_hash=False``, and ``verify_hash=True`` checks every stored hash
+    (a tensorizer file's SHA-256s too) and, without ``lazy_load``, the whole file up front,
+    as tensorizer does. ``filter_func(name)`` (or a glob pattern, or a
     list of them) selects tensors; ``dtype`` casts floating-point tensors. ``encryption`` (a
     `DecryptionParams`, plaid's or tensorizer's) decrypts encrypted files; a wrong or missing
     key raises `CryptographyError` when a tensor is read, and a key given for a file stored
@@ -480,7 +481,12 @@ class TensorDeserializer(Mapping):
         self._verify = True if verify_hash is None else bool(verify_hash)
         if isinstance(file_obj, io.TextIOWrapper):
             file_obj = file_obj.buffer
-        self._reader = _core.Reader(file_obj, verify=self._verify, threads=num_readers or 0,
+        # tensorizer's verify_hash=True checks every stored hash: the SHA-256s too. By
+        # default reads check the CRC-32s alone, which detect the same damage to the data.
+        self._verify_sha256 = bool(verify_hash)
+        self._reader = _core.Reader(file_obj, verify=self._verify,
+                                    verify_sha256=self._verify_sha256,
+                                    threads=num_readers or 0,
                                     storage_options=storage_options, key=key,
                                     passphrase=passphrase, allow_plaintext=allow_plaintext,
                                     passphrase_limits=passphrase_limits)
@@ -827,7 +833,7 @@ class TensorDeserializer(Mapping):
         # A mapping lends the stored bytes: whole tensors come from it; shares and
         # conversions go into an arena plaid allocates.
         whole = [(tid, m) for tid, m, _ in fresh_cpu if m.view is None]
-        mapped = _load_mapped(self._mapped_path, self._verify) \
+        mapped = _load_mapped(self._mapped_path, self._verify, self._verify_sha256) \
             if whole and self._mapped_path is not None else None
         if mapped is not None:
             for tid, meta in whole:

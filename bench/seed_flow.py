@@ -1,35 +1,36 @@
-"""The seed's flow, cold: a float32 Llama model (about --size-gib of parameters, random
-weights, built from a LlamaConfig: no network) loaded into an empty module in a fresh
-Python process, three ways, on the same weights:
+"""The seed's flow, cold: tensorizer's own example (a transformers model built empty from its
+config under `no_init_or_tensor`, then `TensorDeserializer(path, device=..., plaid_mode=True)
+.load_into_module(model)`), each load in a fresh Python process, against tensorizer itself and
+transformers' `from_pretrained`, on the same weights (a float32 Llama of about --size-gib of
+parameters, random, built from a LlamaConfig: no network):
 
-  plaid         with plaid.torch.no_init_or_tensor(): model = LlamaForCausalLM(config)
-                plaid.torch.TensorDeserializer(path, device="cpu").load_into_module(model)
-                (verification on: plaid's default)
-  tensorizer    with tensorizer.utils.no_init_or_tensor(): model = LlamaForCausalLM(config)
-                tensorizer.TensorDeserializer(path, device="cpu").load_into_module(model)
-                (tensorizer's default: verify_hash=False, no hash check)
-  transformers  LlamaForCausalLM.from_pretrained(dir, dtype=torch.float32), safetensors
+  plaid          with plaid.torch.no_init_or_tensor(): model = LlamaForCausalLM(config)
+                 plaid.torch.TensorDeserializer(path, device=D, plaid_mode=True)
+                     .load_into_module(model)                       (the .plaid file)
+  plaid, arena   the same with mmap=False: tensors copied into memory plaid allocates
+                 instead of lent by a private mapping of the file (CPU only)
+  tensorizer     with tensorizer.utils.no_init_or_tensor(): model = LlamaForCausalLM(config)
+                 tensorizer.TensorDeserializer(path, device=D, plaid_mode=True)
+                     .load_into_module(model)                       (its own .tensors file)
+  transformers   LlamaForCausalLM.from_pretrained(dir, dtype=float32[, device_map=D])
+                                                                    (save_pretrained's folder)
 
-Each file is written once (plaid's and tensorizer's own TensorSerializer.write_module, and
-save_pretrained) and read once to warm the page cache. Every load is its own process (this
-script with --worker), which imports torch and the loader first, untimed, then measures
-with time.perf_counter:
-  load        from just before building the empty model (model construction is included
-              for all three, so that from_pretrained is compared fairly) to the model
-              being loaded;
-  load+pass   the same, followed by one pass reading every parameter
-              (sum(float(p.sum()) for p in model.parameters())), which faults in any
-              lazily mapped pages;
-and reports its peak RSS (VmHWM, so imports included; the RSS just before the load is
-shown too; not ru_maxrss, which Linux carries over from the parent process). Outside the
-timed region the worker checks a CRC-32 of every parameter and buffer against the one
-taken when the files were written, and the pass's sum, so nothing wrong is ever timed.
-Rounds run each method once, the order rotated per round; one warm-up round is discarded;
-medians of --runs rounds (at least 5). Files go in a temporary directory (--dir), removed
-at the end unless --keep.
+plaid verifies every byte (its default: the file's CRCs); tensorizer and transformers check
+nothing by default. Each file is written once (plaid.torch.TensorSerializer and tensorizer's
+TensorSerializer, write_module; save_pretrained) and read once into the page cache. Every load
+is a process of its own (this script with --worker) that imports torch and the loader and
+builds the empty model untimed, then measures with time.perf_counter from just before
+`TensorDeserializer(...)` / `from_pretrained(...)` to just after the touch: on the CPU one
+read in every 1 KiB of every parameter (so every page must be there, mapped or not), on a GPU
+a device synchronization. With --forward, a forward pass of 16 tokens follows, timed too.
+Outside the timed region the worker checks a CRC-32 of every parameter and buffer against the
+one taken when the files were written, so nothing wrong is ever timed. Rounds run each method
+once, alternating, the order rotated per round; one warm-up round is discarded; medians of
+--runs rounds (at least 5; default 7). Files go in a temporary directory (--dir), removed at
+the end unless --keep.
 
     PLAID_LIB=target/release/libplaid.so PYTHONPATH=bindings/python \
-        python3 bench/load_into_module.py [--size-gib 1] [--runs 5] [--dir /tmp] [--keep]
+        python3 bench/seed_flow.py [--size-gib 1] [--runs 7] [--device cpu|cuda] [--forward]
 """
 
 import argparse
@@ -46,12 +47,15 @@ import time
 import zlib
 from pathlib import Path
 
-METHODS = ("plaid", "tensorizer", "transformers")
+METHODS = ("plaid", "plaid-arena", "tensorizer", "transformers")
 LABELS = {
-    "plaid": "plaid TensorDeserializer.load_into_module (verified)",
-    "tensorizer": "tensorizer TensorDeserializer.load_into_module (verify_hash=False)",
+    "plaid": "plaid TensorDeserializer(plaid_mode=True).load_into_module (verified)",
+    "plaid-arena": "plaid, mmap=False (the arena; verified)",
+    "tensorizer": "tensorizer TensorDeserializer(plaid_mode=True).load_into_module (its default)",
     "transformers": "transformers from_pretrained (safetensors)",
 }
+FILES = {"plaid": "model.plaid", "plaid-arena": "model.plaid", "tensorizer": "model.tensors",
+         "transformers": "hf"}
 
 
 def llama_config(size_gib):
@@ -97,67 +101,95 @@ def dtype_kwargs(torch):
     return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": torch.float32}
 
 
-def worker(kind, path, workdir):
+def touch(model, torch):
+    """One read in every 1 KiB of every parameter: every page must be in memory."""
+    total = 0.0
+    with torch.no_grad():
+        for p in model.parameters():
+            step = max(1, 1024 // p.element_size())
+            total += float(p.detach().reshape(-1)[::step].sum())
+    return total
+
+
+def worker(kind, path, workdir, device, forward):
     """One cold load in this (fresh) process; prints one JSON line."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     import transformers.utils.logging as hf_logging
     hf_logging.set_verbosity_error()
     workdir = Path(workdir)
+    forward = forward == "1"
     reference = json.loads((workdir / "reference.json").read_text())
     config = LlamaConfig.from_json_file(str(workdir / "config.json"))
-    if kind == "plaid":
+    kwargs = dtype_kwargs(torch)
+    if device != "cpu":
+        kwargs["device_map"] = device
+    model = keep = None
+    # Untimed: the imports and the empty model.
+    if kind.startswith("plaid"):
         import plaid.torch as pt
+        with pt.no_init_or_tensor():
+            model = LlamaForCausalLM(config)
     elif kind == "tensorizer":
         import tensorizer
         import tensorizer.utils
-    kwargs = dtype_kwargs(torch)
+        with tensorizer.utils.no_init_or_tensor():
+            model = LlamaForCausalLM(config)
+    elif kind != "transformers":
+        raise SystemExit(f"unknown worker kind {kind!r}")
+    ids = torch.randint(0, config.vocab_size, (1, 16),
+                        generator=torch.Generator().manual_seed(1)).to(device)
     rss_before = status_kib("VmRSS")
-    keep = None
 
     start = time.perf_counter()
     if kind == "plaid":
-        with pt.no_init_or_tensor():
-            model = LlamaForCausalLM(config)
-        keep = pt.TensorDeserializer(path, device="cpu")
+        keep = pt.TensorDeserializer(path, device=device, plaid_mode=True)
+        keep.load_into_module(model)
+    elif kind == "plaid-arena":
+        keep = pt.TensorDeserializer(path, device=device, plaid_mode=True, mmap=False)
         keep.load_into_module(model)
     elif kind == "tensorizer":
-        with tensorizer.utils.no_init_or_tensor():
-            model = LlamaForCausalLM(config)
-        keep = tensorizer.TensorDeserializer(path, device="cpu")
+        keep = tensorizer.TensorDeserializer(path, device=device, plaid_mode=True)
         keep.load_into_module(model)
-    elif kind == "transformers":
-        model = LlamaForCausalLM.from_pretrained(path, **kwargs)
     else:
-        raise SystemExit(f"unknown worker kind {kind!r}")
+        model = LlamaForCausalLM.from_pretrained(path, **kwargs)
+    if device == "cpu":
+        touched = touch(model, torch)
+    else:
+        torch.cuda.synchronize()
+        touched = None
     loaded = time.perf_counter()
-    with torch.no_grad():
-        total = sum(float(p.sum()) for p in model.parameters())
+    if forward:
+        with torch.no_grad():
+            model.eval()(ids)
+        if device != "cpu":
+            torch.cuda.synchronize()
     passed = time.perf_counter()
     # The peak of this process's own memory. getrusage's ru_maxrss is not used: Linux
     # carries it over from the parent across fork and exec, and the parent held the model.
     peak = status_kib("VmHWM")
 
-    # Outside the timed region: every byte of every parameter and buffer, and the pass's sum.
+    # Outside the timed region: every byte of every parameter and buffer, and the touch.
     got = checksums(model)
     if got != reference["crc32"]:
         bad = sorted(k for k in set(got) | set(reference["crc32"])
                      if got.get(k) != reference["crc32"].get(k))
         raise SystemExit(f"{kind}: {len(bad)} parameters/buffers differ, e.g. {bad[:5]}")
-    if abs(total - reference["sum"]) > 1e-6 * max(1.0, abs(reference["sum"])) + 1e-3:
-        raise SystemExit(f"{kind}: parameter sum {total} != reference {reference['sum']}")
+    if touched is not None and abs(touched - reference["touch"]) > \
+            1e-6 * max(1.0, abs(reference["touch"])) + 1e-3:
+        raise SystemExit(f"{kind}: touched sum {touched} != reference {reference['touch']}")
     dtypes = {str(p.dtype) for p in model.parameters()}
-    devices = {str(p.device) for p in model.parameters()}
-    if dtypes != {"torch.float32"} or devices != {"cpu"}:
+    devices = {p.device.type for p in model.parameters()}
+    if dtypes != {"torch.float32"} or devices != {torch.device(device).type}:
         raise SystemExit(f"{kind}: parameters are {dtypes} on {devices}")
     del keep
-    print(json.dumps({"load": loaded - start, "pass": passed - start, "peak_kib": peak,
+    print(json.dumps({"load": loaded - start, "forward": passed - loaded, "peak_kib": peak,
                       "rss_before_kib": rss_before}))
 
 
-def run_worker(kind, path, workdir):
+def run_worker(kind, path, workdir, device, forward):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, str(path),
-           str(workdir)]
+           str(workdir), device, "1" if forward else "0"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
@@ -198,12 +230,9 @@ def write_files(config, workdir):
     model = LlamaForCausalLM(config).to(torch.float32).eval()
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     count = len(list(model.parameters()))
-    paths = {"plaid": workdir / "model.plaid", "tensorizer": workdir / "model.tensors",
-             "transformers": workdir / "hf"}
-    with torch.no_grad():
-        total = sum(float(p.sum()) for p in model.parameters())
+    paths = {m: workdir / f for m, f in FILES.items()}
     (workdir / "reference.json").write_text(json.dumps({"crc32": checksums(model),
-                                                        "sum": total}))
+                                                        "touch": touch(model, torch)}))
     config.to_json_file(str(workdir / "config.json"))
     serializer = pt.TensorSerializer(str(paths["plaid"]))
     serializer.write_module(model)
@@ -232,64 +261,69 @@ def size_of(path):
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker(*sys.argv[2:5])
+        worker(*sys.argv[2:7])
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size-gib", type=float, default=1.0)
-    p.add_argument("--runs", type=int, default=5, help="timed rounds (at least 5)")
+    p.add_argument("--runs", type=int, default=7, help="timed rounds (at least 5)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--forward", action="store_true", help="time a forward pass after the load")
     p.add_argument("--dir", default=None, help="where the temporary files go")
     p.add_argument("--keep", action="store_true", help="keep the files")
     args = p.parse_args()
     if args.runs < 5:
         p.error("--runs must be at least 5")
+    methods = tuple(m for m in METHODS if args.device == "cpu" or m != "plaid-arena")
     started = time.perf_counter()
     command = " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable)] + sys.argv)
     env = " ".join(f"{k}={shlex.quote(os.environ[k])}" for k in ("PLAID_LIB", "PYTHONPATH")
                    if k in os.environ)
-    workdir = Path(tempfile.mkdtemp(prefix="plaid-load-into-module-", dir=args.dir))
+    workdir = Path(tempfile.mkdtemp(prefix="plaid-seed-flow-", dir=args.dir))
     try:
         config = llama_config(args.size_gib)
         paths, nbytes, count = write_files(config, workdir)
-        for path in paths.values():
+        for path in set(paths.values()):
             warm(path)
-        times = {m: {"load": [], "pass": [], "peak_kib": [], "rss_before_kib": []}
-                 for m in METHODS}
+        times = {m: {"load": [], "forward": [], "peak_kib": [], "rss_before_kib": []}
+                 for m in methods}
         for r in range(args.runs + 1):  # round 0 is the warm-up, discarded
-            order = METHODS[r % len(METHODS):] + METHODS[:r % len(METHODS)]
-            results = {m: run_worker(m, paths[m], workdir) for m in order}
+            order = methods[r % len(methods):] + methods[:r % len(methods)]
+            results = {m: run_worker(m, paths[m], workdir, args.device, args.forward)
+                       for m in order}
             if r:
                 for m, result in results.items():
                     for k, v in result.items():
                         times[m][k].append(v)
             print(f"round {r}{' (warm-up, discarded)' if r == 0 else ''}: " + ", ".join(
-                f"{m} {x['load']:.2f}/{x['pass']:.2f} s" for m, x in results.items()),
+                f"{m} {x['load']:.3f} s" for m, x in results.items()),
                 file=sys.stderr, flush=True)
 
         print(f"machine: {machine()}")
         print(f"command: {env + ' ' if env else ''}{command}\n")
         print(f"LlamaForCausalLM, hidden {config.hidden_size}, {config.num_hidden_layers} "
-              f"layers, intermediate {config.intermediate_size}, vocab {config.vocab_size}, "
-              f"{config.num_attention_heads} heads / {config.num_key_value_heads} kv heads: "
+              f"layers, intermediate {config.intermediate_size}, vocab {config.vocab_size}: "
               f"{count} parameter tensors, {nbytes} bytes of float32 parameters "
-              f"({nbytes / (1 << 30):.3f} GiB); files: "
-              + ", ".join(f"{m} {size_of(paths[m]) / (1 << 30):.3f} GiB" for m in METHODS))
-        print("Each load in a fresh process, page cache warm, model construction included; "
-              f"{args.runs} rounds (order rotated, one warm-up round discarded), medians. "
-              "load+pass adds one read of every parameter. GB/s = parameter bytes / "
-              "load+pass. Peak RSS is the worker's VmHWM (imports included).\n")
-        med = {m: {k: statistics.median(v) for k, v in times[m].items()} for m in METHODS}
-        print("| method | load s (median) | load+pass s (median) | GB/s | peak RSS | "
-              "plaid speedup (load+pass) |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for m in METHODS:
+              f"({nbytes / (1 << 30):.3f} GiB), onto {args.device}; files: "
+              + ", ".join(f"{m} {size_of(paths[m]) / (1 << 30):.3f} GiB" for m in methods))
+        print("Each load in a fresh process, page cache warm, the empty model built untimed; "
+              f"{args.runs} rounds (alternating, order rotated, one warm-up round discarded), "
+              "medians. load: from TensorDeserializer(...)/from_pretrained(...) to after the "
+              + ("touch (one read per KiB of every parameter)" if args.device == "cpu"
+                 else "device synchronization")
+              + ". GB/s = parameter bytes / load. Peak RSS is the worker's VmHWM.\n")
+        med = {m: {k: statistics.median(v) for k, v in times[m].items()} for m in methods}
+        fwd = " forward s |" if args.forward else ""
+        print(f"| method | load s (median) | min-max | GB/s |{fwd} peak RSS | "
+              "against plaid (load) |")
+        print("|---|---:|---:|---:|" + ("---:|" if args.forward else "") + "---:|---:|")
+        for m in methods:
             x = med[m]
-            print(f"| {LABELS[m]} | {x['load']:.3f} | {x['pass']:.3f} | "
-                  f"{nbytes / x['pass'] / 1e9:.2f} | {x['peak_kib'] / (1 << 20):.2f} GiB | "
-                  f"{x['pass'] / med['plaid']['pass']:.2f}x |")
-        before = statistics.median(v for m in METHODS for v in times[m]["rss_before_kib"])
-        print(f"\nRSS of a worker just before the load (imports done): "
-              f"{before / (1 << 20):.2f} GiB (median). Total run time "
-              f"{time.perf_counter() - started:.0f} s.")
+            lo, hi = min(times[m]["load"]), max(times[m]["load"])
+            f = f" {x['forward']:.3f} |" if args.forward else ""
+            print(f"| {LABELS[m]} | {x['load']:.3f} | {lo:.3f}-{hi:.3f} | "
+                  f"{nbytes / x['load'] / 1e9:.2f} |{f} {x['peak_kib'] / (1 << 20):.2f} GiB | "
+                  f"{x['load'] / med['plaid']['load']:.2f}x |")
+        print(f"\nTotal run time {time.perf_counter() - started:.0f} s.")
     finally:
         if args.keep:
             print(f"files kept in {workdir}")
