@@ -270,10 +270,16 @@ def main():
     p.add_argument("--forward", action="store_true", help="time a forward pass after the load")
     p.add_argument("--dir", default=None, help="where the temporary files go")
     p.add_argument("--keep", action="store_true", help="keep the files")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help="which rows, comma-separated (default: all): " + ", ".join(METHODS))
     args = p.parse_args()
     if args.runs < 5:
         p.error("--runs must be at least 5")
-    methods = tuple(m for m in METHODS if args.device == "cpu" or m != "plaid-arena")
+    wanted = args.methods.split(",")
+    if "plaid" not in wanted or set(wanted) - set(METHODS):
+        p.error(f"--methods: plaid and any of {', '.join(METHODS)}")
+    methods = tuple(m for m in METHODS
+                    if m in wanted and (args.device == "cpu" or m != "plaid-arena"))
     started = time.perf_counter()
     command = " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable)] + sys.argv)
     env = " ".join(f"{k}={shlex.quote(os.environ[k])}" for k in ("PLAID_LIB", "PYTHONPATH")

@@ -455,8 +455,8 @@ impl Deserializer {
 
     /// Load the tensors that `wanted` selects (all, for `|_| true`) into one host
     /// allocation made by plaid, the way a `load_file` call gives fresh arrays: each tensor
-    /// 64-byte aligned, the pages faulted in by the workers as they write them (on huge
-    /// pages unless [`ReadOptions::huge_pages`] turned them off), verified as per the
+    /// 64-byte aligned, the pages faulted in by the workers as they write them (4 KiB
+    /// pages unless [`ReadOptions::huge_pages`] asked for huge ones), verified as per the
     /// options. The arena frees the
     /// memory when dropped.
     /// Progress is reported to `progress`, if given, as [`Deserializer::load_with_progress`]

@@ -113,7 +113,7 @@ impl Default for ReadOptions {
             direct_io: false,
             mmap: true,
             verify_views_up_front: false,
-            huge_pages: true,
+            huge_pages: false,
             verify_sha256: false,
             cuda_stream: 0,
             storage: StorageOptions::default(),
@@ -205,10 +205,12 @@ impl ReadOptions {
         /// (the default, which makes mapping take milliseconds whatever the file's size).
         fn verify_views_up_front / set_verify_views_up_front(on: bool) => verify_views_up_front;
         /// Ask for transparent huge pages (`MADV_HUGEPAGE`) for host memory that plaid
-        /// allocates ([`crate::Deserializer::load_to_host`]), as numpy does for its large
-        /// arrays. On by default: it made loads into fresh memory 1.4-3x faster (fewer page
-        /// faults). Where memory is fragmented the kernel may stall to compact it for each
-        /// huge page, which can cost more than it saves (see `BENCHMARKS.md`).
+        /// allocates ([`crate::Deserializer::load_to_host`]). Off by default: huge pages
+        /// fill an arena 3x faster where the kernel has free ones at hand (memory a process
+        /// just freed), but a fresh process that loads once gets blocks the kernel must
+        /// first make (compaction) or a hypervisor must first back: a 1 GiB arena then took
+        /// 0.85 s on huge pages against 0.31 s on 4 KiB pages faulted by the workers in
+        /// parallel (`BENCHMARKS.md`). Turn it on for processes that load repeatedly.
         fn huge_pages / set_huge_pages(on: bool) => huge_pages;
     }
 

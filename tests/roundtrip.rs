@@ -1042,10 +1042,10 @@ fn load_to_host_allocates_aligned_fresh_tensors() {
         .map(|t| t.data.len())
         .sum();
     assert!(arena.allocated() <= selected + 3 * plaid::sink::ARENA_ALIGN);
-    // 4 KiB pages give the same bytes.
-    let small_pages = ReadOptions::default().huge_pages(false);
-    assert!(!small_pages.get_huge_pages() && ReadOptions::default().get_huge_pages());
-    let plain = Deserializer::open(&path, small_pages).unwrap();
+    // Huge pages (not the default) give the same bytes.
+    let huge_pages = ReadOptions::default().huge_pages(true);
+    assert!(huge_pages.get_huge_pages() && !ReadOptions::default().get_huge_pages());
+    let plain = Deserializer::open(&path, huge_pages).unwrap();
     let arena = plain.load_to_host(&mut |_| true, None).unwrap();
     assert!(arena.tensor(b).unwrap() == &tensors[b].data[..]);
     // A damaged tensor fails the whole call.

@@ -741,7 +741,7 @@ class TensorDeserializer(Mapping):
           and no fresh memory to fault in (writes stay private; like any mapping, a file
           truncated by another process while mapped raises SIGBUS on access). Otherwise
           (``mmap=False``, a URL, a file object, a sharded checkpoint) it is a view of one
-          allocation plaid makes for all of them (huge pages where the system gives them),
+          allocation plaid makes for all of them (faulted in by its workers as they write),
           kept alive by the views;
         - every alias of a tied tensor (one object under several names, such as GPT-2's
           ``lm_head.weight`` and ``transformer.wte.weight``, of which checkpoints hold one)
