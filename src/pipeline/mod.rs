@@ -208,7 +208,7 @@ pub(crate) fn load<'a>(
     } = *input;
     // Every destination is known and checked before the first byte is read.
     let mut room = Room::new(sinks, options.cuda_stream);
-    let mut placed: Vec<Placed<'_, 'a>> = Vec::new();
+    let mut placed: Vec<Placed<'_, 'a>> = Vec::with_capacity(index.tensors.len());
     for tensor in &index.tensors {
         placed.extend(room.admit(tensor, placement.place(tensor)?)?);
     }
