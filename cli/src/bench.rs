@@ -508,10 +508,21 @@ impl Bench {
                 times,
             );
         }
+        self.loaded_intact("")
+    }
+
+    /// An error unless every destination buffer holds its tensor's source bytes (loaded
+    /// `from` a format: "" for plaid's own).
+    fn loaded_intact(&self, from: &str) -> plaid::Result<()> {
         if self.buffers.iter().zip(&self.source).any(|(b, s)| b != s) {
-            return Err(plaid::Error::InvalidArgument(
-                "a loaded tensor differs from its source".into(),
-            ));
+            let from = if from.is_empty() {
+                String::new()
+            } else {
+                format!(" from {from}")
+            };
+            return Err(plaid::Error::InvalidArgument(format!(
+                "a tensor loaded{from} differs from its source"
+            )));
         }
         Ok(())
     }
@@ -531,12 +542,7 @@ impl Bench {
                 times,
             );
         }
-        if self.buffers.iter().zip(&self.source).any(|(b, s)| b != s) {
-            return Err(plaid::Error::InvalidArgument(
-                "a tensor loaded from safetensors differs from its source".into(),
-            ));
-        }
-        Ok(())
+        self.loaded_intact("from safetensors")
     }
 
     /// The same weights as a tensorizer file (written by plaid's tensorizer writer,
@@ -564,12 +570,7 @@ impl Bench {
                 );
             }
         }
-        if self.buffers.iter().zip(&self.source).any(|(b, s)| b != s) {
-            return Err(plaid::Error::InvalidArgument(
-                "a tensor loaded from tensorizer differs from its source".into(),
-            ));
-        }
-        Ok(())
+        self.loaded_intact("from tensorizer")
     }
 
     /// Device memory, where a CUDA driver is present (a real one, or the stand-in of

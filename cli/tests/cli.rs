@@ -4,33 +4,11 @@ use std::process::Command;
 
 use plaid::{DType, Deserializer, ReadOptions, Serializer, WriteOptions};
 
-/// Deterministic pseudo-random bytes.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
-
-/// Every tensor of `d`, loaded into buffers of its own.
-fn load_all(d: &Deserializer) -> plaid::Result<Vec<Vec<u8>>> {
-    let mut buffers: Vec<Vec<u8>> = d
-        .tensors()
-        .iter()
-        .map(|t| vec![0xA5; t.nbytes as usize])
-        .collect();
-    let mut slots: Vec<Option<&mut [u8]>> =
-        buffers.iter_mut().map(|b| Some(b.as_mut_slice())).collect();
-    d.load(&mut |t: &plaid::TensorInfo| {
-        Ok(plaid::Destination::Host(slots[t.index].take().unwrap()))
-    })?;
-    Ok(buffers)
-}
+// The helpers the library's integration tests share (pseudo-random bytes, loading every
+// tensor), from the workspace's tests/common.
+#[path = "../../tests/common/mod.rs"]
+mod common;
+use common::{load_all, random_bytes};
 
 /// The workspace's root, where the fixtures the library's tests share are.
 fn workspace() -> std::path::PathBuf {
