@@ -10,8 +10,8 @@ use crate::format::plaid::{
 pub use crate::remote::StorageOptions;
 
 /// Default size of one read request of a local file (sources give their own in their
-/// hints, which the chunk size option overrides).
-pub const DEFAULT_CHUNK_SIZE: u64 = crate::source::LOCAL_REQUEST_BYTES;
+/// hints, which the request size option overrides).
+pub const DEFAULT_REQUEST_BYTES: u64 = crate::source::LOCAL_REQUEST_BYTES;
 
 /// The public builder setters (`options.threads(8)?.verify(false)`), each over the in-place
 /// setter that does the work (`set_threads`), which the C API calls on its handle's options:
@@ -49,10 +49,10 @@ macro_rules! builders {
     };
 }
 
-/// Smallest chunk size accepted.
-pub const MIN_CHUNK_SIZE: u64 = 4096;
-/// Largest chunk size accepted.
-pub const MAX_CHUNK_SIZE: u64 = 1 << 30;
+/// Smallest request size accepted.
+pub const MIN_REQUEST_BYTES: u64 = 4096;
+/// Largest request size accepted.
+pub const MAX_REQUEST_BYTES: u64 = 1 << 30;
 /// Default least time between two progress reports.
 pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// Most worker threads accepted.
@@ -180,7 +180,7 @@ impl ReadOptions {
         fallible fn threads / set_threads(threads: usize);
         /// Set the request size: bytes per read (rounded to whole checksum blocks). By
         /// default each source says (16 MiB for local files).
-        fallible fn chunk_size / set_chunk_size(bytes: u64);
+        fallible fn request_bytes / set_request_bytes(bytes: u64);
         /// Set how many read requests are kept in flight (each on an I/O thread of its own),
         /// apart from the CPU workers; 0 (the default) takes the source's hint (one per core
         /// for local files). Host memory read through is bounded by this times the request
@@ -266,8 +266,8 @@ impl ReadOptions {
         Ok(())
     }
 
-    pub(crate) fn set_chunk_size(&mut self, bytes: u64) -> Result<()> {
-        self.request_bytes = within(bytes, MIN_CHUNK_SIZE, MAX_CHUNK_SIZE, "chunk size")?;
+    pub(crate) fn set_request_bytes(&mut self, bytes: u64) -> Result<()> {
+        self.request_bytes = within(bytes, MIN_REQUEST_BYTES, MAX_REQUEST_BYTES, "request size")?;
         Ok(())
     }
 
@@ -322,7 +322,7 @@ impl ReadOptions {
     }
 
     /// Bytes per read request (0: each source's own request size).
-    pub fn get_chunk_size(&self) -> u64 {
+    pub fn get_request_bytes(&self) -> u64 {
         self.request_bytes
     }
 

@@ -199,7 +199,7 @@ fn child_device_paths() {
         for threads in [1, 3] {
             for (mmap, verify) in [(true, true), (false, true), (true, false)] {
                 let options = ReadOptions::default()
-                    .chunk_size(chunk)
+                    .request_bytes(chunk)
                     .unwrap()
                     .threads(threads)
                     .unwrap()
@@ -267,7 +267,7 @@ fn child_device_paths() {
     ] {
         let file = fixtures.join(format!("{fixture}.tensors"));
         let d =
-            Deserializer::open(&file, ReadOptions::default().chunk_size(4096).unwrap()).unwrap();
+            Deserializer::open(&file, ReadOptions::default().request_bytes(4096).unwrap()).unwrap();
         let host = Deserializer::open(&file, ReadOptions::default().verify(false)).unwrap();
         match (load_to_device(&d, &|_| false), bad) {
             (Ok(loaded), None) => assert_eq!(loaded, common::load_all(&host).unwrap(), "{fixture}"),
@@ -352,7 +352,7 @@ fn child_encrypted_files() {
                 .unwrap()
                 .mmap(mmap)
                 .verify(verify)
-                .chunk_size(chunk)
+                .request_bytes(chunk)
                 .unwrap();
             let d = Deserializer::open(&path, options).unwrap();
             let loaded = load_to_device(&d, &|_| false).unwrap();
@@ -504,7 +504,7 @@ fn child_remote_sources() {
         ReadOptions::default()
             .threads(2)
             .unwrap()
-            .chunk_size(request)
+            .request_bytes(request)
             .unwrap()
             .requests_in_flight(8)
             .unwrap()
@@ -687,7 +687,7 @@ fn child_injected_errors() {
     let path = dir.path().join("m.plaid");
     let model = write_model(&path);
     let options = ReadOptions::default()
-        .chunk_size(64 << 10)
+        .request_bytes(64 << 10)
         .unwrap()
         .threads(3)
         .unwrap();
@@ -977,7 +977,11 @@ fn child_views() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.plaid");
     let data = write_model(&path);
-    let d = Deserializer::open(&path, ReadOptions::default().chunk_size(1 << 16).unwrap()).unwrap();
+    let d = Deserializer::open(
+        &path,
+        ReadOptions::default().request_bytes(1 << 16).unwrap(),
+    )
+    .unwrap();
     let odd = d.find("odd").unwrap();
     let (_, _, shape, bytes) = &data[odd];
     assert_eq!(shape, &vec![333, 77]);

@@ -177,7 +177,7 @@ fn round_trip(cipher: u32) {
     ] {
         let mut options = read_key().verify(verify);
         if chunk > 0 {
-            options = options.chunk_size(chunk).unwrap();
+            options = options.request_bytes(chunk).unwrap();
         }
         let d = Deserializer::open(&path, options.clone()).unwrap();
         let loaded = common::load_all(&d).unwrap();

@@ -65,7 +65,7 @@ fn options() -> ReadOptions {
     ReadOptions::default()
         .threads(2)
         .unwrap()
-        .chunk_size(256 << 10)
+        .request_bytes(256 << 10)
         .unwrap()
         .requests_in_flight(6)
         .unwrap()
@@ -667,7 +667,7 @@ impl S3 {
     }
 
     fn read(&self) -> ReadOptions {
-        let mut o = ReadOptions::default().chunk_size(1 << 20).unwrap();
+        let mut o = ReadOptions::default().request_bytes(1 << 20).unwrap();
         for (k, v) in &self.pairs {
             o = o.storage(k, v).unwrap();
         }

@@ -56,7 +56,7 @@ fn every_dtype_and_odd_shape_round_trips() {
         let options = ReadOptions::default()
             .threads(threads)
             .unwrap()
-            .chunk_size(chunk)
+            .request_bytes(chunk)
             .unwrap();
         let d = Deserializer::open(&path, options).unwrap();
         assert_eq!(d.tensors().len(), tensors.len());
@@ -169,7 +169,7 @@ fn a_flipped_data_bit_is_caught_and_named() {
         ReadOptions::default()
             .threads(3)
             .unwrap()
-            .chunk_size(4096)
+            .request_bytes(4096)
             .unwrap(),
     )
     .unwrap();
@@ -528,7 +528,7 @@ fn bad_tensors_are_refused_when_added() {
     assert!(s.set_metadata("", "v").is_err());
     assert!(WriteOptions::default().alignment(1000).is_err());
     assert!(WriteOptions::default().checksum_block_size(1024).is_err());
-    assert!(ReadOptions::default().chunk_size(0).is_err());
+    assert!(ReadOptions::default().request_bytes(0).is_err());
     assert_eq!(s.tensor_count(), 1);
 }
 
@@ -653,7 +653,7 @@ fn progress_is_reported_and_can_cancel() {
     let options = ReadOptions::default()
         .threads(3)
         .unwrap()
-        .chunk_size(4096)
+        .request_bytes(4096)
         .unwrap()
         .progress_interval(std::time::Duration::ZERO);
     let d = Deserializer::open(&path, options).unwrap();
@@ -712,7 +712,7 @@ fn direct_io_reads_the_same_bytes_into_aligned_and_unaligned_destinations() {
             .direct_io(true)
             .threads(threads)
             .unwrap()
-            .chunk_size(1 << 20)
+            .request_bytes(1 << 20)
             .unwrap();
         assert!(options.get_direct_io());
         let d = Deserializer::open(&path, options).unwrap();
@@ -778,7 +778,7 @@ fn mapped_and_pread_copies_read_the_same_bytes() {
                     .mmap(mmap)
                     .threads(threads)
                     .unwrap()
-                    .chunk_size(chunk)
+                    .request_bytes(chunk)
                     .unwrap();
                 assert_eq!(options.get_mmap(), mmap);
                 let d = Deserializer::open(&path, options).unwrap();
@@ -853,7 +853,7 @@ fn a_file_truncated_under_its_mapping_is_an_error_not_a_crash() {
     let options = ReadOptions::default()
         .threads(2)
         .unwrap()
-        .chunk_size(1 << 20)
+        .request_bytes(1 << 20)
         .unwrap();
     let d = Deserializer::open(&path, options).unwrap();
     let a = d.find("big.a").unwrap();
@@ -956,7 +956,7 @@ fn small_tensors_read_in_batches_land_and_fail_precisely() {
             .mmap(mmap)
             .threads(threads)
             .unwrap()
-            .chunk_size(chunk)
+            .request_bytes(chunk)
             .unwrap();
         let d = Deserializer::open(&path, options).unwrap();
         // Every third tensor skipped: batches span gaps.

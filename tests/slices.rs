@@ -96,7 +96,7 @@ fn slices_of_every_dimension_match_slicing_by_definition() {
         // Requests of 8 KiB: a slice of the large tensor spans several jobs.
         let options = ReadOptions::default()
             .verify(verify)
-            .chunk_size(8192)
+            .request_bytes(8192)
             .unwrap();
         let d = Deserializer::open(&path, options).unwrap();
         for (name, dtype, shape, data) in &tensors {
@@ -180,7 +180,7 @@ fn conversions_on_load_are_bit_exact_and_compose_with_slices() {
         tensors.push((format!("w{k}"), dtype, shape.clone(), data));
     }
     write(&path, &tensors);
-    let d = Deserializer::open(&path, ReadOptions::default().chunk_size(4096).unwrap()).unwrap();
+    let d = Deserializer::open(&path, ReadOptions::default().request_bytes(4096).unwrap()).unwrap();
     for (name, from, shape, data) in &tensors {
         for to in floats {
             for slice in [None, Some((0u32, 5u64, 17u64)), Some((1, 3, 64))] {

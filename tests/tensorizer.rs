@@ -192,7 +192,7 @@ fn check_intact(fixture: &str) {
             .verify_sha256(true)
             .threads(2)
             .unwrap()
-            .chunk_size(chunk)
+            .request_bytes(chunk)
             .unwrap();
         let verified = load(fixture, options.clone());
         let checked = Deserializer::open(path(fixture), options.clone())
@@ -257,7 +257,7 @@ fn check_encrypted(fixture: &str) {
         for (verify, chunk) in [(true, 0), (false, 0), (true, 4096), (false, 12288)] {
             let mut options = options.clone().verify(verify);
             if chunk > 0 {
-                options = options.chunk_size(chunk).unwrap();
+                options = options.request_bytes(chunk).unwrap();
             }
             let loaded = load(fixture, options.clone());
             if damaged {
@@ -804,7 +804,7 @@ fn crc_only_verification_combines_the_pieces_crcs() {
     let options = || {
         ReadOptions::default()
             .verify_sha256(false)
-            .chunk_size(4096)
+            .request_bytes(4096)
             .unwrap()
             .threads(3)
             .unwrap()

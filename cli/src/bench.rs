@@ -364,8 +364,8 @@ impl Bench {
         let mut peaks = Vec::new();
         for mmap in [true, false] {
             let options = ReadOptions::default().threads(self.cores)?.mmap(mmap);
-            let request = match options.get_chunk_size() {
-                0 => plaid::options::DEFAULT_CHUNK_SIZE,
+            let request = match options.get_request_bytes() {
+                0 => plaid::options::DEFAULT_REQUEST_BYTES,
                 n => n,
             };
             let staging = request * self.cores as u64;
@@ -397,7 +397,7 @@ impl Bench {
             let options = ReadOptions::default()
                 .threads(self.cores)?
                 .requests_in_flight(in_flight)?
-                .chunk_size(request)?;
+                .request_bytes(request)?;
             let reader = Deserializer::from_source(Box::new(source), options)?;
             if let Some((before, _)) = rss().filter(|_| reset_peak_rss()) {
                 let started = Instant::now();

@@ -340,7 +340,7 @@ pub fn bench_load(
         .requests_in_flight(in_flight)?
         .verify(verify);
     if chunk > 0 {
-        options = options.chunk_size(chunk)?;
+        options = options.request_bytes(chunk)?;
     }
     for kv in storage {
         let (k, v) = kv.split_once('=').ok_or_else(|| {

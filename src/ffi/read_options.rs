@@ -185,7 +185,7 @@ pub unsafe extern "C" fn plaid_read_options_set_chunk_size(
     options: *mut plaid_read_options,
     bytes: u64,
 ) -> plaid_status {
-    set_option!(options, set_chunk_size(bytes))
+    set_option!(options, set_request_bytes(bytes))
 }
 
 /// Read requests kept in flight, each on an I/O thread of plaid's, apart from the CPU

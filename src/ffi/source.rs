@@ -14,7 +14,7 @@ use super::read_options::plaid_read_options;
 use super::status::plaid_status;
 use crate::deserializer::Deserializer;
 use crate::error::{Error, Result};
-use crate::options::{MAX_CHUNK_SIZE, MAX_IN_FLIGHT, MIN_CHUNK_SIZE};
+use crate::options::{MAX_IN_FLIGHT, MAX_REQUEST_BYTES, MIN_REQUEST_BYTES};
 use crate::source::{Source, SourceHints};
 
 /// Read up to `len` bytes at `offset` into `buf`. Return the count read: 1..`len` (fewer
@@ -180,14 +180,14 @@ pub unsafe extern "C" fn plaid_source_set_hints(
 ) -> plaid_status {
     ffi_boundary! {
         let source = handle_mut!(source, "source")?;
-        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&request_bytes) {
+        if !(MIN_REQUEST_BYTES..=MAX_REQUEST_BYTES).contains(&request_bytes) {
             return Err(Error::invalid(format!(
-                "request size {request_bytes} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}"
+                "request size {request_bytes} is outside {MIN_REQUEST_BYTES}..={MAX_REQUEST_BYTES}"
             )));
         }
-        if merge_gap > MAX_CHUNK_SIZE {
+        if merge_gap > MAX_REQUEST_BYTES {
             return Err(Error::invalid(format!(
-                "merge gap {merge_gap} exceeds {MAX_CHUNK_SIZE}"
+                "merge gap {merge_gap} exceeds {MAX_REQUEST_BYTES}"
             )));
         }
         if !(1..=MAX_IN_FLIGHT).contains(&max_in_flight) {
